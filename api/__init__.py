@@ -1,0 +1,53 @@
+"""The REST API: ``create_app()`` builds the Flask application served by gunicorn."""
+
+from __future__ import annotations
+
+import logging
+
+import swagger_ui_bundle
+from flask import Flask, send_from_directory
+
+from api import errors, jobs, tenants
+from api.errors import ProvisioningApi
+from api.session import init_sessions
+from provisioning.broker import Dispatcher
+from provisioning.settings import Settings, settings_or_exit
+
+SWAGGER_ASSETS_URL = "/docs/assets/"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app; without ``settings`` they come from the environment (a bad value stops here)."""
+    settings = settings or settings_or_exit()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="ERPMax provisioning",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS_URL,
+        API_SPEC_OPTIONS={
+            "components": {
+                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            },
+            "security": [{"bearerAuth": []}],
+        },
+        PROVISIONING_SETTINGS=settings,
+    )
+    app.extensions["provisioning_dispatcher"] = Dispatcher(settings)
+    init_sessions(app, settings)
+
+    api = ProvisioningApi(app)
+    api.register_blueprint(jobs.blp)
+    api.register_blueprint(tenants.blp)
+    errors.register(app, api)
+
+    @app.get(f"{SWAGGER_ASSETS_URL}<path:filename>")
+    def swagger_assets(filename: str):
+        """Swagger UI's scripts and styles, served locally so /docs works on a closed network."""
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+    return app

@@ -1,0 +1,63 @@
+"""Every error answer in the DESIGN.md shape; domain errors map to HTTP statuses in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask_smorest import Api
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, default_exceptions
+
+from provisioning.errors import AuthenticationFailed, Conflict, Forbidden, InvalidRequest, NotFound, ProvisioningError
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[ProvisioningError], int] = {
+    InvalidRequest: 400,
+    AuthenticationFailed: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+}
+
+BEARER_CHALLENGE = 'Bearer realm="erpmax-provisioning"'
+
+
+class ProvisioningApi(Api):
+    """flask-smorest's Api, with a ``message`` in every error (Flask's own 404 and 405 included)."""
+
+    def handle_http_exception(self, error: HTTPException):
+        payload, code, headers = super().handle_http_exception(error)
+        payload.setdefault("message", error.description)
+        return payload, code, headers
+
+
+def http_error(status: int, message: str, headers: dict[str, str] | None = None) -> HTTPException:
+    """An HTTPException carrying what flask-smorest's handler puts in the body and headers."""
+    error = default_exceptions[status]()
+    error.data = {"message": message, **({"headers": headers} if headers else {})}
+    return error
+
+
+def error_for(error: ProvisioningError) -> HTTPException:
+    status = next(code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind))
+    headers = None
+    if status == 401:
+        headers = {"WWW-Authenticate": f'{BEARER_CHALLENGE}, error="invalid_token", error_description="{error}"'}
+    return http_error(status, str(error), headers)
+
+
+def register(app: Flask, api: ProvisioningApi) -> None:
+    @app.errorhandler(ProvisioningError)
+    def provisioning_error(error: ProvisioningError):
+        return api.handle_http_exception(error_for(error))
+
+    @app.errorhandler(DBAPIError)
+    def database_error(error: DBAPIError):
+        if error.connection_invalidated or isinstance(error, OperationalError):
+            # A lost or refused database connection is an outage, not a fault of the request.
+            log.error("database unavailable: %s", error.orig)
+            return api.handle_http_exception(http_error(503, "the database is unavailable; try again shortly"))
+        log.exception("database error")
+        return api.handle_http_exception(http_error(500, "internal error"))

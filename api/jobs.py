@@ -1,0 +1,103 @@
+"""``/api/v1/provisioning/jobs``: request, list, read, retry and cancel provisioning jobs."""
+
+import uuid
+
+from flask import current_app, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.auth import authenticate_request, caller, writer
+from api.schemas import (
+    JobCreateSchema,
+    JobListResponseSchema,
+    JobQueryArgsSchema,
+    JobResponseSchema,
+    JobStepListResponseSchema,
+    page_meta,
+)
+from api.session import db_session
+from provisioning.enums import JobStatus
+from provisioning.service import ProvisioningService
+
+blp = Blueprint(
+    "jobs",
+    __name__,
+    url_prefix="/api/v1/provisioning/jobs",
+    description="Durable create, delete and backup jobs of the caller's tenant site.",
+)
+blp.before_request(authenticate_request)
+
+
+def _service() -> ProvisioningService:
+    return ProvisioningService(db_session(), dispatch=current_app.extensions["provisioning_dispatcher"].send_job)
+
+
+def _created(job):
+    return {"data": job}, 201, {"Location": url_for("jobs.JobById", job_id=job.id)}
+
+
+@blp.route("")
+class Jobs(MethodView):
+    @blp.arguments(JobQueryArgsSchema, location="query")
+    @blp.response(200, JobListResponseSchema)
+    def get(self, args):
+        """List the tenant's jobs, newest first
+
+        Filter with `status` and `job_type`; page with `page` (from 1) and `size` (1..100).
+        """
+        jobs, total = _service().list_jobs(caller().tenant.id, **args)
+        return {"data": jobs, "meta": page_meta(args["page"], args["size"], total)}
+
+    @blp.arguments(JobCreateSchema)
+    @blp.response(201, JobResponseSchema)
+    @blp.alt_response(409, description="The tenant has an active job, or its state does not allow this job type")
+    def post(self, body):
+        """Request a job for the tenant's site
+
+        The job is stored, then queued; `queued` is false if the broker could not be reached,
+        and the job is published later. Needs the owner or admin role.
+        """
+        requester = writer()
+        return _created(_service().request_job(requester.tenant.id, body["job_type"], requested_by_id=requester.user.id))
+
+
+@blp.route("/<uuid:job_id>")
+class JobById(MethodView):
+    @blp.response(200, JobResponseSchema)
+    def get(self, job_id: uuid.UUID):
+        """Read one job"""
+        return {"data": _service().get_job(caller().tenant.id, job_id)}
+
+
+@blp.route("/<uuid:job_id>/steps")
+class JobSteps(MethodView):
+    @blp.response(200, JobStepListResponseSchema)
+    def get(self, job_id: uuid.UUID):
+        """List a job's steps in order, with their status, times and output tail"""
+        return {"data": _service().job_steps(caller().tenant.id, job_id)}
+
+
+@blp.route("/<uuid:job_id>/retry")
+class JobRetry(MethodView):
+    @blp.response(201, JobResponseSchema)
+    @blp.alt_response(409, description="The job is not failed or completed, or the tenant cannot take it now")
+    def post(self, job_id: uuid.UUID):
+        """Retry a failed or completed job as a new job linked to it"""
+        requester = writer()
+        return _created(_service().retry_job(requester.tenant.id, job_id, requested_by_id=requester.user.id))
+
+
+@blp.route("/<uuid:job_id>/cancel")
+class JobCancel(MethodView):
+    @blp.response(200, JobResponseSchema)
+    @blp.alt_response(202, schema=JobResponseSchema, description="The worker was asked to stop; the job is cancelling")
+    @blp.alt_response(409, description="The job already finished")
+    def post(self, job_id: uuid.UUID):
+        """Cancel a job
+
+        A pending job is cancelled at once (200). A running one becomes `cancelling` (202) and
+        its worker stops at the next step. Cancelling again answers the same way.
+        """
+        requester = writer()
+        job = _service().cancel_job(requester.tenant.id, job_id)
+        return {"data": job}, 202 if job.status == JobStatus.CANCELLING else 200

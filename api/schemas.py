@@ -1,0 +1,89 @@
+"""Marshmallow schemas of the API: requests, resources and the response envelopes."""
+
+from marshmallow import Schema, fields, validate
+
+from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
+
+MAX_PAGE_SIZE = 100
+
+
+class JobSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    tenant_id = fields.UUID(dump_only=True)
+    job_type = fields.Enum(JobType, by_value=True, dump_only=True)
+    status = fields.Enum(JobStatus, by_value=True, dump_only=True)
+    progress = fields.Integer(dump_only=True, metadata={"description": "0..100, never goes down"})
+    message = fields.String(dump_only=True, metadata={"description": "What the job is doing, for people"})
+    error = fields.String(dump_only=True, allow_none=True)
+    requested_by_id = fields.UUID(dump_only=True, allow_none=True)
+    retry_of_id = fields.UUID(dump_only=True, allow_none=True, metadata={"description": "The job this one retries"})
+    worker = fields.String(dump_only=True, allow_none=True)
+    queued = fields.Function(
+        lambda job: job.dispatched_at is not None,
+        dump_only=True,
+        metadata={"description": "Whether the job's message reached the queue"},
+    )
+    dispatched_at = fields.DateTime(dump_only=True, allow_none=True)
+    cancel_requested_at = fields.DateTime(dump_only=True, allow_none=True)
+    started_at = fields.DateTime(dump_only=True, allow_none=True)
+    completed_at = fields.DateTime(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+
+
+class JobCreateSchema(Schema):
+    job_type = fields.Enum(JobType, by_value=True, required=True)
+
+
+class JobQueryArgsSchema(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+    status = fields.Enum(JobStatus, by_value=True)
+    job_type = fields.Enum(JobType, by_value=True)
+
+
+class JobStepSchema(Schema):
+    position = fields.Integer()
+    name = fields.String()
+    status = fields.Enum(StepStatus, by_value=True)
+    message = fields.String()
+    output = fields.String(metadata={"description": "The last lines the step printed"})
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class TenantSchema(Schema):
+    id = fields.UUID()
+    slug = fields.String()
+    name = fields.String()
+    status = fields.Enum(TenantStatus, by_value=True)
+    role = fields.Enum(Role, by_value=True, allow_none=True, metadata={"description": "None for a platform operator"})
+
+
+class PageMetaSchema(Schema):
+    page = fields.Integer()
+    size = fields.Integer()
+    total = fields.Integer()
+    pages = fields.Integer()
+
+
+def single_response(item_schema: type[Schema], name: str) -> type[Schema]:
+    """``{"data": {...}}`` around one item."""
+    return Schema.from_dict({"data": fields.Nested(item_schema)}, name=name)
+
+
+def list_response(item_schema: type[Schema], name: str, paginated: bool = True) -> type[Schema]:
+    """``{"data": [...], "meta": {...}}`` around a page of items (no ``meta`` when not paginated)."""
+    envelope = {"data": fields.List(fields.Nested(item_schema))}
+    if paginated:
+        envelope["meta"] = fields.Nested(PageMetaSchema)
+    return Schema.from_dict(envelope, name=name)
+
+
+JobResponseSchema = single_response(JobSchema, "JobResponse")
+JobListResponseSchema = list_response(JobSchema, "JobListResponse")
+JobStepListResponseSchema = list_response(JobStepSchema, "JobStepListResponse", paginated=False)
+TenantResponseSchema = single_response(TenantSchema, "TenantResponse")
+
+
+def page_meta(page: int, size: int, total: int) -> dict:
+    return {"page": page, "size": size, "total": total, "pages": (total + size - 1) // size}

@@ -1,0 +1,1 @@
+"""The provisioning core: settings, data model, job state machine, service and drivers."""

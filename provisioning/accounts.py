@@ -1,0 +1,183 @@
+"""Tenants, users, memberships and API tokens: who may call the API, and for which tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from provisioning.db import utcnow
+from provisioning.enums import WRITER_ROLES, Role
+from provisioning.errors import AuthenticationFailed, Conflict, Forbidden, InvalidRequest, NotFound
+from provisioning.models import ApiToken, Membership, Tenant, User
+
+TOKEN_PREFIX = "erpx_"
+SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# A token's last use is written at most this often, so reads do not each cost a write.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated user acting in one tenant; ``role`` is None for an operator with no membership."""
+
+    user: User
+    tenant: Tenant
+    role: Role | None
+
+    @property
+    def can_write(self) -> bool:
+        return self.user.is_superuser or self.role in WRITER_ROLES
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_tenant(session: Session, slug: str, name: str) -> Tenant:
+    """Raises InvalidRequest for a slug that cannot be a site name, Conflict for a taken one."""
+    if not SLUG_PATTERN.match(slug):
+        raise InvalidRequest(f"slug {slug!r} must be lowercase letters, digits and inner hyphens (1-63 characters)")
+    if not name.strip():
+        raise InvalidRequest("name must not be empty")
+    tenant = Tenant(slug=slug, name=name.strip())
+    session.add(tenant)
+    _commit_unique(session, f"a tenant with slug {slug!r} already exists")
+    return tenant
+
+
+def create_user(session: Session, email: str, is_superuser: bool = False) -> User:
+    email = email.strip().lower()
+    if not EMAIL_PATTERN.match(email):
+        raise InvalidRequest(f"{email!r} is not an e-mail address")
+    user = User(email=email, is_superuser=is_superuser)
+    session.add(user)
+    _commit_unique(session, f"a user with e-mail {email!r} already exists")
+    return user
+
+
+def add_membership(session: Session, user: User, tenant: Tenant, role: Role) -> Membership:
+    membership = Membership(user_id=user.id, tenant_id=tenant.id, role=role)
+    session.add(membership)
+    _commit_unique(session, f"{user.email} is already a member of {tenant.slug}")
+    return membership
+
+
+def find_tenant(session: Session, slug: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
+    if tenant is None:
+        raise NotFound(f"no tenant with slug {slug!r}")
+    return tenant
+
+
+def find_user(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None:
+        raise NotFound(f"no user with e-mail {email!r}")
+    return user
+
+
+def issue_token(session: Session, user: User, name: str = "", expires_in: timedelta | None = None) -> tuple[ApiToken, str]:
+    """Create a token; the returned plain text is the only copy there will ever be."""
+    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        user_id=user.id,
+        name=name,
+        token_hash=hash_token(plain),
+        prefix=plain[: len(TOKEN_PREFIX) + 6],
+        expires_at=utcnow() + expires_in if expires_in else None,
+    )
+    session.add(token)
+    session.commit()
+    return token, plain
+
+
+def revoke_token(session: Session, token_id: uuid.UUID) -> ApiToken:
+    """Revoke a token by id; revoking it again keeps the first revocation time."""
+    token = session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFound(f"no token with id {token_id}")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        session.commit()
+    return token
+
+
+def authenticate(session: Session, plain_token: str | None, tenant_ref: str | None) -> Caller:
+    """Resolve a bearer token and the requested tenant into a Caller.
+
+    The tenant is the user's only one, or the one named (by id or slug) in ``tenant_ref``.
+
+    Raises:
+        AuthenticationFailed: no token, or one that is unknown, expired or revoked.
+        InvalidRequest: the user has several tenants and named none, or none at all.
+        Forbidden: the named tenant is not one of the user's.
+    """
+    if not plain_token:
+        raise AuthenticationFailed("missing bearer token")
+    row = session.execute(
+        select(ApiToken, User).join(User, ApiToken.user_id == User.id).where(ApiToken.token_hash == hash_token(plain_token))
+    ).first()
+    if row is None:
+        raise AuthenticationFailed("unknown token")
+    token, user = row
+    now = utcnow()
+    if token.revoked_at is not None:
+        raise AuthenticationFailed("token revoked")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise AuthenticationFailed("token expired")
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+        session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
+        session.commit()
+    tenant, role = _choose_tenant(session, user, tenant_ref)
+    return Caller(user=user, tenant=tenant, role=role)
+
+
+def _choose_tenant(session: Session, user: User, tenant_ref: str | None) -> tuple[Tenant, Role | None]:
+    memberships = session.execute(
+        select(Tenant, Membership.role).join(Membership, Membership.tenant_id == Tenant.id).where(Membership.user_id == user.id)
+    ).all()
+    if tenant_ref:
+        for tenant, role in memberships:
+            if tenant_ref in (str(tenant.id), tenant.slug):
+                return tenant, role
+        if user.is_superuser:
+            tenant = session.scalar(select(Tenant).where(or_(Tenant.slug == tenant_ref, Tenant.id == _as_uuid(tenant_ref))))
+            if tenant is not None:
+                return tenant, None
+        raise Forbidden(f"X-Tenant-ID {tenant_ref!r} is not a tenant you belong to")
+    if len(memberships) == 1:
+        tenant, role = memberships[0]
+        return tenant, role
+    if not memberships:
+        raise InvalidRequest("you belong to no tenant; name one with the X-Tenant-ID header")
+    slugs = ", ".join(sorted(tenant.slug for tenant, _ in memberships))
+    raise InvalidRequest(f"you belong to several tenants ({slugs}); choose one with the X-Tenant-ID header")
+
+
+def _as_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def _commit_unique(session: Session, message: str) -> None:
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(message) from None
+
+
+def token_is_usable(token: ApiToken, now: datetime | None = None) -> bool:
+    now = now or utcnow()
+    return token.revoked_at is None and (token.expires_at is None or token.expires_at > now)

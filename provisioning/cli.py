@@ -1,0 +1,218 @@
+"""The ``provisioning`` operator command line: schema, tenants, users, tokens, jobs, quickstart."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from datetime import timedelta
+
+import click
+from sqlalchemy import select
+
+from provisioning import accounts, migrate
+from provisioning.db import session_factory
+from provisioning.enums import JobStatus, Role
+from provisioning.errors import ProvisioningError
+from provisioning.models import ApiToken, ProvisioningJob, Tenant
+from provisioning.settings import Settings, settings_or_exit
+
+
+def _settings() -> Settings:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = settings_or_exit()
+    return root.obj
+
+
+def _session():
+    return session_factory(_settings().database_url)()
+
+
+def _one_line_errors(command):
+    """Turn a domain error into one ``Error: ...`` line and a non-zero exit, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ProvisioningError as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Operate the provisioning service: schema, tenants, users, tokens and jobs."""
+
+
+@main.group()
+def db() -> None:
+    """The database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(revision: str) -> None:
+    """Apply the migrations up to REVISION; the only way the schema is created or changed."""
+    migrate.upgrade(_settings().database_url, revision)
+    click.echo(f"database at revision {migrate.current_revision(_settings().database_url)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision the database is at."""
+    click.echo(migrate.current_revision(_settings().database_url) or "empty (run: provisioning db upgrade)")
+
+
+@main.group()
+def tenant() -> None:
+    """Tenants: one customer, one ERPNext site."""
+
+
+@tenant.command("create")
+@click.option("--slug", required=True, help="Short lowercase name; becomes part of the site name.")
+@click.option("--name", required=True, help="The customer's display name.")
+@_one_line_errors
+def tenant_create(slug: str, name: str) -> None:
+    """Create a tenant (status pending, no site yet)."""
+    with _session() as session:
+        created = accounts.create_tenant(session, slug, name)
+        click.echo(f"tenant {created.slug} created with id {created.id}")
+
+
+@tenant.command("list")
+def tenant_list() -> None:
+    """List tenants with their status."""
+    with _session() as session:
+        for row in session.scalars(select(Tenant).order_by(Tenant.slug)):
+            click.echo(f"{row.slug}\t{row.status.value}\t{row.id}\t{row.name}")
+
+
+@main.group()
+def user() -> None:
+    """Users and their role in a tenant."""
+
+
+@user.command("create")
+@click.option("--email", required=True)
+@click.option("--tenant", "tenant_slug", help="Tenant slug to make the user a member of.")
+@click.option("--role", type=click.Choice([role.value for role in Role]), help="Role in that tenant.")
+@click.option("--superuser", is_flag=True, help="A platform operator, who may act on any tenant.")
+@_one_line_errors
+def user_create(email: str, tenant_slug: str | None, role: str | None, superuser: bool) -> None:
+    """Create a user, a member of one tenant (or a platform operator with --superuser)."""
+    if bool(tenant_slug) != bool(role):
+        raise click.UsageError("--tenant and --role go together")
+    if not tenant_slug and not superuser:
+        raise click.UsageError("give --tenant and --role, or --superuser")
+    with _session() as session:
+        chosen = accounts.find_tenant(session, tenant_slug) if tenant_slug else None
+        created = accounts.create_user(session, email, is_superuser=superuser)
+        if chosen is not None:
+            accounts.add_membership(session, created, chosen, Role(role))
+        click.echo(f"user {created.email} created" + (f" as {role} of {chosen.slug}" if chosen else " as operator"))
+
+
+@user.command("add-membership")
+@click.option("--email", required=True)
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--role", required=True, type=click.Choice([role.value for role in Role]))
+@_one_line_errors
+def user_add_membership(email: str, tenant_slug: str, role: str) -> None:
+    """Give an existing user a role in another tenant."""
+    with _session() as session:
+        accounts.add_membership(session, accounts.find_user(session, email), accounts.find_tenant(session, tenant_slug), Role(role))
+        click.echo(f"{email} is now {role} of {tenant_slug}")
+
+
+@main.group()
+def token() -> None:
+    """API tokens: shown once, stored hashed."""
+
+
+@token.command("create")
+@click.option("--email", required=True, help="The user the token acts as.")
+@click.option("--name", default="", help="What the token is for.")
+@click.option("--expires-days", type=click.IntRange(min=1), help="Days until it expires (never by default).")
+@_one_line_errors
+def token_create(email: str, name: str, expires_days: int | None) -> None:
+    """Create a token and print it alone on the last line; it cannot be shown again."""
+    with _session() as session:
+        owner = accounts.find_user(session, email)
+        created, plain = accounts.issue_token(
+            session, owner, name=name, expires_in=timedelta(days=expires_days) if expires_days else None
+        )
+        expiry = created.expires_at.isoformat() if created.expires_at else "never"
+        click.echo(f"token {created.id} for {owner.email} (expires {expiry}); keep it now, it is not stored:")
+        click.echo(plain)
+
+
+@token.command("revoke")
+@click.argument("token_id", type=click.UUID)
+@_one_line_errors
+def token_revoke(token_id: uuid.UUID) -> None:
+    """Revoke the token with id TOKEN_ID (see `token list`)."""
+    with _session() as session:
+        revoked = accounts.revoke_token(session, token_id)
+        click.echo(f"token {revoked.id} revoked at {revoked.revoked_at.isoformat()}")
+
+
+@token.command("list")
+@click.option("--email", required=True)
+@_one_line_errors
+def token_list(email: str) -> None:
+    """List a user's tokens (id, prefix, name, expiry, revocation, last use); never the tokens."""
+    with _session() as session:
+        owner = accounts.find_user(session, email)
+        for row in session.scalars(select(ApiToken).where(ApiToken.user_id == owner.id).order_by(ApiToken.created_at)):
+            state = "usable" if accounts.token_is_usable(row) else "revoked" if row.revoked_at else "expired"
+            last_used = row.last_used_at.isoformat() if row.last_used_at else "never used"
+            click.echo(f"{row.id}\t{row.prefix}...\t{state}\t{row.name}\t{last_used}")
+
+
+@main.group()
+def jobs() -> None:
+    """Provisioning jobs."""
+
+
+@jobs.command("list")
+@click.option("--tenant", "tenant_slug", help="Only this tenant's jobs.")
+@click.option("--status", type=click.Choice([status.value for status in JobStatus]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@_one_line_errors
+def jobs_list(tenant_slug: str | None, status: str | None, limit: int) -> None:
+    """List jobs, newest first."""
+    with _session() as session:
+        query = select(ProvisioningJob, Tenant.slug).join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
+        if tenant_slug:
+            query = query.where(ProvisioningJob.tenant_id == accounts.find_tenant(session, tenant_slug).id)
+        if status:
+            query = query.where(ProvisioningJob.status == JobStatus(status))
+        query = query.order_by(ProvisioningJob.created_at.desc()).limit(limit)
+        for job, slug in session.execute(query):
+            click.echo(
+                f"{job.id}\t{slug}\t{job.job_type.value}\t{job.status.value}\t{job.progress}%\t"
+                f"{job.created_at.isoformat(timespec='seconds')}\t{job.error or job.message}"
+            )
+
+
+@main.command()
+def quickstart() -> None:
+    """Prepare a demo tenant and token, then run web, worker and Flower until Ctrl-C (`make run`)."""
+    from provisioning import quickstart as quickstart_module
+
+    raise SystemExit(quickstart_module.run(_settings()))
+
+
+@main.command("embedded-broker")
+def embedded_broker() -> None:
+    """Run the quickstart's in-memory broker on EMBEDDED_BROKER_PORT (for trying the service only)."""
+    from provisioning.embedded_broker import serve
+
+    serve(_settings().embedded_broker_port)
+
+
+if __name__ == "__main__":
+    main()

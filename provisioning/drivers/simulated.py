@@ -1,0 +1,30 @@
+"""A driver that only takes time, so the platform can be used and tested with no ERPNext at hand."""
+
+import time
+
+from provisioning.drivers.base import StepContext
+from provisioning.enums import JobType
+from provisioning.errors import StepCancelled, StepFailed
+
+CANCEL_POLL_SECONDS = 0.05
+
+
+class SimulatedDriver:
+    """Each step lasts ``step_seconds``; the step named ``fail_step`` fails, to show failures on demand."""
+
+    def __init__(self, step_seconds: float, fail_step: str | None = None):
+        self.step_seconds = step_seconds
+        self.fail_step = fail_step
+
+    def run_step(self, job_type: JobType, step: str, tenant_slug: str, context: StepContext) -> str:
+        deadline = time.monotonic() + self.step_seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if context.cancel_requested():
+                raise StepCancelled(step)
+            time.sleep(min(remaining, CANCEL_POLL_SECONDS))
+        if step == self.fail_step:
+            raise StepFailed(f"simulated failure of step {step} (SIMULATED_FAIL_STEP)", output=f"{step}: failing on request")
+        return f"{step}: simulated for {tenant_slug} in {self.step_seconds:g}s"
+
+    def undo(self, job_type: JobType, tenant_slug: str) -> str:
+        return f"{job_type.value}: simulated clean-up for {tenant_slug}"

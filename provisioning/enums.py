@@ -1,0 +1,44 @@
+"""The enumerations stored in the database and shown by the API (values are lowercase)."""
+
+import enum
+
+
+class TenantStatus(str, enum.Enum):
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+class Role(str, enum.Enum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class JobType(str, enum.Enum):
+    CREATE_SITE = "create_site"
+    DELETE_SITE = "delete_site"
+    BACKUP_SITE = "backup_site"
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+WRITER_ROLES = frozenset({Role.OWNER, Role.ADMIN})

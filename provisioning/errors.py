@@ -1,0 +1,37 @@
+"""Domain errors; the API maps each to one HTTP status in one place."""
+
+
+class ProvisioningError(Exception):
+    """Base of the errors a caller is expected to handle and show."""
+
+
+class NotFound(ProvisioningError):
+    """The object does not exist, or belongs to another tenant (which must look the same)."""
+
+
+class Conflict(ProvisioningError):
+    """The request is valid but the current state forbids it; the message says why."""
+
+
+class StepFailed(Exception):
+    """A driver step failed in a way the job should report (not a bug in our code)."""
+
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(message)
+        self.output = output
+
+
+class StepCancelled(Exception):
+    """A driver step stopped early because the job's cancel was requested."""
+
+
+class AuthenticationFailed(ProvisioningError):
+    """The bearer token is missing, unknown, expired or revoked."""
+
+
+class Forbidden(ProvisioningError):
+    """The caller is known but may not do this (not a member, or a member who writes)."""
+
+
+class InvalidRequest(ProvisioningError):
+    """The request cannot be understood as given (for example, no tenant could be chosen)."""

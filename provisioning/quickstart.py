@@ -1,0 +1,113 @@
+"""``make run``: prepare a demo tenant and token, then run web, worker and Flower together.
+
+On the embedded defaults it also runs the embedded broker and keeps its data under ``var/``;
+with ``DATABASE_URL`` and ``RABBITMQ_URL`` set it uses those instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+
+from provisioning import accounts, migrate
+from provisioning.db import session_factory
+from provisioning.embedded_broker import wait_until_answering
+from provisioning.enums import Role
+from provisioning.errors import NotFound
+from provisioning.models import Membership
+from provisioning.settings import Settings
+
+DEMO_TENANT = "demo"
+DEMO_OWNER = "owner@demo.example"
+PROCESSES = ("web", "worker", "flower")
+
+
+def prepare(settings: Settings) -> str:
+    """Migrate, make sure the demo tenant and its owner exist, and return a fresh token for them."""
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.database_url)
+    with session_factory(settings.database_url)() as session:
+        try:
+            tenant = accounts.find_tenant(session, DEMO_TENANT)
+        except NotFound:
+            tenant = accounts.create_tenant(session, DEMO_TENANT, "Demo tenant")
+        try:
+            owner = accounts.find_user(session, DEMO_OWNER)
+        except NotFound:
+            owner = accounts.create_user(session, DEMO_OWNER)
+        is_member = session.scalar(
+            select(Membership).where(Membership.user_id == owner.id, Membership.tenant_id == tenant.id)
+        )
+        if is_member is None:
+            accounts.add_membership(session, owner, tenant, Role.OWNER)
+        _token, plain = accounts.issue_token(session, owner, name="quickstart", expires_in=timedelta(days=30))
+    return plain
+
+
+def run(settings: Settings) -> int:
+    """Run the Procfile's processes (and the embedded broker) until Ctrl-C; returns the exit code."""
+    token = prepare(settings)
+    env = _process_environment()
+    port = env.get("PORT", "8000")
+    flower_port = env.get("FLOWER_PORT", "5555")
+    flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
+    click.echo(_banner(settings, token, port, flower_port, flower_user, flower_password))
+
+    broker = None
+    if settings.embedded:
+        broker = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "embedded-broker"], env=env)
+        if not wait_until_answering(settings.embedded_broker_port, timeout=15):
+            broker.terminate()
+            raise click.ClickException(f"the embedded broker did not start on port {settings.embedded_broker_port}")
+    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", "Procfile", *PROCESSES], env=env)
+    try:
+        return honcho.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached honcho too (same process group); it stops its processes itself.
+        return honcho.wait()
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait()
+
+
+def _process_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # The processes' commands (gunicorn, celery) live beside this interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("FLOWER_BASIC_AUTH", f"admin:{secrets.token_urlsafe(12)}")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _banner(settings: Settings, token: str, port: str, flower_port: str, flower_user: str, flower_password: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    mode = (
+        f"embedded defaults (SQLite in {settings.data_dir}, in-memory broker): for trying the service only"
+        if settings.embedded
+        else "configured PostgreSQL and RabbitMQ"
+    )
+    return f"""
+ERPMax provisioning, on {mode}.
+
+  Token for {DEMO_OWNER}, owner of tenant '{DEMO_TENANT}' (shown once, valid 30 days):
+    {token}
+
+  Create a site:
+    curl -s -X POST {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}" -H "Content-Type: application/json" -d '{{"job_type": "create_site"}}'
+  Follow it:
+    curl -s {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}"
+
+  API docs: {base}/docs
+  Flower:   http://127.0.0.1:{flower_port}  (user {flower_user}, password {flower_password})
+
+Ctrl-C stops everything.
+"""

@@ -1,0 +1,313 @@
+"""ProvisioningService: the only writer of jobs, steps and tenant states.
+
+Every job status change is a compare-and-set ``UPDATE ... WHERE id = :id AND status IN
+(:expected)`` that must change exactly one row. Losing that race means another process (a
+duplicate delivery, a concurrent cancel) got there first: it is logged and the caller moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Callable, Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from provisioning.db import utcnow
+from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.errors import Conflict, NotFound
+from provisioning.models import ACTIVE_JOB_STATUSES, JobStep, ProvisioningJob, Tenant
+from provisioning.states import RETRYABLE_STATUSES, can_transition
+from provisioning.workflows import workflow_for
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[uuid.UUID], None]
+
+
+class ProvisioningService:
+    """Requests, reads and moves jobs through their states on one caller-owned session.
+
+    ``dispatch`` publishes a job's task; it is called only after the job's row is committed,
+    so a worker can never receive a job it cannot read. A failed publish leaves the job
+    ``pending`` with no ``dispatched_at``, for a later re-publish.
+    """
+
+    def __init__(self, session: Session, dispatch: Dispatch | None = None):
+        self.session = session
+        self.dispatch = dispatch
+
+    # Requests from API clients and operators.
+
+    def request_job(
+        self,
+        tenant_id: uuid.UUID,
+        job_type: JobType,
+        requested_by_id: uuid.UUID | None = None,
+        retry_of_id: uuid.UUID | None = None,
+    ) -> ProvisioningJob:
+        """Create a pending job, commit it, then publish it.
+
+        Raises:
+            NotFound: no such tenant.
+            Conflict: the tenant's state does not allow this job type, or it has an active job.
+        """
+        tenant = self.session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound("tenant not found")
+        workflow = workflow_for(job_type)
+        if not workflow.allows(tenant.status):
+            raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {tenant.status.value})")
+        job = ProvisioningJob(
+            tenant_id=tenant_id,
+            job_type=job_type,
+            status=JobStatus.PENDING,
+            progress=0,
+            message="Waiting for a worker",
+            requested_by_id=requested_by_id,
+            retry_of_id=retry_of_id,
+        )
+        self.session.add(job)
+        try:
+            self.session.commit()
+        except IntegrityError:
+            # The partial unique index refused a second active job for this tenant.
+            self.session.rollback()
+            raise Conflict(self._active_job_message(tenant_id)) from None
+        self._publish(job)
+        return job
+
+    def list_jobs(
+        self,
+        tenant_id: uuid.UUID,
+        page: int,
+        size: int,
+        status: JobStatus | None = None,
+        job_type: JobType | None = None,
+    ) -> tuple[Sequence[ProvisioningJob], int]:
+        """One page of the tenant's jobs, newest first, and the total that match."""
+        conditions = [ProvisioningJob.tenant_id == tenant_id]
+        if status is not None:
+            conditions.append(ProvisioningJob.status == status)
+        if job_type is not None:
+            conditions.append(ProvisioningJob.job_type == job_type)
+        total = self.session.scalar(select(func.count()).select_from(ProvisioningJob).where(*conditions))
+        jobs = self.session.scalars(
+            select(ProvisioningJob)
+            .where(*conditions)
+            .order_by(ProvisioningJob.created_at.desc(), ProvisioningJob.id.desc())
+            .limit(size)
+            .offset((page - 1) * size)
+        ).all()
+        return jobs, total or 0
+
+    def get_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> ProvisioningJob:
+        """Raises NotFound for a missing job and for another tenant's job alike."""
+        job = self.session.get(ProvisioningJob, job_id, populate_existing=True)
+        if job is None or job.tenant_id != tenant_id:
+            raise NotFound("job not found")
+        return job
+
+    def job_steps(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobStep]:
+        self.get_job(tenant_id, job_id)
+        return self.session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)).all()
+
+    def retry_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID, requested_by_id: uuid.UUID | None = None) -> ProvisioningJob:
+        """A new job of the same type, linked to the finished one; the old one keeps its history.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            Conflict: the job is not failed or completed, or the tenant cannot take it now.
+        """
+        job = self.get_job(tenant_id, job_id)
+        if job.status not in RETRYABLE_STATUSES:
+            raise Conflict(f"job is {job.status.value}; only failed or completed jobs can be retried")
+        return self.request_job(tenant_id, job.job_type, requested_by_id=requested_by_id, retry_of_id=job.id)
+
+    def cancel_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> ProvisioningJob:
+        """Cancel at once when pending; ask the worker to stop when running; repeat calls are harmless.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            Conflict: the job already finished.
+        """
+        job = self.get_job(tenant_id, job_id)
+        # The worker may claim or finish the job between our read and our update: re-read and
+        # decide again until one compare-and-set wins or the job is settled.
+        for _ in range(3):
+            now = utcnow()
+            if job.status == JobStatus.PENDING:
+                won = self._transition(
+                    job_id,
+                    {JobStatus.PENDING},
+                    JobStatus.CANCELLED,
+                    message="Cancelled before it started",
+                    cancel_requested_at=now,
+                    completed_at=now,
+                )
+            elif job.status == JobStatus.RUNNING:
+                won = self._transition(
+                    job_id,
+                    {JobStatus.RUNNING},
+                    JobStatus.CANCELLING,
+                    message="Cancel requested; stopping at the next step",
+                    cancel_requested_at=now,
+                )
+            elif job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
+                return job
+            else:
+                raise Conflict(f"job is {job.status.value}; a finished job cannot be cancelled")
+            self.session.commit()
+            job = self.get_job(tenant_id, job_id)
+            if won:
+                return job
+        return job
+
+    # Transitions made by the worker that runs a job.
+
+    def start_job(self, job_id: uuid.UUID, worker: str) -> ProvisioningJob | None:
+        """Claim a pending job for ``worker`` and lay out its steps; None if it is not pending.
+
+        None is the normal answer to a duplicate or late message: the job was already claimed,
+        finished or cancelled, and the message must be acknowledged without running anything.
+        """
+        job = self.session.get(ProvisioningJob, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        workflow = workflow_for(job.job_type)
+        now = utcnow()
+        tenant_status = self.session.scalar(select(Tenant.status).where(Tenant.id == job.tenant_id))
+        if not self._transition(
+            job_id,
+            {JobStatus.PENDING},
+            JobStatus.RUNNING,
+            worker=worker,
+            started_at=now,
+            message=workflow.steps[0].message,
+            tenant_status_before=tenant_status,
+        ):
+            self.session.rollback()
+            return None
+        self.session.add_all(
+            JobStep(job_id=job_id, position=position, name=step.name, status=StepStatus.PENDING)
+            for position, step in enumerate(workflow.steps)
+        )
+        self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
+        self.session.commit()
+        return self.session.get(ProvisioningJob, job_id, populate_existing=True)
+
+    def start_step(self, job_id: uuid.UUID, position: int, message: str) -> None:
+        self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
+        self.session.execute(
+            update(ProvisioningJob)
+            .where(ProvisioningJob.id == job_id, ProvisioningJob.status == JobStatus.RUNNING)
+            .values(message=message)
+        )
+        self.session.commit()
+
+    def finish_step(self, job_id: uuid.UUID, position: int, output: str, progress: int) -> None:
+        """Record a completed step and raise the job's progress (never lowers it)."""
+        self._update_step(job_id, position, status=StepStatus.COMPLETED, finished_at=utcnow(), output=_tail(output))
+        self.session.execute(
+            update(ProvisioningJob)
+            .where(ProvisioningJob.id == job_id, ProvisioningJob.progress < progress)
+            .values(progress=progress)
+        )
+        self.session.commit()
+
+    def end_step(self, job_id: uuid.UUID, position: int, status: StepStatus, message: str, output: str = "") -> None:
+        """Record a step that failed or was cancelled, with what it printed."""
+        self._update_step(job_id, position, status=status, finished_at=utcnow(), message=message, output=_tail(output))
+        self.session.commit()
+
+    def job_status(self, job_id: uuid.UUID) -> JobStatus:
+        status = self.session.scalar(select(ProvisioningJob.status).where(ProvisioningJob.id == job_id))
+        self.session.commit()
+        return status
+
+    def complete_job(self, job_id: uuid.UUID) -> bool:
+        """Mark a running job completed; False when a cancel got there first."""
+        job = self.session.get(ProvisioningJob, job_id)
+        won = self._transition(job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, progress=100, message="Completed", completed_at=utcnow())
+        if won:
+            self._set_tenant_status(job.tenant_id, workflow_for(job.job_type).tenant_on_success)
+        self.session.commit()
+        return won
+
+    def fail_job(self, job_id: uuid.UUID, error: str) -> bool:
+        """Mark a running or cancelling job failed with ``error``; the tenant follows its workflow."""
+        job = self.session.get(ProvisioningJob, job_id)
+        won = self._transition(job_id, {JobStatus.RUNNING, JobStatus.CANCELLING}, JobStatus.FAILED, error=error, message="Failed", completed_at=utcnow())
+        if won:
+            self._set_tenant_status(job.tenant_id, workflow_for(job.job_type).tenant_on_failure)
+        self.session.commit()
+        return won
+
+    def finish_cancel(self, job_id: uuid.UUID, tenant_status: TenantStatus | None, message: str) -> bool:
+        """Settle a cancelling job as cancelled and put the tenant where the runner decided."""
+        job = self.session.get(ProvisioningJob, job_id)
+        won = self._transition(job_id, {JobStatus.CANCELLING}, JobStatus.CANCELLED, message=message, completed_at=utcnow())
+        if won:
+            self._set_tenant_status(job.tenant_id, tenant_status)
+        self.session.commit()
+        return won
+
+    # Helpers.
+
+    def _transition(self, job_id: uuid.UUID, sources: set[JobStatus], target: JobStatus, **values) -> bool:
+        """Compare-and-set the job's status from one of ``sources`` to ``target``; True if it moved."""
+        if not all(can_transition(source, target) for source in sources):
+            raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
+        result = self.session.execute(
+            update(ProvisioningJob)
+            .where(ProvisioningJob.id == job_id, ProvisioningJob.status.in_(sources))
+            .values(status=target, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            log.info("job %s: not moved to %s, it is no longer in %s", job_id, target.value, sorted(s.value for s in sources))
+            return False
+        return True
+
+    def _update_step(self, job_id: uuid.UUID, position: int, **values) -> None:
+        self.session.execute(
+            update(JobStep).where(JobStep.job_id == job_id, JobStep.position == position).values(**values)
+        )
+
+    def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
+        if status is not None:
+            self.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(status=status, updated_at=utcnow()))
+
+    def _active_job_message(self, tenant_id: uuid.UUID) -> str:
+        active = self.session.scalars(
+            select(ProvisioningJob).where(
+                ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)
+            )
+        ).first()
+        if active is None:
+            return "the tenant already has an active job"
+        return f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
+
+    def _publish(self, job: ProvisioningJob) -> None:
+        if self.dispatch is None:
+            return
+        try:
+            self.dispatch(job.id)
+        except Exception:
+            # The row is committed, so nothing is lost: the job stays pending and undispatched.
+            log.exception("job %s: publishing failed; it stays pending until it is re-published", job.id)
+            return
+        dispatched_at = utcnow()
+        self.session.execute(
+            update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(dispatched_at=dispatched_at)
+        )
+        self.session.commit()
+        job.dispatched_at = dispatched_at
+
+
+def _tail(output: str, max_lines: int = 40, max_chars: int = 4000) -> str:
+    """The last lines of a step's output: what an operator needs to see why it stopped."""
+    return "\n".join(output.splitlines()[-max_lines:])[-max_chars:]
+

@@ -1,0 +1,174 @@
+"""Every setting of the service, read from the environment in one place."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import quote, urlsplit
+
+DEFAULT_QUEUE_NAME = "erpmax.provisioning"
+RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
+
+
+class SettingsError(ValueError):
+    """A setting is malformed; the message starts with the variable's name."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration.
+
+    With neither ``DATABASE_URL`` nor any ``RABBITMQ_*`` variable set, the service runs on
+    its embedded defaults (a SQLite file and an in-process Redis emulation as broker) so it
+    can be tried with nothing installed; those are for trying the service only.
+    """
+
+    database_url: str
+    broker_url: str
+    embedded: bool
+    data_dir: Path
+    provisioning_queue_name: str = DEFAULT_QUEUE_NAME
+    embedded_broker_port: int = 6399
+    simulated_step_seconds: float = 1.0
+    simulated_fail_step: str | None = None
+    task_soft_time_limit: int = 1500
+    task_time_limit: int = 1620
+    broker_connect_timeout: float = 2.0
+
+    @property
+    def dead_letter_queue_name(self) -> str:
+        return f"{self.provisioning_queue_name}.dead"
+
+    def with_overrides(self, **changes) -> "Settings":
+        """A copy with some fields replaced (tests and the quickstart use it)."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values.update(changes)
+        return Settings(**values)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from an environment mapping (``os.environ`` by default).
+
+    Variable names are case-insensitive and unknown ones are ignored.
+
+    Raises:
+        SettingsError: a value is malformed; the message names the variable.
+    """
+    env = _lowercase_keys(os.environ if environ is None else environ)
+    data_dir = Path(env.get("data_dir") or "var").resolve()
+    database_url = env.get("database_url")
+    rabbitmq_configured = bool(env.get("rabbitmq_url")) or any(env.get(name) for name in RABBITMQ_PART_NAMES)
+    embedded = not database_url and not rabbitmq_configured
+    embedded_broker_port = _port(env, "embedded_broker_port", 6399)
+
+    if embedded:
+        database_url = f"sqlite:///{data_dir / 'provisioning.sqlite3'}"
+        broker_url = f"redis://127.0.0.1:{embedded_broker_port}/0"
+    else:
+        if not database_url:
+            raise SettingsError("DATABASE_URL: required once RabbitMQ is configured (a postgresql:// URL)")
+        _check_scheme("DATABASE_URL", database_url, ("postgresql", "postgresql+psycopg2", "postgres", "sqlite"))
+        database_url = _normalise_database_url(database_url)
+        broker_url = get_rabbitmq_url(env)
+
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        embedded=embedded,
+        data_dir=data_dir,
+        provisioning_queue_name=_queue_name(env),
+        embedded_broker_port=embedded_broker_port,
+        simulated_step_seconds=_non_negative_float(env, "simulated_step_seconds", 1.0),
+        simulated_fail_step=env.get("simulated_fail_step") or None,
+        task_soft_time_limit=_positive_int(env, "task_soft_time_limit", 1500),
+        task_time_limit=_positive_int(env, "task_time_limit", 1620),
+        broker_connect_timeout=_non_negative_float(env, "broker_connect_timeout", 2.0),
+    )
+
+
+def get_rabbitmq_url(environ: Mapping[str, str] | None = None) -> str:
+    """The AMQP URL: ``RABBITMQ_URL`` when set, else one built from its parts.
+
+    Raises:
+        SettingsError: the URL has another scheme than amqp(s), or the port is not a number.
+    """
+    env = _lowercase_keys(os.environ if environ is None else environ)
+    url = env.get("rabbitmq_url")
+    if url:
+        _check_scheme("RABBITMQ_URL", url, ("amqp", "amqps", "pyamqp"))
+        return url
+    host = env.get("rabbitmq_host") or "localhost"
+    port = _port(env, "rabbitmq_port", 5672)
+    user = quote(env.get("rabbitmq_user") or "guest", safe="")
+    password = quote(env.get("rabbitmq_password") or "guest", safe="")
+    vhost = quote(env.get("rabbitmq_vhost") or "/", safe="")
+    return f"amqp://{user}:{password}@{host}:{port}/{vhost}"
+
+
+def settings_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
+    """Load the settings, or stop the process with one line naming the bad variable."""
+    try:
+        return load_settings(environ)
+    except SettingsError as error:
+        sys.exit(f"configuration error: {error}")
+
+
+def _lowercase_keys(environ: Mapping[str, str]) -> dict[str, str]:
+    return {key.lower(): value.strip() for key, value in environ.items()}
+
+
+def _check_scheme(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme not in schemes:
+        raise SettingsError(f"{name}: scheme {scheme or '(none)'!r} is not one of {', '.join(schemes)}")
+
+
+def _normalise_database_url(url: str) -> str:
+    """Pin the psycopg2 driver we install, and accept the ``postgres://`` spelling of hosting providers."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def _queue_name(env: dict[str, str]) -> str:
+    name = env.get("provisioning_queue_name") or DEFAULT_QUEUE_NAME
+    if any(char.isspace() for char in name):
+        raise SettingsError(f"PROVISIONING_QUEUE_NAME: {name!r} contains whitespace")
+    return name
+
+
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    value = _positive_int(env, name, default)
+    if value > 65535:
+        raise SettingsError(f"{name.upper()}: {value} is not a port number (1..65535)")
+    return value
+
+
+def _positive_int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()}: {raw!r} is not a whole number") from None
+    if value < 1:
+        raise SettingsError(f"{name.upper()}: {value} must be at least 1")
+    return value
+
+
+def _non_negative_float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()}: {raw!r} is not a number") from None
+    if value < 0:
+        raise SettingsError(f"{name.upper()}: {value} must not be negative")
+    return value

@@ -1,0 +1,35 @@
+"""The job state machine, as data; the service applies it with compare-and-set updates.
+
+::
+
+                  cancel
+        pending ─────────────────────────────> cancelled
+           │                                       ^
+           │ claimed by a worker                   │ stopped at a step boundary
+           v                    cancel             │
+        running ────────────────────────────> cancelling ──> failed
+           │                                              (clean-up failed)
+           ├──> completed
+           └──> failed
+
+``completed``, ``failed`` and ``cancelled`` are final: a finished job never changes again,
+and a retry is a new job that points back at the old one.
+"""
+
+from provisioning.enums import JobStatus
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLING}),
+    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
+RETRYABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.COMPLETED})
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    return target in TRANSITIONS[current]

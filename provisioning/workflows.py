@@ -1,0 +1,93 @@
+"""What each job type does: its steps, the tenant states it needs, and where it leaves the tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from provisioning.enums import JobType, TenantStatus
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """The plan of one job type.
+
+    ``tenant_*`` fields say where the tenant goes when the job starts, completes, fails or is
+    cancelled; ``None`` leaves it as it is, except on cancel, where ``None`` puts the tenant
+    back in the status it had when the job started. Once ``point_of_no_return`` has completed, a cancel
+    can no longer undo the job's effect, so the tenant ends as if the job had completed.
+    """
+
+    job_type: JobType
+    steps: tuple[Step, ...]
+    allowed_tenant_states: frozenset[TenantStatus]
+    refusal: str
+    tenant_on_start: TenantStatus | None = None
+    tenant_on_success: TenantStatus | None = None
+    tenant_on_failure: TenantStatus | None = None
+    tenant_on_cancel: TenantStatus | None = None
+    point_of_no_return: str | None = None
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        return tuple(step.name for step in self.steps)
+
+    def allows(self, tenant_status: TenantStatus) -> bool:
+        return tenant_status in self.allowed_tenant_states
+
+    def progress_after(self, completed_steps: int) -> int:
+        """Whole percent done once ``completed_steps`` steps have finished."""
+        return (100 * completed_steps) // len(self.steps)
+
+
+WORKFLOWS: dict[JobType, Workflow] = {
+    JobType.CREATE_SITE: Workflow(
+        job_type=JobType.CREATE_SITE,
+        steps=(
+            Step("check_preconditions", "Checking that the site can be created"),
+            Step("create_site", "Creating the site and its database"),
+            Step("install_apps", "Installing ERPNext"),
+            Step("configure_site", "Configuring the site"),
+            Step("verify_site", "Checking that the site answers"),
+        ),
+        allowed_tenant_states=frozenset({TenantStatus.PENDING, TenantStatus.FAILED}),
+        refusal="the tenant already has a site or is being changed; create_site needs a pending or failed tenant",
+        tenant_on_start=TenantStatus.PROVISIONING,
+        tenant_on_success=TenantStatus.ACTIVE,
+        tenant_on_failure=TenantStatus.FAILED,
+        tenant_on_cancel=TenantStatus.PENDING,
+    ),
+    JobType.DELETE_SITE: Workflow(
+        job_type=JobType.DELETE_SITE,
+        steps=(
+            Step("check_site", "Checking the site before deletion"),
+            Step("final_backup", "Taking a final backup"),
+            Step("drop_site", "Dropping the site and its database"),
+        ),
+        allowed_tenant_states=frozenset({TenantStatus.ACTIVE, TenantStatus.FAILED}),
+        refusal="the tenant has no site to delete; delete_site needs an active or failed tenant",
+        tenant_on_start=TenantStatus.DELETING,
+        tenant_on_success=TenantStatus.DELETED,
+        tenant_on_failure=TenantStatus.FAILED,
+        point_of_no_return="drop_site",
+    ),
+    JobType.BACKUP_SITE: Workflow(
+        job_type=JobType.BACKUP_SITE,
+        steps=(
+            Step("run_backup", "Backing up the database and files"),
+            Step("verify_backup", "Verifying the backup"),
+            Step("record_backup", "Recording the backup"),
+        ),
+        allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),
+        refusal="the tenant has no active site to back up; backup_site needs an active tenant",
+    ),
+}
+
+
+def workflow_for(job_type: JobType) -> Workflow:
+    return WORKFLOWS[job_type]
