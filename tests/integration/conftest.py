@@ -1,0 +1,184 @@
+"""Integration fixtures: a PostgreSQL database and RabbitMQ queues of this run's own, and a real worker.
+
+Every run creates a database ``provisioning_test_<random>`` migrated with Alembic and queues
+``erpmax.provisioning.test-<random>``, so runs never collide; both are removed at the end.
+Tests isolate their data by making tenants of their own, which also lets a real worker (a
+separate process) see what a test committed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from kombu import Connection
+from sqlalchemy import create_engine, text
+
+from provisioning import migrate
+from provisioning.broker import Dispatcher
+from provisioning.db import get_engine, session_factory
+from provisioning.settings import Settings, load_settings
+from tests import factories
+from tests.helpers import wait_for
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+HOW_TO_START = {
+    "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    "RabbitMQ": "rabbitmq-server -detached",
+}
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def _answers(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def real_services_answer() -> None:
+    """Stop the whole run at once, with one line saying how to start what is missing."""
+    for name, url, port in (("PostgreSQL", ADMIN_DATABASE_URL, 5432), ("RabbitMQ", RABBITMQ_URL, 5672)):
+        if not _answers(url, port):
+            pytest.exit(f"{name} is not answering at {urlsplit(url).netloc}; start it with: {HOW_TO_START[name]}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    name = f"provisioning_test_{RUN_ID}"
+    admin = create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = ADMIN_DATABASE_URL.rsplit("/", 1)[0] + f"/{name}"
+    migrate.upgrade(url)
+    yield url
+    get_engine(url).dispose()
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def environment(database_url: str) -> dict[str, str]:
+    """The environment of this run's service processes (workers, gunicorn, Flower)."""
+    return {
+        "DATABASE_URL": database_url,
+        "RABBITMQ_URL": RABBITMQ_URL,
+        "PROVISIONING_QUEUE_NAME": f"erpmax.provisioning.test-{RUN_ID}",
+        "SIMULATED_STEP_SECONDS": "0",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(environment: dict[str, str]) -> Settings:
+    settings = load_settings(environment)
+    yield settings
+    with Connection(RABBITMQ_URL) as connection:
+        channel = connection.default_channel
+        for queue in (settings.provisioning_queue_name, settings.dead_letter_queue_name):
+            channel.queue_delete(queue)
+            channel.exchange_delete(queue)
+
+
+@pytest.fixture(scope="session")
+def sessions(settings: Settings):
+    return session_factory(settings.database_url)
+
+
+@pytest.fixture
+def session(sessions):
+    with sessions() as session:
+        yield session
+
+
+@pytest.fixture
+def tenant_factory(session):
+    return factories.TenantFactory(session)
+
+
+@pytest.fixture(scope="session")
+def dispatcher(settings: Settings) -> Dispatcher:
+    return Dispatcher(settings)
+
+
+@pytest.fixture
+def app(settings: Settings):
+    from api import create_app
+
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def process_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The test process's environment without our own settings, plus ``extra``."""
+    ours = {"database_url", "provisioning_queue_name", "simulated_step_seconds", "simulated_fail_step", "data_dir"}
+    env = {key: value for key, value in os.environ.items() if key.lower() not in ours and not key.lower().startswith("rabbitmq_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A real ``celery -A tasks worker`` on this run's queue, started and stopped by a test."""
+
+    def __init__(self, environment: dict[str, str], dispatcher: Dispatcher, concurrency: int = 2, name: str | None = None):
+        self.name = name or f"test-{RUN_ID}-{uuid.uuid4().hex[:6]}@localhost"
+        self.dispatcher = dispatcher
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{self.name.split('@')[0]}.log"
+        command = [
+            sys.executable, "-m", "celery", "-A", "tasks", "worker",
+            "-Q", environment["PROVISIONING_QUEUE_NAME"], "-n", self.name,
+            "-c", str(concurrency), "-P", "prefork", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=process_environment(environment), stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_for(self._answers_ping, timeout=60, interval=0.5, what=f"worker {self.name} to answer a ping")
+
+    def _answers_ping(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
+        return bool(self.dispatcher.app.control.ping(destination=[self.name], timeout=0.5))
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM the prefork parent (a warm shutdown), then make sure it is gone."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def worker(environment: dict[str, str], dispatcher: Dispatcher, database_url: str):
+    """One real worker for the whole run, with zero-second simulated steps."""
+    process = WorkerProcess(environment, dispatcher)
+    yield process
+    process.stop()
