@@ -74,6 +74,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_url = _normalise_database_url(database_url)
         broker_url = get_rabbitmq_url(env)
 
+    soft_limit = _positive_int(env, "task_soft_time_limit", 1500)
+    hard_limit = _positive_int(env, "task_time_limit", 1620)
+    if soft_limit >= hard_limit:
+        raise SettingsError(f"TASK_SOFT_TIME_LIMIT: {soft_limit} must be below TASK_TIME_LIMIT ({hard_limit})")
+
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
@@ -83,8 +88,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         embedded_broker_port=embedded_broker_port,
         simulated_step_seconds=_non_negative_float(env, "simulated_step_seconds", 1.0),
         simulated_fail_step=env.get("simulated_fail_step") or None,
-        task_soft_time_limit=_positive_int(env, "task_soft_time_limit", 1500),
-        task_time_limit=_positive_int(env, "task_time_limit", 1620),
+        task_soft_time_limit=soft_limit,
+        task_time_limit=hard_limit,
         broker_connect_timeout=_non_negative_float(env, "broker_connect_timeout", 2.0),
     )
 

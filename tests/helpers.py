@@ -1,7 +1,9 @@
-"""Waiting on conditions with a deadline, never sleeping and hoping."""
+"""Test helpers: waiting on conditions with a deadline (never sleeping and hoping), and checking API answers."""
 
 import time
 from typing import Callable, TypeVar
+
+from flask.testing import FlaskClient
 
 T = TypeVar("T")
 
@@ -16,3 +18,34 @@ def wait_for(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw {result!r}")
         time.sleep(interval)
+
+
+def assert_error(response, *statuses: int) -> dict:
+    """Assert an error answer in the API's one shape and return its body.
+
+    ``{"code": int, "status": str, "message": str}``, plus ``errors`` for a 422, so a client
+    can handle every error with one piece of code. With several ``statuses``, any of them will do.
+    """
+    assert response.status_code in statuses, (response.status_code, response.get_data(as_text=True))
+    assert response.mimetype == "application/json", (response.mimetype, response.get_data(as_text=True)[:200])
+    body = response.get_json()
+    assert body["code"] == response.status_code, body
+    assert isinstance(body["status"], str) and body["status"], body
+    assert isinstance(body["message"], str) and body["message"], body
+    if response.status_code == 422:
+        assert isinstance(body.get("errors"), dict) and body["errors"], body
+    return body
+
+
+class StrictClient(FlaskClient):
+    """A Flask test client that fails the test on any 5xx or HTML answer (outside ``/docs``).
+
+    A client of this API must never see a server error or an HTML error page, whatever it sends.
+    """
+
+    def open(self, *args, **kwargs):
+        response = super().open(*args, **kwargs)
+        assert response.status_code < 500, (response.status_code, response.get_data(as_text=True)[:500])
+        if response.request.path != "/docs":
+            assert response.mimetype != "text/html", (response.request.path, response.get_data(as_text=True)[:200])
+        return response

@@ -1,0 +1,111 @@
+"""The `provisioning` command line against the run's PostgreSQL database."""
+
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from provisioning import migrate
+from provisioning.cli import main
+from provisioning.enums import JobType, TenantStatus
+from provisioning.service import ProvisioningService
+
+
+@pytest.fixture
+def cli(environment):
+    def invoke(*args: str):
+        return CliRunner().invoke(main, list(args), env=environment, catch_exceptions=False)
+
+    return invoke
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def last_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+def all_commands(group, path=()):
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if hasattr(command, "commands"):
+            yield from all_commands(command, (*path, name))
+
+
+@pytest.mark.parametrize("command", [(), *all_commands(main)], ids=lambda c: " ".join(c) or "provisioning")
+def test_every_command_has_help(cli, command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+
+
+def test_an_operator_sets_up_a_tenant_whose_owner_then_uses_the_api(cli, client):
+    slug = unique("acme")
+    assert cli("tenant", "create", "--slug", slug, "--name", "Acme Ltd").exit_code == 0
+    email = f"{slug}@example.test"
+    assert cli("user", "create", "--email", email, "--tenant", slug, "--role", "owner").exit_code == 0
+
+    created = cli("token", "create", "--email", email, "--name", "portal", "--expires-days", "7")
+
+    assert created.exit_code == 0
+    token = last_line(created.output)
+    assert token.startswith("erpx_") and " " not in token
+    answer = client.get("/api/v1/tenants/current", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200
+    assert answer.json["data"]["slug"] == slug and answer.json["data"]["role"] == "owner"
+
+    listed = cli("token", "list", "--email", email)
+    assert token not in listed.output and "usable" in listed.output
+    token_id = listed.output.split()[0]
+    assert cli("token", "revoke", token_id).exit_code == 0
+    assert client.get("/api/v1/tenants/current", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("tenant", "create", "--slug", "Not A Slug", "--name", "x"), "slug 'Not A Slug' must be"),
+        (("user", "create", "--email", "a@b.test", "--tenant", "no-such-tenant", "--role", "owner"), "no tenant with slug 'no-such-tenant'"),
+        (("user", "create", "--email", "a@b.test", "--tenant", "x", "--role", "king"), "'king' is not one of"),
+        (("user", "create", "--email", "not-an-email", "--superuser"), "is not an e-mail address"),
+        (("token", "create", "--email", "nobody@example.test"), "no user with e-mail"),
+        (("token", "revoke", str(uuid.UUID(int=0))), "no token with id"),
+        (("token", "revoke", "not-a-uuid"), "is not a valid UUID"),
+    ],
+)
+def test_bad_operator_input_exits_non_zero_with_one_clear_line(cli, args, message):
+    result = cli(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_duplicate_slug_is_refused(cli):
+    slug = unique("dup")
+    assert cli("tenant", "create", "--slug", slug, "--name", "One").exit_code == 0
+    result = cli("tenant", "create", "--slug", slug, "--name", "Two")
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: a tenant with slug '{slug}' already exists"
+
+
+def test_jobs_list_shows_a_tenants_jobs_with_their_status(cli, session, tenant_factory):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+
+    result = cli("jobs", "list", "--tenant", tenant.tenant.slug)
+
+    assert result.exit_code == 0
+    assert result.output.split("\t")[:4] == [str(job.id), tenant.tenant.slug, "backup_site", "pending"]
+
+
+def test_db_upgrade_builds_the_schema_from_nothing_and_is_safe_to_repeat(tmp_path):
+    database_url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    runner = CliRunner()
+    env = {"DATABASE_URL": database_url}
+    for _ in range(2):
+        result = runner.invoke(main, ["db", "upgrade"], env=env)
+        assert result.exit_code == 0, result.output
+    assert migrate.current_revision(database_url) is not None
+    assert "database at revision" in result.output

@@ -1,0 +1,223 @@
+"""The worker's job runner on real PostgreSQL: steps, progress, failures, cancels and duplicates."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.models import JobStep, ProvisioningJob, Tenant
+from provisioning.runner import JobRunner
+from provisioning.service import ProvisioningService
+from provisioning.workflows import workflow_for
+from tests.helpers import wait_for
+
+
+def runner(sessions, step_seconds: float = 0, fail_step: str | None = None) -> JobRunner:
+    return JobRunner(sessions, SimulatedDriver(step_seconds=step_seconds, fail_step=fail_step), worker="test-runner@localhost")
+
+
+def read_job(sessions, job_id) -> ProvisioningJob:
+    with sessions() as session:
+        return session.get(ProvisioningJob, job_id)
+
+
+def read_steps(sessions, job_id) -> list[JobStep]:
+    with sessions() as session:
+        return list(session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)))
+
+
+def tenant_status(sessions, tenant_id) -> TenantStatus:
+    with sessions() as session:
+        return session.get(Tenant, tenant_id).status
+
+
+def unpublished_job(session, tenant_id, job_type=JobType.CREATE_SITE) -> ProvisioningJob:
+    """A pending job no worker will receive, so the test's runner is the only one to run it."""
+    return ProvisioningService(session).request_job(tenant_id, job_type)
+
+
+def run_in_background(job_runner: JobRunner, job_id) -> threading.Thread:
+    thread = threading.Thread(target=job_runner.run, args=(job_id,), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_create_runs_every_step_in_order_and_activates_the_tenant(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+
+    runner(sessions).run(job.id)
+
+    finished = read_job(sessions, job.id)
+    assert (finished.status, finished.progress, finished.error) == (JobStatus.COMPLETED, 100, None)
+    assert finished.worker == "test-runner@localhost"
+    assert finished.started_at <= finished.completed_at
+    steps = read_steps(sessions, job.id)
+    assert [step.name for step in steps] == list(workflow_for(JobType.CREATE_SITE).step_names)
+    assert all(step.status == StepStatus.COMPLETED and step.output for step in steps)
+    assert all(a.finished_at <= b.started_at for a, b in zip(steps, steps[1:]))
+    assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
+
+
+def test_a_failing_step_fails_the_job_with_its_name_and_keeps_what_came_before(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+
+    runner(sessions, fail_step="install_apps").run(job.id)
+
+    failed = read_job(sessions, job.id)
+    assert failed.status == JobStatus.FAILED
+    assert "install_apps" in failed.error
+    assert failed.progress == workflow_for(JobType.CREATE_SITE).progress_after(2)
+    statuses = {step.name: step.status for step in read_steps(sessions, job.id)}
+    assert statuses == {
+        "check_preconditions": StepStatus.COMPLETED,
+        "create_site": StepStatus.COMPLETED,
+        "install_apps": StepStatus.FAILED,
+        "configure_site": StepStatus.PENDING,
+        "verify_site": StepStatus.PENDING,
+    }
+    assert tenant_status(sessions, tenant.id) == TenantStatus.FAILED
+
+
+def test_a_retry_of_a_failed_create_is_a_new_job_that_completes_and_the_old_one_keeps_its_history(
+    session, sessions, tenant_factory
+):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    runner(sessions, fail_step="configure_site").run(job.id)
+
+    retry = ProvisioningService(session).retry_job(tenant.id, job.id)
+    runner(sessions).run(retry.id)
+
+    assert retry.id != job.id and retry.retry_of_id == job.id
+    assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
+    old = read_job(sessions, job.id)
+    assert (old.status, "configure_site" in old.error) == (JobStatus.FAILED, True)
+    assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
+
+
+def test_a_backup_leaves_an_active_tenant_active_even_when_it_fails(session, sessions, tenant_factory):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
+    runner(sessions, fail_step="verify_backup").run(job.id)
+    assert read_job(sessions, job.id).status == JobStatus.FAILED
+    assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
+
+
+def test_a_delete_ends_with_the_tenant_deleted(session, sessions, tenant_factory):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
+    runner(sessions).run(job.id)
+    assert read_job(sessions, job.id).status == JobStatus.COMPLETED
+    assert tenant_status(sessions, tenant.id) == TenantStatus.DELETED
+
+
+def test_a_cancel_of_a_running_create_stops_it_inside_its_step_and_puts_the_tenant_back(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    thread = run_in_background(runner(sessions, step_seconds=30), job.id)
+    wait_for(lambda: read_job(sessions, job.id).status == JobStatus.RUNNING, what="the job to start")
+
+    answer = ProvisioningService(session).cancel_job(tenant.id, job.id)
+
+    assert answer.status == JobStatus.CANCELLING and answer.cancel_requested_at is not None
+    cancelled = wait_for(
+        lambda: (job_row := read_job(sessions, job.id)).status == JobStatus.CANCELLED and job_row,
+        timeout=10,
+        what="the job to be cancelled",
+    )
+    thread.join(timeout=10)
+    assert cancelled.completed_at is not None
+    steps = read_steps(sessions, job.id)
+    assert steps[0].status == StepStatus.CANCELLED
+    assert all(step.status == StepStatus.PENDING for step in steps[1:])
+    assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
+
+
+def test_a_cancelled_delete_puts_the_tenant_back_to_the_state_it_had(session, sessions, tenant_factory):
+    tenant = tenant_factory.create(status=TenantStatus.FAILED)
+    job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
+    thread = run_in_background(runner(sessions, step_seconds=30), job.id)
+    wait_for(lambda: tenant_status(sessions, tenant.id) == TenantStatus.DELETING, what="the tenant to be deleting")
+
+    ProvisioningService(session).cancel_job(tenant.id, job.id)
+
+    wait_for(lambda: read_job(sessions, job.id).status == JobStatus.CANCELLED, timeout=10, what="the cancel")
+    thread.join(timeout=10)
+    assert tenant_status(sessions, tenant.id) == TenantStatus.FAILED
+
+
+def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(session, sessions, tenant_factory):
+    """The runner checks for a cancel at every step boundary, even when the driver never asks."""
+
+    class IgnoresCancel(SimulatedDriver):
+        def run_step(self, job_type, step, tenant_slug, context):
+            if step == "create_site":
+                ProvisioningService(session).cancel_job(tenant.id, job.id)
+            return super().run_step(job_type, step, tenant_slug, NeverCancelled())
+
+    class NeverCancelled:
+        def cancel_requested(self) -> bool:
+            return False
+
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    JobRunner(sessions, IgnoresCancel(step_seconds=0), worker="test").run(job.id)
+
+    assert read_job(sessions, job.id).status == JobStatus.CANCELLED
+    statuses = [step.status for step in read_steps(sessions, job.id)]
+    assert statuses[:2] == [StepStatus.COMPLETED, StepStatus.COMPLETED]
+    assert set(statuses[2:]) == {StepStatus.PENDING}
+
+
+def test_a_second_delivery_of_a_finished_job_runs_nothing(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    runner(sessions).run(job.id)
+    before = read_steps(sessions, job.id)
+
+    runner(sessions).run(job.id)
+
+    after = read_steps(sessions, job.id)
+    assert [(s.id, s.status, s.finished_at) for s in after] == [(s.id, s.status, s.finished_at) for s in before]
+    assert read_job(sessions, job.id).status == JobStatus.COMPLETED
+
+
+def test_a_pending_job_cancelled_before_a_worker_got_it_is_skipped(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    assert ProvisioningService(session).cancel_job(tenant.id, job.id).status == JobStatus.CANCELLED
+
+    runner(sessions).run(job.id)
+
+    assert read_job(sessions, job.id).status == JobStatus.CANCELLED
+    assert read_steps(sessions, job.id) == []
+    assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
+
+
+def test_two_runners_racing_for_one_job_run_its_steps_once(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    threads = [run_in_background(runner(sessions, step_seconds=0.05), job.id) for _ in range(4)]
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert read_job(sessions, job.id).status == JobStatus.COMPLETED
+    with sessions() as s:
+        count = s.scalar(select(func.count()).select_from(JobStep).where(JobStep.job_id == job.id))
+    assert count == len(workflow_for(JobType.CREATE_SITE).steps)
+
+
+@pytest.mark.parametrize("status", [TenantStatus.PROVISIONING, TenantStatus.DELETING])
+def test_no_job_is_accepted_while_the_tenant_is_changing(session, tenant_factory, status):
+    from provisioning.errors import Conflict
+
+    tenant = tenant_factory.create(status=status)
+    for job_type in JobType:
+        with pytest.raises(Conflict, match=status.value):
+            ProvisioningService(session).request_job(tenant.id, job_type)

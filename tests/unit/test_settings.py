@@ -1,0 +1,74 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioning.settings import SettingsError, get_rabbitmq_url, load_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+POSTGRES = "postgresql://app@db.internal/provisioning"
+
+
+def test_with_no_database_or_broker_configured_the_embedded_defaults_apply(tmp_path):
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+    assert settings.embedded
+    assert settings.database_url == f"sqlite:///{tmp_path / 'provisioning.sqlite3'}"
+    assert settings.broker_url.startswith("redis://127.0.0.1:")
+    assert settings.provisioning_queue_name == "erpmax.provisioning"
+
+
+def test_names_are_case_insensitive_and_unknown_ones_are_ignored():
+    settings = load_settings(
+        {"database_url": POSTGRES, "RabbitMQ_Url": "amqp://u:p@mq:5672//", "Provisioning_Queue_Name": "q1", "SOMETHING_ELSE": "x"}
+    )
+    assert not settings.embedded
+    assert settings.broker_url == "amqp://u:p@mq:5672//"
+    assert settings.provisioning_queue_name == "q1"
+    assert settings.dead_letter_queue_name == "q1.dead"
+
+
+def test_postgres_urls_are_pinned_to_the_installed_driver():
+    assert load_settings({"DATABASE_URL": "postgres://a@h/d", "RABBITMQ_HOST": "mq"}).database_url == "postgresql+psycopg2://a@h/d"
+
+
+def test_the_broker_url_is_built_from_its_parts_with_the_password_escaped():
+    url = get_rabbitmq_url({"RABBITMQ_HOST": "mq", "RABBITMQ_PORT": "5673", "RABBITMQ_USER": "svc", "RABBITMQ_PASSWORD": "p@ss/w"})
+    assert url == "amqp://svc:p%40ss%2Fw@mq:5673/%2F"
+
+
+def test_rabbitmq_url_is_preferred_over_its_parts():
+    assert get_rabbitmq_url({"RABBITMQ_URL": "amqps://x@y//", "RABBITMQ_HOST": "other"}) == "amqps://x@y//"
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"DATABASE_URL": POSTGRES, "RABBITMQ_PORT": "abc"}, "RABBITMQ_PORT"),
+        ({"DATABASE_URL": POSTGRES, "RABBITMQ_PORT": "70000"}, "RABBITMQ_PORT"),
+        ({"DATABASE_URL": POSTGRES, "RABBITMQ_URL": "http://mq:5672"}, "RABBITMQ_URL"),
+        ({"DATABASE_URL": "mysql://db/x", "RABBITMQ_HOST": "mq"}, "DATABASE_URL"),
+        ({"RABBITMQ_HOST": "mq"}, "DATABASE_URL"),
+        ({"SIMULATED_STEP_SECONDS": "-1"}, "SIMULATED_STEP_SECONDS"),
+        ({"SIMULATED_STEP_SECONDS": "soon"}, "SIMULATED_STEP_SECONDS"),
+        ({"PROVISIONING_QUEUE_NAME": "two words"}, "PROVISIONING_QUEUE_NAME"),
+        ({"TASK_SOFT_TIME_LIMIT": "2000", "TASK_TIME_LIMIT": "1000"}, "TASK_SOFT_TIME_LIMIT"),
+    ],
+)
+def test_a_malformed_value_is_refused_naming_the_variable(environ, variable):
+    with pytest.raises(SettingsError, match=f"^{variable}:"):
+        load_settings(environ)
+
+
+@pytest.mark.parametrize("command", [["-m", "celery", "-A", "tasks", "inspect", "ping"], ["-m", "provisioning.cli", "tenant", "list"]])
+def test_a_process_started_with_a_bad_setting_stops_with_one_line_naming_it(command):
+    result = subprocess.run(
+        [sys.executable, *command],
+        cwd=PROJECT_ROOT,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": POSTGRES, "RABBITMQ_PORT": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["configuration error: RABBITMQ_PORT: 'abc' is not a whole number"]
