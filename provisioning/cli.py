@@ -198,6 +198,17 @@ def jobs_list(tenant_slug: str | None, status: str | None, limit: int) -> None:
             )
 
 
+@jobs.command("republish")
+def jobs_republish() -> None:
+    """Publish the pending jobs whose message never reached the broker (it was down at the time)."""
+    from provisioning.broker import Dispatcher
+    from provisioning.service import ProvisioningService
+
+    with _session() as session:
+        published = ProvisioningService(session, dispatch=Dispatcher(_settings()).send_job).publish_undispatched()
+    click.echo(f"published {len(published)} job(s)")
+
+
 @main.command()
 def quickstart() -> None:
     """Prepare a demo tenant and token, then run web, worker and Flower until Ctrl-C (`make run`)."""

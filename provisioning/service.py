@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 from typing import Callable, Sequence
 
 from sqlalchemy import func, select, update
@@ -76,7 +77,7 @@ class ProvisioningService:
             # The partial unique index refused a second active job for this tenant.
             self.session.rollback()
             raise Conflict(self._active_job_message(tenant_id)) from None
-        self._publish(job)
+        job.dispatched_at = self._publish(job.id)
         return job
 
     def list_jobs(
@@ -164,6 +165,20 @@ class ProvisioningService:
             if won:
                 return job
         return job
+
+    def publish_undispatched(self) -> list[uuid.UUID]:
+        """Publish every pending job whose message never reached the broker; returns their ids."""
+        job_ids = self.session.scalars(
+            select(ProvisioningJob.id)
+            .where(ProvisioningJob.status == JobStatus.PENDING, ProvisioningJob.dispatched_at.is_(None))
+            .order_by(ProvisioningJob.created_at)
+        ).all()
+        self.session.commit()
+        published = []
+        for job_id in job_ids:
+            if self._publish(job_id) is not None:
+                published.append(job_id)
+        return published
 
     # Transitions made by the worker that runs a job.
 
@@ -290,21 +305,20 @@ class ProvisioningService:
             return "the tenant already has an active job"
         return f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
 
-    def _publish(self, job: ProvisioningJob) -> None:
+    def _publish(self, job_id: uuid.UUID) -> datetime | None:
+        """Publish the job's message and record when; None (and logged) if the broker failed."""
         if self.dispatch is None:
-            return
+            return None
         try:
-            self.dispatch(job.id)
+            self.dispatch(job_id)
         except Exception:
             # The row is committed, so nothing is lost: the job stays pending and undispatched.
-            log.exception("job %s: publishing failed; it stays pending until it is re-published", job.id)
-            return
+            log.exception("job %s: publishing failed; it stays pending until it is re-published", job_id)
+            return None
         dispatched_at = utcnow()
-        self.session.execute(
-            update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(dispatched_at=dispatched_at)
-        )
+        self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(dispatched_at=dispatched_at))
         self.session.commit()
-        job.dispatched_at = dispatched_at
+        return dispatched_at
 
 
 def _tail(output: str, max_lines: int = 40, max_chars: int = 4000) -> str:
