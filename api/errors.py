@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 from flask_smorest import Api
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException, default_exceptions
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
 
 from provisioning.errors import AuthenticationFailed, Conflict, Forbidden, InvalidRequest, NotFound, ProvisioningError
 
@@ -25,11 +25,17 @@ BEARER_CHALLENGE = 'Bearer realm="erpmax-provisioning"'
 
 
 class ProvisioningApi(Api):
-    """flask-smorest's Api, with a ``message`` in every error (Flask's own 404 and 405 included)."""
+    """flask-smorest's Api, with a ``message`` in every error (Flask's own 404 and 405 included).
+
+    flask-smorest drops the ``Allow`` header werkzeug puts on a 405; HTTP requires it there,
+    and it tells a client which methods the URL does take, so it is put back.
+    """
 
     def handle_http_exception(self, error: HTTPException):
         payload, code, headers = super().handle_http_exception(error)
         payload.setdefault("message", error.description)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers.setdefault("Allow", ", ".join(error.valid_methods))
         return payload, code, headers
 
 

@@ -5,6 +5,8 @@ from marshmallow import Schema, fields, validate
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
 
 MAX_PAGE_SIZE = 100
+# The row offset, (page - 1) * size, must fit PostgreSQL's bigint: a larger page was a 500.
+MAX_PAGE = 1_000_000_000
 
 
 class JobSchema(Schema):
@@ -35,7 +37,7 @@ class JobCreateSchema(Schema):
 
 
 class JobQueryArgsSchema(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
     status = fields.Enum(JobStatus, by_value=True)
     job_type = fields.Enum(JobType, by_value=True)
