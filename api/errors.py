@@ -9,7 +9,15 @@ from flask_smorest import Api
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
 
-from provisioning.errors import AuthenticationFailed, Conflict, Forbidden, InvalidRequest, NotFound, ProvisioningError
+from provisioning.errors import (
+    AuthenticationFailed,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    MissingCredentials,
+    NotFound,
+    ProvisioningError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,10 @@ def http_error(status: int, message: str, headers: dict[str, str] | None = None)
 def error_for(error: ProvisioningError) -> HTTPException:
     status = next(code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind))
     headers = None
-    if status == 401:
+    if isinstance(error, MissingCredentials):
+        # RFC 6750 3.1: a request without credentials gets the challenge, but no error code.
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE}
+    elif isinstance(error, AuthenticationFailed):
         headers = {"WWW-Authenticate": f'{BEARER_CHALLENGE}, error="invalid_token", error_description="{error}"'}
     return http_error(status, str(error), headers)
 

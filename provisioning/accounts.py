@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from provisioning.db import utcnow
 from provisioning.enums import WRITER_ROLES, Role
-from provisioning.errors import AuthenticationFailed, Conflict, Forbidden, InvalidRequest, NotFound
+from provisioning.errors import AuthenticationFailed, Conflict, Forbidden, InvalidRequest, MissingCredentials, NotFound
 from provisioning.models import ApiToken, Membership, Tenant, User
 
 TOKEN_PREFIX = "erpx_"
@@ -23,6 +23,7 @@ SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # A token's last use is written at most this often, so reads do not each cost a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+MAX_TENANT_REF_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,12 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
 
     Raises:
         AuthenticationFailed: no token, or one that is unknown, expired or revoked.
-        InvalidRequest: the user has several tenants and named none, or none at all.
+        InvalidRequest: the user has several tenants and named none, or none at all, or the
+            header is not a plausible tenant reference.
         Forbidden: the named tenant is not one of the user's.
     """
     if not plain_token:
-        raise AuthenticationFailed("missing bearer token")
+        raise MissingCredentials("missing bearer token")
     row = session.execute(
         select(ApiToken, User).join(User, ApiToken.user_id == User.id).where(ApiToken.token_hash == hash_token(plain_token))
     ).first()
@@ -146,6 +148,8 @@ def _choose_tenant(session: Session, user: User, tenant_ref: str | None) -> tupl
         select(Tenant, Membership.role).join(Membership, Membership.tenant_id == Tenant.id).where(Membership.user_id == user.id)
     ).all()
     if tenant_ref:
+        if len(tenant_ref) > MAX_TENANT_REF_LENGTH or not tenant_ref.isprintable():
+            raise InvalidRequest("X-Tenant-ID must be a tenant slug or id")
         for tenant, role in memberships:
             if tenant_ref in (str(tenant.id), tenant.slug):
                 return tenant, role

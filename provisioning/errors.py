@@ -26,7 +26,11 @@ class StepCancelled(Exception):
 
 
 class AuthenticationFailed(ProvisioningError):
-    """The bearer token is missing, unknown, expired or revoked."""
+    """The bearer token is unknown, expired or revoked."""
+
+
+class MissingCredentials(AuthenticationFailed):
+    """The request carries no bearer token at all."""
 
 
 class Forbidden(ProvisioningError):

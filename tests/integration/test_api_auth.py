@@ -91,8 +91,11 @@ def _revoked_token(session, tenant):
 )
 def test_a_request_without_a_usable_token_is_refused_with_a_bearer_challenge(client, tenant_factory, session, make_headers, reason):
     tenant = tenant_factory.create()
-    body = assert_unauthorized(client.get(JOBS, headers=make_headers(session, tenant)))
+    response = client.get(JOBS, headers=make_headers(session, tenant))
+    body = assert_unauthorized(response)
     assert reason in body["message"]
+    # RFC 6750: an error code only when credentials were sent and are bad.
+    assert ('error="invalid_token"' in response.headers["WWW-Authenticate"]) == (reason != "missing")
     assert client.get(JOBS, headers=tenant.headers()).status_code == 200, "the user's other token must still work"
 
 
@@ -216,3 +219,8 @@ def test_an_operator_must_name_a_tenant_that_exists(client, session):
     assert "X-Tenant-ID" in assert_error(client.get(JOBS, headers=bearer(token)), 400)["message"]
     assert_error(client.get(JOBS, headers=bearer(token, "no-such-tenant")), 403)
     assert_error(client.get(JOBS, headers=bearer(token, uuid.uuid4())), 403)
+
+
+@pytest.mark.parametrize("reference", ["x" * 65, "acme\x00", "acme\nX-Other: 1"], ids=["too-long", "nul", "newline"])
+def test_an_x_tenant_id_that_cannot_name_a_tenant_is_a_bad_request(client, session, reference):
+    assert "X-Tenant-ID" in assert_error(client.get(JOBS, headers=bearer(operator(session), reference)), 400)["message"]
