@@ -221,6 +221,6 @@ def test_an_operator_must_name_a_tenant_that_exists(client, session):
     assert_error(client.get(JOBS, headers=bearer(token, uuid.uuid4())), 403)
 
 
-@pytest.mark.parametrize("reference", ["x" * 65, "acme\x00", "acme\nX-Other: 1"], ids=["too-long", "nul", "newline"])
+@pytest.mark.parametrize("reference", ["x" * 65, "acme\x00", "acme\x07"], ids=["too-long", "nul", "control-character"])
 def test_an_x_tenant_id_that_cannot_name_a_tenant_is_a_bad_request(client, session, reference):
     assert "X-Tenant-ID" in assert_error(client.get(JOBS, headers=bearer(operator(session), reference)), 400)["message"]
