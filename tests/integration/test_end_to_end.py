@@ -1,0 +1,179 @@
+"""The Procfile's own web, worker and Flower lines, run as separate processes, take a site from creation through a backup to deletion over HTTP."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import requests
+from kombu import Connection
+
+from provisioning.enums import JobType, Role
+from provisioning.workflows import workflow_for
+from tests.helpers import wait_for
+from tests.integration.conftest import process_environment
+from tests.processes import (
+    TAG_VARIABLE,
+    GroupProcess,
+    free_port,
+    kill_tagged,
+    new_tag,
+    procfile_commands,
+    stop_all,
+    tagged_processes,
+)
+
+FLOWER_AUTH = ("user", "password")
+WORKER_NAME = f"worker@{socket.gethostname()}"  # what the Procfile's --hostname "worker@%h" expands to
+HTTP_TIMEOUT = 10
+FINISHED = ("completed", "failed", "cancelled")
+
+
+class ProcfileStack:
+    """The three Procfile processes of one test, and how to talk to them."""
+
+    def __init__(self, processes: dict[str, GroupProcess], port: int, flower_port: int, queue: str, tag: str):
+        self.processes = processes
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.api_url = f"{self.base_url}/api/v1"
+        self.flower_url = f"http://127.0.0.1:{flower_port}"
+        self.queue = queue
+        self.tag = tag
+
+    def assert_alive(self) -> None:
+        for process in self.processes.values():
+            process.assert_alive()
+
+    def flower(self, path: str, **params) -> dict:
+        response = requests.get(f"{self.flower_url}{path}", params=params, auth=FLOWER_AUTH, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200, f"Flower {path}: {response.status_code} {response.text[:500]}"
+        return response.json()
+
+    def wait_until_ready(self) -> None:
+        """Gunicorn answers, and Flower both reaches the worker and receives its events."""
+
+        def answers(probe):
+            def attempt():
+                self.assert_alive()
+                try:
+                    return probe()
+                except requests.ConnectionError:
+                    return False
+
+            return attempt
+
+        wait_for(
+            answers(lambda: requests.get(f"{self.base_url}/openapi.json", timeout=HTTP_TIMEOUT).status_code == 200),
+            timeout=60, interval=0.2, what="gunicorn to answer /openapi.json",
+        )  # fmt: skip
+        wait_for(
+            answers(lambda: WORKER_NAME in self.flower("/api/workers", refresh=1)),
+            timeout=60, interval=0.5, what=f"Flower's /api/workers to list {WORKER_NAME}",
+        )  # fmt: skip
+        wait_for(
+            answers(lambda: self.flower("/api/workers", status=1).get(WORKER_NAME) is True),
+            timeout=30, interval=0.2, what=f"Flower to receive {WORKER_NAME}'s events",
+        )  # fmt: skip
+
+    def run_job(self, job_type: str, headers: dict[str, str]) -> dict:
+        """Request a job, follow it until it finishes, and check its progress only went up, to 100."""
+        response = requests.post(f"{self.api_url}/provisioning/jobs", json={"job_type": job_type}, headers=headers, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 201, response.text
+        job_id = response.json()["data"]["id"]
+        progress_seen = []
+
+        def finished():
+            self.assert_alive()
+            job = self.get(f"/provisioning/jobs/{job_id}", headers)
+            progress_seen.append(job["progress"])
+            return job if job["status"] in FINISHED else None
+
+        job = wait_for(finished, timeout=60, interval=0.1, what=f"{job_type} job {job_id} to finish")
+        assert job["status"] == "completed", job
+        assert progress_seen == sorted(progress_seen), f"progress went down: {progress_seen}"
+        assert progress_seen[-1] == 100
+        return job
+
+    def get(self, path: str, headers: dict[str, str]):
+        response = requests.get(f"{self.api_url}{path}", headers=headers, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text}"
+        return response.json()["data"]
+
+    def tenant_status(self, headers: dict[str, str]) -> str:
+        return self.get("/tenants/current", headers)["status"]
+
+
+@pytest.fixture
+def procfile_stack(environment, settings, tmp_path):
+    """web, worker and flower started from the Procfile's lines, on a queue no other worker of this run reads."""
+    tag = new_tag()
+    # The session's `worker` fixture consumes the per-run queue; jobs must reach the Procfile's worker only.
+    queue = f"{environment['PROVISIONING_QUEUE_NAME']}.end-to-end"
+    port, flower_port = free_port(), free_port()
+    env = process_environment(
+        {
+            **environment,
+            "PROVISIONING_QUEUE_NAME": queue,
+            "PORT": str(port),
+            "FLOWER_PORT": str(flower_port),
+            "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+            "SIMULATED_STEP_SECONDS": "0.2",
+            "WEB_CONCURRENCY": "1",
+            TAG_VARIABLE: tag,
+        }
+    )
+    commands = procfile_commands()
+    processes: dict[str, GroupProcess] = {}
+    try:
+        for name in ("web", "worker", "flower"):
+            processes[name] = GroupProcess(name, commands[name], env, tmp_path / f"{name}.log")
+        yield ProcfileStack(processes, port, flower_port, queue, tag)
+    finally:
+        stop_all(processes)
+        kill_tagged(tag)
+        for process in processes.values():
+            print(process.describe())  # shown by pytest when the test failed
+        with Connection(environment["RABBITMQ_URL"]) as connection:
+            channel = connection.default_channel
+            for name in (queue, settings.with_overrides(provisioning_queue_name=queue).dead_letter_queue_name):
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+
+
+def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procfile_stack, tenant_factory):
+    stack = procfile_stack
+    stack.wait_until_ready()
+    assert requests.get(f"{stack.flower_url}/api/workers", timeout=HTTP_TIMEOUT).status_code == 401, "Flower must require its basic auth"
+    tenant = tenant_factory.create(roles=(Role.OWNER,))
+    headers = tenant.headers(Role.OWNER)
+
+    created = stack.run_job("create_site", headers)
+    assert stack.tenant_status(headers) == "active"
+    backed_up = stack.run_job("backup_site", headers)
+    assert stack.tenant_status(headers) == "active"
+    deleted = stack.run_job("delete_site", headers)
+    assert stack.tenant_status(headers) == "deleted"
+
+    jobs = [created, backed_up, deleted]
+    listed = stack.get("/provisioning/jobs", headers)
+    assert [job["id"] for job in listed] == [deleted["id"], backed_up["id"], created["id"]], "newest first"
+    for job in jobs:
+        assert job["worker"] == WORKER_NAME
+        steps = stack.get(f"/provisioning/jobs/{job['id']}/steps", headers)
+        assert [step["name"] for step in steps] == list(workflow_for(JobType(job["job_type"])).step_names)
+        assert [step["status"] for step in steps] == ["completed"] * len(steps), steps
+
+    def flower_saw_them_succeed():
+        tasks = stack.flower("/api/tasks")
+        return all(tasks.get(job["id"], {}).get("state") == "SUCCESS" for job in jobs) and tasks
+
+    tasks = wait_for(flower_saw_them_succeed, timeout=30, interval=0.2, what="Flower to report the three tasks as SUCCESS")
+    for job in jobs:
+        assert tasks[job["id"]]["worker"] == WORKER_NAME
+        assert tasks[job["id"]]["name"] == "provisioning.run_job"
+    # Only the name: another run's Procfile worker on this host and broker would answer as worker@%h too.
+    assert WORKER_NAME in stack.flower("/api/workers", refresh=1)
+
+    stopped_by_themselves = stop_all(stack.processes)
+    assert stopped_by_themselves == {"web": True, "worker": True, "flower": True}, "SIGTERM must stop every process"
+    assert tagged_processes(stack.tag) == [], "a process of the stack outlived its group's SIGTERM"
