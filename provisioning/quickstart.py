@@ -17,6 +17,7 @@ import click
 from sqlalchemy import select
 
 from provisioning import accounts, migrate
+from provisioning.migrate import PROJECT_ROOT
 from provisioning.db import session_factory
 from provisioning.embedded_broker import wait_until_answering
 from provisioning.enums import Role
@@ -55,7 +56,7 @@ def prepare(settings: Settings) -> str:
 def run(settings: Settings) -> int:
     """Run the Procfile's processes (and the embedded broker) until Ctrl-C; returns the exit code."""
     token = prepare(settings)
-    env = _process_environment()
+    env = _process_environment(settings)
     port = env.get("PORT", "8000")
     flower_port = env.get("FLOWER_PORT", "5555")
     flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
@@ -67,7 +68,9 @@ def run(settings: Settings) -> int:
         if not wait_until_answering(settings.embedded_broker_port, timeout=15):
             broker.terminate()
             raise click.ClickException(f"the embedded broker did not start on port {settings.embedded_broker_port}")
-    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", "Procfile", *PROCESSES], env=env)
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-f", str(PROJECT_ROOT / "Procfile"), *PROCESSES], cwd=PROJECT_ROOT, env=env
+    )
     try:
         return honcho.wait()
     except KeyboardInterrupt:
@@ -79,8 +82,10 @@ def run(settings: Settings) -> int:
             broker.wait()
 
 
-def _process_environment() -> dict[str, str]:
+def _process_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
+    # The processes run from the project root; they must find the same data directory.
+    env["DATA_DIR"] = str(settings.data_dir)
     # The processes' commands (gunicorn, celery) live beside this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("FLOWER_BASIC_AUTH", f"admin:{secrets.token_urlsafe(12)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 
 import pytest
 import requests
@@ -24,7 +25,7 @@ from tests.processes import (
 )
 
 FLOWER_AUTH = ("user", "password")
-WORKER_NAME = f"worker@{socket.gethostname()}"  # what the Procfile's --hostname "worker@%h" expands to
+WORKER_NAME = f"e2e-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
 HTTP_TIMEOUT = 10
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -117,6 +118,7 @@ def procfile_stack(environment, settings, tmp_path):
             "PORT": str(port),
             "FLOWER_PORT": str(flower_port),
             "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+            "WORKER_NAME": WORKER_NAME,
             "SIMULATED_STEP_SECONDS": "0.2",
             "WEB_CONCURRENCY": "1",
             TAG_VARIABLE: tag,
@@ -171,8 +173,8 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
     for job in jobs:
         assert tasks[job["id"]]["worker"] == WORKER_NAME
         assert tasks[job["id"]]["name"] == "provisioning.run_job"
-    # Only the name: another run's Procfile worker on this host and broker would answer as worker@%h too.
-    assert WORKER_NAME in stack.flower("/api/workers", refresh=1)
+    worker = stack.flower("/api/workers", refresh=1)[WORKER_NAME]
+    assert [queue["name"] for queue in worker["active_queues"]] == [stack.queue]
 
     stopped_by_themselves = stop_all(stack.processes)
     assert stopped_by_themselves == {"web": True, "worker": True, "flower": True}, "SIGTERM must stop every process"
