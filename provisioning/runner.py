@@ -111,7 +111,7 @@ class JobRunner:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 service.fail_job(job.id, f"cancelled, but cleaning up failed: {type(error).__name__}: {error}")
                 return
-            message = "Cancelled; what the job had made was removed"
+            message = "Cancelled; its partial work was undone"
             tenant_status = workflow.tenant_on_cancel or job.tenant_status_before
         service.finish_cancel(job.id, tenant_status, message)
         log.info("job %s: cancelled", job.id)
