@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -5,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from provisioning.settings import SettingsError, get_rabbitmq_url, load_settings
+from tests.processes import procfile_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POSTGRES = "postgresql://app@db.internal/provisioning"
@@ -60,12 +62,13 @@ def test_a_malformed_value_is_refused_naming_the_variable(environ, variable):
         load_settings(environ)
 
 
-@pytest.mark.parametrize("command", [["-m", "celery", "-A", "tasks", "inspect", "ping"], ["-m", "provisioning.cli", "tenant", "list"]])
-def test_a_process_started_with_a_bad_setting_stops_with_one_line_naming_it(command):
+@pytest.mark.parametrize("process", ["web", "worker", "flower", "cli"])
+def test_a_process_started_with_a_bad_setting_stops_with_one_line_naming_it(process):
+    command = procfile_commands().get(process, "provisioning tenant list")
     result = subprocess.run(
-        [sys.executable, *command],
+        ["sh", "-c", command],
         cwd=PROJECT_ROOT,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": POSTGRES, "RABBITMQ_PORT": "abc"},
+        env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin", "DATABASE_URL": POSTGRES, "RABBITMQ_PORT": "abc"},
         capture_output=True,
         text=True,
         timeout=60,
