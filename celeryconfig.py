@@ -1,8 +1,9 @@
 """Celery settings for the worker, Flower and the API's dispatcher, all read from the environment.
 
-Time limits: a step is interrupted at ``TASK_SOFT_TIME_LIMIT`` (the job fails saying so), the
-process is killed at ``TASK_TIME_LIMIT``, and both stay below RabbitMQ's consumer timeout
-(30 minutes by default), which would otherwise close the channel and redeliver the message.
+Time limits: a job's task is interrupted at ``TASK_SOFT_TIME_LIMIT`` (the job fails, saying
+so), its process is killed at ``TASK_TIME_LIMIT``, and both stay below RabbitMQ's consumer
+timeout (30 minutes by default), which would otherwise close the channel and redeliver the
+message while the job still runs.
 """
 
 from kombu import Queue
@@ -10,6 +11,8 @@ from kombu import Queue
 from provisioning.settings import Settings, settings_or_exit
 
 RUN_JOB_TASK = "provisioning.run_job"
+# A publish to a broker that is down fails in about a second instead of hanging the caller.
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 
 
 def provisioning_queues(settings: Settings) -> tuple[Queue, Queue]:
@@ -27,6 +30,11 @@ def provisioning_queues(settings: Settings) -> tuple[Queue, Queue]:
     return jobs, dead
 
 
+def declare_queues(channel, settings: Settings) -> None:
+    for queue in provisioning_queues(settings):
+        queue(channel).declare()
+
+
 def build(settings: Settings) -> dict:
     """The Celery configuration for ``settings``, as a mapping of Celery setting names."""
     jobs_queue, _dead = provisioning_queues(settings)
@@ -34,23 +42,24 @@ def build(settings: Settings) -> dict:
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.broker_connect_timeout,
-        "broker_transport_options": {"confirm_publish": True, "max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        # Publisher confirms: a publish returns only once RabbitMQ has taken the message.
+        "broker_transport_options": {"confirm_publish": True},
         "task_queues": (jobs_queue,),
         "task_default_queue": settings.provisioning_queue_name,
         "task_routes": {RUN_JOB_TASK: {"queue": settings.provisioning_queue_name}},
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,
         "result_backend": None,
+        # Acknowledge a job's message only once the task returns, and give it back to the queue
+        # when the process running it dies; each process reserves one job at a time.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
     }
 

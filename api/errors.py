@@ -6,9 +6,11 @@ import logging
 
 from flask import Flask
 from flask_smorest import Api
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
 
+from provisioning.db import is_connection_failure
 from provisioning.errors import (
     AuthenticationFailed,
     Conflict,
@@ -30,6 +32,7 @@ STATUS_BY_ERROR: dict[type[ProvisioningError], int] = {
 }
 
 BEARER_CHALLENGE = 'Bearer realm="erpmax-provisioning"'
+DATABASE_UNAVAILABLE = "the database is unavailable; try again shortly"
 
 
 class ProvisioningApi(Api):
@@ -72,9 +75,14 @@ def register(app: Flask, api: ProvisioningApi) -> None:
 
     @app.errorhandler(DBAPIError)
     def database_error(error: DBAPIError):
-        if error.connection_invalidated or isinstance(error, OperationalError):
+        if is_connection_failure(error):
             # A lost or refused database connection is an outage, not a fault of the request.
             log.error("database unavailable: %s", error.orig)
-            return api.handle_http_exception(http_error(503, "the database is unavailable; try again shortly"))
+            return api.handle_http_exception(http_error(503, DATABASE_UNAVAILABLE))
         log.exception("database error")
         return api.handle_http_exception(http_error(500, "internal error"))
+
+    @app.errorhandler(PoolTimeout)
+    def database_busy(_error: PoolTimeout):
+        log.error("no database connection free within the pool timeout")
+        return api.handle_http_exception(http_error(503, DATABASE_UNAVAILABLE))

@@ -6,7 +6,7 @@ from flask import current_app, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.auth import authenticate_request, caller, writer
+from api.auth import authenticate_request, caller, writers_only
 from api.schemas import (
     JobCreateSchema,
     JobListResponseSchema,
@@ -48,6 +48,7 @@ class Jobs(MethodView):
         jobs, total = _service().list_jobs(caller().tenant.id, **args)
         return {"data": jobs, "meta": page_meta(args["page"], args["size"], total)}
 
+    @writers_only
     @blp.arguments(JobCreateSchema)
     @blp.response(201, JobResponseSchema)
     @blp.alt_response(409, description="The tenant has an active job, or its state does not allow this job type")
@@ -57,7 +58,7 @@ class Jobs(MethodView):
         The job is stored, then queued; `queued` is false if the broker could not be reached,
         and the job is published later. Needs the owner or admin role.
         """
-        requester = writer()
+        requester = caller()
         return _created(_service().request_job(requester.tenant.id, body["job_type"], requested_by_id=requester.user.id))
 
 
@@ -74,21 +75,23 @@ class JobSteps(MethodView):
     @blp.response(200, JobStepListResponseSchema)
     def get(self, job_id: uuid.UUID):
         """List a job's steps in order, with their status, times and output tail"""
-        return {"data": _service().job_steps(caller().tenant.id, job_id)}
+        return {"data": _service().list_job_steps(caller().tenant.id, job_id)}
 
 
 @blp.route("/<uuid:job_id>/retry")
 class JobRetry(MethodView):
+    @writers_only
     @blp.response(201, JobResponseSchema)
     @blp.alt_response(409, description="The job is not failed or completed, or the tenant cannot take it now")
     def post(self, job_id: uuid.UUID):
         """Retry a failed or completed job as a new job linked to it"""
-        requester = writer()
+        requester = caller()
         return _created(_service().retry_job(requester.tenant.id, job_id, requested_by_id=requester.user.id))
 
 
 @blp.route("/<uuid:job_id>/cancel")
 class JobCancel(MethodView):
+    @writers_only
     @blp.response(200, JobResponseSchema)
     @blp.alt_response(202, schema=JobResponseSchema, description="The worker was asked to stop; the job is cancelling")
     @blp.alt_response(409, description="The job already finished")
@@ -98,6 +101,6 @@ class JobCancel(MethodView):
         A pending job is cancelled at once (200). A running one becomes `cancelling` (202) and
         its worker stops at the next step. Cancelling again answers the same way.
         """
-        requester = writer()
+        requester = caller()
         job = _service().cancel_job(requester.tenant.id, job_id)
         return {"data": job}, 202 if job.status == JobStatus.CANCELLING else 200

@@ -132,10 +132,8 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
         raise AuthenticationFailed("unknown token")
     token, user = row
     now = utcnow()
-    if token.revoked_at is not None:
-        raise AuthenticationFailed("token revoked")
-    if token.expires_at is not None and token.expires_at <= now:
-        raise AuthenticationFailed("token expired")
+    if (refusal := token_refusal(token, now)) is not None:
+        raise AuthenticationFailed(refusal)
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
         session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
         session.commit()
@@ -182,6 +180,10 @@ def _commit_unique(session: Session, message: str) -> None:
         raise Conflict(message) from None
 
 
-def token_is_usable(token: ApiToken, now: datetime | None = None) -> bool:
-    now = now or utcnow()
-    return token.revoked_at is None and (token.expires_at is None or token.expires_at > now)
+def token_refusal(token: ApiToken, now: datetime) -> str | None:
+    """Why the token may not be used any more, or None while it may."""
+    if token.revoked_at is not None:
+        return "token revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "token expired"
+    return None

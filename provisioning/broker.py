@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from typing import Any
 
@@ -11,25 +13,33 @@ from kombu import Connection, Queue
 import celeryconfig
 from provisioning.settings import Settings, get_rabbitmq_url, load_settings
 
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+log = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "get_rabbitmq_url", "publish_json"]
+__all__ = ["BrokerUnavailable", "Dispatcher", "get_rabbitmq_url", "publish_json"]
+
+
+class BrokerUnavailable(Exception):
+    """The broker failed a moment ago; publishing is skipped until the pause is over."""
 
 
 def publish_json(queue_name: str, message: Any, settings: Settings | None = None) -> None:
-    """Publish one JSON message to a durable queue of that name, declaring the queue first."""
+    """Publish one JSON message to a durable queue of that name, declared first, with a confirm."""
     settings = settings or load_settings()
-    queue = _queue_named(queue_name, settings)
-    with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
-        producer = connection.Producer(serializer="json")
-        producer.publish(
+    queue = next(
+        (queue for queue in celeryconfig.provisioning_queues(settings) if queue.name == queue_name),
+        Queue(queue_name, routing_key=queue_name, durable=True),
+    )
+    with Connection(
+        settings.broker_url, connect_timeout=settings.broker_connect_timeout, transport_options={"confirm_publish": True}
+    ) as connection:
+        connection.Producer(serializer="json").publish(
             message,
             exchange="",
             routing_key=queue_name,
             declare=[queue],
             delivery_mode="persistent",
             retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
+            retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
         )
 
 
@@ -37,42 +47,44 @@ class Dispatcher:
     """Sends ``provisioning.run_job`` with the payload ``{"job_id": ...}`` and the job id as task id.
 
     It uses a Celery app of its own built from ``celeryconfig``, so the API never imports the
-    worker's code. The app (and its connection pool) is made on first use, after any fork.
+    worker's code; the app and its connection pool are made on first use, after any fork.
+    After a failed publish it stops trying for ``pause_after_failure`` seconds: while the
+    broker is down, each request then fails fast instead of waiting on the network again.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, pause_after_failure: float = 5.0):
         self.settings = settings
+        self.pause_after_failure = pause_after_failure
         self._app: Celery | None = None
+        self._paused_until = 0.0
 
     @property
     def app(self) -> Celery:
         if self._app is None:
             app = Celery("provisioning-dispatch", set_as_current=False)
             app.conf.update(celeryconfig.build(self.settings))
-            self._declare_queues(app)
             self._app = app
         return self._app
 
     def send_job(self, job_id: uuid.UUID) -> None:
-        self.app.send_task(
-            celeryconfig.RUN_JOB_TASK,
-            kwargs={"job_id": str(job_id)},
-            task_id=str(job_id),
-            queue=self.settings.provisioning_queue_name,
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
+        """Publish the job's message (declaring both queues on first use).
 
-    def _declare_queues(self, app: Celery) -> None:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(**PUBLISH_RETRY_POLICY)
-            for queue in celeryconfig.provisioning_queues(self.settings):
-                queue(connection.default_channel).declare()
-
-
-def _queue_named(queue_name: str, settings: Settings) -> Queue:
-    """The declared shape of our own queues, so publishing never redeclares them differently."""
-    for queue in celeryconfig.provisioning_queues(settings):
-        if queue.name == queue_name:
-            return queue
-    return Queue(queue_name, routing_key=queue_name, durable=True)
+        Raises:
+            BrokerUnavailable: a publish failed less than ``pause_after_failure`` seconds ago.
+            kombu / socket errors: the broker could not take the message now.
+        """
+        if time.monotonic() < self._paused_until:
+            raise BrokerUnavailable("the broker failed a moment ago; not trying again yet")
+        try:
+            self.app.send_task(
+                celeryconfig.RUN_JOB_TASK,
+                kwargs={"job_id": str(job_id)},
+                task_id=str(job_id),
+                queue=self.settings.provisioning_queue_name,
+                declare=list(celeryconfig.provisioning_queues(self.settings)),
+                retry=True,
+                retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
+            )
+        except Exception:
+            self._paused_until = time.monotonic() + self.pause_after_failure
+            raise

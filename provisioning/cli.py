@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from datetime import timedelta
 
 import click
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from provisioning import accounts, migrate
-from provisioning.db import session_factory
+from provisioning.broker import Dispatcher
+from provisioning.db import session_factory, utcnow
 from provisioning.enums import JobStatus, Role
 from provisioning.errors import ProvisioningError
 from provisioning.models import ApiToken, ProvisioningJob, Tenant
+from provisioning.service import ProvisioningService
 from provisioning.settings import Settings, settings_or_exit
 
 
@@ -29,20 +31,19 @@ def _session():
     return session_factory(_settings().database_url)()
 
 
-def _one_line_errors(command):
-    """Turn a domain error into one ``Error: ...`` line and a non-zero exit, never a traceback."""
+class OneLineErrors(click.Group):
+    """Turns a domain error or an unreachable database into one ``Error: ...`` line and exit 1."""
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def invoke(self, ctx: click.Context):
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except ProvisioningError as error:
             raise click.ClickException(str(error)) from None
+        except OperationalError as error:
+            raise click.ClickException(f"cannot reach the database: {str(error.orig).strip().splitlines()[0]}") from None
 
-    return wrapper
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Operate the provisioning service: schema, tenants, users, tokens and jobs."""
 
@@ -74,7 +75,6 @@ def tenant() -> None:
 @tenant.command("create")
 @click.option("--slug", required=True, help="Short lowercase name; becomes part of the site name.")
 @click.option("--name", required=True, help="The customer's display name.")
-@_one_line_errors
 def tenant_create(slug: str, name: str) -> None:
     """Create a tenant (status pending, no site yet)."""
     with _session() as session:
@@ -100,7 +100,6 @@ def user() -> None:
 @click.option("--tenant", "tenant_slug", help="Tenant slug to make the user a member of.")
 @click.option("--role", type=click.Choice([role.value for role in Role]), help="Role in that tenant.")
 @click.option("--superuser", is_flag=True, help="A platform operator, who may act on any tenant.")
-@_one_line_errors
 def user_create(email: str, tenant_slug: str | None, role: str | None, superuser: bool) -> None:
     """Create a user, a member of one tenant (or a platform operator with --superuser)."""
     if bool(tenant_slug) != bool(role):
@@ -119,7 +118,6 @@ def user_create(email: str, tenant_slug: str | None, role: str | None, superuser
 @click.option("--email", required=True)
 @click.option("--tenant", "tenant_slug", required=True)
 @click.option("--role", required=True, type=click.Choice([role.value for role in Role]))
-@_one_line_errors
 def user_add_membership(email: str, tenant_slug: str, role: str) -> None:
     """Give an existing user a role in another tenant."""
     with _session() as session:
@@ -136,7 +134,6 @@ def token() -> None:
 @click.option("--email", required=True, help="The user the token acts as.")
 @click.option("--name", default="", help="What the token is for.")
 @click.option("--expires-days", type=click.IntRange(min=1), help="Days until it expires (never by default).")
-@_one_line_errors
 def token_create(email: str, name: str, expires_days: int | None) -> None:
     """Create a token and print it alone on the last line; it cannot be shown again."""
     with _session() as session:
@@ -151,7 +148,6 @@ def token_create(email: str, name: str, expires_days: int | None) -> None:
 
 @token.command("revoke")
 @click.argument("token_id", type=click.UUID)
-@_one_line_errors
 def token_revoke(token_id: uuid.UUID) -> None:
     """Revoke the token with id TOKEN_ID (see `token list`)."""
     with _session() as session:
@@ -161,13 +157,12 @@ def token_revoke(token_id: uuid.UUID) -> None:
 
 @token.command("list")
 @click.option("--email", required=True)
-@_one_line_errors
 def token_list(email: str) -> None:
     """List a user's tokens (id, prefix, name, expiry, revocation, last use); never the tokens."""
     with _session() as session:
         owner = accounts.find_user(session, email)
         for row in session.scalars(select(ApiToken).where(ApiToken.user_id == owner.id).order_by(ApiToken.created_at)):
-            state = "usable" if accounts.token_is_usable(row) else "revoked" if row.revoked_at else "expired"
+            state = accounts.token_refusal(row, utcnow()) or "usable"
             last_used = row.last_used_at.isoformat() if row.last_used_at else "never used"
             click.echo(f"{row.id}\t{row.prefix}...\t{state}\t{row.name}\t{last_used}")
 
@@ -181,7 +176,6 @@ def jobs() -> None:
 @click.option("--tenant", "tenant_slug", help="Only this tenant's jobs.")
 @click.option("--status", type=click.Choice([status.value for status in JobStatus]))
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-@_one_line_errors
 def jobs_list(tenant_slug: str | None, status: str | None, limit: int) -> None:
     """List jobs, newest first."""
     with _session() as session:
@@ -199,13 +193,18 @@ def jobs_list(tenant_slug: str | None, status: str | None, limit: int) -> None:
 
 
 @jobs.command("republish")
-def jobs_republish() -> None:
-    """Publish the pending jobs whose message never reached the broker (it was down at the time)."""
-    from provisioning.broker import Dispatcher
-    from provisioning.service import ProvisioningService
-
+@click.option(
+    "--unclaimed-minutes",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Also publish pending jobs published this long ago that no worker claimed.",
+)
+def jobs_republish(unclaimed_minutes: int) -> None:
+    """Publish again the pending jobs whose message never reached the broker or was lost."""
     with _session() as session:
-        published = ProvisioningService(session, dispatch=Dispatcher(_settings()).send_job).publish_undispatched()
+        service = ProvisioningService(session, dispatch=Dispatcher(_settings()).send_job)
+        published = service.republish_pending(unclaimed_for=timedelta(minutes=unclaimed_minutes))
     click.echo(f"published {len(published)} job(s)")
 
 

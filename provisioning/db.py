@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -74,3 +75,8 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
 
 def session_factory(database_url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(database_url), expire_on_commit=False)
+
+
+def is_connection_failure(error: DBAPIError) -> bool:
+    """True when the database could not be reached or dropped the connection: an outage, not a bug."""
+    return error.connection_invalidated or isinstance(error, OperationalError)

@@ -16,7 +16,7 @@ from provisioning.db import Base, UTCDateTime, utcnow
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
 
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELLING)
-_ACTIVE_JOB_SQL = "status IN ('pending', 'running', 'cancelling')"
+_ACTIVE_JOB_SQL = "status IN ({})".format(", ".join(f"'{status.value}'" for status in ACTIVE_JOB_STATUSES))
 
 
 def _enum_column(enum_class: type[enum.Enum]) -> Enum:
@@ -53,8 +53,6 @@ class User(Base):
     is_superuser: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    memberships: Mapped[list[Membership]] = relationship(back_populates="user")
-
 
 class Membership(Base):
     """A user's role in one tenant."""
@@ -67,9 +65,6 @@ class Membership(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     role: Mapped[Role] = mapped_column(_enum_column(Role))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    user: Mapped[User] = relationship(back_populates="memberships")
-    tenant: Mapped[Tenant] = relationship()
 
 
 class ApiToken(Base):
@@ -86,8 +81,6 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-    user: Mapped[User] = relationship()
 
 
 class ProvisioningJob(Base):
@@ -124,7 +117,6 @@ class ProvisioningJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     tenant: Mapped[Tenant] = relationship()
-    steps: Mapped[list[JobStep]] = relationship(order_by="JobStep.position", back_populates="job")
 
 
 class JobStep(Base):
@@ -142,5 +134,3 @@ class JobStep(Base):
     output: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-    job: Mapped[ProvisioningJob] = relationship(back_populates="steps")

@@ -35,7 +35,7 @@ class CancelCheck:
     def cancel_requested(self) -> bool:
         if not self._requested and time.monotonic() - self._checked_at >= self.interval:
             self._checked_at = time.monotonic()
-            self._requested = self.service.job_status(self.job_id) == JobStatus.CANCELLING
+            self._requested = self.service.get_job_status(self.job_id) == JobStatus.CANCELLING
         return self._requested
 
     def check_now(self) -> bool:
@@ -90,28 +90,32 @@ class JobRunner:
             completed.append(step.name)
         if service.complete_job(job.id):
             log.info("job %s: completed", job.id)
-        else:
+        elif service.get_job_status(job.id) == JobStatus.CANCELLING:
             # A cancel arrived during the last step; it wins, as at any other step boundary.
             self._settle_cancel(service, job, workflow, completed)
+        else:
+            log.warning("job %s: ran every step but is no longer running; left as it is", job.id)
 
     def _fail(self, service: ProvisioningService, job: ProvisioningJob, position: int, error: str, output: str = "") -> None:
         log.warning("job %s: %s", job.id, error)
+        workflow = workflow_for(job.job_type)
         service.end_step(job.id, position, StepStatus.FAILED, error, output)
-        service.fail_job(job.id, error)
+        tenant_status = workflow.tenant_after_failure(workflow.steps[position].name, job.tenant_status_before)
+        if not service.fail_job(job.id, error, tenant_status):
+            log.warning("job %s: no longer running, so its failure was not recorded", job.id)
 
     def _settle_cancel(self, service: ProvisioningService, job: ProvisioningJob, workflow: Workflow, completed: list[str]) -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return."""
         if workflow.point_of_no_return in completed:
             message = f"Cancelled after {workflow.point_of_no_return} had completed; that cannot be undone"
-            tenant_status = workflow.tenant_on_success
         else:
             try:
                 self.driver.undo(job.job_type, job.tenant.slug)
             except Exception as error:
                 log.exception("job %s: clean-up after cancel failed", job.id)
-                service.fail_job(job.id, f"cancelled, but cleaning up failed: {type(error).__name__}: {error}")
+                error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"
+                service.fail_job(job.id, error_text, workflow.tenant_after_failure(None, job.tenant_status_before))
                 return
             message = "Cancelled; its partial work was undone"
-            tenant_status = workflow.tenant_on_cancel or job.tenant_status_before
-        service.finish_cancel(job.id, tenant_status, message)
+        service.finish_cancel(job.id, workflow.tenant_after_cancel(completed, job.tenant_status_before), message)
         log.info("job %s: cancelled", job.id)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
@@ -74,10 +75,15 @@ class ProvisioningService:
         try:
             self.session.commit()
         except IntegrityError:
-            # The partial unique index refused a second active job for this tenant.
             self.session.rollback()
-            raise Conflict(self._active_job_message(tenant_id)) from None
-        job.dispatched_at = self._publish(job.id)
+            active = self._active_job(tenant_id)
+            if active is None:
+                raise
+            # The partial unique index refused a second active job for this tenant.
+            raise Conflict(
+                f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
+            ) from None
+        set_committed_value(job, "dispatched_at", self._publish(job.id))
         return job
 
     def list_jobs(
@@ -111,7 +117,7 @@ class ProvisioningService:
             raise NotFound("job not found")
         return job
 
-    def job_steps(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobStep]:
+    def list_job_steps(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobStep]:
         self.get_job(tenant_id, job_id)
         return self.session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)).all()
 
@@ -166,11 +172,19 @@ class ProvisioningService:
                 return job
         return job
 
-    def publish_undispatched(self) -> list[uuid.UUID]:
-        """Publish every pending job whose message never reached the broker; returns their ids."""
+    def republish_pending(self, unclaimed_for: timedelta) -> list[uuid.UUID]:
+        """Publish again the pending jobs whose message never reached the broker, or reached it
+        longer than ``unclaimed_for`` ago and was never claimed (lost with a broker's memory, or
+        acknowledged by a worker that could not record the claim); returns their ids.
+
+        A duplicate message is harmless: the claim lets only one delivery run the job.
+        """
         job_ids = self.session.scalars(
             select(ProvisioningJob.id)
-            .where(ProvisioningJob.status == JobStatus.PENDING, ProvisioningJob.dispatched_at.is_(None))
+            .where(
+                ProvisioningJob.status == JobStatus.PENDING,
+                or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < utcnow() - unclaimed_for),
+            )
             .order_by(ProvisioningJob.created_at)
         ).all()
         self.session.commit()
@@ -237,7 +251,8 @@ class ProvisioningService:
         self._update_step(job_id, position, status=status, finished_at=utcnow(), message=message, output=_tail(output))
         self.session.commit()
 
-    def job_status(self, job_id: uuid.UUID) -> JobStatus:
+    def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
+        """The job's status as committed now (ends the read's transaction, so the next one is fresh)."""
         status = self.session.scalar(select(ProvisioningJob.status).where(ProvisioningJob.id == job_id))
         self.session.commit()
         return status
@@ -245,18 +260,22 @@ class ProvisioningService:
     def complete_job(self, job_id: uuid.UUID) -> bool:
         """Mark a running job completed; False when a cancel got there first."""
         job = self.session.get(ProvisioningJob, job_id)
-        won = self._transition(job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, progress=100, message="Completed", completed_at=utcnow())
+        won = self._transition(
+            job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, progress=100, message="Completed", completed_at=utcnow()
+        )
         if won:
             self._set_tenant_status(job.tenant_id, workflow_for(job.job_type).tenant_on_success)
         self.session.commit()
         return won
 
-    def fail_job(self, job_id: uuid.UUID, error: str) -> bool:
-        """Mark a running or cancelling job failed with ``error``; the tenant follows its workflow."""
+    def fail_job(self, job_id: uuid.UUID, error: str, tenant_status: TenantStatus | None) -> bool:
+        """Mark a running or cancelling job failed with ``error`` and put the tenant where the runner decided."""
         job = self.session.get(ProvisioningJob, job_id)
-        won = self._transition(job_id, {JobStatus.RUNNING, JobStatus.CANCELLING}, JobStatus.FAILED, error=error, message="Failed", completed_at=utcnow())
+        won = self._transition(
+            job_id, {JobStatus.RUNNING, JobStatus.CANCELLING}, JobStatus.FAILED, error=error, message="Failed", completed_at=utcnow()
+        )
         if won:
-            self._set_tenant_status(job.tenant_id, workflow_for(job.job_type).tenant_on_failure)
+            self._set_tenant_status(job.tenant_id, tenant_status)
         self.session.commit()
         return won
 
@@ -295,15 +314,12 @@ class ProvisioningService:
         if status is not None:
             self.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(status=status, updated_at=utcnow()))
 
-    def _active_job_message(self, tenant_id: uuid.UUID) -> str:
-        active = self.session.scalars(
+    def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
+        return self.session.scalars(
             select(ProvisioningJob).where(
                 ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)
             )
         ).first()
-        if active is None:
-            return "the tenant already has an active job"
-        return f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
 
     def _publish(self, job_id: uuid.UUID) -> datetime | None:
         """Publish the job's message and record when; None (and logged) if the broker failed."""
@@ -316,8 +332,16 @@ class ProvisioningService:
             log.exception("job %s: publishing failed; it stays pending until it is re-published", job_id)
             return None
         dispatched_at = utcnow()
-        self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(dispatched_at=dispatched_at))
-        self.session.commit()
+        try:
+            self.session.execute(
+                update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(dispatched_at=dispatched_at)
+            )
+            self.session.commit()
+        except DBAPIError:
+            # The message is out; not recording it only means a harmless duplicate later.
+            self.session.rollback()
+            log.exception("job %s: published, but recording when failed", job_id)
+            return None
         return dispatched_at
 
 

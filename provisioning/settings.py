@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import quote, urlsplit
 
+from provisioning.workflows import all_step_names
+
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
 RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
 
@@ -42,12 +44,6 @@ class Settings:
     def dead_letter_queue_name(self) -> str:
         return f"{self.provisioning_queue_name}.dead"
 
-    def with_overrides(self, **changes) -> "Settings":
-        """A copy with some fields replaced (tests and the quickstart use it)."""
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        values.update(changes)
-        return Settings(**values)
-
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from an environment mapping (``os.environ`` by default).
@@ -70,7 +66,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     else:
         if not database_url:
             raise SettingsError("DATABASE_URL: required once RabbitMQ is configured (a postgresql:// URL)")
-        _check_scheme("DATABASE_URL", database_url, ("postgresql", "postgresql+psycopg2", "postgres", "sqlite"))
+        _check_url("DATABASE_URL", database_url, ("postgresql", "postgresql+psycopg2", "postgres", "sqlite"))
         database_url = _normalise_database_url(database_url)
         broker_url = get_rabbitmq_url(env)
 
@@ -87,7 +83,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         provisioning_queue_name=_queue_name(env),
         embedded_broker_port=embedded_broker_port,
         simulated_step_seconds=_non_negative_float(env, "simulated_step_seconds", 1.0),
-        simulated_fail_step=env.get("simulated_fail_step") or None,
+        simulated_fail_step=_step_name(env),
         task_soft_time_limit=soft_limit,
         task_time_limit=hard_limit,
         broker_connect_timeout=_non_negative_float(env, "broker_connect_timeout", 2.0),
@@ -103,9 +99,11 @@ def get_rabbitmq_url(environ: Mapping[str, str] | None = None) -> str:
     env = _lowercase_keys(os.environ if environ is None else environ)
     url = env.get("rabbitmq_url")
     if url:
-        _check_scheme("RABBITMQ_URL", url, ("amqp", "amqps", "pyamqp"))
+        _check_url("RABBITMQ_URL", url, ("amqp", "amqps", "pyamqp"))
         return url
     host = env.get("rabbitmq_host") or "localhost"
+    if ":" in host or "/" in host:
+        raise SettingsError(f"RABBITMQ_HOST: {host!r} must be a host name alone (the port goes in RABBITMQ_PORT)")
     port = _port(env, "rabbitmq_port", 5672)
     user = quote(env.get("rabbitmq_user") or "guest", safe="")
     password = quote(env.get("rabbitmq_password") or "guest", safe="")
@@ -125,10 +123,14 @@ def _lowercase_keys(environ: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value.strip() for key, value in environ.items()}
 
 
-def _check_scheme(name: str, url: str, schemes: tuple[str, ...]) -> None:
-    scheme = urlsplit(url).scheme
-    if scheme not in schemes:
-        raise SettingsError(f"{name}: scheme {scheme or '(none)'!r} is not one of {', '.join(schemes)}")
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise SettingsError(f"{name}: scheme {parts.scheme or '(none)'!r} is not one of {', '.join(schemes)}")
+    try:
+        parts.port
+    except ValueError:
+        raise SettingsError(f"{name}: the port in {parts.netloc.rpartition('@')[2]!r} is not a port number") from None
 
 
 def _normalise_database_url(url: str) -> str:
@@ -143,6 +145,13 @@ def _queue_name(env: dict[str, str]) -> str:
     name = env.get("provisioning_queue_name") or DEFAULT_QUEUE_NAME
     if any(char.isspace() for char in name):
         raise SettingsError(f"PROVISIONING_QUEUE_NAME: {name!r} contains whitespace")
+    return name
+
+
+def _step_name(env: dict[str, str]) -> str | None:
+    name = env.get("simulated_fail_step") or None
+    if name is not None and name not in all_step_names():
+        raise SettingsError(f"SIMULATED_FAIL_STEP: {name!r} is no step; steps are {', '.join(sorted(all_step_names()))}")
     return name
 
 

@@ -44,6 +44,23 @@ class Workflow:
         """Whole percent done once ``completed_steps`` steps have finished."""
         return (100 * completed_steps) // len(self.steps)
 
+    def tenant_after_failure(self, failed_step: str | None, before: TenantStatus | None) -> TenantStatus | None:
+        """Where the tenant goes when the job fails in ``failed_step`` (None: not in a step).
+
+        A failure before the point of no return left the site as it was, so the tenant goes
+        back to the status it had; otherwise the site's state is unknown and it is failed.
+        """
+        if self.point_of_no_return and failed_step in self.step_names:
+            if self.step_names.index(failed_step) < self.step_names.index(self.point_of_no_return):
+                return before
+        return self.tenant_on_failure
+
+    def tenant_after_cancel(self, completed_steps: list[str], before: TenantStatus | None) -> TenantStatus | None:
+        """Where the tenant goes when a cancel stops the job after ``completed_steps``."""
+        if self.point_of_no_return in completed_steps:
+            return self.tenant_on_success
+        return self.tenant_on_cancel or before
+
 
 WORKFLOWS: dict[JobType, Workflow] = {
     JobType.CREATE_SITE: Workflow(
@@ -91,3 +108,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
 
 def workflow_for(job_type: JobType) -> Workflow:
     return WORKFLOWS[job_type]
+
+
+def all_step_names() -> frozenset[str]:
+    return frozenset(name for workflow in WORKFLOWS.values() for name in workflow.step_names)

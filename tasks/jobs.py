@@ -1,4 +1,4 @@
-"""The job task: parse the payload, then hand the job to the provisioning runner."""
+"""The job task: check the payload, then hand the job to the provisioning runner."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from functools import lru_cache
 
 from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_ready
+from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
-from provisioning.db import get_engine, session_factory
+from provisioning.db import get_engine, is_connection_failure, session_factory
 from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
 from provisioning.runner import JobRunner
@@ -19,19 +20,26 @@ from tasks import app
 
 log = logging.getLogger(__name__)
 
+MAX_DATABASE_RETRY_SECONDS = 60
+
 
 @lru_cache(maxsize=1)
 def worker_settings() -> Settings:
     return settings_or_exit()
 
 
-@app.task(name=celeryconfig.RUN_JOB_TASK, bind=True)
-def run_job(self, job_id: str) -> None:
-    """Run one provisioning job; the message carries nothing but its id.
+@app.task(name=celeryconfig.RUN_JOB_TASK, bind=True, max_retries=None)
+def run_job(self, job_id: str | None = None, **unexpected) -> None:
+    """Run one provisioning job; the message carries nothing but ``{"job_id": "<uuid>"}``.
 
-    A payload that names no job can never succeed, so it is rejected without requeue and
-    lands in the dead-letter queue instead of looping.
+    A payload that names no job can never succeed, so it is rejected without requeue and lands
+    in the dead-letter queue instead of looping. When the database cannot be reached, the
+    message is not simply acknowledged (that would lose the job): the task is sent again with a
+    growing delay until the database answers.
     """
+    if unexpected or job_id is None:
+        keys = sorted([*unexpected, *(["job_id"] if job_id is not None else [])])
+        raise Reject(f"payload must be exactly {{'job_id': '<uuid>'}}, got keys {keys}", requeue=False)
     try:
         parsed_id = uuid.UUID(str(job_id))
     except ValueError:
@@ -42,6 +50,12 @@ def run_job(self, job_id: str) -> None:
         runner.run(parsed_id)
     except NotFound:
         raise Reject(f"job {parsed_id} does not exist", requeue=False) from None
+    except DBAPIError as error:
+        if not is_connection_failure(error):
+            raise
+        delay = min(MAX_DATABASE_RETRY_SECONDS, 2 ** self.request.retries)
+        log.warning("job %s: database unavailable (%s); trying again in %ss", parsed_id, error.orig, delay)
+        raise self.retry(countdown=delay) from None
 
 
 @worker_process_init.connect
@@ -51,8 +65,7 @@ def _fresh_database_pool(**_kwargs) -> None:
 
 
 @worker_ready.connect
-def _declare_queues(sender, **_kwargs) -> None:
-    """Declare the dead-letter queue too, so rejected messages have somewhere to go."""
+def _declare_dead_letter_queue(sender, **_kwargs) -> None:
+    """Rejected messages need their dead-letter queue to exist before the first publish does."""
     with sender.app.connection_for_write() as connection:
-        for queue in celeryconfig.provisioning_queues(worker_settings()):
-            queue(connection.default_channel).declare()
+        celeryconfig.declare_queues(connection.default_channel, worker_settings())

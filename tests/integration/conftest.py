@@ -81,15 +81,20 @@ def environment(database_url: str) -> dict[str, str]:
     }
 
 
+def delete_queues(queue_name: str) -> None:
+    """Remove a job queue of a test, its dead-letter queue, and the exchanges Celery made for them."""
+    with Connection(RABBITMQ_URL) as connection:
+        channel = connection.default_channel
+        for name in (queue_name, f"{queue_name}.dead"):
+            channel.queue_delete(name)
+            channel.exchange_delete(name)
+
+
 @pytest.fixture(scope="session")
 def settings(environment: dict[str, str]) -> Settings:
     settings = load_settings(environment)
     yield settings
-    with Connection(RABBITMQ_URL) as connection:
-        channel = connection.default_channel
-        for queue in (settings.provisioning_queue_name, settings.dead_letter_queue_name):
-            channel.queue_delete(queue)
-            channel.exchange_delete(queue)
+    delete_queues(settings.provisioning_queue_name)
 
 
 @pytest.fixture(scope="session")

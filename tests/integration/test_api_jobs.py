@@ -114,10 +114,11 @@ def test_a_body_that_is_not_json_is_answered_with_a_json_error(client, tenant_fa
     assert client.get(JOBS, headers=tenant.headers()).json["meta"]["total"] == 0
 
 
-def test_a_member_cannot_create_a_job(client, tenant_factory):
+@pytest.mark.parametrize("body", [{"job_type": "create_site"}, {"job_type": "nonsense"}, {"extra": 1}])
+def test_a_member_cannot_create_a_job_whatever_the_body(client, tenant_factory, body):
     tenant = tenant_factory.create()
-    body = assert_error(client.post(JOBS, json={"job_type": "create_site"}, headers=tenant.headers(Role.MEMBER)), 403)
-    assert "owner or admin" in body["message"]
+    answer = assert_error(client.post(JOBS, json=body, headers=tenant.headers(Role.MEMBER)), 403)
+    assert "owner or admin" in answer["message"]
     assert client.get(JOBS, headers=tenant.headers(Role.MEMBER)).json["meta"]["total"] == 0
 
 

@@ -1,6 +1,7 @@
 """A job requested while the broker is unreachable is kept, and published once it is back."""
 
 import time
+from dataclasses import replace
 
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -17,7 +18,7 @@ CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 def test_a_create_while_the_broker_is_down_is_accepted_then_republished_and_run(
     settings, environment, tenant_factory, sessions, worker
 ):
-    client = create_app(settings.with_overrides(broker_url=CLOSED_BROKER)).test_client()
+    client = create_app(replace(settings, broker_url=CLOSED_BROKER)).test_client()
     tenant = tenant_factory.create()
 
     started = time.monotonic()

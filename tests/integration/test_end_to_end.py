@@ -7,12 +7,11 @@ import uuid
 
 import pytest
 import requests
-from kombu import Connection
 
 from provisioning.enums import JobType, Role
 from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
-from tests.integration.conftest import process_environment
+from tests.integration.conftest import delete_queues, process_environment
 from tests.processes import (
     TAG_VARIABLE,
     GroupProcess,
@@ -105,7 +104,7 @@ class ProcfileStack:
 
 
 @pytest.fixture
-def procfile_stack(environment, settings, tmp_path):
+def procfile_stack(environment, tmp_path):
     """web, worker and flower started from the Procfile's lines, on a queue no other worker of this run reads."""
     tag = new_tag()
     # The session's `worker` fixture consumes the per-run queue; jobs must reach the Procfile's worker only.
@@ -135,11 +134,7 @@ def procfile_stack(environment, settings, tmp_path):
         kill_tagged(tag)
         for process in processes.values():
             print(process.describe())  # shown by pytest when the test failed
-        with Connection(environment["RABBITMQ_URL"]) as connection:
-            channel = connection.default_channel
-            for name in (queue, settings.with_overrides(provisioning_queue_name=queue).dead_letter_queue_name):
-                channel.queue_delete(name)
-                channel.exchange_delete(name)
+        delete_queues(queue)
 
 
 def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procfile_stack, tenant_factory):

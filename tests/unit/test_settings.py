@@ -1,3 +1,5 @@
+"""Settings from the environment: defaults, spellings, and one clear line for each bad value."""
+
 import os
 import subprocess
 import sys
@@ -54,6 +56,10 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"SIMULATED_STEP_SECONDS": "-1"}, "SIMULATED_STEP_SECONDS"),
         ({"SIMULATED_STEP_SECONDS": "soon"}, "SIMULATED_STEP_SECONDS"),
         ({"PROVISIONING_QUEUE_NAME": "two words"}, "PROVISIONING_QUEUE_NAME"),
+        ({"DATABASE_URL": "postgresql://u:p@db:notaport/x", "RABBITMQ_HOST": "mq"}, "DATABASE_URL"),
+        ({"DATABASE_URL": POSTGRES, "RABBITMQ_URL": "amqp://u:p@mq:99999//"}, "RABBITMQ_URL"),
+        ({"DATABASE_URL": POSTGRES, "RABBITMQ_HOST": "mq:5672"}, "RABBITMQ_HOST"),
+        ({"SIMULATED_FAIL_STEP": "no_such_step"}, "SIMULATED_FAIL_STEP"),
         ({"TASK_SOFT_TIME_LIMIT": "2000", "TASK_TIME_LIMIT": "1000"}, "TASK_SOFT_TIME_LIMIT"),
     ],
 )

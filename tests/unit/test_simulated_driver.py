@@ -1,3 +1,5 @@
+"""The simulated site driver: timing, failure on demand, and stopping on cancel."""
+
 import time
 
 import pytest

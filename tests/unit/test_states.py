@@ -1,3 +1,5 @@
+"""The job state machine: what may follow what, and that finished is final."""
+
 import pytest
 
 from provisioning.enums import JobStatus

@@ -1,3 +1,5 @@
+"""The plan of each job type: steps, progress, and where the tenant goes."""
+
 import pytest
 
 from provisioning.enums import JobType, TenantStatus
