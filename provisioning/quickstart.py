@@ -10,32 +10,45 @@ import os
 import secrets
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from provisioning import accounts, migrate
+from provisioning.broker import Dispatcher
 from provisioning.migrate import PROJECT_ROOT
 from provisioning.db import session_factory
 from provisioning.embedded_broker import wait_until_answering
-from provisioning.enums import Role
+from provisioning.enums import JobStatus, Role, TenantStatus
 from provisioning.errors import NotFound
-from provisioning.models import Membership
+from provisioning.models import Membership, ProvisioningJob
+from provisioning.service import ProvisioningService
 from provisioning.settings import Settings
+from provisioning.workflows import workflow_for
 
 DEMO_TENANT = "demo"
 DEMO_OWNER = "owner@demo.example"
 PROCESSES = ("web", "worker", "flower")
 
 
-def prepare(settings: Settings) -> str:
-    """Migrate, make sure the demo tenant and its owner exist, and return a fresh token for them."""
+@dataclass(frozen=True)
+class Demo:
+    token: str
+    tenant_status: TenantStatus
+
+
+def prepare(settings: Settings) -> Demo:
+    """Migrate, make sure the demo tenant and its owner exist, and make a fresh token for them."""
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.database_url)
     with session_factory(settings.database_url)() as session:
+        if settings.embedded:
+            _fail_interrupted_jobs(session)
         try:
             tenant = accounts.find_tenant(session, DEMO_TENANT)
         except NotFound:
@@ -50,17 +63,35 @@ def prepare(settings: Settings) -> str:
         if is_member is None:
             accounts.add_membership(session, owner, tenant, Role.OWNER)
         _token, plain = accounts.issue_token(session, owner, name="quickstart", expires_in=timedelta(days=30))
-    return plain
+        return Demo(token=plain, tenant_status=tenant.status)
+
+
+def _fail_interrupted_jobs(session: Session) -> None:
+    """The embedded broker keeps nothing, and no worker runs yet: a job an earlier quickstart left
+    running or cancelling lost both its worker and its message, so it is failed, saying why."""
+    service = ProvisioningService(session)
+    interrupted = session.scalars(
+        select(ProvisioningJob).where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
+    ).all()
+    for job in interrupted:
+        tenant_status = workflow_for(job.job_type).tenant_after_failure(None, job.tenant_status_before)
+        service.fail_job(job.id, "interrupted: the quickstart was stopped while this job ran", tenant_status)
+
+
+def _republish_pending(settings: Settings) -> None:
+    """Messages of pending jobs died with the previous embedded broker; send them again."""
+    with session_factory(settings.database_url)() as session:
+        ProvisioningService(session, dispatch=Dispatcher(settings).send_job).republish_pending(unclaimed_for=timedelta(0))
 
 
 def run(settings: Settings) -> int:
     """Run the Procfile's processes (and the embedded broker) until Ctrl-C; returns the exit code."""
-    token = prepare(settings)
+    demo = prepare(settings)
     env = _process_environment(settings)
     port = env.get("PORT", "8000")
     flower_port = env.get("FLOWER_PORT", "5555")
     flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
-    click.echo(_banner(settings, token, port, flower_port, flower_user, flower_password))
+    click.echo(_banner(settings, demo, port, flower_port, flower_user, flower_password))
 
     broker = None
     if settings.embedded:
@@ -68,6 +99,7 @@ def run(settings: Settings) -> int:
         if not wait_until_answering(settings.embedded_broker_port, timeout=15):
             broker.terminate()
             raise click.ClickException(f"the embedded broker did not start on port {settings.embedded_broker_port}")
+        _republish_pending(settings)
     honcho = subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", str(PROJECT_ROOT / "Procfile"), *PROCESSES], cwd=PROJECT_ROOT, env=env
     )
@@ -93,8 +125,11 @@ def _process_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _banner(settings: Settings, token: str, port: str, flower_port: str, flower_user: str, flower_password: str) -> str:
+def _banner(settings: Settings, demo: Demo, port: str, flower_port: str, flower_user: str, flower_password: str) -> str:
     base = f"http://127.0.0.1:{port}"
+    token = demo.token
+    # A job the demo tenant can take now: a second run finds the site already created.
+    job_type, action = ("backup_site", "Back up the site") if demo.tenant_status == TenantStatus.ACTIVE else ("create_site", "Create a site")
     mode = (
         f"embedded defaults (SQLite in {settings.data_dir}, in-memory broker): for trying the service only"
         if settings.embedded
@@ -106,8 +141,8 @@ ERPMax provisioning, on {mode}.
   Token for {DEMO_OWNER}, owner of tenant '{DEMO_TENANT}' (shown once, valid 30 days):
     {token}
 
-  Create a site:
-    curl -s -X POST {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}" -H "Content-Type: application/json" -d '{{"job_type": "create_site"}}'
+  {action}:
+    curl -s -X POST {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}" -H "Content-Type: application/json" -d '{{"job_type": "{job_type}"}}'
   Follow it:
     curl -s {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}"
 

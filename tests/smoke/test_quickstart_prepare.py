@@ -1,0 +1,39 @@
+"""What `make run` prepares on its embedded defaults, before any process starts."""
+
+from provisioning import accounts
+from provisioning.db import session_factory
+from provisioning.enums import JobStatus, JobType, Role, TenantStatus
+from provisioning.models import ProvisioningJob, Tenant
+from provisioning.quickstart import DEMO_OWNER, DEMO_TENANT, prepare
+from provisioning.service import ProvisioningService
+from provisioning.settings import load_settings
+
+
+def test_prepare_makes_the_demo_tenant_and_a_working_token_and_is_safe_to_repeat(tmp_path):
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+    first, second = prepare(settings), prepare(settings)
+
+    assert first.token != second.token
+    assert first.tenant_status == second.tenant_status == TenantStatus.PENDING
+    with session_factory(settings.database_url)() as session:
+        for token in (first.token, second.token):
+            caller = accounts.authenticate(session, token, None)
+            assert (caller.user.email, caller.tenant.slug, caller.role) == (DEMO_OWNER, DEMO_TENANT, Role.OWNER)
+
+
+def test_a_job_an_earlier_quickstart_left_running_is_failed_saying_why(tmp_path):
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+    prepare(settings)
+    with session_factory(settings.database_url)() as session:
+        tenant = accounts.find_tenant(session, DEMO_TENANT)
+        service = ProvisioningService(session)
+        job = service.request_job(tenant.id, JobType.CREATE_SITE)
+        service.start_job(job.id, "worker@gone")
+
+    demo = prepare(settings)
+
+    with session_factory(settings.database_url)() as session:
+        interrupted = session.get(ProvisioningJob, job.id)
+        assert interrupted.status == JobStatus.FAILED
+        assert "interrupted" in interrupted.error
+        assert session.get(Tenant, tenant.id).status == demo.tenant_status == TenantStatus.FAILED
