@@ -1,0 +1,43 @@
+"""The broker helper's JSON publishing, against the real RabbitMQ."""
+
+import uuid
+from dataclasses import replace
+
+from kombu import Connection
+
+from provisioning.broker import Dispatcher, publish_json
+from tests.integration.conftest import delete_queues
+
+
+def test_publish_json_declares_a_durable_queue_and_delivers_the_message_as_json(settings):
+    queue_name = f"{settings.provisioning_queue_name}.publish-json-{uuid.uuid4().hex[:6]}"
+    message = {"event": "job.completed", "job_id": str(uuid.uuid4()), "progress": 100}
+    try:
+        publish_json(queue_name, message, settings)
+
+        with Connection(settings.broker_url) as connection:
+            received = connection.SimpleQueue(queue_name).get(timeout=5)
+            received.ack()
+            assert received.content_type == "application/json"
+            assert received.decode() == message
+            assert received.properties["delivery_mode"] == 2  # persistent
+            _name, waiting, _consumers = connection.default_channel.queue_declare(queue_name, passive=True)
+            assert waiting == 0
+    finally:
+        delete_queues(queue_name)
+
+
+def test_publish_json_declares_a_job_queue_as_the_dispatcher_does(settings):
+    """RabbitMQ refuses to redeclare a queue with other arguments: both must agree on the dead-letter ones."""
+    queue_settings = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.shape-{uuid.uuid4().hex[:6]}")
+    try:
+        publish_json(queue_settings.provisioning_queue_name, {"hello": "queue"}, queue_settings)
+        Dispatcher(queue_settings).send_job(uuid.uuid4())
+
+        with Connection(settings.broker_url) as connection:
+            _name, waiting, _consumers = connection.default_channel.queue_declare(
+                queue_settings.provisioning_queue_name, passive=True
+            )
+        assert waiting == 2
+    finally:
+        delete_queues(queue_settings.provisioning_queue_name)
