@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
-from provisioning.errors import StepCancelled, StepFailed
+from provisioning.errors import Conflict, StepCancelled, StepFailed
 from provisioning.models import ProvisioningJob
 from provisioning.service import ProvisioningService
 from provisioning.workflows import Workflow, workflow_for
@@ -60,7 +60,11 @@ class JobRunner:
         """Run the job if it is still pending; a duplicate or late message does nothing."""
         with self.sessions() as session:
             service = ProvisioningService(session)
-            job = service.start_job(job_id, self.worker)
+            try:
+                job = service.start_job(job_id, self.worker)
+            except Conflict as refusal:
+                log.warning("job %s: %s", job_id, refusal)
+                return
             if job is None:
                 log.info("job %s: not pending any more; message ignored as a duplicate", job_id)
                 return

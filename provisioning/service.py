@@ -201,6 +201,10 @@ class ProvisioningService:
 
         None is the normal answer to a duplicate or late message: the job was already claimed,
         finished or cancelled, and the message must be acknowledged without running anything.
+
+        Raises:
+            Conflict: the tenant changed since the request (the job before this one finished in
+                between) and no longer allows this job type; the job is failed, saying so.
         """
         job = self.session.get(ProvisioningJob, job_id)
         if job is None:
@@ -219,6 +223,11 @@ class ProvisioningService:
         ):
             self.session.rollback()
             return None
+        if not workflow.allows(tenant_status):
+            error = f"not started: {workflow.refusal} (it became {tenant_status.value} after the request)"
+            self._transition(job_id, {JobStatus.RUNNING}, JobStatus.FAILED, error=error, message="Failed", completed_at=now)
+            self.session.commit()
+            raise Conflict(error)
         self.session.add_all(
             JobStep(job_id=job_id, position=position, name=step.name, status=StepStatus.PENDING)
             for position, step in enumerate(workflow.steps)

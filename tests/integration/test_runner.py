@@ -213,6 +213,20 @@ def test_two_runners_racing_for_one_job_run_its_steps_once(session, sessions, te
     assert count == len(workflow_for(JobType.CREATE_SITE).steps)
 
 
+def test_a_job_whose_tenant_changed_before_it_started_fails_without_running_a_step(session, sessions, tenant_factory):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
+    tenant_factory.set_status(tenant.tenant, TenantStatus.DELETED)
+
+    runner(sessions).run(job.id)
+
+    refused = read_job(sessions, job.id)
+    assert refused.status == JobStatus.FAILED
+    assert "deleted" in refused.error and "not started" in refused.error
+    assert read_steps(sessions, job.id) == []
+    assert tenant_status(sessions, tenant.id) == TenantStatus.DELETED
+
+
 @pytest.mark.parametrize("status", [TenantStatus.PROVISIONING, TenantStatus.DELETING])
 def test_no_job_is_accepted_while_the_tenant_is_changing(session, tenant_factory, status):
     from provisioning.errors import Conflict
