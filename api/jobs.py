@@ -55,8 +55,8 @@ class Jobs(MethodView):
     def post(self, body):
         """Request a job for the tenant's site
 
-        The job is stored, then queued; `queued` is false if the broker could not be reached,
-        and the job is published later. Needs the owner or admin role.
+        The job is stored, then queued; `queued` is false if the broker could not be reached
+        (the job stays pending until it is published again). Needs the owner or admin role.
         """
         requester = caller()
         return _created(_service().request_job(requester.tenant.id, body["job_type"], requested_by_id=requester.user.id))

@@ -42,3 +42,13 @@ def test_a_job_received_while_the_database_is_unreachable_runs_when_a_worker_can
     finally:
         healthy.stop()
         delete_queues(queue)
+
+
+def test_the_api_answers_503_in_the_error_shape_while_its_database_is_unreachable(settings):
+    from api import create_app
+
+    client = create_app(replace(settings, database_url=CLOSED_DATABASE)).test_client()
+    for method, path in (("get", "/api/v1/provisioning/jobs"), ("post", "/api/v1/provisioning/jobs")):
+        response = getattr(client, method)(path, json={"job_type": "create_site"}, headers={"Authorization": "Bearer erpx_x"})
+        assert response.status_code == 503
+        assert response.json == {"code": 503, "status": "Service Unavailable", "message": "the database is unavailable; try again shortly"}
