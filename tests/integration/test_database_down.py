@@ -1,9 +1,10 @@
-"""A job whose worker cannot reach the database is kept, not acknowledged away, and runs once it can."""
+"""The database out of reach: a worker keeps the job it received, and the API answers 503."""
 
 from dataclasses import replace
 
 from sqlalchemy import select
 
+from api import create_app
 from provisioning.broker import Dispatcher
 from provisioning.enums import JobStatus, JobType
 from provisioning.models import ProvisioningJob
@@ -45,8 +46,6 @@ def test_a_job_received_while_the_database_is_unreachable_runs_when_a_worker_can
 
 
 def test_the_api_answers_503_in_the_error_shape_while_its_database_is_unreachable(settings):
-    from api import create_app
-
     client = create_app(replace(settings, database_url=CLOSED_DATABASE)).test_client()
     for method, path in (("get", "/api/v1/provisioning/jobs"), ("post", "/api/v1/provisioning/jobs")):
         response = getattr(client, method)(path, json={"job_type": "create_site"}, headers={"Authorization": "Bearer erpx_x"})
