@@ -15,8 +15,8 @@ from provisioning.db import session_factory, utcnow
 from provisioning.enums import JobStatus, Role
 from provisioning.errors import ProvisioningError
 from provisioning.models import ApiToken, ProvisioningJob, Tenant
-from provisioning.service import ProvisioningService
 from provisioning.settings import Settings, settings_or_exit
+from provisioning.sweeper import sweep
 
 
 def _settings() -> Settings:
@@ -192,20 +192,14 @@ def jobs_list(tenant_slug: str | None, status: str | None, limit: int) -> None:
             )
 
 
-@jobs.command("republish")
-@click.option(
-    "--unclaimed-minutes",
-    default=10,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Also publish pending jobs published this long ago that no worker claimed.",
-)
-def jobs_republish(unclaimed_minutes: int) -> None:
-    """Publish again the pending jobs whose message never reached the broker or was lost."""
-    with _session() as session:
-        service = ProvisioningService(session, dispatch=Dispatcher(_settings()).send_job)
-        published = service.republish_pending(unclaimed_for=timedelta(minutes=unclaimed_minutes))
-    click.echo(f"published {len(published)} job(s)")
+@jobs.command("sweep")
+def jobs_sweep() -> None:
+    """Do now what beat does every SWEEP_INTERVAL_SECONDS: fail jobs whose worker was lost
+    (no heartbeat for LOST_JOB_AFTER_SECONDS) and publish again pending jobs never published, or
+    published UNCLAIMED_JOB_AFTER_SECONDS ago and never claimed."""
+    settings = _settings()
+    report = sweep(settings, session_factory(settings.database_url), Dispatcher(settings).send_job)
+    click.echo(f"failed {len(report.reaped)} lost job(s); published {len(report.republished)} pending job(s) again")
 
 
 @main.command()

@@ -21,8 +21,8 @@ class StepFailed(Exception):
         self.output = output
 
 
-class StepCancelled(Exception):
-    """A driver step stopped early because the job's cancel was requested."""
+class StepStopped(Exception):
+    """A driver step stopped early because it was asked to (a cancel, or the job was taken away)."""
 
 
 class AuthenticationFailed(ProvisioningError):

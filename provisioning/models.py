@@ -90,6 +90,13 @@ class ProvisioningJob(Base):
     __table_args__ = (
         Index("ix_provisioning_jobs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
         # One active job per tenant, enforced where no race can get past it.
+        # The sweeper's questions: which pending jobs were never claimed, which running ones went quiet.
+        Index(
+            "ix_provisioning_jobs_active",
+            "status",
+            postgresql_where=text(_ACTIVE_JOB_SQL),
+            sqlite_where=text(_ACTIVE_JOB_SQL),
+        ),
         Index(
             "uq_provisioning_jobs_one_active_per_tenant",
             "tenant_id",
@@ -111,6 +118,7 @@ class ProvisioningJob(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     tenant_status_before: Mapped[TenantStatus | None] = mapped_column(_enum_column(TenantStatus))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -32,7 +32,7 @@ from provisioning.workflows import workflow_for
 
 DEMO_TENANT = "demo"
 DEMO_OWNER = "owner@demo.example"
-PROCESSES = ("web", "worker", "flower")
+PROCESSES = ("web", "worker", "beat", "flower")
 
 
 @dataclass(frozen=True)

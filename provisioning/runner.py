@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
-from provisioning.errors import Conflict, StepCancelled, StepFailed
+from provisioning.errors import Conflict, StepFailed, StepStopped
 from provisioning.models import ProvisioningJob
 from provisioning.service import ProvisioningService
 from provisioning.workflows import Workflow, workflow_for
@@ -19,42 +20,80 @@ from provisioning.workflows import Workflow, workflow_for
 log = logging.getLogger(__name__)
 
 
-class CancelCheck:
-    """Answers "was this job's cancel requested?", asking the database at most once per interval.
+class JobWatch:
+    """The job's status as the database has it, read at most once per interval.
 
-    Drivers call it often inside long steps; the interval keeps that from becoming a query storm.
+    Drivers ask ``should_stop()`` often inside long steps; the interval keeps that from
+    becoming a query storm. A job stops when it is being cancelled, and also when it is no
+    longer running at all: then the sweeper declared this worker lost and failed the job, and
+    whatever this worker would still write is no longer its to write.
     """
 
     def __init__(self, service: ProvisioningService, job_id: uuid.UUID, interval: float = 0.5):
         self.service = service
         self.job_id = job_id
         self.interval = interval
-        self._checked_at = float("-inf")
-        self._requested = False
+        self._read_at = float("-inf")
+        self._status = JobStatus.RUNNING
 
-    def cancel_requested(self) -> bool:
-        if not self._requested and time.monotonic() - self._checked_at >= self.interval:
-            self._checked_at = time.monotonic()
-            self._requested = self.service.get_job_status(self.job_id) == JobStatus.CANCELLING
-        return self._requested
+    def status(self, fresh: bool = False) -> JobStatus:
+        if fresh or (self._status == JobStatus.RUNNING and time.monotonic() - self._read_at >= self.interval):
+            self._read_at = time.monotonic()
+            self._status = self.service.get_job_status(self.job_id)
+        return self._status
 
-    def check_now(self) -> bool:
-        self._checked_at = float("-inf")
-        return self.cancel_requested()
+    def should_stop(self) -> bool:
+        return self.status() != JobStatus.RUNNING
+
+
+class Heartbeat:
+    """Writes the job's ``heartbeat_at`` every ``interval`` seconds from a thread of its own.
+
+    The sweeper fails a running job whose heartbeat is older than its deadline, naming the
+    worker and the step: that is how a job whose worker was killed stops being ``running``.
+    A beat that cannot reach the database is logged and tried again at the next interval.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, interval: float):
+        self.sessions = sessions
+        self.job_id = job_id
+        self.worker = worker
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                with self.sessions() as session:
+                    if not ProvisioningService(session).beat_heartbeat(self.job_id, self.worker):
+                        return  # the job finished or was taken away; nothing left to vouch for
+            except Exception:
+                log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
 
 
 class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
     Each transition is its own short transaction, so the job's row always shows the step in
-    progress. The job is checked for a cancel before every step and, through the driver,
-    inside long steps.
+    progress. Before every step the job's status is read: a cancel stops it there, and a job
+    that is no longer running (the sweeper failed it) is left alone. Inside long steps the
+    driver asks the same question.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], driver: SiteDriver, worker: str):
+    def __init__(self, sessions: sessionmaker[Session], driver: SiteDriver, worker: str, heartbeat_seconds: float = 10.0):
         self.sessions = sessions
         self.driver = driver
         self.worker = worker
+        self.heartbeat_seconds = heartbeat_seconds
 
     def run(self, job_id: uuid.UUID) -> None:
         """Run the job if it is still pending; a duplicate or late message does nothing."""
@@ -69,20 +108,22 @@ class JobRunner:
                 log.info("job %s: not pending any more; message ignored as a duplicate", job_id)
                 return
             log.info("job %s: %s started for tenant %s on %s", job_id, job.job_type.value, job.tenant.slug, self.worker)
-            self._run_steps(service, job, workflow_for(job.job_type))
+            with Heartbeat(self.sessions, job_id, self.worker, self.heartbeat_seconds):
+                self._run_steps(service, job, workflow_for(job.job_type))
 
     def _run_steps(self, service: ProvisioningService, job: ProvisioningJob, workflow: Workflow) -> None:
-        cancel_check = CancelCheck(service, job.id)
+        watch = JobWatch(service, job.id)
         completed: list[str] = []
         for position, step in enumerate(workflow.steps):
-            if cancel_check.check_now():
-                return self._settle_cancel(service, job, workflow, completed)
+            if watch.status(fresh=True) != JobStatus.RUNNING:
+                return self._stop(service, job, workflow, completed, watch)
             service.start_step(job.id, position, step.message)
             try:
-                output = self.driver.run_step(job.job_type, step.name, job.tenant.slug, cancel_check)
-            except StepCancelled:
-                service.end_step(job.id, position, StepStatus.CANCELLED, "Stopped by a cancel request")
-                return self._settle_cancel(service, job, workflow, completed)
+                output = self.driver.run_step(job.job_type, step.name, job.tenant.slug, watch)
+            except StepStopped:
+                if watch.status(fresh=True) == JobStatus.CANCELLING:
+                    service.end_step(job.id, position, StepStatus.CANCELLED, "Stopped by a cancel request")
+                return self._stop(service, job, workflow, completed, watch)
             except StepFailed as failure:
                 return self._fail(service, job, position, f"step {step.name} failed: {failure}", failure.output)
             except SoftTimeLimitExceeded:
@@ -94,11 +135,17 @@ class JobRunner:
             completed.append(step.name)
         if service.complete_job(job.id):
             log.info("job %s: completed", job.id)
-        elif service.get_job_status(job.id) == JobStatus.CANCELLING:
+        else:
             # A cancel arrived during the last step; it wins, as at any other step boundary.
+            self._stop(service, job, workflow, completed, watch)
+
+    def _stop(self, service: ProvisioningService, job: ProvisioningJob, workflow: Workflow, completed: list[str], watch: JobWatch) -> None:
+        """Settle a cancel, or step aside when the job is no longer this worker's."""
+        status = watch.status(fresh=True)
+        if status == JobStatus.CANCELLING:
             self._settle_cancel(service, job, workflow, completed)
         else:
-            log.warning("job %s: ran every step but is no longer running; left as it is", job.id)
+            log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", job.id, status.value)
 
     def _fail(self, service: ProvisioningService, job: ProvisioningJob, position: int, error: str, output: str = "") -> None:
         log.warning("job %s: %s", job.id, error)

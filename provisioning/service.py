@@ -218,6 +218,7 @@ class ProvisioningService:
             JobStatus.RUNNING,
             worker=worker,
             started_at=now,
+            heartbeat_at=now,
             message=workflow.steps[0].message,
             tenant_status_before=tenant_status,
         ):
@@ -235,6 +236,62 @@ class ProvisioningService:
         self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
         self.session.commit()
         return self.session.get(ProvisioningJob, job_id, populate_existing=True)
+
+    def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> bool:
+        """Vouch that ``worker`` still runs the job; False once the job is not its running job."""
+        result = self.session.execute(
+            update(ProvisioningJob)
+            .where(
+                ProvisioningJob.id == job_id,
+                ProvisioningJob.worker == worker,
+                ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+            )
+            .values(heartbeat_at=utcnow())
+        )
+        self.session.commit()
+        return result.rowcount == 1
+
+    def reap_lost_jobs(self, lost_after: timedelta) -> list[uuid.UUID]:
+        """Fail the running or cancelling jobs whose worker has not vouched for them in ``lost_after``.
+
+        The error names the worker and the step it was in; the tenant is released as for any
+        failure in that step, so a retry can run. A worker that beats again at the last moment
+        wins: the heartbeat is part of the compare-and-set.
+        """
+        cutoff = utcnow() - lost_after
+        lost = self.session.execute(
+            select(ProvisioningJob, JobStep.position, JobStep.name)
+            .outerjoin(JobStep, (JobStep.job_id == ProvisioningJob.id) & (JobStep.status == StepStatus.RUNNING))
+            .where(
+                ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+                ProvisioningJob.heartbeat_at < cutoff,
+            )
+        ).all()
+        reaped = []
+        for job, position, step in lost:
+            where = f"during step {step}" if step else "between steps"
+            error = (
+                f"worker {job.worker} was lost {where}: no heartbeat since "
+                f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+            )
+            won = self._transition(
+                job.id,
+                {JobStatus.RUNNING, JobStatus.CANCELLING},
+                JobStatus.FAILED,
+                conditions=[ProvisioningJob.heartbeat_at < cutoff],
+                error=error,
+                message="Failed",
+                completed_at=utcnow(),
+            )
+            if won:
+                if position is not None:
+                    self._update_step(job.id, position, status=StepStatus.FAILED, finished_at=utcnow(), message=error)
+                workflow = workflow_for(job.job_type)
+                self._set_tenant_status(job.tenant_id, workflow.tenant_after_failure(step, job.tenant_status_before))
+                reaped.append(job.id)
+                log.warning("job %s: %s", job.id, error)
+            self.session.commit()
+        return reaped
 
     def start_step(self, job_id: uuid.UUID, position: int, message: str) -> None:
         self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
@@ -299,13 +356,16 @@ class ProvisioningService:
 
     # Helpers.
 
-    def _transition(self, job_id: uuid.UUID, sources: set[JobStatus], target: JobStatus, **values) -> bool:
-        """Compare-and-set the job's status from one of ``sources`` to ``target``; True if it moved."""
+    def _transition(
+        self, job_id: uuid.UUID, sources: set[JobStatus], target: JobStatus, conditions: Sequence = (), **values
+    ) -> bool:
+        """Compare-and-set the job's status from one of ``sources`` to ``target`` (and any further
+        ``conditions``); True if it moved."""
         if not all(can_transition(source, target) for source in sources):
             raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
         result = self.session.execute(
             update(ProvisioningJob)
-            .where(ProvisioningJob.id == job_id, ProvisioningJob.status.in_(sources))
+            .where(ProvisioningJob.id == job_id, ProvisioningJob.status.in_(sources), *conditions)
             .values(status=target, **values)
             .execution_options(synchronize_session=False)
         )

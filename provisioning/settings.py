@@ -39,6 +39,10 @@ class Settings:
     task_soft_time_limit: int = 1500
     task_time_limit: int = 1620
     broker_connect_timeout: float = 2.0
+    job_heartbeat_seconds: float = 10.0
+    lost_job_after_seconds: float = 60.0
+    sweep_interval_seconds: float = 30.0
+    unclaimed_job_after_seconds: float = 300.0
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -75,6 +79,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if soft_limit >= hard_limit:
         raise SettingsError(f"TASK_SOFT_TIME_LIMIT: {soft_limit} must be below TASK_TIME_LIMIT ({hard_limit})")
 
+    heartbeat = _positive_float(env, "job_heartbeat_seconds", 10.0)
+    lost_after = _positive_float(env, "lost_job_after_seconds", 60.0)
+    if lost_after < 3 * heartbeat:
+        raise SettingsError(
+            f"LOST_JOB_AFTER_SECONDS: {lost_after:g} must be at least three heartbeats (JOB_HEARTBEAT_SECONDS={heartbeat:g})"
+        )
+
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
@@ -87,6 +98,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         task_soft_time_limit=soft_limit,
         task_time_limit=hard_limit,
         broker_connect_timeout=_non_negative_float(env, "broker_connect_timeout", 2.0),
+        job_heartbeat_seconds=heartbeat,
+        lost_job_after_seconds=lost_after,
+        sweep_interval_seconds=_positive_float(env, "sweep_interval_seconds", 30.0),
+        unclaimed_job_after_seconds=_positive_float(env, "unclaimed_job_after_seconds", 300.0),
     )
 
 
@@ -172,6 +187,13 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name.upper()}: {raw!r} is not a whole number") from None
     if value < 1:
         raise SettingsError(f"{name.upper()}: {value} must be at least 1")
+    return value
+
+
+def _positive_float(env: dict[str, str], name: str, default: float) -> float:
+    value = _non_negative_float(env, name, default)
+    if value == 0:
+        raise SettingsError(f"{name.upper()}: must be more than 0")
     return value
 
 

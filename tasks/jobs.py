@@ -7,15 +7,17 @@ import uuid
 from functools import lru_cache
 
 from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import beat_init, worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
+from provisioning.broker import Dispatcher
 from provisioning.db import get_engine, is_connection_failure, session_factory
 from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
 from provisioning.runner import JobRunner
 from provisioning.settings import Settings, settings_or_exit
+from provisioning.sweeper import sweep
 from tasks import app
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,11 @@ MAX_DATABASE_RETRY_SECONDS = 60
 @lru_cache(maxsize=1)
 def worker_settings() -> Settings:
     return settings_or_exit()
+
+
+@lru_cache(maxsize=1)
+def worker_dispatcher() -> Dispatcher:
+    return Dispatcher(worker_settings())
 
 
 @app.task(name=celeryconfig.RUN_JOB_TASK, bind=True, max_retries=None)
@@ -45,7 +52,12 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
     except ValueError:
         raise Reject(f"job_id {job_id!r} is not a UUID", requeue=False) from None
     settings = worker_settings()
-    runner = JobRunner(session_factory(settings.database_url), make_driver(settings), worker=self.request.hostname or "worker")
+    runner = JobRunner(
+        session_factory(settings.database_url),
+        make_driver(settings),
+        worker=self.request.hostname or "worker",
+        heartbeat_seconds=settings.job_heartbeat_seconds,
+    )
     try:
         runner.run(parsed_id)
     except NotFound:
@@ -58,6 +70,13 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
         raise self.retry(countdown=delay) from None
 
 
+@app.task(name=celeryconfig.SWEEP_TASK)
+def sweep_jobs() -> None:
+    """Fail jobs whose worker was lost and publish again pending jobs whose message was lost."""
+    settings = worker_settings()
+    sweep(settings, session_factory(settings.database_url), worker_dispatcher().send_job)
+
+
 @worker_process_init.connect
 def _fresh_database_pool(**_kwargs) -> None:
     """A forked pool process must not share the parent's database connections."""
@@ -65,7 +84,18 @@ def _fresh_database_pool(**_kwargs) -> None:
 
 
 @worker_ready.connect
-def _declare_dead_letter_queue(sender, **_kwargs) -> None:
-    """Rejected messages need their dead-letter queue to exist before the first publish does."""
+def _prepare_worker(sender, **_kwargs) -> None:
+    """Declare the queues (rejected messages need the dead-letter queue before any publish made
+    it), then sweep once: a worker starting after a crash need not wait for beat."""
+    settings = worker_settings()
     with sender.app.connection_for_write() as connection:
-        celeryconfig.declare_queues(connection.default_channel, worker_settings())
+        celeryconfig.declare_queues(connection.default_channel, settings)
+    try:
+        sweep(settings, session_factory(settings.database_url), worker_dispatcher().send_job)
+    except Exception:
+        log.exception("the start-up sweep failed; beat's next sweep will try again")
+
+
+@beat_init.connect
+def _make_schedule_directory(**_kwargs) -> None:
+    worker_settings().data_dir.mkdir(parents=True, exist_ok=True)

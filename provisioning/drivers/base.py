@@ -6,8 +6,9 @@ from provisioning.enums import JobType
 
 
 class StepContext(Protocol):
-    def cancel_requested(self) -> bool:
-        """True once the job's cancel was requested; long steps ask it now and then."""
+    def should_stop(self) -> bool:
+        """True once the step should stop early (its job is being cancelled, or is no longer this
+        worker's); long steps ask it now and then and raise StepStopped."""
 
 
 class SiteDriver(Protocol):
@@ -16,7 +17,7 @@ class SiteDriver(Protocol):
 
         Raises:
             StepFailed: the step failed; its message becomes the job's error.
-            StepCancelled: the step stopped early because of a cancel.
+            StepStopped: the step stopped early because ``context.should_stop()`` said so.
         """
 
     def undo(self, job_type: JobType, tenant_slug: str) -> str:

@@ -4,7 +4,7 @@ import time
 
 from provisioning.drivers.base import StepContext
 from provisioning.enums import JobType
-from provisioning.errors import StepCancelled, StepFailed
+from provisioning.errors import StepFailed, StepStopped
 
 CANCEL_POLL_SECONDS = 0.05
 
@@ -19,8 +19,8 @@ class SimulatedDriver:
     def run_step(self, job_type: JobType, step: str, tenant_slug: str, context: StepContext) -> str:
         deadline = time.monotonic() + self.step_seconds
         while (remaining := deadline - time.monotonic()) > 0:
-            if context.cancel_requested():
-                raise StepCancelled(step)
+            if context.should_stop():
+                raise StepStopped(step)
             time.sleep(min(remaining, CANCEL_POLL_SECONDS))
         if step == self.fail_step:
             raise StepFailed(f"simulated failure of step {step} (SIMULATED_FAIL_STEP)", output=f"{step}: failing on request")

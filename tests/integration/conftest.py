@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,19 +56,27 @@ def real_services_answer() -> None:
             pytest.exit(f"{name} is not answering at {urlsplit(url).netloc}; start it with: {HOW_TO_START[name]}", returncode=3)
 
 
-@pytest.fixture(scope="session")
-def database_url() -> str:
-    name = f"provisioning_test_{RUN_ID}"
+@contextmanager
+def migrated_database(name: str):
+    """A new PostgreSQL database, migrated with Alembic, dropped afterwards; yields its URL."""
     admin = create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = ADMIN_DATABASE_URL.rsplit("/", 1)[0] + f"/{name}"
-    migrate.upgrade(url)
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    with migrated_database(f"provisioning_test_{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +165,12 @@ class WorkerProcess:
         ]  # fmt: skip
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=process_environment(environment), stdout=self.log, stderr=subprocess.STDOUT
+            command,
+            cwd=PROJECT_ROOT,
+            env=process_environment(environment),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # so a test can kill the whole worker, pool processes and all
         )
         wait_for(self._answers_ping, timeout=60, interval=0.5, what=f"worker {self.name} to answer a ping")
 
@@ -169,6 +183,16 @@ class WorkerProcess:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def pool_processes(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as a crashed machine would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.log.close()
+
     def stop(self) -> None:
         """SIGTERM the prefork parent (a warm shutdown), then make sure it is gone."""
         if self.process.poll() is None:
@@ -176,7 +200,7 @@ class WorkerProcess:
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.log.close()
 

@@ -30,8 +30,8 @@ def test_a_create_while_the_broker_is_down_is_accepted_then_republished_and_run(
     job = response.json["data"]
     assert (job["status"], job["queued"], job["dispatched_at"]) == ("pending", False, None)
 
-    result = CliRunner().invoke(main, ["jobs", "republish"], env=environment)
-    assert result.exit_code == 0 and "published" in result.output
+    result = CliRunner().invoke(main, ["jobs", "sweep"], env=environment)
+    assert result.exit_code == 0 and "published 1 pending job(s) again" in result.output
 
     def status():
         with sessions() as session:

@@ -162,7 +162,7 @@ def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(sessi
             return super().run_step(job_type, step, tenant_slug, NeverCancelled())
 
     class NeverCancelled:
-        def cancel_requested(self) -> bool:
+        def should_stop(self) -> bool:
             return False
 
     tenant = tenant_factory.create()

@@ -1,0 +1,199 @@
+"""No job runs forever: a worker that dies mid-step is detected through its heartbeat."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from provisioning.broker import Dispatcher
+from provisioning.db import session_factory, utcnow
+from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.models import JobStep, ProvisioningJob, Tenant
+from provisioning.runner import JobRunner
+from provisioning.service import ProvisioningService
+from tests.helpers import wait_for
+from tests.factories import TenantFactory
+from tests.integration.conftest import RUN_ID, PROJECT_ROOT, WorkerProcess, delete_queues, migrated_database, process_environment
+
+# Short deadlines so a lost worker is noticed within seconds.
+FAST = {"JOB_HEARTBEAT_SECONDS": "0.5", "LOST_JOB_AFTER_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1"}
+
+
+def read_job(sessions, job_id) -> ProvisioningJob:
+    with sessions() as session:
+        return session.get(ProvisioningJob, job_id)
+
+
+def tenant_status(sessions, tenant_id) -> TenantStatus:
+    with sessions() as session:
+        return session.get(Tenant, tenant_id).status
+
+
+def steps_by_status(sessions, job_id) -> dict[str, StepStatus]:
+    with sessions() as session:
+        return {step.name: step.status for step in session.scalars(select(JobStep).where(JobStep.job_id == job_id))}
+
+
+def age_heartbeat(sessions, job_id, seconds: float) -> None:
+    with sessions() as session:
+        session.execute(
+            update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
+        )
+        session.commit()
+
+
+def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_tenant_is_released(
+    session, sessions, tenant_factory
+):
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    service.start_job(job.id, "worker@crashed-host")
+    service.start_step(job.id, 0, "Checking")
+    service.finish_step(job.id, 0, "ok", 20)
+    service.start_step(job.id, 1, "Creating")
+    age_heartbeat(sessions, job.id, 120)
+
+    assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
+
+    lost = read_job(sessions, job.id)
+    assert lost.status == JobStatus.FAILED
+    assert "worker@crashed-host" in lost.error and "create_site" in lost.error
+    assert steps_by_status(sessions, job.id)["create_site"] == StepStatus.FAILED
+    assert tenant_status(sessions, tenant.id) == TenantStatus.FAILED
+    retry = service.retry_job(tenant.id, job.id)
+    assert retry.status == JobStatus.PENDING
+
+
+def test_a_job_whose_worker_still_beats_is_left_alone(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    service.start_job(job.id, "worker@alive")
+    age_heartbeat(sessions, job.id, 10)
+
+    assert service.beat_heartbeat(job.id, "worker@alive")
+    assert not service.beat_heartbeat(job.id, "worker@impostor")
+    assert job.id not in service.reap_lost_jobs(timedelta(seconds=5))
+    assert read_job(sessions, job.id).status == JobStatus.RUNNING
+
+
+def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its_slow_worker(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    runner = JobRunner(sessions, SimulatedDriver(step_seconds=30), worker="worker@slow", heartbeat_seconds=0.2)
+    thread = threading.Thread(target=runner.run, args=(job.id,), daemon=True)
+    thread.start()
+    first = wait_for(lambda: read_job(sessions, job.id).heartbeat_at, what="the first heartbeat")
+    wait_for(lambda: read_job(sessions, job.id).heartbeat_at > first, timeout=10, what="the heartbeat to move on")
+
+    # The worker is alive but, say, was cut off long enough for the sweeper to give up on it.
+    with sessions() as s:
+        s.execute(update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(worker="worker@other"))
+        s.commit()
+    age_heartbeat(sessions, job.id, 120)
+    assert job.id in ProvisioningService(session).reap_lost_jobs(timedelta(seconds=60))
+    thread.join(timeout=10)
+
+    assert not thread.is_alive(), "the slow worker must notice that the job is no longer its own"
+    assert read_job(sessions, job.id).status == JobStatus.FAILED
+    assert set(steps_by_status(sessions, job.id).values()) == {StepStatus.FAILED, StepStatus.PENDING}
+
+
+@pytest.fixture
+def own_queue(environment, settings):
+    """A database and a queue of the test's own: its sweeps must not touch other tests' jobs, nor
+    the run's shared worker take its messages."""
+    suffix = uuid.uuid4().hex[:8]
+    queue = f"{settings.provisioning_queue_name}.lost-{suffix}"
+    with migrated_database(f"provisioning_test_{RUN_ID}_lost_{suffix}") as database_url:
+        env = {**environment, **FAST, "DATABASE_URL": database_url, "PROVISIONING_QUEUE_NAME": queue, "SIMULATED_STEP_SECONDS": "30"}
+        yield env, Dispatcher(replace(settings, provisioning_queue_name=queue, database_url=database_url))
+        delete_queues(queue)
+
+
+@pytest.fixture
+def own_sessions(own_queue):
+    env, _dispatcher = own_queue
+    return session_factory(env["DATABASE_URL"])
+
+
+@pytest.fixture
+def own_session(own_sessions):
+    with own_sessions() as session:
+        yield session
+
+
+@pytest.fixture
+def beat(own_queue, tmp_path):
+    """Celery beat, as the Procfile runs it, asking for a sweep every second."""
+    env, _dispatcher = own_queue
+    log_path = tmp_path / "beat.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"],
+            cwd=PROJECT_ROOT,
+            env=process_environment({**env, "DATA_DIR": str(tmp_path)}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    yield process
+    process.terminate()
+    process.wait(timeout=30)
+    print(log_path.read_text(errors="replace"))  # shown by pytest when the test failed
+
+
+def wait_until_failed(sessions, job_id) -> ProvisioningJob:
+    return wait_for(
+        lambda: (row := read_job(sessions, job_id)).status == JobStatus.FAILED and row,
+        timeout=30,
+        what="the lost job to be failed",
+    )
+
+
+def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(own_queue, beat, own_session, own_sessions):
+    env, dispatcher = own_queue
+    tenant = TenantFactory(own_session).create()
+    job = ProvisioningService(own_session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+    doomed = WorkerProcess(env, dispatcher, concurrency=1)
+    wait_for(lambda: read_job(own_sessions, job.id).status == JobStatus.RUNNING, timeout=30, what="the job to start")
+
+    doomed.kill()
+    successor = WorkerProcess({**env, "SIMULATED_STEP_SECONDS": "0"}, dispatcher, concurrency=1)
+    try:
+        lost = wait_until_failed(own_sessions, job.id)
+        assert doomed.name in lost.error and "check_preconditions" in lost.error
+        assert tenant_status(own_sessions, tenant.id) == TenantStatus.FAILED
+
+        retry = ProvisioningService(own_session, dispatch=dispatcher.send_job).retry_job(tenant.id, job.id)
+        wait_for(lambda: read_job(own_sessions, retry.id).status == JobStatus.COMPLETED, timeout=30, what="the retry")
+        assert tenant_status(own_sessions, tenant.id) == TenantStatus.ACTIVE
+    finally:
+        successor.stop()
+
+
+def test_a_killed_pool_process_is_noticed_while_its_worker_lives_on(own_queue, beat, own_session, own_sessions):
+    env, dispatcher = own_queue
+    tenant = TenantFactory(own_session).create()
+    job = ProvisioningService(own_session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+    worker = WorkerProcess(env, dispatcher, concurrency=1)
+    try:
+        wait_for(lambda: read_job(own_sessions, job.id).status == JobStatus.RUNNING, timeout=30, what="the job to start")
+        for pid in worker.pool_processes():
+            os.kill(pid, signal.SIGKILL)
+
+        lost = wait_until_failed(own_sessions, job.id)
+        assert worker.name in lost.error and "check_preconditions" in lost.error
+        assert worker.process.poll() is None, "the worker itself lives on and keeps serving"
+    finally:
+        worker.stop()
