@@ -6,11 +6,14 @@ session-wide worker (when another test started it) cannot pick them up.
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
+from sqlalchemy import func, select
 
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
@@ -391,3 +394,20 @@ def test_the_docs_page_loads_only_local_assets_so_it_works_on_a_closed_network(c
         assert url.startswith("/") and not url.startswith("//"), url
         assert client.get(url).status_code == 200, url
     assert "http://" not in page and "https://" not in page
+
+
+def test_twenty_concurrent_creates_for_one_tenant_give_exactly_one_job(app, tenant_factory, session):
+    """The database's partial unique index, not a read-then-write check, decides the race."""
+    tenant = tenant_factory.create()
+    start = threading.Barrier(20)
+
+    def create(_):
+        client = app.test_client()
+        start.wait(timeout=30)
+        return client.post(JOBS, json={"job_type": "create_site"}, headers=tenant.headers()).status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(create, range(20)))
+
+    assert sorted(statuses) == [201] + [409] * 19
+    assert session.scalar(select(func.count()).select_from(ProvisioningJob).where(ProvisioningJob.tenant_id == tenant.id)) == 1
