@@ -15,6 +15,7 @@ from provisioning.errors import (
     AuthenticationFailed,
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidRequest,
     MissingCredentials,
     NotFound,
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[ProvisioningError], int] = {
     InvalidRequest: 400,
+    IdempotencyKeyReused: 422,
     AuthenticationFailed: 401,
     Forbidden: 403,
     NotFound: 404,
@@ -50,22 +52,25 @@ class ProvisioningApi(Api):
         return payload, code, headers
 
 
-def http_error(status: int, message: str, headers: dict[str, str] | None = None) -> HTTPException:
+def http_error(status: int, message: str, headers: dict[str, str] | None = None, errors: dict | None = None) -> HTTPException:
     """An HTTPException carrying what flask-smorest's handler puts in the body and headers."""
     error = default_exceptions[status]()
-    error.data = {"message": message, **({"headers": headers} if headers else {})}
+    error.data = {"message": message, **({"headers": headers} if headers else {}), **({"errors": errors} if errors else {})}
     return error
 
 
 def error_for(error: ProvisioningError) -> HTTPException:
     status = next(code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind))
-    headers = None
+    headers = errors = None
+    if isinstance(error, IdempotencyKeyReused):
+        # A 422 names the offending input, as the request validation errors do.
+        errors = {"headers": {"Idempotency-Key": [str(error)]}}
     if isinstance(error, MissingCredentials):
         # RFC 6750 3.1: a request without credentials gets the challenge, but no error code.
         headers = {"WWW-Authenticate": BEARER_CHALLENGE}
     elif isinstance(error, AuthenticationFailed):
         headers = {"WWW-Authenticate": f'{BEARER_CHALLENGE}, error="invalid_token", error_description="{error}"'}
-    return http_error(status, str(error), headers)
+    return http_error(status, str(error), headers, errors)
 
 
 def register(app: Flask, api: ProvisioningApi) -> None:

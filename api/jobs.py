@@ -1,6 +1,7 @@
 """``/api/v1/provisioning/jobs``: request, list, read, retry and cancel provisioning jobs."""
 
 import uuid
+from datetime import timedelta
 
 from flask import current_app, url_for
 from flask.views import MethodView
@@ -8,6 +9,7 @@ from flask_smorest import Blueprint
 
 from api.auth import authenticate_request, caller, writers_only
 from api.schemas import (
+    IdempotencyHeaderSchema,
     JobCreateSchema,
     JobListResponseSchema,
     JobQueryArgsSchema,
@@ -29,7 +31,12 @@ blp.before_request(authenticate_request)
 
 
 def _service() -> ProvisioningService:
-    return ProvisioningService(db_session(), dispatch=current_app.extensions["provisioning_dispatcher"].send_job)
+    settings = current_app.config["PROVISIONING_SETTINGS"]
+    return ProvisioningService(
+        db_session(),
+        dispatch=current_app.extensions["provisioning_dispatcher"].send_job,
+        idempotency_ttl=timedelta(hours=settings.idempotency_key_hours),
+    )
 
 
 def _created(job):
@@ -50,16 +57,23 @@ class Jobs(MethodView):
 
     @writers_only
     @blp.arguments(JobCreateSchema)
+    @blp.arguments(IdempotencyHeaderSchema, location="headers")
     @blp.response(201, JobResponseSchema)
     @blp.alt_response(409, description="The tenant has an active job, or its state does not allow this job type")
-    def post(self, body):
+    def post(self, body, headers):
         """Request a job for the tenant's site
 
         The job is stored, then queued; `queued` is false if the broker could not be reached
         (the job stays pending until it is published again). Needs the owner or admin role.
         """
         requester = caller()
-        return _created(_service().request_job(requester.tenant.id, body["job_type"], requested_by_id=requester.user.id))
+        job = _service().request_job(
+            requester.tenant.id,
+            body["job_type"],
+            requested_by_id=requester.user.id,
+            idempotency_key=headers.get("idempotency_key"),
+        )
+        return _created(job)
 
 
 @blp.route("/<uuid:job_id>")
@@ -81,12 +95,16 @@ class JobSteps(MethodView):
 @blp.route("/<uuid:job_id>/retry")
 class JobRetry(MethodView):
     @writers_only
+    @blp.arguments(IdempotencyHeaderSchema, location="headers")
     @blp.response(201, JobResponseSchema)
     @blp.alt_response(409, description="The job is not failed or completed, or the tenant cannot take it now")
-    def post(self, job_id: uuid.UUID):
+    def post(self, headers, job_id: uuid.UUID):
         """Retry a failed or completed job as a new job linked to it"""
         requester = caller()
-        return _created(_service().retry_job(requester.tenant.id, job_id, requested_by_id=requester.user.id))
+        job = _service().retry_job(
+            requester.tenant.id, job_id, requested_by_id=requester.user.id, idempotency_key=headers.get("idempotency_key")
+        )
+        return _created(job)
 
 
 @blp.route("/<uuid:job_id>/cancel")

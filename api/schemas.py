@@ -36,6 +36,14 @@ class JobCreateSchema(Schema):
     job_type = fields.Enum(JobType, by_value=True, required=True)
 
 
+class IdempotencyHeaderSchema(Schema):
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Regexp(r"^[\x21-\x7e]{1,255}$", error="must be 1 to 255 visible ASCII characters"),
+        metadata={"description": "Repeat a request safely: the same key and body answer with the same job"},
+    )
+
+
 class JobQueryArgsSchema(Schema):
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))

@@ -127,6 +127,24 @@ class ProvisioningJob(Base):
     tenant: Mapped[Tenant] = relationship()
 
 
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` and the job its first request made, so a repeat makes no second one."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_fingerprint: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("provisioning_jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    # Also tells the unit of work to insert the job before the key that points at it.
+    job: Mapped[ProvisioningJob] = relationship()
+
+
 class JobStep(Base):
     """One named step of a job, so an operator can see where a job stopped and why."""
 

@@ -12,21 +12,22 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.errors import Conflict, NotFound
-from provisioning.models import ACTIVE_JOB_STATUSES, JobStep, ProvisioningJob, Tenant
+from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
+from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobStep, ProvisioningJob, Tenant
 from provisioning.states import RETRYABLE_STATUSES, can_transition
 from provisioning.workflows import workflow_for
 
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[uuid.UUID], None]
+DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
 
 
 class ProvisioningService:
@@ -37,9 +38,12 @@ class ProvisioningService:
     ``pending`` with no ``dispatched_at``, for a later re-publish.
     """
 
-    def __init__(self, session: Session, dispatch: Dispatch | None = None):
+    def __init__(
+        self, session: Session, dispatch: Dispatch | None = None, idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL
+    ):
         self.session = session
         self.dispatch = dispatch
+        self.idempotency_ttl = idempotency_ttl
 
     # Requests from API clients and operators.
 
@@ -48,43 +52,22 @@ class ProvisioningService:
         tenant_id: uuid.UUID,
         job_type: JobType,
         requested_by_id: uuid.UUID | None = None,
-        retry_of_id: uuid.UUID | None = None,
+        idempotency_key: str | None = None,
     ) -> ProvisioningJob:
         """Create a pending job, commit it, then publish it.
+
+        With an ``idempotency_key`` already used for the same request, the job that request
+        made is returned instead: no second job, no second message.
 
         Raises:
             NotFound: no such tenant.
             Conflict: the tenant's state does not allow this job type, or it has an active job.
+            IdempotencyKeyReused: the key was used for another request.
         """
-        tenant = self.session.get(Tenant, tenant_id)
-        if tenant is None:
-            raise NotFound("tenant not found")
-        workflow = workflow_for(job_type)
-        if not workflow.allows(tenant.status):
-            raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {tenant.status.value})")
-        job = ProvisioningJob(
-            tenant_id=tenant_id,
-            job_type=job_type,
-            status=JobStatus.PENDING,
-            progress=0,
-            message="Waiting for a worker",
-            requested_by_id=requested_by_id,
-            retry_of_id=retry_of_id,
-        )
-        self.session.add(job)
-        try:
-            self.session.commit()
-        except IntegrityError:
-            self.session.rollback()
-            active = self._active_job(tenant_id)
-            if active is None:
-                raise
-            # The partial unique index refused a second active job for this tenant.
-            raise Conflict(
-                f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
-            ) from None
-        set_committed_value(job, "dispatched_at", self._publish(job.id))
-        return job
+        fingerprint = job_type.value
+        if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
+            return earlier
+        return self._create_job(tenant_id, job_type, requested_by_id, None, idempotency_key, fingerprint)
 
     def list_jobs(
         self,
@@ -121,17 +104,27 @@ class ProvisioningService:
         self.get_job(tenant_id, job_id)
         return self.session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)).all()
 
-    def retry_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID, requested_by_id: uuid.UUID | None = None) -> ProvisioningJob:
+    def retry_job(
+        self,
+        tenant_id: uuid.UUID,
+        job_id: uuid.UUID,
+        requested_by_id: uuid.UUID | None = None,
+        idempotency_key: str | None = None,
+    ) -> ProvisioningJob:
         """A new job of the same type, linked to the finished one; the old one keeps its history.
 
         Raises:
             NotFound: no such job for this tenant.
             Conflict: the job is not failed or completed, or the tenant cannot take it now.
+            IdempotencyKeyReused: the key was used for another request.
         """
+        fingerprint = f"retry {job_id}"
+        if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
+            return earlier
         job = self.get_job(tenant_id, job_id)
         if job.status not in RETRYABLE_STATUSES:
             raise Conflict(f"job is {job.status.value}; only failed or completed jobs can be retried")
-        return self.request_job(tenant_id, job.job_type, requested_by_id=requested_by_id, retry_of_id=job.id)
+        return self._create_job(tenant_id, job.job_type, requested_by_id, job.id, idempotency_key, fingerprint)
 
     def cancel_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> ProvisioningJob:
         """Cancel at once when pending; ask the worker to stop when running; repeat calls are harmless.
@@ -354,7 +347,92 @@ class ProvisioningService:
         self.session.commit()
         return won
 
+    def prune_idempotency_keys(self) -> int:
+        """Forget the idempotency keys past their expiry; returns how many."""
+        result = self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= utcnow()))
+        self.session.commit()
+        return result.rowcount
+
     # Helpers.
+
+    def _create_job(
+        self,
+        tenant_id: uuid.UUID,
+        job_type: JobType,
+        requested_by_id: uuid.UUID | None,
+        retry_of_id: uuid.UUID | None,
+        idempotency_key: str | None,
+        fingerprint: str,
+    ) -> ProvisioningJob:
+        tenant = self.session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound("tenant not found")
+        workflow = workflow_for(job_type)
+        if not workflow.allows(tenant.status):
+            raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {tenant.status.value})")
+        job = ProvisioningJob(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            job_type=job_type,
+            status=JobStatus.PENDING,
+            progress=0,
+            message="Waiting for a worker",
+            requested_by_id=requested_by_id,
+            retry_of_id=retry_of_id,
+        )
+        if idempotency_key:
+            # An expired key may be used again: its old row goes in the same transaction.
+            now = utcnow()
+            self.session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == idempotency_key, IdempotencyKey.expires_at <= now
+                )
+            )
+        self.session.add(job)
+        if idempotency_key:
+            self.session.add(
+                IdempotencyKey(
+                    tenant_id=tenant_id,
+                    key=idempotency_key,
+                    request_fingerprint=fingerprint,
+                    job=job,
+                    created_at=now,
+                    expires_at=now + self.idempotency_ttl,
+                )
+            )
+        try:
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            # Two requests with one key raced: the loser answers with the winner's job.
+            if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
+                return earlier
+            active = self._active_job(tenant_id)
+            if active is None:
+                raise
+            # The partial unique index refused a second active job for this tenant.
+            raise Conflict(
+                f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
+            ) from None
+        set_committed_value(job, "dispatched_at", self._publish(job.id))
+        return job
+
+    def _replay(self, tenant_id: uuid.UUID, idempotency_key: str, fingerprint: str) -> ProvisioningJob | None:
+        """The job an earlier request with this key made, if the key is known and unexpired."""
+        earlier = self.session.scalar(
+            select(IdempotencyKey).where(
+                IdempotencyKey.tenant_id == tenant_id,
+                IdempotencyKey.key == idempotency_key,
+                IdempotencyKey.expires_at > utcnow(),
+            )
+        )
+        if earlier is None:
+            return None
+        if earlier.request_fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency_key!r} was first used for another request ({earlier.request_fingerprint})"
+            )
+        return self.session.get(ProvisioningJob, earlier.job_id, populate_existing=True)
 
     def _transition(
         self, job_id: uuid.UUID, sources: set[JobStatus], target: JobStatus, conditions: Sequence = (), **values

@@ -43,6 +43,7 @@ class Settings:
     lost_job_after_seconds: float = 60.0
     sweep_interval_seconds: float = 30.0
     unclaimed_job_after_seconds: float = 300.0
+    idempotency_key_hours: float = 24.0
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -102,6 +103,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         lost_job_after_seconds=lost_after,
         sweep_interval_seconds=_positive_float(env, "sweep_interval_seconds", 30.0),
         unclaimed_job_after_seconds=_positive_float(env, "unclaimed_job_after_seconds", 300.0),
+        idempotency_key_hours=_positive_float(env, "idempotency_key_hours", 24.0),
     )
 
 

@@ -7,6 +7,8 @@ compare-and-set or a harmless duplicate message:
   naming the worker and the step, and release the tenant.
 - Which pending jobs were never published, or published long ago and never claimed? Publish
   them again; the claim lets only one delivery run a job.
+
+It also forgets idempotency keys past their expiry.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 class SweepReport:
     reaped: list[uuid.UUID]
     republished: list[uuid.UUID]
+    forgotten_keys: int
 
 
 def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatch) -> SweepReport:
@@ -36,6 +39,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
         report = SweepReport(
             reaped=service.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds)),
             republished=service.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds)),
+            forgotten_keys=service.prune_idempotency_keys(),
         )
     if report.reaped or report.republished:
         log.info("sweep: failed %d lost job(s), published %d pending job(s) again", len(report.reaped), len(report.republished))
