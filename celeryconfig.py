@@ -31,6 +31,15 @@ def provisioning_queues(settings: Settings) -> tuple[Queue, Queue]:
     return jobs, dead
 
 
+def queue_named(name: str, settings: Settings) -> Queue:
+    """Our queues as they are declared (RabbitMQ refuses a redeclaration with other arguments);
+    any other name is a plain durable queue."""
+    for queue in provisioning_queues(settings):
+        if queue.name == name:
+            return queue
+    return Queue(name, routing_key=name, durable=True)
+
+
 def declare_queues(channel, settings: Settings) -> None:
     for queue in provisioning_queues(settings):
         queue(channel).declare()
@@ -71,6 +80,7 @@ def build(settings: Settings) -> dict:
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "worker_send_task_events": True,
+        "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
         "worker_hijack_root_logger": False,
     }
 

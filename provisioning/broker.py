@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from celery import Celery
-from kombu import Connection, Queue
+from kombu import Connection
 
 import celeryconfig
 from provisioning.settings import Settings, get_rabbitmq_url, load_settings
@@ -25,10 +25,7 @@ class BrokerUnavailable(Exception):
 def publish_json(queue_name: str, message: Any, settings: Settings | None = None) -> None:
     """Publish one JSON message to a durable queue of that name, declared first, with a confirm."""
     settings = settings or load_settings()
-    queue = next(
-        (queue for queue in celeryconfig.provisioning_queues(settings) if queue.name == queue_name),
-        Queue(queue_name, routing_key=queue_name, durable=True),
-    )
+    queue = celeryconfig.queue_named(queue_name, settings)
     with Connection(
         settings.broker_url, connect_timeout=settings.broker_connect_timeout, transport_options={"confirm_publish": True}
     ) as connection:

@@ -9,7 +9,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from provisioning import accounts, migrate
+from provisioning import accounts, dead_letters, migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory, utcnow
 from provisioning.enums import JobStatus, Role
@@ -200,6 +200,37 @@ def jobs_sweep() -> None:
     settings = _settings()
     report = sweep(settings, session_factory(settings.database_url), Dispatcher(settings).send_job)
     click.echo(f"failed {len(report.reaped)} lost job(s); published {len(report.republished)} pending job(s) again")
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter queue: messages the workers could not handle, with the reason why."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+def dlq_list(limit: int) -> None:
+    """Show dead letters (id, task, reason, body) without taking them out of the queue."""
+    letters = dead_letters.list_dead_letters(_settings(), limit)
+    for letter in letters:
+        click.echo(f"{letter.id}\t{letter.task or '-'}\t{letter.reason}\t{letter.body}")
+    click.echo(f"{len(letters)} dead letter(s)", err=True)
+
+
+@dlq.command("replay")
+@click.argument("dead_letter_id")
+def dlq_replay(dead_letter_id: str) -> None:
+    """Send the dead letter DEAD_LETTER_ID back to the job queue as it was first sent."""
+    if not dead_letters.replay(_settings(), dead_letter_id):
+        raise click.ClickException(f"no dead letter with id {dead_letter_id!r}")
+    click.echo(f"replayed {dead_letter_id}")
+
+
+@dlq.command("purge")
+@click.confirmation_option(prompt="Delete every dead letter?")
+def dlq_purge() -> None:
+    """Delete every dead letter."""
+    click.echo(f"purged {dead_letters.purge(_settings())} dead letter(s)")
 
 
 @main.command()

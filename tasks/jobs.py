@@ -6,12 +6,12 @@ import logging
 import uuid
 from functools import lru_cache
 
-from celery.exceptions import Reject
 from celery.signals import beat_init, worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
 from provisioning.broker import Dispatcher
+from provisioning.dead_letters import QUEUE_HEADER, REASON_HEADER
 from provisioning.db import get_engine, is_connection_failure, session_factory
 from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
@@ -39,18 +39,18 @@ def worker_dispatcher() -> Dispatcher:
 def run_job(self, job_id: str | None = None, **unexpected) -> None:
     """Run one provisioning job; the message carries nothing but ``{"job_id": "<uuid>"}``.
 
-    A payload that names no job can never succeed, so it is rejected without requeue and lands
-    in the dead-letter queue instead of looping. When the database cannot be reached, the
+    A payload that names no job can never succeed, so it goes to the dead-letter queue with the
+    reason, instead of looping or vanishing. When the database cannot be reached, the
     message is not simply acknowledged (that would lose the job): the task is sent again with a
     growing delay until the database answers.
     """
     if unexpected or job_id is None:
         keys = sorted([*unexpected, *(["job_id"] if job_id is not None else [])])
-        raise Reject(f"payload must be exactly {{'job_id': '<uuid>'}}, got keys {keys}", requeue=False)
+        return _dead_letter(self, f"payload must be exactly {{'job_id': '<uuid>'}}, got keys {keys}")
     try:
         parsed_id = uuid.UUID(str(job_id))
     except ValueError:
-        raise Reject(f"job_id {job_id!r} is not a UUID", requeue=False) from None
+        return _dead_letter(self, f"job_id {job_id!r} is not a UUID")
     settings = worker_settings()
     runner = JobRunner(
         session_factory(settings.database_url),
@@ -61,13 +61,29 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
     try:
         runner.run(parsed_id)
     except NotFound:
-        raise Reject(f"job {parsed_id} does not exist", requeue=False) from None
+        return _dead_letter(self, f"job {parsed_id} does not exist")
     except DBAPIError as error:
         if not is_connection_failure(error):
             raise
         delay = min(MAX_DATABASE_RETRY_SECONDS, 2 ** self.request.retries)
         log.warning("job %s: database unavailable (%s); trying again in %ss", parsed_id, error.orig, delay)
         raise self.retry(countdown=delay) from None
+
+
+def _dead_letter(task, reason: str) -> None:
+    """Put this task's message, as sent, in the dead-letter queue with ``reason``; then it is acked."""
+    settings = worker_settings()
+    log.error("job message %s dead-lettered: %s", task.request.id, reason)
+    task.app.send_task(
+        task.name,
+        args=task.request.args,
+        kwargs=task.request.kwargs,
+        task_id=task.request.id,
+        queue=celeryconfig.queue_named(settings.dead_letter_queue_name, settings),
+        headers={REASON_HEADER: reason, QUEUE_HEADER: settings.provisioning_queue_name},
+        retry=True,
+        retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
+    )
 
 
 @app.task(name=celeryconfig.SWEEP_TASK)

@@ -1,0 +1,131 @@
+"""The dead-letter queue: messages a worker could not handle, each kept with the reason why.
+
+A worker never loops on such a message and never drops it silently: it publishes the message
+unchanged (body, content type, headers) to ``<queue>.dead`` with the reason in a header, then
+acknowledges the original. An operator lists, replays or purges them with ``provisioning dlq``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator
+
+from kombu import Connection, Producer, Queue
+from kombu.message import Message
+
+import celeryconfig
+from provisioning.settings import Settings
+
+REASON_HEADER = "x-erpmax-dead-letter-reason"
+QUEUE_HEADER = "x-erpmax-original-queue"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    reason: str
+    task: str | None
+    body: str
+
+
+def dead_letter(producer: Producer, message: Message, reason: str, settings: Settings) -> None:
+    """Copy ``message`` into the dead-letter queue with ``reason``; the caller then acks the original."""
+    publish_copy(
+        producer,
+        message,
+        celeryconfig.queue_named(settings.dead_letter_queue_name, settings),
+        headers={**(message.headers or {}), REASON_HEADER: reason, QUEUE_HEADER: settings.provisioning_queue_name},
+    )
+
+
+def publish_copy(producer: Producer, message: Message, queue: Queue, headers: dict) -> None:
+    """Publish ``message``'s exact bytes again, so a copy decodes (or fails to) as the original did."""
+    producer.publish(
+        message.body,
+        exchange="",
+        routing_key=queue.name,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode="persistent",
+        declare=[queue],
+        retry=True,
+        retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
+    )
+
+
+def list_dead_letters(settings: Settings, limit: int = 100) -> list[DeadLetter]:
+    """Look at up to ``limit`` dead letters without taking them (they stay in the queue, in order)."""
+    with _connection(settings) as connection:
+        return [_describe(message) for message in _peek(connection, settings, limit)]
+
+
+def replay(settings: Settings, dead_letter_id: str) -> bool:
+    """Send one dead letter back to the job queue as it was; False if no such id is waiting."""
+    with _connection(settings) as connection:
+        for message in _peek(connection, settings):
+            if _message_id(message) == dead_letter_id:
+                headers = {k: v for k, v in (message.headers or {}).items() if k not in (REASON_HEADER, QUEUE_HEADER)}
+                original_queue = (message.headers or {}).get(QUEUE_HEADER, settings.provisioning_queue_name)
+                publish_copy(connection.Producer(), message, celeryconfig.queue_named(original_queue, settings), headers)
+                message.ack()
+                return True
+    return False
+
+
+def purge(settings: Settings) -> int:
+    """Delete every dead letter; returns how many there were."""
+    with _connection(settings) as connection:
+        channel = connection.default_channel
+        _queue(settings)(channel).declare()
+        return channel.queue_purge(settings.dead_letter_queue_name) or 0
+
+
+def _connection(settings: Settings) -> Connection:
+    return Connection(
+        settings.broker_url, connect_timeout=settings.broker_connect_timeout, transport_options={"confirm_publish": True}
+    )
+
+
+def _queue(settings: Settings) -> Queue:
+    return celeryconfig.queue_named(settings.dead_letter_queue_name, settings)
+
+
+def _peek(connection: Connection, settings: Settings, limit: int | None = None) -> Iterator[Message]:
+    """Messages taken without acknowledgement: whatever is not acked returns to the queue on close."""
+    queue = _queue(settings)(connection.default_channel)
+    queue.declare()
+    taken = 0
+    while limit is None or taken < limit:
+        message = queue.get(no_ack=False)
+        if message is None:
+            return
+        taken += 1
+        yield message
+
+
+def _message_id(message: Message) -> str:
+    """Celery's task id when there is one; otherwise a digest of the body, stable across listings."""
+    headers = message.headers or {}
+    return str(headers.get("id") or message.properties.get("message_id") or hashlib.sha256(_raw(message)).hexdigest()[:16])
+
+
+def _raw(message: Message) -> bytes:
+    return message.body if isinstance(message.body, bytes) else str(message.body).encode()
+
+
+def _describe(message: Message) -> DeadLetter:
+    headers = message.headers or {}
+    body = _raw(message).decode("utf-8", errors="replace")
+    return DeadLetter(
+        id=_message_id(message),
+        reason=str(headers.get(REASON_HEADER) or _x_death_reason(headers)),
+        task=headers.get("task"),
+        body=body[:500],
+    )
+
+
+def _x_death_reason(headers: dict) -> str:
+    deaths = headers.get("x-death") or []
+    return f"dead-lettered by RabbitMQ ({deaths[0].get('reason')})" if deaths else "unknown"
