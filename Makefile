@@ -15,6 +15,7 @@ run: $(STAMP)
 	$(VENV)/bin/provisioning quickstart
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
 clean:

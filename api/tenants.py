@@ -17,4 +17,6 @@ class CurrentTenant(MethodView):
         """The caller's tenant and role in it"""
         current = caller()
         tenant = current.tenant
-        return {"data": {"id": tenant.id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status, "role": current.role}}
+        return {
+            "data": {"id": tenant.id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status, "role": current.role}
+        }

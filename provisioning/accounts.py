@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 
 from provisioning.db import utcnow
 from provisioning.enums import WRITER_ROLES, Role
-from provisioning.errors import AuthenticationFailed, Conflict, Forbidden, InvalidRequest, MissingCredentials, NotFound
+from provisioning.errors import (
+    AuthenticationFailed,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    MissingCredentials,
+    NotFound,
+)
 from provisioning.models import ApiToken, Membership, Tenant, User
 
 TOKEN_PREFIX = "erpx_"

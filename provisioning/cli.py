@@ -121,7 +121,9 @@ def user_create(email: str, tenant_slug: str | None, role: str | None, superuser
 def user_add_membership(email: str, tenant_slug: str, role: str) -> None:
     """Give an existing user a role in another tenant."""
     with _session() as session:
-        accounts.add_membership(session, accounts.find_user(session, email), accounts.find_tenant(session, tenant_slug), Role(role))
+        accounts.add_membership(
+            session, accounts.find_user(session, email), accounts.find_tenant(session, tenant_slug), Role(role)
+        )
         click.echo(f"{email} is now {role} of {tenant_slug}")
 
 

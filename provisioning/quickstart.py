@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session
 
 from provisioning import accounts, migrate
 from provisioning.broker import Dispatcher
-from provisioning.migrate import PROJECT_ROOT
 from provisioning.db import session_factory
 from provisioning.embedded_broker import wait_until_answering
 from provisioning.enums import JobStatus, Role, TenantStatus
 from provisioning.errors import NotFound
+from provisioning.migrate import PROJECT_ROOT
 from provisioning.models import Membership, ProvisioningJob
 from provisioning.service import ProvisioningService
 from provisioning.settings import Settings
@@ -57,9 +57,7 @@ def prepare(settings: Settings) -> Demo:
             owner = accounts.find_user(session, DEMO_OWNER)
         except NotFound:
             owner = accounts.create_user(session, DEMO_OWNER)
-        is_member = session.scalar(
-            select(Membership).where(Membership.user_id == owner.id, Membership.tenant_id == tenant.id)
-        )
+        is_member = session.scalar(select(Membership).where(Membership.user_id == owner.id, Membership.tenant_id == tenant.id))
         if is_member is None:
             accounts.add_membership(session, owner, tenant, Role.OWNER)
         _token, plain = accounts.issue_token(session, owner, name="quickstart", expires_in=timedelta(days=30))
@@ -129,11 +127,17 @@ def _banner(settings: Settings, demo: Demo, port: str, flower_port: str, flower_
     base = f"http://127.0.0.1:{port}"
     token = demo.token
     # A job the demo tenant can take now: a second run finds the site already created.
-    job_type, action = ("backup_site", "Back up the site") if demo.tenant_status == TenantStatus.ACTIVE else ("create_site", "Create a site")
+    job_type, action = (
+        ("backup_site", "Back up the site") if demo.tenant_status == TenantStatus.ACTIVE else ("create_site", "Create a site")
+    )
     mode = (
         f"embedded defaults (SQLite in {settings.data_dir}, in-memory broker): for trying the service only"
         if settings.embedded
         else "configured PostgreSQL and RabbitMQ"
+    )
+    job_command = (
+        f'curl -s -X POST {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}" '
+        f"-H \"Content-Type: application/json\" -d '{{\"job_type\": \"{job_type}\"}}'"
     )
     return f"""
 ERPMax provisioning, on {mode}.
@@ -142,7 +146,7 @@ ERPMax provisioning, on {mode}.
     {token}
 
   {action}:
-    curl -s -X POST {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}" -H "Content-Type: application/json" -d '{{"job_type": "{job_type}"}}'
+    {job_command}
   Follow it:
     curl -s {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}"
 

@@ -8,8 +8,10 @@ import time
 import uuid
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioning.db import is_connection_failure
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped
@@ -18,6 +20,38 @@ from provisioning.service import ProvisioningService
 from provisioning.workflows import Workflow, workflow_for
 
 log = logging.getLogger(__name__)
+
+DATABASE_RETRY_SECONDS = 1.0
+
+
+class PatientService:
+    """The service as a running job uses it: a lost database connection is tried again for up to
+    ``patience`` seconds (a restarted PostgreSQL, a killed backend) instead of failing the job.
+
+    Every write the runner makes is safe to repeat: a commit whose answer was lost either
+    happened (the compare-and-set then finds the job already moved) or did not.
+    """
+
+    def __init__(self, service: ProvisioningService, patience: float):
+        self.service = service
+        self.patience = patience
+
+    def __getattr__(self, name: str):
+        method = getattr(self.service, name)
+
+        def patiently(*args, **kwargs):
+            deadline = time.monotonic() + self.patience
+            while True:
+                try:
+                    return method(*args, **kwargs)
+                except DBAPIError as error:
+                    self.service.session.rollback()
+                    if not is_connection_failure(error) or time.monotonic() >= deadline:
+                        raise
+                    log.warning("database unavailable during %s (%s); trying again", name, error.orig)
+                    time.sleep(DATABASE_RETRY_SECONDS)
+
+        return patiently
 
 
 class JobWatch:
@@ -29,7 +63,7 @@ class JobWatch:
     whatever this worker would still write is no longer its to write.
     """
 
-    def __init__(self, service: ProvisioningService, job_id: uuid.UUID, interval: float = 0.5):
+    def __init__(self, service: ProvisioningService | PatientService, job_id: uuid.UUID, interval: float = 0.5):
         self.service = service
         self.job_id = job_id
         self.interval = interval
@@ -89,11 +123,19 @@ class JobRunner:
     driver asks the same question.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], driver: SiteDriver, worker: str, heartbeat_seconds: float = 10.0):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        driver: SiteDriver,
+        worker: str,
+        heartbeat_seconds: float = 10.0,
+        database_patience: float = 60.0,
+    ):
         self.sessions = sessions
         self.driver = driver
         self.worker = worker
         self.heartbeat_seconds = heartbeat_seconds
+        self.database_patience = database_patience
 
     def run(self, job_id: uuid.UUID) -> None:
         """Run the job if it is still pending; a duplicate or late message does nothing."""
@@ -109,9 +151,9 @@ class JobRunner:
                 return
             log.info("job %s: %s started for tenant %s on %s", job_id, job.job_type.value, job.tenant.slug, self.worker)
             with Heartbeat(self.sessions, job_id, self.worker, self.heartbeat_seconds):
-                self._run_steps(service, job, workflow_for(job.job_type))
+                self._run_steps(PatientService(service, self.database_patience), job, workflow_for(job.job_type))
 
-    def _run_steps(self, service: ProvisioningService, job: ProvisioningJob, workflow: Workflow) -> None:
+    def _run_steps(self, service: PatientService, job: ProvisioningJob, workflow: Workflow) -> None:
         watch = JobWatch(service, job.id)
         completed: list[str] = []
         for position, step in enumerate(workflow.steps):
@@ -139,7 +181,9 @@ class JobRunner:
             # A cancel arrived during the last step; it wins, as at any other step boundary.
             self._stop(service, job, workflow, completed, watch)
 
-    def _stop(self, service: ProvisioningService, job: ProvisioningJob, workflow: Workflow, completed: list[str], watch: JobWatch) -> None:
+    def _stop(
+        self, service: PatientService, job: ProvisioningJob, workflow: Workflow, completed: list[str], watch: JobWatch
+    ) -> None:
         """Settle a cancel, or step aside when the job is no longer this worker's."""
         status = watch.status(fresh=True)
         if status == JobStatus.CANCELLING:
@@ -147,7 +191,7 @@ class JobRunner:
         else:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", job.id, status.value)
 
-    def _fail(self, service: ProvisioningService, job: ProvisioningJob, position: int, error: str, output: str = "") -> None:
+    def _fail(self, service: PatientService, job: ProvisioningJob, position: int, error: str, output: str = "") -> None:
         log.warning("job %s: %s", job.id, error)
         workflow = workflow_for(job.job_type)
         service.end_step(job.id, position, StepStatus.FAILED, error, output)
@@ -155,7 +199,7 @@ class JobRunner:
         if not service.fail_job(job.id, error, tenant_status):
             log.warning("job %s: no longer running, so its failure was not recorded", job.id)
 
-    def _settle_cancel(self, service: ProvisioningService, job: ProvisioningJob, workflow: Workflow, completed: list[str]) -> None:
+    def _settle_cancel(self, service: PatientService, job: ProvisioningJob, workflow: Workflow, completed: list[str]) -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return."""
         if workflow.point_of_no_return in completed:
             message = f"Cancelled after {workflow.point_of_no_return} had completed; that cannot be undone"

@@ -20,7 +20,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
-from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobStep, ProvisioningJob, Tenant
+from provisioning.models import (
+    ACTIVE_JOB_STATUSES,
+    IdempotencyKey,
+    JobStep,
+    ProvisioningJob,
+    Tenant,
+)
 from provisioning.states import RETRYABLE_STATUSES, can_transition
 from provisioning.workflows import workflow_for
 
@@ -38,9 +44,7 @@ class ProvisioningService:
     ``pending`` with no ``dispatched_at``, for a later re-publish.
     """
 
-    def __init__(
-        self, session: Session, dispatch: Dispatch | None = None, idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL
-    ):
+    def __init__(self, session: Session, dispatch: Dispatch | None = None, idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL):
         self.session = session
         self.dispatch = dispatch
         self.idempotency_ttl = idempotency_ttl
@@ -263,10 +267,7 @@ class ProvisioningService:
         reaped = []
         for job, position, step in lost:
             where = f"during step {step}" if step else "between steps"
-            error = (
-                f"worker {job.worker} was lost {where}: no heartbeat since "
-                f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
-            )
+            error = f"worker {job.worker} was lost {where}: no heartbeat since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
             won = self._transition(
                 job.id,
                 {JobStatus.RUNNING, JobStatus.CANCELLING},
@@ -331,7 +332,12 @@ class ProvisioningService:
         """Mark a running or cancelling job failed with ``error`` and put the tenant where the runner decided."""
         job = self.session.get(ProvisioningJob, job_id)
         won = self._transition(
-            job_id, {JobStatus.RUNNING, JobStatus.CANCELLING}, JobStatus.FAILED, error=error, message="Failed", completed_at=utcnow()
+            job_id,
+            {JobStatus.RUNNING, JobStatus.CANCELLING},
+            JobStatus.FAILED,
+            error=error,
+            message="Failed",
+            completed_at=utcnow(),
         )
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
@@ -453,9 +459,7 @@ class ProvisioningService:
         return True
 
     def _update_step(self, job_id: uuid.UUID, position: int, **values) -> None:
-        self.session.execute(
-            update(JobStep).where(JobStep.job_id == job_id, JobStep.position == position).values(**values)
-        )
+        self.session.execute(update(JobStep).where(JobStep.job_id == job_id, JobStep.position == position).values(**values))
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
         if status is not None:
@@ -463,9 +467,7 @@ class ProvisioningService:
 
     def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
         return self.session.scalars(
-            select(ProvisioningJob).where(
-                ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)
-            )
+            select(ProvisioningJob).where(ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
         ).first()
 
     def _publish(self, job_id: uuid.UUID) -> datetime | None:
@@ -480,9 +482,7 @@ class ProvisioningService:
             return None
         dispatched_at = utcnow()
         try:
-            self.session.execute(
-                update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(dispatched_at=dispatched_at)
-            )
+            self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(dispatched_at=dispatched_at))
             self.session.commit()
         except DBAPIError:
             # The message is out; not recording it only means a harmless duplicate later.
@@ -495,4 +495,3 @@ class ProvisioningService:
 def _tail(output: str, max_lines: int = 40, max_chars: int = 4000) -> str:
     """The last lines of a step's output: what an operator needs to see why it stopped."""
     return "\n".join(output.splitlines()[-max_lines:])[-max_chars:]
-

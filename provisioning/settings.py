@@ -154,7 +154,7 @@ def _normalise_database_url(url: str) -> str:
     """Pin the psycopg2 driver we install, and accept the ``postgres://`` spelling of hosting providers."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 

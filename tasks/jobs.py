@@ -11,8 +11,8 @@ from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
 from provisioning.broker import Dispatcher
-from provisioning.dead_letters import QUEUE_HEADER, REASON_HEADER
 from provisioning.db import get_engine, is_connection_failure, session_factory
+from provisioning.dead_letters import QUEUE_HEADER, REASON_HEADER
 from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
 from provisioning.runner import JobRunner
@@ -57,6 +57,7 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
         make_driver(settings),
         worker=self.request.hostname or "worker",
         heartbeat_seconds=settings.job_heartbeat_seconds,
+        database_patience=settings.lost_job_after_seconds,
     )
     try:
         runner.run(parsed_id)
@@ -65,7 +66,7 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
     except DBAPIError as error:
         if not is_connection_failure(error):
             raise
-        delay = min(MAX_DATABASE_RETRY_SECONDS, 2 ** self.request.retries)
+        delay = min(MAX_DATABASE_RETRY_SECONDS, 2**self.request.retries)
         log.warning("job %s: database unavailable (%s); trying again in %ss", parsed_id, error.orig, delay)
         raise self.retry(countdown=delay) from None
 

@@ -114,7 +114,9 @@ class GroupProcess:
             pass
 
     def wait_until_group_is_gone(self, timeout: float) -> None:
-        wait_for(lambda: group_is_gone(self.pgid), timeout=timeout, interval=0.1, what=f"every process of {self.name}'s group to exit")
+        wait_for(
+            lambda: group_is_gone(self.pgid), timeout=timeout, interval=0.1, what=f"every process of {self.name}'s group to exit"
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> bool:
         """Signal the whole group and wait for all of it to exit; SIGKILL it at the deadline.

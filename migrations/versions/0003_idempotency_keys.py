@@ -27,7 +27,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["job_id"], ["provisioning_jobs.id"], name=op.f("fk_idempotency_keys_job_id_provisioning_jobs"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_idempotency_keys_tenant_id_tenants"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_idempotency_keys_tenant_id_tenants"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_keys")),
         sa.UniqueConstraint("tenant_id", "key", name=op.f("uq_idempotency_keys_tenant_id")),
     )

@@ -15,12 +15,14 @@ import subprocess
 import sys
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from kombu import Connection
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning import migrate
 from provisioning.broker import Dispatcher
@@ -203,6 +205,31 @@ class WorkerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.log.close()
+
+
+@dataclass
+class IsolatedStack:
+    """A database and a queue of one test's own, for tests whose workers or sweeps must not meet
+    the rest of the run's jobs and messages."""
+
+    environment: dict[str, str]
+    settings: Settings
+    dispatcher: Dispatcher
+    sessions: sessionmaker
+
+    def session(self) -> Session:
+        return self.sessions()
+
+
+@pytest.fixture
+def isolated(environment: dict[str, str], settings: Settings):
+    suffix = uuid.uuid4().hex[:8]
+    queue = f"{settings.provisioning_queue_name}.{suffix}"
+    with migrated_database(f"provisioning_test_{RUN_ID}_{suffix}") as database_url:
+        own = replace(settings, provisioning_queue_name=queue, database_url=database_url)
+        env = {**environment, "DATABASE_URL": database_url, "PROVISIONING_QUEUE_NAME": queue}
+        yield IsolatedStack(env, own, Dispatcher(own), session_factory(database_url))
+        delete_queues(queue)
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,9 @@ def _revoked_token(session, tenant):
     ],
     ids=["no-header", "basic-scheme", "empty-bearer", "unknown", "expired", "revoked"],
 )
-def test_a_request_without_a_usable_token_is_refused_with_a_bearer_challenge(client, tenant_factory, session, make_headers, reason):
+def test_a_request_without_a_usable_token_is_refused_with_a_bearer_challenge(
+    client, tenant_factory, session, make_headers, reason
+):
     tenant = tenant_factory.create()
     response = client.get(JOBS, headers=make_headers(session, tenant))
     body = assert_unauthorized(response)
@@ -154,7 +156,13 @@ def test_the_current_tenant_shows_the_caller_their_tenant_and_role(client, tenan
     response = client.get(CURRENT, headers=tenant.headers(role))
     assert response.status_code == 200
     assert response.json == {
-        "data": {"id": str(tenant.id), "slug": tenant.tenant.slug, "name": tenant.tenant.name, "status": "active", "role": role.value}
+        "data": {
+            "id": str(tenant.id),
+            "slug": tenant.tenant.slug,
+            "name": tenant.tenant.name,
+            "status": "active",
+            "role": role.value,
+        }
     }
 
 

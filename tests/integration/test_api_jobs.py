@@ -23,7 +23,18 @@ from provisioning.workflows import workflow_for
 from tests.helpers import StrictClient, assert_error, wait_for
 
 JOBS = "/api/v1/provisioning/jobs"
-DESIGN_FIELDS = {"id", "tenant_id", "job_type", "status", "progress", "message", "error", "started_at", "completed_at", "created_at"}
+DESIGN_FIELDS = {
+    "id",
+    "tenant_id",
+    "job_type",
+    "status",
+    "progress",
+    "message",
+    "error",
+    "started_at",
+    "completed_at",
+    "created_at",
+}
 JOB_ENDPOINTS = [("get", ""), ("post", "/retry"), ("post", "/cancel"), ("get", "/steps")]
 
 
@@ -42,7 +53,9 @@ def running_job(session, tenant, job_type: JobType = JobType.CREATE_SITE) -> Pro
     return ProvisioningService(session).start_job(pending_job(session, tenant, job_type).id, "test-worker")
 
 
-def finished_job(session, tenant, status: JobStatus, job_type: JobType = JobType.CREATE_SITE, created_at: datetime | None = None) -> ProvisioningJob:
+def finished_job(
+    session, tenant, status: JobStatus, job_type: JobType = JobType.CREATE_SITE, created_at: datetime | None = None
+) -> ProvisioningJob:
     """A finished job row put straight in the table, as a worker would have left it."""
     created_at = created_at or utcnow()
     job = ProvisioningJob(
@@ -197,7 +210,19 @@ def test_a_tenant_never_sees_another_tenants_jobs_in_its_list(client, tenant_fac
     assert response.json["meta"]["total"] == 2
 
 
-@pytest.mark.parametrize("query", ["page=0", "size=0", "size=101", "page=abc", "size=-1", "page=99999999999999999999", "status=exploded", "job_type=reboot_site"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "page=0",
+        "size=0",
+        "size=101",
+        "page=abc",
+        "size=-1",
+        "page=99999999999999999999",
+        "status=exploded",
+        "job_type=reboot_site",
+    ],
+)
 def test_a_bad_list_query_is_refused(client, tenant_factory, query):
     tenant = tenant_factory.create()
     assert_error(client.get(f"{JOBS}?{query}", headers=tenant.headers()), 422)
@@ -213,7 +238,12 @@ def test_a_job_is_read_with_the_fields_of_the_design(client, tenant_factory, ses
     assert response.status_code == 200 and set(response.json) == {"data"}
     data = response.json["data"]
     assert DESIGN_FIELDS <= set(data)
-    assert (data["id"], data["tenant_id"], data["job_type"], data["status"]) == (str(job.id), str(tenant.id), "create_site", "failed")
+    assert (data["id"], data["tenant_id"], data["job_type"], data["status"]) == (
+        str(job.id),
+        str(tenant.id),
+        "create_site",
+        "failed",
+    )
     assert (data["progress"], data["message"], data["error"]) == (job.progress, job.message, job.error)
     for name in ("started_at", "completed_at", "created_at"):
         assert datetime.fromisoformat(data[name]) == getattr(job, name)
@@ -241,9 +271,14 @@ def test_a_job_id_that_is_not_a_uuid_is_not_found(client, tenant_factory, method
 
 @pytest.mark.parametrize(
     "tenant_status, job_status, job_type",
-    [(TenantStatus.FAILED, JobStatus.FAILED, JobType.CREATE_SITE), (TenantStatus.ACTIVE, JobStatus.COMPLETED, JobType.BACKUP_SITE)],
+    [
+        (TenantStatus.FAILED, JobStatus.FAILED, JobType.CREATE_SITE),
+        (TenantStatus.ACTIVE, JobStatus.COMPLETED, JobType.BACKUP_SITE),
+    ],
 )
-def test_a_retry_is_a_new_job_linked_to_the_old_one_which_stays_as_it_was(client, tenant_factory, session, tenant_status, job_status, job_type):
+def test_a_retry_is_a_new_job_linked_to_the_old_one_which_stays_as_it_was(
+    client, tenant_factory, session, tenant_status, job_status, job_type
+):
     tenant = tenant_factory.create(status=tenant_status)
     old = finished_job(session, tenant, job_status, job_type)
     before = client.get(f"{JOBS}/{old.id}", headers=tenant.headers()).json["data"]
@@ -332,7 +367,9 @@ def test_the_steps_of_a_job_that_ran_are_listed_in_order_with_their_times(client
     for step in steps:
         assert step["status"] == StepStatus.COMPLETED.value, step
         assert datetime.fromisoformat(step["started_at"]) <= datetime.fromisoformat(step["finished_at"])
-    assert all(datetime.fromisoformat(a["finished_at"]) <= datetime.fromisoformat(b["started_at"]) for a, b in zip(steps, steps[1:]))
+    assert all(
+        datetime.fromisoformat(a["finished_at"]) <= datetime.fromisoformat(b["started_at"]) for a, b in zip(steps, steps[1:])
+    )
 
 
 # Errors outside the job routes, and the docs.

@@ -67,7 +67,10 @@ def test_an_operator_sets_up_a_tenant_whose_owner_then_uses_the_api(cli, client)
     ("args", "message"),
     [
         (("tenant", "create", "--slug", "Not A Slug", "--name", "x"), "slug 'Not A Slug' must be"),
-        (("user", "create", "--email", "a@b.test", "--tenant", "no-such-tenant", "--role", "owner"), "no tenant with slug 'no-such-tenant'"),
+        (
+            ("user", "create", "--email", "a@b.test", "--tenant", "no-such-tenant", "--role", "owner"),
+            "no tenant with slug 'no-such-tenant'",
+        ),
         (("user", "create", "--email", "a@b.test", "--tenant", "x", "--role", "king"), "'king' is not one of"),
         (("user", "create", "--email", "not-an-email", "--superuser"), "is not an e-mail address"),
         (("token", "create", "--email", "nobody@example.test"), "no user with e-mail"),

@@ -35,6 +35,7 @@ def test_a_job_received_while_the_database_is_unreachable_runs_when_a_worker_can
         assert s.scalar(select(ProvisioningJob.status).where(ProvisioningJob.id == job.id)) == JobStatus.PENDING
     healthy = WorkerProcess({**environment, "PROVISIONING_QUEUE_NAME": queue}, dispatcher)
     try:
+
         def status():
             with sessions() as s:
                 return s.scalar(select(ProvisioningJob.status).where(ProvisioningJob.id == job.id))
@@ -50,4 +51,8 @@ def test_the_api_answers_503_in_the_error_shape_while_its_database_is_unreachabl
     for method, path in (("get", "/api/v1/provisioning/jobs"), ("post", "/api/v1/provisioning/jobs")):
         response = getattr(client, method)(path, json={"job_type": "create_site"}, headers={"Authorization": "Bearer erpx_x"})
         assert response.status_code == 503
-        assert response.json == {"code": 503, "status": "Service Unavailable", "message": "the database is unavailable; try again shortly"}
+        assert response.json == {
+            "code": 503,
+            "status": "Service Unavailable",
+            "message": "the database is unavailable; try again shortly",
+        }

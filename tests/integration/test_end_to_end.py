@@ -1,4 +1,5 @@
-"""The Procfile's own web, worker and Flower lines, run as separate processes, take a site from creation through a backup to deletion over HTTP."""
+"""The Procfile's own web, worker and Flower lines, run as separate processes, take a site from
+creation through a backup to deletion over HTTP."""
 
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ class ProcfileStack:
 
     def run_job(self, job_type: str, headers: dict[str, str]) -> dict:
         """Request a job, follow it until it finishes, and check its progress only went up, to 100."""
-        response = requests.post(f"{self.api_url}/provisioning/jobs", json={"job_type": job_type}, headers=headers, timeout=HTTP_TIMEOUT)
+        response = requests.post(
+            f"{self.api_url}/provisioning/jobs", json={"job_type": job_type}, headers=headers, timeout=HTTP_TIMEOUT
+        )
         assert response.status_code == 201, response.text
         job_id = response.json()["data"]["id"]
         progress_seen = []
@@ -140,7 +143,9 @@ def procfile_stack(environment, tmp_path):
 def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procfile_stack, tenant_factory):
     stack = procfile_stack
     stack.wait_until_ready()
-    assert requests.get(f"{stack.flower_url}/api/workers", timeout=HTTP_TIMEOUT).status_code == 401, "Flower must require its basic auth"
+    assert requests.get(f"{stack.flower_url}/api/workers", timeout=HTTP_TIMEOUT).status_code == 401, (
+        "Flower must require its basic auth"
+    )
     tenant = tenant_factory.create(roles=(Role.OWNER,))
     headers = tenant.headers(Role.OWNER)
 

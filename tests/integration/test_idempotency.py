@@ -80,7 +80,9 @@ def test_an_expired_key_makes_a_new_job(client, tenant_factory, session):
     tenant = tenant_factory.create()
     first = client.post(JOBS, json={"job_type": "create_site"}, headers=keyed(tenant, "k-exp")).json["data"]
     ProvisioningService(session).cancel_job(tenant.id, uuid.UUID(first["id"]))
-    session.execute(update(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant.id).values(expires_at=IdempotencyKey.created_at))
+    session.execute(
+        update(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant.id).values(expires_at=IdempotencyKey.created_at)
+    )
     session.commit()
 
     again = client.post(JOBS, json={"job_type": "create_site"}, headers=keyed(tenant, "k-exp"))
@@ -91,7 +93,9 @@ def test_an_expired_key_makes_a_new_job(client, tenant_factory, session):
 
 def test_a_repeated_retry_with_a_key_makes_one_new_job(client, tenant_factory, session):
     tenant = tenant_factory.create(status=TenantStatus.FAILED)
-    failed = ProvisioningJob(tenant_id=tenant.id, job_type=JobType.CREATE_SITE, status=JobStatus.FAILED, progress=40, message="Failed")
+    failed = ProvisioningJob(
+        tenant_id=tenant.id, job_type=JobType.CREATE_SITE, status=JobStatus.FAILED, progress=40, message="Failed"
+    )
     session.add(failed)
     session.commit()
 

@@ -7,23 +7,20 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
 
-from provisioning.broker import Dispatcher
-from provisioning.db import session_factory, utcnow
+from provisioning.db import utcnow
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import JobStep, ProvisioningJob, Tenant
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
-from tests.helpers import wait_for
 from tests.factories import TenantFactory
-from tests.integration.conftest import RUN_ID, PROJECT_ROOT, WorkerProcess, delete_queues, migrated_database, process_environment
+from tests.helpers import wait_for
+from tests.integration.conftest import PROJECT_ROOT, WorkerProcess, process_environment
 
 # Short deadlines so a lost worker is noticed within seconds.
 FAST = {"JOB_HEARTBEAT_SECONDS": "0.5", "LOST_JOB_AFTER_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1"}
@@ -111,39 +108,14 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
 
 
 @pytest.fixture
-def own_queue(environment, settings):
-    """A database and a queue of the test's own: its sweeps must not touch other tests' jobs, nor
-    the run's shared worker take its messages."""
-    suffix = uuid.uuid4().hex[:8]
-    queue = f"{settings.provisioning_queue_name}.lost-{suffix}"
-    with migrated_database(f"provisioning_test_{RUN_ID}_lost_{suffix}") as database_url:
-        env = {**environment, **FAST, "DATABASE_URL": database_url, "PROVISIONING_QUEUE_NAME": queue, "SIMULATED_STEP_SECONDS": "30"}
-        yield env, Dispatcher(replace(settings, provisioning_queue_name=queue, database_url=database_url))
-        delete_queues(queue)
-
-
-@pytest.fixture
-def own_sessions(own_queue):
-    env, _dispatcher = own_queue
-    return session_factory(env["DATABASE_URL"])
-
-
-@pytest.fixture
-def own_session(own_sessions):
-    with own_sessions() as session:
-        yield session
-
-
-@pytest.fixture
-def beat(own_queue, tmp_path):
+def beat(isolated, tmp_path):
     """Celery beat, as the Procfile runs it, asking for a sweep every second."""
-    env, _dispatcher = own_queue
     log_path = tmp_path / "beat.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"],
             cwd=PROJECT_ROOT,
-            env=process_environment({**env, "DATA_DIR": str(tmp_path)}),
+            env=process_environment({**isolated.environment, **FAST, "DATA_DIR": str(tmp_path)}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -161,38 +133,45 @@ def wait_until_failed(sessions, job_id) -> ProvisioningJob:
     )
 
 
-def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(own_queue, beat, own_session, own_sessions):
-    env, dispatcher = own_queue
-    tenant = TenantFactory(own_session).create()
-    job = ProvisioningService(own_session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
-    doomed = WorkerProcess(env, dispatcher, concurrency=1)
-    wait_for(lambda: read_job(own_sessions, job.id).status == JobStatus.RUNNING, timeout=30, what="the job to start")
+def slow_worker(isolated, **extra) -> WorkerProcess:
+    return WorkerProcess(
+        {**isolated.environment, **FAST, "SIMULATED_STEP_SECONDS": "30", **extra}, isolated.dispatcher, concurrency=1
+    )
 
-    doomed.kill()
-    successor = WorkerProcess({**env, "SIMULATED_STEP_SECONDS": "0"}, dispatcher, concurrency=1)
+
+def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(isolated, beat):
+    with isolated.session() as session:
+        tenant = TenantFactory(session).create()
+        service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
+        job = service.request_job(tenant.id, JobType.CREATE_SITE)
+        doomed = slow_worker(isolated)
+        wait_for(lambda: read_job(isolated.sessions, job.id).status == JobStatus.RUNNING, timeout=30, what="the job to start")
+
+        doomed.kill()
+        successor = slow_worker(isolated, SIMULATED_STEP_SECONDS="0")
+        try:
+            lost = wait_until_failed(isolated.sessions, job.id)
+            assert doomed.name in lost.error and "check_preconditions" in lost.error
+            assert tenant_status(isolated.sessions, tenant.id) == TenantStatus.FAILED
+
+            retry = service.retry_job(tenant.id, job.id)
+            wait_for(lambda: read_job(isolated.sessions, retry.id).status == JobStatus.COMPLETED, timeout=30, what="the retry")
+            assert tenant_status(isolated.sessions, tenant.id) == TenantStatus.ACTIVE
+        finally:
+            successor.stop()
+
+
+def test_a_killed_pool_process_is_noticed_while_its_worker_lives_on(isolated, beat):
+    with isolated.session() as session:
+        tenant = TenantFactory(session).create()
+        job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+    worker = slow_worker(isolated)
     try:
-        lost = wait_until_failed(own_sessions, job.id)
-        assert doomed.name in lost.error and "check_preconditions" in lost.error
-        assert tenant_status(own_sessions, tenant.id) == TenantStatus.FAILED
-
-        retry = ProvisioningService(own_session, dispatch=dispatcher.send_job).retry_job(tenant.id, job.id)
-        wait_for(lambda: read_job(own_sessions, retry.id).status == JobStatus.COMPLETED, timeout=30, what="the retry")
-        assert tenant_status(own_sessions, tenant.id) == TenantStatus.ACTIVE
-    finally:
-        successor.stop()
-
-
-def test_a_killed_pool_process_is_noticed_while_its_worker_lives_on(own_queue, beat, own_session, own_sessions):
-    env, dispatcher = own_queue
-    tenant = TenantFactory(own_session).create()
-    job = ProvisioningService(own_session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
-    worker = WorkerProcess(env, dispatcher, concurrency=1)
-    try:
-        wait_for(lambda: read_job(own_sessions, job.id).status == JobStatus.RUNNING, timeout=30, what="the job to start")
+        wait_for(lambda: read_job(isolated.sessions, job.id).status == JobStatus.RUNNING, timeout=30, what="the job to start")
         for pid in worker.pool_processes():
             os.kill(pid, signal.SIGKILL)
 
-        lost = wait_until_failed(own_sessions, job.id)
+        lost = wait_until_failed(isolated.sessions, job.id)
         assert worker.name in lost.error and "check_preconditions" in lost.error
         assert worker.process.poll() is None, "the worker itself lives on and keeps serving"
     finally:

@@ -47,7 +47,9 @@ def test_every_message_a_worker_cannot_handle_is_dead_lettered_with_its_reason_a
     with Connection(settings.broker_url) as connection:
         producer = connection.Producer()
         for body, content_type in ((b'{"job_id": ', "application/json"), (b'{"job_id": "x"}', "application/json")):
-            producer.publish(body, routing_key=settings.provisioning_queue_name, content_type=content_type, content_encoding="utf-8")
+            producer.publish(
+                body, routing_key=settings.provisioning_queue_name, content_type=content_type, content_encoding="utf-8"
+            )
 
     letters = wait_for(
         lambda: found if len(found := list_dead_letters(settings)) >= 7 else None, timeout=30, what="seven dead letters"
@@ -65,12 +67,16 @@ def test_every_message_a_worker_cannot_handle_is_dead_lettered_with_its_reason_a
     wait_for(lambda: job_status(sessions, good.id) == JobStatus.COMPLETED, timeout=30, what="a good job after the poison")
 
 
-def test_an_operator_lists_replays_and_purges_dead_letters(worker, dispatcher, settings, session, sessions, tenant_factory, environment):
+def test_an_operator_lists_replays_and_purges_dead_letters(
+    worker, dispatcher, settings, session, sessions, tenant_factory, environment
+):
     cli = CliRunner()
     cli.invoke(main, ["dlq", "purge", "--yes"], env=environment)
     early = uuid.uuid4()
     # A message that arrived before its job existed, as a publish-before-commit bug would send it.
-    dispatcher.app.send_task(RUN_JOB_TASK, kwargs={"job_id": str(early)}, task_id=str(early), queue=settings.provisioning_queue_name)
+    dispatcher.app.send_task(
+        RUN_JOB_TASK, kwargs={"job_id": str(early)}, task_id=str(early), queue=settings.provisioning_queue_name
+    )
     wait_for(lambda: list_dead_letters(settings), timeout=30, what="the message to be dead-lettered")
 
     listed = cli.invoke(main, ["dlq", "list"], env=environment)
@@ -78,7 +84,11 @@ def test_an_operator_lists_replays_and_purges_dead_letters(worker, dispatcher, s
     assert str(early) in listed.output and "does not exist" in listed.output
 
     tenant = tenant_factory.create()
-    session.add(ProvisioningJob(id=early, tenant_id=tenant.id, job_type=JobType.CREATE_SITE, status=JobStatus.PENDING, progress=0, message=""))
+    session.add(
+        ProvisioningJob(
+            id=early, tenant_id=tenant.id, job_type=JobType.CREATE_SITE, status=JobStatus.PENDING, progress=0, message=""
+        )
+    )
     session.commit()
     replayed = cli.invoke(main, ["dlq", "replay", str(early)], env=environment)
     assert replayed.exit_code == 0, replayed.output

@@ -17,7 +17,14 @@ import pytest
 import requests
 
 from tests.helpers import wait_for
-from tests.processes import TAG_VARIABLE, GroupProcess, free_port, kill_tagged, new_tag, tagged_processes
+from tests.processes import (
+    TAG_VARIABLE,
+    GroupProcess,
+    free_port,
+    kill_tagged,
+    new_tag,
+    tagged_processes,
+)
 
 HTTP_TIMEOUT = 10
 TOKEN_LINE = re.compile(r"^\s+(erpx_\S+)\s*$", re.MULTILINE)
@@ -25,7 +32,15 @@ CURL_LINE = re.compile(r"curl -s -X POST (\S+) .* -d '(\{.*\})'")
 DOCS_LINE = re.compile(r"API docs:\s+(\S+)")
 FLOWER_LINE = re.compile(r"Flower:\s+(\S+)\s+\(user (\S+), password (\S+)\)")
 # Anything that would point the quickstart at PostgreSQL, RabbitMQ or settings of another run.
-NOT_INHERITED = {"database_url", "provisioning_queue_name", "data_dir", "flower_basic_auth", "port", "flower_port", "embedded_broker_port"}
+NOT_INHERITED = {
+    "database_url",
+    "provisioning_queue_name",
+    "data_dir",
+    "flower_basic_auth",
+    "port",
+    "flower_port",
+    "embedded_broker_port",
+}
 NOT_INHERITED_PREFIXES = ("rabbitmq_", "simulated_")
 
 
@@ -145,7 +160,12 @@ def stop_with_ctrl_c(quickstart: Quickstart) -> None:
     except subprocess.TimeoutExpired:
         pytest.fail(f"the quickstart did not exit within 30 s of Ctrl-C\n{process.describe()}")
     process.wait_until_group_is_gone(timeout=10)
-    wait_for(lambda: not tagged_processes(quickstart.tag), timeout=10, interval=0.1, what="every process the quickstart started to exit")
+    wait_for(
+        lambda: not tagged_processes(quickstart.tag),
+        timeout=10,
+        interval=0.1,
+        what="every process the quickstart started to exit",
+    )
 
 
 def test_quickstart_on_embedded_defaults_runs_the_printed_job_and_ctrl_c_stops_every_process(start_quickstart):

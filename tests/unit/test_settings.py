@@ -33,11 +33,15 @@ def test_names_are_case_insensitive_and_unknown_ones_are_ignored():
 
 
 def test_postgres_urls_are_pinned_to_the_installed_driver():
-    assert load_settings({"DATABASE_URL": "postgres://a@h/d", "RABBITMQ_HOST": "mq"}).database_url == "postgresql+psycopg2://a@h/d"
+    assert (
+        load_settings({"DATABASE_URL": "postgres://a@h/d", "RABBITMQ_HOST": "mq"}).database_url == "postgresql+psycopg2://a@h/d"
+    )
 
 
 def test_the_broker_url_is_built_from_its_parts_with_the_password_escaped():
-    url = get_rabbitmq_url({"RABBITMQ_HOST": "mq", "RABBITMQ_PORT": "5673", "RABBITMQ_USER": "svc", "RABBITMQ_PASSWORD": "p@ss/w"})
+    url = get_rabbitmq_url(
+        {"RABBITMQ_HOST": "mq", "RABBITMQ_PORT": "5673", "RABBITMQ_USER": "svc", "RABBITMQ_PASSWORD": "p@ss/w"}
+    )
     assert url == "amqp://svc:p%40ss%2Fw@mq:5673/%2F"
 
 

@@ -3,7 +3,12 @@
 import pytest
 
 from provisioning.enums import JobStatus
-from provisioning.states import FINAL_STATUSES, RETRYABLE_STATUSES, TRANSITIONS, can_transition
+from provisioning.states import (
+    FINAL_STATUSES,
+    RETRYABLE_STATUSES,
+    TRANSITIONS,
+    can_transition,
+)
 
 
 def test_completed_failed_and_cancelled_are_final_and_nothing_leaves_them():
