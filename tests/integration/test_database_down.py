@@ -2,15 +2,16 @@
 
 from dataclasses import replace
 
-from sqlalchemy import select
+from sqlalchemy import create_engine, pool, select, text
 
 from api import create_app
 from provisioning.broker import Dispatcher
-from provisioning.enums import JobStatus, JobType
-from provisioning.models import ProvisioningJob
+from provisioning.enums import JobStatus, JobType, StepStatus
+from provisioning.models import JobStep, ProvisioningJob
 from provisioning.service import ProvisioningService
+from tests.factories import TenantFactory
 from tests.helpers import wait_for
-from tests.integration.conftest import WorkerProcess, delete_queues
+from tests.integration.conftest import ADMIN_DATABASE_URL, WorkerProcess, delete_queues
 
 CLOSED_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
 
@@ -56,3 +57,72 @@ def test_the_api_answers_503_in_the_error_shape_while_its_database_is_unreachabl
             "status": "Service Unavailable",
             "message": "the database is unavailable; try again shortly",
         }
+
+
+class DatabaseOutage:
+    """Cuts one database off for a while, as a PostgreSQL restart or fail-over would: its server
+    processes are killed, and new connections are refused until ``end()``."""
+
+    def __init__(self, database_url: str):
+        self.name = database_url.rsplit("/", 1)[1]
+        self.admin = create_engine(ADMIN_DATABASE_URL, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+
+    def kill_connections(self) -> int:
+        with self.admin.connect() as connection:
+            return connection.execute(
+                text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": self.name},
+            ).scalar()
+
+    def begin(self) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false'))
+        self.kill_connections()
+
+    def end(self) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true'))
+
+
+def test_a_running_job_rides_out_a_database_outage_and_the_worker_goes_on_without_a_restart(isolated):
+    with isolated.session() as session:
+        first, second = TenantFactory(session).create(), TenantFactory(session).create()
+        job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(first.id, JobType.CREATE_SITE)
+    outage = DatabaseOutage(isolated.settings.database_url)
+    worker = WorkerProcess({**isolated.environment, "SIMULATED_STEP_SECONDS": "0.6"}, isolated.dispatcher, concurrency=1)
+
+    def step_running(name: str) -> bool:
+        with isolated.sessions() as s:
+            return s.scalar(select(JobStep.status).where(JobStep.job_id == job.id, JobStep.name == name)) == StepStatus.RUNNING
+
+    def status(job_id):
+        with isolated.sessions() as s:
+            return s.scalar(select(ProvisioningJob.status).where(ProvisioningJob.id == job_id))
+
+    try:
+        wait_for(lambda: step_running("create_site"), timeout=30, what="step create_site to run")
+        assert outage.kill_connections() >= 1  # a blip: the next query reconnects
+
+        wait_for(lambda: step_running("configure_site"), timeout=30, what="step configure_site to run")
+        outage.begin()  # an outage: the worker's writes fail until it ends
+        try:
+            wait_for(
+                lambda: "database unavailable during" in worker.output(), timeout=30, what="the worker to wait out the outage"
+            )
+        finally:
+            outage.end()
+
+        wait_for(lambda: status(job.id) == JobStatus.COMPLETED, timeout=60, what="the job to complete after the outage")
+        with isolated.sessions() as s:
+            steps = s.scalars(select(JobStep).where(JobStep.job_id == job.id)).all()
+        assert [step.status for step in steps] == [StepStatus.COMPLETED] * 5
+
+        with isolated.session() as session:
+            later = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(
+                second.id, JobType.CREATE_SITE
+            )
+        wait_for(lambda: status(later.id) == JobStatus.COMPLETED, timeout=60, what="the next job, on the same worker")
+        assert worker.process.poll() is None
+    finally:
+        outage.end()
+        worker.stop()
