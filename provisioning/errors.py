@@ -25,6 +25,10 @@ class StepStopped(Exception):
     """A driver step stopped early because it was asked to (a cancel, or the job was taken away)."""
 
 
+class StepTerminated(StepStopped):
+    """A step that did not stop within the cancel's grace period was interrupted from outside."""
+
+
 class IdempotencyKeyReused(ProvisioningError):
     """An ``Idempotency-Key`` came back with a different request than the one it was first used for."""
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 import uuid
+from contextlib import contextmanager
+from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.db import is_connection_failure
+from provisioning.db import is_connection_failure, utcnow
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
-from provisioning.errors import Conflict, StepFailed, StepStopped
+from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
 from provisioning.models import ProvisioningJob
 from provisioning.service import ProvisioningService
 from provisioning.workflows import Workflow, workflow_for
@@ -80,19 +83,77 @@ class JobWatch:
         return self.status() != JobStatus.RUNNING
 
 
+class StepTerminator:
+    """Interrupts a step that ignores the cancel check, by raising StepTerminated inside it.
+
+    Celery runs a task in its pool process's main thread; ``terminate()``, called from the
+    heartbeat's thread, sends that thread SIGUSR2, whose handler raises only while a step runs
+    (between steps a late signal does nothing). Outside the main thread (tests that run a job
+    in a thread of their own) a step cannot be interrupted this way, and this says so.
+    """
+
+    SIGNAL = signal.SIGUSR2
+
+    def __init__(self, job_id: uuid.UUID):
+        self.job_id = job_id
+        self.usable = threading.current_thread() is threading.main_thread()
+        self._in_step = False
+        self._previous_handler = None
+
+    def __enter__(self) -> "StepTerminator":
+        if self.usable:
+            self._previous_handler = signal.signal(self.SIGNAL, self._interrupt)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.usable:
+            signal.signal(self.SIGNAL, self._previous_handler)
+
+    @contextmanager
+    def step(self):
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
+
+    def terminate(self) -> None:
+        if not self.usable:
+            log.warning("job %s: its step ignores the cancel and cannot be interrupted outside a main thread", self.job_id)
+            return
+        signal.pthread_kill(threading.main_thread().ident, self.SIGNAL)
+
+    def _interrupt(self, _signum, _frame) -> None:
+        if self._in_step:
+            self._in_step = False
+            raise StepTerminated("did not stop within the cancel's grace period")
+
+
 class Heartbeat:
     """Writes the job's ``heartbeat_at`` every ``interval`` seconds from a thread of its own.
 
     The sweeper fails a running job whose heartbeat is older than its deadline, naming the
     worker and the step: that is how a job whose worker was killed stops being ``running``.
-    A beat that cannot reach the database is logged and tried again at the next interval.
+    Each beat also learns whether the job is being cancelled; once the cancel is older than
+    ``cancel_grace`` and the step still runs, the step is terminated. A beat that cannot reach
+    the database is logged and tried again at the next interval.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, interval: float):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: uuid.UUID,
+        worker: str,
+        interval: float,
+        cancel_grace: float,
+        terminator: StepTerminator,
+    ):
         self.sessions = sessions
         self.job_id = job_id
         self.worker = worker
         self.interval = interval
+        self.cancel_grace = timedelta(seconds=cancel_grace)
+        self.terminator = terminator
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -105,13 +166,21 @@ class Heartbeat:
         self._thread.join(timeout=self.interval + 5)
 
     def _beat(self) -> None:
+        terminated = False
         while not self._stopped.wait(self.interval):
             try:
                 with self.sessions() as session:
-                    if not ProvisioningService(session).beat_heartbeat(self.job_id, self.worker):
-                        return  # the job finished or was taken away; nothing left to vouch for
+                    beat = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
             except Exception:
                 log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
+                continue
+            if beat is None:
+                return  # the job finished or was taken away; nothing left to vouch for
+            overdue = beat.cancel_requested_at is not None and utcnow() - beat.cancel_requested_at >= self.cancel_grace
+            if overdue and not terminated:
+                log.warning("job %s: the step ignored the cancel for %s; terminating it", self.job_id, self.cancel_grace)
+                terminated = True
+                self.terminator.terminate()
 
 
 class JobRunner:
@@ -130,12 +199,14 @@ class JobRunner:
         worker: str,
         heartbeat_seconds: float = 10.0,
         database_patience: float = 60.0,
+        cancel_grace: float = 30.0,
     ):
         self.sessions = sessions
         self.driver = driver
         self.worker = worker
         self.heartbeat_seconds = heartbeat_seconds
         self.database_patience = database_patience
+        self.cancel_grace = cancel_grace
 
     def run(self, job_id: uuid.UUID) -> None:
         """Run the job if it is still pending; a duplicate or late message does nothing."""
@@ -150,10 +221,14 @@ class JobRunner:
                 log.info("job %s: not pending any more; message ignored as a duplicate", job_id)
                 return
             log.info("job %s: %s started for tenant %s on %s", job_id, job.job_type.value, job.tenant.slug, self.worker)
-            with Heartbeat(self.sessions, job_id, self.worker, self.heartbeat_seconds):
-                self._run_steps(PatientService(service, self.database_patience), job, workflow_for(job.job_type))
+            with (
+                StepTerminator(job_id) as terminator,
+                Heartbeat(self.sessions, job_id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator),
+            ):
+                patient = PatientService(service, self.database_patience)
+                self._run_steps(patient, job, workflow_for(job.job_type), terminator)
 
-    def _run_steps(self, service: PatientService, job: ProvisioningJob, workflow: Workflow) -> None:
+    def _run_steps(self, service: PatientService, job: ProvisioningJob, workflow: Workflow, terminator: StepTerminator) -> None:
         watch = JobWatch(service, job.id)
         completed: list[str] = []
         for position, step in enumerate(workflow.steps):
@@ -161,10 +236,12 @@ class JobRunner:
                 return self._stop(service, job, workflow, completed, watch)
             service.start_step(job.id, position, step.message)
             try:
-                output = self.driver.run_step(job.job_type, step.name, job.tenant.slug, watch)
-            except StepStopped:
+                with terminator.step():
+                    output = self.driver.run_step(job.job_type, step.name, job.tenant.slug, watch)
+            except StepStopped as stop:
                 if watch.status(fresh=True) == JobStatus.CANCELLING:
-                    service.end_step(job.id, position, StepStatus.CANCELLED, "Stopped by a cancel request")
+                    how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
+                    service.end_step(job.id, position, StepStatus.CANCELLED, how)
                 return self._stop(service, job, workflow, completed, watch)
             except StepFailed as failure:
                 return self._fail(service, job, position, f"step {step.name} failed: {failure}", failure.output)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
@@ -33,6 +34,15 @@ from provisioning.workflows import workflow_for
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[uuid.UUID], None]
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat learns: when the job's cancel was requested, if it was."""
+
+    cancel_requested_at: datetime | None
+
+
 DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
 
 
@@ -234,9 +244,12 @@ class ProvisioningService:
         self.session.commit()
         return self.session.get(ProvisioningJob, job_id, populate_existing=True)
 
-    def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> bool:
-        """Vouch that ``worker`` still runs the job; False once the job is not its running job."""
-        result = self.session.execute(
+    def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
+        """Vouch that ``worker`` still runs the job; None once the job is not its running job.
+
+        The answer says when a cancel was requested, so the heartbeat can enforce its grace period.
+        """
+        row = self.session.execute(
             update(ProvisioningJob)
             .where(
                 ProvisioningJob.id == job_id,
@@ -244,9 +257,10 @@ class ProvisioningService:
                 ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
             )
             .values(heartbeat_at=utcnow())
-        )
+            .returning(ProvisioningJob.cancel_requested_at)
+        ).first()
         self.session.commit()
-        return result.rowcount == 1
+        return None if row is None else Beat(cancel_requested_at=row.cancel_requested_at)
 
     def reap_lost_jobs(self, lost_after: timedelta) -> list[uuid.UUID]:
         """Fail the running or cancelling jobs whose worker has not vouched for them in ``lost_after``.

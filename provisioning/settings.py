@@ -44,6 +44,8 @@ class Settings:
     sweep_interval_seconds: float = 30.0
     unclaimed_job_after_seconds: float = 300.0
     idempotency_key_hours: float = 24.0
+    cancel_grace_seconds: float = 30.0
+    simulated_ignore_cancel: bool = False
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -104,6 +106,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sweep_interval_seconds=_positive_float(env, "sweep_interval_seconds", 30.0),
         unclaimed_job_after_seconds=_positive_float(env, "unclaimed_job_after_seconds", 300.0),
         idempotency_key_hours=_positive_float(env, "idempotency_key_hours", 24.0),
+        cancel_grace_seconds=_positive_float(env, "cancel_grace_seconds", 30.0),
+        simulated_ignore_cancel=_flag(env, "simulated_ignore_cancel"),
     )
 
 
@@ -190,6 +194,15 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
     if value < 1:
         raise SettingsError(f"{name.upper()}: {value} must be at least 1")
     return value
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name.upper()}: {raw!r} is not one of true, false, 1, 0, yes, no, on, off")
 
 
 def _positive_float(env: dict[str, str], name: str, default: float) -> float:

@@ -58,6 +58,7 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
         worker=self.request.hostname or "worker",
         heartbeat_seconds=settings.job_heartbeat_seconds,
         database_patience=settings.lost_job_after_seconds,
+        cancel_grace=settings.cancel_grace_seconds,
     )
     try:
         runner.run(parsed_id)

@@ -6,7 +6,11 @@ from provisioning.settings import Settings
 
 
 def make_driver(settings: Settings) -> SiteDriver:
-    return SimulatedDriver(step_seconds=settings.simulated_step_seconds, fail_step=settings.simulated_fail_step)
+    return SimulatedDriver(
+        step_seconds=settings.simulated_step_seconds,
+        fail_step=settings.simulated_fail_step,
+        ignore_cancel=settings.simulated_ignore_cancel,
+    )
 
 
 __all__ = ["SiteDriver", "StepContext", "make_driver"]

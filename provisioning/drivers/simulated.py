@@ -10,16 +10,18 @@ CANCEL_POLL_SECONDS = 0.05
 
 
 class SimulatedDriver:
-    """Each step lasts ``step_seconds``; the step named ``fail_step`` fails, to show failures on demand."""
+    """Each step lasts ``step_seconds``; the step named ``fail_step`` fails, to show failures on
+    demand; with ``ignore_cancel`` steps never ask whether to stop, as a hung command would not."""
 
-    def __init__(self, step_seconds: float, fail_step: str | None = None):
+    def __init__(self, step_seconds: float, fail_step: str | None = None, ignore_cancel: bool = False):
         self.step_seconds = step_seconds
         self.fail_step = fail_step
+        self.ignore_cancel = ignore_cancel
 
     def run_step(self, job_type: JobType, step: str, tenant_slug: str, context: StepContext) -> str:
         deadline = time.monotonic() + self.step_seconds
         while (remaining := deadline - time.monotonic()) > 0:
-            if context.should_stop():
+            if not self.ignore_cancel and context.should_stop():
                 raise StepStopped(step)
             time.sleep(min(remaining, CANCEL_POLL_SECONDS))
         if step == self.fail_step:
