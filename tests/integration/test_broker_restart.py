@@ -1,0 +1,77 @@
+"""RabbitMQ stopped and started again while jobs are in flight: every job still reaches a final state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import func, select
+
+from provisioning.enums import JobStatus, JobType
+from provisioning.models import ProvisioningJob
+from provisioning.service import ProvisioningService
+from tests.factories import TenantFactory
+from tests.helpers import wait_for
+from tests.integration.conftest import PROJECT_ROOT, WorkerProcess, process_environment
+
+FAST = {
+    "JOB_HEARTBEAT_SECONDS": "0.5",
+    "LOST_JOB_AFTER_SECONDS": "5",
+    "SWEEP_INTERVAL_SECONDS": "1",
+    "SIMULATED_STEP_SECONDS": "0.3",
+}
+JOBS = 12
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def broker_restored():
+    """Whatever happens in the test, RabbitMQ is running again afterwards."""
+    yield
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+
+
+def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broker_restored, tmp_path):
+    with isolated.session() as session:
+        service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
+        job_ids = [service.request_job(TenantFactory(session).create().id, JobType.CREATE_SITE).id for _ in range(JOBS)]
+    env = {**isolated.environment, **FAST}
+    workers = [WorkerProcess(env, isolated.dispatcher, concurrency=1) for _ in range(2)]
+    with (tmp_path / "beat.log").open("wb") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"],
+            cwd=PROJECT_ROOT,
+            env=process_environment({**env, "DATA_DIR": str(tmp_path)}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def count(*statuses: JobStatus) -> int:
+        with isolated.sessions() as s:
+            return s.scalar(
+                select(func.count())
+                .select_from(ProvisioningJob)
+                .where(ProvisioningJob.id.in_(job_ids), ProvisioningJob.status.in_(statuses))
+            )
+
+    try:
+        wait_for(lambda: count(JobStatus.COMPLETED) >= 2, timeout=60, what="the first jobs to complete")
+        rabbitmqctl("stop_app")  # in flight: some jobs running, the rest queued
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+        final = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+        wait_for(lambda: count(*final) == JOBS, timeout=120, interval=0.5, what="every job to reach a final state")
+        # Workers keep running their job through the outage; its redelivered message is a duplicate.
+        assert count(JobStatus.COMPLETED) == JOBS
+        assert all(worker.process.poll() is None for worker in workers), "the workers reconnect by themselves"
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+        for worker in workers:
+            worker.stop()
