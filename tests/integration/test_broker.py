@@ -6,7 +6,7 @@ from dataclasses import replace
 from kombu import Connection
 
 from provisioning.broker import Dispatcher, publish_json
-from tests.integration.conftest import delete_queues
+from tests.stack import delete_queues
 
 
 def test_publish_json_declares_a_durable_queue_and_delivers_the_message_as_json(settings):

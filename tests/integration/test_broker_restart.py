@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 from sqlalchemy import func, select
@@ -13,7 +12,7 @@ from provisioning.models import ProvisioningJob
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
-from tests.integration.conftest import PROJECT_ROOT, WorkerProcess, process_environment
+from tests.stack import BeatProcess, WorkerProcess
 
 FAST = {
     "JOB_HEARTBEAT_SECONDS": "0.5",
@@ -42,14 +41,7 @@ def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broke
         job_ids = [service.request_job(TenantFactory(session).create().id, JobType.CREATE_SITE).id for _ in range(JOBS)]
     env = {**isolated.environment, **FAST}
     workers = [WorkerProcess(env, isolated.dispatcher, concurrency=1) for _ in range(2)]
-    with (tmp_path / "beat.log").open("wb") as log:
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"],
-            cwd=PROJECT_ROOT,
-            env=process_environment({**env, "DATA_DIR": str(tmp_path)}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    beat = BeatProcess(env, tmp_path)
 
     def count(*statuses: JobStatus) -> int:
         with isolated.sessions() as s:
@@ -71,7 +63,6 @@ def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broke
         assert count(JobStatus.COMPLETED) == JOBS
         assert all(worker.process.poll() is None for worker in workers), "the workers reconnect by themselves"
     finally:
-        beat.terminate()
-        beat.wait(timeout=30)
+        beat.stop()
         for worker in workers:
             worker.stop()

@@ -14,7 +14,7 @@ from provisioning.models import JobStep, ProvisioningJob, Tenant
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
-from tests.integration.conftest import WorkerProcess
+from tests.stack import WorkerProcess
 
 JOBS = "/api/v1/provisioning/jobs"
 QUICK = {

@@ -11,7 +11,7 @@ from provisioning.models import JobStep, ProvisioningJob
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
-from tests.integration.conftest import ADMIN_DATABASE_URL, WorkerProcess, delete_queues
+from tests.stack import ADMIN_DATABASE_URL, WorkerProcess, delete_queues
 
 CLOSED_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
 

@@ -12,7 +12,6 @@ import requests
 from provisioning.enums import JobType, Role
 from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
-from tests.integration.conftest import delete_queues, process_environment
 from tests.processes import (
     TAG_VARIABLE,
     GroupProcess,
@@ -23,6 +22,7 @@ from tests.processes import (
     stop_all,
     tagged_processes,
 )
+from tests.stack import delete_queues, process_environment
 
 FLOWER_AUTH = ("user", "password")
 WORKER_NAME = f"e2e-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"

@@ -16,7 +16,7 @@ from provisioning.enums import JobStatus, JobType, Role, TenantStatus
 from provisioning.models import IdempotencyKey, ProvisioningJob
 from provisioning.service import ProvisioningService
 from tests.helpers import StrictClient, assert_error
-from tests.integration.conftest import delete_queues
+from tests.stack import delete_queues
 
 JOBS = "/api/v1/provisioning/jobs"
 

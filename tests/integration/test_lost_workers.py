@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 from datetime import timedelta
 
@@ -20,7 +18,7 @@ from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
-from tests.integration.conftest import PROJECT_ROOT, WorkerProcess, process_environment
+from tests.stack import BeatProcess, WorkerProcess
 
 # Short deadlines so a lost worker is noticed within seconds.
 FAST = {"JOB_HEARTBEAT_SECONDS": "0.5", "LOST_JOB_AFTER_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1"}
@@ -110,19 +108,9 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
 @pytest.fixture
 def beat(isolated, tmp_path):
     """Celery beat, as the Procfile runs it, asking for a sweep every second."""
-    log_path = tmp_path / "beat.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"],
-            cwd=PROJECT_ROOT,
-            env=process_environment({**isolated.environment, **FAST, "DATA_DIR": str(tmp_path)}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = BeatProcess({**isolated.environment, **FAST}, tmp_path)
     yield process
-    process.terminate()
-    process.wait(timeout=30)
-    print(log_path.read_text(errors="replace"))  # shown by pytest when the test failed
+    print(process.stop())  # shown by pytest when the test failed
 
 
 def wait_until_failed(sessions, job_id) -> ProvisioningJob:
