@@ -91,7 +91,8 @@ class WorkerProcess:
         return bool(self.dispatcher.app.control.ping(destination=[self.name], timeout=0.5))
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def pool_processes(self) -> list[int]:
