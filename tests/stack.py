@@ -88,7 +88,13 @@ class WorkerProcess:
     def _answers_ping(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
-        return bool(self.dispatcher.app.control.ping(destination=[self.name], timeout=0.5))
+        connection = self.dispatcher.app.connection_for_read()
+        try:
+            return bool(self.dispatcher.app.control.ping(destination=[self.name], timeout=0.5, connection=connection))
+        except connection.connection_errors:
+            return False  # the broker is restarting: ask again
+        finally:
+            connection.release()
 
     def output(self) -> str:
         if not self.log.closed:
