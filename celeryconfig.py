@@ -14,6 +14,9 @@ RUN_JOB_TASK = "provisioning.run_job"
 SWEEP_TASK = "provisioning.sweep"
 # A publish to a broker that is down fails in about a second instead of hanging the caller.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+# A broker that takes messages but never confirms them (a memory or disk alarm) must not hang a
+# request either: past this, the publish fails and the sweeper sends the job later.
+PUBLISH_CONFIRM_TIMEOUT = 5.0
 
 
 def provisioning_queues(settings: Settings) -> tuple[Queue, Queue]:
@@ -56,16 +59,10 @@ def build(settings: Settings) -> dict:
         "broker_transport_options": {"confirm_publish": True},
         "task_queues": (jobs_queue,),
         "task_default_queue": settings.provisioning_queue_name,
-        "task_routes": {task: {"queue": settings.provisioning_queue_name} for task in (RUN_JOB_TASK, SWEEP_TASK)},
-        # Beat (exactly one per deployment) asks a worker to sweep; a sweep not taken within its
-        # interval expires, so sweeps do not pile up while the workers are down.
-        "beat_schedule": {
-            "sweep-jobs": {
-                "task": SWEEP_TASK,
-                "schedule": settings.sweep_interval_seconds,
-                "options": {"expires": settings.sweep_interval_seconds},
-            }
-        },
+        "task_routes": {RUN_JOB_TASK: {"queue": settings.provisioning_queue_name}},
+        # Beat (exactly one per deployment) sweeps in its own process: see tasks/scheduler.py.
+        "beat_scheduler": "tasks.scheduler:SweepingScheduler",
+        "beat_schedule": {"sweep-jobs": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds}},
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_serializer": "json",

@@ -37,6 +37,7 @@ def publish_json(queue_name: str, message: Any, settings: Settings | None = None
             delivery_mode="persistent",
             retry=True,
             retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
+            confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
         )
 
 
@@ -81,6 +82,7 @@ class Dispatcher:
                 declare=list(celeryconfig.provisioning_queues(self.settings)),
                 retry=True,
                 retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
+                confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
             )
         except Exception:
             self._paused_until = time.monotonic() + self.pause_after_failure

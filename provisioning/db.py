@@ -61,7 +61,17 @@ def get_engine(database_url: str) -> Engine:
         pool_size=5,
         max_overflow=5,
         pool_timeout=5,
-        connect_args={"connect_timeout": 5, "application_name": "erpmax-provisioning"},
+        connect_args={
+            "connect_timeout": 5,
+            "application_name": "erpmax-provisioning",
+            # A database that stops answering (rather than refusing) must not hang a request or a
+            # job forever: statements give up after 30 s, dead connections are noticed in ~25 s.
+            "options": "-c statement_timeout=30000",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        },
     )
 
 

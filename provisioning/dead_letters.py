@@ -52,6 +52,7 @@ def publish_copy(producer: Producer, message: Message, queue: Queue, headers: di
         declare=[queue],
         retry=True,
         retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
+        confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
     )
 
 

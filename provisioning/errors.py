@@ -25,8 +25,11 @@ class StepStopped(Exception):
     """A driver step stopped early because it was asked to (a cancel, or the job was taken away)."""
 
 
-class StepTerminated(StepStopped):
-    """A step that did not stop within the cancel's grace period was interrupted from outside."""
+class StepTerminated(BaseException):
+    """A step that would not stop by itself was interrupted from outside.
+
+    A BaseException, like KeyboardInterrupt, so that a driver's ``except Exception`` cannot
+    swallow it and carry on."""
 
 
 class IdempotencyKeyReused(ProvisioningError):

@@ -100,7 +100,6 @@ class ProvisioningJob(Base):
     __tablename__ = "provisioning_jobs"
     __table_args__ = (
         Index("ix_provisioning_jobs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
-        # One active job per tenant, enforced where no race can get past it.
         # The sweeper's questions: which pending jobs were never claimed, which running ones went quiet.
         Index(
             "ix_provisioning_jobs_active",
@@ -108,6 +107,7 @@ class ProvisioningJob(Base):
             postgresql_where=text(_ACTIVE_JOB_SQL),
             sqlite_where=text(_ACTIVE_JOB_SQL),
         ),
+        # One active job per tenant, enforced where no race can get past it.
         Index(
             "uq_provisioning_jobs_one_active_per_tenant",
             "tenant_id",

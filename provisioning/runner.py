@@ -39,6 +39,10 @@ class PatientService:
         self.service = service
         self.patience = patience
 
+    @property
+    def session(self) -> Session:
+        return self.service.session
+
     def __getattr__(self, name: str):
         method = getattr(self.service, name)
 
@@ -84,49 +88,56 @@ class JobWatch:
 
 
 class StepTerminator:
-    """Interrupts a step that ignores the cancel check, by raising StepTerminated inside it.
+    """Interrupts a step that will not stop by itself, by raising StepTerminated inside it.
 
     Celery runs a task in its pool process's main thread; ``terminate()``, called from the
-    heartbeat's thread, sends that thread SIGUSR2, whose handler raises only while a step runs
-    (between steps a late signal does nothing). Outside the main thread (tests that run a job
-    in a thread of their own) a step cannot be interrupted this way, and this says so.
+    heartbeat's thread, sends that thread SIGUSR2. The handler is installed once per process
+    and stays (a late signal must never meet the default action, which kills the process); it
+    raises only while a step of the job that asked is running, so a signal that arrives between
+    steps, or after the job ended, does nothing. StepTerminated is a BaseException, so a
+    driver's ``except Exception`` cannot swallow it. Outside the main thread (tests that run a
+    job in a thread of their own) a step cannot be interrupted this way, and this says so.
     """
 
     SIGNAL = signal.SIGUSR2
+    _installed = False
 
     def __init__(self, job_id: uuid.UUID):
         self.job_id = job_id
         self.usable = threading.current_thread() is threading.main_thread()
-        self._in_step = False
-        self._previous_handler = None
-
-    def __enter__(self) -> "StepTerminator":
+        self._reason: str | None = None
         if self.usable:
-            self._previous_handler = signal.signal(self.SIGNAL, self._interrupt)
-        return self
+            self._install()
 
-    def __exit__(self, *_exc) -> None:
-        if self.usable:
-            signal.signal(self.SIGNAL, self._previous_handler)
+    @classmethod
+    def _install(cls) -> None:
+        if not cls._installed:
+            signal.signal(cls.SIGNAL, cls._interrupt)
+            cls._installed = True
+
+    _current: "StepTerminator | None" = None
 
     @contextmanager
     def step(self):
-        self._in_step = True
+        StepTerminator._current = self
         try:
             yield
         finally:
-            self._in_step = False
+            StepTerminator._current = None
 
-    def terminate(self) -> None:
+    def terminate(self, reason: str) -> None:
         if not self.usable:
-            log.warning("job %s: its step ignores the cancel and cannot be interrupted outside a main thread", self.job_id)
+            log.warning("job %s: its step cannot be interrupted outside a main thread (%s)", self.job_id, reason)
             return
+        self._reason = reason
         signal.pthread_kill(threading.main_thread().ident, self.SIGNAL)
 
-    def _interrupt(self, _signum, _frame) -> None:
-        if self._in_step:
-            self._in_step = False
-            raise StepTerminated("did not stop within the cancel's grace period")
+    @staticmethod
+    def _interrupt(_signum, _frame) -> None:
+        current = StepTerminator._current
+        if current is not None and current._reason is not None:
+            StepTerminator._current = None
+            raise StepTerminated(current._reason)
 
 
 class Heartbeat:
@@ -135,8 +146,10 @@ class Heartbeat:
     The sweeper fails a running job whose heartbeat is older than its deadline, naming the
     worker and the step: that is how a job whose worker was killed stops being ``running``.
     Each beat also learns whether the job is being cancelled; once the cancel is older than
-    ``cancel_grace`` and the step still runs, the step is terminated. A beat that cannot reach
-    the database is logged and tried again at the next interval.
+    ``cancel_grace``, a step still running is terminated. A beat that finds the job no longer
+    its own (the sweeper declared this worker lost) terminates the step too: another worker may
+    run the job's retry. A beat that cannot reach the database is logged and tried again at the
+    next interval.
     """
 
     def __init__(
@@ -175,12 +188,14 @@ class Heartbeat:
                 log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
                 continue
             if beat is None:
-                return  # the job finished or was taken away; nothing left to vouch for
+                # Finished (a late signal is then ignored) or taken away: either way, stop the step.
+                self.terminator.terminate("was stopped: the job is no longer this worker's")
+                return
             overdue = beat.cancel_requested_at is not None and utcnow() - beat.cancel_requested_at >= self.cancel_grace
             if overdue and not terminated:
                 log.warning("job %s: the step ignored the cancel for %s; terminating it", self.job_id, self.cancel_grace)
                 terminated = True
-                self.terminator.terminate()
+                self.terminator.terminate("did not stop within the cancel's grace period")
 
 
 class JobRunner:
@@ -221,12 +236,17 @@ class JobRunner:
                 log.info("job %s: not pending any more; message ignored as a duplicate", job_id)
                 return
             log.info("job %s: %s started for tenant %s on %s", job_id, job.job_type.value, job.tenant.slug, self.worker)
-            with (
-                StepTerminator(job_id) as terminator,
-                Heartbeat(self.sessions, job_id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator),
-            ):
-                patient = PatientService(service, self.database_patience)
-                self._run_steps(patient, job, workflow_for(job.job_type), terminator)
+            terminator = StepTerminator(job_id)
+            patient = PatientService(service, self.database_patience)
+            with Heartbeat(self.sessions, job_id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator):
+                try:
+                    self._run_steps(patient, job, workflow_for(job.job_type), terminator)
+                except Exception as error:
+                    # Outside a step (a time limit during a write, patience run out): say so now,
+                    # rather than leave the job running until it is reaped as lost.
+                    log.exception("job %s: stopped outside a step", job_id)
+                    self._fail_outside_a_step(service, job, f"stopped outside a step: {type(error).__name__}: {error}")
+                    raise
 
     def _run_steps(self, service: PatientService, job: ProvisioningJob, workflow: Workflow, terminator: StepTerminator) -> None:
         watch = JobWatch(service, job.id)
@@ -234,14 +254,17 @@ class JobRunner:
         for position, step in enumerate(workflow.steps):
             if watch.status(fresh=True) != JobStatus.RUNNING:
                 return self._stop(service, job, workflow, completed, watch)
-            service.start_step(job.id, position, step.message)
+            if not service.start_step(job.id, self.worker, position, step.message):
+                return self._stop(service, job, workflow, completed, watch)
+            log.info("job %s: step %s started", job.id, step.name)
             try:
                 with terminator.step():
                     output = self.driver.run_step(job.job_type, step.name, job.tenant.slug, watch)
-            except StepStopped as stop:
+            except (StepStopped, StepTerminated) as stop:
+                service.session.rollback()  # a signal may have landed in the middle of a query
                 if watch.status(fresh=True) == JobStatus.CANCELLING:
                     how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
-                    service.end_step(job.id, position, StepStatus.CANCELLED, how)
+                    service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
                 return self._stop(service, job, workflow, completed, watch)
             except StepFailed as failure:
                 return self._fail(service, job, position, f"step {step.name} failed: {failure}", failure.output)
@@ -250,7 +273,8 @@ class JobRunner:
             except Exception as error:  # a driver bug must still end the job, never leave it running
                 log.exception("job %s: step %s raised", job.id, step.name)
                 return self._fail(service, job, position, f"step {step.name} failed: {type(error).__name__}: {error}")
-            service.finish_step(job.id, position, output, workflow.progress_after(position + 1))
+            if not service.finish_step(job.id, self.worker, position, output, workflow.progress_after(position + 1)):
+                return self._stop(service, job, workflow, completed, watch)
             completed.append(step.name)
         if service.complete_job(job.id):
             log.info("job %s: completed", job.id)
@@ -271,10 +295,18 @@ class JobRunner:
     def _fail(self, service: PatientService, job: ProvisioningJob, position: int, error: str, output: str = "") -> None:
         log.warning("job %s: %s", job.id, error)
         workflow = workflow_for(job.job_type)
-        service.end_step(job.id, position, StepStatus.FAILED, error, output)
+        service.end_step(job.id, self.worker, position, StepStatus.FAILED, error, output)
         tenant_status = workflow.tenant_after_failure(workflow.steps[position].name, job.tenant_status_before)
         if not service.fail_job(job.id, error, tenant_status):
             log.warning("job %s: no longer running, so its failure was not recorded", job.id)
+
+    def _fail_outside_a_step(self, service: ProvisioningService, job: ProvisioningJob, error: str) -> None:
+        try:
+            service.session.rollback()
+            tenant_status = workflow_for(job.job_type).tenant_after_failure(None, job.tenant_status_before)
+            service.fail_job(job.id, error, tenant_status)
+        except Exception:
+            log.exception("job %s: could not record the failure; the sweeper will fail it as lost", job.id)
 
     def _settle_cancel(self, service: PatientService, job: ProvisioningJob, workflow: Workflow, completed: list[str]) -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return."""

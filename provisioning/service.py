@@ -270,30 +270,35 @@ class ProvisioningService:
         wins: the heartbeat is part of the compare-and-set.
         """
         cutoff = utcnow() - lost_after
+        # A job claimed before heartbeats existed has none: its start stands in for one.
+        last_sign_of_life = func.coalesce(ProvisioningJob.heartbeat_at, ProvisioningJob.started_at)
         lost = self.session.execute(
-            select(ProvisioningJob, JobStep.position, JobStep.name)
+            select(ProvisioningJob, JobStep.name)
             .outerjoin(JobStep, (JobStep.job_id == ProvisioningJob.id) & (JobStep.status == StepStatus.RUNNING))
-            .where(
-                ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
-                ProvisioningJob.heartbeat_at < cutoff,
-            )
+            .where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]), last_sign_of_life < cutoff)
         ).all()
         reaped = []
-        for job, position, step in lost:
+        for job, step in lost:
             where = f"during step {step}" if step else "between steps"
-            error = f"worker {job.worker} was lost {where}: no heartbeat since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+            error = (
+                f"worker {job.worker} was lost {where}: "
+                f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC"
+            )
             won = self._transition(
                 job.id,
                 {JobStatus.RUNNING, JobStatus.CANCELLING},
                 JobStatus.FAILED,
-                conditions=[ProvisioningJob.heartbeat_at < cutoff],
+                conditions=[last_sign_of_life < cutoff],
                 error=error,
                 message="Failed",
                 completed_at=utcnow(),
             )
             if won:
-                if position is not None:
-                    self._update_step(job.id, position, status=StepStatus.FAILED, finished_at=utcnow(), message=error)
+                self.session.execute(
+                    update(JobStep)
+                    .where(JobStep.job_id == job.id, JobStep.status == StepStatus.RUNNING)
+                    .values(status=StepStatus.FAILED, finished_at=utcnow(), message=error)
+                )
                 workflow = workflow_for(job.job_type)
                 self._set_tenant_status(job.tenant_id, workflow.tenant_after_failure(step, job.tenant_status_before))
                 reaped.append(job.id)
@@ -301,17 +306,21 @@ class ProvisioningService:
             self.session.commit()
         return reaped
 
-    def start_step(self, job_id: uuid.UUID, position: int, message: str) -> None:
-        self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
-        self.session.execute(
-            update(ProvisioningJob)
-            .where(ProvisioningJob.id == job_id, ProvisioningJob.status == JobStatus.RUNNING)
-            .values(message=message)
-        )
-        self.session.commit()
+    # Step writes come from the worker that owns the job; a worker declared lost writes nothing.
 
-    def finish_step(self, job_id: uuid.UUID, position: int, output: str, progress: int) -> None:
+    def start_step(self, job_id: uuid.UUID, worker: str, position: int, message: str) -> bool:
+        """Mark the step running; False when the job is no longer this worker's to run."""
+        if not self._owns(job_id, worker):
+            return False
+        self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
+        self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(message=message))
+        self.session.commit()
+        return True
+
+    def finish_step(self, job_id: uuid.UUID, worker: str, position: int, output: str, progress: int) -> bool:
         """Record a completed step and raise the job's progress (never lowers it)."""
+        if not self._owns(job_id, worker):
+            return False
         self._update_step(job_id, position, status=StepStatus.COMPLETED, finished_at=utcnow(), output=_tail(output))
         self.session.execute(
             update(ProvisioningJob)
@@ -319,11 +328,33 @@ class ProvisioningService:
             .values(progress=progress)
         )
         self.session.commit()
+        return True
 
-    def end_step(self, job_id: uuid.UUID, position: int, status: StepStatus, message: str, output: str = "") -> None:
+    def end_step(
+        self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = ""
+    ) -> bool:
         """Record a step that failed or was cancelled, with what it printed."""
+        if not self._owns(job_id, worker):
+            return False
         self._update_step(job_id, position, status=status, finished_at=utcnow(), message=message, output=_tail(output))
         self.session.commit()
+        return True
+
+    def _owns(self, job_id: uuid.UUID, worker: str) -> bool:
+        """Lock the job's row if ``worker`` runs it, so the sweeper cannot fail it mid-write."""
+        owned = self.session.scalar(
+            select(ProvisioningJob.id)
+            .where(
+                ProvisioningJob.id == job_id,
+                ProvisioningJob.worker == worker,
+                ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+            )
+            .with_for_update()
+        )
+        if owned is None:
+            self.session.rollback()
+            log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
+        return owned is not None
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
         """The job's status as committed now (ends the read's transaction, so the next one is fresh)."""

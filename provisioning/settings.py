@@ -77,11 +77,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_url = _normalise_database_url(database_url)
         broker_url = get_rabbitmq_url(env)
 
+    # soft limit < hard limit < RabbitMQ's consumer timeout, or the broker takes a running job's
+    # message back and hands it out again while the job still runs.
     soft_limit = _positive_int(env, "task_soft_time_limit", 1500)
     hard_limit = _positive_int(env, "task_time_limit", 1620)
+    consumer_timeout = _positive_int(env, "rabbitmq_consumer_timeout_seconds", 1800)
     if soft_limit >= hard_limit:
         raise SettingsError(f"TASK_SOFT_TIME_LIMIT: {soft_limit} must be below TASK_TIME_LIMIT ({hard_limit})")
+    if hard_limit >= consumer_timeout:
+        raise SettingsError(
+            f"TASK_TIME_LIMIT: {hard_limit} must be below RabbitMQ's consumer timeout "
+            f"(RABBITMQ_CONSUMER_TIMEOUT_SECONDS={consumer_timeout}; raise that only if the broker's is higher)"
+        )
 
+    cancel_grace = _positive_float(env, "cancel_grace_seconds", 30.0)
+    if cancel_grace >= soft_limit:
+        raise SettingsError(f"CANCEL_GRACE_SECONDS: {cancel_grace:g} must be below TASK_SOFT_TIME_LIMIT ({soft_limit})")
     heartbeat = _positive_float(env, "job_heartbeat_seconds", 10.0)
     lost_after = _positive_float(env, "lost_job_after_seconds", 60.0)
     if lost_after < 3 * heartbeat:
@@ -106,7 +117,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sweep_interval_seconds=_positive_float(env, "sweep_interval_seconds", 30.0),
         unclaimed_job_after_seconds=_positive_float(env, "unclaimed_job_after_seconds", 300.0),
         idempotency_key_hours=_positive_float(env, "idempotency_key_hours", 24.0),
-        cancel_grace_seconds=_positive_float(env, "cancel_grace_seconds", 30.0),
+        cancel_grace_seconds=cancel_grace,
         simulated_ignore_cancel=_flag(env, "simulated_ignore_cancel"),
     )
 

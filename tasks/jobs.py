@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from functools import lru_cache
 
+from celery.exceptions import Reject
 from celery.signals import beat_init, worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError
 
@@ -55,7 +57,8 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
     runner = JobRunner(
         session_factory(settings.database_url),
         make_driver(settings),
-        worker=self.request.hostname or "worker",
+        # The pool process, not just the worker: a restarted worker of the same name is another.
+        worker=f"{self.request.hostname} pid {os.getpid()}",
         heartbeat_seconds=settings.job_heartbeat_seconds,
         database_patience=settings.lost_job_after_seconds,
         cancel_grace=settings.cancel_grace_seconds,
@@ -73,26 +76,27 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
 
 
 def _dead_letter(task, reason: str) -> None:
-    """Put this task's message, as sent, in the dead-letter queue with ``reason``; then it is acked."""
+    """Put this task's message in the dead-letter queue with ``reason``; then it is acked.
+
+    If the copy cannot be published, the message is rejected instead: the job queue's own
+    dead-letter exchange then keeps it (without the reason), rather than an ack losing it.
+    """
     settings = worker_settings()
     log.error("job message %s dead-lettered: %s", task.request.id, reason)
-    task.app.send_task(
-        task.name,
-        args=task.request.args,
-        kwargs=task.request.kwargs,
-        task_id=task.request.id,
-        queue=celeryconfig.queue_named(settings.dead_letter_queue_name, settings),
-        headers={REASON_HEADER: reason, QUEUE_HEADER: settings.provisioning_queue_name},
-        retry=True,
-        retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
-    )
-
-
-@app.task(name=celeryconfig.SWEEP_TASK)
-def sweep_jobs() -> None:
-    """Fail jobs whose worker was lost and publish again pending jobs whose message was lost."""
-    settings = worker_settings()
-    sweep(settings, session_factory(settings.database_url), worker_dispatcher().send_job)
+    try:
+        task.app.send_task(
+            task.name,
+            args=task.request.args,
+            kwargs=task.request.kwargs,
+            task_id=task.request.id,
+            queue=celeryconfig.queue_named(settings.dead_letter_queue_name, settings),
+            headers={REASON_HEADER: reason, QUEUE_HEADER: settings.provisioning_queue_name},
+            retry=True,
+            retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
+        )
+    except Exception:
+        log.exception("job message %s: the dead-letter copy failed; rejecting it instead", task.request.id)
+        raise Reject(reason, requeue=False) from None
 
 
 @worker_process_init.connect

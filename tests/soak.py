@@ -25,16 +25,16 @@ from sqlalchemy import func, select
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
 from provisioning.enums import JobStatus, JobType
-from provisioning.models import JobStep, ProvisioningJob
+from provisioning.models import ProvisioningJob
 from provisioning.service import ProvisioningService
 from provisioning.settings import load_settings
-from provisioning.workflows import workflow_for
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.stack import RABBITMQ_URL, RUN_ID, BeatProcess, WorkerProcess, delete_queues, migrated_database
 
 FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-STARTED = re.compile(r"job ([0-9a-f-]{36}): create_site started")
+# What the runner logs as it starts each step: a step run twice would show twice.
+STEP_STARTED = re.compile(r"job ([0-9a-f-]{36}): step (\w+) started")
 
 
 @dataclass
@@ -47,17 +47,11 @@ class SoakReport:
     retried: int
     completed_in_the_end: int
     not_final: int
-    started_twice: int
-    steps_recorded_twice: int
+    steps_run_twice: int
 
     @property
     def promises_kept(self) -> bool:
-        return (
-            self.not_final == 0
-            and self.started_twice == 0
-            and self.steps_recorded_twice == 0
-            and self.completed_in_the_end == self.jobs
-        )
+        return self.not_final == 0 and self.steps_run_twice == 0 and self.completed_in_the_end == self.jobs
 
     def lines(self) -> list[str]:
         return [
@@ -69,8 +63,7 @@ class SoakReport:
             f"retried                   {self.retried}",
             f"completed in the end      {self.completed_in_the_end}",
             f"not in a final state      {self.not_final}",
-            f"started twice             {self.started_twice}",
-            f"steps recorded twice      {self.steps_recorded_twice}",
+            f"steps run twice           {self.steps_run_twice}",
             f"promises kept             {'yes' if self.promises_kept else 'NO'}",
         ]
 
@@ -138,12 +131,7 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
             delete_queues(queue)
 
         logs = "".join(worker.output() for worker in [*retired, *workers])
-        starts = Counter(STARTED.findall(logs))
-        with sessions() as session:
-            step_rows = session.execute(
-                select(JobStep.job_id, func.count()).where(JobStep.job_id.in_([*job_ids, *retries])).group_by(JobStep.job_id)
-            ).all()
-        steps_per_job = len(workflow_for(JobType.CREATE_SITE).steps)
+        step_runs = Counter(STEP_STARTED.findall(logs))
         completed_retries = count([JobStatus.COMPLETED], retries) if retries else 0
         final_retries = count(FINAL, retries) if retries else 0
         report = SoakReport(
@@ -155,8 +143,7 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
             retried=len(retries),
             completed_in_the_end=completed_first + completed_retries,
             not_final=(jobs - count(FINAL)) + (len(retries) - final_retries),
-            started_twice=sum(1 for times in starts.values() if times > 1),
-            steps_recorded_twice=sum(1 for _job, rows in step_rows if rows > steps_per_job),
+            steps_run_twice=sum(1 for runs in step_runs.values() if runs > 1),
         )
         return report
 

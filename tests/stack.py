@@ -83,7 +83,11 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # so a test can kill the whole worker, pool processes and all
         )
-        wait_for(self._answers_ping, timeout=60, interval=0.5, what=f"worker {self.name} to answer a ping")
+        try:
+            wait_for(self._answers_ping, timeout=60, interval=0.5, what=f"worker {self.name} to answer a ping")
+        except BaseException:
+            self.kill()  # never leave a half-started worker behind
+            raise
 
     def _answers_ping(self) -> bool:
         if self.process.poll() is not None:
@@ -107,7 +111,10 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a crashed machine would."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone
         self.process.wait(timeout=30)
         self.log.close()
 

@@ -160,7 +160,7 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
     listed = stack.get("/provisioning/jobs", headers)
     assert [job["id"] for job in listed] == [deleted["id"], backed_up["id"], created["id"]], "newest first"
     for job in jobs:
-        assert job["worker"] == WORKER_NAME
+        assert job["worker"].startswith(f"{WORKER_NAME} pid ")
         steps = stack.get(f"/provisioning/jobs/{job['id']}/steps", headers)
         assert [step["name"] for step in steps] == list(workflow_for(JobType(job["job_type"])).step_names)
         assert [step["status"] for step in steps] == ["completed"] * len(steps), steps

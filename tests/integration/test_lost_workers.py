@@ -54,9 +54,9 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     service = ProvisioningService(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
-    service.start_step(job.id, 0, "Checking")
-    service.finish_step(job.id, 0, "ok", 20)
-    service.start_step(job.id, 1, "Creating")
+    service.start_step(job.id, "worker@crashed-host", 0, "Checking")
+    service.finish_step(job.id, "worker@crashed-host", 0, "ok", 20)
+    service.start_step(job.id, "worker@crashed-host", 1, "Creating")
     age_heartbeat(sessions, job.id, 120)
 
     assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
@@ -121,6 +121,14 @@ def wait_until_failed(sessions, job_id) -> ProvisioningJob:
     )
 
 
+def wait_until_in_first_step(sessions, job_id) -> None:
+    wait_for(
+        lambda: steps_by_status(sessions, job_id).get("check_preconditions") == StepStatus.RUNNING,
+        timeout=30,
+        what="the job's first step to run",
+    )
+
+
 def slow_worker(isolated, **extra) -> WorkerProcess:
     return WorkerProcess(
         {**isolated.environment, **FAST, "SIMULATED_STEP_SECONDS": "30", **extra}, isolated.dispatcher, concurrency=1
@@ -133,7 +141,7 @@ def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(iso
         service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
         job = service.request_job(tenant.id, JobType.CREATE_SITE)
         doomed = slow_worker(isolated)
-        wait_for(lambda: read_job(isolated.sessions, job.id).status == JobStatus.RUNNING, timeout=30, what="the job to start")
+        wait_until_in_first_step(isolated.sessions, job.id)
 
         doomed.kill()
         successor = slow_worker(isolated, SIMULATED_STEP_SECONDS="0")
@@ -155,12 +163,34 @@ def test_a_killed_pool_process_is_noticed_while_its_worker_lives_on(isolated, be
         job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
     worker = slow_worker(isolated)
     try:
-        wait_for(lambda: read_job(isolated.sessions, job.id).status == JobStatus.RUNNING, timeout=30, what="the job to start")
+        wait_until_in_first_step(isolated.sessions, job.id)
         for pid in worker.pool_processes():
             os.kill(pid, signal.SIGKILL)
 
         lost = wait_until_failed(isolated.sessions, job.id)
         assert worker.name in lost.error and "check_preconditions" in lost.error
         assert worker.process.poll() is None, "the worker itself lives on and keeps serving"
+    finally:
+        worker.stop()
+
+
+def test_a_worker_whose_job_was_taken_away_stops_even_a_deaf_step_and_writes_nothing(isolated):
+    """As when the sweeper declared a cut-off worker lost and a retry went elsewhere."""
+    with isolated.session() as session:
+        tenant = TenantFactory(session).create()
+        job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+    worker = slow_worker(isolated, SIMULATED_IGNORE_CANCEL="true", SIMULATED_STEP_SECONDS="60")
+    try:
+        wait_until_in_first_step(isolated.sessions, job.id)
+        with isolated.sessions() as s:
+            s.execute(update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(worker="worker@elsewhere pid 1"))
+            s.commit()
+
+        wait_for(lambda: "no longer this worker's to run" in worker.output(), timeout=30, what="the worker to step aside")
+        after = read_job(isolated.sessions, job.id)
+        assert (after.status, after.progress, after.worker) == (JobStatus.RUNNING, 0, "worker@elsewhere pid 1")
+        assert steps_by_status(isolated.sessions, job.id)["check_preconditions"] == StepStatus.RUNNING
+        assert "step create_site started" not in worker.output()
+        assert worker.process.poll() is None
     finally:
         worker.stop()

@@ -65,6 +65,9 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"DATABASE_URL": POSTGRES, "RABBITMQ_HOST": "mq:5672"}, "RABBITMQ_HOST"),
         ({"SIMULATED_FAIL_STEP": "no_such_step"}, "SIMULATED_FAIL_STEP"),
         ({"TASK_SOFT_TIME_LIMIT": "2000", "TASK_TIME_LIMIT": "1000"}, "TASK_SOFT_TIME_LIMIT"),
+        ({"TASK_SOFT_TIME_LIMIT": "1700", "TASK_TIME_LIMIT": "1900"}, "TASK_TIME_LIMIT"),
+        ({"CANCEL_GRACE_SECONDS": "1600"}, "CANCEL_GRACE_SECONDS"),
+        ({"JOB_HEARTBEAT_SECONDS": "30", "LOST_JOB_AFTER_SECONDS": "60"}, "LOST_JOB_AFTER_SECONDS"),
     ],
 )
 def test_a_malformed_value_is_refused_naming_the_variable(environ, variable):

@@ -1,0 +1,34 @@
+"""Beat's scheduler, except that the sweep runs in beat's own process instead of as a task.
+
+As a task, a sweep would wait for a free worker process behind long jobs (so a lost job would
+be noticed only when some other job ends), and sweeps would pile up in the job queue while the
+workers are down. Exactly one beat runs, so one process sweeps at a time.
+"""
+
+import logging
+
+from celery.beat import PersistentScheduler
+
+import celeryconfig
+from provisioning.broker import Dispatcher
+from provisioning.db import session_factory
+from provisioning.sweeper import sweep
+from tasks.jobs import worker_settings
+
+log = logging.getLogger(__name__)
+
+
+class SweepingScheduler(PersistentScheduler):
+    def apply_entry(self, entry, producer=None):
+        if entry.task != celeryconfig.SWEEP_TASK:
+            return super().apply_entry(entry, producer)
+        settings = worker_settings()
+        try:
+            sweep(settings, session_factory(settings.database_url), self._dispatcher(settings).send_job)
+        except Exception:
+            log.exception("the sweep failed; the next one will try again")
+
+    def _dispatcher(self, settings) -> Dispatcher:
+        if getattr(self, "_sweep_dispatcher", None) is None:
+            self._sweep_dispatcher = Dispatcher(settings)
+        return self._sweep_dispatcher
