@@ -42,5 +42,10 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
             forgotten_keys=service.prune_idempotency_keys(),
         )
     if report.reaped or report.republished:
-        log.info("sweep: failed %d lost job(s), published %d pending job(s) again", len(report.reaped), len(report.republished))
+        log.info(
+            "sweep: failed %d lost job(s), published %d pending job(s) again, forgot %d idempotency key(s)",
+            len(report.reaped),
+            len(report.republished),
+            report.forgotten_keys,
+        )
     return report

@@ -8,7 +8,7 @@ import uuid
 from functools import lru_cache
 
 from celery.exceptions import Reject
-from celery.signals import beat_init, worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
@@ -117,7 +117,3 @@ def _prepare_worker(sender, **_kwargs) -> None:
     except Exception:
         log.exception("the start-up sweep failed; beat's next sweep will try again")
 
-
-@beat_init.connect
-def _make_schedule_directory(**_kwargs) -> None:
-    worker_settings().data_dir.mkdir(parents=True, exist_ok=True)

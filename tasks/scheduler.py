@@ -6,6 +6,7 @@ workers are down. Exactly one beat runs, so one process sweeps at a time.
 """
 
 import logging
+from pathlib import Path
 
 from celery.beat import PersistentScheduler
 
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class SweepingScheduler(PersistentScheduler):
+    def setup_schedule(self):
+        # The schedule file lives in DATA_DIR, which a fresh checkout does not have yet.
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
+
     def apply_entry(self, entry, producer=None):
         if entry.task != celeryconfig.SWEEP_TASK:
             return super().apply_entry(entry, producer)

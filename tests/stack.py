@@ -131,7 +131,8 @@ class WorkerProcess:
 
 
 class BeatProcess:
-    """Celery beat, as the Procfile runs it, with its schedule file and log in ``directory``."""
+    """Celery beat, as the Procfile runs it, with its log in ``directory`` and its schedule file in
+    a data directory beat must create itself, as on a fresh checkout."""
 
     def __init__(self, environment: dict[str, str], directory: Path):
         self.log_path = directory / "beat.log"
@@ -139,7 +140,7 @@ class BeatProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"],
                 cwd=PROJECT_ROOT,
-                env=process_environment({**environment, "DATA_DIR": str(directory)}),
+                env=process_environment({**environment, "DATA_DIR": str(directory / "data")}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
