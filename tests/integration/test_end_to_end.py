@@ -1,5 +1,5 @@
-"""The Procfile's own web, worker and Flower lines, run as separate processes, take a site from
-creation through a backup to deletion over HTTP."""
+"""The Procfile's own web, worker, beat and Flower lines, run as separate processes, take a site
+from creation through a backup to deletion over HTTP."""
 
 from __future__ import annotations
 
@@ -120,6 +120,7 @@ def procfile_stack(environment, tmp_path):
             "PORT": str(port),
             "FLOWER_PORT": str(flower_port),
             "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+            "DATA_DIR": str(tmp_path / "data"),  # beat's schedule file, made by beat itself
             "WORKER_NAME": WORKER_NAME,
             "SIMULATED_STEP_SECONDS": "0.2",
             "WEB_CONCURRENCY": "1",
@@ -129,7 +130,7 @@ def procfile_stack(environment, tmp_path):
     commands = procfile_commands()
     processes: dict[str, GroupProcess] = {}
     try:
-        for name in ("web", "worker", "flower"):
+        for name in ("web", "worker", "beat", "flower"):
             processes[name] = GroupProcess(name, commands[name], env, tmp_path / f"{name}.log")
         yield ProcfileStack(processes, port, flower_port, queue, tag)
     finally:
@@ -177,5 +178,5 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
     assert [queue["name"] for queue in worker["active_queues"]] == [stack.queue]
 
     stopped_by_themselves = stop_all(stack.processes)
-    assert stopped_by_themselves == {"web": True, "worker": True, "flower": True}, "SIGTERM must stop every process"
+    assert stopped_by_themselves == {"web": True, "worker": True, "beat": True, "flower": True}, "SIGTERM must stop all"
     assert tagged_processes(stack.tag) == [], "a process of the stack outlived its group's SIGTERM"
