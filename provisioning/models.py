@@ -129,6 +129,7 @@ class ProvisioningJob(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     tenant_status_before: Mapped[TenantStatus | None] = mapped_column(_enum_column(TenantStatus))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

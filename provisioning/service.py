@@ -44,6 +44,7 @@ class Beat:
 
 
 DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
+MAX_REPUBLISH_DOUBLINGS = 6
 
 
 class ProvisioningService:
@@ -181,24 +182,32 @@ class ProvisioningService:
 
     def republish_pending(self, unclaimed_for: timedelta) -> list[uuid.UUID]:
         """Publish again the pending jobs whose message never reached the broker, or reached it
-        longer than ``unclaimed_for`` ago and was never claimed (lost with a broker's memory, or
+        longer ago than ``unclaimed_for`` and was never claimed (lost with a broker's memory, or
         acknowledged by a worker that could not record the claim); returns their ids.
 
-        A duplicate message is harmless: the claim lets only one delivery run the job.
+        A duplicate message is harmless (the claim lets only one delivery run the job) but not
+        free: a job that merely waits in a long queue would collect one per period. So the wait
+        doubles with each publish of the same job (``unclaimed_for``, then twice that, ...).
+        The first failed publish ends the round: the broker is down, the next sweep tries again.
         """
-        job_ids = self.session.scalars(
-            select(ProvisioningJob.id)
+        now = utcnow()
+        candidates = self.session.execute(
+            select(ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count)
             .where(
                 ProvisioningJob.status == JobStatus.PENDING,
-                or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < utcnow() - unclaimed_for),
+                or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < now - unclaimed_for),
             )
             .order_by(ProvisioningJob.created_at)
         ).all()
         self.session.commit()
         published = []
-        for job_id in job_ids:
-            if self._publish(job_id) is not None:
-                published.append(job_id)
+        for job_id, dispatched_at, dispatch_count in candidates:
+            backoff = unclaimed_for * 2 ** min(max(dispatch_count - 1, 0), MAX_REPUBLISH_DOUBLINGS)
+            if dispatched_at is not None and dispatched_at >= now - backoff:
+                continue
+            if self._publish(job_id) is None:
+                break
+            published.append(job_id)
         return published
 
     # Transitions made by the worker that runs a job.
@@ -527,7 +536,11 @@ class ProvisioningService:
             return None
         dispatched_at = utcnow()
         try:
-            self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(dispatched_at=dispatched_at))
+            self.session.execute(
+                update(ProvisioningJob)
+                .where(ProvisioningJob.id == job_id)
+                .values(dispatched_at=dispatched_at, dispatch_count=ProvisioningJob.dispatch_count + 1)
+            )
             self.session.commit()
         except DBAPIError:
             # The message is out; not recording it only means a harmless duplicate later.

@@ -194,3 +194,32 @@ def test_a_worker_whose_job_was_taken_away_stops_even_a_deaf_step_and_writes_not
         assert worker.process.poll() is None
     finally:
         worker.stop()
+
+
+def test_a_job_that_waits_unclaimed_is_published_again_with_a_doubling_wait(session, sessions, tenant_factory):
+    sent: list = []
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session, dispatch=sent.append)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+
+    def published_minutes_ago(minutes: float) -> None:
+        with sessions() as s:
+            s.execute(
+                update(ProvisioningJob)
+                .where(ProvisioningJob.id == job.id)
+                .values(dispatched_at=utcnow() - timedelta(minutes=minutes))
+            )
+            s.commit()
+
+    def republished_now() -> bool:
+        before = len(sent)
+        service.republish_pending(timedelta(minutes=5))
+        return job.id in sent[before:]
+
+    published_minutes_ago(6)
+    assert republished_now(), "published once, unclaimed for 5 minutes: again"
+    published_minutes_ago(6)
+    assert not republished_now(), "published twice: it waits 10 minutes"
+    published_minutes_ago(11)
+    assert republished_now()
+    assert sent.count(job.id) == 3
