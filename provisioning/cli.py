@@ -9,7 +9,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from provisioning import accounts, dead_letters, migrate
+from provisioning import accounts, dead_letters, health, migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory, utcnow
 from provisioning.enums import JobStatus, Role
@@ -202,6 +202,17 @@ def jobs_sweep() -> None:
     settings = _settings()
     report = sweep(settings, session_factory(settings.database_url), Dispatcher(settings).send_job)
     click.echo(f"failed {len(report.reaped)} lost job(s); published {len(report.republished)} pending job(s) again")
+
+
+@main.command()
+def doctor() -> None:
+    """Check the configuration, database, migrations, broker, queues and workers, one line each,
+    with what to do about a failure; exits 1 if any check fails."""
+    checks = health.doctor(_settings())
+    for check in checks:
+        click.echo(check.line())
+    if not all(check.ok for check in checks):
+        raise SystemExit(1)
 
 
 @main.group()

@@ -4,6 +4,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, pool
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,11 +24,14 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 
 def current_revision(database_url: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import create_engine, pool
-
     engine = create_engine(database_url, poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        revision = MigrationContext.configure(connection).get_current_revision()
-    engine.dispose()
-    return revision
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str:
+    """The revision the code expects the database to be at."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

@@ -1,0 +1,123 @@
+"""Is the service able to work? The checks behind ``/readyz`` and ``provisioning doctor``.
+
+Each check answers quickly (bounded by the database's and broker's connect timeouts), never
+raises, and says what to do when it fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kombu import Connection
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+import celeryconfig
+from provisioning import migrate
+from provisioning.broker import Dispatcher
+from provisioning.db import get_engine
+from provisioning.settings import Settings
+
+START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    remedy: str = ""
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return f"{mark} {self.name}: {self.detail}" + ("" if self.ok else f" -> {self.remedy}")
+
+
+def readiness(settings: Settings) -> list[Check]:
+    """What the API needs to take a job: the database, its schema, and the broker."""
+    return [check_database(settings), check_migrations(settings), check_broker(settings)]
+
+
+def doctor(settings: Settings) -> list[Check]:
+    """Everything an operator should look at, in the order it depends on itself."""
+    return [
+        check_configuration(settings),
+        *readiness(settings),
+        check_queues(settings),
+        check_workers(settings),
+    ]
+
+
+def check_configuration(settings: Settings) -> Check:
+    mode = "embedded defaults (for trying only)" if settings.embedded else "PostgreSQL and RabbitMQ"
+    return Check(
+        "configuration", True, f"{mode}; database {_safe_url(settings.database_url)}, queue {settings.provisioning_queue_name}"
+    )
+
+
+def check_database(settings: Settings) -> Check:
+    try:
+        with get_engine(settings.database_url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as error:
+        return Check(
+            "database", False, f"unreachable: {_first_line(error)}", f"start it ({START_POSTGRESQL}) or fix DATABASE_URL"
+        )
+    return Check("database", True, f"reachable at {_safe_url(settings.database_url)}")
+
+
+def check_migrations(settings: Settings) -> Check:
+    head = migrate.head_revision()
+    try:
+        current = migrate.current_revision(settings.database_url)
+    except Exception as error:
+        return Check("migrations", False, f"cannot read the schema revision: {_first_line(error)}", "fix the database first")
+    if current != head:
+        return Check(
+            "migrations", False, f"database at {current or 'nothing'}, code expects {head}", "run: provisioning db upgrade"
+        )
+    return Check("migrations", True, f"at head ({head})")
+
+
+def check_broker(settings: Settings) -> Check:
+    try:
+        with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5)
+    except Exception as error:
+        remedy = "start it (rabbitmq-server -detached) or fix RABBITMQ_URL"
+        if settings.embedded:
+            remedy = "start it with: provisioning embedded-broker (make run does)"
+        return Check("broker", False, f"unreachable: {_first_line(error)}", remedy)
+    return Check("broker", True, f"reachable at {Connection(settings.broker_url).as_uri()}")
+
+
+def check_queues(settings: Settings) -> Check:
+    try:
+        with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
+            channel = connection.default_channel
+            depths = {}
+            for queue in celeryconfig.provisioning_queues(settings):
+                depths[queue.name] = queue(channel).queue_declare(passive=True).message_count
+    except Exception as error:
+        return Check("queues", False, f"not declared or unreachable: {_first_line(error)}", "start a worker (it declares them)")
+    return Check("queues", True, ", ".join(f"{name}: {depth} waiting" for name, depth in depths.items()))
+
+
+def check_workers(settings: Settings) -> Check:
+    try:
+        answers = Dispatcher(settings).app.control.ping(timeout=2.0)
+    except Exception as error:
+        return Check("workers", False, f"cannot ask: {_first_line(error)}", "fix the broker first")
+    if not answers:
+        return Check("workers", False, "none answered a ping within 2 s", "start one: celery -A tasks worker -Q <queue>")
+    names = sorted(name for answer in answers for name in answer)
+    return Check("workers", True, f"{len(names)} answered: {', '.join(names)}")
+
+
+def _safe_url(database_url: str) -> str:
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _first_line(error: Exception) -> str:
+    text_ = str(getattr(error, "orig", None) or error).strip()
+    return (text_.splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,65 @@
+"""Health: `/healthz`, `/readyz` and `provisioning doctor` tell which part is down and what to do."""
+
+from dataclasses import replace
+
+from click.testing import CliRunner
+
+from api import create_app
+from provisioning.cli import main
+
+CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
+CLOSED_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
+
+
+def test_healthz_answers_without_a_token(client):
+    response = client.get("/healthz")
+    assert (response.status_code, response.json) == (200, {"status": "ok"})
+
+
+def test_readyz_is_ready_when_the_database_its_schema_and_the_broker_are(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json["status"] == "ready"
+    assert {name: check["ok"] for name, check in response.json["checks"].items()} == {
+        "database": True,
+        "migrations": True,
+        "broker": True,
+    }
+
+
+def test_readyz_answers_503_naming_the_broker_when_it_is_down(settings):
+    response = create_app(replace(settings, broker_url=CLOSED_BROKER)).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert (response.json["code"], response.json["status"]) == (503, "Service Unavailable")
+    assert response.json["message"] == "not ready: broker down"
+    assert response.json["checks"]["broker"]["ok"] is False and "RABBITMQ_URL" in response.json["checks"]["broker"]["remedy"]
+    assert response.json["checks"]["database"]["ok"] is True
+
+
+def test_readyz_answers_503_naming_the_database_when_it_is_down(settings):
+    response = create_app(replace(settings, database_url=CLOSED_DATABASE)).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json["message"] == "not ready: database, migrations down"
+
+
+def test_doctor_passes_when_everything_answers(environment, worker):
+    result = CliRunner().invoke(main, ["doctor"], env=environment)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "ok   configuration",
+        "ok   database",
+        "ok   migrations",
+        "ok   broker",
+        "ok   queues",
+        "ok   workers",
+    ]
+    assert worker.name in lines[-1]
+
+
+def test_doctor_fails_with_one_line_per_check_and_what_to_do(environment):
+    result = CliRunner().invoke(main, ["doctor"], env={**environment, "RABBITMQ_URL": CLOSED_BROKER})
+    assert result.exit_code == 1
+    broker = next(line for line in result.output.splitlines() if " broker:" in line)
+    assert broker.startswith("FAIL broker: unreachable") and "rabbitmq-server -detached" in broker
+    assert "ok   database" in result.output
