@@ -18,8 +18,8 @@ from provisioning import migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import get_engine
 from tests.helpers import wait_for
+from tests.processes import GroupProcess
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # Names this process gives its databases, queues and workers, so runs never collide.
@@ -63,35 +63,31 @@ def process_environment(extra: dict[str, str]) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A real ``celery -A tasks worker`` on this run's queue, started and stopped by a test."""
+    """A real ``celery -A tasks worker`` on a test's queue, in a process group of its own, so a test
+    can kill the whole worker, pool processes and all."""
 
     def __init__(self, environment: dict[str, str], dispatcher: Dispatcher, concurrency: int = 2, name: str | None = None):
         self.name = name or f"test-{RUN_ID}-{uuid.uuid4().hex[:6]}@localhost"
         self.dispatcher = dispatcher
-        self.log_path = Path(tempfile.gettempdir()) / f"{self.name.split('@')[0]}.log"
         command = [
             sys.executable, "-m", "celery", "-A", "tasks", "worker",
             "-Q", environment["PROVISIONING_QUEUE_NAME"], "-n", self.name,
             "-c", str(concurrency), "-P", "prefork", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
-        self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=process_environment(environment),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # so a test can kill the whole worker, pool processes and all
-        )
+        log_path = Path(tempfile.gettempdir()) / f"{self.name.split('@')[0]}.log"
+        self.group = GroupProcess(self.name, command, process_environment(environment), log_path)
         try:
             wait_for(self._answers_ping, timeout=60, interval=0.5, what=f"worker {self.name} to answer a ping")
         except BaseException:
             self.kill()  # never leave a half-started worker behind
             raise
 
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.group.process
+
     def _answers_ping(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
+        self.group.assert_alive()
         connection = self.dispatcher.app.connection_for_read()
         try:
             return bool(self.dispatcher.app.control.ping(destination=[self.name], timeout=0.5, connection=connection))
@@ -101,9 +97,7 @@ class WorkerProcess:
             connection.release()
 
     def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text(errors="replace")
+        return self.group.output()
 
     def pool_processes(self) -> list[int]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
@@ -111,23 +105,13 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a crashed machine would."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # already gone
-        self.process.wait(timeout=30)
-        self.log.close()
+        self.group.stop(signal.SIGKILL, timeout=30)
 
     def stop(self) -> None:
-        """SIGTERM the prefork parent (a warm shutdown), then make sure it is gone."""
+        """SIGTERM the prefork parent (a warm shutdown); the whole group is killed if it lingers."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
+        self.group.wait_stopped(timeout=30)
 
 
 class BeatProcess:
@@ -135,18 +119,11 @@ class BeatProcess:
     a data directory beat must create itself, as on a fresh checkout."""
 
     def __init__(self, environment: dict[str, str], directory: Path):
-        self.log_path = directory / "beat.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"],
-                cwd=PROJECT_ROOT,
-                env=process_environment({**environment, "DATA_DIR": str(directory / "data")}),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        command = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"]
+        env = process_environment({**environment, "DATA_DIR": str(directory / "data")})
+        self.group = GroupProcess("beat", command, env, directory / "beat.log")
 
     def stop(self) -> str:
         """Stop beat and return what it logged."""
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        return self.log_path.read_text(errors="replace")
+        self.group.stop(signal.SIGTERM, timeout=30)
+        return self.group.output()
