@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alembic.runtime.migration import MigrationContext
 from kombu import Connection
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -35,7 +36,12 @@ class Check:
 
 def readiness(settings: Settings) -> list[Check]:
     """What the API needs to take a job: the database, its schema, and the broker."""
-    return [check_database(settings), check_migrations(settings), check_broker(settings)]
+    database = check_database(settings)
+    if database.ok:
+        migrations = check_migrations(settings)
+    else:
+        migrations = Check("migrations", False, "not checked: the database is unreachable", "fix the database first")
+    return [database, migrations, check_broker(settings)]
 
 
 def doctor(settings: Settings) -> list[Check]:
@@ -69,7 +75,8 @@ def check_database(settings: Settings) -> Check:
 def check_migrations(settings: Settings) -> Check:
     head = migrate.head_revision()
     try:
-        current = migrate.current_revision(settings.database_url)
+        with get_engine(settings.database_url).connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
     except Exception as error:
         return Check("migrations", False, f"cannot read the schema revision: {_first_line(error)}", "fix the database first")
     if current != head:
