@@ -11,6 +11,7 @@ from api.auth import authenticate_request, caller, writers_only
 from api.schemas import (
     IdempotencyHeaderSchema,
     JobCreateSchema,
+    JobEventListResponseSchema,
     JobListResponseSchema,
     JobQueryArgsSchema,
     JobResponseSchema,
@@ -19,6 +20,7 @@ from api.schemas import (
 )
 from api.session import db_session
 from provisioning.enums import JobStatus
+from provisioning.events import publisher_for
 from provisioning.service import ProvisioningService
 
 blp = Blueprint(
@@ -36,6 +38,7 @@ def _service() -> ProvisioningService:
         db_session(),
         dispatch=current_app.extensions["provisioning_dispatcher"].send_job,
         idempotency_ttl=timedelta(hours=settings.idempotency_key_hours),
+        announce=publisher_for(settings).announce,
     )
 
 
@@ -92,6 +95,14 @@ class JobSteps(MethodView):
         return {"data": _service().list_job_steps(caller().tenant.id, job_id)}
 
 
+@blp.route("/<uuid:job_id>/events")
+class JobEvents(MethodView):
+    @blp.response(200, JobEventListResponseSchema)
+    def get(self, job_id: uuid.UUID):
+        """List everything that happened to a job, in order, with who or what did it"""
+        return {"data": _service().list_job_events(caller().tenant.id, job_id)}
+
+
 @blp.route("/<uuid:job_id>/retry")
 class JobRetry(MethodView):
     @writers_only
@@ -120,5 +131,5 @@ class JobCancel(MethodView):
         its worker stops at the next step. Cancelling again answers the same way.
         """
         requester = caller()
-        job = _service().cancel_job(requester.tenant.id, job_id)
+        job = _service().cancel_job(requester.tenant.id, job_id, requested_by_id=requester.user.id)
         return {"data": job}, 202 if job.status == JobStatus.CANCELLING else 200

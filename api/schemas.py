@@ -61,6 +61,14 @@ class JobStepSchema(Schema):
     finished_at = fields.DateTime(allow_none=True)
 
 
+class JobEventSchema(Schema):
+    id = fields.Integer(metadata={"description": "Increases with every event of the service"})
+    kind = fields.String(metadata={"description": "created, dispatched, claimed, step_started, ..., completed"})
+    actor = fields.String(metadata={"description": "`user <id>`, `worker <name> pid <pid>`, `sweeper`, `system`"})
+    detail = fields.String()
+    created_at = fields.DateTime()
+
+
 class TenantSchema(Schema):
     id = fields.UUID()
     slug = fields.String()
@@ -93,6 +101,7 @@ JobResponseSchema = single_response(JobSchema, "JobResponse")
 JobListResponseSchema = list_response(JobSchema, "JobListResponse")
 JobStepListResponseSchema = list_response(JobStepSchema, "JobStepListResponse", paginated=False)
 TenantResponseSchema = single_response(TenantSchema, "TenantResponse")
+JobEventListResponseSchema = list_response(JobEventSchema, "JobEventListResponse", paginated=False)
 
 
 def page_meta(page: int, size: int, total: int) -> dict:

@@ -137,7 +137,7 @@ def _banner(settings: Settings, demo: Demo, port: str, flower_port: str, flower_
     )
     job_command = (
         f'curl -s -X POST {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}" '
-        f"-H \"Content-Type: application/json\" -d '{{\"job_type\": \"{job_type}\"}}'"
+        f'-H "Content-Type: application/json" -d \'{{"job_type": "{job_type}"}}\''
     )
     return f"""
 ERPMax provisioning, on {mode}.

@@ -19,7 +19,7 @@ from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
 from provisioning.models import ProvisioningJob
-from provisioning.service import ProvisioningService
+from provisioning.service import Announce, ProvisioningService
 from provisioning.workflows import Workflow, workflow_for
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,7 @@ class JobRunner:
         heartbeat_seconds: float = 10.0,
         database_patience: float = 60.0,
         cancel_grace: float = 30.0,
+        announce: Announce | None = None,
     ):
         self.sessions = sessions
         self.driver = driver
@@ -222,11 +223,12 @@ class JobRunner:
         self.heartbeat_seconds = heartbeat_seconds
         self.database_patience = database_patience
         self.cancel_grace = cancel_grace
+        self.announce = announce
 
     def run(self, job_id: uuid.UUID) -> None:
         """Run the job if it is still pending; a duplicate or late message does nothing."""
         with self.sessions() as session:
-            service = ProvisioningService(session)
+            service = ProvisioningService(session, announce=self.announce)
             try:
                 job = service.start_job(job_id, self.worker)
             except Conflict as refusal:

@@ -24,6 +24,7 @@ from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.models import (
     ACTIVE_JOB_STATUSES,
     IdempotencyKey,
+    JobEvent,
     JobStep,
     ProvisioningJob,
     Tenant,
@@ -34,6 +35,15 @@ from provisioning.workflows import workflow_for
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[uuid.UUID], None]
+Announce = Callable[[str, dict], None]
+# The event a status change is recorded as.
+EVENT_OF_STATUS = {
+    JobStatus.RUNNING: "claimed",
+    JobStatus.CANCELLING: "cancel_requested",
+    JobStatus.CANCELLED: "cancelled",
+    JobStatus.COMPLETED: "completed",
+    JobStatus.FAILED: "failed",
+}
 
 
 @dataclass(frozen=True)
@@ -55,10 +65,18 @@ class ProvisioningService:
     ``pending`` with no ``dispatched_at``, for a later re-publish.
     """
 
-    def __init__(self, session: Session, dispatch: Dispatch | None = None, idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL):
+    def __init__(
+        self,
+        session: Session,
+        dispatch: Dispatch | None = None,
+        idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
+        announce: Announce | None = None,
+    ):
         self.session = session
         self.dispatch = dispatch
         self.idempotency_ttl = idempotency_ttl
+        self.announce = announce
+        self._announcements: list[dict] = []
 
     # Requests from API clients and operators.
 
@@ -119,6 +137,10 @@ class ProvisioningService:
         self.get_job(tenant_id, job_id)
         return self.session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)).all()
 
+    def list_job_events(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobEvent]:
+        self.get_job(tenant_id, job_id)
+        return self.session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
+
     def retry_job(
         self,
         tenant_id: uuid.UUID,
@@ -141,7 +163,7 @@ class ProvisioningService:
             raise Conflict(f"job is {job.status.value}; only failed or completed jobs can be retried")
         return self._create_job(tenant_id, job.job_type, requested_by_id, job.id, idempotency_key, fingerprint)
 
-    def cancel_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> ProvisioningJob:
+    def cancel_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID, requested_by_id: uuid.UUID | None = None) -> ProvisioningJob:
         """Cancel at once when pending; ask the worker to stop when running; repeat calls are harmless.
 
         Raises:
@@ -158,6 +180,7 @@ class ProvisioningService:
                     job_id,
                     {JobStatus.PENDING},
                     JobStatus.CANCELLED,
+                    actor=_user(requested_by_id),
                     message="Cancelled before it started",
                     cancel_requested_at=now,
                     completed_at=now,
@@ -167,6 +190,7 @@ class ProvisioningService:
                     job_id,
                     {JobStatus.RUNNING},
                     JobStatus.CANCELLING,
+                    actor=_user(requested_by_id),
                     message="Cancel requested; stopping at the next step",
                     cancel_requested_at=now,
                 )
@@ -174,7 +198,7 @@ class ProvisioningService:
                 return job
             else:
                 raise Conflict(f"job is {job.status.value}; a finished job cannot be cancelled")
-            self.session.commit()
+            self._commit()
             job = self.get_job(tenant_id, job_id)
             if won:
                 return job
@@ -232,6 +256,7 @@ class ProvisioningService:
             job_id,
             {JobStatus.PENDING},
             JobStatus.RUNNING,
+            actor=f"worker {worker}",
             worker=worker,
             started_at=now,
             heartbeat_at=now,
@@ -242,15 +267,18 @@ class ProvisioningService:
             return None
         if not workflow.allows(tenant_status):
             error = f"not started: {workflow.refusal} (it became {tenant_status.value} after the request)"
-            self._transition(job_id, {JobStatus.RUNNING}, JobStatus.FAILED, error=error, message="Failed", completed_at=now)
-            self.session.commit()
+            self._transition(
+                job_id, {JobStatus.RUNNING}, JobStatus.FAILED, actor=f"worker {worker}", detail=error,
+                error=error, message="Failed", completed_at=now,
+            )  # fmt: skip
+            self._commit()
             raise Conflict(error)
         self.session.add_all(
             JobStep(job_id=job_id, position=position, name=step.name, status=StepStatus.PENDING)
             for position, step in enumerate(workflow.steps)
         )
         self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
-        self.session.commit()
+        self._commit()
         return self.session.get(ProvisioningJob, job_id, populate_existing=True)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
@@ -298,6 +326,9 @@ class ProvisioningService:
                 {JobStatus.RUNNING, JobStatus.CANCELLING},
                 JobStatus.FAILED,
                 conditions=[last_sign_of_life < cutoff],
+                event="reaped",
+                actor="sweeper",
+                detail=error,
                 error=error,
                 message="Failed",
                 completed_at=utcnow(),
@@ -312,7 +343,7 @@ class ProvisioningService:
                 self._set_tenant_status(job.tenant_id, workflow.tenant_after_failure(step, job.tenant_status_before))
                 reaped.append(job.id)
                 log.warning("job %s: %s", job.id, error)
-            self.session.commit()
+            self._commit()
         return reaped
 
     # Step writes come from the worker that owns the job; a worker declared lost writes nothing.
@@ -321,8 +352,9 @@ class ProvisioningService:
         """Mark the step running; False when the job is no longer this worker's to run."""
         if not self._owns(job_id, worker):
             return False
-        self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
+        name = self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
         self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(message=message))
+        self._record(job_id, "step_started", f"worker {worker}", name)
         self.session.commit()
         return True
 
@@ -330,7 +362,8 @@ class ProvisioningService:
         """Record a completed step and raise the job's progress (never lowers it)."""
         if not self._owns(job_id, worker):
             return False
-        self._update_step(job_id, position, status=StepStatus.COMPLETED, finished_at=utcnow(), output=_tail(output))
+        name = self._update_step(job_id, position, status=StepStatus.COMPLETED, finished_at=utcnow(), output=_tail(output))
+        self._record(job_id, "step_completed", f"worker {worker}", name)
         self.session.execute(
             update(ProvisioningJob)
             .where(ProvisioningJob.id == job_id, ProvisioningJob.progress < progress)
@@ -339,13 +372,12 @@ class ProvisioningService:
         self.session.commit()
         return True
 
-    def end_step(
-        self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = ""
-    ) -> bool:
+    def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
         """Record a step that failed or was cancelled, with what it printed."""
         if not self._owns(job_id, worker):
             return False
-        self._update_step(job_id, position, status=status, finished_at=utcnow(), message=message, output=_tail(output))
+        name = self._update_step(job_id, position, status=status, finished_at=utcnow(), message=message, output=_tail(output))
+        self._record(job_id, f"step_{status.value}", f"worker {worker}", f"{name}: {message}")
         self.session.commit()
         return True
 
@@ -375,11 +407,12 @@ class ProvisioningService:
         """Mark a running job completed; False when a cancel got there first."""
         job = self.session.get(ProvisioningJob, job_id)
         won = self._transition(
-            job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, progress=100, message="Completed", completed_at=utcnow()
-        )
+            job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, actor=f"worker {job.worker}",
+            progress=100, message="Completed", completed_at=utcnow(),
+        )  # fmt: skip
         if won:
             self._set_tenant_status(job.tenant_id, workflow_for(job.job_type).tenant_on_success)
-        self.session.commit()
+        self._commit()
         return won
 
     def fail_job(self, job_id: uuid.UUID, error: str, tenant_status: TenantStatus | None) -> bool:
@@ -389,22 +422,27 @@ class ProvisioningService:
             job_id,
             {JobStatus.RUNNING, JobStatus.CANCELLING},
             JobStatus.FAILED,
+            actor=f"worker {job.worker}",
+            detail=error,
             error=error,
             message="Failed",
             completed_at=utcnow(),
         )
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
-        self.session.commit()
+        self._commit()
         return won
 
     def finish_cancel(self, job_id: uuid.UUID, tenant_status: TenantStatus | None, message: str) -> bool:
         """Settle a cancelling job as cancelled and put the tenant where the runner decided."""
         job = self.session.get(ProvisioningJob, job_id)
-        won = self._transition(job_id, {JobStatus.CANCELLING}, JobStatus.CANCELLED, message=message, completed_at=utcnow())
+        won = self._transition(
+            job_id, {JobStatus.CANCELLING}, JobStatus.CANCELLED, actor=f"worker {job.worker}", detail=message,
+            message=message, completed_at=utcnow(),
+        )  # fmt: skip
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
-        self.session.commit()
+        self._commit()
         return won
 
     def prune_idempotency_keys(self) -> int:
@@ -461,9 +499,15 @@ class ProvisioningService:
                 )
             )
         try:
-            self.session.commit()
+            self.session.flush()  # the job's row first: its events point at it
+            actor = _user(requested_by_id)
+            self._record(job.id, "created", actor, f"retry of {retry_of_id}" if retry_of_id else "", status=JobStatus.PENDING)
+            if retry_of_id:
+                self._record(retry_of_id, "retried", actor, f"retried as {job.id}")
+            self._commit()
         except IntegrityError:
             self.session.rollback()
+            self._announcements.clear()
             # Two requests with one key raced: the loser answers with the winner's job.
             if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
                 return earlier
@@ -495,10 +539,18 @@ class ProvisioningService:
         return self.session.get(ProvisioningJob, earlier.job_id, populate_existing=True)
 
     def _transition(
-        self, job_id: uuid.UUID, sources: set[JobStatus], target: JobStatus, conditions: Sequence = (), **values
+        self,
+        job_id: uuid.UUID,
+        sources: set[JobStatus],
+        target: JobStatus,
+        conditions: Sequence = (),
+        actor: str = "system",
+        detail: str = "",
+        event: str | None = None,
+        **values,
     ) -> bool:
         """Compare-and-set the job's status from one of ``sources`` to ``target`` (and any further
-        ``conditions``); True if it moved."""
+        ``conditions``); True if it moved, and then the move is recorded as an event by ``actor``."""
         if not all(can_transition(source, target) for source in sources):
             raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
         result = self.session.execute(
@@ -510,10 +562,32 @@ class ProvisioningService:
         if result.rowcount != 1:
             log.info("job %s: not moved to %s, it is no longer in %s", job_id, target.value, sorted(s.value for s in sources))
             return False
+        self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
         return True
 
-    def _update_step(self, job_id: uuid.UUID, position: int, **values) -> None:
-        self.session.execute(update(JobStep).where(JobStep.job_id == job_id, JobStep.position == position).values(**values))
+    def _record(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> None:
+        """Add an event to the transaction; a status change is also announced once it commits."""
+        event = JobEvent(job_id=job_id, kind=kind, actor=actor, detail=detail, created_at=utcnow())
+        self.session.add(event)
+        if status is not None:
+            self._announcements.append(
+                {"job_id": str(job_id), "status": status.value, "event": kind, "actor": actor, "detail": detail,
+                 "at": event.created_at.isoformat()}
+            )  # fmt: skip
+
+    def _commit(self) -> None:
+        """Commit, then announce the status changes it made (never before: they might not happen)."""
+        self.session.commit()
+        announcements, self._announcements = self._announcements, []
+        if self.announce is not None:
+            for announcement in announcements:
+                self.announce(f"job.{announcement['status']}", announcement)
+
+    def _update_step(self, job_id: uuid.UUID, position: int, **values) -> str:
+        """Update one step and return its name."""
+        return self.session.execute(
+            update(JobStep).where(JobStep.job_id == job_id, JobStep.position == position).values(**values).returning(JobStep.name)
+        ).scalar_one()
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
         if status is not None:
@@ -541,6 +615,7 @@ class ProvisioningService:
                 .where(ProvisioningJob.id == job_id)
                 .values(dispatched_at=dispatched_at, dispatch_count=ProvisioningJob.dispatch_count + 1)
             )
+            self._record(job_id, "dispatched", "system")
             self.session.commit()
         except DBAPIError:
             # The message is out; not recording it only means a harmless duplicate later.
@@ -548,6 +623,10 @@ class ProvisioningService:
             log.exception("job %s: published, but recording when failed", job_id)
             return None
         return dispatched_at
+
+
+def _user(user_id: uuid.UUID | None) -> str:
+    return f"user {user_id}" if user_id else "operator"
 
 
 def _tail(output: str, max_lines: int = 40, max_chars: int = 4000) -> str:

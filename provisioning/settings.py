@@ -51,6 +51,10 @@ class Settings:
     def dead_letter_queue_name(self) -> str:
         return f"{self.provisioning_queue_name}.dead"
 
+    @property
+    def events_exchange_name(self) -> str:
+        return f"{self.provisioning_queue_name}.events"
+
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from an environment mapping (``os.environ`` by default).

@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioning.events import publisher_for
 from provisioning.service import Dispatch, ProvisioningService
 from provisioning.settings import Settings
 
@@ -35,7 +36,7 @@ class SweepReport:
 
 def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatch) -> SweepReport:
     with sessions() as session:
-        service = ProvisioningService(session, dispatch=dispatch)
+        service = ProvisioningService(session, dispatch=dispatch, announce=publisher_for(settings).announce)
         report = SweepReport(
             reaped=service.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds)),
             republished=service.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds)),

@@ -17,6 +17,7 @@ from provisioning.db import get_engine, is_connection_failure, session_factory
 from provisioning.dead_letters import QUEUE_HEADER, REASON_HEADER
 from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
+from provisioning.events import publisher_for
 from provisioning.runner import JobRunner
 from provisioning.settings import Settings, settings_or_exit
 from provisioning.sweeper import sweep
@@ -62,6 +63,7 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
         heartbeat_seconds=settings.job_heartbeat_seconds,
         database_patience=settings.lost_job_after_seconds,
         cancel_grace=settings.cancel_grace_seconds,
+        announce=publisher_for(settings).announce,
     )
     try:
         runner.run(parsed_id)
@@ -116,4 +118,3 @@ def _prepare_worker(sender, **_kwargs) -> None:
         sweep(settings, session_factory(settings.database_url), worker_dispatcher().send_job)
     except Exception:
         log.exception("the start-up sweep failed; beat's next sweep will try again")
-
