@@ -3,7 +3,7 @@
 import uuid
 from datetime import timedelta
 
-from flask import current_app, url_for
+from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -19,6 +19,7 @@ from api.schemas import (
     page_meta,
 )
 from api.session import db_session
+from provisioning.audit import Origin
 from provisioning.enums import JobStatus
 from provisioning.events import publisher_for
 from provisioning.service import ProvisioningService
@@ -39,6 +40,7 @@ def _service() -> ProvisioningService:
         dispatch=current_app.extensions["provisioning_dispatcher"].send_job,
         idempotency_ttl=timedelta(hours=settings.idempotency_key_hours),
         announce=publisher_for(settings).announce,
+        origin=Origin(actor=f"user {caller().user.id}", ip=request.remote_addr, user_agent=request.user_agent.string),
     )
 
 

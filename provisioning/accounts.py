@@ -13,6 +13,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from provisioning import audit
+from provisioning.audit import SYSTEM, Origin
 from provisioning.db import utcnow
 from provisioning.enums import WRITER_ROLES, Role
 from provisioning.errors import (
@@ -50,7 +52,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_tenant(session: Session, slug: str, name: str) -> Tenant:
+def create_tenant(session: Session, slug: str, name: str, origin: Origin = SYSTEM) -> Tenant:
     """Raises InvalidRequest for a slug that cannot be a site name, Conflict for a taken one."""
     if not SLUG_PATTERN.match(slug):
         raise InvalidRequest(f"slug {slug!r} must be lowercase letters, digits and inner hyphens (1-63 characters)")
@@ -58,24 +60,30 @@ def create_tenant(session: Session, slug: str, name: str) -> Tenant:
         raise InvalidRequest("name must not be empty")
     tenant = Tenant(slug=slug, name=name.strip())
     session.add(tenant)
-    _commit_unique(session, f"a tenant with slug {slug!r} already exists")
+    _flush_unique(session, f"a tenant with slug {slug!r} already exists")
+    audit.record(session, origin, "tenant.created", tenant.id, slug, tenant.name)
+    session.commit()
     return tenant
 
 
-def create_user(session: Session, email: str, is_superuser: bool = False) -> User:
+def create_user(session: Session, email: str, is_superuser: bool = False, origin: Origin = SYSTEM) -> User:
     email = email.strip().lower()
     if not EMAIL_PATTERN.match(email):
         raise InvalidRequest(f"{email!r} is not an e-mail address")
     user = User(email=email, is_superuser=is_superuser)
     session.add(user)
-    _commit_unique(session, f"a user with e-mail {email!r} already exists")
+    _flush_unique(session, f"a user with e-mail {email!r} already exists")
+    audit.record(session, origin, "user.created", target=email, detail="platform operator" if is_superuser else "")
+    session.commit()
     return user
 
 
-def add_membership(session: Session, user: User, tenant: Tenant, role: Role) -> Membership:
+def add_membership(session: Session, user: User, tenant: Tenant, role: Role, origin: Origin = SYSTEM) -> Membership:
     membership = Membership(user_id=user.id, tenant_id=tenant.id, role=role)
     session.add(membership)
-    _commit_unique(session, f"{user.email} is already a member of {tenant.slug}")
+    _flush_unique(session, f"{user.email} is already a member of {tenant.slug}")
+    audit.record(session, origin, "membership.added", tenant.id, user.email, role.value)
+    session.commit()
     return membership
 
 
@@ -93,8 +101,11 @@ def find_user(session: Session, email: str) -> User:
     return user
 
 
-def issue_token(session: Session, user: User, name: str = "", expires_in: timedelta | None = None) -> tuple[ApiToken, str]:
-    """Create a token; the returned plain text is the only copy there will ever be."""
+def issue_token(
+    session: Session, user: User, name: str = "", expires_in: timedelta | None = None, origin: Origin = SYSTEM
+) -> tuple[ApiToken, str]:
+    """Create a token; the returned plain text is the only copy there will ever be (not even the
+    audit trail keeps it: only the token's id and prefix)."""
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
         user_id=user.id,
@@ -104,17 +115,20 @@ def issue_token(session: Session, user: User, name: str = "", expires_in: timede
         expires_at=utcnow() + expires_in if expires_in else None,
     )
     session.add(token)
+    session.flush()
+    audit.record(session, origin, "token.created", target=f"token {token.id} of {user.email}", detail=f"{token.prefix}... {name}")
     session.commit()
     return token, plain
 
 
-def revoke_token(session: Session, token_id: uuid.UUID) -> ApiToken:
+def revoke_token(session: Session, token_id: uuid.UUID, origin: Origin = SYSTEM) -> ApiToken:
     """Revoke a token by id; revoking it again keeps the first revocation time."""
     token = session.get(ApiToken, token_id)
     if token is None:
         raise NotFound(f"no token with id {token_id}")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
+        audit.record(session, origin, "token.revoked", target=f"token {token.id}", detail=f"{token.prefix}...")
         session.commit()
     return token
 
@@ -179,9 +193,10 @@ def _as_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-def _commit_unique(session: Session, message: str) -> None:
+def _flush_unique(session: Session, message: str) -> None:
+    """Write what was added so far (rows others point at go first); a taken name is a Conflict."""
     try:
-        session.commit()
+        session.flush()
     except IntegrityError:
         session.rollback()
         raise Conflict(message) from None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from provisioning import accounts, dead_letters, health, migrate
+from provisioning import accounts, audit, dead_letters, health, migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory, utcnow
 from provisioning.enums import JobStatus, Role
@@ -18,6 +18,9 @@ from provisioning.events import publisher_for
 from provisioning.models import ApiToken, ProvisioningJob, Tenant
 from provisioning.settings import Settings, settings_or_exit
 from provisioning.sweeper import sweep
+
+# Changes made at the console are the operator's: the audit trail names the login.
+CONSOLE = audit.operator_at_the_console()
 
 
 def _settings() -> Settings:
@@ -79,7 +82,7 @@ def tenant() -> None:
 def tenant_create(slug: str, name: str) -> None:
     """Create a tenant (status pending, no site yet)."""
     with _session() as session:
-        created = accounts.create_tenant(session, slug, name)
+        created = accounts.create_tenant(session, slug, name, origin=CONSOLE)
         click.echo(f"tenant {created.slug} created with id {created.id}")
 
 
@@ -109,9 +112,9 @@ def user_create(email: str, tenant_slug: str | None, role: str | None, superuser
         raise click.UsageError("give --tenant and --role, or --superuser")
     with _session() as session:
         chosen = accounts.find_tenant(session, tenant_slug) if tenant_slug else None
-        created = accounts.create_user(session, email, is_superuser=superuser)
+        created = accounts.create_user(session, email, is_superuser=superuser, origin=CONSOLE)
         if chosen is not None:
-            accounts.add_membership(session, created, chosen, Role(role))
+            accounts.add_membership(session, created, chosen, Role(role), origin=CONSOLE)
         click.echo(f"user {created.email} created" + (f" as {role} of {chosen.slug}" if chosen else " as operator"))
 
 
@@ -122,9 +125,8 @@ def user_create(email: str, tenant_slug: str | None, role: str | None, superuser
 def user_add_membership(email: str, tenant_slug: str, role: str) -> None:
     """Give an existing user a role in another tenant."""
     with _session() as session:
-        accounts.add_membership(
-            session, accounts.find_user(session, email), accounts.find_tenant(session, tenant_slug), Role(role)
-        )
+        member, tenant_ = accounts.find_user(session, email), accounts.find_tenant(session, tenant_slug)
+        accounts.add_membership(session, member, tenant_, Role(role), origin=CONSOLE)
         click.echo(f"{email} is now {role} of {tenant_slug}")
 
 
@@ -141,9 +143,8 @@ def token_create(email: str, name: str, expires_days: int | None) -> None:
     """Create a token and print it alone on the last line; it cannot be shown again."""
     with _session() as session:
         owner = accounts.find_user(session, email)
-        created, plain = accounts.issue_token(
-            session, owner, name=name, expires_in=timedelta(days=expires_days) if expires_days else None
-        )
+        expires_in = timedelta(days=expires_days) if expires_days else None
+        created, plain = accounts.issue_token(session, owner, name=name, expires_in=expires_in, origin=CONSOLE)
         expiry = created.expires_at.isoformat() if created.expires_at else "never"
         click.echo(f"token {created.id} for {owner.email} (expires {expiry}); keep it now, it is not stored:")
         click.echo(plain)
@@ -154,7 +155,7 @@ def token_create(email: str, name: str, expires_days: int | None) -> None:
 def token_revoke(token_id: uuid.UUID) -> None:
     """Revoke the token with id TOKEN_ID (see `token list`)."""
     with _session() as session:
-        revoked = accounts.revoke_token(session, token_id)
+        revoked = accounts.revoke_token(session, token_id, origin=CONSOLE)
         click.echo(f"token {revoked.id} revoked at {revoked.revoked_at.isoformat()}")
 
 
@@ -204,6 +205,27 @@ def jobs_sweep() -> None:
     report = sweep(settings, session_factory(settings.database_url), Dispatcher(settings).send_job)
     publisher_for(settings).flush()  # this process ends now: let its events go out first
     click.echo(f"failed {len(report.reaped)} lost job(s); published {len(report.republished)} pending job(s) again")
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit trail: who did what, when, and from where."""
+
+
+@audit_group.command("list")
+@click.option("--tenant", "tenant_slug", help="Only this tenant's entries.")
+@click.option("--since", type=click.DateTime(), help="Only entries from this UTC time on (e.g. 2026-11-28 or 2026-11-28T09:00).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+def audit_list(tenant_slug: str | None, since: datetime | None, limit: int) -> None:
+    """List audit entries, newest first: time, actor, action, target, address, user agent, detail."""
+    with _session() as session:
+        tenant_id = accounts.find_tenant(session, tenant_slug).id if tenant_slug else None
+        since_utc = since.replace(tzinfo=timezone.utc) if since else None
+        for entry in audit.entries(session, tenant_id=tenant_id, since=since_utc, limit=limit):
+            click.echo(
+                f"{entry.created_at.isoformat(timespec='seconds')}\t{entry.actor}\t{entry.action}\t{entry.target}\t"
+                f"{entry.ip or '-'}\t{entry.user_agent or '-'}\t{entry.detail}"
+            )
 
 
 @main.command()

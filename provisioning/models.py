@@ -140,6 +140,22 @@ class ProvisioningJob(Base):
     tenant: Mapped[Tenant] = relationship()
 
 
+class AuditEntry(Base):
+    """Who did what, when, from where: token, tenant and membership changes and job requests."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="SET NULL"), index=True)
+    target: Mapped[str] = mapped_column(String(300), default="")
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
 class JobEvent(Base):
     """One thing that happened to a job, in order: who or what did it, and the detail."""
 

@@ -18,6 +18,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from provisioning import audit
+from provisioning.audit import Origin
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
@@ -71,11 +73,14 @@ class ProvisioningService:
         dispatch: Dispatch | None = None,
         idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
         announce: Announce | None = None,
+        origin: Origin | None = None,
     ):
         self.session = session
         self.dispatch = dispatch
         self.idempotency_ttl = idempotency_ttl
         self.announce = announce
+        # Who is asking, for the audit trail of job requests; None when it is the platform itself.
+        self.origin = origin
         self._announcements: list[dict] = []
 
     # Requests from API clients and operators.
@@ -198,6 +203,8 @@ class ProvisioningService:
                 return job
             else:
                 raise Conflict(f"job is {job.status.value}; a finished job cannot be cancelled")
+            if won and self.origin is not None:
+                audit.record(self.session, self.origin, "job.cancelled", tenant_id, f"job {job_id}", job.status.value)
             self._commit()
             job = self.get_job(tenant_id, job_id)
             if won:
@@ -504,6 +511,9 @@ class ProvisioningService:
             self._record(job.id, "created", actor, f"retry of {retry_of_id}" if retry_of_id else "", status=JobStatus.PENDING)
             if retry_of_id:
                 self._record(retry_of_id, "retried", actor, f"retried as {job.id}")
+            if self.origin is not None:
+                action = "job.retried" if retry_of_id else "job.requested"
+                audit.record(self.session, self.origin, action, tenant_id, f"job {job.id}", job_type.value)
             self._commit()
         except IntegrityError:
             self.session.rollback()
