@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 import celeryconfig
 from provisioning.settings import Settings, get_rabbitmq_url, load_settings
@@ -25,20 +25,31 @@ class BrokerUnavailable(Exception):
 def publish_json(queue_name: str, message: Any, settings: Settings | None = None) -> None:
     """Publish one JSON message to a durable queue of that name, declared first, with a confirm."""
     settings = settings or load_settings()
-    queue = celeryconfig.queue_named(queue_name, settings)
-    with Connection(
+    with confirming_connection(settings) as connection:
+        send_json(connection, message, routing_key=queue_name, declare=celeryconfig.queue_named(queue_name, settings))
+
+
+def confirming_connection(settings: Settings) -> Connection:
+    """A connection whose publishes return only once the broker has taken the message."""
+    return Connection(
         settings.broker_url, connect_timeout=settings.broker_connect_timeout, transport_options={"confirm_publish": True}
-    ) as connection:
-        connection.Producer(serializer="json").publish(
-            message,
-            exchange="",
-            routing_key=queue_name,
-            declare=[queue],
-            delivery_mode="persistent",
-            retry=True,
-            retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
-            confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
-        )
+    )
+
+
+def send_json(
+    connection: Connection, message: Any, routing_key: str, declare: Queue | Exchange, exchange: Exchange | str = ""
+) -> None:
+    """Publish persistently with a bounded retry and confirm; raises when the broker cannot take it."""
+    connection.Producer(serializer="json").publish(
+        message,
+        exchange=exchange,
+        routing_key=routing_key,
+        declare=[declare],
+        delivery_mode="persistent",
+        retry=True,
+        retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
+        confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
+    )
 
 
 class Dispatcher:

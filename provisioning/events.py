@@ -13,9 +13,9 @@ import queue
 import threading
 from functools import lru_cache
 
-from kombu import Connection, Exchange
+from kombu import Exchange
 
-import celeryconfig
+from provisioning.broker import confirming_connection, send_json
 from provisioning.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,27 +59,14 @@ class EventPublisher:
 
     def _run(self) -> None:
         exchange = events_exchange(self.settings)
-        connection = Connection(
-            self.settings.broker_url,
-            connect_timeout=self.settings.broker_connect_timeout,
-            transport_options={"confirm_publish": True},
-        )
+        connection = confirming_connection(self.settings)
         while True:
             routing_key, event = self._buffer.get()
             if "_flush" in event:
                 event["_flush"].set()
                 continue
             try:
-                connection.Producer(serializer="json").publish(
-                    event,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    declare=[exchange],
-                    delivery_mode="persistent",
-                    retry=True,
-                    retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
-                    confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
-                )
+                send_json(connection, event, routing_key=routing_key, declare=exchange, exchange=exchange)
             except Exception as error:
                 self._lose(event, f"{type(error).__name__}: {error}")
                 connection.release()
