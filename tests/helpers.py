@@ -8,16 +8,26 @@ from flask.testing import FlaskClient
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
-    """Call ``probe`` until it returns something truthy, and return that; fail at the deadline."""
+def poll_until(probe: Callable[[], T], timeout: float, interval: float = 0.05) -> tuple[bool, T]:
+    """Call ``probe`` every ``interval`` until it returns something truthy or ``timeout`` passes.
+
+    Returns whether it did, and what it returned last. The one place tests pause: always
+    between two looks at a condition, never as a guess that something has happened.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw {result!r}")
-        time.sleep(interval)
+        if result or time.monotonic() >= deadline:
+            return bool(result), result
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def wait_for(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
+    """Call ``probe`` until it returns something truthy, and return that; fail at the deadline."""
+    happened, result = poll_until(probe, timeout, interval)
+    if not happened:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw {result!r}")
+    return result
 
 
 def assert_error(response, *statuses: int) -> dict:

@@ -29,7 +29,7 @@ from provisioning.models import ProvisioningJob
 from provisioning.service import ProvisioningService
 from provisioning.settings import load_settings
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import poll_until, wait_for
 from tests.stack import RABBITMQ_URL, RUN_ID, BeatProcess, WorkerProcess, delete_queues, migrated_database
 
 FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -100,18 +100,15 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
         retired: list[WorkerProcess] = []
         kills = 0
         try:
-            next_kill = time.monotonic() + kill_every
-            while count(FINAL) < jobs:
+            # Until every job is final: give the workers kill_every seconds, then kill one.
+            while not poll_until(lambda: count(FINAL) == jobs, timeout=kill_every, interval=0.2)[0]:
                 if time.monotonic() - started > deadline:
                     break
-                if time.monotonic() >= next_kill:
-                    victim = workers[kills % 2]
-                    victim.kill()
-                    retired.append(victim)
-                    workers[kills % 2] = WorkerProcess(environment, dispatcher, concurrency=1)
-                    kills += 1
-                    next_kill = time.monotonic() + kill_every
-                time.sleep(0.2)
+                victim = workers[kills % 2]
+                victim.kill()
+                retired.append(victim)
+                workers[kills % 2] = WorkerProcess(environment, dispatcher, concurrency=1)
+                kills += 1
 
             completed_first = count([JobStatus.COMPLETED])
             with sessions() as session:
