@@ -39,6 +39,14 @@ class StepStatus(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class BackupStatus(str, enum.Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PRUNED = "pruned"
 
 
 WRITER_ROLES = frozenset({Role.OWNER, Role.ADMIN})

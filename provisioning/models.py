@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Enum,
@@ -25,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from provisioning.db import Base, UTCDateTime, utcnow
-from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
 
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELLING)
 _ACTIVE_JOB_SQL = "status IN ({})".format(", ".join(f"'{status.value}'" for status in ACTIVE_JOB_STATUSES))
@@ -51,6 +52,9 @@ class Tenant(Base):
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[TenantStatus] = mapped_column(_enum_column(TenantStatus), default=TenantStatus.PENDING)
+    # The site's Administrator password, encrypted with SITE_CREDENTIALS_KEY; shown to the owner once.
+    admin_password_encrypted: Mapped[str | None] = mapped_column(Text)
+    admin_password_revealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -127,6 +131,10 @@ class ProvisioningJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     requested_by_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     retry_of_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("provisioning_jobs.id", ondelete="SET NULL"))
+    # A retry of a failed job starts at this step; the steps before it were done by the failed job.
+    resume_from: Mapped[str | None] = mapped_column(String(64))
+    # What the request asked for beyond the job type, such as {"final_backup": false}.
+    options: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     worker: Mapped[str | None] = mapped_column(String(255))
     tenant_status_before: Mapped[TenantStatus | None] = mapped_column(_enum_column(TenantStatus))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -203,3 +211,26 @@ class JobStep(Base):
     output: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SiteBackup(Base):
+    """One backup of a tenant's site: its files with size and sha256 each, and whether it can be trusted.
+
+    ``files`` is a list of ``{"kind", "path", "size", "sha256"}``; a backup is ``completed`` only
+    once every file was checked. Pruning deletes the files and keeps the record, as ``pruned``.
+    """
+
+    __tablename__ = "site_backups"
+    __table_args__ = (Index("ix_site_backups_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("provisioning_jobs.id", ondelete="SET NULL"), index=True)
+    site: Mapped[str] = mapped_column(String(255))
+    status: Mapped[BackupStatus] = mapped_column(_enum_column(BackupStatus), default=BackupStatus.RUNNING)
+    files: Mapped[list] = mapped_column(JSON, default=list)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -9,22 +9,28 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioning.backups import BackupBook, BackupSteps, Retention, retention_of
+from provisioning.credentials import SiteCredentials
 from provisioning.db import is_connection_failure, utcnow
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
+from provisioning.job_context import JobContext
 from provisioning.models import ProvisioningJob
 from provisioning.service import Announce, ProvisioningService
-from provisioning.workflows import Workflow, workflow_for
+from provisioning.settings import Settings
+from provisioning.workflows import Step, Workflow, workflow_for
 
 log = logging.getLogger(__name__)
 
 DATABASE_RETRY_SECONDS = 1.0
+DEFAULT_RETENTION = Retention(keep_last=7, max_age=timedelta(days=30))
 
 
 class PatientService:
@@ -204,7 +210,8 @@ class JobRunner:
     Each transition is its own short transaction, so the job's row always shows the step in
     progress. Before every step the job's status is read: a cancel stops it there, and a job
     that is no longer running (the sweeper failed it) is left alone. Inside long steps the
-    driver asks the same question.
+    driver asks the same question. A retry that resumes starts at its ``resume_from`` step,
+    after the driver cleaned up what the failed attempt at that step left half-done.
     """
 
     def __init__(
@@ -216,6 +223,9 @@ class JobRunner:
         database_patience: float = 60.0,
         cancel_grace: float = 30.0,
         announce: Announce | None = None,
+        credentials: SiteCredentials | None = None,
+        backup_root: Path = Path("var/backups"),
+        retention: Retention = DEFAULT_RETENTION,
     ):
         self.sessions = sessions
         self.driver = driver
@@ -224,6 +234,31 @@ class JobRunner:
         self.database_patience = database_patience
         self.cancel_grace = cancel_grace
         self.announce = announce
+        self.credentials = credentials or SiteCredentials(None)
+        self.backup_root = backup_root
+        self.backup_steps = BackupSteps(sessions, retention)
+
+    @classmethod
+    def for_settings(
+        cls,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        driver: SiteDriver,
+        worker: str,
+        announce: Announce | None = None,
+    ) -> "JobRunner":
+        return cls(
+            sessions,
+            driver,
+            worker=worker,
+            heartbeat_seconds=settings.job_heartbeat_seconds,
+            database_patience=settings.lost_job_after_seconds,
+            cancel_grace=settings.cancel_grace_seconds,
+            announce=announce,
+            credentials=SiteCredentials(settings.site_credentials_key),
+            backup_root=settings.backup_path,
+            retention=retention_of(settings),
+        )
 
     def run(self, job_id: uuid.UUID) -> None:
         """Run the job if it is still pending; a duplicate or late message does nothing."""
@@ -252,22 +287,30 @@ class JobRunner:
 
     def _run_steps(self, service: PatientService, job: ProvisioningJob, workflow: Workflow, terminator: StepTerminator) -> None:
         watch = JobWatch(service, job.id)
-        completed: list[str] = []
-        for position, step in enumerate(workflow.steps):
+        context = JobContext(self.sessions, job, watch.should_stop, self.credentials, self.backup_root)
+        first = workflow.position_of(job.resume_from) if job.resume_from else 0
+        completed: list[str] = list(workflow.step_names[:first])
+        for position, step in enumerate(workflow.steps[first:], start=first):
             if watch.status(fresh=True) != JobStatus.RUNNING:
-                return self._stop(service, job, workflow, completed, watch)
+                return self._stop(service, job, workflow, completed, watch, context)
+            if step.skipped_when and job.options.get(step.skipped_when):
+                service.end_step(
+                    job.id, self.worker, position, StepStatus.SKIPPED, f"Skipped: the job asked for {step.skipped_when}"
+                )
+                continue
             if not service.start_step(job.id, self.worker, position, step.message):
-                return self._stop(service, job, workflow, completed, watch)
+                return self._stop(service, job, workflow, completed, watch, context)
             log.info("job %s: step %s started", job.id, step.name)
             try:
                 with terminator.step():
-                    output = self.driver.run_step(job.job_type, step.name, job.tenant.slug, watch)
+                    resuming = job.resume_from is not None and position == first
+                    output = self._perform(job, step, context, resuming)
             except (StepStopped, StepTerminated) as stop:
                 service.session.rollback()  # a signal may have landed in the middle of a query
                 if watch.status(fresh=True) == JobStatus.CANCELLING:
                     how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
                     service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
-                return self._stop(service, job, workflow, completed, watch)
+                return self._stop(service, job, workflow, completed, watch, context)
             except StepFailed as failure:
                 return self._fail(service, job, position, f"step {step.name} failed: {failure}", failure.output)
             except SoftTimeLimitExceeded:
@@ -276,21 +319,39 @@ class JobRunner:
                 log.exception("job %s: step %s raised", job.id, step.name)
                 return self._fail(service, job, position, f"step {step.name} failed: {type(error).__name__}: {error}")
             if not service.finish_step(job.id, self.worker, position, output, workflow.progress_after(position + 1)):
-                return self._stop(service, job, workflow, completed, watch)
+                return self._stop(service, job, workflow, completed, watch, context)
             completed.append(step.name)
         if service.complete_job(job.id):
             log.info("job %s: completed", job.id)
         else:
             # A cancel arrived during the last step; it wins, as at any other step boundary.
-            self._stop(service, job, workflow, completed, watch)
+            self._stop(service, job, workflow, completed, watch, context)
+
+    def _perform(self, job: ProvisioningJob, step: Step, context: JobContext, resuming: bool) -> str:
+        """Run one step; on a resumed job's first step, first take over what the failed job left."""
+        cleaned = ""
+        if resuming:
+            with self.sessions() as session:
+                BackupBook(session).take_over(job.retry_of_id, job.id)
+            if not step.by_platform:
+                cleaned = self.driver.clean_up(step.name, context) + "\n"
+        if step.by_platform:
+            return cleaned + self.backup_steps.run(step.name, job.id, job.tenant_id)
+        return cleaned + self.driver.run_step(step.name, context)
 
     def _stop(
-        self, service: PatientService, job: ProvisioningJob, workflow: Workflow, completed: list[str], watch: JobWatch
+        self,
+        service: PatientService,
+        job: ProvisioningJob,
+        workflow: Workflow,
+        completed: list[str],
+        watch: JobWatch,
+        context: JobContext,
     ) -> None:
         """Settle a cancel, or step aside when the job is no longer this worker's."""
         status = watch.status(fresh=True)
         if status == JobStatus.CANCELLING:
-            self._settle_cancel(service, job, workflow, completed)
+            self._settle_cancel(service, job, workflow, completed, context)
         else:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", job.id, status.value)
 
@@ -310,13 +371,15 @@ class JobRunner:
         except Exception:
             log.exception("job %s: could not record the failure; the sweeper will fail it as lost", job.id)
 
-    def _settle_cancel(self, service: PatientService, job: ProvisioningJob, workflow: Workflow, completed: list[str]) -> None:
+    def _settle_cancel(
+        self, service: PatientService, job: ProvisioningJob, workflow: Workflow, completed: list[str], context: JobContext
+    ) -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return."""
         if workflow.point_of_no_return in completed:
             message = f"Cancelled after {workflow.point_of_no_return} had completed; that cannot be undone"
         else:
             try:
-                self.driver.undo(job.job_type, job.tenant.slug)
+                self.driver.undo(context)
             except Exception as error:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"

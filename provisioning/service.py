@@ -91,21 +91,25 @@ class ProvisioningService:
         job_type: JobType,
         requested_by_id: uuid.UUID | None = None,
         idempotency_key: str | None = None,
+        options: dict | None = None,
+        actor: str | None = None,
     ) -> ProvisioningJob:
         """Create a pending job, commit it, then publish it.
 
         With an ``idempotency_key`` already used for the same request, the job that request
-        made is returned instead: no second job, no second message.
+        made is returned instead: no second job, no second message. ``actor`` names who asks
+        when it is not a user (the backup schedule, say).
 
         Raises:
             NotFound: no such tenant.
             Conflict: the tenant's state does not allow this job type, or it has an active job.
             IdempotencyKeyReused: the key was used for another request.
         """
-        fingerprint = job_type.value
+        options = options or {}
+        fingerprint = " ".join([job_type.value, *(f"{name}={value}" for name, value in sorted(options.items()))])
         if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
             return earlier
-        return self._create_job(tenant_id, job_type, requested_by_id, None, idempotency_key, fingerprint)
+        return self._create_job(tenant_id, job_type, requested_by_id, idempotency_key, fingerprint, options=options, actor=actor)
 
     def list_jobs(
         self,
@@ -153,7 +157,11 @@ class ProvisioningService:
         requested_by_id: uuid.UUID | None = None,
         idempotency_key: str | None = None,
     ) -> ProvisioningJob:
-        """A new job of the same type, linked to the finished one; the old one keeps its history.
+        """A new job of the same type and options, linked to the finished one, which keeps its history.
+
+        The retry of a failed job resumes at the step that failed (or the step that step's work
+        starts from, see ``Step.redo_from``), unless another job of the tenant ran since: then
+        what the failed job left may have changed, and the retry starts from the beginning.
 
         Raises:
             NotFound: no such job for this tenant.
@@ -166,7 +174,10 @@ class ProvisioningService:
         job = self.get_job(tenant_id, job_id)
         if job.status not in RETRYABLE_STATUSES:
             raise Conflict(f"job is {job.status.value}; only failed or completed jobs can be retried")
-        return self._create_job(tenant_id, job.job_type, requested_by_id, job.id, idempotency_key, fingerprint)
+        return self._create_job(
+            tenant_id, job.job_type, requested_by_id, idempotency_key, fingerprint,
+            options=dict(job.options or {}), retry_of=job, resume_from=self._resume_point(job),
+        )  # fmt: skip
 
     def cancel_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID, requested_by_id: uuid.UUID | None = None) -> ProvisioningJob:
         """Cancel at once when pending; ask the worker to stop when running; repeat calls are harmless.
@@ -257,6 +268,7 @@ class ProvisioningService:
         if job is None:
             raise NotFound(f"job {job_id} not found")
         workflow = workflow_for(job.job_type)
+        first = workflow.position_of(job.resume_from) if job.resume_from else 0
         now = utcnow()
         tenant_status = self.session.scalar(select(Tenant.status).where(Tenant.id == job.tenant_id))
         if not self._transition(
@@ -267,7 +279,7 @@ class ProvisioningService:
             worker=worker,
             started_at=now,
             heartbeat_at=now,
-            message=workflow.steps[0].message,
+            message=workflow.steps[first].message,
             tenant_status_before=tenant_status,
         ):
             self.session.rollback()
@@ -280,8 +292,11 @@ class ProvisioningService:
             )  # fmt: skip
             self._commit()
             raise Conflict(error)
+        done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
         self.session.add_all(
             JobStep(job_id=job_id, position=position, name=step.name, status=StepStatus.PENDING)
+            if position >= first
+            else JobStep(job_id=job_id, position=position, name=step.name, status=StepStatus.SKIPPED, message=done_before)
             for position, step in enumerate(workflow.steps)
         )
         self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
@@ -419,6 +434,12 @@ class ProvisioningService:
         )  # fmt: skip
         if won:
             self._set_tenant_status(job.tenant_id, workflow_for(job.job_type).tenant_on_success)
+            if job.job_type == JobType.DELETE_SITE:
+                # The site is gone; a later site gets a password of its own.
+                self.session.execute(
+                    update(Tenant).where(Tenant.id == job.tenant_id)
+                    .values(admin_password_encrypted=None, admin_password_revealed_at=None)
+                )  # fmt: skip
         self._commit()
         return won
 
@@ -465,10 +486,14 @@ class ProvisioningService:
         tenant_id: uuid.UUID,
         job_type: JobType,
         requested_by_id: uuid.UUID | None,
-        retry_of_id: uuid.UUID | None,
         idempotency_key: str | None,
         fingerprint: str,
+        options: dict,
+        retry_of: ProvisioningJob | None = None,
+        resume_from: str | None = None,
+        actor: str | None = None,
     ) -> ProvisioningJob:
+        retry_of_id = retry_of.id if retry_of else None
         tenant = self.session.get(Tenant, tenant_id)
         if tenant is None:
             raise NotFound("tenant not found")
@@ -484,6 +509,8 @@ class ProvisioningService:
             message="Waiting for a worker",
             requested_by_id=requested_by_id,
             retry_of_id=retry_of_id,
+            resume_from=resume_from,
+            options=options,
         )
         if idempotency_key:
             # An expired key may be used again: its old row goes in the same transaction.
@@ -507,8 +534,9 @@ class ProvisioningService:
             )
         try:
             self.session.flush()  # the job's row first: its events point at it
-            actor = _user(requested_by_id)
-            self._record(job.id, "created", actor, f"retry of {retry_of_id}" if retry_of_id else "", status=JobStatus.PENDING)
+            actor = actor or _user(requested_by_id)
+            detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
+            self._record(job.id, "created", actor, detail, status=JobStatus.PENDING)
             if retry_of_id:
                 self._record(retry_of_id, "retried", actor, f"retried as {job.id}")
             if self.origin is not None:
@@ -530,6 +558,24 @@ class ProvisioningService:
             ) from None
         set_committed_value(job, "dispatched_at", self._publish(job.id))
         return job
+
+    def _resume_point(self, job: ProvisioningJob) -> str | None:
+        """Where a retry of ``job`` starts: None (the beginning) unless it failed in a step and is
+        still the tenant's latest job."""
+        if job.status != JobStatus.FAILED:
+            return None
+        failed_step = self.session.scalar(
+            select(JobStep.name).where(JobStep.job_id == job.id, JobStep.status == StepStatus.FAILED)
+        )
+        newer = self.session.scalar(
+            select(ProvisioningJob.id).where(
+                ProvisioningJob.tenant_id == job.tenant_id, ProvisioningJob.created_at > job.created_at
+            )
+        )
+        if failed_step is None or newer is not None:
+            return None
+        resume_from = workflow_for(job.job_type).resume_point(failed_step)
+        return None if resume_from == workflow_for(job.job_type).step_names[0] else resume_from
 
     def _replay(self, tenant_id: uuid.UUID, idempotency_key: str, fingerprint: str) -> ProvisioningJob | None:
         """The job an earlier request with this key made, if the key is known and unexpired."""

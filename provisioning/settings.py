@@ -4,19 +4,37 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import quote, urlsplit
 
-from provisioning.workflows import all_step_names
+from provisioning import credentials
+from provisioning.workflows import driver_step_names
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
+SITE_DRIVERS = ("simulated", "bench")
 RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
 
 
 class SettingsError(ValueError):
     """A setting is malformed; the message starts with the variable's name."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The bench driver's settings, as given: the driver checks them when a job's first step runs,
+    so a missing or wrong one fails that job with a message naming it, not the worker at start.
+    Empty strings stand for "not set"."""
+
+    bench_path: str = ""
+    executable: str = "bench"
+    site_domain: str = ""
+    db_root_username: str = "root"
+    db_root_password: str = field(default="", repr=False)
+    apps: str = "erpnext"
+    step_timeout_seconds: str = "1200"
+    archive_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,14 @@ class Settings:
     idempotency_key_hours: float = 24.0
     cancel_grace_seconds: float = 30.0
     simulated_ignore_cancel: bool = False
+    site_driver: str = "simulated"
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    # Fernet key that encrypts each site's admin password; never shown by repr.
+    site_credentials_key: str | None = field(default=None, repr=False)
+    backup_path: Path = Path("var/backups")
+    backup_keep_last: int = 7
+    backup_max_age_days: float = 30.0
+    backup_interval_hours: float = 24.0
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -123,6 +149,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         idempotency_key_hours=_positive_float(env, "idempotency_key_hours", 24.0),
         cancel_grace_seconds=cancel_grace,
         simulated_ignore_cancel=_flag(env, "simulated_ignore_cancel"),
+        site_driver=_site_driver(env),
+        bench=BenchSettings(
+            bench_path=env.get("bench_path", ""),
+            executable=env.get("bench_executable") or "bench",
+            site_domain=env.get("site_domain", ""),
+            db_root_username=env.get("db_root_username") or "root",
+            db_root_password=env.get("db_root_password", ""),
+            apps=env.get("site_apps", "erpnext"),
+            step_timeout_seconds=env.get("bench_step_timeout_seconds") or "1200",
+            archive_path=env.get("bench_archive_path", ""),
+        ),
+        site_credentials_key=_credentials_key(env),
+        backup_path=Path(env.get("backup_path") or data_dir / "backups").resolve(),
+        backup_keep_last=_positive_int(env, "backup_keep_last", 7),
+        backup_max_age_days=_positive_float(env, "backup_max_age_days", 30.0),
+        backup_interval_hours=_non_negative_float(env, "backup_interval_hours", 24.0),
     )
 
 
@@ -186,9 +228,27 @@ def _queue_name(env: dict[str, str]) -> str:
 
 def _step_name(env: dict[str, str]) -> str | None:
     name = env.get("simulated_fail_step") or None
-    if name is not None and name not in all_step_names():
-        raise SettingsError(f"SIMULATED_FAIL_STEP: {name!r} is no step; steps are {', '.join(sorted(all_step_names()))}")
+    if name is not None and name not in driver_step_names():
+        raise SettingsError(
+            f"SIMULATED_FAIL_STEP: {name!r} is no step of the driver; they are {', '.join(sorted(driver_step_names()))}"
+        )
     return name
+
+
+def _site_driver(env: dict[str, str]) -> str:
+    name = (env.get("site_driver") or "simulated").lower()
+    if name not in SITE_DRIVERS:
+        raise SettingsError(f"SITE_DRIVER: {name!r} is not one of {', '.join(SITE_DRIVERS)}")
+    return name
+
+
+def _credentials_key(env: dict[str, str]) -> str | None:
+    key = env.get("site_credentials_key") or None
+    if key is not None and not credentials.is_valid_key(key):
+        raise SettingsError(
+            "SITE_CREDENTIALS_KEY: not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
+        )
+    return key
 
 
 def _port(env: dict[str, str], name: str, default: int) -> int:

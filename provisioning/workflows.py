@@ -9,8 +9,17 @@ from provisioning.enums import JobType, TenantStatus
 
 @dataclass(frozen=True)
 class Step:
+    """One named step. ``by_platform`` steps are the service's own work (checking and keeping
+    backups), the rest are the site driver's. ``skipped_when`` names a job option that, when
+    true, skips the step. A retry of a job that failed here starts again at ``redo_from`` when
+    set: a failed check cannot be fixed by checking the same files again.
+    """
+
     name: str
     message: str
+    by_platform: bool = False
+    skipped_when: str | None = None
+    redo_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,13 @@ class Workflow:
     def step_names(self) -> tuple[str, ...]:
         return tuple(step.name for step in self.steps)
 
+    def position_of(self, step_name: str) -> int:
+        return self.step_names.index(step_name)
+
+    def resume_point(self, failed_step: str) -> str:
+        """The step a retry of a job that failed in ``failed_step`` starts at."""
+        return self.steps[self.position_of(failed_step)].redo_from or failed_step
+
     def allows(self, tenant_status: TenantStatus) -> bool:
         return tenant_status in self.allowed_tenant_states
 
@@ -62,6 +78,9 @@ class Workflow:
         return self.tenant_on_cancel or before
 
 
+# The delete_site option that drops the site without taking a final backup first.
+SKIP_FINAL_BACKUP = "skip_final_backup"
+
 WORKFLOWS: dict[JobType, Workflow] = {
     JobType.CREATE_SITE: Workflow(
         job_type=JobType.CREATE_SITE,
@@ -83,8 +102,13 @@ WORKFLOWS: dict[JobType, Workflow] = {
         job_type=JobType.DELETE_SITE,
         steps=(
             Step("check_site", "Checking the site before deletion"),
-            Step("final_backup", "Taking a final backup"),
+            Step("final_backup", "Taking a final backup", skipped_when=SKIP_FINAL_BACKUP),
+            Step(
+                "verify_backup", "Verifying the final backup", by_platform=True, skipped_when=SKIP_FINAL_BACKUP,
+                redo_from="final_backup",
+            ),  # fmt: skip
             Step("drop_site", "Dropping the site and its database"),
+            Step("archive_site", "Checking that the site is archived"),
         ),
         allowed_tenant_states=frozenset({TenantStatus.ACTIVE, TenantStatus.FAILED}),
         refusal="the tenant has no site to delete; delete_site needs an active or failed tenant",
@@ -97,8 +121,8 @@ WORKFLOWS: dict[JobType, Workflow] = {
         job_type=JobType.BACKUP_SITE,
         steps=(
             Step("run_backup", "Backing up the database and files"),
-            Step("verify_backup", "Verifying the backup"),
-            Step("record_backup", "Recording the backup"),
+            Step("verify_backup", "Verifying the backup", by_platform=True, redo_from="run_backup"),
+            Step("record_backup", "Recording the backup and pruning old ones", by_platform=True),
         ),
         allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),
         refusal="the tenant has no active site to back up; backup_site needs an active tenant",
@@ -110,5 +134,5 @@ def workflow_for(job_type: JobType) -> Workflow:
     return WORKFLOWS[job_type]
 
 
-def all_step_names() -> frozenset[str]:
-    return frozenset(name for workflow in WORKFLOWS.values() for name in workflow.step_names)
+def driver_step_names() -> frozenset[str]:
+    return frozenset(step.name for workflow in WORKFLOWS.values() for step in workflow.steps if not step.by_platform)

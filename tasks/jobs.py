@@ -55,14 +55,12 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
     except ValueError:
         return _dead_letter(self, f"job_id {job_id!r} is not a UUID")
     settings = worker_settings()
-    runner = JobRunner(
+    runner = JobRunner.for_settings(
+        settings,
         session_factory(settings.database_url),
         make_driver(settings),
         # The pool process, not just the worker: a restarted worker of the same name is another.
         worker=f"{self.request.hostname} pid {os.getpid()}",
-        heartbeat_seconds=settings.job_heartbeat_seconds,
-        database_patience=settings.lost_job_after_seconds,
-        cancel_grace=settings.cancel_grace_seconds,
         announce=publisher_for(settings).announce,
     )
     try:

@@ -1,24 +1,50 @@
-"""The interface between a job's steps and whatever performs them."""
+"""The interface between a job's steps and whatever performs them on a site."""
 
-from typing import Protocol
+from __future__ import annotations
 
+import uuid
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+from provisioning.backups import BackupFile
 from provisioning.enums import JobType
 
 
 class StepContext(Protocol):
+    """What a driver knows of the job whose step it runs, and how it reports back."""
+
+    job_id: uuid.UUID
+    job_type: JobType
+    tenant_slug: str
+    options: Mapping[str, object]
+
     def should_stop(self) -> bool:
         """True once the step should stop early (its job is being cancelled, or is no longer this
         worker's); long steps ask it now and then and raise StepStopped."""
 
+    def admin_password(self) -> str:
+        """The site's Administrator password: made on first use, kept encrypted, the same on a retry."""
+
+    def backup_directory(self) -> Path:
+        """An empty directory of this job's own for the files of a backup (created)."""
+
+    def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
+        """Hand the files a backup produced to the platform, which describes and later verifies them."""
+
 
 class SiteDriver(Protocol):
-    def run_step(self, job_type: JobType, step: str, tenant_slug: str, context: StepContext) -> str:
+    def run_step(self, step: str, context: StepContext) -> str:
         """Perform one named step for the tenant's site and return its output.
+
+        Every step checks what already exists before acting, so running it again is harmless.
 
         Raises:
             StepFailed: the step failed; its message becomes the job's error.
             StepStopped: the step stopped early because ``context.should_stop()`` said so.
         """
 
-    def undo(self, job_type: JobType, tenant_slug: str) -> str:
-        """Remove what a cancelled job of this type left half-done, and return the output."""
+    def clean_up(self, step: str, context: StepContext) -> str:
+        """Remove what a failed attempt at ``step`` left half-done, before a retry runs it again."""
+
+    def undo(self, context: StepContext) -> str:
+        """Remove what a cancelled job left half-done, and return the output."""

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioning import credentials
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
 from provisioning.settings import Settings, load_settings
@@ -52,13 +53,15 @@ def database_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def environment(database_url: str) -> dict[str, str]:
+def environment(database_url: str, tmp_path_factory) -> dict[str, str]:
     """The environment of this run's service processes (workers, gunicorn, Flower)."""
     return {
         "DATABASE_URL": database_url,
         "RABBITMQ_URL": RABBITMQ_URL,
         "PROVISIONING_QUEUE_NAME": f"erpmax.provisioning.test-{RUN_ID}",
         "SIMULATED_STEP_SECONDS": "0",
+        "SITE_CREDENTIALS_KEY": credentials.new_key(),
+        "BACKUP_PATH": str(tmp_path_factory.mktemp("backups")),
     }
 
 

@@ -34,16 +34,16 @@ def events(client, tenant, job_id) -> list[dict]:
     return response.json["data"]
 
 
-def run(sessions, job_id, fail_step: str | None = None) -> None:
-    JobRunner(sessions, SimulatedDriver(step_seconds=0, fail_step=fail_step), worker="w@test pid 1").run(job_id)
+def run(settings, sessions, job_id, fail_step: str | None = None) -> None:
+    JobRunner.for_settings(settings, sessions, SimulatedDriver(step_seconds=0, fail_step=fail_step), "w@test pid 1").run(job_id)
 
 
-def test_a_completed_job_tells_its_whole_story_in_order(client, session, sessions, tenant_factory):
+def test_a_completed_job_tells_its_whole_story_in_order(client, session, sessions, tenant_factory, settings):
     tenant = tenant_factory.create()
     job = ProvisioningService(session, dispatch=lambda _id: None).request_job(
         tenant.id, JobType.CREATE_SITE, tenant.users[Role.OWNER].id
     )
-    run(sessions, job.id)
+    run(settings, sessions, job.id)
 
     story = events(client, tenant, job.id)
     steps = [kind for step in CREATE_STEPS for kind in (("step_started", step), ("step_completed", step))]
@@ -59,10 +59,10 @@ def test_a_completed_job_tells_its_whole_story_in_order(client, session, session
     assert [e["id"] for e in story] == sorted(e["id"] for e in story)
 
 
-def test_a_failed_job_ends_with_the_failed_step_and_the_error(client, session, sessions, tenant_factory):
+def test_a_failed_job_ends_with_the_failed_step_and_the_error(client, session, sessions, tenant_factory, settings):
     tenant = tenant_factory.create()
     job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
-    run(sessions, job.id, fail_step="install_apps")
+    run(settings, sessions, job.id, fail_step="install_apps")
 
     story = events(client, tenant, job.id)
     assert [e["kind"] for e in story[-3:]] == ["step_started", "step_failed", "failed"]
@@ -81,10 +81,10 @@ def test_a_cancelled_job_says_who_cancelled_it(client, session, tenant_factory):
     assert story[-1]["actor"] == f"user {tenant.users[Role.ADMIN].id}"
 
 
-def test_a_retry_is_linked_both_ways(client, session, sessions, tenant_factory):
+def test_a_retry_is_linked_both_ways(client, session, sessions, tenant_factory, settings):
     tenant = tenant_factory.create()
     first = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
-    run(sessions, first.id, fail_step="create_site")
+    run(settings, sessions, first.id, fail_step="create_site")
     retry = client.post(f"{JOBS}/{first.id}/retry", headers=tenant.headers(Role.OWNER)).json["data"]
 
     assert events(client, tenant, first.id)[-1] | {"id": 0, "created_at": ""} == {
@@ -94,7 +94,7 @@ def test_a_retry_is_linked_both_ways(client, session, sessions, tenant_factory):
         "actor": f"user {tenant.users[Role.OWNER].id}",
         "detail": f"retried as {retry['id']}",
     }
-    assert events(client, tenant, retry["id"])[0]["detail"] == f"retry of {first.id}"
+    assert events(client, tenant, retry["id"])[0]["detail"] == f"retry of {first.id}, resuming at create_site"
 
 
 def test_a_consumer_bound_to_the_exchange_hears_each_status_change(

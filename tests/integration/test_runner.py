@@ -16,8 +16,14 @@ from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
 
 
-def runner(sessions, step_seconds: float = 0, fail_step: str | None = None) -> JobRunner:
-    return JobRunner(sessions, SimulatedDriver(step_seconds=step_seconds, fail_step=fail_step), worker="test-runner@localhost")
+@pytest.fixture
+def runner(settings, sessions):
+    """Makes runners as the worker does, on the simulated driver (or the one given)."""
+
+    def make(step_seconds: float = 0, fail_step: str | None = None, driver=None, worker="test-runner@localhost") -> JobRunner:
+        return JobRunner.for_settings(settings, sessions, driver or SimulatedDriver(step_seconds, fail_step), worker)
+
+    return make
 
 
 def read_job(sessions, job_id) -> ProvisioningJob:
@@ -46,11 +52,11 @@ def run_in_background(job_runner: JobRunner, job_id) -> threading.Thread:
     return thread
 
 
-def test_a_create_runs_every_step_in_order_and_activates_the_tenant(session, sessions, tenant_factory):
+def test_a_create_runs_every_step_in_order_and_activates_the_tenant(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
 
-    runner(sessions).run(job.id)
+    runner().run(job.id)
 
     finished = read_job(sessions, job.id)
     assert (finished.status, finished.progress, finished.error) == (JobStatus.COMPLETED, 100, None)
@@ -63,11 +69,11 @@ def test_a_create_runs_every_step_in_order_and_activates_the_tenant(session, ses
     assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
 
 
-def test_a_failing_step_fails_the_job_with_its_name_and_keeps_what_came_before(session, sessions, tenant_factory):
+def test_a_failing_step_fails_the_job_with_its_name_and_keeps_what_came_before(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
 
-    runner(sessions, fail_step="install_apps").run(job.id)
+    runner(fail_step="install_apps").run(job.id)
 
     failed = read_job(sessions, job.id)
     assert failed.status == JobStatus.FAILED
@@ -85,14 +91,14 @@ def test_a_failing_step_fails_the_job_with_its_name_and_keeps_what_came_before(s
 
 
 def test_a_retry_of_a_failed_create_is_a_new_job_that_completes_and_the_old_one_keeps_its_history(
-    session, sessions, tenant_factory
+    session, sessions, tenant_factory, runner
 ):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    runner(sessions, fail_step="configure_site").run(job.id)
+    runner(fail_step="configure_site").run(job.id)
 
     retry = ProvisioningService(session).retry_job(tenant.id, job.id)
-    runner(sessions).run(retry.id)
+    runner().run(retry.id)
 
     assert retry.id != job.id and retry.retry_of_id == job.id
     assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
@@ -101,26 +107,28 @@ def test_a_retry_of_a_failed_create_is_a_new_job_that_completes_and_the_old_one_
     assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
 
 
-def test_a_backup_leaves_an_active_tenant_active_even_when_it_fails(session, sessions, tenant_factory):
+def test_a_backup_leaves_an_active_tenant_active_even_when_it_fails(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
-    runner(sessions, fail_step="verify_backup").run(job.id)
+    runner(fail_step="run_backup").run(job.id)
     assert read_job(sessions, job.id).status == JobStatus.FAILED
     assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
 
 
-def test_a_delete_ends_with_the_tenant_deleted(session, sessions, tenant_factory):
+def test_a_delete_ends_with_the_tenant_deleted(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
-    runner(sessions).run(job.id)
+    runner().run(job.id)
     assert read_job(sessions, job.id).status == JobStatus.COMPLETED
     assert tenant_status(sessions, tenant.id) == TenantStatus.DELETED
 
 
-def test_a_cancel_of_a_running_create_stops_it_inside_its_step_and_puts_the_tenant_back(session, sessions, tenant_factory):
+def test_a_cancel_of_a_running_create_stops_it_inside_its_step_and_puts_the_tenant_back(
+    session, sessions, tenant_factory, runner
+):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    thread = run_in_background(runner(sessions, step_seconds=30), job.id)
+    thread = run_in_background(runner(step_seconds=30), job.id)
     wait_for(lambda: read_job(sessions, job.id).status == JobStatus.RUNNING, what="the job to start")
 
     answer = ProvisioningService(session).cancel_job(tenant.id, job.id)
@@ -139,10 +147,10 @@ def test_a_cancel_of_a_running_create_stops_it_inside_its_step_and_puts_the_tena
     assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
 
 
-def test_a_cancelled_delete_puts_the_tenant_back_to_the_state_it_had(session, sessions, tenant_factory):
+def test_a_cancelled_delete_puts_the_tenant_back_to_the_state_it_had(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create(status=TenantStatus.FAILED)
     job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
-    thread = run_in_background(runner(sessions, step_seconds=30), job.id)
+    thread = run_in_background(runner(step_seconds=30), job.id)
     wait_for(lambda: tenant_status(sessions, tenant.id) == TenantStatus.DELETING, what="the tenant to be deleting")
 
     ProvisioningService(session).cancel_job(tenant.id, job.id)
@@ -152,22 +160,19 @@ def test_a_cancelled_delete_puts_the_tenant_back_to_the_state_it_had(session, se
     assert tenant_status(sessions, tenant.id) == TenantStatus.FAILED
 
 
-def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(session, sessions, tenant_factory):
+def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(session, sessions, tenant_factory, runner):
     """The runner checks for a cancel at every step boundary, even when the driver never asks."""
 
     class IgnoresCancel(SimulatedDriver):
-        def run_step(self, job_type, step, tenant_slug, context):
+        def run_step(self, step, context):
             if step == "create_site":
                 ProvisioningService(session).cancel_job(tenant.id, job.id)
-            return super().run_step(job_type, step, tenant_slug, NeverCancelled())
-
-    class NeverCancelled:
-        def should_stop(self) -> bool:
-            return False
+            context.should_stop = lambda: False
+            return super().run_step(step, context)
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    JobRunner(sessions, IgnoresCancel(step_seconds=0), worker="test").run(job.id)
+    runner(driver=IgnoresCancel(step_seconds=0), worker="test").run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
     statuses = [step.status for step in read_steps(sessions, job.id)]
@@ -175,44 +180,42 @@ def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(sessi
     assert set(statuses[2:]) == {StepStatus.PENDING}
 
 
-def test_a_second_delivery_of_a_finished_job_runs_nothing(session, sessions, tenant_factory):
+def test_a_second_delivery_of_a_finished_job_runs_nothing(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    runner(sessions).run(job.id)
+    runner().run(job.id)
     before = read_steps(sessions, job.id)
 
-    runner(sessions).run(job.id)
+    runner().run(job.id)
 
     after = read_steps(sessions, job.id)
     assert [(s.id, s.status, s.finished_at) for s in after] == [(s.id, s.status, s.finished_at) for s in before]
     assert read_job(sessions, job.id).status == JobStatus.COMPLETED
 
 
-def test_a_pending_job_cancelled_before_a_worker_got_it_is_skipped(session, sessions, tenant_factory):
+def test_a_pending_job_cancelled_before_a_worker_got_it_is_skipped(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
     assert ProvisioningService(session).cancel_job(tenant.id, job.id).status == JobStatus.CANCELLED
 
-    runner(sessions).run(job.id)
+    runner().run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
     assert read_steps(sessions, job.id) == []
     assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
 
 
-def test_two_runners_racing_for_one_job_run_its_steps_once(session, sessions, tenant_factory):
+def test_two_runners_racing_for_one_job_run_its_steps_once(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
     runs: list[str] = []
 
     class CountingDriver(SimulatedDriver):
-        def run_step(self, job_type, step, tenant_slug, context):
+        def run_step(self, step, context):
             runs.append(step)
-            return super().run_step(job_type, step, tenant_slug, context)
+            return super().run_step(step, context)
 
-    threads = [
-        run_in_background(JobRunner(sessions, CountingDriver(step_seconds=0.05), worker=f"racer-{n}"), job.id) for n in range(4)
-    ]
+    threads = [run_in_background(runner(driver=CountingDriver(step_seconds=0.05), worker=f"racer-{n}"), job.id) for n in range(4)]
     for thread in threads:
         thread.join(timeout=30)
 
@@ -220,12 +223,12 @@ def test_two_runners_racing_for_one_job_run_its_steps_once(session, sessions, te
     assert runs == list(workflow_for(JobType.CREATE_SITE).step_names)
 
 
-def test_a_job_whose_tenant_changed_before_it_started_fails_without_running_a_step(session, sessions, tenant_factory):
+def test_a_job_whose_tenant_changed_before_it_started_fails_without_running_a_step(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
     tenant_factory.set_status(tenant.tenant, TenantStatus.DELETED)
 
-    runner(sessions).run(job.id)
+    runner().run(job.id)
 
     refused = read_job(sessions, job.id)
     assert refused.status == JobStatus.FAILED

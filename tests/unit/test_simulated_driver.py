@@ -1,6 +1,8 @@
-"""The simulated site driver: timing, failure on demand, and stopping on cancel."""
+"""The simulated site driver: timing, failure on demand, stopping on cancel, and real backup files."""
 
+import gzip
 import time
+import uuid
 
 import pytest
 
@@ -9,34 +11,60 @@ from provisioning.enums import JobType
 from provisioning.errors import StepFailed, StepStopped
 
 
-class Never:
-    def should_stop(self) -> bool:
-        return False
+class Context:
+    """A StepContext that keeps what the driver reports, and stops after ``calls`` questions."""
 
-
-class AfterCalls:
-    def __init__(self, calls: int):
+    def __init__(self, tmp_path, calls: int | None = None, job_type: JobType = JobType.CREATE_SITE):
+        self.job_id = uuid.uuid4()
+        self.job_type = job_type
+        self.tenant_slug = "acme"
+        self.options = {}
         self.remaining = calls
+        self.directory = tmp_path
+        self.backups = []
+        self.passwords_asked = 0
 
     def should_stop(self) -> bool:
+        if self.remaining is None:
+            return False
         self.remaining -= 1
         return self.remaining < 0
 
+    def admin_password(self) -> str:
+        self.passwords_asked += 1
+        return "not-a-real-password"
 
-def test_a_zero_second_step_succeeds_at_once_and_says_what_it_did():
-    output = SimulatedDriver(step_seconds=0).run_step(JobType.CREATE_SITE, "create_site", "acme", Never())
+    def backup_directory(self):
+        return self.directory
+
+    def record_backup(self, site, files):
+        self.backups.append((site, files))
+
+
+def test_a_zero_second_step_succeeds_at_once_and_says_what_it_did(tmp_path):
+    context = Context(tmp_path)
+    output = SimulatedDriver(step_seconds=0).run_step("create_site", context)
     assert "create_site" in output and "acme" in output
+    assert context.passwords_asked == 1
 
 
-def test_the_step_named_to_fail_fails_with_a_message_naming_it():
+def test_the_step_named_to_fail_fails_with_a_message_naming_it(tmp_path):
     driver = SimulatedDriver(step_seconds=0, fail_step="install_apps")
-    driver.run_step(JobType.CREATE_SITE, "create_site", "acme", Never())
+    driver.run_step("create_site", Context(tmp_path))
     with pytest.raises(StepFailed, match="install_apps"):
-        driver.run_step(JobType.CREATE_SITE, "install_apps", "acme", Never())
+        driver.run_step("install_apps", Context(tmp_path))
 
 
-def test_a_long_step_stops_soon_after_it_is_asked_to():
+def test_a_long_step_stops_soon_after_it_is_asked_to(tmp_path):
     started = time.monotonic()
     with pytest.raises(StepStopped):
-        SimulatedDriver(step_seconds=60).run_step(JobType.CREATE_SITE, "create_site", "acme", AfterCalls(3))
+        SimulatedDriver(step_seconds=60).run_step("create_site", Context(tmp_path, calls=3))
     assert time.monotonic() - started < 5
+
+
+def test_a_simulated_backup_is_a_real_gzip_sql_dump_reported_to_the_platform(tmp_path):
+    context = Context(tmp_path, job_type=JobType.BACKUP_SITE)
+    SimulatedDriver(step_seconds=0).run_step("run_backup", context)
+    [(site, files)] = context.backups
+    dump = next(file.path for file in files if file.kind == "database")
+    assert site == "acme" and "CREATE TABLE" in gzip.decompress(dump.read_bytes()).decode()

@@ -1,0 +1,63 @@
+"""The driver's view of the job whose step it runs: the StepContext a worker hands to drivers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioning.backups import BackupBook, BackupFile
+from provisioning.credentials import CredentialsUnavailable, SiteCredentials, generate_password
+from provisioning.errors import StepFailed
+from provisioning.models import ProvisioningJob, Tenant
+
+
+class JobContext:
+    """Each write is a short transaction of its own, so what a step produced is on record even
+    if the step fails right after: a retry then finds the password it must reuse and the
+    backup files it must discard."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job: ProvisioningJob,
+        should_stop: Callable[[], bool],
+        credentials: SiteCredentials,
+        backup_root: Path,
+    ):
+        self.job_id = job.id
+        self.job_type = job.job_type
+        self.tenant_slug = job.tenant.slug
+        self.options = dict(job.options or {})
+        self._tenant_id = job.tenant_id
+        self._sessions = sessions
+        self._should_stop = should_stop
+        self._credentials = credentials
+        self._backup_root = backup_root
+
+    def should_stop(self) -> bool:
+        return self._should_stop()
+
+    def admin_password(self) -> str:
+        try:
+            with self._sessions() as session:
+                tenant = session.get(Tenant, self._tenant_id, with_for_update=True)
+                if tenant.admin_password_encrypted:
+                    return self._credentials.decrypt(tenant.admin_password_encrypted)
+                password = generate_password()
+                tenant.admin_password_encrypted = self._credentials.encrypt(password)
+                tenant.admin_password_revealed_at = None
+                session.commit()
+                return password
+        except CredentialsUnavailable as unavailable:
+            raise StepFailed(str(unavailable)) from None
+
+    def backup_directory(self) -> Path:
+        directory = self._backup_root / self.tenant_slug / str(self.job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
+        with self._sessions() as session:
+            BackupBook(session).start(self._tenant_id, self.job_id, site, files)
