@@ -494,7 +494,7 @@ class ProvisioningService:
         actor: str | None = None,
     ) -> ProvisioningJob:
         retry_of_id = retry_of.id if retry_of else None
-        tenant = self.session.get(Tenant, tenant_id)
+        tenant = self.session.get(Tenant, tenant_id, populate_existing=True)
         if tenant is None:
             raise NotFound("tenant not found")
         workflow = workflow_for(job_type)

@@ -8,7 +8,8 @@ compare-and-set or a harmless duplicate message:
 - Which pending jobs were never published, or published long ago and never claimed? Publish
   them again; the claim lets only one delivery run a job.
 
-It also forgets idempotency keys past their expiry.
+It also forgets idempotency keys past their expiry, requests the scheduled backups that are
+due (see backup_schedule) and prunes backups by the retention policy.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioning.backup_schedule import schedule_backups
+from provisioning.backups import BackupBook, retention_of
 from provisioning.events import publisher_for
 from provisioning.service import Dispatch, ProvisioningService
 from provisioning.settings import Settings
@@ -32,6 +35,8 @@ class SweepReport:
     reaped: list[uuid.UUID]
     republished: list[uuid.UUID]
     forgotten_keys: int
+    scheduled_backups: list[uuid.UUID]
+    pruned_backups: list[uuid.UUID]
 
 
 def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatch) -> SweepReport:
@@ -41,12 +46,21 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
             reaped=service.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds)),
             republished=service.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds)),
             forgotten_keys=service.prune_idempotency_keys(),
+            scheduled_backups=(
+                schedule_backups(service, timedelta(hours=settings.backup_interval_hours))
+                if settings.backup_interval_hours
+                else []
+            ),
+            pruned_backups=BackupBook(session).prune(retention_of(settings)),
         )
-    if report.reaped or report.republished:
+    if report.reaped or report.republished or report.scheduled_backups or report.pruned_backups:
         log.info(
-            "sweep: failed %d lost job(s), published %d pending job(s) again, forgot %d idempotency key(s)",
+            "sweep: failed %d lost job(s), published %d pending job(s) again, forgot %d idempotency key(s), "
+            "requested %d scheduled backup(s), pruned %d backup(s)",
             len(report.reaped),
             len(report.republished),
             report.forgotten_keys,
+            len(report.scheduled_backups),
+            len(report.pruned_backups),
         )
     return report

@@ -28,8 +28,10 @@ class Workflow:
 
     ``tenant_*`` fields say where the tenant goes when the job starts, completes, fails or is
     cancelled; ``None`` leaves it as it is, except on cancel, where ``None`` puts the tenant
-    back in the status it had when the job started. Once ``point_of_no_return`` has completed, a cancel
-    can no longer undo the job's effect, so the tenant ends as if the job had completed.
+    back in the status it had when the job started. A failure before ``changes_from`` (the first
+    step that changes the site) left the site as it was, so the tenant goes back too. Once
+    ``point_of_no_return`` has completed, a cancel can no longer undo the job's effect, so the
+    tenant ends as if the job had completed.
     """
 
     job_type: JobType
@@ -40,6 +42,7 @@ class Workflow:
     tenant_on_success: TenantStatus | None = None
     tenant_on_failure: TenantStatus | None = None
     tenant_on_cancel: TenantStatus | None = None
+    changes_from: str | None = None
     point_of_no_return: str | None = None
 
     @property
@@ -63,11 +66,11 @@ class Workflow:
     def tenant_after_failure(self, failed_step: str | None, before: TenantStatus | None) -> TenantStatus | None:
         """Where the tenant goes when the job fails in ``failed_step`` (None: not in a step).
 
-        A failure before the point of no return left the site as it was, so the tenant goes
-        back to the status it had; otherwise the site's state is unknown and it is failed.
+        A failure before ``changes_from`` left the site as it was, so the tenant goes back to
+        the status it had; otherwise the site's state is unknown and it is failed.
         """
-        if self.point_of_no_return and failed_step in self.step_names:
-            if self.step_names.index(failed_step) < self.step_names.index(self.point_of_no_return):
+        if self.changes_from and failed_step in self.step_names:
+            if self.position_of(failed_step) < self.position_of(self.changes_from):
                 return before
         return self.tenant_on_failure
 
@@ -97,6 +100,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         tenant_on_success=TenantStatus.ACTIVE,
         tenant_on_failure=TenantStatus.FAILED,
         tenant_on_cancel=TenantStatus.PENDING,
+        changes_from="create_site",
     ),
     JobType.DELETE_SITE: Workflow(
         job_type=JobType.DELETE_SITE,
@@ -104,9 +108,12 @@ WORKFLOWS: dict[JobType, Workflow] = {
             Step("check_site", "Checking the site before deletion"),
             Step("final_backup", "Taking a final backup", skipped_when=SKIP_FINAL_BACKUP),
             Step(
-                "verify_backup", "Verifying the final backup", by_platform=True, skipped_when=SKIP_FINAL_BACKUP,
+                "verify_backup",
+                "Verifying the final backup",
+                by_platform=True,
+                skipped_when=SKIP_FINAL_BACKUP,
                 redo_from="final_backup",
-            ),  # fmt: skip
+            ),
             Step("drop_site", "Dropping the site and its database"),
             Step("archive_site", "Checking that the site is archived"),
         ),
@@ -115,6 +122,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         tenant_on_start=TenantStatus.DELETING,
         tenant_on_success=TenantStatus.DELETED,
         tenant_on_failure=TenantStatus.FAILED,
+        changes_from="drop_site",
         point_of_no_return="drop_site",
     ),
     JobType.BACKUP_SITE: Workflow(

@@ -61,6 +61,8 @@ def environment(database_url: str, tmp_path_factory) -> dict[str, str]:
         "PROVISIONING_QUEUE_NAME": f"erpmax.provisioning.test-{RUN_ID}",
         "SIMULATED_STEP_SECONDS": "0",
         "SITE_CREDENTIALS_KEY": credentials.new_key(),
+        # Off, or every sweep would put backup jobs on the tenants of unrelated tests.
+        "BACKUP_INTERVAL_HOURS": "0",
         "BACKUP_PATH": str(tmp_path_factory.mktemp("backups")),
     }
 

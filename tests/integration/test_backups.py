@@ -1,0 +1,148 @@
+"""Backups kept by policy: the schedule that asks for them (through a real beat) and retention."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from provisioning.backup_schedule import SCHEDULER, schedule_backups
+from provisioning.backups import BackupBook, BackupFile, Retention
+from provisioning.db import utcnow
+from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.enums import BackupStatus, JobStatus, JobType, TenantStatus
+from provisioning.models import JobEvent, ProvisioningJob, SiteBackup
+from provisioning.runner import JobRunner
+from provisioning.service import ProvisioningService
+from tests.factories import TenantFactory
+from tests.helpers import wait_for
+from tests.stack import BeatProcess
+
+DAILY = timedelta(hours=24)
+
+
+def backup_jobs(sessions, tenant_id) -> list[ProvisioningJob]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(ProvisioningJob).where(
+                    ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.job_type == JobType.BACKUP_SITE
+                )
+            )
+        )
+
+
+def test_each_active_tenant_due_gets_one_backup_and_asking_again_adds_none(isolated):
+    sent = []
+    with isolated.session() as session:
+        factory = TenantFactory(session)
+        due = [factory.create(status=TenantStatus.ACTIVE) for _ in range(2)]
+        pending = factory.create()
+        backed_up = factory.create(status=TenantStatus.ACTIVE)
+        ProvisioningService(session).request_job(backed_up.id, JobType.BACKUP_SITE)
+        service = ProvisioningService(session, dispatch=sent.append)
+
+        first = schedule_backups(service, DAILY)
+        again = schedule_backups(service, DAILY)  # a second sweeper, or beat restarted
+
+        assert sorted(map(str, first)) == sorted(map(str, sent)) and again == []
+        assert [len(backup_jobs(isolated.sessions, tenant.id)) for tenant in (*due, pending, backed_up)] == [1, 1, 0, 1]
+        actors = session.scalars(select(JobEvent.actor).where(JobEvent.job_id.in_(first), JobEvent.kind == "created")).all()
+        assert actors == [SCHEDULER, SCHEDULER]
+
+
+def test_a_busy_tenant_is_skipped_and_logged_then_backed_up_once_it_is_free(isolated, caplog):
+    caplog.set_level(logging.INFO, logger="provisioning.backup_schedule")
+    with isolated.session() as session:
+        tenant = TenantFactory(session).create(status=TenantStatus.ACTIVE)
+        service = ProvisioningService(session)
+        delete = service.request_job(tenant.id, JobType.DELETE_SITE)
+
+        assert schedule_backups(service, DAILY) == []
+        assert f"scheduled backup of {tenant.tenant.slug} skipped for now" in caplog.text
+        assert "already has an active job" in caplog.text
+
+        service.cancel_job(tenant.id, delete.id)
+        assert len(schedule_backups(service, DAILY)) == 1
+
+
+def test_a_restarted_beat_does_not_back_a_tenant_up_twice(isolated, tmp_path):
+    environment = {**isolated.environment, "SWEEP_INTERVAL_SECONDS": "0.5", "BACKUP_INTERVAL_HOURS": "24"}
+    with isolated.session() as session:
+        factory = TenantFactory(session)
+        first = factory.create(status=TenantStatus.ACTIVE)
+        beat = BeatProcess(environment, tmp_path)
+        try:
+            wait_for(lambda: backup_jobs(isolated.sessions, first.id), timeout=30, what="the first scheduled backup")
+        finally:
+            beat.stop()
+
+        # The second tenant's backup shows that the restarted beat swept; the first was not due again.
+        second = factory.create(status=TenantStatus.ACTIVE)
+        beat = BeatProcess(environment, tmp_path)
+        try:
+            wait_for(lambda: backup_jobs(isolated.sessions, second.id), timeout=30, what="the restarted beat's sweep")
+        finally:
+            log = beat.stop()
+        assert len(backup_jobs(isolated.sessions, first.id)) == 1, log
+
+
+def make_backup(session, tenant, directory: Path, age: timedelta, job_id=None) -> SiteBackup:
+    """A completed backup with a real dump file, made ``age`` ago."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dump = directory / "database.sql.gz"
+    dump.write_bytes(gzip.compress(b"CREATE TABLE t (x int);"))
+    book = BackupBook(session)
+    backup = book.start(tenant.id, job_id, "site.test", [BackupFile("database", dump)])
+    book.verify(backup)
+    backup.created_at = utcnow() - age
+    session.commit()
+    return backup
+
+
+def test_retention_keeps_the_newest_and_prunes_the_rest_with_their_files(session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    ages = [timedelta(hours=hours) for hours in (1, 2, 3, 4)]
+    backups = [make_backup(session, tenant, tmp_path / str(n), age) for n, age in enumerate(ages)]
+    too_old = make_backup(session, tenant, tmp_path / "old", timedelta(days=40))
+
+    pruned = BackupBook(session).prune(Retention(keep_last=3, max_age=timedelta(days=30)), tenant.id)
+
+    assert sorted(pruned) == sorted([backups[3].id, too_old.id])
+    for backup in [*backups, too_old]:
+        session.refresh(backup)
+    assert [backup.status for backup in backups] == [BackupStatus.COMPLETED] * 3 + [BackupStatus.PRUNED]
+    assert too_old.status == BackupStatus.PRUNED and too_old.pruned_at is not None
+    assert not (tmp_path / "3").exists() and not (tmp_path / "old").exists()
+    assert all((tmp_path / str(n) / "database.sql.gz").exists() for n in range(3))
+
+
+def test_retention_never_touches_a_backup_that_a_running_job_uses(session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    in_use = make_backup(session, tenant, tmp_path / "in-use", timedelta(days=60), job_id=job.id)
+
+    assert BackupBook(session).prune(Retention(keep_last=1, max_age=timedelta(days=1)), tenant.id) == []
+    assert (tmp_path / "in-use" / "database.sql.gz").exists()
+
+    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    assert BackupBook(session).prune(Retention(keep_last=1, max_age=timedelta(days=1)), tenant.id) == [in_use.id]
+
+
+def test_a_completed_backup_job_prunes_beyond_the_newest_kept(settings, sessions, session, tenant_factory, tmp_path):
+    """record_backup applies the policy as soon as a new backup is in, not only at the next sweep."""
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    worker_settings = replace(settings, backup_path=tmp_path, backup_keep_last=2)
+    for _ in range(3):
+        job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+        JobRunner.for_settings(worker_settings, sessions, SimulatedDriver(step_seconds=0), "w@test").run(job.id)
+        assert session.get(ProvisioningJob, job.id, populate_existing=True).status == JobStatus.COMPLETED
+
+    statuses = session.scalars(
+        select(SiteBackup.status).where(SiteBackup.tenant_id == tenant.id).order_by(SiteBackup.created_at)
+    ).all()
+    assert statuses == [BackupStatus.PRUNED, BackupStatus.COMPLETED, BackupStatus.COMPLETED]

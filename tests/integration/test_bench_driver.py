@@ -1,0 +1,354 @@
+"""The bench driver against a fake ``bench`` run as a real subprocess, with jobs on real PostgreSQL.
+
+The fake behaves like Frappe's CLI on the file system (tests/fake_bench) and is told through its
+environment to fail, hang or write a bad dump, as the real one does on a bad day.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from provisioning.credentials import SiteCredentials
+from provisioning.drivers.bench import BenchDriver
+from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.models import JobEvent, JobStep, ProvisioningJob, SiteBackup, Tenant
+from provisioning.runner import JobRunner
+from provisioning.service import ProvisioningService
+from provisioning.settings import BenchSettings
+from tests.fake_bench import FAKE_BENCH, make_bench
+from tests.helpers import wait_for
+
+DOMAIN = "erp.example.test"
+ROOT_PASSWORD = "Root-Secret-7f3a9"
+
+
+@dataclass
+class Bench:
+    path: Path
+    calls_log: Path
+
+    def site_dir(self, tenant) -> Path:
+        return self.path / "sites" / f"{tenant.tenant.slug}.{DOMAIN}"
+
+    def calls(self) -> list[list[str]]:
+        """Every bench command run so far, without the program's path."""
+        if not self.calls_log.exists():
+            return []
+        return [json.loads(line)[1:] for line in self.calls_log.read_text().splitlines()]
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch) -> Bench:
+    made = Bench(make_bench(tmp_path / "bench"), tmp_path / "bench-calls.log")
+    monkeypatch.setenv("FAKE_BENCH_LOG", str(made.calls_log))
+    monkeypatch.setenv("FAKE_BENCH_DB_ROOT_PASSWORD", ROOT_PASSWORD)
+    return made
+
+
+@pytest.fixture
+def bench_settings(bench) -> BenchSettings:
+    return BenchSettings(
+        bench_path=str(bench.path),
+        executable=str(FAKE_BENCH),
+        site_domain=DOMAIN,
+        db_root_password=ROOT_PASSWORD,
+        step_timeout_seconds="30",
+    )
+
+
+@pytest.fixture
+def worker_settings(settings, tmp_path):
+    return replace(settings, backup_path=tmp_path / "backups")
+
+
+@pytest.fixture
+def run_job(worker_settings, sessions, bench_settings):
+    """Run a job to its end in this process, as a worker would, on the bench driver."""
+
+    def run(job_id, **bench_changes) -> ProvisioningJob:
+        driver = BenchDriver(replace(bench_settings, **bench_changes))
+        JobRunner.for_settings(worker_settings, sessions, driver, "bench-test@localhost").run(job_id)
+        return read_job(sessions, job_id)
+
+    return run
+
+
+def read_job(sessions, job_id) -> ProvisioningJob:
+    with sessions() as session:
+        return session.get(ProvisioningJob, job_id)
+
+
+def read_steps(sessions, job_id) -> list[JobStep]:
+    with sessions() as session:
+        return list(session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)))
+
+
+def read_tenant(sessions, tenant_id) -> Tenant:
+    with sessions() as session:
+        return session.get(Tenant, tenant_id)
+
+
+def backups_of(sessions, tenant_id) -> list[SiteBackup]:
+    with sessions() as session:
+        return list(session.scalars(select(SiteBackup).where(SiteBackup.tenant_id == tenant_id).order_by(SiteBackup.created_at)))
+
+
+def everything_recorded(sessions, job_id) -> str:
+    """All the job's text the service keeps or shows: error, message, step output, events."""
+    job = read_job(sessions, job_id)
+    with sessions() as session:
+        events = session.scalars(select(JobEvent.detail).where(JobEvent.job_id == job_id)).all()
+    steps = [f"{step.message}\n{step.output}" for step in read_steps(sessions, job_id)]
+    return "\n".join([job.error or "", job.message, *steps, *events])
+
+
+def request(session, tenant, job_type=JobType.CREATE_SITE, **options) -> ProvisioningJob:
+    return ProvisioningService(session).request_job(tenant.id, job_type, options=options)
+
+
+def create_site(session, sessions, tenant, run_job) -> None:
+    assert run_job(request(session, tenant).id).status == JobStatus.COMPLETED
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+
+
+def test_a_create_makes_the_site_with_its_apps_and_keeps_the_admin_password_only_encrypted(
+    session, sessions, tenant_factory, run_job, bench, worker_settings, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    tenant = tenant_factory.create()
+    job = run_job(request(session, tenant).id)
+
+    assert job.status == JobStatus.COMPLETED, job.error
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+    config = json.loads((bench.site_dir(tenant) / "site_config.json").read_text())
+    assert config["host_name"] == f"https://{bench.site_dir(tenant).name}" and config["pause_scheduler"] == 0
+    commands = [call[0] if call[0] != "--site" else call[2] for call in bench.calls()]
+    assert commands == ["--version", "new-site", "list-apps", "list-apps", "set-config", "enable-scheduler", "list-apps"]
+    new_site = next(call for call in bench.calls() if call[0] == "new-site")
+    assert new_site[new_site.index("--install-app") + 1] == "erpnext"
+
+    stored = read_tenant(sessions, tenant.id).admin_password_encrypted
+    password = SiteCredentials(worker_settings.site_credentials_key).decrypt(stored)
+    assert new_site[new_site.index("--admin-password") + 1] == password
+    assert password not in stored and len(password) >= 20
+    for secret in (password, ROOT_PASSWORD):
+        assert secret not in everything_recorded(sessions, job.id)
+        assert secret not in caplog.text
+
+
+def test_a_failed_new_site_is_retried_from_where_it_failed_after_its_half_made_site_is_removed(
+    session, sessions, tenant_factory, run_job, bench, monkeypatch, caplog
+):
+    tenant = tenant_factory.create()
+    monkeypatch.setenv("FAKE_BENCH_FAIL", "new-site")
+    monkeypatch.setenv("FAKE_BENCH_EXIT_CODE", "3")
+    failed = run_job(request(session, tenant).id)
+
+    assert failed.status == JobStatus.FAILED
+    assert "step create_site failed" in failed.error and "exited with 3" in failed.error
+    assert "Traceback" in failed.error  # the last lines bench printed, for the operator
+    assert ROOT_PASSWORD not in everything_recorded(sessions, failed.id) and "********" in failed.error
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.FAILED
+    assert bench.site_dir(tenant).exists()  # what the real CLI leaves behind without a terminal
+
+    monkeypatch.delenv("FAKE_BENCH_FAIL")
+    calls_before = len(bench.calls())
+    retry = ProvisioningService(session).retry_job(tenant.id, failed.id)
+    assert retry.resume_from == "create_site"
+    done = run_job(retry.id)
+
+    assert done.status == JobStatus.COMPLETED, done.error
+    steps = read_steps(sessions, retry.id)
+    assert (steps[0].name, steps[0].status) == ("check_preconditions", StepStatus.SKIPPED)
+    assert f"job {failed.id}" in steps[0].message
+    assert {step.status for step in steps[1:]} == {StepStatus.COMPLETED}
+    retried = bench.calls()[calls_before:]
+    assert ["--version"] not in retried  # the preconditions were not checked again
+    drop = next(call for call in retried if call[0] == "drop-site")
+    assert "--force" in drop and "--no-backup" in drop
+    assert [call[0] for call in retried].count("new-site") == 1
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+    password = read_tenant(sessions, tenant.id).admin_password_encrypted
+    assert password  # the same stored password served both attempts
+    assert ROOT_PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bench_path": ""}, "BENCH_PATH is not set"),
+        ({"bench_path": "/nonexistent/bench"}, "BENCH_PATH: /nonexistent/bench is not a bench directory"),
+        ({"executable": "no-such-bench"}, "BENCH_EXECUTABLE: 'no-such-bench'"),
+        ({"site_domain": ""}, "SITE_DOMAIN"),
+        ({"db_root_password": ""}, "DB_ROOT_PASSWORD is not set"),
+        ({"apps": "erpnext hrms"}, "SITE_APPS: hrms not in"),
+        ({"step_timeout_seconds": "soon"}, "BENCH_STEP_TIMEOUT_SECONDS"),
+    ],
+)
+def test_a_missing_or_wrong_setting_fails_the_first_step_naming_the_setting(
+    session, sessions, tenant_factory, run_job, change, message
+):
+    tenant = tenant_factory.create()
+    job = run_job(request(session, tenant).id, **change)
+
+    assert job.status == JobStatus.FAILED
+    assert job.error.startswith("step check_preconditions failed: ") and message in job.error
+    assert "Traceback" not in job.error
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.PENDING  # nothing was made
+
+
+def test_a_wrong_root_password_fails_create_site_and_the_retry_cleans_the_bare_folder(
+    session, sessions, tenant_factory, run_job, bench
+):
+    tenant = tenant_factory.create()
+    failed = run_job(request(session, tenant).id, db_root_password="wrong-password")
+    assert failed.status == JobStatus.FAILED and "Access denied" in failed.error
+    assert "wrong-password" not in everything_recorded(sessions, failed.id)
+    assert bench.site_dir(tenant).is_dir()
+
+    retry = ProvisioningService(session).retry_job(tenant.id, failed.id)
+    assert run_job(retry.id).status == JobStatus.COMPLETED
+
+
+def test_a_backup_records_every_file_with_its_size_and_sha256(session, sessions, tenant_factory, run_job, worker_settings):
+    tenant = tenant_factory.create()
+    create_site(session, sessions, tenant, run_job)
+    job = run_job(request(session, tenant, JobType.BACKUP_SITE).id)
+
+    assert job.status == JobStatus.COMPLETED, job.error
+    [backup] = backups_of(sessions, tenant.id)
+    assert (backup.status, backup.job_id) == (BackupStatus.COMPLETED, job.id)
+    assert sorted(file["kind"] for file in backup.files) == ["config", "database", "private_files", "public_files"]
+    for file in backup.files:
+        path = Path(file["path"])
+        assert path.is_relative_to(worker_settings.backup_path / tenant.tenant.slug / str(job.id))
+        assert path.stat().st_size == file["size"] and len(file["sha256"]) == 64
+    dump = next(Path(file["path"]) for file in backup.files if file["kind"] == "database")
+    assert b"CREATE TABLE" in gzip.decompress(dump.read_bytes())
+    assert backup.size == sum(file["size"] for file in backup.files)
+
+
+@pytest.mark.parametrize(
+    "flaw, reason", [("FAKE_BENCH_EMPTY_DUMP", "is empty"), ("FAKE_BENCH_TRUNCATED_DUMP", "not a complete gzip")]
+)
+def test_a_bad_dump_fails_the_backup_even_though_bench_exited_0(
+    session, sessions, tenant_factory, run_job, monkeypatch, flaw, reason
+):
+    tenant = tenant_factory.create()
+    create_site(session, sessions, tenant, run_job)
+    monkeypatch.setenv(flaw, "1")
+    job = run_job(request(session, tenant, JobType.BACKUP_SITE).id)
+
+    assert job.status == JobStatus.FAILED
+    assert job.error.startswith("step verify_backup failed: the backup is not usable") and reason in job.error
+    [backup] = backups_of(sessions, tenant.id)
+    assert backup.status == BackupStatus.FAILED and reason in backup.error
+    assert not any(Path(file["path"]).exists() for file in backup.files)
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+
+    # The retry takes the backup again: checking the same bad files again could never pass.
+    monkeypatch.delenv(flaw)
+    retry = ProvisioningService(session).retry_job(tenant.id, job.id)
+    assert retry.resume_from is None  # redone from run_backup, the first step: the retry starts over
+    assert run_job(retry.id).status == JobStatus.COMPLETED
+    assert [backup.status for backup in backups_of(sessions, tenant.id)] == [BackupStatus.FAILED, BackupStatus.COMPLETED]
+
+
+def test_a_delete_takes_a_verified_final_backup_then_archives_the_site(session, sessions, tenant_factory, run_job, bench):
+    tenant = tenant_factory.create()
+    create_site(session, sessions, tenant, run_job)
+    job = run_job(request(session, tenant, JobType.DELETE_SITE).id)
+
+    assert job.status == JobStatus.COMPLETED, job.error
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.DELETED
+    assert read_tenant(sessions, tenant.id).admin_password_encrypted is None
+    assert not bench.site_dir(tenant).exists()
+    assert (bench.path / "archived" / "sites" / bench.site_dir(tenant).name).is_dir()
+    [backup] = backups_of(sessions, tenant.id)
+    assert (backup.status, backup.job_id) == (BackupStatus.COMPLETED, job.id)
+    assert all(Path(file["path"]).exists() for file in backup.files)  # outside the archived site folder
+    drop = next(call for call in bench.calls() if call[0] == "drop-site")
+    assert "--no-backup" in drop  # ours was taken and verified; bench's own would be a second one
+
+
+def test_a_delete_asked_for_no_final_backup_skips_it(session, sessions, tenant_factory, run_job, bench):
+    tenant = tenant_factory.create()
+    create_site(session, sessions, tenant, run_job)
+    job = run_job(request(session, tenant, JobType.DELETE_SITE, skip_final_backup=True).id)
+
+    assert job.status == JobStatus.COMPLETED, job.error
+    steps = {step.name: step.status for step in read_steps(sessions, job.id)}
+    assert steps["final_backup"] == steps["verify_backup"] == StepStatus.SKIPPED
+    assert backups_of(sessions, tenant.id) == []
+    assert not bench.site_dir(tenant).exists()
+
+
+def test_a_delete_of_a_site_that_was_never_made_says_how_to_finish_it(session, sessions, tenant_factory, run_job, bench):
+    tenant = tenant_factory.create(status=TenantStatus.FAILED)
+    job = run_job(request(session, tenant, JobType.DELETE_SITE).id)
+    assert job.status == JobStatus.FAILED and "skip_final_backup" in job.error
+
+    job = run_job(request(session, tenant, JobType.DELETE_SITE, skip_final_backup=True).id)
+    assert job.status == JobStatus.COMPLETED, job.error
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.DELETED
+
+
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie waiting for a parent that never reaps it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def hanging_pids(pid_file: Path) -> list[int] | None:
+    pids = pid_file.read_text().split() if pid_file.exists() else []
+    return [int(pid) for pid in pids] if len(pids) == 2 else None
+
+
+def test_a_cancel_stops_a_hanging_create_kills_its_whole_process_tree_and_removes_the_half_made_site(
+    session, sessions, tenant_factory, run_job, bench, monkeypatch, tmp_path
+):
+    pid_file = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_BENCH_HANG", "new-site")
+    monkeypatch.setenv("FAKE_BENCH_PID_FILE", str(pid_file))
+    monkeypatch.setenv("FAKE_BENCH_IGNORE_TERM", "1")  # SIGTERM is not enough: SIGKILL must follow
+    tenant = tenant_factory.create()
+    job = request(session, tenant)
+    runner = threading.Thread(target=run_job, args=(job.id,), daemon=True)
+    runner.start()
+
+    pids = wait_for(lambda: hanging_pids(pid_file), timeout=30, what="bench and its child to start")
+    assert all(alive(pid) for pid in pids)
+    bench.site_dir(tenant).mkdir()  # what new-site has made so far
+    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    runner.join(timeout=30)
+
+    assert read_job(sessions, job.id).status == JobStatus.CANCELLED
+    assert not any(alive(pid) for pid in pids)
+    assert not bench.site_dir(tenant).exists()
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.PENDING
+    step = next(step for step in read_steps(sessions, job.id) if step.name == "create_site")
+    assert step.status == StepStatus.CANCELLED
+
+
+def test_a_step_that_runs_past_its_timeout_fails_saying_so_and_leaves_no_process(
+    session, sessions, tenant_factory, run_job, monkeypatch, tmp_path
+):
+    pid_file = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_BENCH_HANG", "new-site")
+    monkeypatch.setenv("FAKE_BENCH_PID_FILE", str(pid_file))
+    tenant = tenant_factory.create()
+    job = run_job(request(session, tenant).id, step_timeout_seconds="1")
+
+    assert job.status == JobStatus.FAILED
+    assert "timed out after 1s (BENCH_STEP_TIMEOUT_SECONDS)" in job.error and "step create_site" in job.error
+    assert not any(alive(pid) for pid in hanging_pids(pid_file))
