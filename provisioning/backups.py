@@ -162,7 +162,12 @@ class BackupBook:
 
     def prune(self, retention: Retention, tenant_id: uuid.UUID | None = None) -> list[uuid.UUID]:
         """Delete the files of completed backups beyond the newest ``keep_last`` of each tenant or
-        older than ``max_age``, and mark them pruned; a backup whose job is still active is kept."""
+        older than ``max_age``, and mark them pruned; a backup whose job is still active is kept.
+
+        Unverified backups whose job ended anyway (cancelled, its worker lost) are discarded too:
+        nothing would ever verify them.
+        """
+        self._discard_abandoned(tenant_id)
         newest_first = func.row_number().over(partition_by=SiteBackup.tenant_id, order_by=SiteBackup.created_at.desc())
         ranked = (
             select(SiteBackup.id, SiteBackup.created_at, SiteBackup.job_id, newest_first.label("rank"))
@@ -214,6 +219,19 @@ class BackupBook:
         if backup is None or backup.tenant_id != tenant_id:
             raise NotFound("backup not found")
         return backup
+
+    def _discard_abandoned(self, tenant_id: uuid.UUID | None) -> None:
+        active = select(ProvisioningJob.id).where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
+        abandoned = self.session.scalars(
+            select(SiteBackup)
+            .where(SiteBackup.status == BackupStatus.RUNNING, SiteBackup.job_id.is_(None) | SiteBackup.job_id.not_in(active))
+            .where(*([SiteBackup.tenant_id == tenant_id] if tenant_id else []))
+            .with_for_update(skip_locked=True)
+        ).all()
+        for backup in abandoned:
+            self._discard(backup, f"not verified: job {backup.job_id} ended before it could be")
+            log.warning("backup %s of %s discarded: its job ended before it was verified", backup.id, backup.site)
+        self.session.commit()
 
     def _discard(self, backup: SiteBackup, error: str) -> None:
         backup.status = BackupStatus.FAILED

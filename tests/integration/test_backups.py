@@ -146,3 +146,21 @@ def test_a_completed_backup_job_prunes_beyond_the_newest_kept(settings, sessions
         select(SiteBackup.status).where(SiteBackup.tenant_id == tenant.id).order_by(SiteBackup.created_at)
     ).all()
     assert statuses == [BackupStatus.PRUNED, BackupStatus.COMPLETED, BackupStatus.COMPLETED]
+
+
+def test_an_unverified_backup_of_a_job_that_ended_is_discarded_with_its_files(session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    dump = tmp_path / "database.sql.gz"
+    dump.write_bytes(gzip.compress(b"CREATE TABLE t (x int);"))
+    backup = BackupBook(session).start(tenant.id, job.id, "site.test", [BackupFile("database", dump)])
+    retention = Retention(keep_last=5, max_age=timedelta(days=30))
+
+    BackupBook(session).prune(retention, tenant.id)
+    assert session.get(SiteBackup, backup.id, populate_existing=True).status == BackupStatus.RUNNING  # its job still runs
+
+    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    BackupBook(session).prune(retention, tenant.id)
+    discarded = session.get(SiteBackup, backup.id, populate_existing=True)
+    assert discarded.status == BackupStatus.FAILED and "ended before" in discarded.error
+    assert not dump.exists()
