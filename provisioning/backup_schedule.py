@@ -1,4 +1,5 @@
-"""Scheduled backups: every active tenant gets a backup_site job once per BACKUP_INTERVAL_HOURS.
+"""Scheduled backups: every active tenant gets a backup_site job once per BACKUP_INTERVAL_HOURS,
+counted from its last backup, or from the creation of its site (a new site has nothing to keep yet).
 
 Whether a tenant is due is read from the jobs table (no backup_site job created within the
 interval), not from beat's own schedule file: so a restarted beat, a second sweeper, or a sweep
@@ -16,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from provisioning.db import utcnow
-from provisioning.enums import JobType, TenantStatus
+from provisioning.enums import JobStatus, JobType, TenantStatus
 from provisioning.errors import Conflict
 from provisioning.models import ProvisioningJob, Tenant
 from provisioning.service import ProvisioningService
@@ -28,17 +29,30 @@ SCHEDULER = "backup schedule"
 
 def schedule_backups(service: ProvisioningService, every: timedelta) -> list[uuid.UUID]:
     """Request a backup of each active tenant not backed up within ``every``; returns the new jobs' ids."""
+    since = utcnow() - every
     recent_backup = (
         select(ProvisioningJob.id)
         .where(
             ProvisioningJob.tenant_id == Tenant.id,
             ProvisioningJob.job_type == JobType.BACKUP_SITE,
-            ProvisioningJob.created_at >= utcnow() - every,
+            ProvisioningJob.created_at >= since,
+        )
+        .exists()
+    )
+    recent_site = (
+        select(ProvisioningJob.id)
+        .where(
+            ProvisioningJob.tenant_id == Tenant.id,
+            ProvisioningJob.job_type == JobType.CREATE_SITE,
+            ProvisioningJob.status == JobStatus.COMPLETED,
+            ProvisioningJob.completed_at >= since,
         )
         .exists()
     )
     due = service.session.execute(
-        select(Tenant.id, Tenant.slug).where(Tenant.status == TenantStatus.ACTIVE, ~recent_backup).order_by(Tenant.slug)
+        select(Tenant.id, Tenant.slug)
+        .where(Tenant.status == TenantStatus.ACTIVE, ~recent_backup, ~recent_site)
+        .order_by(Tenant.slug)
     ).all()
     service.session.commit()
     requested = []

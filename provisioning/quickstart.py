@@ -18,7 +18,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioning import accounts, migrate
+from provisioning import accounts, credentials, migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
 from provisioning.embedded_broker import wait_until_answering
@@ -119,8 +119,21 @@ def _process_environment(settings: Settings) -> dict[str, str]:
     # The processes' commands (gunicorn, celery) live beside this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("FLOWER_BASIC_AUTH", f"admin:{secrets.token_urlsafe(12)}")
+    if not settings.site_credentials_key:
+        env["SITE_CREDENTIALS_KEY"] = _kept_credentials_key(settings.data_dir)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _kept_credentials_key(data_dir: Path) -> str:
+    """The quickstart's SITE_CREDENTIALS_KEY, made once and kept beside its data: the site passwords
+    stored in one run must open in the next."""
+    path = data_dir / "site-credentials.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(credentials.new_key())
+    return path.read_text().strip()
 
 
 def _banner(settings: Settings, demo: Demo, port: str, flower_port: str, flower_user: str, flower_password: str) -> str:

@@ -15,7 +15,7 @@ from provisioning.backups import BackupBook, BackupFile, Retention
 from provisioning.db import utcnow
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, TenantStatus
-from provisioning.models import JobEvent, ProvisioningJob, SiteBackup
+from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
@@ -44,13 +44,18 @@ def test_each_active_tenant_due_gets_one_backup_and_asking_again_adds_none(isola
         pending = factory.create()
         backed_up = factory.create(status=TenantStatus.ACTIVE)
         ProvisioningService(session).request_job(backed_up.id, JobType.BACKUP_SITE)
+        just_created = factory.create()
+        create = ProvisioningService(session).request_job(just_created.id, JobType.CREATE_SITE)
+        JobRunner.for_settings(isolated.settings, isolated.sessions, SimulatedDriver(step_seconds=0), "w@test").run(create.id)
+        assert session.get(Tenant, just_created.id, populate_existing=True).status == TenantStatus.ACTIVE
         service = ProvisioningService(session, dispatch=sent.append)
 
         first = schedule_backups(service, DAILY)
         again = schedule_backups(service, DAILY)  # a second sweeper, or beat restarted
 
         assert sorted(map(str, first)) == sorted(map(str, sent)) and again == []
-        assert [len(backup_jobs(isolated.sessions, tenant.id)) for tenant in (*due, pending, backed_up)] == [1, 1, 0, 1]
+        tenants = (*due, pending, backed_up, just_created)
+        assert [len(backup_jobs(isolated.sessions, tenant.id)) for tenant in tenants] == [1, 1, 0, 1, 0]
         actors = session.scalars(select(JobEvent.actor).where(JobEvent.job_id.in_(first), JobEvent.kind == "created")).all()
         assert actors == [SCHEDULER, SCHEDULER]
 
