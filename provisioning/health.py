@@ -17,6 +17,8 @@ import celeryconfig
 from provisioning import migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import get_engine
+from provisioning.drivers.bench import BenchConfig
+from provisioning.errors import StepFailed
 from provisioning.settings import Settings
 
 START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -48,6 +50,8 @@ def doctor(settings: Settings) -> list[Check]:
     """Everything an operator should look at, in the order it depends on itself."""
     return [
         check_configuration(settings),
+        check_site_driver(settings),
+        check_credentials_key(settings),
         *readiness(settings),
         check_queues(settings),
         check_workers(settings),
@@ -58,6 +62,30 @@ def check_configuration(settings: Settings) -> Check:
     mode = "embedded defaults (for trying only)" if settings.embedded else "PostgreSQL and RabbitMQ"
     return Check(
         "configuration", True, f"{mode}; database {_safe_url(settings.database_url)}, queue {settings.provisioning_queue_name}"
+    )
+
+
+def check_site_driver(settings: Settings) -> Check:
+    """The bench settings as a job's first step would find them (read here, on this machine)."""
+    if settings.site_driver == "simulated":
+        return Check("site driver", True, f"simulated, {settings.simulated_step_seconds:g} s per step")
+    try:
+        config = BenchConfig.check(settings.bench, need_apps=True)
+    except StepFailed as wrong:
+        return Check("site driver", False, f"bench: {wrong}", "fix the setting it names, on every worker")
+    return Check(
+        "site driver", True, f"bench in {config.bench_path}, sites <slug>.{config.site_domain}, apps {', '.join(config.apps)}"
+    )
+
+
+def check_credentials_key(settings: Settings) -> Check:
+    if settings.site_credentials_key:
+        return Check("credentials key", True, "SITE_CREDENTIALS_KEY is set")
+    return Check(
+        "credentials key",
+        False,
+        "SITE_CREDENTIALS_KEY is not set: create_site jobs fail at their first step",
+        "make one with `provisioning credentials-key` and give it to web and workers (make run keeps its own)",
     )
 
 

@@ -48,6 +48,8 @@ def test_doctor_passes_when_everything_answers(environment, worker):
     lines = result.output.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "ok   configuration",
+        "ok   site driver",
+        "ok   credentials key",
         "ok   database",
         "ok   migrations",
         "ok   broker",
@@ -63,3 +65,12 @@ def test_doctor_fails_with_one_line_per_check_and_what_to_do(environment):
     broker = next(line for line in result.output.splitlines() if " broker:" in line)
     assert broker.startswith("FAIL broker: unreachable") and "rabbitmq-server -detached" in broker
     assert "ok   database" in result.output
+
+
+def test_doctor_names_a_wrong_bench_setting_and_a_missing_credentials_key(environment):
+    broken = {**environment, "SITE_DRIVER": "bench", "BENCH_PATH": "/nonexistent", "SITE_CREDENTIALS_KEY": ""}
+    result = CliRunner().invoke(main, ["doctor"], env=broken)
+    assert result.exit_code == 1
+    lines = {line.split(":")[0]: line for line in result.output.splitlines()}
+    assert "BENCH_PATH: /nonexistent is not a bench directory" in lines["FAIL site driver"]
+    assert "provisioning credentials-key" in lines["FAIL credentials key"]
