@@ -7,7 +7,7 @@ import logging
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from api import errors, health, jobs, tenants
+from api import backups, errors, health, jobs, tenants
 from api.errors import ProvisioningApi
 from api.session import init_sessions
 from provisioning.broker import Dispatcher
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api = ProvisioningApi(app)
     api.register_blueprint(jobs.blp)
+    api.register_blueprint(backups.blp)
     api.register_blueprint(tenants.blp)
     api.register_blueprint(health.blp)
     errors.register(app, api)

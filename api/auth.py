@@ -7,6 +7,7 @@ from flask import g, request
 from api.errors import error_for
 from api.session import db_session
 from provisioning.accounts import Caller, authenticate
+from provisioning.audit import Origin
 from provisioning.errors import Forbidden, ProvisioningError
 
 
@@ -20,6 +21,11 @@ def authenticate_request() -> None:
 
 def caller() -> Caller:
     return g.caller
+
+
+def request_origin() -> Origin:
+    """The caller and where the request came from, as the audit trail records them."""
+    return Origin(actor=f"user {caller().user.id}", ip=request.remote_addr, user_agent=request.user_agent.string)
 
 
 def writers_only(view):

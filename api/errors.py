@@ -10,11 +10,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
 
+from provisioning.credentials import CredentialsUnavailable
 from provisioning.db import is_connection_failure
 from provisioning.errors import (
     AuthenticationFailed,
     Conflict,
     Forbidden,
+    Gone,
     IdempotencyKeyReused,
     InvalidRequest,
     MissingCredentials,
@@ -31,6 +33,9 @@ STATUS_BY_ERROR: dict[type[ProvisioningError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    Gone: 410,
+    # The platform's key is missing or wrong: an outage of ours, not a fault of the request.
+    CredentialsUnavailable: 503,
 }
 
 BEARER_CHALLENGE = 'Bearer realm="erpmax-provisioning"'

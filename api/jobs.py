@@ -3,11 +3,11 @@
 import uuid
 from datetime import timedelta
 
-from flask import current_app, request, url_for
+from flask import current_app, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.auth import authenticate_request, caller, writers_only
+from api.auth import authenticate_request, caller, request_origin, writers_only
 from api.schemas import (
     IdempotencyHeaderSchema,
     JobCreateSchema,
@@ -19,10 +19,10 @@ from api.schemas import (
     page_meta,
 )
 from api.session import db_session
-from provisioning.audit import Origin
 from provisioning.enums import JobStatus
 from provisioning.events import publisher_for
 from provisioning.service import ProvisioningService
+from provisioning.workflows import SKIP_FINAL_BACKUP
 
 blp = Blueprint(
     "jobs",
@@ -40,8 +40,13 @@ def _service() -> ProvisioningService:
         dispatch=current_app.extensions["provisioning_dispatcher"].send_job,
         idempotency_ttl=timedelta(hours=settings.idempotency_key_hours),
         announce=publisher_for(settings).announce,
-        origin=Origin(actor=f"user {caller().user.id}", ip=request.remote_addr, user_agent=request.user_agent.string),
+        origin=request_origin(),
     )
+
+
+def _options(body: dict) -> dict:
+    """Only the options that are on: a job without any keeps ``{}``, and so its idempotency fingerprint."""
+    return {SKIP_FINAL_BACKUP: True} if body.get("skip_final_backup") else {}
 
 
 def _created(job):
@@ -70,6 +75,7 @@ class Jobs(MethodView):
 
         The job is stored, then queued; `queued` is false if the broker could not be reached
         (the job stays pending until it is published again). Needs the owner or admin role.
+        `skip_final_backup` (delete_site only) drops the site without a final backup.
         """
         requester = caller()
         job = _service().request_job(
@@ -77,6 +83,7 @@ class Jobs(MethodView):
             body["job_type"],
             requested_by_id=requester.user.id,
             idempotency_key=headers.get("idempotency_key"),
+            options=_options(body),
         )
         return _created(job)
 

@@ -1,8 +1,10 @@
 """Marshmallow schemas of the API: requests, resources and the response envelopes."""
 
-from marshmallow import Schema, fields, validate
+from pathlib import PurePath
 
-from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
 
 MAX_PAGE_SIZE = 100
 # The row offset, (page - 1) * size, must fit PostgreSQL's bigint: a larger page was a 500.
@@ -19,6 +21,12 @@ class JobSchema(Schema):
     error = fields.String(dump_only=True, allow_none=True)
     requested_by_id = fields.UUID(dump_only=True, allow_none=True)
     retry_of_id = fields.UUID(dump_only=True, allow_none=True, metadata={"description": "The job this one retries"})
+    options = fields.Dict(dump_only=True, metadata={"description": "What the request asked for beyond the job type"})
+    resume_from = fields.String(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "the step a retry starts at; the steps before it were done by the job it retries"},
+    )
     worker = fields.String(dump_only=True, allow_none=True)
     queued = fields.Function(
         lambda job: job.dispatched_at is not None,
@@ -32,8 +40,25 @@ class JobSchema(Schema):
     created_at = fields.DateTime(dump_only=True)
 
 
+class JsonBoolean(fields.Boolean):
+    """JSON's true or false only: a destructive option is not switched on by "yes", "1" or 1."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class JobCreateSchema(Schema):
     job_type = fields.Enum(JobType, by_value=True, required=True)
+    skip_final_backup = JsonBoolean(
+        metadata={"description": "delete_site only: drop the site without taking a final backup first", "default": False},
+    )
+
+    @validates_schema
+    def options_fit_the_job_type(self, data, **_kwargs):
+        if "skip_final_backup" in data and data.get("job_type") != JobType.DELETE_SITE:
+            raise ValidationError("only a delete_site job takes this option", "skip_final_backup")
 
 
 class IdempotencyHeaderSchema(Schema):
@@ -44,9 +69,12 @@ class IdempotencyHeaderSchema(Schema):
     )
 
 
-class JobQueryArgsSchema(Schema):
+class PageArgsSchema(Schema):
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+
+
+class JobQueryArgsSchema(PageArgsSchema):
     status = fields.Enum(JobStatus, by_value=True)
     job_type = fields.Enum(JobType, by_value=True)
 
@@ -67,6 +95,37 @@ class JobEventSchema(Schema):
     actor = fields.String(metadata={"description": "`user <id>`, `worker <name> pid <pid>`, `sweeper`, `system`"})
     detail = fields.String()
     created_at = fields.DateTime()
+
+
+class BackupFileSchema(Schema):
+    kind = fields.String(metadata={"description": "database, config, public_files or private_files"})
+    # The base name only: where the platform keeps its files is none of the client's business.
+    name = fields.Function(lambda file: PurePath(file["path"]).name)
+    size = fields.Integer(metadata={"description": "bytes"})
+    sha256 = fields.String()
+
+
+class BackupSchema(Schema):
+    id = fields.UUID()
+    job_id = fields.UUID(allow_none=True, metadata={"description": "The job that took it"})
+    site = fields.String()
+    status = fields.Enum(
+        BackupStatus,
+        by_value=True,
+        metadata={"description": "completed once every file was checked; pruned when retention deleted its files"},
+    )
+    size = fields.Integer(metadata={"description": "bytes, all files together"})
+    files = fields.List(fields.Nested(BackupFileSchema))
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    completed_at = fields.DateTime(allow_none=True)
+    pruned_at = fields.DateTime(allow_none=True)
+
+
+class AdminPasswordSchema(Schema):
+    site_user = fields.String(metadata={"description": "The site user the password is for"})
+    password = fields.String()
+    revealed_at = fields.DateTime()
 
 
 class TenantSchema(Schema):
@@ -102,6 +161,9 @@ JobListResponseSchema = list_response(JobSchema, "JobListResponse")
 JobStepListResponseSchema = list_response(JobStepSchema, "JobStepListResponse", paginated=False)
 TenantResponseSchema = single_response(TenantSchema, "TenantResponse")
 JobEventListResponseSchema = list_response(JobEventSchema, "JobEventListResponse", paginated=False)
+BackupResponseSchema = single_response(BackupSchema, "BackupResponse")
+BackupListResponseSchema = list_response(BackupSchema, "BackupListResponse")
+AdminPasswordResponseSchema = single_response(AdminPasswordSchema, "AdminPasswordResponse")
 
 
 def page_meta(page: int, size: int, total: int) -> dict:

@@ -1,10 +1,16 @@
-"""``/api/v1/tenants``: the caller's tenant."""
+"""``/api/v1/tenants``: the caller's tenant, and its site's admin password for the owner, once."""
 
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.auth import authenticate_request, caller
-from api.schemas import TenantResponseSchema
+from api.auth import authenticate_request, caller, request_origin
+from api.errors import error_for
+from api.schemas import AdminPasswordResponseSchema, TenantResponseSchema
+from api.session import db_session
+from provisioning.credentials import SiteCredentials, reveal_admin_password
+from provisioning.enums import Role
+from provisioning.errors import Forbidden
 
 blp = Blueprint("tenants", __name__, url_prefix="/api/v1/tenants", description="The tenant the caller acts for.")
 blp.before_request(authenticate_request)
@@ -20,3 +26,28 @@ class CurrentTenant(MethodView):
         return {
             "data": {"id": tenant.id, "slug": tenant.slug, "name": tenant.name, "status": tenant.status, "role": current.role}
         }
+
+
+@blp.route("/current/admin-password")
+class AdminPassword(MethodView):
+    @blp.response(200, AdminPasswordResponseSchema)
+    @blp.alt_response(403, description="The caller is not the tenant's owner")
+    @blp.alt_response(409, description="The site has no admin password yet")
+    @blp.alt_response(410, description="The password was revealed already")
+    @blp.alt_response(503, description="The platform cannot open the stored password now; it stays unrevealed")
+    def post(self):
+        """Reveal the site's Administrator password, once
+
+        Only the owner may, and only once: the first call answers the password and marks it
+        revealed, every later one answers 410. Operators cannot read it either: it is the
+        customer's secret, and the platform keeps it only encrypted.
+        """
+        current = caller()
+        # An operator acting on the tenant has no role here, so this refuses operators too.
+        if current.role != Role.OWNER:
+            raise error_for(Forbidden("only the tenant's owner may read the site's admin password"))
+        settings = current_app.config["PROVISIONING_SETTINGS"]
+        revealed = reveal_admin_password(
+            db_session(), current.tenant.id, SiteCredentials(settings.site_credentials_key), origin=request_origin()
+        )
+        return {"data": revealed}, 200, {"Cache-Control": "no-store"}

@@ -9,7 +9,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from provisioning import accounts, audit, dead_letters, health, migrate
+from provisioning import accounts, audit, credentials, dead_letters, health, migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory, utcnow
 from provisioning.enums import JobStatus, Role
@@ -226,6 +226,16 @@ def audit_list(tenant_slug: str | None, since: datetime | None, limit: int) -> N
                 f"{entry.created_at.isoformat(timespec='seconds')}\t{entry.actor}\t{entry.action}\t{entry.target}\t"
                 f"{entry.ip or '-'}\t{entry.user_agent or '-'}\t{entry.detail}"
             )
+
+
+@main.command("credentials-key")
+def credentials_key() -> None:
+    """Print a new key for SITE_CREDENTIALS_KEY, which encrypts the sites' admin passwords."""
+    click.echo(credentials.new_key())
+    click.echo(
+        "Set it as SITE_CREDENTIALS_KEY and keep it: losing or changing it makes the stored admin passwords unreadable.",
+        err=True,
+    )
 
 
 @main.command()

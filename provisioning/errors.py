@@ -13,6 +13,10 @@ class Conflict(ProvisioningError):
     """The request is valid but the current state forbids it; the message says why."""
 
 
+class Gone(ProvisioningError):
+    """What was asked for existed once and never will again (a secret that could be read only once)."""
+
+
 class StepFailed(Exception):
     """A driver step failed in a way the job should report (not a bug in our code)."""
 

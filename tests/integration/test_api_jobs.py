@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
-from provisioning.models import ProvisioningJob
+from provisioning.models import JobStep, ProvisioningJob
 from provisioning.service import ProvisioningService
 from provisioning.workflows import workflow_for
 from tests.helpers import StrictClient, assert_error, wait_for
@@ -159,6 +159,74 @@ def test_a_job_the_tenant_state_does_not_allow_is_refused_saying_why(client, ten
     body = assert_error(client.post(JOBS, json={"job_type": job_type.value}, headers=tenant.headers()), 409)
     assert reason in body["message"] and tenant_status.value in body["message"], body["message"]
     assert client.get(JOBS, headers=tenant.headers()).json["meta"]["total"] == 0
+
+
+def test_a_delete_can_skip_its_final_backup_and_the_job_shows_that_option(client, tenant_factory):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    response = client.post(JOBS, json={"job_type": "delete_site", "skip_final_backup": True}, headers=tenant.headers())
+    assert response.status_code == 201, response.json
+    job = response.json["data"]
+    assert (job["job_type"], job["options"], job["resume_from"]) == ("delete_site", {"skip_final_backup": True}, None)
+    assert client.get(f"{JOBS}/{job['id']}", headers=tenant.headers()).json["data"]["options"] == {"skip_final_backup": True}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"job_type": "delete_site", "skip_final_backup": False}, {"job_type": "delete_site"}, {"job_type": "create_site"}],
+    ids=["delete-false", "delete-default", "create"],
+)
+def test_a_job_asked_without_options_has_none(client, tenant_factory, body):
+    status = TenantStatus.ACTIVE if body["job_type"] == "delete_site" else TenantStatus.PENDING
+    tenant = tenant_factory.create(status=status)
+    response = client.post(JOBS, json=body, headers=tenant.headers())
+    assert response.status_code == 201, response.json
+    assert response.json["data"]["options"] == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"job_type": "create_site", "skip_final_backup": True},
+        {"job_type": "backup_site", "skip_final_backup": False},
+        {"job_type": "delete_site", "skip_final_backup": "yes"},
+        {"job_type": "delete_site", "skip_final_backup": 1},
+        {"job_type": "delete_site", "skip_final_backup": None},
+    ],
+    ids=["create", "backup", "string", "number", "null"],
+)
+def test_skip_final_backup_is_refused_naming_it_unless_a_delete_asks_with_a_boolean(client, tenant_factory, body):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    answer = assert_error(client.post(JOBS, json=body, headers=tenant.headers()), 422)
+    assert "skip_final_backup" in answer["errors"]["json"], answer
+    assert client.get(JOBS, headers=tenant.headers()).json["meta"]["total"] == 0
+
+
+def test_an_idempotency_key_reused_with_another_option_is_refused(client, tenant_factory):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    headers = {**tenant.headers(), "Idempotency-Key": f"delete-{tenant.tenant.slug}"}
+    skipping = {"job_type": "delete_site", "skip_final_backup": True}
+    first = client.post(JOBS, json=skipping, headers=headers)
+    assert first.status_code == 201, first.json
+
+    for other in ({"job_type": "delete_site"}, {"job_type": "delete_site", "skip_final_backup": False}):
+        answer = assert_error(client.post(JOBS, json=other, headers=headers), 422)
+        assert "Idempotency-Key" in answer["errors"]["headers"], answer
+    again = client.post(JOBS, json=skipping, headers=headers)
+    assert again.status_code == 201 and again.json["data"]["id"] == first.json["data"]["id"]
+    assert client.get(JOBS, headers=tenant.headers()).json["meta"]["total"] == 1
+
+
+def test_a_retry_shows_the_step_it_resumes_from(client, tenant_factory, session):
+    tenant = tenant_factory.create(status=TenantStatus.FAILED)
+    old = finished_job(session, tenant, JobStatus.FAILED)
+    for position, name in enumerate(("check_preconditions", "create_site", "install_apps")):
+        status = StepStatus.FAILED if name == "install_apps" else StepStatus.COMPLETED
+        session.add(JobStep(job_id=old.id, position=position, name=name, status=status))
+    session.commit()
+    assert client.get(f"{JOBS}/{old.id}", headers=tenant.headers()).json["data"]["resume_from"] is None
+    retry = client.post(f"{JOBS}/{old.id}/retry", headers=tenant.headers())
+    assert retry.status_code == 201, retry.json
+    assert (retry.json["data"]["resume_from"], retry.json["data"]["options"]) == ("install_apps", {})
 
 
 # Listing jobs.

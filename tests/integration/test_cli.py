@@ -5,10 +5,11 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from provisioning import migrate
+from provisioning import credentials, migrate
 from provisioning.cli import main
 from provisioning.enums import JobType, TenantStatus
 from provisioning.service import ProvisioningService
+from provisioning.settings import load_settings
 
 
 @pytest.fixture
@@ -101,6 +102,17 @@ def test_jobs_list_shows_a_tenants_jobs_with_their_status(cli, session, tenant_f
 
     assert result.exit_code == 0
     assert result.output.split("\t")[:4] == [str(job.id), tenant.tenant.slug, "backup_site", "pending"]
+
+
+def test_credentials_key_prints_a_new_usable_key_and_says_to_keep_it(cli, environment):
+    first, second = cli("credentials-key"), cli("credentials-key")
+
+    assert (first.exit_code, second.exit_code) == (0, 0)
+    key = first.stdout.strip()
+    assert credentials.is_valid_key(key) and key != second.stdout.strip()
+    assert load_settings({**environment, "SITE_CREDENTIALS_KEY": key}).site_credentials_key == key
+    advice = first.stderr.strip()
+    assert len(advice.splitlines()) == 1 and "SITE_CREDENTIALS_KEY" in advice and "unreadable" in advice
 
 
 def test_db_upgrade_builds_the_schema_from_nothing_and_is_safe_to_repeat(tmp_path):
