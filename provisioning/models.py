@@ -133,7 +133,7 @@ class ProvisioningJob(Base):
     retry_of_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("provisioning_jobs.id", ondelete="SET NULL"))
     # A retry of a failed job starts at this step; the steps before it were done by the failed job.
     resume_from: Mapped[str | None] = mapped_column(String(64))
-    # What the request asked for beyond the job type, such as {"final_backup": false}.
+    # What the request asked for beyond the job type, such as {"skip_final_backup": true}.
     options: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     worker: Mapped[str | None] = mapped_column(String(255))
     tenant_status_before: Mapped[TenantStatus | None] = mapped_column(_enum_column(TenantStatus))

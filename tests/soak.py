@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from provisioning import credentials
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
 from provisioning.enums import JobStatus, JobType
@@ -80,6 +81,9 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
             "LOST_JOB_AFTER_SECONDS": "3",
             "SWEEP_INTERVAL_SECONDS": "1",
             "UNCLAIMED_JOB_AFTER_SECONDS": "10",
+            "SITE_CREDENTIALS_KEY": credentials.new_key(),
+            "BACKUP_PATH": str(Path(directory) / "backups"),
+            "BACKUP_INTERVAL_HOURS": "0",  # only the soak's own jobs, so they can be counted
         }
         settings = load_settings(environment)
         dispatcher = Dispatcher(settings)

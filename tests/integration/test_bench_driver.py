@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from api import create_app
 from provisioning.credentials import SiteCredentials
 from provisioning.drivers.bench import BenchDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
@@ -23,8 +24,10 @@ from provisioning.models import JobEvent, JobStep, ProvisioningJob, SiteBackup, 
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from provisioning.settings import BenchSettings
+from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
-from tests.helpers import wait_for
+from tests.helpers import StrictClient, wait_for
+from tests.stack import WorkerProcess
 
 DOMAIN = "erp.example.test"
 ROOT_PASSWORD = "Root-Secret-7f3a9"
@@ -352,3 +355,59 @@ def test_a_step_that_runs_past_its_timeout_fails_saying_so_and_leaves_no_process
     assert job.status == JobStatus.FAILED
     assert "timed out after 1s (BENCH_STEP_TIMEOUT_SECONDS)" in job.error and "step create_site" in job.error
     assert not any(alive(pid) for pid in hanging_pids(pid_file))
+
+
+def test_a_real_worker_on_the_bench_driver_creates_backs_up_and_deletes_with_no_secret_in_any_log_or_answer(
+    isolated, bench, bench_settings, tmp_path
+):
+    """Settings alone choose the driver: a worker started with SITE_DRIVER=bench runs the fake bench."""
+    environment = {
+        **isolated.environment,
+        "SITE_DRIVER": "bench",
+        "BENCH_PATH": bench_settings.bench_path,
+        "BENCH_EXECUTABLE": bench_settings.executable,
+        "SITE_DOMAIN": DOMAIN,
+        "DB_ROOT_PASSWORD": ROOT_PASSWORD,
+        "BACKUP_PATH": str(tmp_path / "backups"),
+        "FAKE_BENCH_LOG": str(bench.calls_log),
+        "FAKE_BENCH_DB_ROOT_PASSWORD": ROOT_PASSWORD,
+    }
+    app = create_app(isolated.settings)
+    app.test_client_class = StrictClient
+    client = app.test_client()
+    with isolated.session() as session:
+        tenant = TenantFactory(session).create()
+    worker = WorkerProcess(environment, isolated.dispatcher, concurrency=1)
+    answers = []
+
+    def run(job_type: str) -> dict:
+        response = client.post("/api/v1/provisioning/jobs", json={"job_type": job_type}, headers=tenant.headers())
+        assert response.status_code == 201, response.json
+        job_id = response.json["data"]["id"]
+
+        def finished():
+            answer = client.get(f"/api/v1/provisioning/jobs/{job_id}", headers=tenant.headers())
+            return answer.json["data"]["status"] in ("completed", "failed") and answer
+
+        job = wait_for(finished, timeout=60, what=f"{job_type} to finish").json["data"]
+        steps = client.get(f"/api/v1/provisioning/jobs/{job_id}/steps", headers=tenant.headers())
+        events = client.get(f"/api/v1/provisioning/jobs/{job_id}/events", headers=tenant.headers())
+        answers.extend([response.get_data(as_text=True), steps.get_data(as_text=True), events.get_data(as_text=True)])
+        assert job["status"] == "completed", job
+        return job
+
+    try:
+        run("create_site")
+        password = client.post("/api/v1/tenants/current/admin-password", headers=tenant.headers()).json["data"]["password"]
+        run("backup_site")
+        answers.append(client.get("/api/v1/provisioning/backups", headers=tenant.headers()).get_data(as_text=True))
+        run("delete_site")
+    finally:
+        worker.stop()
+    log = worker.output()
+
+    assert f"running bench new-site {tenant.tenant.slug}.{DOMAIN}" in log
+    assert [call[0] for call in bench.calls()].count("drop-site") == 1
+    for secret in (password, ROOT_PASSWORD):
+        assert secret not in log
+        assert not any(secret in answer for answer in answers)
