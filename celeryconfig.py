@@ -11,6 +11,8 @@ from kombu import Queue
 from provisioning.settings import Settings, settings_or_exit
 
 RUN_JOB_TASK = "provisioning.run_job"
+# The message header that carries the id of the HTTP request that asked for the job.
+REQUEST_ID_HEADER = "request_id"
 SWEEP_TASK = "provisioning.sweep"
 # A publish to a broker that is down fails in about a second instead of hanging the caller.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
 from api import backups, errors, health, jobs, tenants
 from api.errors import ProvisioningApi
+from api.metrics import init_metrics
+from api.request_log import init_request_log
 from api.session import init_sessions
+from provisioning import logs
 from provisioning.broker import Dispatcher
 from provisioning.settings import Settings, settings_or_exit
 
@@ -19,7 +20,7 @@ SWAGGER_ASSETS_URL = "/docs/assets/"
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; without ``settings`` they come from the environment (a bad value stops here)."""
     settings = settings or settings_or_exit()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("web", settings.log_format, settings.log_level)
     app = Flask(__name__)
     app.config.update(
         API_TITLE="ERPMax provisioning",
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["provisioning_dispatcher"] = Dispatcher(settings)
     init_sessions(app, settings)
+    init_request_log(app)
+    init_metrics(app)
 
     api = ProvisioningApi(app)
     api.register_blueprint(jobs.blp)

@@ -22,6 +22,11 @@ class JobSchema(Schema):
     requested_by_id = fields.UUID(dump_only=True, allow_none=True)
     retry_of_id = fields.UUID(dump_only=True, allow_none=True, metadata={"description": "The job this one retries"})
     options = fields.Dict(dump_only=True, metadata={"description": "What the request asked for beyond the job type"})
+    request_id = fields.String(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "X-Request-ID of the request that asked for it: search the logs for it"},
+    )
     resume_from = fields.String(
         dump_only=True,
         allow_none=True,

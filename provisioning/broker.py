@@ -11,6 +11,7 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 import celeryconfig
+from provisioning import logs
 from provisioning.settings import Settings, get_rabbitmq_url, load_settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class Dispatcher:
                 retry=True,
                 retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
                 confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
+                # The worker binds it, so the request's log lines and the job's can be found together.
+                headers={celeryconfig.REQUEST_ID_HEADER: request_id} if (request_id := logs.current("request_id")) else None,
             )
         except Exception:
             self._paused_until = time.monotonic() + self.pause_after_failure

@@ -135,6 +135,8 @@ class ProvisioningJob(Base):
     resume_from: Mapped[str | None] = mapped_column(String(64))
     # What the request asked for beyond the job type, such as {"skip_final_backup": true}.
     options: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
+    # The X-Request-ID of the request that asked for it: the key to its log lines, API to worker.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     worker: Mapped[str | None] = mapped_column(String(255))
     tenant_status_before: Mapped[TenantStatus | None] = mapped_column(_enum_column(TenantStatus))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

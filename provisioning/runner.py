@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import signal
 import threading
@@ -15,6 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioning import logs
 from provisioning.backups import BackupBook, BackupSteps, Retention, retention_of
 from provisioning.credentials import SiteCredentials
 from provisioning.db import is_connection_failure, utcnow
@@ -174,7 +176,9 @@ class Heartbeat:
         self.cancel_grace = timedelta(seconds=cancel_grace)
         self.terminator = terminator
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+        # Run in a copy of the starting context, so its lines carry the job's fields.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._beat,), name=f"heartbeat-{job_id}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -272,18 +276,28 @@ class JobRunner:
             if job is None:
                 log.info("job %s: not pending any more; message ignored as a duplicate", job_id)
                 return
-            log.info("job %s: %s started for tenant %s on %s", job_id, job.job_type.value, job.tenant.slug, self.worker)
-            terminator = StepTerminator(job_id)
-            patient = PatientService(service, self.database_patience)
-            with Heartbeat(self.sessions, job_id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator):
-                try:
-                    self._run_steps(patient, job, workflow_for(job.job_type), terminator)
-                except Exception as error:
-                    # Outside a step (a time limit during a write, patience run out): say so now,
-                    # rather than leave the job running until it is reaped as lost.
-                    log.exception("job %s: stopped outside a step", job_id)
-                    self._fail_outside_a_step(service, job, f"stopped outside a step: {type(error).__name__}: {error}")
-                    raise
+            job_fields = logs.bound(
+                request_id=logs.current("request_id") or job.request_id,
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                job_type=job.job_type.value,
+            )
+            with job_fields:
+                self._run_claimed(service, job)
+
+    def _run_claimed(self, service: ProvisioningService, job: ProvisioningJob) -> None:
+        log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, job.tenant.slug, self.worker)
+        terminator = StepTerminator(job.id)
+        patient = PatientService(service, self.database_patience)
+        with Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator):
+            try:
+                self._run_steps(patient, job, workflow_for(job.job_type), terminator)
+            except Exception as error:
+                # Outside a step (a time limit during a write, patience run out): say so now,
+                # rather than leave the job running until it is reaped as lost.
+                log.exception("job %s: stopped outside a step", job.id)
+                self._fail_outside_a_step(service, job, f"stopped outside a step: {type(error).__name__}: {error}")
+                raise
 
     def _run_steps(self, service: PatientService, job: ProvisioningJob, workflow: Workflow, terminator: StepTerminator) -> None:
         watch = JobWatch(service, job.id)
@@ -300,9 +314,9 @@ class JobRunner:
                 continue
             if not service.start_step(job.id, self.worker, position, step.message):
                 return self._stop(service, job, workflow, completed, watch, context)
-            log.info("job %s: step %s started", job.id, step.name)
+            log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
             try:
-                with terminator.step():
+                with terminator.step(), logs.bound(step=step.name):
                     resuming = job.resume_from is not None and position == first
                     output = self._perform(job, step, context, resuming)
             except (StepStopped, StepTerminated) as stop:
@@ -356,8 +370,8 @@ class JobRunner:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", job.id, status.value)
 
     def _fail(self, service: PatientService, job: ProvisioningJob, position: int, error: str, output: str = "") -> None:
-        log.warning("job %s: %s", job.id, error)
         workflow = workflow_for(job.job_type)
+        log.warning("job %s: %s", job.id, error, extra={"step": workflow.steps[position].name})
         service.end_step(job.id, self.worker, position, StepStatus.FAILED, error, output)
         tenant_status = workflow.tenant_after_failure(workflow.steps[position].name, job.tenant_status_before)
         if not service.fail_job(job.id, error, tenant_status):

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from provisioning import audit
+from provisioning import audit, logs
 from provisioning.audit import Origin
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
@@ -234,7 +234,7 @@ class ProvisioningService:
         """
         now = utcnow()
         candidates = self.session.execute(
-            select(ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count)
+            select(ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count, ProvisioningJob.request_id)
             .where(
                 ProvisioningJob.status == JobStatus.PENDING,
                 or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < now - unclaimed_for),
@@ -243,12 +243,13 @@ class ProvisioningService:
         ).all()
         self.session.commit()
         published = []
-        for job_id, dispatched_at, dispatch_count in candidates:
+        for job_id, dispatched_at, dispatch_count, request_id in candidates:
             backoff = unclaimed_for * 2 ** min(max(dispatch_count - 1, 0), MAX_REPUBLISH_DOUBLINGS)
             if dispatched_at is not None and dispatched_at >= now - backoff:
                 continue
-            if self._publish(job_id) is None:
-                break
+            with logs.bound(request_id=request_id, job_id=job_id):  # the message carries the request's id again
+                if self._publish(job_id) is None:
+                    break
             published.append(job_id)
         return published
 
@@ -511,6 +512,7 @@ class ProvisioningService:
             retry_of_id=retry_of_id,
             resume_from=resume_from,
             options=options,
+            request_id=logs.current("request_id"),
         )
         if idempotency_key:
             # An expired key may be used again: its old row goes in the same transaction.

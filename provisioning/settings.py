@@ -14,6 +14,8 @@ from provisioning.workflows import driver_step_names
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
 SITE_DRIVERS = ("simulated", "bench")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
 
 
@@ -72,6 +74,10 @@ class Settings:
     backup_keep_last: int = 7
     backup_max_age_days: float = 30.0
     backup_interval_hours: float = 24.0
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    # Bearer token that /metrics asks for from anywhere but loopback; None: loopback only.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -149,7 +155,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         idempotency_key_hours=_positive_float(env, "idempotency_key_hours", 24.0),
         cancel_grace_seconds=cancel_grace,
         simulated_ignore_cancel=_flag(env, "simulated_ignore_cancel"),
-        site_driver=_site_driver(env),
+        site_driver=_one_of(env, "site_driver", SITE_DRIVERS, "simulated"),
         bench=BenchSettings(
             bench_path=env.get("bench_path", ""),
             executable=env.get("bench_executable") or "bench",
@@ -165,6 +171,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         backup_keep_last=_positive_int(env, "backup_keep_last", 7),
         backup_max_age_days=_positive_float(env, "backup_max_age_days", 30.0),
         backup_interval_hours=_non_negative_float(env, "backup_interval_hours", 24.0),
+        log_format=_one_of(env, "log_format", LOG_FORMATS, "auto"),
+        log_level=_one_of(env, "log_level", LOG_LEVELS, "info").upper(),
+        metrics_token=env.get("metrics_token") or None,
     )
 
 
@@ -235,11 +244,11 @@ def _step_name(env: dict[str, str]) -> str | None:
     return name
 
 
-def _site_driver(env: dict[str, str]) -> str:
-    name = (env.get("site_driver") or "simulated").lower()
-    if name not in SITE_DRIVERS:
-        raise SettingsError(f"SITE_DRIVER: {name!r} is not one of {', '.join(SITE_DRIVERS)}")
-    return name
+def _one_of(env: dict[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).lower()
+    if value not in choices:
+        raise SettingsError(f"{name.upper()}: {value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 def _credentials_key(env: dict[str, str]) -> str | None:

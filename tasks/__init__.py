@@ -1,8 +1,25 @@
 """The Celery application: ``celery -A tasks worker`` runs provisioning jobs from the queue."""
 
+import sys
+
 from celery import Celery
+from celery.signals import celeryd_init, setup_logging
+
+from provisioning import logs
+from provisioning.settings import settings_or_exit
 
 app = Celery("provisioning")
 app.config_from_object("celeryconfig")
+
+
+@celeryd_init.connect
+@setup_logging.connect
+def _log_our_way(**_kwargs) -> None:
+    """With a receiver for setup_logging Celery leaves logging alone: its lines go out in our
+    format too. A worker sends celeryd_init earlier, before its warning about running as root."""
+    settings = settings_or_exit()
+    role = next((word for word in sys.argv if word in ("worker", "beat", "flower")), "celery")
+    logs.configure(role, settings.log_format, settings.log_level)
+
 
 import tasks.jobs  # noqa: E402,F401  (registers the tasks on the app)

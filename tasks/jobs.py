@@ -12,6 +12,7 @@ from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
+from provisioning import logs
 from provisioning.broker import Dispatcher
 from provisioning.db import get_engine, is_connection_failure, session_factory
 from provisioning.dead_letters import QUEUE_HEADER, REASON_HEADER
@@ -64,7 +65,8 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
         announce=publisher_for(settings).announce,
     )
     try:
-        runner.run(parsed_id)
+        with logs.bound(request_id=self.request.get(celeryconfig.REQUEST_ID_HEADER), job_id=parsed_id):
+            runner.run(parsed_id)
     except NotFound:
         return _dead_letter(self, f"job {parsed_id} does not exist")
     except DBAPIError as error:

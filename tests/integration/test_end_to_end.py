@@ -3,6 +3,8 @@ from creation through a backup to deletion over HTTP."""
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import uuid
 
@@ -25,6 +27,8 @@ from tests.processes import (
 from tests.stack import delete_queues, process_environment
 
 FLOWER_AUTH = ("user", "password")
+# Celery prints this to standard output itself, not through logging.
+CELERY_NOTICE = re.compile(r"^worker: (Warm|Cold) shutdown \(MainProcess\)$")
 WORKER_NAME = f"e2e-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
 HTTP_TIMEOUT = 10
 FINISHED = ("completed", "failed", "cancelled")
@@ -82,6 +86,7 @@ class ProcfileStack:
             f"{self.api_url}/provisioning/jobs", json={"job_type": job_type}, headers=headers, timeout=HTTP_TIMEOUT
         )
         assert response.status_code == 201, response.text
+        assert response.headers["X-Request-ID"] == headers.get("X-Request-ID", response.headers["X-Request-ID"])
         job_id = response.json()["data"]["id"]
         progress_seen = []
 
@@ -105,6 +110,22 @@ class ProcfileStack:
     def tenant_status(self, headers: dict[str, str]) -> str:
         return self.get("/tenants/current", headers)["status"]
 
+    def metrics(self) -> dict[str, float]:
+        response = requests.get(f"{self.base_url}/metrics", timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200, response.text
+        return {
+            sample: float(value)
+            for sample, _, value in (line.rpartition(" ") for line in response.text.splitlines() if not line.startswith("#"))
+        }
+
+    def log_lines(self, name: str) -> list[dict]:
+        """The process's log, each line a JSON object; Celery's one plain shutdown notice aside."""
+        lines = []
+        for line in self.processes[name].output().splitlines():
+            if line.strip() and not CELERY_NOTICE.match(line):
+                lines.append(json.loads(line))
+        return lines
+
 
 @pytest.fixture
 def procfile_stack(environment, tmp_path):
@@ -123,7 +144,7 @@ def procfile_stack(environment, tmp_path):
             "DATA_DIR": str(tmp_path / "data"),  # beat's schedule file, made by beat itself
             "WORKER_NAME": WORKER_NAME,
             "SIMULATED_STEP_SECONDS": "0.2",
-            "WEB_CONCURRENCY": "1",
+            "WEB_CONCURRENCY": "2",  # /metrics must add up what both workers counted
             TAG_VARIABLE: tag,
         }
     )
@@ -149,8 +170,10 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
     )
     tenant = tenant_factory.create(roles=(Role.OWNER,))
     headers = tenant.headers(Role.OWNER)
+    before = stack.metrics()
+    request_id = f"e2e-{uuid.uuid4().hex}"
 
-    created = stack.run_job("create_site", headers)
+    created = stack.run_job("create_site", {**headers, "X-Request-ID": request_id})
     assert stack.tenant_status(headers) == "active"
     backed_up = stack.run_job("backup_site", headers)
     assert stack.tenant_status(headers) == "active"
@@ -177,6 +200,25 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
     worker = stack.flower("/api/workers", refresh=1)[WORKER_NAME]
     assert [queue["name"] for queue in worker["active_queues"]] == [stack.queue]
 
+    after = stack.metrics()
+    posts = 'erpmax_http_requests_total{method="POST",route="/api/v1/provisioning/jobs",status="201"}'
+    assert after.get(posts, 0) - before.get(posts, 0) == 3, "each gunicorn worker's count must be in the sum"
+    done = 'erpmax_jobs_finished_total{job_type="create_site",status="completed"}'
+    assert after[done] >= before.get(done, 0) + 1
+
     stopped_by_themselves = stop_all(stack.processes)
     assert stopped_by_themselves == {"web": True, "worker": True, "beat": True, "flower": True}, "SIGTERM must stop all"
     assert tagged_processes(stack.tag) == [], "a process of the stack outlived its group's SIGTERM"
+
+    # One search for the request id finds the HTTP call and the worker's lines of the job it made.
+    lines = {name: stack.log_lines(name) for name in ("web", "worker", "beat")}
+    of_request = [(name, line) for name, found in lines.items() for line in found if line.get("request_id") == request_id]
+    assert any(name == "web" and line["message"].startswith("POST /api/v1/provisioning/jobs 201") for name, line in of_request)
+    in_worker = [line for name, line in of_request if name == "worker"]
+    assert {line["job_id"] for line in in_worker} == {created["id"]}
+    assert {line.get("step") for line in in_worker} >= set(workflow_for(JobType.CREATE_SITE).step_names)
+    assert any(line["message"] == f"job {created['id']}: completed" for line in in_worker)
+    assert all(line["tenant_id"] == str(tenant.id) and line["job_type"] == "create_site" for line in in_worker)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    for process in stack.processes.values():
+        assert token not in process.output() and FLOWER_AUTH[1] not in process.output()

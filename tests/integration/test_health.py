@@ -45,7 +45,7 @@ def test_readyz_answers_503_naming_the_database_when_it_is_down(settings):
 def test_doctor_passes_when_everything_answers(environment, worker):
     result = CliRunner().invoke(main, ["doctor"], env=environment)
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines()  # the checks; log lines, if any, go to standard error
     assert [line.split(":")[0] for line in lines] == [
         "ok   configuration",
         "ok   site driver",
@@ -71,6 +71,6 @@ def test_doctor_names_a_wrong_bench_setting_and_a_missing_credentials_key(enviro
     broken = {**environment, "SITE_DRIVER": "bench", "BENCH_PATH": "/nonexistent", "SITE_CREDENTIALS_KEY": ""}
     result = CliRunner().invoke(main, ["doctor"], env=broken)
     assert result.exit_code == 1
-    lines = {line.split(":")[0]: line for line in result.output.splitlines()}
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
     assert "BENCH_PATH: /nonexistent is not a bench directory" in lines["FAIL site driver"]
     assert "provisioning credentials-key" in lines["FAIL credentials key"]

@@ -1,5 +1,6 @@
 """What a real worker does with the messages it receives: good ones, duplicates and poison."""
 
+import json
 import uuid
 
 from click.testing import CliRunner
@@ -7,6 +8,7 @@ from kombu import Connection
 from sqlalchemy import func, select
 
 from celeryconfig import RUN_JOB_TASK
+from provisioning import logs
 from provisioning.cli import main
 from provisioning.dead_letters import list_dead_letters
 from provisioning.enums import JobStatus, JobType, TenantStatus
@@ -130,3 +132,18 @@ def test_a_job_cancelled_while_its_message_waits_is_skipped_by_the_worker(worker
     wait_for(lambda: duplicates_ignored(worker, job.id) == 1, timeout=30, what="the worker to skip the job")
     assert job_status(sessions, job.id) == JobStatus.CANCELLED
     assert step_count(sessions, job.id) == 0
+
+
+def test_the_request_id_in_a_message_is_bound_in_the_worker_for_every_line_of_its_job(
+    worker, dispatcher, session, sessions, tenant_factory
+):
+    """The header alone carries it: this job's row has no request id of its own."""
+    tenant = tenant_factory.create()
+    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    request_id = f"carried-{uuid.uuid4().hex}"
+    with logs.bound(request_id=request_id):
+        dispatcher.send_job(job.id)
+    wait_for(lambda: job_status(sessions, job.id) == JobStatus.COMPLETED, timeout=30, what="the job to complete")
+
+    lines = [json.loads(line) for line in worker.output().splitlines() if f'"job_id": "{job.id}"' in line]
+    assert lines and {line.get("request_id") for line in lines} == {request_id}

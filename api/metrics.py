@@ -1,0 +1,176 @@
+"""``/metrics``: the service's figures in Prometheus's text format.
+
+Two kinds of figures, read two ways:
+
+- HTTP requests (count and latency by route and status) are counted by the process that served
+  them. Under gunicorn (``gunicorn_config`` sets ``PROMETHEUS_MULTIPROC_DIR``) every worker
+  writes its counts to files there, and a scrape, whichever worker answers it, adds them all up.
+- Jobs (created, finished, their durations, how many wait or run, the queues' depths) are read
+  from the database and the broker at scrape time: jobs finish on worker machines that no
+  scrape of this process could see, and the job table is the truth about them.
+
+Open from loopback only, unless ``METRICS_TOKEN`` is set: then a ``Bearer`` token is needed
+from everywhere, loopback included (a reverse proxy on the same machine is loopback too).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import time
+
+from flask import Flask, Response, current_app, g, request
+from kombu import Connection
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+import celeryconfig
+from api.errors import http_error
+from provisioning.db import utcnow
+from provisioning.enums import JobStatus
+from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob
+from provisioning.settings import Settings
+from provisioning.states import FINAL_STATUSES
+
+log = logging.getLogger(__name__)
+
+HTTP_REQUESTS = Counter("erpmax_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "erpmax_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+# A create takes minutes with bench, seconds when simulated.
+JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+def init_metrics(app: Flask) -> None:
+    @app.before_request
+    def start_clock() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def count_request(response: Response) -> Response:
+        # The route's pattern, not the path: one series per endpoint, not one per job id.
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - g.get("metrics_started", time.perf_counter()))
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        _check_access(current_app.config["PROVISIONING_SETTINGS"])
+        registry = CollectorRegistry()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry.register(HTTP_REQUESTS)
+            registry.register(HTTP_LATENCY)
+        registry.register(
+            JobFigures(current_app.extensions["provisioning_sessions"], current_app.config["PROVISIONING_SETTINGS"])
+        )
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _check_access(settings: Settings) -> None:
+    if settings.metrics_token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
+            raise http_error(401, "/metrics needs the METRICS_TOKEN as a bearer token", {"WWW-Authenticate": "Bearer"})
+    elif not ipaddress.ip_address(request.remote_addr or "0.0.0.0").is_loopback:
+        raise http_error(403, "/metrics answers loopback only; set METRICS_TOKEN to scrape it from elsewhere")
+
+
+class JobFigures:
+    """A collector that asks the database and the broker at each scrape."""
+
+    def __init__(self, sessions, settings: Settings):
+        self.sessions = sessions
+        self.settings = settings
+
+    def collect(self):
+        with self.sessions() as session:
+            yield from self._job_counts(session)
+            yield from self._job_durations(session)
+            yield from self._active_jobs(session)
+        yield from self._queue_depths()
+
+    def _job_counts(self, session: Session):
+        created = CounterMetricFamily("erpmax_jobs_created", "Jobs requested, by type", labels=["job_type"])
+        finished = CounterMetricFamily(
+            "erpmax_jobs_finished", "Jobs that ended, by type and final status", labels=["job_type", "status"]
+        )
+        rows = session.execute(
+            select(ProvisioningJob.job_type, ProvisioningJob.status, func.count()).group_by(
+                ProvisioningJob.job_type, ProvisioningJob.status
+            )
+        ).all()
+        by_type: dict[str, int] = {}
+        for job_type, status, count in rows:
+            by_type[job_type.value] = by_type.get(job_type.value, 0) + count
+            if status in FINAL_STATUSES:
+                finished.add_metric([job_type.value, status.value], count)
+        for job_type, count in sorted(by_type.items()):
+            created.add_metric([job_type], count)
+        yield created
+        yield finished
+
+    def _job_durations(self, session: Session):
+        family = HistogramMetricFamily(
+            "erpmax_job_duration_seconds", "From start to end of finished jobs, by type", labels=["job_type"]
+        )
+        seconds = _seconds_between(session, ProvisioningJob.started_at, ProvisioningJob.completed_at)
+        columns = [func.count(), func.coalesce(func.sum(seconds), 0)]
+        columns += [func.sum(case((seconds <= bound, 1), else_=0)) for bound in JOB_DURATION_BUCKETS]
+        rows = session.execute(
+            select(ProvisioningJob.job_type, *columns)
+            .where(ProvisioningJob.status.in_(FINAL_STATUSES), ProvisioningJob.started_at.is_not(None))
+            .group_by(ProvisioningJob.job_type)
+        ).all()
+        for job_type, count, total, *within in rows:
+            buckets = [(str(bound), int(n or 0)) for bound, n in zip(JOB_DURATION_BUCKETS, within)] + [("+Inf", count)]
+            family.add_metric([job_type.value], buckets, float(total))
+        yield family
+
+    def _active_jobs(self, session: Session):
+        active = GaugeMetricFamily("erpmax_jobs_active", "Jobs waiting or running now, by status", labels=["status"])
+        counts = dict(
+            session.execute(
+                select(ProvisioningJob.status, func.count())
+                .where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
+                .group_by(ProvisioningJob.status)
+            ).all()
+        )
+        for status in ACTIVE_JOB_STATUSES:
+            active.add_metric([status.value], counts.get(status, 0))
+        yield active
+        oldest = session.scalar(select(func.min(ProvisioningJob.created_at)).where(ProvisioningJob.status == JobStatus.PENDING))
+        age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+        yield GaugeMetricFamily("erpmax_oldest_pending_job_age_seconds", "How long the oldest pending job has waited", value=age)
+
+    def _queue_depths(self):
+        depths = GaugeMetricFamily(
+            "erpmax_queue_messages", "Messages waiting in the job queue and its dead-letter queue", labels=["queue"]
+        )
+        up = 1
+        try:
+            with Connection(self.settings.broker_url, connect_timeout=self.settings.broker_connect_timeout) as connection:
+                channel = connection.default_channel
+                for queue in celeryconfig.provisioning_queues(self.settings):
+                    depths.add_metric([queue.name], queue(channel).queue_declare(passive=True).message_count)
+        except Exception as error:
+            log.warning("metrics: cannot read the queue depths: %s", error)
+            up = 0
+        yield depths
+        yield GaugeMetricFamily("erpmax_broker_up", "Whether the broker answered this scrape", value=up)
+
+
+def _seconds_between(session: Session, start, end):
+    if session.get_bind().dialect.name == "sqlite":
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)

@@ -1,0 +1,44 @@
+"""Gunicorn's settings beyond its command line (``-c python:gunicorn_config``): our log format
+for gunicorn's own lines, and a directory where every worker writes its Prometheus counts.
+
+This module is read by gunicorn's master before the app is imported, which is what the
+multiprocess mode of prometheus-client needs; the directory is new at each start, so no count of
+an earlier run is added in, and a worker that exits has its live gauges dropped.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+from gunicorn.glogging import Logger
+
+from provisioning import logs
+from provisioning.settings import settings_or_exit
+
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _metrics_dir = tempfile.mkdtemp(prefix="erpmax-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    atexit.register(shutil.rmtree, _metrics_dir, ignore_errors=True)
+
+
+class GunicornLogger(Logger):
+    """Gunicorn's error and access logs, sent through the one handler every process uses."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        settings = settings_or_exit()
+        logs.configure("web", settings.log_format, settings.log_level)
+        for logger in (self.error_log, self.access_log):
+            logger.handlers.clear()
+            logger.propagate = True
+
+
+logger_class = GunicornLogger
+
+
+def child_exit(_server, worker) -> None:
+    # Imported here, not above: prometheus-client must first see PROMETHEUS_MULTIPROC_DIR.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,103 @@
+"""``/metrics``: who may read it, and figures that move as jobs are asked for and run."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+from api import create_app
+from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.enums import Role
+from provisioning.runner import JobRunner
+from tests.helpers import assert_error
+from tests.stack import delete_queues
+
+JOBS = "/api/v1/provisioning/jobs"
+SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+
+def scrape(client, **kwargs) -> dict[tuple[str, frozenset], float]:
+    response = client.get("/metrics", **kwargs)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "text/plain"
+    samples = {}
+    for line in response.get_data(as_text=True).splitlines():
+        if (match := SAMPLE.match(line)) is not None:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
+            samples[(match["name"], labels)] = float(match["value"])
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture
+def quiet_settings(settings):
+    """A queue no worker reads, so the test's own runner is the one to run its job."""
+    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.metrics")
+    yield own
+    delete_queues(own.provisioning_queue_name)
+
+
+def test_the_figures_move_as_a_job_is_asked_for_and_runs(quiet_settings, sessions, tenant_factory):
+    settings = quiet_settings
+    client = create_app(settings).test_client()
+    tenant = tenant_factory.create()
+    before = scrape(client)
+    response = client.post(JOBS, json={"job_type": "create_site"}, headers=tenant.headers(Role.OWNER))
+    assert response.status_code == 201
+    pending = scrape(client)
+    JobRunner.for_settings(settings, sessions, SimulatedDriver(step_seconds=0), "metrics@test").run(response.json["data"]["id"])
+    after = scrape(client)
+
+    created = "erpmax_jobs_created_total"
+    assert value(pending, created, job_type="create_site") == value(before, created, job_type="create_site") + 1
+    assert value(pending, "erpmax_jobs_active", status="pending") >= 1
+    finished = ("erpmax_jobs_finished_total", {"job_type": "create_site", "status": "completed"})
+    assert value(after, finished[0], **finished[1]) == value(pending, finished[0], **finished[1]) + 1
+    durations = "erpmax_job_duration_seconds_count"
+    assert value(after, durations, job_type="create_site") == value(before, durations, job_type="create_site") + 1
+    post = {"method": "POST", "route": "/api/v1/provisioning/jobs", "status": "201"}
+    assert value(after, "erpmax_http_requests_total", **post) == value(before, "erpmax_http_requests_total", **post) + 1
+    assert value(after, "erpmax_http_request_duration_seconds_count", method="POST", route=post["route"]) >= 1
+    queue = settings.provisioning_queue_name
+    assert ("erpmax_queue_messages", frozenset({("queue", queue)})) in after
+    assert ("erpmax_queue_messages", frozenset({("queue", f"{queue}.dead")})) in after
+    assert value(after, "erpmax_broker_up") == 1
+
+
+def test_metrics_answer_loopback_only_unless_a_token_is_set(client, settings):
+    elsewhere = {"environ_base": {"REMOTE_ADDR": "10.1.2.3"}}
+    body = assert_error(client.get("/metrics", **elsewhere), 403)
+    assert "METRICS_TOKEN" in body["message"]
+
+    guarded = create_app(replace(settings, metrics_token="scrape-me")).test_client()
+    assert_error(guarded.get("/metrics"), 401)  # loopback included: a proxy on this machine is loopback too
+    assert_error(guarded.get("/metrics", headers={"Authorization": "Bearer wrong"}, **elsewhere), 401)
+    assert guarded.get("/metrics", headers={"Authorization": "Bearer scrape-me"}, **elsewhere).status_code == 200
+
+
+def test_a_dead_broker_is_a_figure_not_a_failed_scrape(settings):
+    client = create_app(replace(settings, broker_url="amqp://guest:guest@127.0.0.1:1//")).test_client()
+    samples = scrape(client)
+    assert value(samples, "erpmax_broker_up") == 0
+    assert any(name == "erpmax_jobs_created_total" for name, _ in samples)
+
+
+@pytest.mark.parametrize(
+    "given, echoed",
+    [("portal-7f3a:order.1001", True), ("", False), ("has spaces in it", False), ("x" * 129, False)],
+)
+def test_every_answer_carries_a_request_id_and_the_job_keeps_it(client, tenant_factory, given, echoed):
+    tenant = tenant_factory.create()
+    headers = {**tenant.headers(Role.OWNER), **({"X-Request-ID": given} if given else {})}
+    response = client.post(JOBS, json={"job_type": "create_site"}, headers=headers)
+
+    request_id = response.headers["X-Request-ID"]
+    assert (request_id == given) is echoed
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", request_id)
+    assert response.json["data"]["request_id"] == request_id
+    assert client.get("/healthz").headers["X-Request-ID"]
