@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import backups, errors, health, jobs, tenants
 from api.errors import ProvisioningApi
@@ -22,6 +23,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or settings_or_exit()
     logs.configure("web", settings.log_format, settings.log_level)
     app = Flask(__name__)
+    if settings.proxy_count:
+        # Behind a proxy, the client's address (for the audit trail, and /metrics' loopback rule)
+        # is in X-Forwarded-For; trusted only as far as PROXY_COUNT proxies wrote it.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count)
     app.config.update(
         API_TITLE="ERPMax provisioning",
         API_VERSION="v1",

@@ -122,6 +122,7 @@ def _process_environment(settings: Settings) -> dict[str, str]:
     if not settings.site_credentials_key:
         env["SITE_CREDENTIALS_KEY"] = _kept_credentials_key(settings.data_dir)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("LOG_FORMAT", "console")  # honcho's pipe is no terminal, but a person reads it
     return env
 
 

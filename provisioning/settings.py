@@ -78,6 +78,8 @@ class Settings:
     log_level: str = "INFO"
     # Bearer token that /metrics asks for from anywhere but loopback; None: loopback only.
     metrics_token: str | None = field(default=None, repr=False)
+    # Reverse proxies in front of the API whose X-Forwarded-For is to be believed (0: none).
+    proxy_count: int = 0
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -174,6 +176,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=_one_of(env, "log_format", LOG_FORMATS, "auto"),
         log_level=_one_of(env, "log_level", LOG_LEVELS, "info").upper(),
         metrics_token=env.get("metrics_token") or None,
+        proxy_count=_non_negative_int(env, "proxy_count", 0),
     )
 
 
@@ -278,6 +281,11 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
     if value < 1:
         raise SettingsError(f"{name.upper()}: {value} must be at least 1")
     return value
+
+
+def _non_negative_int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    return 0 if raw == "0" else _positive_int(env, name, default)
 
 
 def _flag(env: dict[str, str], name: str) -> bool:

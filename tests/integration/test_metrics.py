@@ -101,3 +101,10 @@ def test_every_answer_carries_a_request_id_and_the_job_keeps_it(client, tenant_f
     assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", request_id)
     assert response.json["data"]["request_id"] == request_id
     assert client.get("/healthz").headers["X-Request-ID"]
+
+
+def test_behind_a_trusted_proxy_the_client_address_comes_from_x_forwarded_for(settings):
+    proxied = create_app(replace(settings, proxy_count=1)).test_client()
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    assert_error(proxied.get("/metrics", headers=forwarded), 403)  # the proxy is local; the client is not
+    assert proxied.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from provisioning.credentials import new_key
 from provisioning.settings import SettingsError, get_rabbitmq_url, load_settings
 from tests.processes import procfile_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POSTGRES = "postgresql://app@db.internal/provisioning"
+KEY = new_key()
 
 
 def test_with_no_database_or_broker_configured_the_embedded_defaults_apply(tmp_path):
@@ -68,6 +70,14 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"TASK_SOFT_TIME_LIMIT": "1700", "TASK_TIME_LIMIT": "1900"}, "TASK_TIME_LIMIT"),
         ({"CANCEL_GRACE_SECONDS": "1600"}, "CANCEL_GRACE_SECONDS"),
         ({"JOB_HEARTBEAT_SECONDS": "30", "LOST_JOB_AFTER_SECONDS": "60"}, "LOST_JOB_AFTER_SECONDS"),
+        ({"SIMULATED_FAIL_STEP": "verify_backup"}, "SIMULATED_FAIL_STEP"),  # the platform's step, not the driver's
+        ({"SITE_DRIVER": "docker"}, "SITE_DRIVER"),
+        ({"SITE_CREDENTIALS_KEY": "not-a-key"}, "SITE_CREDENTIALS_KEY"),
+        ({"BACKUP_KEEP_LAST": "0"}, "BACKUP_KEEP_LAST"),
+        ({"BACKUP_INTERVAL_HOURS": "-1"}, "BACKUP_INTERVAL_HOURS"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"PROXY_COUNT": "-1"}, "PROXY_COUNT"),
     ],
 )
 def test_a_malformed_value_is_refused_naming_the_variable(environ, variable):
@@ -88,3 +98,9 @@ def test_a_process_started_with_a_bad_setting_stops_with_one_line_naming_it(proc
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["configuration error: RABBITMQ_PORT: 'abc' is not a whole number"]
+
+
+def test_secrets_never_show_in_the_settings_repr():
+    settings = load_settings({"DB_ROOT_PASSWORD": "root-pw-123", "METRICS_TOKEN": "scrape-tok", "SITE_CREDENTIALS_KEY": KEY})
+    assert settings.bench.db_root_password == "root-pw-123" and settings.metrics_token == "scrape-tok"
+    assert not [secret for secret in ("root-pw-123", "scrape-tok", KEY) if secret in repr(settings)]
