@@ -6,7 +6,6 @@ multiprocess mode of prometheus-client needs; the directory is new at each start
 an earlier run is added in, and a worker that exits has its live gauges dropped.
 """
 
-import atexit
 import os
 import shutil
 import tempfile
@@ -16,10 +15,10 @@ from gunicorn.glogging import Logger
 from provisioning import logs
 from provisioning.settings import settings_or_exit
 
+_made_metrics_dir = None
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    _metrics_dir = tempfile.mkdtemp(prefix="erpmax-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-    atexit.register(shutil.rmtree, _metrics_dir, ignore_errors=True)
+    _made_metrics_dir = tempfile.mkdtemp(prefix="erpmax-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
 
 
 class GunicornLogger(Logger):
@@ -35,6 +34,13 @@ class GunicornLogger(Logger):
 
 
 logger_class = GunicornLogger
+
+
+def on_exit(_server) -> None:
+    """The master's exit only (an atexit handler would also run in each worker that exits, and
+    take the directory from under the others)."""
+    if _made_metrics_dir:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)
 
 
 def child_exit(_server, worker) -> None:

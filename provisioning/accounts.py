@@ -28,6 +28,8 @@ from provisioning.errors import (
 from provisioning.models import ApiToken, Membership, Tenant, User
 
 TOKEN_PREFIX = "erpx_"
+# Set in a session's ``info`` when it holds a write its owner must still commit.
+COMMIT_WHEN_DONE = "commit_when_done"
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # A token's last use is written at most this often, so reads do not each cost a write.
@@ -134,9 +136,11 @@ def revoke_token(session: Session, token_id: uuid.UUID, origin: Origin = SYSTEM)
 
 
 def authenticate(session: Session, plain_token: str | None, tenant_ref: str | None) -> Caller:
-    """Resolve a bearer token and the requested tenant into a Caller.
+    """Resolve a bearer token and the requested tenant into a Caller, in one query.
 
     The tenant is the user's only one, or the one named (by id or slug) in ``tenant_ref``.
+    Marking the token used (at most once per ``LAST_USED_RESOLUTION``) is left in the session
+    for the caller's commit: the request's own, or the one the API makes when it ends.
 
     Raises:
         AuthenticationFailed: no token, or one that is unknown, expired or revoked.
@@ -146,26 +150,30 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     """
     if not plain_token:
         raise MissingCredentials("missing bearer token")
-    row = session.execute(
-        select(ApiToken, User).join(User, ApiToken.user_id == User.id).where(ApiToken.token_hash == hash_token(plain_token))
-    ).first()
-    if row is None:
+    rows = session.execute(
+        select(ApiToken, User, Tenant, Membership.role)
+        .join(User, ApiToken.user_id == User.id)
+        .outerjoin(Membership, Membership.user_id == User.id)
+        .outerjoin(Tenant, Tenant.id == Membership.tenant_id)
+        .where(ApiToken.token_hash == hash_token(plain_token))
+    ).all()
+    if not rows:
         raise AuthenticationFailed("unknown token")
-    token, user = row
+    token, user = rows[0][0], rows[0][1]
     now = utcnow()
     if (refusal := token_refusal(token, now)) is not None:
         raise AuthenticationFailed(refusal)
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
         session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
-        session.commit()
-    tenant, role = _choose_tenant(session, user, tenant_ref)
+        session.info[COMMIT_WHEN_DONE] = True
+    memberships = [(tenant, role) for _token, _user, tenant, role in rows if tenant is not None]
+    tenant, role = _choose_tenant(session, user, memberships, tenant_ref)
     return Caller(user=user, tenant=tenant, role=role)
 
 
-def _choose_tenant(session: Session, user: User, tenant_ref: str | None) -> tuple[Tenant, Role | None]:
-    memberships = session.execute(
-        select(Tenant, Membership.role).join(Membership, Membership.tenant_id == Tenant.id).where(Membership.user_id == user.id)
-    ).all()
+def _choose_tenant(
+    session: Session, user: User, memberships: list[tuple[Tenant, Role]], tenant_ref: str | None
+) -> tuple[Tenant, Role | None]:
     if tenant_ref:
         if len(tenant_ref) > MAX_TENANT_REF_LENGTH or not tenant_ref.isprintable():
             raise InvalidRequest("X-Tenant-ID must be a tenant slug or id")

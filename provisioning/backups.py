@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import logging
 import re
+import shutil
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.db import utcnow
+from provisioning.drivers.base import BackupFile
 from provisioning.enums import BackupStatus
 from provisioning.errors import NotFound, StepFailed
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, SiteBackup
@@ -31,20 +33,17 @@ log = logging.getLogger(__name__)
 
 DATABASE = "database"
 FILE_KINDS = (DATABASE, "config", "public_files", "private_files")
-# What a mysqldump or mariadb-dump of a frappe site always has near its start.
+# What a mysqldump or mariadb-dump of a frappe site always has near its start, and at its very end:
+# a dump whose mysqldump died half-way is still a complete gzip stream, only without the trailer.
 SQL_MARKERS = re.compile(rb"CREATE TABLE|INSERT INTO|-- (MariaDB|MySQL) dump", re.IGNORECASE)
+DUMP_TRAILER = b"-- Dump completed"
 SQL_SNIFF_BYTES = 1 << 20
+TRAILER_BYTES = 4096
 CHUNK = 1 << 20
 
 
 class BackupInvalid(Exception):
     """A backup's files are missing, changed, empty or not what they claim to be."""
-
-
-@dataclass(frozen=True)
-class BackupFile:
-    kind: str
-    path: Path
 
 
 @dataclass(frozen=True)
@@ -93,16 +92,19 @@ def verify(files: Sequence[dict]) -> None:
 def _check_dump(path: Path) -> None:
     if path.stat().st_size == 0:
         raise BackupInvalid(f"the database dump {path.name} is empty")
-    head = b""
+    head = tail = b""
     try:
         with gzip.open(path, "rb") as stream:
             while chunk := stream.read(CHUNK):  # to the end: a truncated stream fails only there
                 if len(head) < SQL_SNIFF_BYTES:
                     head += chunk[: SQL_SNIFF_BYTES - len(head)]
+                tail = (tail + chunk)[-TRAILER_BYTES:]
     except (OSError, EOFError, zlib.error) as error:
         raise BackupInvalid(f"the database dump {path.name} is not a complete gzip file: {error}") from None
     if not SQL_MARKERS.search(head):
         raise BackupInvalid(f"the database dump {path.name} has no SQL in it")
+    if DUMP_TRAILER not in tail:
+        raise BackupInvalid(f"the database dump {path.name} stops before its end ('{DUMP_TRAILER.decode()}' is missing)")
 
 
 def _measure(path: Path) -> tuple[int, str]:
@@ -139,16 +141,26 @@ class BackupBook:
         ).first()
 
     def verify(self, backup: SiteBackup) -> None:
-        """Mark the backup completed if its files pass ``verify``; else failed, and raise BackupInvalid."""
+        """Mark the backup completed if its files pass ``verify``; else failed, and raise BackupInvalid.
+
+        Completed only if it is still unverified then (compare-and-set): a worker that was
+        declared lost while it checked must not bring back a backup the sweeper discarded.
+        """
         try:
             verify(backup.files)
         except BackupInvalid as invalid:
             self._discard(backup, str(invalid))
             self.session.commit()
             raise
-        backup.status = BackupStatus.COMPLETED
-        backup.completed_at = utcnow()
+        completed = self.session.execute(
+            update(SiteBackup)
+            .where(SiteBackup.id == backup.id, SiteBackup.status == BackupStatus.RUNNING)
+            .values(status=BackupStatus.COMPLETED, completed_at=utcnow())
+        ).rowcount
         self.session.commit()
+        if not completed:
+            raise BackupInvalid("the backup was discarded while it was being checked (its job ended meanwhile)")
+        self.session.refresh(backup)
 
     def take_over(self, from_job_id: uuid.UUID, to_job_id: uuid.UUID) -> None:
         """A retry resumes its predecessor's work: verified backups become the retry's, and an
@@ -199,6 +211,31 @@ class BackupBook:
                 "backups: pruned %d by retention (keep %d, at most %s old)", len(pruned), retention.keep_last, retention.max_age
             )
         return pruned
+
+    def remove_strays(self, root: Path) -> list[Path]:
+        """Delete the job directories under ``root`` (``<slug>/<job id>``) that no job still
+        writes and no kept backup uses: what failed or cancelled backup steps left, which
+        nothing else would ever remove. Returns them."""
+        kept = {
+            Path(file["path"]).parent
+            for files in self.session.scalars(
+                select(SiteBackup.files).where(SiteBackup.status.in_([BackupStatus.RUNNING, BackupStatus.COMPLETED]))
+            )
+            for file in files
+        }
+        active = {
+            str(job_id)
+            for job_id in self.session.scalars(select(ProvisioningJob.id).where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)))
+        }
+        self.session.commit()
+        removed = []
+        for directory in root.glob("*/*") if root.is_dir() else []:
+            if directory.is_dir() and directory not in kept and directory.name not in active:
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory)
+        if removed:
+            log.info("backups: removed %d directories that failed or cancelled backups left", len(removed))
+        return removed
 
     def list(self, tenant_id: uuid.UUID, page: int, size: int) -> tuple[Sequence[SiteBackup], int]:
         """One page of the tenant's backups, newest first, and the total."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy as _copy
 from pathlib import Path
 from typing import Callable, Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.backups import BackupBook, BackupFile
+from provisioning.backups import BackupBook
 from provisioning.credentials import CredentialsUnavailable, SiteCredentials, generate_password
+from provisioning.drivers.base import BackupFile
 from provisioning.errors import StepFailed
 from provisioning.models import ProvisioningJob, Tenant
 
@@ -39,6 +41,12 @@ class JobContext:
     def should_stop(self) -> bool:
         return self._should_stop()
 
+    def unstoppable(self) -> "JobContext":
+        """The same context for work that must finish even though the job is stopping: a cancel's clean-up."""
+        copy = _copy.copy(self)
+        copy._should_stop = _never
+        return copy
+
     def admin_password(self) -> str:
         try:
             with self._sessions() as session:
@@ -61,3 +69,7 @@ class JobContext:
     def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
         with self._sessions() as session:
             BackupBook(session).start(self._tenant_id, self.job_id, site, files)
+
+
+def _never() -> bool:
+    return False

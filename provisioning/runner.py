@@ -304,16 +304,18 @@ class JobRunner:
         context = JobContext(self.sessions, job, watch.should_stop, self.credentials, self.backup_root)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         completed: list[str] = list(workflow.step_names[:first])
+        reached = list(completed)  # the steps started, the one in progress included
         for position, step in enumerate(workflow.steps[first:], start=first):
             if watch.status(fresh=True) != JobStatus.RUNNING:
-                return self._stop(service, job, workflow, completed, watch, context)
+                return self._stop(service, job, workflow, completed, reached, watch, context)
             if step.skipped_when and job.options.get(step.skipped_when):
                 service.end_step(
                     job.id, self.worker, position, StepStatus.SKIPPED, f"Skipped: the job asked for {step.skipped_when}"
                 )
                 continue
             if not service.start_step(job.id, self.worker, position, step.message):
-                return self._stop(service, job, workflow, completed, watch, context)
+                return self._stop(service, job, workflow, completed, reached, watch, context)
+            reached.append(step.name)
             log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
             try:
                 with terminator.step(), logs.bound(step=step.name):
@@ -324,7 +326,7 @@ class JobRunner:
                 if watch.status(fresh=True) == JobStatus.CANCELLING:
                     how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
                     service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
-                return self._stop(service, job, workflow, completed, watch, context)
+                return self._stop(service, job, workflow, completed, reached, watch, context)
             except StepFailed as failure:
                 return self._fail(service, job, position, f"step {step.name} failed: {failure}", failure.output)
             except SoftTimeLimitExceeded:
@@ -333,13 +335,13 @@ class JobRunner:
                 log.exception("job %s: step %s raised", job.id, step.name)
                 return self._fail(service, job, position, f"step {step.name} failed: {type(error).__name__}: {error}")
             if not service.finish_step(job.id, self.worker, position, output, workflow.progress_after(position + 1)):
-                return self._stop(service, job, workflow, completed, watch, context)
+                return self._stop(service, job, workflow, completed, reached, watch, context)
             completed.append(step.name)
         if service.complete_job(job.id):
             log.info("job %s: completed", job.id)
         else:
             # A cancel arrived during the last step; it wins, as at any other step boundary.
-            self._stop(service, job, workflow, completed, watch, context)
+            self._stop(service, job, workflow, completed, reached, watch, context)
 
     def _perform(self, job: ProvisioningJob, step: Step, context: JobContext, resuming: bool) -> str:
         """Run one step; on a resumed job's first step, first take over what the failed job left."""
@@ -359,13 +361,14 @@ class JobRunner:
         job: ProvisioningJob,
         workflow: Workflow,
         completed: list[str],
+        reached: list[str],
         watch: JobWatch,
         context: JobContext,
     ) -> None:
         """Settle a cancel, or step aside when the job is no longer this worker's."""
         status = watch.status(fresh=True)
         if status == JobStatus.CANCELLING:
-            self._settle_cancel(service, job, workflow, completed, context)
+            self._settle_cancel(service, job, workflow, completed, reached, context)
         else:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", job.id, status.value)
 
@@ -386,14 +389,27 @@ class JobRunner:
             log.exception("job %s: could not record the failure; the sweeper will fail it as lost", job.id)
 
     def _settle_cancel(
-        self, service: PatientService, job: ProvisioningJob, workflow: Workflow, completed: list[str], context: JobContext
+        self,
+        service: PatientService,
+        job: ProvisioningJob,
+        workflow: Workflow,
+        completed: list[str],
+        reached: list[str],
+        context: JobContext,
     ) -> None:
-        """End a cancelled job, undoing what it made unless it already passed its point of no return."""
+        """End a cancelled job, undoing what it made unless it already passed its point of no return.
+
+        A job stopped before ``changes_from`` made nothing, so nothing is undone: what is there
+        (a failed tenant's site, say) is not this job's to remove.
+        """
         if workflow.point_of_no_return in completed:
             message = f"Cancelled after {workflow.point_of_no_return} had completed; that cannot be undone"
+        elif workflow.changes_from not in reached:
+            message = "Cancelled before it changed anything"
         else:
             try:
-                self.driver.undo(context)
+                # The clean-up must run to its end although the job is cancelling.
+                self.driver.undo(context.unstoppable())
             except Exception as error:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"

@@ -396,7 +396,7 @@ class ProvisioningService:
         return True
 
     def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
-        """Record a step that failed or was cancelled, with what it printed."""
+        """Record a step that ended other than completed (failed, cancelled, skipped), with what it printed."""
         if not self._owns(job_id, worker):
             return False
         name = self._update_step(job_id, position, status=status, finished_at=utcnow(), message=message, output=_tail(output))
@@ -514,6 +514,9 @@ class ProvisioningService:
             options=options,
             request_id=logs.current("request_id"),
         )
+        if self.dispatch is not None:
+            # Marked as sent in the same commit as the job itself: one commit, not two, per request.
+            job.dispatched_at, job.dispatch_count = utcnow(), 1
         if idempotency_key:
             # An expired key may be used again: its old row goes in the same transaction.
             now = utcnow()
@@ -539,6 +542,8 @@ class ProvisioningService:
             actor = actor or _user(requested_by_id)
             detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
             self._record(job.id, "created", actor, detail, status=JobStatus.PENDING)
+            if self.dispatch is not None:
+                self._record(job.id, "dispatched", "system")
             if retry_of_id:
                 self._record(retry_of_id, "retried", actor, f"retried as {job.id}")
             if self.origin is not None:
@@ -558,7 +563,8 @@ class ProvisioningService:
             raise Conflict(
                 f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
             ) from None
-        set_committed_value(job, "dispatched_at", self._publish(job.id))
+        if self.dispatch is not None:
+            self._publish_new(job)
         return job
 
     def _resume_point(self, job: ProvisioningJob) -> str | None:
@@ -656,15 +662,19 @@ class ProvisioningService:
             select(ProvisioningJob).where(ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
         ).first()
 
-    def _publish(self, job_id: uuid.UUID) -> datetime | None:
-        """Publish the job's message and record when; None (and logged) if the broker failed."""
-        if self.dispatch is None:
-            return None
+    def _send(self, job_id: uuid.UUID) -> bool:
+        """Publish the job's message; False (and logged) if the broker failed."""
         try:
             self.dispatch(job_id)
         except Exception:
-            # The row is committed, so nothing is lost: the job stays pending and undispatched.
+            # The row is committed, so nothing is lost: the job stays pending for a re-publish.
             log.exception("job %s: publishing failed; it stays pending until it is re-published", job_id)
+            return False
+        return True
+
+    def _publish(self, job_id: uuid.UUID) -> datetime | None:
+        """Publish a job's message again and record when; None if the broker failed."""
+        if self.dispatch is None or not self._send(job_id):
             return None
         dispatched_at = utcnow()
         try:
@@ -681,6 +691,24 @@ class ProvisioningService:
             log.exception("job %s: published, but recording when failed", job_id)
             return None
         return dispatched_at
+
+    def _publish_new(self, job: ProvisioningJob) -> None:
+        """Publish a job created as dispatched (one commit for both, the common case); when the
+        broker fails, take the mark back, so the next sweep publishes it."""
+        if self._send(job.id):
+            return
+        try:
+            self.session.execute(
+                update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(dispatched_at=None, dispatch_count=0)
+            )
+            self._record(job.id, "dispatch_failed", "system", "the broker did not take the message; the sweeper will")
+            self.session.commit()
+        except DBAPIError:
+            # Marked dispatched but not sent: the sweeper publishes it once it looks unclaimed.
+            self.session.rollback()
+            log.exception("job %s: not published, and clearing its dispatch mark failed", job.id)
+            return
+        set_committed_value(job, "dispatched_at", None)
 
 
 def _user(user_id: uuid.UUID | None) -> str:

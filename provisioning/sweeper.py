@@ -18,6 +18,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +38,7 @@ class SweepReport:
     forgotten_keys: int
     scheduled_backups: list[uuid.UUID]
     pruned_backups: list[uuid.UUID]
+    stray_backup_directories: list[Path]
 
 
 def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatch) -> SweepReport:
@@ -52,6 +54,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
                 else []
             ),
             pruned_backups=BackupBook(session).prune(retention_of(settings)),
+            stray_backup_directories=BackupBook(session).remove_strays(settings.backup_path),
         )
     if report.reaped or report.republished or report.scheduled_backups or report.pruned_backups:
         log.info(

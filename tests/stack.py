@@ -66,11 +66,18 @@ class WorkerProcess:
     """A real ``celery -A tasks worker`` on a test's queue, in a process group of its own, so a test
     can kill the whole worker, pool processes and all."""
 
-    def __init__(self, environment: dict[str, str], dispatcher: Dispatcher, concurrency: int = 2, name: str | None = None):
+    def __init__(
+        self,
+        environment: dict[str, str],
+        dispatcher: Dispatcher,
+        concurrency: int = 2,
+        name: str | None = None,
+        app: str = "tasks",
+    ):
         self.name = name or f"test-{RUN_ID}-{uuid.uuid4().hex[:6]}@localhost"
         self.dispatcher = dispatcher
         command = [
-            sys.executable, "-m", "celery", "-A", "tasks", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "-Q", environment["PROVISIONING_QUEUE_NAME"], "-n", self.name,
             "-c", str(concurrency), "-P", "prefork", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ]  # fmt: skip

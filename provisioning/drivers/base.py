@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence
 
-from provisioning.backups import BackupFile
 from provisioning.enums import JobType
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    """A file a backup command wrote: ``kind`` is database, config, public_files or private_files."""
+
+    kind: str
+    path: Path
 
 
 class StepContext(Protocol):

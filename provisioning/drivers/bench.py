@@ -10,6 +10,7 @@ admin passwords given on the command line are redacted from every output we keep
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -19,11 +20,10 @@ import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioning.backups import BackupFile
-from provisioning.drivers.base import StepContext
+from provisioning.drivers.base import BackupFile, StepContext
 from provisioning.enums import JobType
 from provisioning.errors import StepFailed, StepStopped
 from provisioning.settings import BenchSettings
@@ -49,7 +49,7 @@ class BenchConfig:
     executable: str
     site_domain: str
     db_root_username: str
-    db_root_password: str
+    db_root_password: str = field(repr=False)
     apps: tuple[str, ...]
     step_timeout: float
     archive_path: Path
@@ -138,6 +138,7 @@ class Command:
             text=True,
             errors="replace",
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         reader = threading.Thread(target=self._read, args=(process,), daemon=True)
         reader.start()
@@ -156,6 +157,8 @@ class Command:
         finally:
             if process.poll() is None:  # interrupted from outside (StepTerminated, a time limit)
                 self._stop_group(process)
+            _signal_group(process.pid, signal.SIGKILL)  # what ignored SIGTERM, and children bench left behind
+            process.wait()
             reader.join(timeout=TERMINATE_GRACE_SECONDS)
         self.exit_code = process.returncode
         if check and self.exit_code != 0:
@@ -171,23 +174,29 @@ class Command:
             self.lines.append(line.rstrip("\n"))
 
     def _stop_group(self, process: subprocess.Popen) -> None:
-        """SIGTERM the whole group, then SIGKILL what is left after a grace period."""
-        for sig, wait in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, TERMINATE_GRACE_SECONDS)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            if sig == signal.SIGTERM:
-                # The leader is gone; children that ignored SIGTERM must not outlive it.
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            return
+        """SIGTERM the whole group and give it a grace period; ``run`` then SIGKILLs what is left."""
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=TERMINATE_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# Looked up here, not in the forked child, where loading a library could wait on a lock forever.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed if the worker process dies (SIGKILL, OOM) before it could stop us."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class BenchDriver:

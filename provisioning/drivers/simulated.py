@@ -4,8 +4,7 @@ import gzip
 import json
 import time
 
-from provisioning.backups import BackupFile
-from provisioning.drivers.base import StepContext
+from provisioning.drivers.base import BackupFile, StepContext
 from provisioning.errors import StepFailed, StepStopped
 
 CANCEL_POLL_SECONDS = 0.05
@@ -51,7 +50,7 @@ class SimulatedDriver:
         dump = directory / f"{context.tenant_slug}-database.sql.gz"
         with gzip.open(dump, "wt") as stream:
             stream.write(f"-- MariaDB dump (simulated)\nCREATE TABLE `tabSite` (`name` varchar(140));\n"
-                         f"INSERT INTO `tabSite` VALUES ('{context.tenant_slug}');\n")  # fmt: skip
+                         f"INSERT INTO `tabSite` VALUES ('{context.tenant_slug}');\n-- Dump completed\n")  # fmt: skip
         config = directory / f"{context.tenant_slug}-site_config_backup.json"
         config.write_text(json.dumps({"site": context.tenant_slug, "simulated": True}))
         context.record_backup(context.tenant_slug, [BackupFile("database", dump), BackupFile("config", config)])

@@ -11,8 +11,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from provisioning.backup_schedule import SCHEDULER, schedule_backups
-from provisioning.backups import BackupBook, BackupFile, Retention
+from provisioning.backups import BackupBook, Retention
 from provisioning.db import utcnow
+from provisioning.drivers.base import BackupFile
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, TenantStatus
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
@@ -23,6 +24,7 @@ from tests.helpers import wait_for
 from tests.stack import BeatProcess
 
 DAILY = timedelta(hours=24)
+GOOD_DUMP = gzip.compress(b"CREATE TABLE t (x int);\n-- Dump completed on 2026-11-30 01:02:03\n")
 
 
 def backup_jobs(sessions, tenant_id) -> list[ProvisioningJob]:
@@ -100,7 +102,7 @@ def make_backup(session, tenant, directory: Path, age: timedelta, job_id=None) -
     """A completed backup with a real dump file, made ``age`` ago."""
     directory.mkdir(parents=True, exist_ok=True)
     dump = directory / "database.sql.gz"
-    dump.write_bytes(gzip.compress(b"CREATE TABLE t (x int);"))
+    dump.write_bytes(GOOD_DUMP)
     book = BackupBook(session)
     backup = book.start(tenant.id, job_id, "site.test", [BackupFile("database", dump)])
     book.verify(backup)
@@ -157,7 +159,7 @@ def test_an_unverified_backup_of_a_job_that_ended_is_discarded_with_its_files(se
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
     dump = tmp_path / "database.sql.gz"
-    dump.write_bytes(gzip.compress(b"CREATE TABLE t (x int);"))
+    dump.write_bytes(GOOD_DUMP)
     backup = BackupBook(session).start(tenant.id, job.id, "site.test", [BackupFile("database", dump)])
     retention = Retention(keep_last=5, max_age=timedelta(days=30))
 
@@ -169,3 +171,17 @@ def test_an_unverified_backup_of_a_job_that_ended_is_discarded_with_its_files(se
     discarded = session.get(SiteBackup, backup.id, populate_existing=True)
     assert discarded.status == BackupStatus.FAILED and "ended before" in discarded.error
     assert not dump.exists()
+
+
+def test_what_a_failed_backup_step_left_is_removed_and_kept_backups_are_not(session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    kept = make_backup(session, tenant, tmp_path / tenant.tenant.slug / "kept", timedelta(hours=1))
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    left = tmp_path / tenant.tenant.slug / str(job.id)
+    left.mkdir()
+    (left / "half-written-database.sql.gz").write_bytes(b"\x1f\x8b")
+
+    assert BackupBook(session).remove_strays(tmp_path) == [left]
+    assert not left.exists()
+    assert Path(kept.files[0]["path"]).exists()

@@ -20,6 +20,7 @@ from api import create_app
 from provisioning.credentials import SiteCredentials
 from provisioning.drivers.bench import BenchDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.errors import StepStopped
 from provisioning.models import JobEvent, JobStep, ProvisioningJob, SiteBackup, Tenant
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
@@ -76,8 +77,8 @@ def worker_settings(settings, tmp_path):
 def run_job(worker_settings, sessions, bench_settings):
     """Run a job to its end in this process, as a worker would, on the bench driver."""
 
-    def run(job_id, **bench_changes) -> ProvisioningJob:
-        driver = BenchDriver(replace(bench_settings, **bench_changes))
+    def run(job_id, driver_class=BenchDriver, **bench_changes) -> ProvisioningJob:
+        driver = driver_class(replace(bench_settings, **bench_changes))
         JobRunner.for_settings(worker_settings, sessions, driver, "bench-test@localhost").run(job_id)
         return read_job(sessions, job_id)
 
@@ -331,7 +332,8 @@ def test_a_cancel_stops_a_hanging_create_kills_its_whole_process_tree_and_remove
 
     pids = wait_for(lambda: hanging_pids(pid_file), timeout=30, what="bench and its child to start")
     assert all(alive(pid) for pid in pids)
-    bench.site_dir(tenant).mkdir()  # what new-site has made so far
+    bench.site_dir(tenant).mkdir()  # what new-site has made so far: the folder and its config
+    (bench.site_dir(tenant) / "site_config.json").write_text('{"db_name": "_half_made"}')
     ProvisioningService(session).cancel_job(tenant.id, job.id)
     runner.join(timeout=30)
 
@@ -341,6 +343,27 @@ def test_a_cancel_stops_a_hanging_create_kills_its_whole_process_tree_and_remove
     assert read_tenant(sessions, tenant.id).status == TenantStatus.PENDING
     step = next(step for step in read_steps(sessions, job.id) if step.name == "create_site")
     assert step.status == StepStatus.CANCELLED
+    assert any(call[0] == "drop-site" and "--force" in call for call in bench.calls())  # the clean-up ran to its end
+
+
+def test_a_cancel_before_create_site_leaves_an_existing_site_alone(session, sessions, tenant_factory, run_job, bench):
+    """A failed tenant may still have its site (a delete that failed): a create cancelled early made nothing to undo."""
+    tenant = tenant_factory.create()
+    create_site(session, sessions, tenant, run_job)
+    tenant_factory.set_status(tenant.tenant, TenantStatus.FAILED)
+    running = request(session, tenant)
+
+    class CancelsInPreconditions(BenchDriver):
+        def run_step(self, step, context):
+            ProvisioningService(session).cancel_job(tenant.id, running.id)
+            raise StepStopped(step)
+
+    run_job(running.id, driver_class=CancelsInPreconditions)
+
+    assert read_job(sessions, running.id).status == JobStatus.CANCELLED
+    assert read_job(sessions, running.id).message == "Cancelled before it changed anything"
+    assert (bench.site_dir(tenant) / "site_config.json").exists()
+    assert "drop-site" not in [call[0] for call in bench.calls()]
 
 
 def test_a_step_that_runs_past_its_timeout_fails_saying_so_and_leaves_no_process(

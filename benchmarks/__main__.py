@@ -1,0 +1,74 @@
+"""``make bench``: every figure beside its baseline, as a table and as JSON.
+
+Small sizes by default (a few minutes); ``--full`` uses the issue's sizes (1,000,000 rows,
+10,000 jobs), which take much longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import figures
+from benchmarks.figures import Figure
+from benchmarks.parts import wrk_available
+
+SIZES = {
+    "small": {"rows": 100_000, "jobs": 1_000, "memory_jobs": 2_000, "samples": 200, "seconds": 8, "tenants": 20_000},
+    "full": {"rows": 1_000_000, "jobs": 3_000, "memory_jobs": 10_000, "samples": 200, "seconds": 15, "tenants": 40_000},
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="the issue's sizes: 1,000,000 rows and 10,000 jobs")
+    parser.add_argument("--out", type=Path, default=Path("var/bench"), help="directory for the JSON results")
+    args = parser.parse_args()
+    if not wrk_available():
+        sys.exit("wrk is not installed: apt-get install wrk (make bench does)")
+    size = SIZES["full" if args.full else "small"]
+
+    rows: list[Figure] = []
+    rows += figures.create_throughput(size["seconds"], size["tenants"])
+    rows += figures.read_latency(5, size["rows"])
+    empty = figures.worker_throughput(size["jobs"])
+    bare = figures.bare_worker_throughput(size["jobs"] * 2)
+    rows.append(Figure("worker throughput", "jobs/s", empty.jobs_per_second, bare, ">= 0.3x (0.5x stretch)",
+                       empty.jobs_per_second >= 0.3 * bare, f"{empty.commits_per_job:.1f} commits per job"))  # fmt: skip
+    rows += figures.dispatch_latency(size["samples"])
+    full_table = figures.worker_throughput(size["jobs"], existing_rows=size["rows"])
+    rows.append(Figure(f"worker throughput, {size['rows']:,} rows", "jobs/s", full_table.jobs_per_second,
+                       empty.jobs_per_second, ">= 0.9x", full_table.jobs_per_second >= 0.9 * empty.jobs_per_second,
+                       "baseline: the same with an empty table"))  # fmt: skip
+    rows += figures.memory(size["memory_jobs"])
+
+    print(table(rows))
+    args.out.mkdir(parents=True, exist_ok=True)
+    when = datetime.now(timezone.utc)
+    path = args.out / f"bench-{when:%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps({
+        "at": when.isoformat(), "size": "full" if args.full else "small", "machine": platform.node(),
+        "figures": [asdict(row) | {"ratio": row.ratio} for row in rows],
+    }, indent=2))  # fmt: skip
+    print(f"\nwritten to {path}")
+    return 0
+
+
+def table(rows: list[Figure]) -> str:
+    header = f"{'figure':<34} {'ours':>10} {'baseline':>10} {'unit':<7} {'ratio':>6}  {'target':<24} {'met':<4} note"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        baseline = f"{row.baseline:10.1f}" if row.baseline is not None else f"{'':>10}"
+        ratio = f"{row.ratio:6.2f}" if row.ratio is not None else f"{'':>6}"
+        met = "yes" if row.met else "NO"
+        lines.append(f"{row.name:<34} {row.ours:10.1f} {baseline} {row.unit:<7} {ratio}  {row.target:<24} {met:<4} {row.note}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
