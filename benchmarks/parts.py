@@ -113,11 +113,12 @@ def seed_finished_jobs(bench: Bench, count: int, caller: uuid.UUID, others: list
 
 
 def seed_pending_jobs(bench: Bench, tenants: list[uuid.UUID]) -> list[uuid.UUID]:
-    """A pending, never-published create_site job for each tenant; returns their ids."""
+    """A pending create_site job for each tenant, marked as published (the benchmark publishes them
+    itself: a worker's start-up sweep must not publish them a second time); returns their ids."""
     now = utcnow()
     rows = [
         {"id": uuid.uuid4(), "tenant_id": tenant, "job_type": JobType.CREATE_SITE, "status": JobStatus.PENDING, "progress": 0,
-         "message": "Waiting for a worker", "options": {}, "created_at": now}
+         "message": "Waiting for a worker", "options": {}, "created_at": now, "dispatched_at": now, "dispatch_count": 1}
         for tenant in tenants
     ]  # fmt: skip
     with get_engine(bench.database_url).begin() as connection:

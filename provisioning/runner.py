@@ -25,7 +25,7 @@ from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
 from provisioning.job_context import JobContext
 from provisioning.models import ProvisioningJob
-from provisioning.service import Announce, ProvisioningService
+from provisioning.service import Announce, FinishedStep, ProvisioningService
 from provisioning.settings import Settings
 from provisioning.workflows import Step, Workflow, workflow_for
 
@@ -305,15 +305,18 @@ class JobRunner:
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         completed: list[str] = list(workflow.step_names[:first])
         reached = list(completed)  # the steps started, the one in progress included
+        # A completed step is recorded with the next write (the next step's start, or the job's
+        # end): one commit per step boundary, and the status read with it is the cancel check.
+        finished: FinishedStep | None = None
         for position, step in enumerate(workflow.steps[first:], start=first):
-            if watch.status(fresh=True) != JobStatus.RUNNING:
-                return self._stop(service, job, workflow, completed, reached, watch, context)
             if step.skipped_when and job.options.get(step.skipped_when):
                 service.end_step(
                     job.id, self.worker, position, StepStatus.SKIPPED, f"Skipped: the job asked for {step.skipped_when}"
                 )
                 continue
-            if not service.start_step(job.id, self.worker, position, step.message):
+            status = service.begin_step(job.id, self.worker, position, step.message, finished)
+            finished = None
+            if status != JobStatus.RUNNING:
                 return self._stop(service, job, workflow, completed, reached, watch, context)
             reached.append(step.name)
             log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
@@ -334,13 +337,13 @@ class JobRunner:
             except Exception as error:  # a driver bug must still end the job, never leave it running
                 log.exception("job %s: step %s raised", job.id, step.name)
                 return self._fail(service, job, position, f"step {step.name} failed: {type(error).__name__}: {error}")
-            if not service.finish_step(job.id, self.worker, position, output, workflow.progress_after(position + 1)):
-                return self._stop(service, job, workflow, completed, reached, watch, context)
+            finished = FinishedStep(position, output, workflow.progress_after(position + 1))
             completed.append(step.name)
-        if service.complete_job(job.id):
+        if service.complete_job(job.id, self.worker, finished):
             log.info("job %s: completed", job.id)
         else:
-            # A cancel arrived during the last step; it wins, as at any other step boundary.
+            # A cancel arrived during the last step (it wins, as at any other step boundary), or
+            # the job is no longer this worker's.
             self._stop(service, job, workflow, completed, reached, watch, context)
 
     def _perform(self, job: ProvisioningJob, step: Step, context: JobContext, resuming: bool) -> str:

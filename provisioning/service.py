@@ -49,6 +49,15 @@ EVENT_OF_STATUS = {
 
 
 @dataclass(frozen=True)
+class FinishedStep:
+    """A step that completed, to be recorded with the next write of its job."""
+
+    position: int
+    output: str
+    progress: int
+
+
+@dataclass(frozen=True)
 class Beat:
     """What a heartbeat learns: when the job's cancel was requested, if it was."""
 
@@ -371,29 +380,27 @@ class ProvisioningService:
 
     # Step writes come from the worker that owns the job; a worker declared lost writes nothing.
 
-    def start_step(self, job_id: uuid.UUID, worker: str, position: int, message: str) -> bool:
-        """Mark the step running; False when the job is no longer this worker's to run."""
-        if not self._owns(job_id, worker):
-            return False
-        name = self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
-        self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(message=message))
-        self._record(job_id, "step_started", f"worker {worker}", name)
-        self.session.commit()
-        return True
+    def begin_step(
+        self, job_id: uuid.UUID, worker: str, position: int, message: str, finished: FinishedStep | None = None
+    ) -> JobStatus | None:
+        """Record the step before as completed (``finished``) and mark this one running, in one
+        transaction: one commit per step boundary.
 
-    def finish_step(self, job_id: uuid.UUID, worker: str, position: int, output: str, progress: int) -> bool:
-        """Record a completed step and raise the job's progress (never lowers it)."""
-        if not self._owns(job_id, worker):
-            return False
-        name = self._update_step(job_id, position, status=StepStatus.COMPLETED, finished_at=utcnow(), output=_tail(output))
-        self._record(job_id, "step_completed", f"worker {worker}", name)
-        self.session.execute(
-            update(ProvisioningJob)
-            .where(ProvisioningJob.id == job_id, ProvisioningJob.progress < progress)
-            .values(progress=progress)
-        )
+        Returns the job's status: ``running`` when the step may run; ``cancelling`` when a cancel
+        came (the finished step is still recorded, this one is not started); None when the job is
+        no longer this worker's (nothing is written).
+        """
+        status = self._owned_status(job_id, worker)
+        if status is None:
+            return None
+        if finished is not None:
+            self._record_finished(job_id, worker, finished)
+        if status == JobStatus.RUNNING:
+            name = self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
+            self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(message=message))
+            self._record(job_id, "step_started", f"worker {worker}", name)
         self.session.commit()
-        return True
+        return status
 
     def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
         """Record a step that ended other than completed (failed, cancelled, skipped), with what it printed."""
@@ -405,9 +412,13 @@ class ProvisioningService:
         return True
 
     def _owns(self, job_id: uuid.UUID, worker: str) -> bool:
-        """Lock the job's row if ``worker`` runs it, so the sweeper cannot fail it mid-write."""
-        owned = self.session.scalar(
-            select(ProvisioningJob.id)
+        return self._owned_status(job_id, worker) is not None
+
+    def _owned_status(self, job_id: uuid.UUID, worker: str) -> JobStatus | None:
+        """Lock the job's row if ``worker`` runs it, so the sweeper cannot fail it mid-write, and
+        return its status (running or cancelling); None, with nothing held, when it does not."""
+        status = self.session.scalar(
+            select(ProvisioningJob.status)
             .where(
                 ProvisioningJob.id == job_id,
                 ProvisioningJob.worker == worker,
@@ -415,10 +426,22 @@ class ProvisioningService:
             )
             .with_for_update()
         )
-        if owned is None:
+        if status is None:
             self.session.rollback()
             log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
-        return owned is not None
+        return status
+
+    def _record_finished(self, job_id: uuid.UUID, worker: str, finished: FinishedStep) -> None:
+        """Write a completed step and raise the job's progress (never lowers it); the caller commits."""
+        name = self._update_step(
+            job_id, finished.position, status=StepStatus.COMPLETED, finished_at=utcnow(), output=_tail(finished.output)
+        )
+        self._record(job_id, "step_completed", f"worker {worker}", name)
+        self.session.execute(
+            update(ProvisioningJob)
+            .where(ProvisioningJob.id == job_id, ProvisioningJob.progress < finished.progress)
+            .values(progress=finished.progress)
+        )
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
         """The job's status as committed now (ends the read's transaction, so the next one is fresh)."""
@@ -426,11 +449,17 @@ class ProvisioningService:
         self.session.commit()
         return status
 
-    def complete_job(self, job_id: uuid.UUID) -> bool:
-        """Mark a running job completed; False when a cancel got there first."""
+    def complete_job(self, job_id: uuid.UUID, worker: str, finished: FinishedStep | None = None) -> bool:
+        """Record the last step and mark the job completed, in one transaction; False when a cancel
+        got there first (the step is still recorded) or the job is no longer this worker's."""
+        status = self._owned_status(job_id, worker)
+        if status is None:
+            return False
+        if finished is not None:
+            self._record_finished(job_id, worker, finished)
         job = self.session.get(ProvisioningJob, job_id)
         won = self._transition(
-            job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, actor=f"worker {job.worker}",
+            job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, actor=f"worker {worker}",
             progress=100, message="Completed", completed_at=utcnow(),
         )  # fmt: skip
         if won:

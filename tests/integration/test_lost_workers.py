@@ -15,7 +15,7 @@ from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import JobStep, ProvisioningJob, Tenant
 from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService
+from provisioning.service import FinishedStep, ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.stack import BeatProcess, WorkerProcess
@@ -54,9 +54,8 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     service = ProvisioningService(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
-    service.start_step(job.id, "worker@crashed-host", 0, "Checking")
-    service.finish_step(job.id, "worker@crashed-host", 0, "ok", 20)
-    service.start_step(job.id, "worker@crashed-host", 1, "Creating")
+    service.begin_step(job.id, "worker@crashed-host", 0, "Checking")
+    service.begin_step(job.id, "worker@crashed-host", 1, "Creating", FinishedStep(0, "ok", 20))
     age_heartbeat(sessions, job.id, 120)
 
     assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
