@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from benchmarks import figures
 from benchmarks.figures import Figure
-from benchmarks.parts import wrk_available
 
 SIZES = {
     "small": {"rows": 100_000, "jobs": 1_000, "memory_jobs": 2_000, "samples": 200, "seconds": 8, "tenants": 20_000},
@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="the issue's sizes: 1,000,000 rows and 10,000 jobs")
     parser.add_argument("--out", type=Path, default=Path("var/bench"), help="directory for the JSON results")
     args = parser.parse_args()
-    if not wrk_available():
+    if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk (make bench does)")
     size = SIZES["full" if args.full else "small"]
 

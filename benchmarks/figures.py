@@ -124,7 +124,8 @@ def worker_throughput(jobs: int, existing_rows: int = 0) -> WorkerRun:
 
 
 def _completed(stack: Bench) -> int:
-    return stack.scalar("SELECT count(*) FROM provisioning_jobs WHERE status = 'completed' AND started_at IS NOT NULL")
+    """Completed creates: the rows seeded to fill the table are backups."""
+    return stack.scalar("SELECT count(*) FROM provisioning_jobs WHERE job_type = 'create_site' AND status = 'completed'")
 
 
 def bare_worker_throughput(tasks: int) -> float:
@@ -149,7 +150,9 @@ def _lines(path: Path) -> int:
 
 
 def dispatch_latency(samples: int) -> list[Figure]:
-    """From asking (the POST, or the bare publish) to the job's start, with an idle worker, one at a time."""
+    """As the issue defines it: ours from the POST's response to the job's ``started_at``, the bare
+    one from the publish call to the task's start; an idle worker, one job at a time. Ours is
+    negative when the job started before its caller had the answer."""
     with bench("dispatch") as stack:
         tokens = [token for _, token in seed_tenants(stack, samples + 5)]
         dispatcher = Dispatcher(load_settings(stack.environment))
@@ -171,22 +174,22 @@ def dispatch_latency(samples: int) -> list[Figure]:
             worker.stop()
     return [
         Figure("dispatch p50", "ms", percentile(ours, 50), percentile(bare, 50), "<= 2x",
-               percentile(ours, 50) <= 2 * percentile(bare, 50), "ours from the POST's start; bare from the publish's"),
+               percentile(ours, 50) <= 2 * percentile(bare, 50), "ours from the POST's response; bare from the publish call"),
         Figure("dispatch p99", "ms", percentile(ours, 99), percentile(bare, 99), "<= 2x",
                percentile(ours, 99) <= 2 * percentile(bare, 99)),
     ]  # fmt: skip
 
 
 def _one_dispatch(stack: Bench, http: requests.Session, url: str, token: str) -> float:
-    asked = time.time()
     response = http.post(url + JOBS_PATH, json={"job_type": "create_site"}, headers={"Authorization": f"Bearer {token}"})
+    answered = time.time()
     job_id = response.json()["data"]["id"]
     started = wait_for(
         lambda: stack.scalar("SELECT extract(epoch FROM started_at) FROM provisioning_jobs WHERE id = :id", id=job_id),
         timeout=30, interval=0.002, what=f"job {job_id} to start",
     )  # fmt: skip
     wait_for(lambda: _completed_job(stack, job_id), timeout=30, interval=0.01, what=f"job {job_id} to end")
-    return (float(started) - asked) * 1000
+    return (float(started) - answered) * 1000
 
 
 def _completed_job(stack: Bench, job_id: str) -> bool:
@@ -195,10 +198,10 @@ def _completed_job(stack: Bench, job_id: str) -> bool:
 
 def _one_bare_dispatch(dispatcher: Dispatcher, queue: str, starts: Path) -> float:
     task_id = str(uuid.uuid4())
-    asked = time.time()
+    published = time.time()
     baseline.publish(dispatcher.app, queue, task_id)
     line = wait_for(lambda: _start_of(starts, task_id), timeout=30, interval=0.002, what=f"task {task_id} to start")
-    return (line - asked) * 1000
+    return (line - published) * 1000
 
 
 def _start_of(starts: Path, task_id: str) -> float | None:
