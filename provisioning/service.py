@@ -65,6 +65,9 @@ class Beat:
 
 
 DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
+# Bulk UPDATEs need not look for the rows among the session's loaded objects: nothing reads those
+# objects afterwards without reloading them (the transitions' CAS already runs this way).
+NO_SYNC = {"synchronize_session": False}
 MAX_REPUBLISH_DOUBLINGS = 6
 
 
@@ -397,7 +400,9 @@ class ProvisioningService:
             self._record_finished(job_id, worker, finished)
         if status == JobStatus.RUNNING:
             name = self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
-            self.session.execute(update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(message=message))
+            self.session.execute(
+                update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(message=message), execution_options=NO_SYNC
+            )
             self._record(job_id, "step_started", f"worker {worker}", name)
         self.session.commit()
         return status
@@ -440,7 +445,8 @@ class ProvisioningService:
         self.session.execute(
             update(ProvisioningJob)
             .where(ProvisioningJob.id == job_id, ProvisioningJob.progress < finished.progress)
-            .values(progress=finished.progress)
+            .values(progress=finished.progress),
+            execution_options=NO_SYNC,
         )
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
@@ -679,12 +685,18 @@ class ProvisioningService:
     def _update_step(self, job_id: uuid.UUID, position: int, **values) -> str:
         """Update one step and return its name."""
         return self.session.execute(
-            update(JobStep).where(JobStep.job_id == job_id, JobStep.position == position).values(**values).returning(JobStep.name)
+            update(JobStep)
+            .where(JobStep.job_id == job_id, JobStep.position == position)
+            .values(**values)
+            .returning(JobStep.name),
+            execution_options=NO_SYNC,
         ).scalar_one()
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
         if status is not None:
-            self.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(status=status, updated_at=utcnow()))
+            self.session.execute(
+                update(Tenant).where(Tenant.id == tenant_id).values(status=status, updated_at=utcnow()), execution_options=NO_SYNC
+            )
 
     def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
         return self.session.scalars(
