@@ -55,6 +55,8 @@ class Tenant(Base):
     # The site's Administrator password, encrypted with SITE_CREDENTIALS_KEY; shown to the owner once.
     admin_password_encrypted: Mapped[str | None] = mapped_column(Text)
     admin_password_revealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # How many jobs it has ever had; kept by a trigger on provisioning_jobs (migration 0009).
+    job_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

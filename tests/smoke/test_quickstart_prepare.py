@@ -37,3 +37,17 @@ def test_a_job_an_earlier_quickstart_left_running_is_failed_saying_why(tmp_path)
         assert interrupted.status == JobStatus.FAILED
         assert "interrupted" in interrupted.error
         assert session.get(Tenant, tenant.id).status == demo.tenant_status == TenantStatus.FAILED
+
+
+def test_on_sqlite_too_a_tenant_counts_its_jobs_however_they_were_added(tmp_path):
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+    prepare(settings)
+    with session_factory(settings.database_url)() as session:
+        tenant = accounts.find_tenant(session, DEMO_TENANT)
+        service = ProvisioningService(session)
+        service.cancel_job(tenant.id, service.request_job(tenant.id, JobType.CREATE_SITE).id)
+        session.add(ProvisioningJob(tenant_id=tenant.id, job_type=JobType.CREATE_SITE, status=JobStatus.FAILED, progress=0))
+        session.commit()
+
+        assert service.list_jobs(tenant.id, page=1, size=20)[1] == 2
+        assert service.list_jobs(tenant.id, page=1, size=20, status=JobStatus.FAILED)[1] == 1
