@@ -3,10 +3,10 @@
 import logging
 
 from flask import Flask, current_app, g
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from provisioning.accounts import COMMIT_WHEN_DONE
+from provisioning.accounts import mark_token_used
 from provisioning.db import session_factory
 from provisioning.settings import Settings
 
@@ -17,15 +17,17 @@ def init_sessions(app: Flask, settings: Settings) -> None:
     app.extensions["provisioning_sessions"] = session_factory(settings.database_url)
 
     @app.teardown_appcontext
-    def close_session(error: BaseException | None) -> None:
+    def close_session(_error: BaseException | None) -> None:
         session = g.pop("db_session", None)
         if session is None:
             return
         try:
-            if error is None and session.info.pop(COMMIT_WHEN_DONE, False):
-                session.commit()  # what authentication left (a token's last use), when the view did not commit
-        except DBAPIError:
-            log.warning("could not record the token's last use; it is recorded on a later request")
+            caller = g.get("caller")
+            if caller is not None and caller.token_to_mark is not None:
+                session.rollback()  # whatever the view left uncommitted is not ours to keep
+                mark_token_used(session, caller.token_to_mark)
+        except SQLAlchemyError:
+            log.warning("could not record the token's last use; a later request will")
         finally:
             session.close()
 

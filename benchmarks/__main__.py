@@ -37,7 +37,7 @@ def main() -> int:
     rows += figures.create_throughput(size["seconds"], size["tenants"])
     rows += figures.read_latency(5, size["rows"])
     empty = figures.worker_throughput(size["jobs"])
-    bare = figures.bare_worker_throughput(size["jobs"] * 2)
+    bare = figures.bare_worker_throughput(size["jobs"])
     rows.append(Figure("worker throughput", "jobs/s", empty.jobs_per_second, bare, ">= 0.3x (0.5x stretch)",
                        empty.jobs_per_second >= 0.3 * bare, f"{empty.commits_per_job:.1f} commits per job"))  # fmt: skip
     rows += figures.dispatch_latency(size["samples"])

@@ -72,6 +72,7 @@ def create_app() -> Flask:
         connection.execute(
             text(f"CREATE TABLE IF NOT EXISTS {TABLE} (id uuid PRIMARY KEY, job_type text NOT NULL, created_at timestamptz)")
         )
+    engine.dispose()  # gunicorn --preload forks after this: each worker must open connections of its own
 
     @flask_app.post("/jobs")
     def create_job():

@@ -55,17 +55,18 @@ def create_throughput(seconds: int, tenants: int) -> list[Figure]:
         tokens = [token for _, token in seed_tenants(stack, tenants)]
         ours = _load(stack, "api:create_app()", f"{JOBS_PATH}", seconds, tokens)
         bare = _load(stack, "benchmarks.baseline:create_app()", "/jobs", seconds, tokens)
-    refused = f"; {ours.failures} answers were not 201" if ours.failures else ""
+    clean = not ours.failures and not bare.failures  # a failed request must not count as throughput
+    failed = f"; FAILED requests: {ours.failures} ours, {bare.failures} bare" if not clean else ""
     return [
         Figure("create throughput", "req/s", ours.requests_per_second, bare.requests_per_second, ">= 0.7x",
-               ours.requests_per_second >= 0.7 * bare.requests_per_second, f"{ours.requests} requests{refused}"),
+               clean and ours.requests_per_second >= 0.7 * bare.requests_per_second, f"{ours.requests} requests{failed}"),
         Figure("create p99", "ms", ours.p99_ms, bare.p99_ms, "<= 2x", ours.p99_ms <= 2 * bare.p99_ms,
                f"p50 {ours.p50_ms:.1f} vs {bare.p50_ms:.1f} ms"),
     ]  # fmt: skip
 
 
 def _load(stack: Bench, app: str, path: str, seconds: int, tokens: list[str]):
-    web = Web(stack, app, name=app.split(":")[0])
+    web = Web(stack, app, name=app.split(":")[0])  # stops itself if it never answers
     try:
         wrk(web.url + path, 2, 4, tokens[-2000:], stack.directory)  # warm up on tokens the measured run reaches last
         return wrk(web.url + path, seconds, 4, tokens, stack.directory)
@@ -150,19 +151,26 @@ def _lines(path: Path) -> int:
 
 
 def dispatch_latency(samples: int) -> list[Figure]:
-    """As the issue defines it: ours from the POST's response to the job's ``started_at``, the bare
-    one from the publish call to the task's start; an idle worker, one job at a time. Ours is
-    negative when the job started before its caller had the answer."""
+    """From asking to the job's start, with an idle worker, one job at a time: ours from the POST's
+    start to the job's ``started_at``, the bare one from the publish call to the task's start.
+
+    The issue counts ours from the POST's response; but we publish before we answer, so the job
+    often starts before the answer arrives (a negative latency, no figure to compare). Counted
+    from the asking, the API's own work is in it: the honest cost to whoever waits for the job.
+    """
     with bench("dispatch") as stack:
         tokens = [token for _, token in seed_tenants(stack, samples + 5)]
         dispatcher = Dispatcher(load_settings(stack.environment))
-        web, worker = Web(stack), WorkerProcess(stack.environment, dispatcher, concurrency=2)
+        worker = WorkerProcess(stack.environment, dispatcher, concurrency=2)
         try:
-            with requests.Session() as http:
-                ours = [_one_dispatch(stack, http, web.url, token) for token in tokens[:samples]]
+            web = Web(stack)
+            try:
+                with requests.Session() as http:
+                    timings = [_one_dispatch(stack, http, web.url, token) for token in tokens[:samples]]
+            finally:
+                web.stop()
         finally:
             worker.stop()
-            web.stop()
     with bench("bare-dispatch") as stack:
         starts = stack.directory / "starts.txt"
         environment = {**stack.environment, baseline.STARTS_FILE: str(starts)}
@@ -172,15 +180,21 @@ def dispatch_latency(samples: int) -> list[Figure]:
             bare = [_one_bare_dispatch(dispatcher, stack.queue, starts) for _ in range(samples)]
         finally:
             worker.stop()
+    ours = [asked for asked, _answered in timings]
+    after_answer = [answered for _asked, answered in timings]
     return [
         Figure("dispatch p50", "ms", percentile(ours, 50), percentile(bare, 50), "<= 2x",
-               percentile(ours, 50) <= 2 * percentile(bare, 50), "ours from the POST's response; bare from the publish call"),
+               percentile(ours, 50) <= 2 * percentile(bare, 50),
+               f"from asking; from our answer instead: {percentile(after_answer, 50):.1f} ms"),
         Figure("dispatch p99", "ms", percentile(ours, 99), percentile(bare, 99), "<= 2x",
-               percentile(ours, 99) <= 2 * percentile(bare, 99)),
+               percentile(ours, 99) <= 2 * percentile(bare, 99),
+               f"from asking; from our answer instead: {percentile(after_answer, 99):.1f} ms"),
     ]  # fmt: skip
 
 
-def _one_dispatch(stack: Bench, http: requests.Session, url: str, token: str) -> float:
+def _one_dispatch(stack: Bench, http: requests.Session, url: str, token: str) -> tuple[float, float]:
+    """Milliseconds from the POST's start, and from its response, to the job's start."""
+    asked = time.time()
     response = http.post(url + JOBS_PATH, json={"job_type": "create_site"}, headers={"Authorization": f"Bearer {token}"})
     answered = time.time()
     job_id = response.json()["data"]["id"]
@@ -189,7 +203,7 @@ def _one_dispatch(stack: Bench, http: requests.Session, url: str, token: str) ->
         timeout=30, interval=0.002, what=f"job {job_id} to start",
     )  # fmt: skip
     wait_for(lambda: _completed_job(stack, job_id), timeout=30, interval=0.01, what=f"job {job_id} to end")
-    return (float(started) - answered) * 1000
+    return (float(started) - asked) * 1000, (float(started) - answered) * 1000
 
 
 def _completed_job(stack: Bench, job_id: str) -> bool:
@@ -198,10 +212,10 @@ def _completed_job(stack: Bench, job_id: str) -> bool:
 
 def _one_bare_dispatch(dispatcher: Dispatcher, queue: str, starts: Path) -> float:
     task_id = str(uuid.uuid4())
-    published = time.time()
+    asked = time.time()
     baseline.publish(dispatcher.app, queue, task_id)
-    line = wait_for(lambda: _start_of(starts, task_id), timeout=30, interval=0.002, what=f"task {task_id} to start")
-    return (line - published) * 1000
+    started = wait_for(lambda: _start_of(starts, task_id), timeout=30, interval=0.002, what=f"task {task_id} to start")
+    return (started - asked) * 1000
 
 
 def _start_of(starts: Path, task_id: str) -> float | None:
@@ -217,8 +231,10 @@ def memory(jobs: int) -> list[Figure]:
     with bench("memory") as stack:
         tokens = [token for _, token in seed_tenants(stack, jobs)]
         dispatcher = Dispatcher(load_settings(stack.environment))
-        web, worker = Web(stack), WorkerProcess(stack.environment, dispatcher, concurrency=2)
+        worker = WorkerProcess(stack.environment, dispatcher, concurrency=2)
+        web = None
         try:
+            web = Web(stack)
             processes = {"gunicorn worker": web.worker_pids(), "job worker": children(worker.process.pid)}
             checkpoint = jobs // 10
             _post_all(web.url, tokens[:checkpoint])
@@ -230,7 +246,8 @@ def memory(jobs: int) -> list[Figure]:
             peak = {name: max(rss_megabytes(pid)[1] for pid in pids) for name, pids in processes.items()}
         finally:
             worker.stop()
-            web.stop()
+            if web is not None:
+                web.stop()
     figures = []
     for name in processes:
         growth = (late[name] / early[name] - 1) * 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 import shutil
@@ -94,23 +95,28 @@ def seed_tenants(bench: Bench, count: int, status: TenantStatus = TenantStatus.P
     return made
 
 
+FINISHED_JOBS_SQL = text("""
+    INSERT INTO provisioning_jobs (id, tenant_id, job_type, status, progress, message, options, dispatch_count,
+                                   created_at, started_at, completed_at)
+    SELECT gen_random_uuid(),
+           CASE WHEN g % :share = 0 THEN CAST(:caller AS uuid) ELSE (CAST(:others AS uuid[]))[1 + g % :n_others] END,
+           'backup_site', 'completed', 100, 'Completed', '{}', 1,
+           now() - g * interval '1 second', now() - g * interval '1 second',
+           now() - g * interval '1 second' + interval '3 seconds'
+    FROM generate_series(1, :count) AS g
+""")  # fmt: skip
+
+
 def seed_finished_jobs(bench: Bench, count: int, caller: uuid.UUID, others: list[uuid.UUID], caller_share: int = 10) -> None:
     """``count`` completed jobs, one in ``caller_share`` of them the caller's, the rest spread over ``others``."""
-    bench.execute(
-        """
-        INSERT INTO provisioning_jobs (id, tenant_id, job_type, status, progress, message, options, dispatch_count,
-                                       created_at, started_at, completed_at)
-        SELECT gen_random_uuid(),
-               CASE WHEN g % :share = 0 THEN CAST(:caller AS uuid) ELSE (CAST(:others AS uuid[]))[1 + g % :n_others] END,
-               'backup_site', 'completed', 100, 'Completed', '{}', 1,
-               now() - g * interval '1 second', now() - g * interval '1 second',
-               now() - g * interval '1 second' + interval '3 seconds'
-        FROM generate_series(1, :count) AS g
-        """,
-        share=caller_share, caller=str(caller), others=[str(other) for other in others], n_others=len(others), count=count,
-    )  # fmt: skip
+    engine = get_engine(bench.database_url)
+    with engine.begin() as connection:
+        connection.execute(text("SET LOCAL statement_timeout = 0"))  # a million rows take longer than the service's 30 s
+        parameters = {"share": caller_share, "caller": str(caller), "others": [str(other) for other in others]}
+        connection.execute(FINISHED_JOBS_SQL, {**parameters, "n_others": len(others), "count": count})
     # As autovacuum leaves a table in steady state: statistics, and a visibility map for index-only scans.
-    with get_engine(bench.database_url).connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SET statement_timeout = 0"))
         connection.execute(text("VACUUM ANALYZE provisioning_jobs"))
 
 
@@ -145,7 +151,11 @@ class Web:
         command = procfile_commands()["web"].replace('"api:create_app()"', f'"{app}"')
         env = process_environment({**bench.environment, "PORT": str(self.port), "WEB_CONCURRENCY": "2"})
         self.group = GroupProcess(name, command, env, bench.directory / f"{name}.log")
-        wait_for(self._answers, timeout=60, interval=0.2, what=f"{name} to answer")
+        try:
+            wait_for(self._answers, timeout=60, interval=0.2, what=f"{name} to answer")
+        except BaseException:
+            self.stop()
+            raise
 
     def _answers(self) -> bool:
         self.group.assert_alive()
@@ -212,7 +222,7 @@ def wrk(
         token_file = bench_dir / "tokens.txt"
         token_file.write_text("\n".join(tokens) + "\n")
         command += ["-s", str(WRK_SCRIPT)]
-        env = {"PATH": "/usr/bin:/bin", "BENCH_TOKENS": str(token_file)}
+        env = {**os.environ, "BENCH_TOKENS": str(token_file)}
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True, env=env).stdout
     return _parse_wrk(output)
 

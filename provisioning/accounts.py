@@ -28,8 +28,6 @@ from provisioning.errors import (
 from provisioning.models import ApiToken, Membership, Tenant, User
 
 TOKEN_PREFIX = "erpx_"
-# Set in a session's ``info`` when it holds a write its owner must still commit.
-COMMIT_WHEN_DONE = "commit_when_done"
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # A token's last use is written at most this often, so reads do not each cost a write.
@@ -44,6 +42,8 @@ class Caller:
     user: User
     tenant: Tenant
     role: Role | None
+    # The token to mark as used once the request is done; None when it was marked recently.
+    token_to_mark: uuid.UUID | None = None
 
     @property
     def can_write(self) -> bool:
@@ -139,8 +139,9 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     """Resolve a bearer token and the requested tenant into a Caller, in one query.
 
     The tenant is the user's only one, or the one named (by id or slug) in ``tenant_ref``.
-    Marking the token used (at most once per ``LAST_USED_RESOLUTION``) is left in the session
-    for the caller's commit: the request's own, or the one the API makes when it ends.
+    When the token's ``last_used_at`` is older than ``LAST_USED_RESOLUTION``, the caller should
+    ``mark_token_used`` once it is done (the API does when the request ends): marking it here
+    would hold the token's row locked for the whole request.
 
     Raises:
         AuthenticationFailed: no token, or one that is unknown, expired or revoked.
@@ -163,12 +164,16 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     now = utcnow()
     if (refusal := token_refusal(token, now)) is not None:
         raise AuthenticationFailed(refusal)
-    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
-        session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
-        session.info[COMMIT_WHEN_DONE] = True
     memberships = [(tenant, role) for _token, _user, tenant, role in rows if tenant is not None]
     tenant, role = _choose_tenant(session, user, memberships, tenant_ref)
-    return Caller(user=user, tenant=tenant, role=role)
+    stale = token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION
+    return Caller(user=user, tenant=tenant, role=role, token_to_mark=token.id if stale else None)
+
+
+def mark_token_used(session: Session, token_id: uuid.UUID) -> None:
+    """Record the token's use now, in a transaction of its own (commits)."""
+    session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=utcnow()))
+    session.commit()
 
 
 def _choose_tenant(

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import shutil
+import time
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ DUMP_TRAILER = b"-- Dump completed"
 SQL_SNIFF_BYTES = 1 << 20
 TRAILER_BYTES = 4096
 CHUNK = 1 << 20
+STRAY_AFTER = timedelta(minutes=10)
 
 
 class BackupInvalid(Exception):
@@ -212,25 +214,36 @@ class BackupBook:
             )
         return pruned
 
-    def remove_strays(self, root: Path) -> list[Path]:
+    def remove_strays(self, root: Path, settle: timedelta = STRAY_AFTER) -> list[Path]:
         """Delete the job directories under ``root`` (``<slug>/<job id>``) that no job still
         writes and no kept backup uses: what failed or cancelled backup steps left, which
-        nothing else would ever remove. Returns them."""
+        nothing else would ever remove. Returns them.
+
+        Directories are matched by their ``<slug>/<job id>`` tail, so workers and beat may mount
+        the shared storage at different paths; one changed within ``settle`` is left for the next
+        sweep (its job may have started after the active jobs were read).
+        """
         kept = {
-            Path(file["path"]).parent
+            Path(file["path"]).parent.parts[-2:]
             for files in self.session.scalars(
                 select(SiteBackup.files).where(SiteBackup.status.in_([BackupStatus.RUNNING, BackupStatus.COMPLETED]))
             )
             for file in files
         }
         active = {
-            str(job_id)
-            for job_id in self.session.scalars(select(ProvisioningJob.id).where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)))
+            str(job)
+            for job in self.session.scalars(select(ProvisioningJob.id).where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)))
         }
         self.session.commit()
+        settled_before = time.time() - settle.total_seconds()
         removed = []
         for directory in root.glob("*/*") if root.is_dir() else []:
-            if directory.is_dir() and directory not in kept and directory.name not in active:
+            if (
+                directory.is_dir()
+                and directory.parts[-2:] not in kept
+                and directory.name not in active
+                and directory.stat().st_mtime < settled_before
+            ):
                 shutil.rmtree(directory, ignore_errors=True)
                 removed.append(directory)
         if removed:

@@ -50,7 +50,9 @@ def utcnow() -> datetime:
 
 @lru_cache(maxsize=None)
 def get_engine(database_url: str) -> Engine:
-    """One engine (and pool) per URL per process; forked workers build their own on first use."""
+    """One engine (and pool) per URL per process. A forked process inherits the cached engine:
+    it must ``dispose(close=False)`` it before use (Celery's pool processes do, at start), or open
+    no connection before the fork (gunicorn's master does not)."""
     if database_url.startswith("sqlite"):
         engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _tune_sqlite)

@@ -211,7 +211,7 @@ class Heartbeat:
 class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
-    Each transition is its own short transaction, so the job's row always shows the step in
+    Each step boundary is one short transaction, so the job's row shows the step in
     progress. Before every step the job's status is read: a cancel stops it there, and a job
     that is no longer running (the sweeper failed it) is left alone. Inside long steps the
     driver asks the same question. A retry that resumes starts at its ``resume_from`` step,
@@ -310,9 +310,9 @@ class JobRunner:
         finished: FinishedStep | None = None
         for position, step in enumerate(workflow.steps[first:], start=first):
             if step.skipped_when and job.options.get(step.skipped_when):
-                service.end_step(
-                    job.id, self.worker, position, StepStatus.SKIPPED, f"Skipped: the job asked for {step.skipped_when}"
-                )
+                skipped = f"Skipped: the job asked for {step.skipped_when}"
+                service.end_step(job.id, self.worker, position, StepStatus.SKIPPED, skipped, finished=finished)
+                finished = None
                 continue
             status = service.begin_step(job.id, self.worker, position, step.message, finished)
             finished = None
@@ -407,7 +407,7 @@ class JobRunner:
         """
         if workflow.point_of_no_return in completed:
             message = f"Cancelled after {workflow.point_of_no_return} had completed; that cannot be undone"
-        elif workflow.changes_from not in reached:
+        elif workflow.changes_from is not None and workflow.changes_from not in reached:
             message = "Cancelled before it changed anything"
         else:
             try:

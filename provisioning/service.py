@@ -414,10 +414,22 @@ class ProvisioningService:
         self.session.commit()
         return status
 
-    def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
-        """Record a step that ended other than completed (failed, cancelled, skipped), with what it printed."""
+    def end_step(
+        self,
+        job_id: uuid.UUID,
+        worker: str,
+        position: int,
+        status: StepStatus,
+        message: str,
+        output: str = "",
+        finished: FinishedStep | None = None,
+    ) -> bool:
+        """Record a step that ended other than completed (failed, cancelled, skipped), with what it
+        printed, after the completed step before it (``finished``) if that is not written yet."""
         if not self._owns(job_id, worker):
             return False
+        if finished is not None:
+            self._record_finished(job_id, worker, finished)
         name = self._update_step(job_id, position, status=status, finished_at=utcnow(), message=message, output=_tail(output))
         self._record(job_id, f"step_{status.value}", f"worker {worker}", f"{name}: {message}")
         self.session.commit()
@@ -746,9 +758,15 @@ class ProvisioningService:
         if self._send(job.id):
             return
         try:
-            self.session.execute(
-                update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(dispatched_at=None, dispatch_count=0)
-            )
+            # Only while pending: a publish that raised may still have got through, and the job run.
+            cleared = self.session.execute(
+                update(ProvisioningJob)
+                .where(ProvisioningJob.id == job.id, ProvisioningJob.status == JobStatus.PENDING)
+                .values(dispatched_at=None, dispatch_count=0)
+            ).rowcount
+            if not cleared:
+                self.session.rollback()
+                return
             self._record(job.id, "dispatch_failed", "system", "the broker did not take the message; the sweeper will")
             self.session.commit()
         except DBAPIError:

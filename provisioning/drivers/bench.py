@@ -10,7 +10,6 @@ admin passwords given on the command line are redacted from every output we keep
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -35,6 +34,10 @@ POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 5.0
 ERROR_LINES = 8
 KEPT_LINES = 2000
+# bench is killed if the worker process dies (SIGKILL, OOM) before it could stop it: util-linux's
+# setpriv sets that up and then runs bench in its place (a preexec_fn could deadlock in a process
+# with threads).
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--") if shutil.which("setpriv") else ()
 SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 # "Database: ./acme.example.com/private/backups/20261130_010203-acme_example_com-database.sql.gz 1.3KiB"
 BACKUP_LINE = re.compile(r"^(Config|Database|Public|Private)\s*:\s*(\S.*?)\s+\S+$")
@@ -130,7 +133,7 @@ class Command:
         """
         log.info("job %s: running %s", self.context.job_id, self.shown)
         process = subprocess.Popen(
-            [self.config.executable, *self.args],
+            [*DIE_WITH_PARENT, self.config.executable, *self.args],
             cwd=self.config.bench_path,
             stdin=subprocess.DEVNULL,  # bench prompts for what is missing; without a terminal it must fail, not wait
             stdout=subprocess.PIPE,
@@ -138,7 +141,6 @@ class Command:
             text=True,
             errors="replace",
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         reader = threading.Thread(target=self._read, args=(process,), daemon=True)
         reader.start()
@@ -187,16 +189,6 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-
-
-# Looked up here, not in the forked child, where loading a library could wait on a lock forever.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: be killed if the worker process dies (SIGKILL, OOM) before it could stop us."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class BenchDriver:
