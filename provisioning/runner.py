@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -208,6 +209,20 @@ class Heartbeat:
                 self.terminator.terminate("did not stop within the cancel's grace period")
 
 
+@dataclass
+class Run:
+    """One job as its runner goes through it: which steps it completed, and which it started (the
+    one in progress included)."""
+
+    service: PatientService
+    job: ProvisioningJob
+    workflow: Workflow
+    watch: JobWatch
+    context: JobContext
+    completed: list[str]
+    reached: list[str]
+
+
 class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
@@ -303,8 +318,8 @@ class JobRunner:
         watch = JobWatch(service, job.id)
         context = JobContext(self.sessions, job, watch.should_stop, self.credentials, self.backup_root)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
-        completed: list[str] = list(workflow.step_names[:first])
-        reached = list(completed)  # the steps started, the one in progress included
+        done_before = list(workflow.step_names[:first])
+        run = Run(service, job, workflow, watch, context, completed=done_before, reached=list(done_before))
         # A completed step is recorded with the next write (the next step's start, or the job's
         # end): one commit per step boundary, and the status read with it is the cancel check.
         finished: FinishedStep | None = None
@@ -317,8 +332,8 @@ class JobRunner:
             status = service.begin_step(job.id, self.worker, position, step.message, finished)
             finished = None
             if status != JobStatus.RUNNING:
-                return self._stop(service, job, workflow, completed, reached, watch, context)
-            reached.append(step.name)
+                return self._stop(run)
+            run.reached.append(step.name)
             log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
             try:
                 with terminator.step(), logs.bound(step=step.name):
@@ -329,7 +344,7 @@ class JobRunner:
                 if watch.status(fresh=True) == JobStatus.CANCELLING:
                     how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
                     service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
-                return self._stop(service, job, workflow, completed, reached, watch, context)
+                return self._stop(run)
             except StepFailed as failure:
                 return self._fail(service, job, position, f"step {step.name} failed: {failure}", failure.output)
             except SoftTimeLimitExceeded:
@@ -338,13 +353,13 @@ class JobRunner:
                 log.exception("job %s: step %s raised", job.id, step.name)
                 return self._fail(service, job, position, f"step {step.name} failed: {type(error).__name__}: {error}")
             finished = FinishedStep(position, output, workflow.progress_after(position + 1))
-            completed.append(step.name)
+            run.completed.append(step.name)
         if service.complete_job(job.id, self.worker, finished):
             log.info("job %s: completed", job.id)
         else:
             # A cancel arrived during the last step (it wins, as at any other step boundary), or
             # the job is no longer this worker's.
-            self._stop(service, job, workflow, completed, reached, watch, context)
+            self._stop(run)
 
     def _perform(self, job: ProvisioningJob, step: Step, context: JobContext, resuming: bool) -> str:
         """Run one step; on a resumed job's first step, first take over what the failed job left."""
@@ -358,22 +373,13 @@ class JobRunner:
             return cleaned + self.backup_steps.run(step.name, job.id, job.tenant_id)
         return cleaned + self.driver.run_step(step.name, context)
 
-    def _stop(
-        self,
-        service: PatientService,
-        job: ProvisioningJob,
-        workflow: Workflow,
-        completed: list[str],
-        reached: list[str],
-        watch: JobWatch,
-        context: JobContext,
-    ) -> None:
+    def _stop(self, run: "Run") -> None:
         """Settle a cancel, or step aside when the job is no longer this worker's."""
-        status = watch.status(fresh=True)
+        status = run.watch.status(fresh=True)
         if status == JobStatus.CANCELLING:
-            self._settle_cancel(service, job, workflow, completed, reached, context)
+            self._settle_cancel(run)
         else:
-            log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", job.id, status.value)
+            log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status.value)
 
     def _fail(self, service: PatientService, job: ProvisioningJob, position: int, error: str, output: str = "") -> None:
         workflow = workflow_for(job.job_type)
@@ -391,33 +397,26 @@ class JobRunner:
         except Exception:
             log.exception("job %s: could not record the failure; the sweeper will fail it as lost", job.id)
 
-    def _settle_cancel(
-        self,
-        service: PatientService,
-        job: ProvisioningJob,
-        workflow: Workflow,
-        completed: list[str],
-        reached: list[str],
-        context: JobContext,
-    ) -> None:
+    def _settle_cancel(self, run: "Run") -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return.
 
         A job stopped before ``changes_from`` made nothing, so nothing is undone: what is there
         (a failed tenant's site, say) is not this job's to remove.
         """
-        if workflow.point_of_no_return in completed:
+        service, job, workflow = run.service, run.job, run.workflow
+        if workflow.point_of_no_return in run.completed:
             message = f"Cancelled after {workflow.point_of_no_return} had completed; that cannot be undone"
-        elif workflow.changes_from is not None and workflow.changes_from not in reached:
+        elif workflow.changes_from is not None and workflow.changes_from not in run.reached:
             message = "Cancelled before it changed anything"
         else:
             try:
                 # The clean-up must run to its end although the job is cancelling.
-                self.driver.undo(context.unstoppable())
+                self.driver.undo(run.context.unstoppable())
             except Exception as error:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"
                 service.fail_job(job.id, error_text, workflow.tenant_after_failure(None, job.tenant_status_before))
                 return
             message = "Cancelled; its partial work was undone"
-        service.finish_cancel(job.id, workflow.tenant_after_cancel(completed, job.tenant_status_before), message)
+        service.finish_cancel(job.id, workflow.tenant_after_cancel(run.completed, job.tenant_status_before), message)
         log.info("job %s: cancelled", job.id)
