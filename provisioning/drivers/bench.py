@@ -207,8 +207,7 @@ class BenchDriver:
         if step == "create_site":
             return work.remove_half_made_site()
         if step == "drop_site" and work.site_dir.exists():
-            work.bench("drop-site", work.site, *work.root_credentials, "--archived-sites-path", str(work.config.archive_path),
-                       "--no-backup", "--force")  # fmt: skip
+            work.drop(work.config.archive_path, force=True)
             return work.output(f"finished the interrupted drop of {work.site}")
         return f"{step}: nothing to clean up; the step checks what exists before acting"
 
@@ -240,6 +239,12 @@ class _SiteWork:
         finally:
             self._outputs.append(f"$ {command.shown}\n{command.output}".rstrip())
         return command
+
+    def drop(self, archive: Path, force: bool = False) -> None:
+        """``bench drop-site`` into ``archive``, never with bench's own backup: ours was taken and
+        verified (or declined) in final_backup. ``force`` goes on past a database already gone."""
+        self.bench("drop-site", self.site, *self.root_credentials, "--archived-sites-path", str(archive), "--no-backup",
+                   *(["--force"] if force else []))  # fmt: skip
 
     def output(self, summary: str) -> str:
         return "\n".join([*self._outputs, summary])
@@ -298,8 +303,7 @@ class _SiteWork:
         if not self.site_dir.exists():
             return self.output(f"{self.site}: nothing to remove")
         if (self.site_dir / "site_config.json").is_file():
-            self.bench("drop-site", self.site, *self.root_credentials, "--archived-sites-path",
-                       str(self.config.archive_path / "discarded"), "--no-backup", "--force")  # fmt: skip
+            self.drop(self.config.archive_path / "discarded", force=True)
         if self.site_dir.exists():
             shutil.rmtree(self.site_dir)
         return self.output(f"removed the half-made site {self.site}")
@@ -322,9 +326,7 @@ class _SiteWork:
     def drop_site(self) -> str:
         if not self.site_dir.exists():
             return self.output(f"{self.site} is not in the bench any more; nothing to drop")
-        # Our own final backup was taken and verified (or declined); bench's would be a second one.
-        self.bench("drop-site", self.site, *self.root_credentials, "--archived-sites-path", str(self.config.archive_path),
-                   "--no-backup")  # fmt: skip
+        self.drop(self.config.archive_path)
         return self.output(f"dropped {self.site}")
 
     def archive_site(self) -> str:
