@@ -617,6 +617,10 @@ class ProvisioningService:
             raise Conflict(
                 f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
             ) from None
+        log.info(
+            "job %s: %s requested by %s", job.id, job_type.value, actor,
+            extra={"job_id": job.id, "tenant_id": tenant_id, "job_type": job_type.value},
+        )  # fmt: skip
         if self.dispatch is not None:
             self._publish_new(job)
         return job

@@ -214,6 +214,7 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
     lines = {name: stack.log_lines(name) for name in ("web", "worker", "beat")}
     of_request = [(name, line) for name, found in lines.items() for line in found if line.get("request_id") == request_id]
     assert any(name == "web" and line["message"].startswith("POST /api/v1/provisioning/jobs 201") for name, line in of_request)
+    assert any(name == "web" and line.get("job_id") == created["id"] for name, line in of_request), "the API names the job"
     in_worker = [line for name, line in of_request if name == "worker"]
     assert {line["job_id"] for line in in_worker} == {created["id"]}
     assert {line.get("step") for line in in_worker} >= set(workflow_for(JobType.CREATE_SITE).step_names)
