@@ -21,13 +21,14 @@ from provisioning.credentials import SiteCredentials
 from provisioning.drivers.bench import BenchDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped
-from provisioning.models import JobEvent, JobStep, ProvisioningJob, SiteBackup, Tenant
+from provisioning.models import JobEvent, ProvisioningJob, SiteBackup
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from provisioning.settings import BenchSettings
 from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
 from tests.helpers import StrictClient, wait_for
+from tests.records import read_job, read_steps, read_tenant
 from tests.stack import WorkerProcess
 
 DOMAIN = "erp.example.test"
@@ -83,21 +84,6 @@ def run_job(worker_settings, sessions, bench_settings):
         return read_job(sessions, job_id)
 
     return run
-
-
-def read_job(sessions, job_id) -> ProvisioningJob:
-    with sessions() as session:
-        return session.get(ProvisioningJob, job_id)
-
-
-def read_steps(sessions, job_id) -> list[JobStep]:
-    with sessions() as session:
-        return list(session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)))
-
-
-def read_tenant(sessions, tenant_id) -> Tenant:
-    with sessions() as session:
-        return session.get(Tenant, tenant_id)
 
 
 def backups_of(sessions, tenant_id) -> list[SiteBackup]:

@@ -13,25 +13,16 @@ from sqlalchemy import select, update
 from provisioning.db import utcnow
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.models import JobStep, ProvisioningJob, Tenant
+from provisioning.models import JobStep, ProvisioningJob
 from provisioning.runner import JobRunner
 from provisioning.service import FinishedStep, ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
+from tests.records import read_job, tenant_status
 from tests.stack import BeatProcess, WorkerProcess
 
 # Short deadlines so a lost worker is noticed within seconds.
 FAST = {"JOB_HEARTBEAT_SECONDS": "0.5", "LOST_JOB_AFTER_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1"}
-
-
-def read_job(sessions, job_id) -> ProvisioningJob:
-    with sessions() as session:
-        return session.get(ProvisioningJob, job_id)
-
-
-def tenant_status(sessions, tenant_id) -> TenantStatus:
-    with sessions() as session:
-        return session.get(Tenant, tenant_id).status
 
 
 def steps_by_status(sessions, job_id) -> dict[str, StepStatus]:

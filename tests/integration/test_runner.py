@@ -5,15 +5,15 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import select
 
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.models import JobStep, ProvisioningJob, Tenant
+from provisioning.models import ProvisioningJob
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
+from tests.records import read_job, read_steps, tenant_status
 
 
 @pytest.fixture
@@ -24,21 +24,6 @@ def runner(settings, sessions):
         return JobRunner.for_settings(settings, sessions, driver or SimulatedDriver(step_seconds, fail_step), worker)
 
     return make
-
-
-def read_job(sessions, job_id) -> ProvisioningJob:
-    with sessions() as session:
-        return session.get(ProvisioningJob, job_id)
-
-
-def read_steps(sessions, job_id) -> list[JobStep]:
-    with sessions() as session:
-        return list(session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)))
-
-
-def tenant_status(sessions, tenant_id) -> TenantStatus:
-    with sessions() as session:
-        return session.get(Tenant, tenant_id).status
 
 
 def unpublished_job(session, tenant_id, job_type=JobType.CREATE_SITE) -> ProvisioningJob:
