@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,21 +138,29 @@ def _completed(stack: Bench) -> int:
     return stack.scalar("SELECT count(*) FROM provisioning_jobs WHERE job_type = 'create_site' AND status = 'completed'")
 
 
-def bare_worker_throughput(tasks: int) -> float:
-    """The no-op task through one worker of 2 processes with acks late and prefetch 1."""
-    with bench("bare") as stack:
+@contextmanager
+def _bare_worker(name: str):
+    """A worker of 2 processes for the no-op task, on a queue of its own; yields the queue, a
+    dispatcher to publish with, and the file each task run appends its start to."""
+    with bench(name) as stack:
         starts = stack.directory / "starts.txt"
         environment = {**stack.environment, baseline.STARTS_FILE: str(starts)}
         dispatcher = Dispatcher(load_settings(environment))
         worker = WorkerProcess(environment, dispatcher, concurrency=2, app="benchmarks.baseline")
         try:
-            started = time.monotonic()
-            for _ in range(tasks):
-                baseline.publish(dispatcher.app, stack.queue, str(uuid.uuid4()))
-            wait_for(lambda: _lines(starts) >= tasks, timeout=600, interval=0.05, what=f"{tasks} no-op tasks")
-            return tasks / (time.monotonic() - started)
+            yield stack.queue, dispatcher, starts
         finally:
             worker.stop()
+
+
+def bare_worker_throughput(tasks: int) -> float:
+    """The no-op task through one worker of 2 processes with acks late and prefetch 1."""
+    with _bare_worker("bare") as (queue, dispatcher, starts):
+        started = time.monotonic()
+        for _ in range(tasks):
+            baseline.publish(dispatcher.app, queue, str(uuid.uuid4()))
+        wait_for(lambda: _lines(starts) >= tasks, timeout=600, interval=0.05, what=f"{tasks} no-op tasks")
+        return tasks / (time.monotonic() - started)
 
 
 def _lines(path: Path) -> int:
@@ -179,15 +188,8 @@ def dispatch_latency(samples: int) -> list[Figure]:
                 web.stop()
         finally:
             worker.stop()
-    with bench("bare-dispatch") as stack:
-        starts = stack.directory / "starts.txt"
-        environment = {**stack.environment, baseline.STARTS_FILE: str(starts)}
-        dispatcher = Dispatcher(load_settings(environment))
-        worker = WorkerProcess(environment, dispatcher, concurrency=2, app="benchmarks.baseline")
-        try:
-            bare = [_one_bare_dispatch(dispatcher, stack.queue, starts) for _ in range(samples)]
-        finally:
-            worker.stop()
+    with _bare_worker("bare-dispatch") as (queue, dispatcher, starts):
+        bare = [_one_bare_dispatch(dispatcher, queue, starts) for _ in range(samples)]
     ours = [asked for asked, _answered in timings]
     after_answer = [answered for _asked, answered in timings]
     return [
