@@ -5,7 +5,7 @@ import functools
 from flask import g, request
 
 from api.errors import error_for
-from api.session import db_session
+from api.session import db_session, mark_token_used
 from provisioning.accounts import Caller, authenticate
 from provisioning.audit import Origin
 from provisioning.errors import Forbidden, ProvisioningError
@@ -17,6 +17,8 @@ def authenticate_request() -> None:
         g.caller = authenticate(db_session(), _bearer_token(), request.headers.get("X-Tenant-ID"))
     except ProvisioningError as error:
         raise error_for(error) from None
+    if g.caller.token_to_mark is not None:
+        mark_token_used(g.caller.token_to_mark)
 
 
 def caller() -> Caller:

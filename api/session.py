@@ -1,20 +1,28 @@
-"""One database session per request, closed when the request ends."""
+"""One database session per request, closed when the request ends; the request's token use is
+recorded on the way."""
 
 import logging
+import uuid
 
 from flask import Flask, current_app, g
+from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from provisioning.accounts import mark_token_used
+from provisioning.accounts import record_token_use
 from provisioning.db import session_factory
 from provisioning.settings import Settings
 
 log = logging.getLogger(__name__)
 
+TOKEN_TO_MARK = "token_to_mark"
+
 
 def init_sessions(app: Flask, settings: Settings) -> None:
-    app.extensions["provisioning_sessions"] = session_factory(settings.database_url)
+    sessions = session_factory(settings.database_url)
+    app.extensions["provisioning_sessions"] = sessions
+    event.listen(sessions, "before_commit", _mark_token_in_this_commit)
+    event.listen(sessions, "after_commit", lambda session: session.info.pop(TOKEN_TO_MARK, None))
 
     @app.teardown_appcontext
     def close_session(_error: BaseException | None) -> None:
@@ -22,10 +30,11 @@ def init_sessions(app: Flask, settings: Settings) -> None:
         if session is None:
             return
         try:
-            caller = g.get("caller")
-            if caller is not None and caller.token_to_mark is not None:
+            if (token_id := session.info.pop(TOKEN_TO_MARK, None)) is not None:
+                # Nothing committed (a read, a refusal): the token's use gets a transaction of its own.
                 session.rollback()  # whatever the view left uncommitted is not ours to keep
-                mark_token_used(session, caller.token_to_mark)
+                record_token_use(session, token_id)
+                session.commit()
         except SQLAlchemyError:
             log.warning("could not record the token's last use; a later request will")
         finally:
@@ -36,3 +45,14 @@ def db_session() -> Session:
     if "db_session" not in g:
         g.db_session = current_app.extensions["provisioning_sessions"]()
     return g.db_session
+
+
+def mark_token_used(token_id: uuid.UUID) -> None:
+    """Record the token's use with the request's own commit if it makes one, else when it ends."""
+    db_session().info[TOKEN_TO_MARK] = token_id
+
+
+def _mark_token_in_this_commit(session: Session) -> None:
+    """A request that writes anyway records its token's use in the same transaction: no commit of its own."""
+    if (token_id := session.info.get(TOKEN_TO_MARK)) is not None:
+        record_token_use(session, token_id)

@@ -22,11 +22,14 @@ SIZES = {
     "small": {"rows": 100_000, "jobs": 1_000, "memory_jobs": 2_000, "samples": 200, "seconds": 8, "tenants": 20_000},
     "full": {"rows": 1_000_000, "jobs": 3_000, "memory_jobs": 10_000, "samples": 200, "seconds": 15, "tenants": 40_000},
 }
+FIGURES = ["create", "read", "worker", "dispatch", "scale", "memory"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--full", action="store_true", help="the issue's sizes: 1,000,000 rows and 10,000 jobs")
+    parser.add_argument("--only", nargs="+", choices=FIGURES, default=FIGURES, metavar="FIGURE",
+                        help=f"measure only these: {', '.join(FIGURES)} (default: all)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("var/bench"), help="directory for the JSON results")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -34,18 +37,25 @@ def main() -> int:
     size = SIZES["full" if args.full else "small"]
 
     rows: list[Figure] = []
-    rows += figures.create_throughput(size["seconds"], size["tenants"])
-    rows += figures.read_latency(5, size["rows"])
-    empty = figures.worker_throughput(size["jobs"])
-    bare = figures.bare_worker_throughput(size["jobs"])
-    rows.append(Figure("worker throughput", "jobs/s", empty.jobs_per_second, bare, ">= 0.3x (0.5x stretch)",
-                       empty.jobs_per_second >= 0.3 * bare, f"{empty.commits_per_job:.1f} commits per job"))  # fmt: skip
-    rows += figures.dispatch_latency(size["samples"])
-    full_table = figures.worker_throughput(size["jobs"], existing_rows=size["rows"])
-    rows.append(Figure(f"worker throughput, {size['rows']:,} rows", "jobs/s", full_table.jobs_per_second,
-                       empty.jobs_per_second, ">= 0.9x", full_table.jobs_per_second >= 0.9 * empty.jobs_per_second,
-                       "baseline: the same with an empty table"))  # fmt: skip
-    rows += figures.memory(size["memory_jobs"])
+    if "create" in args.only:
+        rows += figures.create_throughput(size["seconds"], size["tenants"])
+    if "read" in args.only:
+        rows += figures.read_latency(5, size["rows"])
+    if {"worker", "scale"} & set(args.only):
+        empty = figures.worker_throughput(size["jobs"])
+    if "worker" in args.only:
+        bare = figures.bare_worker_throughput(size["jobs"])
+        rows.append(Figure("worker throughput", "jobs/s", empty.jobs_per_second, bare, ">= 0.3x (0.5x stretch)",
+                           empty.jobs_per_second >= 0.3 * bare, f"{empty.commits_per_job:.1f} commits per job"))  # fmt: skip
+    if "dispatch" in args.only:
+        rows += figures.dispatch_latency(size["samples"])
+    if "scale" in args.only:
+        full_table = figures.worker_throughput(size["jobs"], existing_rows=size["rows"])
+        rows.append(Figure(f"worker throughput, {size['rows']:,} rows", "jobs/s", full_table.jobs_per_second,
+                           empty.jobs_per_second, ">= 0.9x", full_table.jobs_per_second >= 0.9 * empty.jobs_per_second,
+                           "baseline: the same with an empty table"))  # fmt: skip
+    if "memory" in args.only:
+        rows += figures.memory(size["memory_jobs"])
 
     print(table(rows))
     args.out.mkdir(parents=True, exist_ok=True)

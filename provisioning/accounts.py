@@ -140,7 +140,7 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
 
     The tenant is the user's only one, or the one named (by id or slug) in ``tenant_ref``.
     When the token's ``last_used_at`` is older than ``LAST_USED_RESOLUTION``, the caller should
-    ``mark_token_used`` once it is done (the API does when the request ends): marking it here
+    ``record_token_use`` once it is done (the API does with the request's commit, or at its end): marking it here
     would hold the token's row locked for the whole request.
 
     Raises:
@@ -170,10 +170,9 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     return Caller(user=user, tenant=tenant, role=role, token_to_mark=token.id if stale else None)
 
 
-def mark_token_used(session: Session, token_id: uuid.UUID) -> None:
-    """Record the token's use now, in a transaction of its own (commits)."""
-    session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=utcnow()))
-    session.commit()
+def record_token_use(session: Session, token_id: uuid.UUID) -> None:
+    """Record the token's use now, in the session's transaction (the caller commits)."""
+    session.execute(update(ApiToken.__table__).where(ApiToken.__table__.c.id == token_id).values(last_used_at=utcnow()))
 
 
 def _choose_tenant(

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from provisioning.db import utcnow
@@ -39,17 +39,19 @@ def record(
     session: Session, origin: Origin, action: str, tenant_id: uuid.UUID | None = None, target: str = "", detail: str = ""
 ) -> None:
     """Add an entry to the caller's transaction; it is kept only if the deed is."""
-    session.add(
-        AuditEntry(
-            created_at=utcnow(),
-            actor=origin.actor,
-            action=action,
-            tenant_id=tenant_id,
-            target=target,
-            ip=origin.ip,
-            user_agent=(origin.user_agent or None) and origin.user_agent[:300],
-            detail=detail,
-        )
+    session.flush()  # the deed's own rows first, when the ORM holds them: the entry may point at them
+    session.execute(
+        insert(AuditEntry.__table__),
+        {
+            "created_at": utcnow(),
+            "actor": origin.actor,
+            "action": action,
+            "tenant_id": tenant_id,
+            "target": target,
+            "ip": origin.ip,
+            "user_agent": (origin.user_agent or None) and origin.user_agent[:300],
+            "detail": detail,
+        },
     )
 
 

@@ -147,6 +147,17 @@ def test_a_successful_request_records_when_the_token_was_last_used(client, tenan
     assert token.last_used_at is not None and before <= token.last_used_at <= utcnow()
 
 
+@pytest.mark.parametrize("tenant_status", [TenantStatus.PENDING, TenantStatus.ACTIVE], ids=["job created", "job refused"])
+def test_a_write_records_the_token_use_whether_or_not_it_commits(client, tenant_factory, session, tenant_status):
+    """A request that writes records the use in its own commit; one refused records it on its own."""
+    tenant = tenant_factory.create(status=tenant_status)
+    token, plain = accounts.issue_token(session, tenant.users[Role.OWNER])
+    response = client.post(JOBS, json={"job_type": "create_site"}, headers=bearer(plain))
+    assert response.status_code == (201 if tenant_status == TenantStatus.PENDING else 409)
+    session.refresh(token)
+    assert token.last_used_at is not None
+
+
 # The tenant of a request.
 
 
