@@ -168,12 +168,12 @@ def _lines(path: Path) -> int:
 
 
 def dispatch_latency(samples: int) -> list[Figure]:
-    """From asking to the job's start, with an idle worker, one job at a time: ours from the POST's
-    start to the job's ``started_at``, the bare one from the publish call to the task's start.
+    """With an idle worker, one job at a time: as the issue counts it, ours from the POST's
+    response to the job's ``started_at``, the bare one from the publish call to the task's start.
 
-    The issue counts ours from the POST's response; but we publish before we answer, so the job
-    often starts before the answer arrives (a negative latency, no figure to compare). Counted
-    from the asking, the API's own work is in it: the honest cost to whoever waits for the job.
+    We publish before we answer, so our job often starts before the answer arrives: a negative
+    latency, which is what the client sees. The rows counted from the asking show the API's
+    own work too: what whoever waits for the job pays in all.
     """
     with bench("dispatch") as stack:
         tokens = [token for _, token in seed_tenants(stack, samples + 5)]
@@ -190,16 +190,17 @@ def dispatch_latency(samples: int) -> list[Figure]:
             worker.stop()
     with _bare_worker("bare-dispatch") as (queue, dispatcher, starts):
         bare = [_one_bare_dispatch(dispatcher, queue, starts) for _ in range(samples)]
-    ours = [asked for asked, _answered in timings]
-    after_answer = [answered for _asked, answered in timings]
-    return [
-        Figure("dispatch p50", "ms", percentile(ours, 50), percentile(bare, 50), "<= 2x",
-               percentile(ours, 50) <= 2 * percentile(bare, 50),
-               f"from asking; from our answer instead: {percentile(after_answer, 50):.1f} ms"),
-        Figure("dispatch p99", "ms", percentile(ours, 99), percentile(bare, 99), "<= 2x",
-               percentile(ours, 99) <= 2 * percentile(bare, 99),
-               f"from asking; from our answer instead: {percentile(after_answer, 99):.1f} ms"),
-    ]  # fmt: skip
+    from_answer = [answered for _asked, answered in timings]
+    from_asking = [asked for asked, _answered in timings]
+    figures = []
+    for at in (50, 99):
+        ours, baseline = percentile(from_answer, at), percentile(bare, at)
+        figures.append(Figure(f"dispatch p{at}", "ms", ours, baseline, "<= 2x", ours <= 2 * baseline,
+                              "from our response to the job's start; bare: from the publish call"))  # fmt: skip
+    for at in (50, 99):
+        figures.append(Figure(f"dispatch p{at}, from asking", "ms", percentile(from_asking, at), percentile(bare, at),
+                              "(shown)", True, "from the POST's start: the API's own work included"))  # fmt: skip
+    return figures
 
 
 def _one_dispatch(stack: Bench, http: requests.Session, url: str, token: str) -> tuple[float, float]:

@@ -6,6 +6,7 @@ import copy as _copy
 from pathlib import Path
 from typing import Callable, Sequence
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups import BackupBook
@@ -24,13 +25,14 @@ class JobContext:
         self,
         sessions: sessionmaker[Session],
         job: ProvisioningJob,
+        tenant_slug: str,
         should_stop: Callable[[], bool],
         credentials: SiteCredentials,
         backup_root: Path,
     ):
         self.job_id = job.id
         self.job_type = job.job_type
-        self.tenant_slug = job.tenant.slug
+        self.tenant_slug = tenant_slug
         self.options = dict(job.options or {})
         self._tenant_id = job.tenant_id
         self._sessions = sessions
@@ -48,16 +50,22 @@ class JobContext:
         return copy
 
     def admin_password(self) -> str:
+        """The site's admin password: the one a retry's earlier attempt made, or a new one."""
+        tenants = Tenant.__table__
         try:
             with self._sessions() as session:
-                tenant = session.get(Tenant, self._tenant_id, with_for_update=True)
-                if tenant.admin_password_encrypted:
-                    return self._credentials.decrypt(tenant.admin_password_encrypted)
-                password = generate_password()
-                tenant.admin_password_encrypted = self._credentials.encrypt(password)
-                tenant.admin_password_revealed_at = None
+                made = self._credentials.encrypt(generate_password())
+                # Stored only if none is: the first attempt's password stays the site's.
+                stored = session.scalar(
+                    update(tenants)
+                    .where(tenants.c.id == self._tenant_id, tenants.c.admin_password_encrypted.is_(None))
+                    .values(admin_password_encrypted=made, admin_password_revealed_at=None)
+                    .returning(tenants.c.admin_password_encrypted)
+                )
+                if stored is None:
+                    stored = session.scalar(select(tenants.c.admin_password_encrypted).where(tenants.c.id == self._tenant_id))
                 session.commit()
-                return password
+                return self._credentials.decrypt(stored)
         except CredentialsUnavailable as unavailable:
             raise StepFailed(str(unavailable)) from None
 

@@ -26,14 +26,17 @@ from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
 from provisioning.job_context import JobContext
 from provisioning.models import ProvisioningJob
-from provisioning.service import Announce, FinishedStep, ProvisioningService
+from provisioning.service import Announce, ProvisioningService
 from provisioning.settings import Settings
+from provisioning.step_journal import StepJournal
 from provisioning.workflows import Step, Workflow, workflow_for
 
 log = logging.getLogger(__name__)
 
 DATABASE_RETRY_SECONDS = 1.0
 DEFAULT_RETENTION = Retention(keep_last=7, max_age=timedelta(days=30))
+# Steps quicker than this are written in batches: nobody reads progress faster.
+STEP_WRITE_SECONDS = 1.0
 
 
 class PatientService:
@@ -83,14 +86,18 @@ class JobWatch:
         self.service = service
         self.job_id = job_id
         self.interval = interval
-        self._read_at = float("-inf")
-        self._status = JobStatus.RUNNING
+        # Made right after the claim, which read the job as running.
+        self.saw(JobStatus.RUNNING)
 
-    def status(self, fresh: bool = False) -> JobStatus:
+    def status(self, fresh: bool = False) -> JobStatus | None:
         if fresh or (self._status == JobStatus.RUNNING and time.monotonic() - self._read_at >= self.interval):
-            self._read_at = time.monotonic()
-            self._status = self.service.get_job_status(self.job_id)
+            self.saw(self.service.get_job_status(self.job_id))
         return self._status
+
+    def saw(self, status: JobStatus | None) -> None:
+        """Take a status read elsewhere (with a step write) as this interval's."""
+        self._read_at = time.monotonic()
+        self._status = status
 
     def should_stop(self) -> bool:
         return self.status() != JobStatus.RUNNING
@@ -158,7 +165,8 @@ class Heartbeat:
     ``cancel_grace``, a step still running is terminated. A beat that finds the job no longer
     its own (the sweeper declared this worker lost) terminates the step too: another worker may
     run the job's retry. A beat that cannot reach the database is logged and tried again at the
-    next interval.
+    next interval. A beat also writes the step journal's overdue records, for a step that never
+    asks whether to stop.
     """
 
     def __init__(
@@ -169,6 +177,7 @@ class Heartbeat:
         interval: float,
         cancel_grace: float,
         terminator: StepTerminator,
+        journal: StepJournal,
     ):
         self.sessions = sessions
         self.job_id = job_id
@@ -176,6 +185,7 @@ class Heartbeat:
         self.interval = interval
         self.cancel_grace = timedelta(seconds=cancel_grace)
         self.terminator = terminator
+        self.journal = journal
         self._stopped = threading.Event()
         # Run in a copy of the starting context, so its lines carry the job's fields.
         context = contextvars.copy_context()
@@ -195,6 +205,8 @@ class Heartbeat:
             try:
                 with self.sessions() as session:
                     beat = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
+                    if beat is not None:
+                        self.journal.write_overdue(ProvisioningService(session))
             except Exception:
                 log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
                 continue
@@ -217,7 +229,7 @@ class Run:
     service: PatientService
     job: ProvisioningJob
     workflow: Workflow
-    watch: JobWatch
+    journal: StepJournal
     context: JobContext
     completed: list[str]
     reached: list[str]
@@ -227,7 +239,8 @@ class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
     Each step boundary is one short transaction, so the job's row shows the step in
-    progress. Before every step the job's status is read: a cancel stops it there, and a job
+    progress; steps quicker than ``step_write_seconds`` are written in batches (see
+    StepJournal). Before every step the job's status is read: a cancel stops it there, and a job
     that is no longer running (the sweeper failed it) is left alone. Inside long steps the
     driver asks the same question. A retry that resumes starts at its ``resume_from`` step,
     after the driver cleaned up what the failed attempt at that step left half-done.
@@ -245,6 +258,7 @@ class JobRunner:
         credentials: SiteCredentials | None = None,
         backup_root: Path = Path("var/backups"),
         retention: Retention = DEFAULT_RETENTION,
+        step_write_seconds: float = STEP_WRITE_SECONDS,
     ):
         self.sessions = sessions
         self.driver = driver
@@ -256,6 +270,7 @@ class JobRunner:
         self.credentials = credentials or SiteCredentials(None)
         self.backup_root = backup_root
         self.backup_steps = BackupSteps(sessions, retention)
+        self.step_write_seconds = step_write_seconds
 
     @classmethod
     def for_settings(
@@ -284,13 +299,14 @@ class JobRunner:
         with self.sessions() as session:
             service = ProvisioningService(session, announce=self.announce)
             try:
-                job = service.start_job(job_id, self.worker)
+                claim = service.start_job(job_id, self.worker)
             except Conflict as refusal:
                 log.warning("job %s: %s", job_id, refusal)
                 return
-            if job is None:
+            if claim is None:
                 log.info("job %s: not pending any more; message ignored as a duplicate", job_id)
                 return
+            job = claim.job
             job_fields = logs.bound(
                 request_id=logs.current("request_id") or job.request_id,
                 job_id=job.id,
@@ -298,15 +314,18 @@ class JobRunner:
                 job_type=job.job_type.value,
             )
             with job_fields:
-                self._run_claimed(service, job)
+                self._run_claimed(service, job, claim.tenant_slug)
 
-    def _run_claimed(self, service: ProvisioningService, job: ProvisioningJob) -> None:
-        log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, job.tenant.slug, self.worker)
+    def _run_claimed(self, service: ProvisioningService, job: ProvisioningJob, tenant_slug: str) -> None:
+        log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, tenant_slug, self.worker)
         terminator = StepTerminator(job.id)
         patient = PatientService(service, self.database_patience)
-        with Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator):
+        workflow = workflow_for(job.job_type)
+        journal = StepJournal(patient, JobWatch(patient, job.id), job.id, self.worker, workflow, self.step_write_seconds)
+        heartbeat = Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator, journal)
+        with heartbeat:
             try:
-                self._run_steps(patient, job, workflow_for(job.job_type), terminator)
+                self._run_steps(patient, job, tenant_slug, journal, terminator)
             except Exception as error:
                 # Outside a step (a time limit during a write, patience run out): say so now,
                 # rather than leave the job running until it is reaped as lost.
@@ -314,24 +333,19 @@ class JobRunner:
                 self._fail_outside_a_step(service, job, f"stopped outside a step: {type(error).__name__}: {error}")
                 raise
 
-    def _run_steps(self, service: PatientService, job: ProvisioningJob, workflow: Workflow, terminator: StepTerminator) -> None:
-        watch = JobWatch(service, job.id)
-        context = JobContext(self.sessions, job, watch.should_stop, self.credentials, self.backup_root)
+    def _run_steps(
+        self, service: PatientService, job: ProvisioningJob, tenant_slug: str, journal: StepJournal, terminator: StepTerminator
+    ) -> None:
+        workflow = journal.workflow
+        context = JobContext(self.sessions, job, tenant_slug, journal.should_stop, self.credentials, self.backup_root)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         done_before = list(workflow.step_names[:first])
-        run = Run(service, job, workflow, watch, context, completed=done_before, reached=list(done_before))
-        # A completed step is recorded with the next write (the next step's start, or the job's
-        # end): one commit per step boundary, and the status read with it is the cancel check.
-        finished: FinishedStep | None = None
+        run = Run(service, job, workflow, journal, context, completed=done_before, reached=list(done_before))
         for position, step in enumerate(workflow.steps[first:], start=first):
             if step.skipped_when and job.options.get(step.skipped_when):
-                skipped = f"Skipped: the job asked for {step.skipped_when}"
-                service.end_step(job.id, self.worker, position, StepStatus.SKIPPED, skipped, finished=finished)
-                finished = None
+                journal.skip(position, f"Skipped: the job asked for {step.skipped_when}")
                 continue
-            status = service.begin_step(job.id, self.worker, position, step.message, finished)
-            finished = None
-            if status != JobStatus.RUNNING:
+            if journal.begin(position, step) != JobStatus.RUNNING:
                 return self._stop(run)
             run.reached.append(step.name)
             log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
@@ -341,20 +355,20 @@ class JobRunner:
                     output = self._perform(job, step, context, resuming)
             except (StepStopped, StepTerminated) as stop:
                 service.session.rollback()  # a signal may have landed in the middle of a query
-                if watch.status(fresh=True) == JobStatus.CANCELLING:
+                if journal.flush() == JobStatus.CANCELLING:
                     how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
                     service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
                 return self._stop(run)
             except StepFailed as failure:
-                return self._fail(service, job, position, f"step {step.name} failed: {failure}", failure.output)
+                return self._fail(run, position, f"step {step.name} failed: {failure}", failure.output)
             except SoftTimeLimitExceeded:
-                return self._fail(service, job, position, f"step {step.name} exceeded the task's soft time limit")
+                return self._fail(run, position, f"step {step.name} exceeded the task's soft time limit")
             except Exception as error:  # a driver bug must still end the job, never leave it running
                 log.exception("job %s: step %s raised", job.id, step.name)
-                return self._fail(service, job, position, f"step {step.name} failed: {type(error).__name__}: {error}")
-            finished = FinishedStep(position, output, workflow.progress_after(position + 1))
+                return self._fail(run, position, f"step {step.name} failed: {type(error).__name__}: {error}")
+            journal.complete(position, output)
             run.completed.append(step.name)
-        if service.complete_job(job.id, self.worker, finished):
+        if service.complete_job(job.id, self.worker, journal.take()):
             log.info("job %s: completed", job.id)
         else:
             # A cancel arrived during the last step (it wins, as at any other step boundary), or
@@ -375,18 +389,19 @@ class JobRunner:
 
     def _stop(self, run: "Run") -> None:
         """Settle a cancel, or step aside when the job is no longer this worker's."""
-        status = run.watch.status(fresh=True)
+        status = run.journal.flush()  # the steps done so far go on record, and the status is fresh
         if status == JobStatus.CANCELLING:
             self._settle_cancel(run)
         else:
-            log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status.value)
+            log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status)
 
-    def _fail(self, service: PatientService, job: ProvisioningJob, position: int, error: str, output: str = "") -> None:
-        workflow = workflow_for(job.job_type)
+    def _fail(self, run: "Run", position: int, error: str, output: str = "") -> None:
+        job, workflow = run.job, run.workflow
         log.warning("job %s: %s", job.id, error, extra={"step": workflow.steps[position].name})
-        service.end_step(job.id, self.worker, position, StepStatus.FAILED, error, output)
+        run.journal.flush()
+        run.service.end_step(job.id, self.worker, position, StepStatus.FAILED, error, output)
         tenant_status = workflow.tenant_after_failure(workflow.steps[position].name, job.tenant_status_before)
-        if not service.fail_job(job.id, error, tenant_status):
+        if not run.service.fail_job(job.id, error, tenant_status):
             log.warning("job %s: no longer running, so its failure was not recorded", job.id)
 
     def _fail_outside_a_step(self, service: ProvisioningService, job: ProvisioningJob, error: str) -> None:

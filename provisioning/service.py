@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import delete, func, insert, literal, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -49,12 +50,35 @@ EVENT_OF_STATUS = {
 
 
 @dataclass(frozen=True)
-class FinishedStep:
-    """A step that completed, to be recorded with the next write of its job."""
+class StepRecord:
+    """A step's state as its runner knows it and has not written yet: started (``running``), or
+    ended (completed or skipped) with when, what it printed and the job's progress after it."""
 
     position: int
-    output: str
-    progress: int
+    name: str
+    status: StepStatus
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: str = ""
+    message: str = ""
+    progress: int = 0
+
+    def events(self) -> list[tuple[str, str, datetime]]:
+        """The job events this state stands for, as (kind, detail, when)."""
+        made = [("step_started", self.name, self.started_at)] if self.started_at else []
+        if self.status == StepStatus.COMPLETED:
+            made.append(("step_completed", self.name, self.finished_at))
+        elif self.status == StepStatus.SKIPPED:
+            made.append(("step_skipped", f"{self.name}: {self.message}", self.finished_at))
+        return made
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job as its claim wrote it, and its tenant's slug: what a runner needs to start it."""
+
+    job: ProvisioningJob
+    tenant_slug: str
 
 
 @dataclass(frozen=True)
@@ -216,23 +240,29 @@ class ProvisioningService:
         for _ in range(3):
             now = utcnow()
             if job.status == JobStatus.PENDING:
-                won = self._transition(
-                    job_id,
-                    {JobStatus.PENDING},
-                    JobStatus.CANCELLED,
-                    actor=_user(requested_by_id),
-                    message="Cancelled before it started",
-                    cancel_requested_at=now,
-                    completed_at=now,
+                won = (
+                    self._transition(
+                        job_id,
+                        {JobStatus.PENDING},
+                        JobStatus.CANCELLED,
+                        actor=_user(requested_by_id),
+                        message="Cancelled before it started",
+                        cancel_requested_at=now,
+                        completed_at=now,
+                    )
+                    is not None
                 )
             elif job.status == JobStatus.RUNNING:
-                won = self._transition(
-                    job_id,
-                    {JobStatus.RUNNING},
-                    JobStatus.CANCELLING,
-                    actor=_user(requested_by_id),
-                    message="Cancel requested; stopping at the next step",
-                    cancel_requested_at=now,
+                won = (
+                    self._transition(
+                        job_id,
+                        {JobStatus.RUNNING},
+                        JobStatus.CANCELLING,
+                        actor=_user(requested_by_id),
+                        message="Cancel requested; stopping at the next step",
+                        cancel_requested_at=now,
+                    )
+                    is not None
                 )
             elif job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
                 return job
@@ -279,7 +309,7 @@ class ProvisioningService:
 
     # Transitions made by the worker that runs a job.
 
-    def start_job(self, job_id: uuid.UUID, worker: str) -> ProvisioningJob | None:
+    def start_job(self, job_id: uuid.UUID, worker: str) -> Claim | None:
         """Claim a pending job for ``worker`` and lay out its steps; None if it is not pending.
 
         None is the normal answer to a duplicate or late message: the job was already claimed,
@@ -289,44 +319,52 @@ class ProvisioningService:
             Conflict: the tenant changed since the request (the job before this one finished in
                 between) and no longer allows this job type; the job is failed, saying so.
         """
-        job = self.session.get(ProvisioningJob, job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} not found")
-        workflow = workflow_for(job.job_type)
-        first = workflow.position_of(job.resume_from) if job.resume_from else 0
         now = utcnow()
-        tenant_status = self.session.scalar(select(Tenant.status).where(Tenant.id == job.tenant_id))
-        if not self._transition(
+        jobs = ProvisioningJob.__table__
+        claimed = self._transition(
             job_id,
             {JobStatus.PENDING},
             JobStatus.RUNNING,
             actor=f"worker {worker}",
+            returning=[*jobs.c, select(Tenant.slug).where(Tenant.id == jobs.c.tenant_id).scalar_subquery().label("slug")],
             worker=worker,
             started_at=now,
             heartbeat_at=now,
-            message=workflow.steps[first].message,
-            tenant_status_before=tenant_status,
-        ):
+            tenant_status_before=select(Tenant.status).where(Tenant.id == jobs.c.tenant_id).scalar_subquery(),
+        )
+        if claimed is None:
             self.session.rollback()
+            if self.session.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
+                raise NotFound(f"job {job_id} not found")
             return None
-        if not workflow.allows(tenant_status):
-            error = f"not started: {workflow.refusal} (it became {tenant_status.value} after the request)"
+        *columns, slug = claimed
+        job = ProvisioningJob(**dict(zip(jobs.c.keys(), columns)))
+        workflow = workflow_for(job.job_type)
+        first = workflow.position_of(job.resume_from) if job.resume_from else 0
+        if not workflow.allows(job.tenant_status_before):
+            error = f"not started: {workflow.refusal} (it became {job.tenant_status_before.value} after the request)"
             self._transition(
                 job_id, {JobStatus.RUNNING}, JobStatus.FAILED, actor=f"worker {worker}", detail=error,
                 error=error, message="Failed", completed_at=now,
             )  # fmt: skip
             self._commit()
             raise Conflict(error)
+        job.message = workflow.steps[first].message
+        self.session.execute(update(jobs).where(jobs.c.id == job_id).values(message=job.message))
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
-        self.session.add_all(
-            JobStep(job_id=job_id, position=position, name=step.name, status=StepStatus.PENDING)
-            if position >= first
-            else JobStep(job_id=job_id, position=position, name=step.name, status=StepStatus.SKIPPED, message=done_before)
-            for position, step in enumerate(workflow.steps)
-        )
+        self.session.execute(
+            insert(JobStep.__table__),
+            [
+                {"job_id": job_id, "position": position, "name": step.name, "status": StepStatus.PENDING, "message": ""}
+                if position >= first
+                else {"job_id": job_id, "position": position, "name": step.name, "status": StepStatus.SKIPPED,
+                      "message": done_before}
+                for position, step in enumerate(workflow.steps)
+            ],
+        )  # fmt: skip
         self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
         self._commit()
-        return self.session.get(ProvisioningJob, job_id, populate_existing=True)
+        return Claim(job, slug)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
         """Vouch that ``worker`` still runs the job; None once the job is not its running job.
@@ -368,17 +406,20 @@ class ProvisioningService:
                 f"worker {job.worker} was lost {where}: "
                 f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC"
             )
-            won = self._transition(
-                job.id,
-                {JobStatus.RUNNING, JobStatus.CANCELLING},
-                JobStatus.FAILED,
-                conditions=[last_sign_of_life < cutoff],
-                event="reaped",
-                actor="sweeper",
-                detail=error,
-                error=error,
-                message="Failed",
-                completed_at=utcnow(),
+            won = (
+                self._transition(
+                    job.id,
+                    {JobStatus.RUNNING, JobStatus.CANCELLING},
+                    JobStatus.FAILED,
+                    conditions=[last_sign_of_life < cutoff],
+                    event="reaped",
+                    actor="sweeper",
+                    detail=error,
+                    error=error,
+                    message="Failed",
+                    completed_at=utcnow(),
+                )
+                is not None
             )
             if won:
                 self.session.execute(
@@ -396,81 +437,102 @@ class ProvisioningService:
     # Step writes come from the worker that owns the job; a worker declared lost writes nothing.
 
     def begin_step(
-        self, job_id: uuid.UUID, worker: str, position: int, message: str, finished: FinishedStep | None = None
+        self, job_id: uuid.UUID, worker: str, position: int, message: str, done: Sequence[StepRecord] = ()
     ) -> JobStatus | None:
-        """Record the step before as completed (``finished``) and mark this one running, in one
-        transaction: one commit per step boundary.
+        """Record the steps ``done`` since the last write and mark this one running, in one
+        transaction: one commit per step boundary, or per batch of quick steps.
 
         Returns the job's status: ``running`` when the step may run; ``cancelling`` when a cancel
-        came (the finished step is still recorded, this one is not started); None when the job is
+        came (the steps done are still recorded, this one is not started); None when the job is
         no longer this worker's (nothing is written).
         """
         status = self._owned_status(job_id, worker)
         if status is None:
             return None
-        if finished is not None:
-            self._record_finished(job_id, worker, finished)
+        self._write_steps(job_id, worker, done)
         if status == JobStatus.RUNNING:
-            name = self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=utcnow())
-            self.session.execute(
-                update(ProvisioningJob).where(ProvisioningJob.id == job_id).values(message=message), execution_options=NO_SYNC
-            )
+            now = utcnow()
+            name = self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=now)
+            self.session.execute(update(ProvisioningJob.__table__).where(ProvisioningJob.id == job_id).values(message=message))
             self._record(job_id, "step_started", f"worker {worker}", name)
         self.session.commit()
         return status
 
-    def end_step(
-        self,
-        job_id: uuid.UUID,
-        worker: str,
-        position: int,
-        status: StepStatus,
-        message: str,
-        output: str = "",
-        finished: FinishedStep | None = None,
-    ) -> bool:
-        """Record a step that ended other than completed (failed, cancelled, skipped), with what it
-        printed, after the completed step before it (``finished``) if that is not written yet."""
+    def write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord]) -> JobStatus | None:
+        """Record the steps ``done`` since the last write on their own; the job's status, or None
+        when the job is no longer this worker's (nothing is written)."""
+        status = self._owned_status(job_id, worker)
+        if status is not None:
+            self._write_steps(job_id, worker, done)
+            self.session.commit()
+        return status
+
+    def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
+        """Record a step that ended other than completed (failed, cancelled), with what it printed."""
         if not self._owns(job_id, worker):
             return False
-        if finished is not None:
-            self._record_finished(job_id, worker, finished)
         name = self._update_step(job_id, position, status=status, finished_at=utcnow(), message=message, output=_tail(output))
         self._record(job_id, f"step_{status.value}", f"worker {worker}", f"{name}: {message}")
         self.session.commit()
         return True
 
     def _owns(self, job_id: uuid.UUID, worker: str) -> bool:
-        return self._owned_status(job_id, worker) is not None
+        return self._owned_job(job_id, worker) is not None
 
     def _owned_status(self, job_id: uuid.UUID, worker: str) -> JobStatus | None:
+        job = self._owned_job(job_id, worker)
+        return None if job is None else job.status
+
+    def _owned_job(self, job_id: uuid.UUID, worker: str) -> Row | None:
         """Lock the job's row if ``worker`` runs it, so the sweeper cannot fail it mid-write, and
-        return its status (running or cancelling); None, with nothing held, when it does not."""
-        status = self.session.scalar(
-            select(ProvisioningJob.status)
-            .where(
-                ProvisioningJob.id == job_id,
-                ProvisioningJob.worker == worker,
-                ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
-            )
+        return its status (running or cancelling), tenant and type; None, with nothing held, when
+        it does not."""
+        jobs = ProvisioningJob.__table__
+        job = self.session.execute(
+            select(jobs.c.status, jobs.c.tenant_id, jobs.c.job_type)
+            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
             .with_for_update()
-        )
-        if status is None:
+        ).first()
+        if job is None:
             self.session.rollback()
             log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
-        return status
+        return job
 
-    def _record_finished(self, job_id: uuid.UUID, worker: str, finished: FinishedStep) -> None:
-        """Write a completed step and raise the job's progress (never lowers it); the caller commits."""
-        name = self._update_step(
-            job_id, finished.position, status=StepStatus.COMPLETED, finished_at=utcnow(), output=_tail(finished.output)
-        )
-        self._record(job_id, "step_completed", f"worker {worker}", name)
+    def _write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], raise_progress: bool = True) -> None:
+        """Write step states and their events, a statement each for all of them, and raise the
+        job's progress (never lowers it); the caller holds the job's row and commits."""
+        if not done:
+            return
+        steps = JobStep.__table__
         self.session.execute(
-            update(ProvisioningJob)
-            .where(ProvisioningJob.id == job_id, ProvisioningJob.progress < finished.progress)
-            .values(progress=finished.progress),
-            execution_options=NO_SYNC,
+            update(steps)
+            .where(steps.c.job_id == bindparam("step_job_id"), steps.c.position == bindparam("step_position"))
+            .values(
+                {name: bindparam(f"step_{name}") for name in ("status", "finished_at", "output", "message")}
+                # A start written earlier stays: the record then carries none.
+                | {"started_at": func.coalesce(bindparam("step_started_at", type_=steps.c.started_at.type), steps.c.started_at)}
+            ),
+            [
+                {"step_job_id": job_id, "step_position": step.position, "step_status": step.status,
+                 "step_started_at": step.started_at, "step_finished_at": step.finished_at, "step_output": _tail(step.output),
+                 "step_message": step.message}
+                for step in done
+            ],
+        )  # fmt: skip
+        actor = f"worker {worker}"
+        events = [
+            {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": at}
+            for step in done
+            for kind, detail, at in step.events()
+        ]
+        self.session.execute(insert(JobEvent.__table__), events)
+        if not raise_progress:
+            return
+        progress = max(step.progress for step in done)
+        self.session.execute(
+            update(ProvisioningJob.__table__)
+            .where(ProvisioningJob.id == job_id, ProvisioningJob.progress < progress)
+            .values(progress=progress)
         )
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
@@ -479,42 +541,50 @@ class ProvisioningService:
         self.session.commit()
         return status
 
-    def complete_job(self, job_id: uuid.UUID, worker: str, finished: FinishedStep | None = None) -> bool:
-        """Record the last step and mark the job completed, in one transaction; False when a cancel
-        got there first (the step is still recorded) or the job is no longer this worker's."""
-        status = self._owned_status(job_id, worker)
-        if status is None:
-            return False
-        if finished is not None:
-            self._record_finished(job_id, worker, finished)
-        job = self.session.get(ProvisioningJob, job_id)
-        won = self._transition(
-            job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, actor=f"worker {worker}",
-            progress=100, message="Completed", completed_at=utcnow(),
+    def complete_job(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord] = ()) -> bool:
+        """Record the last steps and mark the job completed, in one transaction; False when a cancel
+        got there first (the steps are still recorded) or the job is no longer this worker's.
+
+        The compare-and-set comes first: naming the worker, it is also the ownership check and
+        holds the job's row for the rest of the transaction.
+        """
+        jobs = ProvisioningJob.__table__
+        completed = self._transition(
+            job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, conditions=[jobs.c.worker == worker], actor=f"worker {worker}",
+            returning=[jobs.c.tenant_id, jobs.c.job_type], record=False, progress=100, message="Completed",
+            completed_at=utcnow(),
         )  # fmt: skip
-        if won:
-            self._set_tenant_status(job.tenant_id, workflow_for(job.job_type).tenant_on_success)
-            if job.job_type == JobType.DELETE_SITE:
-                # The site is gone; a later site gets a password of its own.
-                self.session.execute(
-                    update(Tenant).where(Tenant.id == job.tenant_id)
-                    .values(admin_password_encrypted=None, admin_password_revealed_at=None)
-                )  # fmt: skip
+        if completed is None:
+            self.session.rollback()
+            self.write_steps(job_id, worker, done)
+            return False
+        self._write_steps(job_id, worker, done, raise_progress=False)
+        self._record(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)  # after its steps' events
+        self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
+        if completed.job_type == JobType.DELETE_SITE:
+            # The site is gone; a later site gets a password of its own.
+            self.session.execute(
+                update(Tenant).where(Tenant.id == completed.tenant_id)
+                .values(admin_password_encrypted=None, admin_password_revealed_at=None)
+            )  # fmt: skip
         self._commit()
-        return won
+        return True
 
     def fail_job(self, job_id: uuid.UUID, error: str, tenant_status: TenantStatus | None) -> bool:
         """Mark a running or cancelling job failed with ``error`` and put the tenant where the runner decided."""
         job = self.session.get(ProvisioningJob, job_id)
-        won = self._transition(
-            job_id,
-            {JobStatus.RUNNING, JobStatus.CANCELLING},
-            JobStatus.FAILED,
-            actor=f"worker {job.worker}",
-            detail=error,
-            error=error,
-            message="Failed",
-            completed_at=utcnow(),
+        won = (
+            self._transition(
+                job_id,
+                {JobStatus.RUNNING, JobStatus.CANCELLING},
+                JobStatus.FAILED,
+                actor=f"worker {job.worker}",
+                detail=error,
+                error=error,
+                message="Failed",
+                completed_at=utcnow(),
+            )
+            is not None
         )
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
@@ -527,7 +597,7 @@ class ProvisioningService:
         won = self._transition(
             job_id, {JobStatus.CANCELLING}, JobStatus.CANCELLED, actor=f"worker {job.worker}", detail=message,
             message=message, completed_at=utcnow(),
-        )  # fmt: skip
+        ) is not None  # fmt: skip
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
         self._commit()
@@ -612,10 +682,10 @@ class ProvisioningService:
             # Two requests with one key raced: the loser answers with the winner's job.
             if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
                 return earlier
-            active = self._active_job(tenant_id)
-            if active is None:
-                raise
             # The partial unique index refused a second active job for this tenant.
+            active = self._active_job(tenant_id)
+            if active is None:  # it ended in the meantime: a quick job can, between our insert and this read
+                raise Conflict("the tenant had an active job when this request was made; it has ended since") from None
             raise Conflict(
                 f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
             ) from None
@@ -680,23 +750,29 @@ class ProvisioningService:
         actor: str = "system",
         detail: str = "",
         event: str | None = None,
+        returning: Sequence = (),
+        record: bool = True,
         **values,
-    ) -> bool:
+    ) -> Row | None:
         """Compare-and-set the job's status from one of ``sources`` to ``target`` (and any further
-        ``conditions``); True if it moved, and then the move is recorded as an event by ``actor``."""
+        ``conditions``). If it moved, the move is recorded as an event by ``actor`` (unless the
+        caller records it later, ``record=False``) and the moved row is returned (its ``returning``
+        columns, or its id); None if it did not move."""
         if not all(can_transition(source, target) for source in sources):
             raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
-        result = self.session.execute(
-            update(ProvisioningJob)
-            .where(ProvisioningJob.id == job_id, ProvisioningJob.status.in_(sources), *conditions)
+        jobs = ProvisioningJob.__table__
+        moved = self.session.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status.in_(sources), *conditions)
             .values(status=target, **values)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
+            .returning(*(returning or [jobs.c.id]))
+        ).first()
+        if moved is None:
             log.info("job %s: not moved to %s, it is no longer in %s", job_id, target.value, sorted(s.value for s in sources))
-            return False
-        self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
-        return True
+            return None
+        if record:
+            self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
+        return moved
 
     def _record(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> None:
         """Add an event to the transaction; a status change is also announced once it commits."""

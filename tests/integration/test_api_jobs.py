@@ -50,7 +50,7 @@ def pending_job(session, tenant, job_type: JobType = JobType.CREATE_SITE) -> Pro
 
 
 def running_job(session, tenant, job_type: JobType = JobType.CREATE_SITE) -> ProvisioningJob:
-    return ProvisioningService(session).start_job(pending_job(session, tenant, job_type).id, "test-worker")
+    return ProvisioningService(session).start_job(pending_job(session, tenant, job_type).id, "test-worker").job
 
 
 def finished_job(

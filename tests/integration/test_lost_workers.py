@@ -15,7 +15,7 @@ from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.runner import JobRunner
-from provisioning.service import FinishedStep, ProvisioningService
+from provisioning.service import ProvisioningService, StepRecord
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.records import read_job, tenant_status
@@ -46,7 +46,8 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
     service.begin_step(job.id, "worker@crashed-host", 0, "Checking")
-    service.begin_step(job.id, "worker@crashed-host", 1, "Creating", FinishedStep(0, "ok", 20))
+    checked = StepRecord(0, "check_preconditions", StepStatus.COMPLETED, finished_at=utcnow(), output="ok", progress=20)
+    service.begin_step(job.id, "worker@crashed-host", 1, "Creating", [checked])
     age_heartbeat(sessions, job.id, 120)
 
     assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
@@ -81,6 +82,8 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
     thread.start()
     first = wait_for(lambda: read_job(sessions, job.id).heartbeat_at, what="the first heartbeat")
     wait_for(lambda: read_job(sessions, job.id).heartbeat_at > first, timeout=10, what="the heartbeat to move on")
+    # A step is on record as running once it has run for the runner's step write interval.
+    wait_for(lambda: StepStatus.RUNNING in steps_by_status(sessions, job.id).values(), what="the long step on record")
 
     # The worker is alive but, say, was cut off long enough for the sweeper to give up on it.
     with sessions() as s:

@@ -20,8 +20,13 @@ from tests.records import read_job, read_steps, tenant_status
 def runner(settings, sessions):
     """Makes runners as the worker does, on the simulated driver (or the one given)."""
 
-    def make(step_seconds: float = 0, fail_step: str | None = None, driver=None, worker="test-runner@localhost") -> JobRunner:
-        return JobRunner.for_settings(settings, sessions, driver or SimulatedDriver(step_seconds, fail_step), worker)
+    def make(
+        step_seconds: float = 0, fail_step: str | None = None, driver=None, worker="test-runner@localhost", **options
+    ) -> JobRunner:
+        job_runner = JobRunner.for_settings(settings, sessions, driver or SimulatedDriver(step_seconds, fail_step), worker)
+        for name, value in options.items():
+            setattr(job_runner, name, value)
+        return job_runner
 
     return make
 
@@ -146,7 +151,8 @@ def test_a_cancelled_delete_puts_the_tenant_back_to_the_state_it_had(session, se
 
 
 def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(session, sessions, tenant_factory, runner):
-    """The runner checks for a cancel at every step boundary, even when the driver never asks."""
+    """The runner checks for a cancel at every step boundary it writes, even when the driver never
+    asks: every boundary, once steps take longer than ``step_write_seconds`` (here: always)."""
 
     class IgnoresCancel(SimulatedDriver):
         def run_step(self, step, context):
@@ -157,12 +163,44 @@ def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(sessi
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    runner(driver=IgnoresCancel(step_seconds=0), worker="test").run(job.id)
+    runner(driver=IgnoresCancel(step_seconds=0), worker="test", step_write_seconds=0).run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
     statuses = [step.status for step in read_steps(sessions, job.id)]
     assert statuses[:2] == [StepStatus.COMPLETED, StepStatus.COMPLETED]
     assert set(statuses[2:]) == {StepStatus.PENDING}
+
+
+@pytest.mark.parametrize("step_write_seconds", [0, 60], ids=["steps slower than the interval", "quick steps"])
+def test_each_step_is_on_record_while_it_runs_unless_steps_are_quicker_than_the_write_interval(
+    session, sessions, tenant_factory, runner, step_write_seconds
+):
+    """What the API shows of a running job: each step as it runs, or quick steps in one batch at
+    the end, with the same steps, times and events either way."""
+    seen_during_configure = []
+
+    class Looks(SimulatedDriver):
+        def run_step(self, step, context):
+            if step == "configure_site":
+                seen_during_configure.extend(step.status for step in read_steps(sessions, job.id))
+            return super().run_step(step, context)
+
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    runner(driver=Looks(step_seconds=0), step_write_seconds=step_write_seconds).run(job.id)
+
+    if step_write_seconds:
+        assert seen_during_configure == [StepStatus.PENDING] * 5
+    else:
+        assert seen_during_configure == [StepStatus.COMPLETED] * 3 + [StepStatus.RUNNING, StepStatus.PENDING]
+    steps = read_steps(sessions, job.id)
+    assert all(step.status == StepStatus.COMPLETED and step.output for step in steps)
+    assert all(step.started_at <= step.finished_at for step in steps)
+    assert all(a.finished_at <= b.started_at for a, b in zip(steps, steps[1:]))
+    finished = read_job(sessions, job.id)
+    assert (finished.status, finished.progress) == (JobStatus.COMPLETED, 100)
+    kinds = [event.kind for event in ProvisioningService(session).list_job_events(tenant.id, job.id)]
+    assert kinds == ["created", "claimed", *["step_started", "step_completed"] * 5, "completed"]
 
 
 def test_a_second_delivery_of_a_finished_job_runs_nothing(session, sessions, tenant_factory, runner):
