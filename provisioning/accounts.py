@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,19 @@ EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # A token's last use is written at most this often, so reads do not each cost a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 MAX_TENANT_REF_LENGTH = 64
+
+
+# Built once, as every request runs them: a token's user with each membership, and a token's use.
+CALLER_OF_TOKEN = (
+    select(ApiToken, User, Tenant, Membership.role)
+    .join(User, ApiToken.user_id == User.id)
+    .outerjoin(Membership, Membership.user_id == User.id)
+    .outerjoin(Tenant, Tenant.id == Membership.tenant_id)
+    .where(ApiToken.token_hash == bindparam("token_hash"))
+)
+TOKEN_USED = (
+    update(ApiToken.__table__).where(ApiToken.__table__.c.id == bindparam("token_id")).values(last_used_at=bindparam("used_at"))
+)
 
 
 @dataclass(frozen=True)
@@ -151,13 +164,7 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     """
     if not plain_token:
         raise MissingCredentials("missing bearer token")
-    rows = session.execute(
-        select(ApiToken, User, Tenant, Membership.role)
-        .join(User, ApiToken.user_id == User.id)
-        .outerjoin(Membership, Membership.user_id == User.id)
-        .outerjoin(Tenant, Tenant.id == Membership.tenant_id)
-        .where(ApiToken.token_hash == hash_token(plain_token))
-    ).all()
+    rows = session.execute(CALLER_OF_TOKEN, {"token_hash": hash_token(plain_token)}).all()
     if not rows:
         raise AuthenticationFailed("unknown token")
     token, user = rows[0][0], rows[0][1]
@@ -172,7 +179,7 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
 
 def record_token_use(session: Session, token_id: uuid.UUID) -> None:
     """Record the token's use now, in the session's transaction (the caller commits)."""
-    session.execute(update(ApiToken.__table__).where(ApiToken.__table__.c.id == token_id).values(last_used_at=utcnow()))
+    session.execute(TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
 
 
 def _choose_tenant(

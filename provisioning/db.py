@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from functools import lru_cache
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -44,6 +45,10 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
+# A pooled connection idle longer than this is checked before use (see _ping_if_idle).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -57,11 +62,10 @@ def get_engine(database_url: str) -> Engine:
         engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    return create_engine(
+    engine = create_engine(
         database_url,
         # An UPDATE of many rows (a job's quick steps) goes in one round trip, not one per row.
         executemany_mode="values_plus_batch",
-        pool_pre_ping=True,
         pool_size=5,
         max_overflow=5,
         pool_timeout=5,
@@ -77,6 +81,31 @@ def get_engine(database_url: str) -> Engine:
             "keepalives_count": 3,
         },
     )
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+def _note_checkin(_dbapi_connection, record) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+    """Check a pooled connection before use if it sat idle for a while: a restarted PostgreSQL
+    leaves dead connections behind, and the pool then opens a fresh one instead of failing.
+
+    SQLAlchemy's ``pool_pre_ping`` does the same at every checkout, a round trip per request and
+    two per job; a connection in steady use is known to be alive and goes without.
+    """
+    if time.monotonic() - record.info.get("checked_in_at", float("-inf")) < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+        dbapi_connection.rollback()
+    except Exception as error:
+        raise DisconnectionError(f"a pooled connection is dead: {error}") from error
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:

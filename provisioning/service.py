@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, update
+from sqlalchemy import Update, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -24,6 +24,15 @@ from provisioning.audit import Origin
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
+from provisioning.job_statements import (
+    CLAIM_JOB,
+    COMPLETE_JOB,
+    INSERT_JOB_IF_ALLOWED,
+    JOB_COLUMNS,
+    RAISE_PROGRESS,
+    SET_TENANT_STATUS,
+    WRITE_STEP,
+)
 from provisioning.models import (
     ACTIVE_JOB_STATUSES,
     IdempotencyKey,
@@ -92,11 +101,6 @@ DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
 # Bulk UPDATEs need not look for the rows among the session's loaded objects: nothing reads those
 # objects afterwards without reloading them (the transitions' CAS already runs this way).
 NO_SYNC = {"synchronize_session": False}
-# What a new job's INSERT writes: every column but those only a worker or the sweeper fills in.
-JOB_COLUMNS = (
-    "id", "tenant_id", "job_type", "status", "progress", "message", "requested_by_id", "retry_of_id", "resume_from",
-    "options", "request_id", "dispatched_at", "dispatch_count", "created_at",
-)  # fmt: skip
 MAX_REPUBLISH_DOUBLINGS = 6
 
 
@@ -240,29 +244,23 @@ class ProvisioningService:
         for _ in range(3):
             now = utcnow()
             if job.status == JobStatus.PENDING:
-                won = (
-                    self._transition(
-                        job_id,
-                        {JobStatus.PENDING},
-                        JobStatus.CANCELLED,
-                        actor=_user(requested_by_id),
-                        message="Cancelled before it started",
-                        cancel_requested_at=now,
-                        completed_at=now,
-                    )
-                    is not None
+                won = self._transition(
+                    job_id,
+                    {JobStatus.PENDING},
+                    JobStatus.CANCELLED,
+                    actor=_user(requested_by_id),
+                    message="Cancelled before it started",
+                    cancel_requested_at=now,
+                    completed_at=now,
                 )
             elif job.status == JobStatus.RUNNING:
-                won = (
-                    self._transition(
-                        job_id,
-                        {JobStatus.RUNNING},
-                        JobStatus.CANCELLING,
-                        actor=_user(requested_by_id),
-                        message="Cancel requested; stopping at the next step",
-                        cancel_requested_at=now,
-                    )
-                    is not None
+                won = self._transition(
+                    job_id,
+                    {JobStatus.RUNNING},
+                    JobStatus.CANCELLING,
+                    actor=_user(requested_by_id),
+                    message="Cancel requested; stopping at the next step",
+                    cancel_requested_at=now,
                 )
             elif job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
                 return job
@@ -320,25 +318,17 @@ class ProvisioningService:
                 between) and no longer allows this job type; the job is failed, saying so.
         """
         now = utcnow()
-        jobs = ProvisioningJob.__table__
-        claimed = self._transition(
-            job_id,
-            {JobStatus.PENDING},
-            JobStatus.RUNNING,
+        claimed = self._move(
+            CLAIM_JOB, {"job_id": job_id, "claimer": worker, "now": now}, job_id, {JobStatus.PENDING}, JobStatus.RUNNING,
             actor=f"worker {worker}",
-            returning=[*jobs.c, select(Tenant.slug).where(Tenant.id == jobs.c.tenant_id).scalar_subquery().label("slug")],
-            worker=worker,
-            started_at=now,
-            heartbeat_at=now,
-            tenant_status_before=select(Tenant.status).where(Tenant.id == jobs.c.tenant_id).scalar_subquery(),
-        )
+        )  # fmt: skip
         if claimed is None:
             self.session.rollback()
-            if self.session.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
+            if self.session.scalar(select(ProvisioningJob.id).where(ProvisioningJob.id == job_id)) is None:
                 raise NotFound(f"job {job_id} not found")
             return None
         *columns, slug = claimed
-        job = ProvisioningJob(**dict(zip(jobs.c.keys(), columns)))
+        job = ProvisioningJob(**dict(zip(ProvisioningJob.__table__.c.keys(), columns)))
         workflow = workflow_for(job.job_type)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         if not workflow.allows(job.tenant_status_before):
@@ -349,8 +339,6 @@ class ProvisioningService:
             )  # fmt: skip
             self._commit()
             raise Conflict(error)
-        job.message = workflow.steps[first].message
-        self.session.execute(update(jobs).where(jobs.c.id == job_id).values(message=job.message))
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
         self.session.execute(
             insert(JobStep.__table__),
@@ -406,20 +394,17 @@ class ProvisioningService:
                 f"worker {job.worker} was lost {where}: "
                 f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC"
             )
-            won = (
-                self._transition(
-                    job.id,
-                    {JobStatus.RUNNING, JobStatus.CANCELLING},
-                    JobStatus.FAILED,
-                    conditions=[last_sign_of_life < cutoff],
-                    event="reaped",
-                    actor="sweeper",
-                    detail=error,
-                    error=error,
-                    message="Failed",
-                    completed_at=utcnow(),
-                )
-                is not None
+            won = self._transition(
+                job.id,
+                {JobStatus.RUNNING, JobStatus.CANCELLING},
+                JobStatus.FAILED,
+                conditions=[last_sign_of_life < cutoff],
+                event="reaped",
+                actor="sweeper",
+                detail=error,
+                error=error,
+                message="Failed",
+                completed_at=utcnow(),
             )
             if won:
                 self.session.execute(
@@ -498,20 +483,18 @@ class ProvisioningService:
             log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
         return job
 
-    def _write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], raise_progress: bool = True) -> None:
+    def _write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], then: dict | None = None) -> None:
         """Write step states and their events, a statement each for all of them, and raise the
-        job's progress (never lowers it); the caller holds the job's row and commits."""
+        job's progress (never lowers it); the caller holds the job's row and commits.
+
+        ``then`` is the event of the job's completion, written after the steps' events in the
+        same statement; the completion sets the progress itself.
+        """
         if not done:
+            self._insert_events([then] if then else [])
             return
-        steps = JobStep.__table__
         self.session.execute(
-            update(steps)
-            .where(steps.c.job_id == bindparam("step_job_id"), steps.c.position == bindparam("step_position"))
-            .values(
-                {name: bindparam(f"step_{name}") for name in ("status", "finished_at", "output", "message")}
-                # A start written earlier stays: the record then carries none.
-                | {"started_at": func.coalesce(bindparam("step_started_at", type_=steps.c.started_at.type), steps.c.started_at)}
-            ),
+            WRITE_STEP,
             [
                 {"step_job_id": job_id, "step_position": step.position, "step_status": step.status,
                  "step_started_at": step.started_at, "step_finished_at": step.finished_at, "step_output": _tail(step.output),
@@ -525,15 +508,10 @@ class ProvisioningService:
             for step in done
             for kind, detail, at in step.events()
         ]
-        self.session.execute(insert(JobEvent.__table__), events)
-        if not raise_progress:
+        self._insert_events(events + [then] if then else events)
+        if then:
             return
-        progress = max(step.progress for step in done)
-        self.session.execute(
-            update(ProvisioningJob.__table__)
-            .where(ProvisioningJob.id == job_id, ProvisioningJob.progress < progress)
-            .values(progress=progress)
-        )
+        self.session.execute(RAISE_PROGRESS, {"job_id": job_id, "at_least": max(step.progress for step in done)})
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
         """The job's status as committed now (ends the read's transaction, so the next one is fresh)."""
@@ -548,18 +526,16 @@ class ProvisioningService:
         The compare-and-set comes first: naming the worker, it is also the ownership check and
         holds the job's row for the rest of the transaction.
         """
-        jobs = ProvisioningJob.__table__
-        completed = self._transition(
-            job_id, {JobStatus.RUNNING}, JobStatus.COMPLETED, conditions=[jobs.c.worker == worker], actor=f"worker {worker}",
-            returning=[jobs.c.tenant_id, jobs.c.job_type], record=False, progress=100, message="Completed",
-            completed_at=utcnow(),
+        completed = self._move(
+            COMPLETE_JOB, {"job_id": job_id, "claimer": worker, "now": utcnow()}, job_id, {JobStatus.RUNNING},
+            JobStatus.COMPLETED, actor=f"worker {worker}", record=False,
         )  # fmt: skip
         if completed is None:
             self.session.rollback()
             self.write_steps(job_id, worker, done)
             return False
-        self._write_steps(job_id, worker, done, raise_progress=False)
-        self._record(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)  # after its steps' events
+        completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
+        self._write_steps(job_id, worker, done, then=completion)
         self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
         if completed.job_type == JobType.DELETE_SITE:
             # The site is gone; a later site gets a password of its own.
@@ -573,18 +549,15 @@ class ProvisioningService:
     def fail_job(self, job_id: uuid.UUID, error: str, tenant_status: TenantStatus | None) -> bool:
         """Mark a running or cancelling job failed with ``error`` and put the tenant where the runner decided."""
         job = self.session.get(ProvisioningJob, job_id)
-        won = (
-            self._transition(
-                job_id,
-                {JobStatus.RUNNING, JobStatus.CANCELLING},
-                JobStatus.FAILED,
-                actor=f"worker {job.worker}",
-                detail=error,
-                error=error,
-                message="Failed",
-                completed_at=utcnow(),
-            )
-            is not None
+        won = self._transition(
+            job_id,
+            {JobStatus.RUNNING, JobStatus.CANCELLING},
+            JobStatus.FAILED,
+            actor=f"worker {job.worker}",
+            detail=error,
+            error=error,
+            message="Failed",
+            completed_at=utcnow(),
         )
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
@@ -597,7 +570,7 @@ class ProvisioningService:
         won = self._transition(
             job_id, {JobStatus.CANCELLING}, JobStatus.CANCELLED, actor=f"worker {job.worker}", detail=message,
             message=message, completed_at=utcnow(),
-        ) is not None  # fmt: skip
+        )  # fmt: skip
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
         self._commit()
@@ -667,11 +640,11 @@ class ProvisioningService:
                 )  # fmt: skip
             actor = actor or _user(requested_by_id)
             detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
-            self._record(job.id, "created", actor, detail, status=JobStatus.PENDING)
-            if self.dispatch is not None:
-                self._record(job.id, "dispatched", "system")
-            if retry_of_id:
-                self._record(retry_of_id, "retried", actor, f"retried as {job.id}")
+            self._insert_events(
+                [self._event(job.id, "created", actor, detail, status=JobStatus.PENDING)]
+                + ([self._event(job.id, "dispatched", "system")] if self.dispatch is not None else [])
+                + ([self._event(retry_of_id, "retried", actor, f"retried as {job.id}")] if retry_of_id else [])
+            )
             if self.origin is not None:
                 action = "job.retried" if retry_of_id else "job.requested"
                 audit.record(self.session, self.origin, action, tenant_id, f"job {job.id}", job_type.value)
@@ -700,11 +673,9 @@ class ProvisioningService:
     def _insert_if_allowed(self, job: ProvisioningJob, workflow: Workflow) -> bool:
         """Insert the job's row only if its tenant exists and is in a state the job type allows:
         the check and the write in one statement (``INSERT ... SELECT ... FROM tenants WHERE``)."""
-        table = ProvisioningJob.__table__
-        values = select(*(literal(getattr(job, column), table.c[column].type) for column in JOB_COLUMNS)).where(
-            Tenant.id == job.tenant_id, Tenant.status.in_(workflow.allowed_tenant_states)
-        )
-        return self.session.execute(insert(table).from_select(JOB_COLUMNS, values)).rowcount == 1
+        values = {column: getattr(job, column) for column in JOB_COLUMNS}
+        allowed = {"allowed_tenant_states": sorted(workflow.allowed_tenant_states)}
+        return self.session.execute(INSERT_JOB_IF_ALLOWED, values | allowed).rowcount == 1
 
     def _resume_point(self, job: ProvisioningJob) -> str | None:
         """Where a retry of ``job`` starts: None (the beginning) unless it failed in a step and is
@@ -750,23 +721,38 @@ class ProvisioningService:
         actor: str = "system",
         detail: str = "",
         event: str | None = None,
-        returning: Sequence = (),
-        record: bool = True,
         **values,
-    ) -> Row | None:
+    ) -> bool:
         """Compare-and-set the job's status from one of ``sources`` to ``target`` (and any further
-        ``conditions``). If it moved, the move is recorded as an event by ``actor`` (unless the
-        caller records it later, ``record=False``) and the moved row is returned (its ``returning``
-        columns, or its id); None if it did not move."""
-        if not all(can_transition(source, target) for source in sources):
-            raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
+        ``conditions``); True if it moved, and then the move is recorded as an event by ``actor``."""
         jobs = ProvisioningJob.__table__
-        moved = self.session.execute(
+        statement = (
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status.in_(sources), *conditions)
             .values(status=target, **values)
-            .returning(*(returning or [jobs.c.id]))
-        ).first()
+            .returning(jobs.c.id)
+        )
+        return self._move(statement, {}, job_id, sources, target, actor, detail, event) is not None
+
+    def _move(
+        self,
+        statement: Update,
+        parameters: dict,
+        job_id: uuid.UUID,
+        sources: set[JobStatus],
+        target: JobStatus,
+        actor: str = "system",
+        detail: str = "",
+        event: str | None = None,
+        record: bool = True,
+    ) -> Row | None:
+        """Run a compare-and-set UPDATE of the job's status from one of ``sources`` to ``target``
+        (``_transition``'s, or one built once: the claim's, the completion's). If it moved, the
+        move is recorded as an event by ``actor`` (unless the caller records it later,
+        ``record=False``) and the row it returned is returned; None if it did not move."""
+        if not all(can_transition(source, target) for source in sources):
+            raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
+        moved = self.session.execute(statement, parameters).first()
         if moved is None:
             log.info("job %s: not moved to %s, it is no longer in %s", job_id, target.value, sorted(s.value for s in sources))
             return None
@@ -776,15 +762,22 @@ class ProvisioningService:
 
     def _record(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> None:
         """Add an event to the transaction; a status change is also announced once it commits."""
-        at = utcnow()
-        self.session.execute(
-            insert(JobEvent.__table__), {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": at}
-        )
+        self._insert_events([self._event(job_id, kind, actor, detail, status)])
+
+    def _event(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> dict:
+        """An event's row, for ``_insert_events``; a status change is announced once the transaction commits."""
+        row = {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": utcnow()}
         if status is not None:
             self._announcements.append(
                 {"job_id": str(job_id), "status": status.value, "event": kind, "actor": actor, "detail": detail,
-                 "at": at.isoformat()}
+                 "at": row["created_at"].isoformat()}
             )  # fmt: skip
+        return row
+
+    def _insert_events(self, rows: list[dict]) -> None:
+        """One statement for all of them, in order (their ids are their order)."""
+        if rows:
+            self.session.execute(insert(JobEvent.__table__), rows)
 
     def _commit(self) -> None:
         """Commit, then announce the status changes it made (never before: they might not happen)."""
@@ -806,9 +799,7 @@ class ProvisioningService:
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
         if status is not None:
-            self.session.execute(
-                update(Tenant).where(Tenant.id == tenant_id).values(status=status, updated_at=utcnow()), execution_options=NO_SYNC
-            )
+            self.session.execute(SET_TENANT_STATUS, {"tenant_id": tenant_id, "new_status": status, "now": utcnow()})
 
     def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
         return self.session.scalars(

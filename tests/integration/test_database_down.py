@@ -5,7 +5,9 @@ from dataclasses import replace
 from sqlalchemy import create_engine, pool, select, text
 
 from api import create_app
+from provisioning import db
 from provisioning.broker import Dispatcher
+from provisioning.db import get_engine
 from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.service import ProvisioningService
@@ -64,15 +66,21 @@ class DatabaseOutage:
     processes are killed, and new connections are refused until ``end()``."""
 
     def __init__(self, database_url: str):
+        self.database_url = database_url
         self.name = database_url.rsplit("/", 1)[1]
         self.admin = create_engine(ADMIN_DATABASE_URL, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
 
-    def kill_connections(self) -> int:
+    def kill_connections(self, including_the_tests: bool = True) -> int:
+        """Kill every connection to the database; the test's own pooled ones are dropped too,
+        unless the test means to meet them dead."""
         with self.admin.connect() as connection:
-            return connection.execute(
+            killed = connection.execute(
                 text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :name"),
                 {"name": self.name},
             ).scalar()
+        if including_the_tests:
+            get_engine(self.database_url).dispose()
+        return killed
 
     def begin(self) -> None:
         with self.admin.connect() as connection:
@@ -89,7 +97,8 @@ def test_a_running_job_rides_out_a_database_outage_and_the_worker_goes_on_withou
         first, second = TenantFactory(session).create(), TenantFactory(session).create()
         job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(first.id, JobType.CREATE_SITE)
     outage = DatabaseOutage(isolated.settings.database_url)
-    worker = WorkerProcess({**isolated.environment, "SIMULATED_STEP_SECONDS": "0.6"}, isolated.dispatcher, concurrency=1)
+    # Steps longer than the runner's step write interval: each is on record while it runs.
+    worker = WorkerProcess({**isolated.environment, "SIMULATED_STEP_SECONDS": "1.5"}, isolated.dispatcher, concurrency=1)
 
     def step_running(name: str) -> bool:
         with isolated.sessions() as s:
@@ -101,7 +110,7 @@ def test_a_running_job_rides_out_a_database_outage_and_the_worker_goes_on_withou
 
     try:
         wait_for(lambda: step_running("create_site"), timeout=30, what="step create_site to run")
-        assert outage.kill_connections() >= 1  # a blip: the next query reconnects
+        assert outage.kill_connections() >= 1  # a blip: the worker's next query reconnects
 
         wait_for(lambda: step_running("configure_site"), timeout=30, what="step configure_site to run")
         outage.begin()  # an outage: the worker's writes fail until it ends
@@ -126,3 +135,22 @@ def test_a_running_job_rides_out_a_database_outage_and_the_worker_goes_on_withou
     finally:
         outage.end()
         worker.stop()
+
+
+def test_after_its_connections_are_killed_the_api_fails_at_most_one_request_and_then_answers(isolated, monkeypatch):
+    """A restarted PostgreSQL is invisible: a pooled connection idle for more than a second is
+    checked before use. Connections killed while in steady use are found dead by the request that
+    uses one: that request answers 503, and the pool replaces them all."""
+    with isolated.session() as session:
+        tenant = TenantFactory(session).create()
+    client = create_app(isolated.settings).test_client()
+    assert client.get("/api/v1/provisioning/jobs", headers=tenant.headers()).status_code == 200
+
+    assert DatabaseOutage(isolated.settings.database_url).kill_connections(including_the_tests=False) >= 1
+    statuses = [client.get("/api/v1/provisioning/jobs", headers=tenant.headers()).status_code for _ in range(3)]
+
+    assert statuses[0] in (200, 503) and statuses[1:] == [200, 200]
+    # Idle past the check's threshold, as connections are by the time a restarted PostgreSQL answers.
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0)
+    DatabaseOutage(isolated.settings.database_url).kill_connections(including_the_tests=False)
+    assert client.get("/api/v1/provisioning/jobs", headers=tenant.headers()).status_code == 200

@@ -268,3 +268,22 @@ def test_no_job_is_accepted_while_the_tenant_is_changing(session, tenant_factory
     for job_type in JobType:
         with pytest.raises(Conflict, match=status.value):
             ProvisioningService(session).request_job(tenant.id, job_type)
+
+
+def test_a_claimed_job_says_what_the_step_it_starts_at_does(session, sessions, tenant_factory, runner):
+    """The first step's message, or for a retry that resumes, its resume step's."""
+    create = workflow_for(JobType.CREATE_SITE)
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session)
+    job = unpublished_job(session, tenant.id)
+    runner(fail_step="install_apps").run(job.id)
+    retry = service.retry_job(tenant.id, job.id)
+    assert retry.resume_from == "install_apps"
+
+    service.start_job(retry.id, "test-worker")
+
+    assert read_job(sessions, retry.id).message == create.steps[create.position_of("install_apps")].message
+    other = tenant_factory.create()
+    fresh = unpublished_job(session, other.id)
+    service.start_job(fresh.id, "test-worker")
+    assert read_job(sessions, fresh.id).message == create.steps[0].message

@@ -1,0 +1,95 @@
+"""The statements every job request and every job run make, built once.
+
+Building an UPDATE with its WHERE and its cache key costs SQLAlchemy about as much CPU as
+PostgreSQL spends running it; these run several times per job, so they are built at import and
+executed with parameters. Each is named after what it does; ``ProvisioningService`` decides
+when.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Case, bindparam, case, func, insert, select, update
+
+from provisioning.enums import JobStatus
+from provisioning.models import JobStep, ProvisioningJob, Tenant
+from provisioning.workflows import WORKFLOWS
+
+jobs = ProvisioningJob.__table__
+tenants = Tenant.__table__
+steps = JobStep.__table__
+
+# What a new job's INSERT writes: every column but those only a worker or the sweeper fills in.
+JOB_COLUMNS = (
+    "id", "tenant_id", "job_type", "status", "progress", "message", "requested_by_id", "retry_of_id", "resume_from",
+    "options", "request_id", "dispatched_at", "dispatch_count", "created_at",
+)  # fmt: skip
+
+# The job's row, only if its tenant exists and is in a state the job type allows: the check and
+# the write in one statement. The bound tenant_id is the job's and the tenant's.
+INSERT_JOB_IF_ALLOWED = insert(jobs).from_select(
+    JOB_COLUMNS,
+    select(*(bindparam(column, type_=jobs.c[column].type) for column in JOB_COLUMNS)).where(
+        tenants.c.id == bindparam("tenant_id"), tenants.c.status.in_(bindparam("allowed_tenant_states", expanding=True))
+    ),
+)
+
+
+def _first_step_message() -> Case:
+    """The message of the step a job starts at, as SQL, so that the claim sets it without reading
+    the job first: the first step's, or for a retry that resumes, that step's."""
+    whens = [
+        ((jobs.c.job_type == job_type) & (jobs.c.resume_from == step.name), step.message)
+        for job_type, workflow in WORKFLOWS.items()
+        for step in workflow.steps
+    ]
+    whens += [(jobs.c.job_type == job_type, workflow.steps[0].message) for job_type, workflow in WORKFLOWS.items()]
+    return case(*whens, else_=jobs.c.message)
+
+
+# A pending job becomes the worker's; returns the job as written, and its tenant's slug.
+CLAIM_JOB = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.status == JobStatus.PENDING)
+    .values(
+        status=JobStatus.RUNNING,
+        worker=bindparam("claimer"),
+        started_at=bindparam("now"),
+        heartbeat_at=bindparam("now"),
+        message=_first_step_message(),
+        tenant_status_before=select(tenants.c.status).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery(),
+    )
+    .returning(*jobs.c, select(tenants.c.slug).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery().label("slug"))
+)
+
+# A running job of this worker's is completed; naming the worker, it is also the ownership check.
+COMPLETE_JOB = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.status == JobStatus.RUNNING, jobs.c.worker == bindparam("claimer"))
+    .values(status=JobStatus.COMPLETED, progress=100, message="Completed", completed_at=bindparam("now"))
+    .returning(jobs.c.tenant_id, jobs.c.job_type)
+)
+
+# Bound parameters are not named after a column of the table they change: SQLAlchemy keeps those
+# names for itself.
+
+# One step's state, for many steps in one round trip; a start written earlier stays (none is given).
+WRITE_STEP = (
+    update(steps)
+    .where(steps.c.job_id == bindparam("step_job_id"), steps.c.position == bindparam("step_position"))
+    .values(
+        {name: bindparam(f"step_{name}") for name in ("status", "finished_at", "output", "message")}
+        | {"started_at": func.coalesce(bindparam("step_started_at", type_=steps.c.started_at.type), steps.c.started_at)}
+    )
+)
+
+RAISE_PROGRESS = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.progress < bindparam("at_least"))
+    .values(progress=bindparam("at_least"))
+)
+
+SET_TENANT_STATUS = (
+    update(tenants)
+    .where(tenants.c.id == bindparam("tenant_id"))
+    .values(status=bindparam("new_status"), updated_at=bindparam("now"))
+)
