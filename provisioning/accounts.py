@@ -179,7 +179,7 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
 
 def record_token_use(session: Session, token_id: uuid.UUID) -> None:
     """Record the token's use now, in the session's transaction (the caller commits)."""
-    session.execute(TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
+    session.connection().execute(TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
 
 
 def _choose_tenant(

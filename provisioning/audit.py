@@ -40,7 +40,7 @@ def record(
 ) -> None:
     """Add an entry to the caller's transaction; it is kept only if the deed is."""
     session.flush()  # the deed's own rows first, when the ORM holds them: the entry may point at them
-    session.execute(
+    session.connection().execute(
         insert(AuditEntry.__table__),
         {
             "created_at": utcnow(),

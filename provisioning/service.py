@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import Update, delete, func, insert, or_, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy import Executable, Update, delete, func, insert, or_, select, update
+from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -473,7 +473,7 @@ class ProvisioningService:
         return its status (running or cancelling), tenant and type; None, with nothing held, when
         it does not."""
         jobs = ProvisioningJob.__table__
-        job = self.session.execute(
+        job = self._execute(
             select(jobs.c.status, jobs.c.tenant_id, jobs.c.job_type)
             .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
             .with_for_update()
@@ -493,7 +493,7 @@ class ProvisioningService:
         if not done:
             self._insert_events([then] if then else [])
             return
-        self.session.execute(
+        self._execute(
             WRITE_STEP,
             [
                 {"step_job_id": job_id, "step_position": step.position, "step_status": step.status,
@@ -511,7 +511,7 @@ class ProvisioningService:
         self._insert_events(events + [then] if then else events)
         if then:
             return
-        self.session.execute(RAISE_PROGRESS, {"job_id": job_id, "at_least": max(step.progress for step in done)})
+        self._execute(RAISE_PROGRESS, {"job_id": job_id, "at_least": max(step.progress for step in done)})
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
         """The job's status as committed now (ends the read's transaction, so the next one is fresh)."""
@@ -675,7 +675,7 @@ class ProvisioningService:
         the check and the write in one statement (``INSERT ... SELECT ... FROM tenants WHERE``)."""
         values = {column: getattr(job, column) for column in JOB_COLUMNS}
         allowed = {"allowed_tenant_states": sorted(workflow.allowed_tenant_states)}
-        return self.session.execute(INSERT_JOB_IF_ALLOWED, values | allowed).rowcount == 1
+        return self._execute(INSERT_JOB_IF_ALLOWED, values | allowed).rowcount == 1
 
     def _resume_point(self, job: ProvisioningJob) -> str | None:
         """Where a retry of ``job`` starts: None (the beginning) unless it failed in a step and is
@@ -752,13 +752,18 @@ class ProvisioningService:
         ``record=False``) and the row it returned is returned; None if it did not move."""
         if not all(can_transition(source, target) for source in sources):
             raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
-        moved = self.session.execute(statement, parameters).first()
+        moved = self._execute(statement, parameters).first()
         if moved is None:
             log.info("job %s: not moved to %s, it is no longer in %s", job_id, target.value, sorted(s.value for s in sources))
             return None
         if record:
             self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
         return moved
+
+    def _execute(self, statement: Executable, parameters: dict | list[dict] | None = None) -> CursorResult:
+        """Run a Core statement in the session's transaction, without the ORM's per-statement work
+        (a third of the CPU of a short statement): none of these needs ORM objects flushed first."""
+        return self.session.connection().execute(statement, parameters)
 
     def _record(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> None:
         """Add an event to the transaction; a status change is also announced once it commits."""
@@ -777,7 +782,7 @@ class ProvisioningService:
     def _insert_events(self, rows: list[dict]) -> None:
         """One statement for all of them, in order (their ids are their order)."""
         if rows:
-            self.session.execute(insert(JobEvent.__table__), rows)
+            self._execute(insert(JobEvent.__table__), rows)
 
     def _commit(self) -> None:
         """Commit, then announce the status changes it made (never before: they might not happen)."""
@@ -799,7 +804,7 @@ class ProvisioningService:
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
         if status is not None:
-            self.session.execute(SET_TENANT_STATUS, {"tenant_id": tenant_id, "new_status": status, "now": utcnow()})
+            self._execute(SET_TENANT_STATUS, {"tenant_id": tenant_id, "new_status": status, "now": utcnow()})
 
     def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
         return self.session.scalars(
