@@ -6,6 +6,7 @@ import time
 from datetime import datetime, timezone
 from functools import lru_cache
 
+import psycopg2
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
@@ -81,13 +82,14 @@ def get_engine(database_url: str) -> Engine:
             "keepalives_count": 3,
         },
     )
-    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "connect", _note_use)
+    event.listen(engine, "checkin", _note_use)
     event.listen(engine, "checkout", _ping_if_idle)
     return engine
 
 
-def _note_checkin(_dbapi_connection, record) -> None:
-    record.info["checked_in_at"] = time.monotonic()
+def _note_use(_dbapi_connection, record) -> None:
+    record.info["used_at"] = time.monotonic()
 
 
 def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
@@ -95,16 +97,16 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
     leaves dead connections behind, and the pool then opens a fresh one instead of failing.
 
     SQLAlchemy's ``pool_pre_ping`` does the same at every checkout, a round trip per request and
-    two per job; a connection in steady use is known to be alive and goes without.
+    two per job; a connection in steady use (or just opened) is known to be alive and goes without.
     """
-    if time.monotonic() - record.info.get("checked_in_at", float("-inf")) < PING_AFTER_IDLE_SECONDS:
+    if time.monotonic() - record.info.get("used_at", float("-inf")) < PING_AFTER_IDLE_SECONDS:
         return
     try:
         cursor = dbapi_connection.cursor()
         cursor.execute("SELECT 1")
         cursor.close()
         dbapi_connection.rollback()
-    except Exception as error:
+    except psycopg2.Error as error:
         raise DisconnectionError(f"a pooled connection is dead: {error}") from error
 
 

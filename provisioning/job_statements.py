@@ -46,6 +46,9 @@ def _first_step_message() -> Case:
     return case(*whens, else_=jobs.c.message)
 
 
+# In an UPDATE, no bound parameter is named after a column of its table: SQLAlchemy keeps those
+# names for the SET clause.
+
 # A pending job becomes the worker's; returns the job as written, and its tenant's slug.
 CLAIM_JOB = (
     update(jobs)
@@ -68,9 +71,6 @@ COMPLETE_JOB = (
     .values(status=JobStatus.COMPLETED, progress=100, message="Completed", completed_at=bindparam("now"))
     .returning(jobs.c.tenant_id, jobs.c.job_type)
 )
-
-# Bound parameters are not named after a column of the table they change: SQLAlchemy keeps those
-# names for itself.
 
 # One step's state, for many steps in one round trip; a start written earlier stays (none is given).
 WRITE_STEP = (

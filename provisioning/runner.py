@@ -64,7 +64,7 @@ class PatientService:
                 try:
                     return method(*args, **kwargs)
                 except DBAPIError as error:
-                    self.service.session.rollback()
+                    self.service.rollback()
                     if not is_connection_failure(error) or time.monotonic() >= deadline:
                         raise
                     log.warning("database unavailable during %s (%s); trying again", name, error.orig)
@@ -76,10 +76,12 @@ class PatientService:
 class JobWatch:
     """The job's status as the database has it, read at most once per interval.
 
-    Drivers ask ``should_stop()`` often inside long steps; the interval keeps that from
-    becoming a query storm. A job stops when it is being cancelled, and also when it is no
-    longer running at all: then the sweeper declared this worker lost and failed the job, and
-    whatever this worker would still write is no longer its to write.
+    Drivers ask whether to stop often inside long steps, and the runner asks between quick
+    steps (through the StepJournal); the interval keeps that from becoming a query storm, and a
+    status read with a step write counts as a read (``saw``). A job stops when it is being
+    cancelled, and also when it is no longer running at all: then the sweeper declared this
+    worker lost and failed the job, and whatever this worker would still write is no longer its
+    to write.
     """
 
     def __init__(self, service: ProvisioningService | PatientService, job_id: uuid.UUID, interval: float = 0.5):
@@ -98,9 +100,6 @@ class JobWatch:
         """Take a status read elsewhere (with a step write) as this interval's."""
         self._read_at = time.monotonic()
         self._status = status
-
-    def should_stop(self) -> bool:
-        return self.status() != JobStatus.RUNNING
 
 
 class StepTerminator:
@@ -238,12 +237,13 @@ class Run:
 class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
-    Each step boundary is one short transaction, so the job's row shows the step in
-    progress; steps quicker than ``step_write_seconds`` are written in batches (see
-    StepJournal). Before every step the job's status is read: a cancel stops it there, and a job
-    that is no longer running (the sweeper failed it) is left alone. Inside long steps the
-    driver asks the same question. A retry that resumes starts at its ``resume_from`` step,
-    after the driver cleaned up what the failed attempt at that step left half-done.
+    Each step boundary of steps slower than ``step_write_seconds`` is one short transaction,
+    so the job's row shows the step in progress; quicker steps are written in batches (see
+    StepJournal). Before every step the job's status is checked (read with the write, or at
+    most half a second old between quick steps): a cancel stops it there, and a job that is no
+    longer running (the sweeper failed it) is left alone. Inside long steps the driver asks the
+    same question. A retry that resumes starts at its ``resume_from`` step, after the driver
+    cleaned up what the failed attempt at that step left half-done.
     """
 
     def __init__(
@@ -330,7 +330,7 @@ class JobRunner:
                 # Outside a step (a time limit during a write, patience run out): say so now,
                 # rather than leave the job running until it is reaped as lost.
                 log.exception("job %s: stopped outside a step", job.id)
-                self._fail_outside_a_step(service, job, f"stopped outside a step: {type(error).__name__}: {error}")
+                self._fail_outside_a_step(service, job, journal, f"stopped outside a step: {type(error).__name__}: {error}")
                 raise
 
     def _run_steps(
@@ -354,7 +354,7 @@ class JobRunner:
                     resuming = job.resume_from is not None and position == first
                     output = self._perform(job, step, context, resuming)
             except (StepStopped, StepTerminated) as stop:
-                service.session.rollback()  # a signal may have landed in the middle of a query
+                service.rollback()  # a signal may have landed in the middle of a query
                 if journal.flush() == JobStatus.CANCELLING:
                     how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
                     service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
@@ -368,7 +368,9 @@ class JobRunner:
                 return self._fail(run, position, f"step {step.name} failed: {type(error).__name__}: {error}")
             journal.complete(position, output)
             run.completed.append(step.name)
-        if service.complete_job(job.id, self.worker, journal.take()):
+        with journal.written_by_caller() as done:
+            completed = service.complete_job(job.id, self.worker, done)
+        if completed:
             log.info("job %s: completed", job.id)
         else:
             # A cancel arrived during the last step (it wins, as at any other step boundary), or
@@ -404,9 +406,10 @@ class JobRunner:
         if not run.service.fail_job(job.id, error, tenant_status):
             log.warning("job %s: no longer running, so its failure was not recorded", job.id)
 
-    def _fail_outside_a_step(self, service: ProvisioningService, job: ProvisioningJob, error: str) -> None:
+    def _fail_outside_a_step(self, service: ProvisioningService, job: ProvisioningJob, journal: StepJournal, error: str) -> None:
         try:
-            service.session.rollback()
+            service.rollback()
+            journal.flush(service)  # the steps done go on record first (without waiting out an outage again)
             tenant_status = workflow_for(job.job_type).tenant_after_failure(None, job.tenant_status_before)
             service.fail_job(job.id, error, tenant_status)
         except Exception:

@@ -98,9 +98,6 @@ class Beat:
 
 
 DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
-# Bulk UPDATEs need not look for the rows among the session's loaded objects: nothing reads those
-# objects afterwards without reloading them (the transitions' CAS already runs this way).
-NO_SYNC = {"synchronize_session": False}
 MAX_REPUBLISH_DOUBLINGS = 6
 
 
@@ -200,7 +197,10 @@ class ProvisioningService:
 
     def list_job_events(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobEvent]:
         self.get_job(tenant_id, job_id)
-        return self.session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
+        # In the order things happened: a worker writes the events of quick steps after the fact,
+        # so an event recorded meanwhile (a cancel request) can have a smaller id.
+        events = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.created_at, JobEvent.id)
+        return self.session.scalars(events).all()
 
     def retry_job(
         self,
@@ -323,7 +323,7 @@ class ProvisioningService:
             actor=f"worker {worker}",
         )  # fmt: skip
         if claimed is None:
-            self.session.rollback()
+            self.rollback()
             if self.session.scalar(select(ProvisioningJob.id).where(ProvisioningJob.id == job_id)) is None:
                 raise NotFound(f"job {job_id} not found")
             return None
@@ -445,12 +445,17 @@ class ProvisioningService:
 
     def write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord]) -> JobStatus | None:
         """Record the steps ``done`` since the last write on their own; the job's status, or None
-        when the job is no longer this worker's (nothing is written)."""
-        status = self._owned_status(job_id, worker)
-        if status is not None:
-            self._write_steps(job_id, worker, done)
-            self.session.commit()
-        return status
+        when the job is no longer this worker's (nothing is written). A step among them still
+        running is the job's current one: the job's message says so."""
+        job = self._owned_job(job_id, worker)
+        if job is None:
+            return None
+        self._write_steps(job_id, worker, done)
+        if done and done[-1].status == StepStatus.RUNNING:
+            message = workflow_for(job.job_type).steps[done[-1].position].message
+            self._execute(update(ProvisioningJob.__table__).where(ProvisioningJob.id == job_id).values(message=message))
+        self.session.commit()
+        return job.status
 
     def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
         """Record a step that ended other than completed (failed, cancelled), with what it printed."""
@@ -479,7 +484,7 @@ class ProvisioningService:
             .with_for_update()
         ).first()
         if job is None:
-            self.session.rollback()
+            self.rollback()
             log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
         return job
 
@@ -531,7 +536,7 @@ class ProvisioningService:
             JobStatus.COMPLETED, actor=f"worker {worker}", record=False,
         )  # fmt: skip
         if completed is None:
-            self.session.rollback()
+            self.rollback()
             self.write_steps(job_id, worker, done)
             return False
         completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
@@ -620,10 +625,12 @@ class ProvisioningService:
         )
         try:
             if not self._insert_if_allowed(job, workflow):
-                self.session.rollback()
+                self.rollback()
                 status = self.session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
                 if status is None:
                     raise NotFound("tenant not found")
+                if workflow.allows(status):  # it changed between the insert and this read
+                    raise Conflict(f"cannot start {job_type.value}: the tenant's state changed meanwhile; ask again")
                 raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {status.value})")
             if idempotency_key:
                 # An expired key may be used again: its old row goes in the same transaction.
@@ -650,8 +657,7 @@ class ProvisioningService:
                 audit.record(self.session, self.origin, action, tenant_id, f"job {job.id}", job_type.value)
             self._commit()
         except IntegrityError:
-            self.session.rollback()
-            self._announcements.clear()
+            self.rollback()
             # Two requests with one key raced: the loser answers with the winner's job.
             if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
                 return earlier
@@ -760,6 +766,11 @@ class ProvisioningService:
             self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
         return moved
 
+    def rollback(self) -> None:
+        """Roll back, and forget the status changes the transaction would have announced."""
+        self.session.rollback()
+        self._announcements.clear()
+
     def _execute(self, statement: Executable, parameters: dict | list[dict] | None = None) -> CursorResult:
         """Run a Core statement in the session's transaction, without the ORM's per-statement work
         (a third of the CPU of a short statement): none of these needs ORM objects flushed first."""
@@ -780,7 +791,7 @@ class ProvisioningService:
         return row
 
     def _insert_events(self, rows: list[dict]) -> None:
-        """One statement for all of them, in order (their ids are their order)."""
+        """One statement for all of them, in the order given."""
         if rows:
             self._execute(insert(JobEvent.__table__), rows)
 
@@ -794,12 +805,9 @@ class ProvisioningService:
 
     def _update_step(self, job_id: uuid.UUID, position: int, **values) -> str:
         """Update one step and return its name."""
-        return self.session.execute(
-            update(JobStep)
-            .where(JobStep.job_id == job_id, JobStep.position == position)
-            .values(**values)
-            .returning(JobStep.name),
-            execution_options=NO_SYNC,
+        steps = JobStep.__table__
+        return self._execute(
+            update(steps).where(steps.c.job_id == job_id, steps.c.position == position).values(**values).returning(steps.c.name)
         ).scalar_one()
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
@@ -836,7 +844,7 @@ class ProvisioningService:
             self.session.commit()
         except DBAPIError:
             # The message is out; not recording it only means a harmless duplicate later.
-            self.session.rollback()
+            self.rollback()
             log.exception("job %s: published, but recording when failed", job_id)
             return None
         return dispatched_at
@@ -854,13 +862,13 @@ class ProvisioningService:
                 .values(dispatched_at=None, dispatch_count=0)
             ).rowcount
             if not cleared:
-                self.session.rollback()
+                self.rollback()
                 return
             self._record(job.id, "dispatch_failed", "system", "the broker did not take the message; the sweeper will")
             self.session.commit()
         except DBAPIError:
             # Marked dispatched but not sent: the sweeper publishes it once it looks unclaimed.
-            self.session.rollback()
+            self.rollback()
             log.exception("job %s: not published, and clearing its dispatch mark failed", job.id)
             return
         set_committed_value(job, "dispatched_at", None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Protocol
+from contextlib import contextmanager
+from typing import Iterator, Protocol
 
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, StepStatus
@@ -32,18 +33,22 @@ class StepJournal:
 
     A step's start is written at once, with the steps done since the last write, in one
     transaction whose status read is the cancel check, when that last write is older than
-    ``interval``: every boundary of steps slower than that is written as it happens. Quicker
-    steps are kept here and written with the next write (a later step's start, the job's end, a
-    stop), so a job of quick steps costs two commits, not one per step, and the progress a person
-    sees is at most ``interval`` late. Between writes, the cancel check is the watch's.
+    ``interval``: every boundary of steps slower than that is written as it happens. So is the
+    start of a workflow's turning points (the first step that changes the site, the point of no
+    return), whatever the time: what a failure means for the tenant, and where its retry
+    resumes, depend on whether the job reached them. Other quick steps are kept here and written
+    with the next write (a later step's start, the job's end, a stop), so a job of quick steps
+    costs a few commits, not one per step. Between writes, the cancel check is the watch's.
 
     A step whose start is kept is written once it has run for ``interval``: when the driver next
-    asks ``should_stop``, or, for a step that never asks (a hung command), at the next heartbeat
-    (``write_overdue``, from the heartbeat's thread: every write holds the journal's lock).
+    asks ``should_stop`` (both drivers ask several times a second), or, for a step that never
+    asks (a platform step, a hung command), at the next heartbeat (``write_overdue``, from the
+    heartbeat's thread: every write holds the journal's lock). What is kept is forgotten only
+    once it is written.
 
     A worker that dies loses what is kept here: the job is reaped as lost in the last step on
-    record, and its retry resumes there, running again at most ``interval`` worth of quick
-    steps. Steps are written to run again (each looks at what exists first), so that is safe.
+    record, and its retry resumes there, running again the steps done since. Steps are written
+    to run again (each looks at what exists first), and no turning point is ever among them.
     """
 
     def __init__(
@@ -62,8 +67,8 @@ class StepJournal:
     def begin(self, position: int, step: Step) -> JobStatus | None:
         """Start a step; returns the job's status, and only ``running`` lets the step run."""
         with self._lock:
-            if self._overdue():
-                status = self.writer.begin_step(self.job_id, self.worker, position, step.message, self._take())
+            if self._overdue() or self.workflow.is_turning_point(step.name):
+                status = self.writer.begin_step(self.job_id, self.worker, position, step.message, self._records())
                 self._wrote(status)
                 return status
             status = self.watch.status()
@@ -96,10 +101,11 @@ class StepJournal:
         with self._lock:
             self._kept[position] = StepRecord(position, name, StepStatus.SKIPPED, finished_at=utcnow(), message=message)
 
-    def flush(self) -> JobStatus | None:
-        """Write what is kept now; the job's status as read with the write (None: no longer ours)."""
+    def flush(self, writer: StepWriter | None = None) -> JobStatus | None:
+        """Write what is kept now (with ``writer``, or the runner's); the job's status as read with
+        the write (None: no longer ours)."""
         with self._lock:
-            return self._write(self.writer)
+            return self._write(writer or self.writer)
 
     def write_overdue(self, writer: StepWriter) -> None:
         """From another thread, with a writer of its own: write what is kept if it is due, unless
@@ -112,23 +118,28 @@ class StepJournal:
         finally:
             self._lock.release()
 
-    def take(self) -> list[StepRecord]:
-        """What is kept, for a write the caller makes (the job's completion); kept no more."""
+    @contextmanager
+    def written_by_caller(self) -> Iterator[list[StepRecord]]:
+        """What is kept, for a write the caller makes (the job's completion); forgotten once the
+        write returned, kept if it raised."""
         with self._lock:
-            return self._take()
+            yield self._records()
+            self._kept.clear()
 
     def _write(self, writer: StepWriter) -> JobStatus | None:
-        status = writer.write_steps(self.job_id, self.worker, self._take())
+        status = writer.write_steps(self.job_id, self.worker, self._records())
         self._wrote(status)
         return status
 
-    def _take(self) -> list[StepRecord]:
-        kept, self._kept = list(self._kept.values()), {}
-        return kept
+    def _records(self) -> list[StepRecord]:
+        return list(self._kept.values())
 
     def _overdue(self) -> bool:
         return time.monotonic() - self._written_at >= self.interval
 
     def _wrote(self, status: JobStatus | None) -> None:
+        """After a write returned (one for a job no longer ours wrote nothing, and nothing is
+        worth keeping for it either)."""
+        self._kept.clear()
         self._written_at = time.monotonic()
         self.watch.saw(status)

@@ -59,6 +59,11 @@ class Workflow:
     def allows(self, tenant_status: TenantStatus) -> bool:
         return tenant_status in self.allowed_tenant_states
 
+    def is_turning_point(self, step_name: str) -> bool:
+        """Whether a failure from this step on means something else (``changes_from``,
+        ``point_of_no_return``): its start must be on record before it runs."""
+        return step_name in (self.changes_from, self.point_of_no_return)
+
     def progress_after(self, completed_steps: int) -> int:
         """Whole percent done once ``completed_steps`` steps have finished."""
         return (100 * completed_steps) // len(self.steps)

@@ -175,8 +175,8 @@ def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(sessi
 def test_each_step_is_on_record_while_it_runs_unless_steps_are_quicker_than_the_write_interval(
     session, sessions, tenant_factory, runner, step_write_seconds
 ):
-    """What the API shows of a running job: each step as it runs, or quick steps in one batch at
-    the end, with the same steps, times and events either way."""
+    """What the API shows of a running job: each step as it runs, or quick steps in batches (the
+    start of a turning point at once), with the same steps, times and events either way."""
     seen_during_configure = []
 
     class Looks(SimulatedDriver):
@@ -190,7 +190,9 @@ def test_each_step_is_on_record_while_it_runs_unless_steps_are_quicker_than_the_
     runner(driver=Looks(step_seconds=0), step_write_seconds=step_write_seconds).run(job.id)
 
     if step_write_seconds:
-        assert seen_during_configure == [StepStatus.PENDING] * 5
+        # Only the turning point's start (create_site, the first step that changes the site) is
+        # written at once, with the step done before it; what came after is kept until the end.
+        assert seen_during_configure == [StepStatus.COMPLETED, StepStatus.RUNNING] + [StepStatus.PENDING] * 3
     else:
         assert seen_during_configure == [StepStatus.COMPLETED] * 3 + [StepStatus.RUNNING, StepStatus.PENDING]
     steps = read_steps(sessions, job.id)
@@ -287,3 +289,25 @@ def test_a_claimed_job_says_what_the_step_it_starts_at_does(session, sessions, t
     fresh = unpublished_job(session, other.id)
     service.start_job(fresh.id, "test-worker")
     assert read_job(sessions, fresh.id).message == create.steps[0].message
+
+
+def test_a_long_step_that_started_right_after_a_write_is_shown_running_with_its_message(
+    session, sessions, tenant_factory, runner
+):
+    """Its start was kept, as for a quick step; once it has run for the write interval, the job
+    says what it does and the step is on record as running."""
+
+    class SlowInstall(SimulatedDriver):
+        def run_step(self, step, context):
+            self.step_seconds = 2.0 if step == "install_apps" else 0
+            return super().run_step(step, context)
+
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    thread = run_in_background(runner(driver=SlowInstall(0)), job.id)
+    install = workflow_for(JobType.CREATE_SITE).steps[2]
+
+    wait_for(lambda: read_job(sessions, job.id).message == install.message, timeout=10, what="the job to say it installs")
+    assert [step.status for step in read_steps(sessions, job.id)][:3] == [StepStatus.COMPLETED] * 2 + [StepStatus.RUNNING]
+    thread.join(timeout=10)
+    assert read_job(sessions, job.id).status == JobStatus.COMPLETED
