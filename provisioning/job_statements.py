@@ -82,10 +82,14 @@ WRITE_STEP = (
     )
 )
 
-RAISE_PROGRESS = (
+# The job's progress, never lowered, and what it is doing now, if that changed.
+JOB_PROGRESS = (
     update(jobs)
-    .where(jobs.c.id == bindparam("job_id"), jobs.c.progress < bindparam("at_least"))
-    .values(progress=bindparam("at_least"))
+    .where(jobs.c.id == bindparam("job_id"))
+    .values(
+        progress=case((jobs.c.progress < bindparam("at_least"), bindparam("at_least")), else_=jobs.c.progress),
+        message=func.coalesce(bindparam("now_doing", type_=jobs.c.message.type), jobs.c.message),
+    )
 )
 
 SET_TENANT_STATUS = (

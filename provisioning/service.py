@@ -29,7 +29,7 @@ from provisioning.job_statements import (
     COMPLETE_JOB,
     INSERT_JOB_IF_ALLOWED,
     JOB_COLUMNS,
-    RAISE_PROGRESS,
+    JOB_PROGRESS,
     SET_TENANT_STATUS,
     WRITE_STEP,
 )
@@ -421,39 +421,25 @@ class ProvisioningService:
 
     # Step writes come from the worker that owns the job; a worker declared lost writes nothing.
 
-    def begin_step(
-        self, job_id: uuid.UUID, worker: str, position: int, message: str, done: Sequence[StepRecord] = ()
+    def write_steps(
+        self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], starting: int | None = None
     ) -> JobStatus | None:
-        """Record the steps ``done`` since the last write and mark this one running, in one
-        transaction: one commit per step boundary, or per batch of quick steps.
+        """Record the steps ``done`` since the last write and, with ``starting``, mark that step
+        running, in one transaction: one commit per step boundary, or per batch of quick steps.
+        A step left running is the job's current one: the job's message says what it does.
 
         Returns the job's status: ``running`` when the step may run; ``cancelling`` when a cancel
-        came (the steps done are still recorded, this one is not started); None when the job is
-        no longer this worker's (nothing is written).
+        came (the steps done are still recorded, the starting one is not started); None when the
+        job is no longer this worker's (nothing is written).
         """
-        status = self._owned_status(job_id, worker)
-        if status is None:
-            return None
-        self._write_steps(job_id, worker, done)
-        if status == JobStatus.RUNNING:
-            now = utcnow()
-            name = self._update_step(job_id, position, status=StepStatus.RUNNING, started_at=now)
-            self.session.execute(update(ProvisioningJob.__table__).where(ProvisioningJob.id == job_id).values(message=message))
-            self._record(job_id, "step_started", f"worker {worker}", name)
-        self.session.commit()
-        return status
-
-    def write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord]) -> JobStatus | None:
-        """Record the steps ``done`` since the last write on their own; the job's status, or None
-        when the job is no longer this worker's (nothing is written). A step among them still
-        running is the job's current one: the job's message says so."""
         job = self._owned_job(job_id, worker)
         if job is None:
             return None
-        self._write_steps(job_id, worker, done)
-        if done and done[-1].status == StepStatus.RUNNING:
-            message = workflow_for(job.job_type).steps[done[-1].position].message
-            self._execute(update(ProvisioningJob.__table__).where(ProvisioningJob.id == job_id).values(message=message))
+        workflow = workflow_for(job.job_type)
+        if starting is not None and job.status == JobStatus.RUNNING:
+            done = [*done, StepRecord(starting, workflow.steps[starting].name, StepStatus.RUNNING, started_at=utcnow())]
+        running = [step for step in done if step.status == StepStatus.RUNNING]
+        self._write_steps(job_id, worker, done, now_doing=workflow.steps[running[-1].position].message if running else None)
         self.session.commit()
         return job.status
 
@@ -488,12 +474,15 @@ class ProvisioningService:
             log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
         return job
 
-    def _write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], then: dict | None = None) -> None:
-        """Write step states and their events, a statement each for all of them, and raise the
-        job's progress (never lowers it); the caller holds the job's row and commits.
+    def _write_steps(
+        self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], then: dict | None = None, now_doing: str | None = None
+    ) -> None:
+        """Write step states and their events, a statement each for all of them, and the job's
+        progress (never lowered) and message (``now_doing``, if given); the caller holds the job's
+        row and commits.
 
         ``then`` is the event of the job's completion, written after the steps' events in the
-        same statement; the completion sets the progress itself.
+        same statement; the completion sets the progress and the message itself.
         """
         if not done:
             self._insert_events([then] if then else [])
@@ -514,9 +503,9 @@ class ProvisioningService:
             for kind, detail, at in step.events()
         ]
         self._insert_events(events + [then] if then else events)
-        if then:
-            return
-        self._execute(RAISE_PROGRESS, {"job_id": job_id, "at_least": max(step.progress for step in done)})
+        if not then:
+            at_least = max(step.progress for step in done)
+            self._execute(JOB_PROGRESS, {"job_id": job_id, "at_least": at_least, "now_doing": now_doing})
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
         """The job's status as committed now (ends the read's transaction, so the next one is fresh)."""

@@ -15,11 +15,9 @@ from provisioning.workflows import Step, Workflow
 
 
 class StepWriter(Protocol):
-    def begin_step(
-        self, job_id: uuid.UUID, worker: str, position: int, message: str, done: list[StepRecord]
+    def write_steps(
+        self, job_id: uuid.UUID, worker: str, done: list[StepRecord], starting: int | None = None
     ) -> JobStatus | None: ...
-
-    def write_steps(self, job_id: uuid.UUID, worker: str, done: list[StepRecord]) -> JobStatus | None: ...
 
 
 class StatusWatch(Protocol):
@@ -68,7 +66,7 @@ class StepJournal:
         """Start a step; returns the job's status, and only ``running`` lets the step run."""
         with self._lock:
             if self._overdue() or self.workflow.is_turning_point(step.name):
-                status = self.writer.begin_step(self.job_id, self.worker, position, step.message, self._records())
+                status = self.writer.write_steps(self.job_id, self.worker, self._records(), starting=position)
                 self._wrote(status)
                 return status
             status = self.watch.status()

@@ -45,9 +45,9 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     service = ProvisioningService(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
-    service.begin_step(job.id, "worker@crashed-host", 0, "Checking")
+    service.write_steps(job.id, "worker@crashed-host", [], starting=0)
     checked = StepRecord(0, "check_preconditions", StepStatus.COMPLETED, finished_at=utcnow(), output="ok", progress=20)
-    service.begin_step(job.id, "worker@crashed-host", 1, "Creating", [checked])
+    service.write_steps(job.id, "worker@crashed-host", [checked], starting=1)
     age_heartbeat(sessions, job.id, 120)
 
     assert job.id in service.reap_lost_jobs(timedelta(seconds=60))

@@ -19,11 +19,8 @@ class Writer:
         self.writes: list[tuple[str, int | None, list]] = []
         self.failures = failures
 
-    def begin_step(self, job_id, worker, position, message, done):
-        return self._write("begin", position, done)
-
-    def write_steps(self, job_id, worker, done):
-        return self._write("steps", None, done)
+    def write_steps(self, job_id, worker, done, starting=None):
+        return self._write("steps" if starting is None else "begin", starting, done)
 
     def _write(self, kind, position, done):
         if self.failures:
