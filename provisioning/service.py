@@ -340,7 +340,7 @@ class ProvisioningService:
             self._commit()
             raise Conflict(error)
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
-        self.session.execute(
+        self._execute(
             insert(JobStep.__table__),
             [
                 {"job_id": job_id, "position": position, "name": step.name, "status": StepStatus.PENDING, "message": ""}
