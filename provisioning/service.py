@@ -455,10 +455,6 @@ class ProvisioningService:
     def _owns(self, job_id: uuid.UUID, worker: str) -> bool:
         return self._owned_job(job_id, worker) is not None
 
-    def _owned_status(self, job_id: uuid.UUID, worker: str) -> JobStatus | None:
-        job = self._owned_job(job_id, worker)
-        return None if job is None else job.status
-
     def _owned_job(self, job_id: uuid.UUID, worker: str) -> Row | None:
         """Lock the job's row if ``worker`` runs it, so the sweeper cannot fail it mid-write, and
         return its status (running or cancelling), tenant and type; None, with nothing held, when
@@ -623,13 +619,13 @@ class ProvisioningService:
                 raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {status.value})")
             if idempotency_key:
                 # An expired key may be used again: its old row goes in the same transaction.
-                self.session.execute(
+                self._execute(
                     delete(IdempotencyKey.__table__).where(
                         IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == idempotency_key,
                         IdempotencyKey.expires_at <= now,
                     )
                 )  # fmt: skip
-                self.session.execute(
+                self._execute(
                     insert(IdempotencyKey.__table__),
                     {"id": uuid.uuid4(), "tenant_id": tenant_id, "key": idempotency_key, "request_fingerprint": fingerprint,
                      "job_id": job.id, "created_at": now, "expires_at": now + self.idempotency_ttl},

@@ -311,3 +311,26 @@ def test_a_long_step_that_started_right_after_a_write_is_shown_running_with_its_
     assert [step.status for step in read_steps(sessions, job.id)][:3] == [StepStatus.COMPLETED] * 2 + [StepStatus.RUNNING]
     thread.join(timeout=10)
     assert read_job(sessions, job.id).status == JobStatus.COMPLETED
+
+
+def test_a_cancel_during_the_last_step_wins_and_the_steps_done_are_still_on_record(session, sessions, tenant_factory, runner):
+    """The completion's compare-and-set finds the job cancelling: the quick steps kept until then
+    are written all the same, and the cancel is settled (a create's site undone)."""
+
+    class CancelledAtTheEnd(SimulatedDriver):
+        def run_step(self, step, context):
+            if step == "verify_site":
+                ProvisioningService(session).cancel_job(tenant.id, job.id)
+            context.should_stop = lambda: False
+            return super().run_step(step, context)
+
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    runner(driver=CancelledAtTheEnd(step_seconds=0)).run(job.id)
+
+    assert read_job(sessions, job.id).status == JobStatus.CANCELLED
+    assert [step.status for step in read_steps(sessions, job.id)] == [StepStatus.COMPLETED] * 5
+    assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
+    kinds = [event.kind for event in ProvisioningService(session).list_job_events(tenant.id, job.id)]
+    # Listed in the order things happened, although the last step's events were written after the cancel's.
+    assert kinds[-4:] == ["step_started", "cancel_requested", "step_completed", "cancelled"]

@@ -122,3 +122,25 @@ def test_a_cancel_seen_between_quick_steps_keeps_the_next_step_from_starting():
     assert steps_journal.begin(2, CREATE.steps[2]) == JobStatus.CANCELLING
     with steps_journal.written_by_caller() as done:
         assert [(record.position, record.status) for record in done] == [(0, StepStatus.COMPLETED)]
+
+
+def test_the_heartbeat_writes_what_is_overdue_with_its_own_writer_unless_the_runner_is_writing():
+    runner_writer, heartbeat_writer = Writer(), Writer()
+    steps_journal = journal(runner_writer)
+    assert steps_journal.begin(0, CREATE.steps[0]) == JobStatus.RUNNING  # a deaf step: it never asks
+
+    steps_journal.write_overdue(heartbeat_writer)
+    assert heartbeat_writer.writes == [], "not due yet"
+    steps_journal.interval = 0
+    with steps_journal.written_by_caller() as kept:  # the runner is writing: the beat leaves it be
+        steps_journal.write_overdue(heartbeat_writer)
+        assert heartbeat_writer.writes == [] and [record.position for record in kept] == [0]
+
+    assert steps_journal.begin(1, CREATE.steps[1]) == JobStatus.RUNNING  # written by the runner: a turning point
+    assert steps_journal.begin(2, CREATE.steps[2]) == JobStatus.RUNNING  # due (the interval is 0): written by the runner
+    steps_journal.interval = 60
+    assert steps_journal.begin(3, CREATE.steps[3]) == JobStatus.RUNNING  # kept
+    steps_journal.interval = 0
+    steps_journal.write_overdue(heartbeat_writer)
+    assert heartbeat_writer.writes == [("steps", None, [(3, StepStatus.RUNNING)])]
+    assert runner_writer.writes == [("begin", 1, []), ("begin", 2, [])]
