@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from provisioning.accounts import record_token_use
-from provisioning.db import session_factory
+from provisioning.db import new_session_factory
 from provisioning.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ TOKEN_TO_MARK = "token_to_mark"
 
 
 def init_sessions(app: Flask, settings: Settings) -> None:
-    sessions = session_factory(settings.database_url)
+    sessions = new_session_factory(settings.database_url)  # the token listeners are the API's alone
     app.extensions["provisioning_sessions"] = sessions
     event.listen(sessions, "before_commit", _mark_token_in_this_commit)
     event.listen(sessions, "after_commit", lambda session: session.info.pop(TOKEN_TO_MARK, None))

@@ -118,7 +118,15 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+@lru_cache(maxsize=None)
 def session_factory(database_url: str) -> sessionmaker[Session]:
+    """The process's factory for this URL. One, not one per job or request: each sessionmaker
+    makes a Session class of its own, whose event dispatch SQLAlchemy then builds again."""
+    return new_session_factory(database_url)
+
+
+def new_session_factory(database_url: str) -> sessionmaker[Session]:
+    """A factory of the caller's own, for listeners that must not apply to everyone's sessions."""
     return sessionmaker(bind=get_engine(database_url), expire_on_commit=False)
 
 

@@ -6,35 +6,35 @@ import copy as _copy
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups import BackupBook
-from provisioning.credentials import CredentialsUnavailable, SiteCredentials, generate_password
+from provisioning.credentials import CredentialsUnavailable, SiteCredentials
 from provisioning.drivers.base import BackupFile
 from provisioning.errors import StepFailed
-from provisioning.models import ProvisioningJob, Tenant
+from provisioning.service import Claim
 
 
 class JobContext:
     """Each write is a short transaction of its own, so what a step produced is on record even
-    if the step fails right after: a retry then finds the password it must reuse and the
-    backup files it must discard."""
+    if the step fails right after: a retry then finds the backup files it must discard. The
+    site's admin password was stored with the claim (see ``ProvisioningService.start_job``)."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        job: ProvisioningJob,
-        tenant_slug: str,
+        claim: Claim,
         should_stop: Callable[[], bool],
         credentials: SiteCredentials,
         backup_root: Path,
     ):
+        job = claim.job
         self.job_id = job.id
         self.job_type = job.job_type
-        self.tenant_slug = tenant_slug
+        self.tenant_slug = claim.tenant_slug
         self.options = dict(job.options or {})
         self._tenant_id = job.tenant_id
+        self._admin_password_encrypted = claim.admin_password_encrypted
         self._sessions = sessions
         self._should_stop = should_stop
         self._credentials = credentials
@@ -51,21 +51,9 @@ class JobContext:
 
     def admin_password(self) -> str:
         """The site's admin password: the one a retry's earlier attempt made, or a new one."""
-        tenants = Tenant.__table__
         try:
-            with self._sessions() as session:
-                made = self._credentials.encrypt(generate_password())
-                # Stored only if none is: the first attempt's password stays the site's.
-                stored = session.scalar(
-                    update(tenants)
-                    .where(tenants.c.id == self._tenant_id, tenants.c.admin_password_encrypted.is_(None))
-                    .values(admin_password_encrypted=made, admin_password_revealed_at=None)
-                    .returning(tenants.c.admin_password_encrypted)
-                )
-                if stored is None:
-                    stored = session.scalar(select(tenants.c.admin_password_encrypted).where(tenants.c.id == self._tenant_id))
-                session.commit()
-                return self._credentials.decrypt(stored)
+            # Without a key, the claim stored none, and this says which setting is missing.
+            return self._credentials.decrypt(self._admin_password_encrypted)
         except CredentialsUnavailable as unavailable:
             raise StepFailed(str(unavailable)) from None
 

@@ -82,14 +82,26 @@ WRITE_STEP = (
     )
 )
 
-# The job's progress, never lowered, and what it is doing now, if that changed.
-JOB_PROGRESS = (
+# A running or cancelling job of this worker's: its progress, never lowered, and what it is doing
+# now: the step starting (only while running: a cancelling job starts nothing), else the step left
+# running, else as it was. It returns the status, so this one write is also the ownership check
+# and the cancel check, and it holds the job's row for the rest of the step write.
+OWNED_JOB_PROGRESS = (
     update(jobs)
-    .where(jobs.c.id == bindparam("job_id"))
+    .where(
+        jobs.c.id == bindparam("job_id"),
+        jobs.c.worker == bindparam("claimer"),
+        jobs.c.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+    )
     .values(
         progress=case((jobs.c.progress < bindparam("at_least"), bindparam("at_least")), else_=jobs.c.progress),
-        message=func.coalesce(bindparam("now_doing", type_=jobs.c.message.type), jobs.c.message),
+        message=func.coalesce(
+            case((jobs.c.status == JobStatus.RUNNING, bindparam("starting_doing", type_=jobs.c.message.type))),
+            bindparam("now_doing", type_=jobs.c.message.type),
+            jobs.c.message,
+        ),
     )
+    .returning(jobs.c.status)
 )
 
 SET_TENANT_STATUS = (
@@ -97,3 +109,12 @@ SET_TENANT_STATUS = (
     .where(tenants.c.id == bindparam("tenant_id"))
     .values(status=bindparam("new_status"), updated_at=bindparam("now"))
 )
+
+# The same, for a job that makes the site: ``made`` becomes the site's admin password unless one is
+# stored (an earlier attempt's stays the site's); returns the one stored.
+SET_TENANT_STATUS_KEEPING_A_PASSWORD = SET_TENANT_STATUS.values(
+    admin_password_encrypted=func.coalesce(tenants.c.admin_password_encrypted, bindparam("made")),
+    admin_password_revealed_at=case(
+        (tenants.c.admin_password_encrypted.is_(None), None), else_=tenants.c.admin_password_revealed_at
+    ),
+).returning(tenants.c.admin_password_encrypted)

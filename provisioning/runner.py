@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning import logs
 from provisioning.backups import BackupBook, BackupSteps, Retention, retention_of
-from provisioning.credentials import SiteCredentials
+from provisioning.credentials import CredentialsUnavailable, SiteCredentials, generate_password
 from provisioning.db import is_connection_failure, utcnow
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
 from provisioning.job_context import JobContext
 from provisioning.models import ProvisioningJob
-from provisioning.service import Announce, ProvisioningService
+from provisioning.service import Announce, Claim, ProvisioningService
 from provisioning.settings import Settings
 from provisioning.step_journal import StepJournal
 from provisioning.workflows import Step, Workflow, workflow_for
@@ -299,7 +299,7 @@ class JobRunner:
         with self.sessions() as session:
             service = ProvisioningService(session, announce=self.announce)
             try:
-                claim = service.start_job(job_id, self.worker)
+                claim = service.start_job(job_id, self.worker, self._new_admin_password)
             except Conflict as refusal:
                 log.warning("job %s: %s", job_id, refusal)
                 return
@@ -314,9 +314,18 @@ class JobRunner:
                 job_type=job.job_type.value,
             )
             with job_fields:
-                self._run_claimed(service, job, claim.tenant_slug)
+                self._run_claimed(service, claim)
 
-    def _run_claimed(self, service: ProvisioningService, job: ProvisioningJob, tenant_slug: str) -> None:
+    def _new_admin_password(self) -> str | None:
+        """A site's new admin password, encrypted; None without a key (the step that needs it then
+        fails, saying so)."""
+        try:
+            return self.credentials.encrypt(generate_password())
+        except CredentialsUnavailable:
+            return None
+
+    def _run_claimed(self, service: ProvisioningService, claim: Claim) -> None:
+        job, tenant_slug = claim.job, claim.tenant_slug
         log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, tenant_slug, self.worker)
         terminator = StepTerminator(job.id)
         patient = PatientService(service, self.database_patience)
@@ -325,7 +334,7 @@ class JobRunner:
         heartbeat = Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator, journal)
         with heartbeat:
             try:
-                self._run_steps(patient, job, tenant_slug, journal, terminator)
+                self._run_steps(patient, claim, journal, terminator)
             except Exception as error:
                 # Outside a step (a time limit during a write, patience run out): say so now,
                 # rather than leave the job running until it is reaped as lost.
@@ -333,11 +342,9 @@ class JobRunner:
                 self._fail_outside_a_step(service, job, journal, f"stopped outside a step: {type(error).__name__}: {error}")
                 raise
 
-    def _run_steps(
-        self, service: PatientService, job: ProvisioningJob, tenant_slug: str, journal: StepJournal, terminator: StepTerminator
-    ) -> None:
-        workflow = journal.workflow
-        context = JobContext(self.sessions, job, tenant_slug, journal.should_stop, self.credentials, self.backup_root)
+    def _run_steps(self, service: PatientService, claim: Claim, journal: StepJournal, terminator: StepTerminator) -> None:
+        job, workflow = claim.job, journal.workflow
+        context = JobContext(self.sessions, claim, journal.should_stop, self.credentials, self.backup_root)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         done_before = list(workflow.step_names[:first])
         run = Run(service, job, workflow, journal, context, completed=done_before, reached=list(done_before))

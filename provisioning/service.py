@@ -29,8 +29,9 @@ from provisioning.job_statements import (
     COMPLETE_JOB,
     INSERT_JOB_IF_ALLOWED,
     JOB_COLUMNS,
-    JOB_PROGRESS,
+    OWNED_JOB_PROGRESS,
     SET_TENANT_STATUS,
+    SET_TENANT_STATUS_KEEPING_A_PASSWORD,
     WRITE_STEP,
 )
 from provisioning.models import (
@@ -42,7 +43,7 @@ from provisioning.models import (
     Tenant,
 )
 from provisioning.states import RETRYABLE_STATUSES, can_transition
-from provisioning.workflows import Workflow, workflow_for
+from provisioning.workflows import Step, Workflow, workflow_for
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ EVENT_OF_STATUS = {
 
 @dataclass(frozen=True)
 class StepRecord:
-    """A step's state as its runner knows it and has not written yet: started (``running``), or
-    ended (completed or skipped) with when, what it printed and the job's progress after it."""
+    """A step's state as its runner knows it and has not written yet: started (``running``, with
+    what the job is ``doing`` meanwhile), or ended (completed or skipped) with when, what it
+    printed and the job's progress after it."""
 
     position: int
     name: str
@@ -71,6 +73,11 @@ class StepRecord:
     output: str = ""
     message: str = ""
     progress: int = 0
+    doing: str = ""
+
+    @classmethod
+    def started(cls, position: int, step: Step) -> "StepRecord":
+        return cls(position, step.name, StepStatus.RUNNING, started_at=utcnow(), doing=step.message)
 
     def events(self) -> list[tuple[str, str, datetime]]:
         """The job events this state stands for, as (kind, detail, when)."""
@@ -84,10 +91,12 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class Claim:
-    """A job as its claim wrote it, and its tenant's slug: what a runner needs to start it."""
+    """A job as its claim wrote it, its tenant's slug, and for a job that makes the site, the
+    site's admin password (encrypted; None without a key): what a runner needs to start it."""
 
     job: ProvisioningJob
     tenant_slug: str
+    admin_password_encrypted: str | None = None
 
 
 @dataclass(frozen=True)
@@ -307,8 +316,14 @@ class ProvisioningService:
 
     # Transitions made by the worker that runs a job.
 
-    def start_job(self, job_id: uuid.UUID, worker: str) -> Claim | None:
+    def start_job(
+        self, job_id: uuid.UUID, worker: str, new_admin_password: Callable[[], str | None] = lambda: None
+    ) -> Claim | None:
         """Claim a pending job for ``worker`` and lay out its steps; None if it is not pending.
+
+        A job that makes the site stores ``new_admin_password()`` (encrypted) as the site's
+        admin password with the claim, unless an earlier attempt's is stored: then that one
+        stays. Either way it is on record before any step uses it.
 
         None is the normal answer to a duplicate or late message: the job was already claimed,
         finished or cancelled, and the message must be acknowledged without running anything.
@@ -350,9 +365,16 @@ class ProvisioningService:
                 for position, step in enumerate(workflow.steps)
             ],
         )  # fmt: skip
-        self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
+        if not workflow.needs_admin_password:
+            self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
+            self._commit()
+            return Claim(job, slug)
+        stored = self._execute(
+            SET_TENANT_STATUS_KEEPING_A_PASSWORD,
+            {"tenant_id": job.tenant_id, "new_status": workflow.tenant_on_start, "now": now, "made": new_admin_password()},
+        ).scalar_one()
         self._commit()
-        return Claim(job, slug)
+        return Claim(job, slug, stored)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
         """Vouch that ``worker`` still runs the job; None once the job is not its running job.
@@ -422,26 +444,31 @@ class ProvisioningService:
     # Step writes come from the worker that owns the job; a worker declared lost writes nothing.
 
     def write_steps(
-        self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], starting: int | None = None
+        self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], starting: StepRecord | None = None
     ) -> JobStatus | None:
-        """Record the steps ``done`` since the last write and, with ``starting``, mark that step
-        running, in one transaction: one commit per step boundary, or per batch of quick steps.
+        """Record the steps ``done`` since the last write and, with ``starting``, the start of the
+        next one, in one transaction: one commit per step boundary, or per batch of quick steps.
         A step left running is the job's current one: the job's message says what it does.
 
         Returns the job's status: ``running`` when the step may run; ``cancelling`` when a cancel
         came (the steps done are still recorded, the starting one is not started); None when the
         job is no longer this worker's (nothing is written).
         """
-        job = self._owned_job(job_id, worker)
-        if job is None:
-            return None
-        workflow = workflow_for(job.job_type)
-        if starting is not None and job.status == JobStatus.RUNNING:
-            done = [*done, StepRecord(starting, workflow.steps[starting].name, StepStatus.RUNNING, started_at=utcnow())]
         running = [step for step in done if step.status == StepStatus.RUNNING]
-        self._write_steps(job_id, worker, done, now_doing=workflow.steps[running[-1].position].message if running else None)
+        status = self._execute(
+            OWNED_JOB_PROGRESS,
+            {"job_id": job_id, "claimer": worker, "at_least": max((step.progress for step in done), default=0),
+             "starting_doing": starting.doing if starting else None, "now_doing": running[-1].doing if running else None},
+        ).scalar()  # fmt: skip
+        if status is None:
+            self.rollback()
+            log.warning("job %s: no longer run by %s; its steps are not recorded", job_id, worker)
+            return None
+        if starting is not None and status == JobStatus.RUNNING:
+            done = [*done, starting]
+        self._write_steps(job_id, worker, done)
         self.session.commit()
-        return job.status
+        return status
 
     def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
         """Record a step that ended other than completed (failed, cancelled), with what it printed."""
@@ -453,32 +480,25 @@ class ProvisioningService:
         return True
 
     def _owns(self, job_id: uuid.UUID, worker: str) -> bool:
-        return self._owned_job(job_id, worker) is not None
-
-    def _owned_job(self, job_id: uuid.UUID, worker: str) -> Row | None:
-        """Lock the job's row if ``worker`` runs it, so the sweeper cannot fail it mid-write, and
-        return its status (running or cancelling), tenant and type; None, with nothing held, when
-        it does not."""
+        """Lock the job's row if ``worker`` runs it, so the sweeper cannot fail it mid-write; False,
+        with nothing held, when it does not."""
         jobs = ProvisioningJob.__table__
-        job = self._execute(
-            select(jobs.c.status, jobs.c.tenant_id, jobs.c.job_type)
+        owned = self._execute(
+            select(jobs.c.id)
             .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
             .with_for_update()
         ).first()
-        if job is None:
+        if owned is None:
             self.rollback()
             log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
-        return job
+        return owned is not None
 
-    def _write_steps(
-        self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], then: dict | None = None, now_doing: str | None = None
-    ) -> None:
-        """Write step states and their events, a statement each for all of them, and the job's
-        progress (never lowered) and message (``now_doing``, if given); the caller holds the job's
-        row and commits.
+    def _write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], then: dict | None = None) -> None:
+        """Write step states and their events, a statement each for all of them; the caller holds
+        the job's row, sets its progress and commits.
 
         ``then`` is the event of the job's completion, written after the steps' events in the
-        same statement; the completion sets the progress and the message itself.
+        same statement.
         """
         if not done:
             self._insert_events([then] if then else [])
@@ -499,9 +519,6 @@ class ProvisioningService:
             for kind, detail, at in step.events()
         ]
         self._insert_events(events + [then] if then else events)
-        if not then:
-            at_least = max(step.progress for step in done)
-            self._execute(JOB_PROGRESS, {"job_id": job_id, "at_least": at_least, "now_doing": now_doing})
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
         """The job's status as committed now (ends the read's transaction, so the next one is fresh)."""

@@ -16,7 +16,7 @@ from provisioning.workflows import Step, Workflow
 
 class StepWriter(Protocol):
     def write_steps(
-        self, job_id: uuid.UUID, worker: str, done: list[StepRecord], starting: int | None = None
+        self, job_id: uuid.UUID, worker: str, done: list[StepRecord], starting: StepRecord | None = None
     ) -> JobStatus | None: ...
 
 
@@ -66,12 +66,12 @@ class StepJournal:
         """Start a step; returns the job's status, and only ``running`` lets the step run."""
         with self._lock:
             if self._overdue() or self.workflow.is_turning_point(step.name):
-                status = self.writer.write_steps(self.job_id, self.worker, self._records(), starting=position)
+                status = self.writer.write_steps(self.job_id, self.worker, self._records(), StepRecord.started(position, step))
                 self._wrote(status)
                 return status
             status = self.watch.status()
             if status == JobStatus.RUNNING:
-                self._kept[position] = StepRecord(position, step.name, StepStatus.RUNNING, started_at=utcnow())
+                self._kept[position] = StepRecord.started(position, step)
             return status
 
     def should_stop(self) -> bool:

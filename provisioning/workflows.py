@@ -31,7 +31,8 @@ class Workflow:
     back in the status it had when the job started. A failure before ``changes_from`` (the first
     step that changes the site) left the site as it was, so the tenant goes back too. Once
     ``point_of_no_return`` has completed, a cancel can no longer undo the job's effect, so the
-    tenant ends as if the job had completed.
+    tenant ends as if the job had completed. A job that ``needs_admin_password`` makes the site:
+    its claim stores the site's admin password (see ``ProvisioningService.start_job``).
     """
 
     job_type: JobType
@@ -44,6 +45,7 @@ class Workflow:
     tenant_on_cancel: TenantStatus | None = None
     changes_from: str | None = None
     point_of_no_return: str | None = None
+    needs_admin_password: bool = False
 
     @property
     def step_names(self) -> tuple[str, ...]:
@@ -106,6 +108,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         tenant_on_failure=TenantStatus.FAILED,
         tenant_on_cancel=TenantStatus.PENDING,
         changes_from="create_site",
+        needs_admin_password=True,
     ),
     JobType.DELETE_SITE: Workflow(
         job_type=JobType.DELETE_SITE,

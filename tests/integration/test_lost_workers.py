@@ -16,6 +16,7 @@ from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService, StepRecord
+from provisioning.workflows import workflow_for
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.records import read_job, tenant_status
@@ -45,9 +46,10 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     service = ProvisioningService(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
-    service.write_steps(job.id, "worker@crashed-host", [], starting=0)
+    steps = workflow_for(JobType.CREATE_SITE).steps
+    service.write_steps(job.id, "worker@crashed-host", [], StepRecord.started(0, steps[0]))
     checked = StepRecord(0, "check_preconditions", StepStatus.COMPLETED, finished_at=utcnow(), output="ok", progress=20)
-    service.write_steps(job.id, "worker@crashed-host", [checked], starting=1)
+    service.write_steps(job.id, "worker@crashed-host", [checked], StepRecord.started(1, steps[1]))
     age_heartbeat(sessions, job.id, 120)
 
     assert job.id in service.reap_lost_jobs(timedelta(seconds=60))

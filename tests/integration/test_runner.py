@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from provisioning.credentials import SiteCredentials
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import ProvisioningJob
@@ -13,7 +14,7 @@ from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
-from tests.records import read_job, read_steps, tenant_status
+from tests.records import read_job, read_steps, read_tenant, tenant_status
 
 
 @pytest.fixture
@@ -95,6 +96,31 @@ def test_a_retry_of_a_failed_create_is_a_new_job_that_completes_and_the_old_one_
     old = read_job(sessions, job.id)
     assert (old.status, "configure_site" in old.error) == (JobStatus.FAILED, True)
     assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
+
+
+def test_the_site_password_is_stored_when_the_create_starts_and_its_retry_keeps_it(session, sessions, tenant_factory, runner):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    runner(fail_step="check_preconditions").run(job.id)  # failed before any step asked for the password
+    first = read_tenant(sessions, tenant.id).admin_password_encrypted
+
+    retry = ProvisioningService(session).retry_job(tenant.id, job.id)
+    runner().run(retry.id)
+
+    assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
+    assert first is not None and read_tenant(sessions, tenant.id).admin_password_encrypted == first
+
+
+def test_a_create_without_a_credentials_key_fails_at_create_site_saying_what_to_set(session, sessions, tenant_factory, runner):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+
+    runner(credentials=SiteCredentials(None)).run(job.id)
+
+    failed = read_job(sessions, job.id)
+    assert failed.status == JobStatus.FAILED
+    assert "step create_site failed" in failed.error and "SITE_CREDENTIALS_KEY is not set" in failed.error
+    assert read_tenant(sessions, tenant.id).admin_password_encrypted is None
 
 
 def test_a_backup_leaves_an_active_tenant_active_even_when_it_fails(session, sessions, tenant_factory, runner):

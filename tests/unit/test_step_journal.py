@@ -20,7 +20,7 @@ class Writer:
         self.failures = failures
 
     def write_steps(self, job_id, worker, done, starting=None):
-        return self._write("steps" if starting is None else "begin", starting, done)
+        return self._write("steps" if starting is None else "begin", starting and starting.position, done)
 
     def _write(self, kind, position, done):
         if self.failures:
