@@ -13,14 +13,17 @@ import queue
 import threading
 from functools import lru_cache
 
-from kombu import Exchange
+from kombu import Exchange, Producer
 
-from provisioning.broker import confirming_connection, send_json
+from celeryconfig import PUBLISH_CONFIRM_TIMEOUT
+from provisioning.broker import confirming_connection
 from provisioning.settings import Settings
 
 log = logging.getLogger(__name__)
 
 BUFFERED_EVENTS = 1000
+# An event is tried again once on a new connection (the broker restarted since the last one).
+PUBLISH_ATTEMPTS = 2
 
 
 def events_exchange(settings: Settings) -> Exchange:
@@ -58,25 +61,41 @@ class EventPublisher:
                 self._thread.start()
 
     def _run(self) -> None:
-        exchange = events_exchange(self.settings)
-        connection = confirming_connection(self.settings)
+        producer: Producer | None = None
         while True:
             routing_key, event = self._buffer.get()
             if "_flush" in event:
                 event["_flush"].set()
                 continue
-            try:
-                send_json(connection, event, routing_key=routing_key, declare=exchange, exchange=exchange)
-            except Exception as error:
-                self._lose(event, f"{type(error).__name__}: {error}")
-                connection.release()
-                connection = connection.clone()
+            for attempt in range(PUBLISH_ATTEMPTS):
+                try:
+                    producer = producer or self._connect()
+                    producer.publish(
+                        event, routing_key=routing_key, delivery_mode="persistent", confirm_timeout=PUBLISH_CONFIRM_TIMEOUT
+                    )
+                    break
+                except Exception as error:
+                    producer = _release(producer)
+                    if attempt == PUBLISH_ATTEMPTS - 1:
+                        self._lose(event, f"{type(error).__name__}: {error}")
+
+    def _connect(self) -> Producer:
+        """A producer for every event until one fails: a connection, a channel and the exchange's
+        declaration once, not per event (that was most of an event's cost)."""
+        return confirming_connection(self.settings).Producer(exchange=events_exchange(self.settings), serializer="json")
 
     def _lose(self, event: dict, why: str) -> None:
         self.lost += 1
         log.warning(
             "job %s: event %s not published (%s); %d lost so far", event.get("job_id"), event.get("event"), why, self.lost
         )
+
+
+def _release(producer: Producer | None) -> None:
+    """Let a failed producer's connection go without talking to the broker (it may be gone); the
+    next event opens a new one."""
+    if producer is not None:
+        producer.connection.collect()
 
 
 @lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from api import create_app
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, Role, TenantStatus
-from provisioning.events import events_exchange, publisher_for
+from provisioning.events import EventPublisher, events_exchange, publisher_for
 from provisioning.models import ProvisioningJob
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
@@ -136,3 +136,23 @@ def test_an_event_that_cannot_be_published_is_counted_and_never_fails_the_job(se
     assert publisher.flush(timeout=30)
     assert publisher.lost >= 1
     assert session.get(ProvisioningJob, job.id).status == JobStatus.PENDING
+
+
+def test_an_event_after_its_connection_died_goes_out_on_a_new_one(settings, monkeypatch):
+    publisher = EventPublisher(settings)  # a thread and connection of the test's own
+    producers = []
+    connect = publisher._connect
+    monkeypatch.setattr(publisher, "_connect", lambda: producers.append(connect()) or producers[-1])
+    with Connection(settings.broker_url) as connection:
+        listener = Queue(f"audit-{uuid.uuid4().hex[:6]}", exchange=events_exchange(settings), routing_key="job.*", exclusive=True)
+        heard = connection.SimpleQueue(listener)
+        publisher.announce("job.pending", {"job_id": "first"})
+        assert publisher.flush(timeout=30)
+        producers[0].connection.connection.sock.close()  # as a broker restart leaves it: dead under the publisher
+
+        publisher.announce("job.pending", {"job_id": "second"})
+        assert publisher.flush(timeout=30)
+
+        received = [heard.get(timeout=10).payload["job_id"] for _ in range(2)]
+        heard.close()
+    assert (received, publisher.lost, len(producers)) == (["first", "second"], 0, 2)
