@@ -59,6 +59,10 @@ class SiteCredentials:
                 "the stored admin password does not open with SITE_CREDENTIALS_KEY (was the key changed?)"
             ) from None
 
+    def check(self) -> None:
+        """Raise CredentialsUnavailable, saying what to do, unless a key is configured."""
+        self._cipher()
+
     def _cipher(self) -> Fernet:
         if self._fernet is None:
             raise CredentialsUnavailable("SITE_CREDENTIALS_KEY is not set: make one with `provisioning credentials-key`")

@@ -8,6 +8,7 @@ logged and counted (``lost``), and the job's own record (``GET /jobs/{id}/events
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -95,7 +96,8 @@ def _release(producer: Producer | None) -> None:
     """Let a failed producer's connection go without talking to the broker (it may be gone); the
     next event opens a new one."""
     if producer is not None:
-        producer.connection.collect()
+        with contextlib.suppress(Exception):  # this thread must outlive any broker's failure
+            producer.connection.collect()
 
 
 @lru_cache(maxsize=None)

@@ -50,9 +50,11 @@ class JobContext:
         return copy
 
     def admin_password(self) -> str:
-        """The site's admin password: the one a retry's earlier attempt made, or a new one."""
+        """The site's admin password, as the claim stored it: a retry's earlier attempt's, or a new one."""
         try:
-            # Without a key, the claim stored none, and this says which setting is missing.
+            if self._admin_password_encrypted is None:
+                self._credentials.check()  # without a key the claim stored none: the reason to give
+                raise StepFailed(f"no admin password was stored when this {self.job_type.value} job started")
             return self._credentials.decrypt(self._admin_password_encrypted)
         except CredentialsUnavailable as unavailable:
             raise StepFailed(str(unavailable)) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
@@ -96,7 +96,7 @@ class Claim:
 
     job: ProvisioningJob
     tenant_slug: str
-    admin_password_encrypted: str | None = None
+    admin_password_encrypted: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -458,7 +458,8 @@ class ProvisioningService:
         status = self._execute(
             OWNED_JOB_PROGRESS,
             {"job_id": job_id, "claimer": worker, "at_least": max((step.progress for step in done), default=0),
-             "starting_doing": starting.doing if starting else None, "now_doing": running[-1].doing if running else None},
+             "starting_doing": starting.doing or None if starting else None,
+             "now_doing": running[-1].doing or None if running else None},
         ).scalar()  # fmt: skip
         if status is None:
             self.rollback()

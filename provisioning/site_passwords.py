@@ -39,7 +39,7 @@ def reveal_admin_password(
     owner can ask again once the key is fixed.
 
     Raises:
-        Conflict: the site has no password yet (no create_site has run since the last delete).
+        Conflict: the site has no password yet (no create_site has started since the last delete).
         Gone: it was revealed already.
         CredentialsUnavailable: no key is configured, or the stored value does not open with it.
     """
@@ -71,4 +71,4 @@ def _why_not_revealable(session: Session, tenant_id: uuid.UUID) -> Exception:
             f"the site's admin password was revealed at {tenant.admin_password_revealed_at.isoformat(timespec='seconds')}; "
             "it can be read only once and is not stored readable anywhere else"
         )
-    return Conflict("the site has no admin password yet: one is made when a create_site job creates the site")
+    return Conflict("the site has no admin password yet: one is made when a create_site job starts")

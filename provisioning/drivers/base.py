@@ -31,7 +31,7 @@ class StepContext(Protocol):
         worker's); long steps ask it now and then and raise StepStopped."""
 
     def admin_password(self) -> str:
-        """The site's Administrator password: made on first use, kept encrypted, the same on a retry."""
+        """The site's Administrator password: stored encrypted when the job started, the same on a retry."""
 
     def backup_directory(self) -> Path:
         """An empty directory of this job's own for the files of a backup (created)."""

@@ -33,7 +33,7 @@ class SimulatedDriver:
         if step == self.fail_step:
             raise StepFailed(f"simulated failure of step {step} (SIMULATED_FAIL_STEP)", output=f"{step}: failing on request")
         if step == "create_site":
-            context.admin_password()  # made and stored now, as the bench driver does
+            context.admin_password()  # read as the bench driver does: it fails without a key
         if step in BACKUP_STEPS:
             self._write_backup(context)
         return f"{step}: simulated for {context.tenant_slug} in {self.step_seconds:g}s"

@@ -41,3 +41,20 @@ def test_publish_json_declares_a_job_queue_as_the_dispatcher_does(settings):
         assert waiting == 2
     finally:
         delete_queues(queue_settings.provisioning_queue_name)
+
+
+def test_a_dispatchers_first_message_finds_both_queues_declared(settings):
+    """RabbitMQ confirms a message that no queue takes, and drops it: the queues must exist first."""
+    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.first-{uuid.uuid4().hex[:6]}")
+    try:
+        dispatcher = Dispatcher(own)
+        dispatcher.send_job(uuid.uuid4())
+        dispatcher.send_job(uuid.uuid4())
+
+        with Connection(settings.broker_url) as connection:
+            channel = connection.default_channel
+            waiting = [channel.queue_declare(name, passive=True).message_count for name in
+                       (own.provisioning_queue_name, own.dead_letter_queue_name)]  # fmt: skip
+        assert waiting == [2, 0]
+    finally:
+        delete_queues(own.provisioning_queue_name)

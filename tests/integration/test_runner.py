@@ -7,11 +7,12 @@ import threading
 import pytest
 
 from provisioning.credentials import SiteCredentials
+from provisioning.db import utcnow
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import ProvisioningJob
 from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService
+from provisioning.service import ProvisioningService, StepRecord
 from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
 from tests.records import read_job, read_steps, read_tenant, tenant_status
@@ -315,6 +316,27 @@ def test_a_claimed_job_says_what_the_step_it_starts_at_does(session, sessions, t
     fresh = unpublished_job(session, other.id)
     service.start_job(fresh.id, "test-worker")
     assert read_job(sessions, fresh.id).message == create.steps[0].message
+
+
+def test_a_step_write_after_a_cancel_records_the_steps_done_and_starts_nothing(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    service = ProvisioningService(session)
+    steps = workflow_for(JobType.CREATE_SITE).steps
+    service.start_job(job.id, "w@host")
+    service.cancel_job(tenant.id, job.id)
+    checked = StepRecord(0, steps[0].name, StepStatus.COMPLETED, started_at=utcnow(), finished_at=utcnow(), progress=20)
+
+    assert service.write_steps(job.id, "w@host", [checked], StepRecord.started(1, steps[1])) == JobStatus.CANCELLING
+    assert service.write_steps(job.id, "another@host", [], StepRecord.started(2, steps[2])) is None
+
+    cancelling = read_job(sessions, job.id)
+    assert (cancelling.progress, cancelling.message) == (20, "Cancel requested; stopping at the next step")
+    assert [step.status for step in read_steps(sessions, job.id)][:3] == [
+        StepStatus.COMPLETED,
+        StepStatus.PENDING,
+        StepStatus.PENDING,
+    ]
 
 
 def test_a_long_step_that_started_right_after_a_write_is_shown_running_with_its_message(
