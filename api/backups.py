@@ -21,7 +21,7 @@ blp.before_request(authenticate_request)
 
 @blp.route("")
 class Backups(MethodView):
-    @blp.arguments(PageArgsSchema, location="query")
+    @blp.arguments(PageArgsSchema(), location="query")
     @blp.response(200, BackupListResponseSchema)
     def get(self, args):
         """List the tenant's backups, newest first

@@ -55,7 +55,7 @@ def _created(job):
 
 @blp.route("")
 class Jobs(MethodView):
-    @blp.arguments(JobQueryArgsSchema, location="query")
+    @blp.arguments(JobQueryArgsSchema(), location="query")
     @blp.response(200, JobListResponseSchema)
     def get(self, args):
         """List the tenant's jobs, newest first
@@ -66,8 +66,8 @@ class Jobs(MethodView):
         return {"data": jobs, "meta": page_meta(args["page"], args["size"], total)}
 
     @writers_only
-    @blp.arguments(JobCreateSchema)
-    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(JobCreateSchema())
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, JobResponseSchema)
     @blp.alt_response(409, description="The tenant has an active job, or its state does not allow this job type")
     def post(self, body, headers):
@@ -115,7 +115,7 @@ class JobEvents(MethodView):
 @blp.route("/<uuid:job_id>/retry")
 class JobRetry(MethodView):
     @writers_only
-    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, JobResponseSchema)
     @blp.alt_response(409, description="The job is not failed or completed, or the tenant cannot take it now")
     def post(self, headers, job_id: uuid.UUID):
