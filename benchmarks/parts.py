@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import tempfile
 import uuid
@@ -236,6 +237,18 @@ def wrk(
         env = {**os.environ, "BENCH_TOKENS": str(token_file)}
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True, env=env).stdout
     return _parse_wrk(output)
+
+
+def pooled(runs: list[LoadResult]) -> LoadResult:
+    """The turns of one side as one result: the mean of their rates (the turns are equally long),
+    the medians of their percentiles, and all their requests and failures."""
+    return LoadResult(
+        statistics.mean(run.requests_per_second for run in runs),
+        statistics.median(run.p50_ms for run in runs),
+        statistics.median(run.p99_ms for run in runs),
+        sum(run.requests for run in runs),
+        sum(run.failures for run in runs),
+    )
 
 
 def _parse_wrk(output: str) -> LoadResult:
