@@ -14,6 +14,13 @@ def test_every_job_type_has_a_plan_of_named_steps_with_messages():
         assert all(step.message for step in workflow.steps)
 
 
+def test_only_the_create_makes_a_site_password_and_it_moves_the_tenant_as_it_starts():
+    """The claim stores the password in the UPDATE that sets the tenant's status on start."""
+    makers = [workflow for workflow in WORKFLOWS.values() if workflow.needs_admin_password]
+    assert [workflow.job_type for workflow in makers] == [JobType.CREATE_SITE]
+    assert all(workflow.tenant_on_start is not None for workflow in makers)
+
+
 @pytest.mark.parametrize("job_type", list(JobType))
 def test_progress_rises_with_each_step_and_ends_at_100(job_type):
     workflow = workflow_for(job_type)
