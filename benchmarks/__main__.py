@@ -48,6 +48,7 @@ def main() -> int:
     if "worker" in args.only:
         rows.append(Figure("worker throughput", "jobs/s", rate["ours"], rate["bare"], ">= 0.3x (0.5x stretch)",
                            rate["ours"] >= 0.3 * rate["bare"], f"{worker.commits_per_job:.1f} commits per job"))  # fmt: skip
+        rows.append(figures.cpu_figure("worker CPU per job", worker.cpu_per_job["ours"], worker.cpu_per_job["bare"]))
     if "dispatch" in args.only:
         rows += figures.dispatch_latency(size["samples"])
     if "scale" in args.only:

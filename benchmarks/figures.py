@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from benchmarks.parts import (
     bench,
     children,
     commits,
+    cpu_per,
+    metered,
     percentile,
     pooled,
     rss_megabytes,
@@ -75,11 +78,12 @@ def create_throughput(seconds: int, tenants: int) -> list[Figure]:
             servers["bare"] = (Web(stack, "benchmarks.baseline:create_app()", name="bare"), "/jobs")
             for web, path in servers.values():
                 wrk(web.url + path, 2, 4, slices[0], stack.directory)  # warm up
-            runs = {"ours": [], "bare": []}
+            runs, cpu = {"ours": [], "bare": []}, {"ours": Counter(), "bare": Counter()}
             for round_, order in enumerate(turns(["ours", "bare"])):
                 for name in order:
                     web, path = servers[name]
-                    runs[name].append(wrk(web.url + path, max(1, seconds // ROUNDS), 4, slices[1 + round_], stack.directory))
+                    with metered(cpu[name]):
+                        runs[name].append(wrk(web.url + path, max(1, seconds // ROUNDS), 4, slices[1 + round_], stack.directory))
         finally:
             for web, _path in servers.values():
                 web.stop()
@@ -92,7 +96,16 @@ def create_throughput(seconds: int, tenants: int) -> list[Figure]:
                f"{ours.requests} requests in {ROUNDS} turns each{failed}"),
         Figure("create p99", "ms", ours.p99_ms, bare.p99_ms, "<= 2x", ours.p99_ms <= 2 * bare.p99_ms,
                f"p50 {ours.p50_ms:.1f} vs {bare.p50_ms:.1f} ms (medians of the turns)"),
+        cpu_figure("create CPU per request", cpu_per(cpu["ours"], ours.requests), cpu_per(cpu["bare"], bare.requests)),
     ]  # fmt: skip
+
+
+def cpu_figure(name: str, ours: dict[str, float], baseline: dict[str, float]) -> Figure:
+    """What a request or a job costs the machine, ours beside the baseline's (shown, no target),
+    and in the note by part: the Python processes under test, PostgreSQL and RabbitMQ."""
+    note = "; ".join(f"{side} " + ", ".join(f"{part} {ms:.2f}" for part, ms in parts.items())
+                     for side, parts in (("ours", ours), ("bare", baseline)))  # fmt: skip
+    return Figure(name, "ms CPU", sum(ours.values()), sum(baseline.values()), "(shown)", True, note)
 
 
 def read_latency(seconds: int, large_rows: int) -> list[Figure]:
@@ -119,10 +132,12 @@ def read_latency(seconds: int, large_rows: int) -> list[Figure]:
 
 @dataclass(frozen=True)
 class WorkerRuns:
-    """Jobs (or no-op tasks) per second of each side, its turns pooled, and our commits per job."""
+    """Jobs (or no-op tasks) per second of each side, its turns pooled; our commits per job; and
+    the CPU milliseconds per job of each side, by part."""
 
     jobs_per_second: dict[str, float]
     commits_per_job: float
+    cpu_per_job: dict[str, dict[str, float]]
 
 
 def worker_throughputs(jobs: int, bare: bool, full_rows: int) -> WorkerRuns:
@@ -138,10 +153,17 @@ def worker_throughputs(jobs: int, bare: bool, full_rows: int) -> WorkerRuns:
         if full_rows:
             sides["full"] = workers.enter_context(_job_worker("full", share * ROUNDS, full_rows))
         elapsed = {name: 0.0 for name in sides}
+        cpu = {name: Counter() for name in sides}
         for order in turns(list(sides)):
             for name in order:
-                elapsed[name] += sides[name].run(share)
-    return WorkerRuns({name: share * ROUNDS / seconds for name, seconds in elapsed.items()}, sides["ours"].commits_per_job)
+                with metered(cpu[name]):
+                    elapsed[name] += sides[name].run(share)
+    done = share * ROUNDS
+    return WorkerRuns(
+        {name: done / seconds for name, seconds in elapsed.items()},
+        sides["ours"].commits_per_job,
+        {name: cpu_per(used, done) for name, used in cpu.items()},
+    )
 
 
 @dataclass

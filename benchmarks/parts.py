@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import tempfile
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,53 @@ def _parse_wrk(output: str) -> LoadResult:
     failures = (int(failed.group(1)) if failed else 0) + (sum(map(int, errors.groups())) if errors else 0)
     rate = float(re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE).group(1))
     return LoadResult(rate, latency("50"), latency("99"), total, failures)
+
+
+RABBITMQ_PROCESSES = frozenset({"beam.smp", "erl_child_setup", "epmd", "inet_gethost"})
+CPU_PARTS = ("service", "postgres", "rabbitmq")
+
+
+def cpu_by_part() -> Counter[str]:
+    """CPU seconds the machine's live processes have used so far, by part: PostgreSQL, RabbitMQ,
+    the load (wrk and this benchmark), and the Python processes under test (``service``: only
+    the side taking its turn is busy). Kernel threads and everything else are left out."""
+    used: Counter[str] = Counter()
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # it ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        utime, stime = stat[stat.rindex(")") + 2 :].split()[11:13]
+        if name == "postgres":
+            part = "postgres"
+        elif name in RABBITMQ_PROCESSES:
+            part = "rabbitmq"
+        elif name == "wrk" or int(entry.name) == os.getpid():
+            part = "load"
+        elif b"python" in command or b"gunicorn" in command or b"celery" in command:
+            part = "service"
+        else:
+            continue
+        used[part] += (int(utime) + int(stime)) / ticks
+    return used
+
+
+@contextmanager
+def metered(totals: Counter[str]):
+    """Add the CPU each part uses during the block to ``totals``."""
+    before = cpu_by_part()
+    yield
+    totals.update(cpu_by_part() - before)
+
+
+def cpu_per(totals: Counter[str], count: int) -> dict[str, float]:
+    """Milliseconds of CPU per request or job, by part (the load left out)."""
+    return {part: 1000 * totals[part] / count for part in CPU_PARTS}
 
 
 def percentile(values: list[float], percent: float) -> float:
