@@ -2,7 +2,9 @@
 
 import uuid
 from dataclasses import replace
+from unittest import mock
 
+import pytest
 from kombu import Connection
 
 from provisioning.broker import Dispatcher, publish_json
@@ -56,5 +58,29 @@ def test_a_dispatchers_first_message_finds_both_queues_declared(settings):
             waiting = [channel.queue_declare(name, passive=True).message_count for name in
                        (own.provisioning_queue_name, own.dead_letter_queue_name)]  # fmt: skip
         assert waiting == [2, 0]
+    finally:
+        delete_queues(own.provisioning_queue_name)
+
+
+def test_after_a_failed_publish_the_dispatcher_declares_its_queues_again(settings, monkeypatch):
+    """A broker that failed may come back without our queues (a new node): the next publish declares them."""
+    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.again-{uuid.uuid4().hex[:6]}")
+    dispatcher = Dispatcher(own, pause_after_failure=0)
+    try:
+        dispatcher.send_job(uuid.uuid4())
+        delete_queues(own.provisioning_queue_name)  # as a broker that came back empty would have them
+        send_task = dispatcher.app.send_task
+        monkeypatch.setattr(dispatcher.app, "send_task", mock.Mock(side_effect=ConnectionResetError("the broker went away")))
+        with pytest.raises(ConnectionResetError):
+            dispatcher.send_job(uuid.uuid4())
+        monkeypatch.setattr(dispatcher.app, "send_task", send_task)
+
+        dispatcher.send_job(uuid.uuid4())
+
+        with Connection(settings.broker_url) as connection:
+            channel = connection.default_channel
+            waiting = [channel.queue_declare(name, passive=True).message_count for name in
+                       (own.provisioning_queue_name, own.dead_letter_queue_name)]  # fmt: skip
+        assert waiting == [1, 0]
     finally:
         delete_queues(own.provisioning_queue_name)

@@ -38,6 +38,20 @@ def unpublished_job(session, tenant_id, job_type=JobType.CREATE_SITE) -> Provisi
     return ProvisioningService(session).request_job(tenant_id, job_type)
 
 
+class CancelsAt(SimulatedDriver):
+    """Quick steps that never ask whether to stop; the one named ``step`` calls ``cancel`` first."""
+
+    def __init__(self, step: str, cancel):
+        super().__init__(step_seconds=0)
+        self.step, self.cancel = step, cancel
+
+    def run_step(self, step, context):
+        if step == self.step:
+            self.cancel()
+        context.should_stop = lambda: False
+        return super().run_step(step, context)
+
+
 def run_in_background(job_runner: JobRunner, job_id) -> threading.Thread:
     thread = threading.Thread(target=job_runner.run, args=(job_id,), daemon=True)
     thread.start()
@@ -181,16 +195,10 @@ def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(sessi
     """The runner checks for a cancel at every step boundary it writes, even when the driver never
     asks: every boundary, once steps take longer than ``step_write_seconds`` (here: always)."""
 
-    class IgnoresCancel(SimulatedDriver):
-        def run_step(self, step, context):
-            if step == "create_site":
-                ProvisioningService(session).cancel_job(tenant.id, job.id)
-            context.should_stop = lambda: False
-            return super().run_step(step, context)
-
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    runner(driver=IgnoresCancel(step_seconds=0), worker="test", step_write_seconds=0).run(job.id)
+    cancels = CancelsAt("create_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))
+    runner(driver=cancels, worker="test", step_write_seconds=0).run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
     statuses = [step.status for step in read_steps(sessions, job.id)]
@@ -365,16 +373,9 @@ def test_a_cancel_during_the_last_step_wins_and_the_steps_done_are_still_on_reco
     """The completion's compare-and-set finds the job cancelling: the quick steps kept until then
     are written all the same, and the cancel is settled (a create's site undone)."""
 
-    class CancelledAtTheEnd(SimulatedDriver):
-        def run_step(self, step, context):
-            if step == "verify_site":
-                ProvisioningService(session).cancel_job(tenant.id, job.id)
-            context.should_stop = lambda: False
-            return super().run_step(step, context)
-
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    runner(driver=CancelledAtTheEnd(step_seconds=0)).run(job.id)
+    runner(driver=CancelsAt("verify_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))).run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
     assert [step.status for step in read_steps(sessions, job.id)] == [StepStatus.COMPLETED] * 5
