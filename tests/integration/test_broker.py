@@ -45,42 +45,42 @@ def test_publish_json_declares_a_job_queue_as_the_dispatcher_does(settings):
         delete_queues(queue_settings.provisioning_queue_name)
 
 
-def test_a_dispatchers_first_message_finds_both_queues_declared(settings):
+@pytest.fixture
+def own_queues(settings):
+    """Settings whose job queue (and its dead-letter queue) no one has declared yet; removed afterwards."""
+    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.own-{uuid.uuid4().hex[:6]}")
+    yield own
+    delete_queues(own.provisioning_queue_name)
+
+
+def waiting(settings) -> list[int]:
+    """Messages in the job queue and in its dead-letter queue (an error if either does not exist)."""
+    with Connection(settings.broker_url) as connection:
+        channel = connection.default_channel
+        return [channel.queue_declare(name, passive=True).message_count
+                for name in (settings.provisioning_queue_name, settings.dead_letter_queue_name)]  # fmt: skip
+
+
+def test_a_dispatchers_first_message_finds_both_queues_declared(own_queues):
     """RabbitMQ confirms a message that no queue takes, and drops it: the queues must exist first."""
-    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.first-{uuid.uuid4().hex[:6]}")
-    try:
-        dispatcher = Dispatcher(own)
-        dispatcher.send_job(uuid.uuid4())
-        dispatcher.send_job(uuid.uuid4())
+    dispatcher = Dispatcher(own_queues)
+    dispatcher.send_job(uuid.uuid4())
+    dispatcher.send_job(uuid.uuid4())
 
-        with Connection(settings.broker_url) as connection:
-            channel = connection.default_channel
-            waiting = [channel.queue_declare(name, passive=True).message_count for name in
-                       (own.provisioning_queue_name, own.dead_letter_queue_name)]  # fmt: skip
-        assert waiting == [2, 0]
-    finally:
-        delete_queues(own.provisioning_queue_name)
+    assert waiting(own_queues) == [2, 0]
 
 
-def test_after_a_failed_publish_the_dispatcher_declares_its_queues_again(settings, monkeypatch):
+def test_after_a_failed_publish_the_dispatcher_declares_its_queues_again(own_queues, monkeypatch):
     """A broker that failed may come back without our queues (a new node): the next publish declares them."""
-    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.again-{uuid.uuid4().hex[:6]}")
-    dispatcher = Dispatcher(own, pause_after_failure=0)
-    try:
+    dispatcher = Dispatcher(own_queues, pause_after_failure=0)
+    dispatcher.send_job(uuid.uuid4())
+    delete_queues(own_queues.provisioning_queue_name)  # as a broker that came back empty would have them
+    send_task = dispatcher.app.send_task
+    monkeypatch.setattr(dispatcher.app, "send_task", mock.Mock(side_effect=ConnectionResetError("the broker went away")))
+    with pytest.raises(ConnectionResetError):
         dispatcher.send_job(uuid.uuid4())
-        delete_queues(own.provisioning_queue_name)  # as a broker that came back empty would have them
-        send_task = dispatcher.app.send_task
-        monkeypatch.setattr(dispatcher.app, "send_task", mock.Mock(side_effect=ConnectionResetError("the broker went away")))
-        with pytest.raises(ConnectionResetError):
-            dispatcher.send_job(uuid.uuid4())
-        monkeypatch.setattr(dispatcher.app, "send_task", send_task)
+    monkeypatch.setattr(dispatcher.app, "send_task", send_task)
 
-        dispatcher.send_job(uuid.uuid4())
+    dispatcher.send_job(uuid.uuid4())
 
-        with Connection(settings.broker_url) as connection:
-            channel = connection.default_channel
-            waiting = [channel.queue_declare(name, passive=True).message_count for name in
-                       (own.provisioning_queue_name, own.dead_letter_queue_name)]  # fmt: skip
-        assert waiting == [1, 0]
-    finally:
-        delete_queues(own.provisioning_queue_name)
+    assert waiting(own_queues) == [1, 0]
