@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import signal
 import threading
@@ -20,10 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioning import logs
 from provisioning.backups import BackupBook, BackupSteps, Retention, retention_of
 from provisioning.credentials import CredentialsUnavailable, SiteCredentials, generate_password
-from provisioning.db import is_connection_failure, utcnow
+from provisioning.db import is_connection_failure
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
+from provisioning.heartbeat import Heartbeat
 from provisioning.job_context import JobContext
 from provisioning.models import ProvisioningJob
 from provisioning.service import Announce, Claim, ProvisioningService
@@ -153,71 +153,6 @@ class StepTerminator:
         if current is not None and current._reason is not None:
             StepTerminator._current = None
             raise StepTerminated(current._reason)
-
-
-class Heartbeat:
-    """Writes the job's ``heartbeat_at`` every ``interval`` seconds from a thread of its own.
-
-    The sweeper fails a running job whose heartbeat is older than its deadline, naming the
-    worker and the step: that is how a job whose worker was killed stops being ``running``.
-    Each beat also learns whether the job is being cancelled; once the cancel is older than
-    ``cancel_grace``, a step still running is terminated. A beat that finds the job no longer
-    its own (the sweeper declared this worker lost) terminates the step too: another worker may
-    run the job's retry. A beat that cannot reach the database is logged and tried again at the
-    next interval. A beat also writes the step journal's overdue records, for a step that never
-    asks whether to stop.
-    """
-
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        job_id: uuid.UUID,
-        worker: str,
-        interval: float,
-        cancel_grace: float,
-        terminator: StepTerminator,
-        journal: StepJournal,
-    ):
-        self.sessions = sessions
-        self.job_id = job_id
-        self.worker = worker
-        self.interval = interval
-        self.cancel_grace = timedelta(seconds=cancel_grace)
-        self.terminator = terminator
-        self.journal = journal
-        self._stopped = threading.Event()
-        # Run in a copy of the starting context, so its lines carry the job's fields.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._beat,), name=f"heartbeat-{job_id}", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=self.interval + 5)
-
-    def _beat(self) -> None:
-        terminated = False
-        while not self._stopped.wait(self.interval):
-            try:
-                with self.sessions() as session:
-                    beat = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
-                    if beat is not None:
-                        self.journal.write_overdue(ProvisioningService(session))
-            except Exception:
-                log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
-                continue
-            if beat is None:
-                # Finished (a late signal is then ignored) or taken away: either way, stop the step.
-                self.terminator.terminate("was stopped: the job is no longer this worker's")
-                return
-            overdue = beat.cancel_requested_at is not None and utcnow() - beat.cancel_requested_at >= self.cancel_grace
-            if overdue and not terminated:
-                log.warning("job %s: the step ignored the cancel for %s; terminating it", self.job_id, self.cancel_grace)
-                terminated = True
-                self.terminator.terminate("did not stop within the cancel's grace period")
 
 
 @dataclass
