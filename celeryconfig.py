@@ -78,7 +78,11 @@ def build(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
-        "worker_send_task_events": True,
+        # Task events (received, started, succeeded) are off until a monitor asks for them: Flower
+        # turns them on in every worker within 5 s of its start, and every 5 s after for workers
+        # that start later (its enable_events). Nobody pays for them while no monitor listens:
+        # they were an eighth of a job's cost.
+        "worker_send_task_events": False,
         "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
         "worker_hijack_root_logger": False,
     }

@@ -19,6 +19,8 @@ from tests.helpers import wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TAG_VARIABLE = "PROVISIONING_TEST_TAG"
+# What a worker logs when a monitor (Flower) turns its task events on; until then, no monitor sees a task.
+TASK_EVENTS_ON = "Events of group {task} enabled by remote"
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
 from tests.processes import (
     TAG_VARIABLE,
+    TASK_EVENTS_ON,
     GroupProcess,
     free_port,
     kill_tagged,
@@ -55,7 +56,7 @@ class ProcfileStack:
         return response.json()
 
     def wait_until_ready(self) -> None:
-        """Gunicorn answers, and Flower both reaches the worker and receives its events."""
+        """Gunicorn answers, and Flower reaches the worker, receives its events and has turned its task events on."""
 
         def answers(probe):
             def attempt():
@@ -78,6 +79,10 @@ class ProcfileStack:
         wait_for(
             answers(lambda: self.flower("/api/workers", status=1).get(WORKER_NAME) is True),
             timeout=30, interval=0.2, what=f"Flower to receive {WORKER_NAME}'s events",
+        )  # fmt: skip
+        wait_for(
+            answers(lambda: TASK_EVENTS_ON in self.processes["worker"].output()),
+            timeout=30, interval=0.2, what=f"Flower to turn {WORKER_NAME}'s task events on",
         )  # fmt: skip
 
     def run_job(self, job_type: str, headers: dict[str, str]) -> dict:
