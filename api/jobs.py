@@ -20,7 +20,6 @@ from api.schemas import (
 )
 from api.session import db_session
 from provisioning.enums import JobStatus
-from provisioning.events import publisher_for
 from provisioning.service import ProvisioningService
 from provisioning.workflows import SKIP_FINAL_BACKUP
 
@@ -39,7 +38,6 @@ def _service() -> ProvisioningService:
         db_session(),
         dispatch=current_app.extensions["provisioning_dispatcher"].send_job,
         idempotency_ttl=timedelta(hours=settings.idempotency_key_hours),
-        announce=publisher_for(settings).announce,
         origin=request_origin(),
     )
 

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 import celeryconfig
 from api.errors import http_error
+from provisioning import events
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob
@@ -98,6 +99,7 @@ class JobFigures:
             yield from self._job_counts(session)
             yield from self._job_durations(session)
             yield from self._active_jobs(session)
+            yield from self._waiting_events(session)
         yield from self._queue_depths()
 
     def _job_counts(self, session: Session):
@@ -152,6 +154,14 @@ class JobFigures:
         oldest = session.scalar(select(func.min(ProvisioningJob.created_at)).where(ProvisioningJob.status == JobStatus.PENDING))
         age = (utcnow() - oldest).total_seconds() if oldest else 0.0
         yield GaugeMetricFamily("erpmax_oldest_pending_job_age_seconds", "How long the oldest pending job has waited", value=age)
+
+    def _waiting_events(self, session: Session):
+        count, oldest = events.waiting(session)
+        yield GaugeMetricFamily("erpmax_job_events_waiting", "Status changes not yet announced to other systems", value=count)
+        age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+        yield GaugeMetricFamily(
+            "erpmax_oldest_waiting_job_event_age_seconds", "How long the oldest of them has waited for the relay", value=age
+        )
 
     def _queue_depths(self):
         depths = GaugeMetricFamily(

@@ -14,7 +14,6 @@ from provisioning.broker import Dispatcher
 from provisioning.db import session_factory, utcnow
 from provisioning.enums import JobStatus, Role
 from provisioning.errors import ProvisioningError
-from provisioning.events import publisher_for
 from provisioning.models import ApiToken, ProvisioningJob, Tenant
 from provisioning.settings import Settings, settings_or_exit
 from provisioning.sweeper import sweep
@@ -203,7 +202,6 @@ def jobs_sweep() -> None:
     published UNCLAIMED_JOB_AFTER_SECONDS ago and never claimed."""
     settings = _settings()
     report = sweep(settings, session_factory(settings.database_url), Dispatcher(settings).send_job)
-    publisher_for(settings).flush()  # this process ends now: let its events go out first
     click.echo(f"failed {len(report.reaped)} lost job(s); published {len(report.republished)} pending job(s) again")
 
 

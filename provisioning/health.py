@@ -14,14 +14,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 import celeryconfig
-from provisioning import migrate
+from provisioning import events, migrate
 from provisioning.broker import Dispatcher
-from provisioning.db import get_engine
+from provisioning.db import get_engine, session_factory, utcnow
 from provisioning.drivers.bench import BenchConfig
 from provisioning.errors import StepFailed
 from provisioning.settings import Settings
 
 START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+# The relay publishes within a second; an announcement waiting longer than this means it does not run.
+EVENTS_LATE_AFTER_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ def doctor(settings: Settings) -> list[Check]:
         *readiness(settings),
         check_queues(settings),
         check_workers(settings),
+        check_event_relay(settings),
     ]
 
 
@@ -147,6 +150,21 @@ def check_workers(settings: Settings) -> Check:
         return Check("workers", False, "none answered a ping within 2 s", "start one: celery -A tasks worker -Q <queue>")
     names = sorted(name for answer in answers for name in answer)
     return Check("workers", True, f"{len(names)} answered: {', '.join(names)}")
+
+
+def check_event_relay(settings: Settings) -> Check:
+    try:
+        with session_factory(settings.database_url)() as session:
+            count, oldest = events.waiting(session)
+    except Exception as error:
+        return Check("job events", False, f"cannot read them: {_first_line(error)}", "fix the database first")
+    age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+    if age > EVENTS_LATE_AFTER_SECONDS:
+        return Check(
+            "job events", False, f"{count} wait to be announced, the oldest for {age:.0f} s",
+            "start beat (celery -A tasks beat), which relays them, and check the broker",
+        )  # fmt: skip
+    return Check("job events", True, f"{count} wait to be announced" + (f", the oldest for {age:.1f} s" if count else ""))
 
 
 def _safe_url(database_url: str) -> str:

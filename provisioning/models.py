@@ -168,11 +168,28 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+_UNANNOUNCED_EVENT_SQL = "status IS NOT NULL AND announced_at IS NULL"
+
+
 class JobEvent(Base):
-    """One thing that happened to a job, in order: who or what did it, and the detail."""
+    """One thing that happened to a job, in order: who or what did it, and the detail.
+
+    An event that changed the job's status carries that ``status``, and is the outbox of its
+    announcement to other systems: written in the same transaction as the change, published
+    by the event relay afterwards, which then sets ``announced_at`` (see provisioning/events.py).
+    """
 
     __tablename__ = "job_events"
-    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_job_events_job_id_id", "job_id", "id"),
+        # What the relay has still to publish: small, whatever the size of the history.
+        Index(
+            "ix_job_events_unannounced",
+            "id",
+            postgresql_where=text(_UNANNOUNCED_EVENT_SQL),
+            sqlite_where=text(_UNANNOUNCED_EVENT_SQL),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("provisioning_jobs.id", ondelete="CASCADE"))
@@ -180,6 +197,8 @@ class JobEvent(Base):
     actor: Mapped[str] = mapped_column(String(300))
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[JobStatus | None] = mapped_column(_enum_column(JobStatus))
+    announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class IdempotencyKey(Base):

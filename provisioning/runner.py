@@ -26,7 +26,7 @@ from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminate
 from provisioning.heartbeat import Heartbeat
 from provisioning.job_context import JobContext
 from provisioning.models import ProvisioningJob
-from provisioning.service import Announce, Claim, ProvisioningService
+from provisioning.service import Claim, ProvisioningService
 from provisioning.settings import Settings
 from provisioning.step_journal import StepJournal
 from provisioning.workflows import Step, Workflow, workflow_for
@@ -64,7 +64,7 @@ class PatientService:
                 try:
                     return method(*args, **kwargs)
                 except DBAPIError as error:
-                    self.service.rollback()
+                    self.service.session.rollback()
                     if not is_connection_failure(error) or time.monotonic() >= deadline:
                         raise
                     log.warning("database unavailable during %s (%s); trying again", name, error.orig)
@@ -189,7 +189,6 @@ class JobRunner:
         heartbeat_seconds: float = 10.0,
         database_patience: float = 60.0,
         cancel_grace: float = 30.0,
-        announce: Announce | None = None,
         credentials: SiteCredentials | None = None,
         backup_root: Path = Path("var/backups"),
         retention: Retention = DEFAULT_RETENTION,
@@ -201,7 +200,6 @@ class JobRunner:
         self.heartbeat_seconds = heartbeat_seconds
         self.database_patience = database_patience
         self.cancel_grace = cancel_grace
-        self.announce = announce
         self.credentials = credentials or SiteCredentials(None)
         self.backup_root = backup_root
         self.backup_steps = BackupSteps(sessions, retention)
@@ -214,7 +212,6 @@ class JobRunner:
         sessions: sessionmaker[Session],
         driver: SiteDriver,
         worker: str,
-        announce: Announce | None = None,
     ) -> "JobRunner":
         return cls(
             sessions,
@@ -223,7 +220,6 @@ class JobRunner:
             heartbeat_seconds=settings.job_heartbeat_seconds,
             database_patience=settings.lost_job_after_seconds,
             cancel_grace=settings.cancel_grace_seconds,
-            announce=announce,
             credentials=SiteCredentials(settings.site_credentials_key),
             backup_root=settings.backup_path,
             retention=retention_of(settings),
@@ -232,7 +228,7 @@ class JobRunner:
     def run(self, job_id: uuid.UUID) -> None:
         """Run the job if it is still pending; a duplicate or late message does nothing."""
         with self.sessions() as session:
-            service = ProvisioningService(session, announce=self.announce)
+            service = ProvisioningService(session)
             try:
                 claim = service.start_job(job_id, self.worker, self._new_admin_password)
             except Conflict as refusal:
@@ -296,7 +292,7 @@ class JobRunner:
                     resuming = job.resume_from is not None and position == first
                     output = self._perform(job, step, context, resuming)
             except (StepStopped, StepTerminated) as stop:
-                service.rollback()  # a signal may have landed in the middle of a query
+                service.session.rollback()  # a signal may have landed in the middle of a query
                 if journal.flush() == JobStatus.CANCELLING:
                     how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
                     service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
@@ -350,7 +346,7 @@ class JobRunner:
 
     def _fail_outside_a_step(self, service: ProvisioningService, job: ProvisioningJob, journal: StepJournal, error: str) -> None:
         try:
-            service.rollback()
+            service.session.rollback()
             journal.flush(service)  # the steps done go on record first (without waiting out an outage again)
             tenant_status = workflow_for(job.job_type).tenant_after_failure(None, job.tenant_status_before)
             service.fail_job(job.id, error, tenant_status)

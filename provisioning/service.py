@@ -48,7 +48,6 @@ from provisioning.workflows import Step, Workflow, workflow_for
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[uuid.UUID], None]
-Announce = Callable[[str, dict], None]
 # The event a status change is recorded as.
 EVENT_OF_STATUS = {
     JobStatus.RUNNING: "claimed",
@@ -123,16 +122,13 @@ class ProvisioningService:
         session: Session,
         dispatch: Dispatch | None = None,
         idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
-        announce: Announce | None = None,
         origin: Origin | None = None,
     ):
         self.session = session
         self.dispatch = dispatch
         self.idempotency_ttl = idempotency_ttl
-        self.announce = announce
         # Who is asking, for the audit trail of job requests; None when it is the platform itself.
         self.origin = origin
-        self._announcements: list[dict] = []
 
     # Requests from API clients and operators.
 
@@ -277,7 +273,7 @@ class ProvisioningService:
                 raise Conflict(f"job is {job.status.value}; a finished job cannot be cancelled")
             if won and self.origin is not None:
                 audit.record(self.session, self.origin, "job.cancelled", tenant_id, f"job {job_id}", job.status.value)
-            self._commit()
+            self.session.commit()
             job = self.get_job(tenant_id, job_id)
             if won:
                 return job
@@ -338,7 +334,7 @@ class ProvisioningService:
             actor=f"worker {worker}",
         )  # fmt: skip
         if claimed is None:
-            self.rollback()
+            self.session.rollback()
             if self.session.scalar(select(ProvisioningJob.id).where(ProvisioningJob.id == job_id)) is None:
                 raise NotFound(f"job {job_id} not found")
             return None
@@ -352,7 +348,7 @@ class ProvisioningService:
                 job_id, {JobStatus.RUNNING}, JobStatus.FAILED, actor=f"worker {worker}", detail=error,
                 error=error, message="Failed", completed_at=now,
             )  # fmt: skip
-            self._commit()
+            self.session.commit()
             raise Conflict(error)
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
         self._execute(
@@ -367,13 +363,13 @@ class ProvisioningService:
         )  # fmt: skip
         if not workflow.needs_admin_password:
             self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
-            self._commit()
+            self.session.commit()
             return Claim(job, slug)
         stored = self._execute(
             SET_TENANT_STATUS_KEEPING_A_PASSWORD,
             {"tenant_id": job.tenant_id, "new_status": workflow.tenant_on_start, "now": now, "made": new_admin_password()},
         ).scalar_one()
-        self._commit()
+        self.session.commit()
         return Claim(job, slug, stored)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
@@ -438,7 +434,7 @@ class ProvisioningService:
                 self._set_tenant_status(job.tenant_id, workflow.tenant_after_failure(step, job.tenant_status_before))
                 reaped.append(job.id)
                 log.warning("job %s: %s", job.id, error)
-            self._commit()
+            self.session.commit()
         return reaped
 
     # Step writes come from the worker that owns the job; a worker declared lost writes nothing.
@@ -462,7 +458,7 @@ class ProvisioningService:
              "now_doing": running[-1].doing or None if running else None},
         ).scalar()  # fmt: skip
         if status is None:
-            self.rollback()
+            self.session.rollback()
             log.warning("job %s: no longer run by %s; its steps are not recorded", job_id, worker)
             return None
         if starting is not None and status == JobStatus.RUNNING:
@@ -490,7 +486,7 @@ class ProvisioningService:
             .with_for_update()
         ).first()
         if owned is None:
-            self.rollback()
+            self.session.rollback()
             log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
         return owned is not None
 
@@ -515,7 +511,7 @@ class ProvisioningService:
         )  # fmt: skip
         actor = f"worker {worker}"
         events = [
-            {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": at}
+            {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": at, "status": None}
             for step in done
             for kind, detail, at in step.events()
         ]
@@ -539,7 +535,7 @@ class ProvisioningService:
             JobStatus.COMPLETED, actor=f"worker {worker}", record=False,
         )  # fmt: skip
         if completed is None:
-            self.rollback()
+            self.session.rollback()
             self.write_steps(job_id, worker, done)
             return False
         completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
@@ -551,7 +547,7 @@ class ProvisioningService:
                 update(Tenant).where(Tenant.id == completed.tenant_id)
                 .values(admin_password_encrypted=None, admin_password_revealed_at=None)
             )  # fmt: skip
-        self._commit()
+        self.session.commit()
         return True
 
     def fail_job(self, job_id: uuid.UUID, error: str, tenant_status: TenantStatus | None) -> bool:
@@ -569,7 +565,7 @@ class ProvisioningService:
         )
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
-        self._commit()
+        self.session.commit()
         return won
 
     def finish_cancel(self, job_id: uuid.UUID, tenant_status: TenantStatus | None, message: str) -> bool:
@@ -581,7 +577,7 @@ class ProvisioningService:
         )  # fmt: skip
         if won:
             self._set_tenant_status(job.tenant_id, tenant_status)
-        self._commit()
+        self.session.commit()
         return won
 
     def prune_idempotency_keys(self) -> int:
@@ -628,7 +624,7 @@ class ProvisioningService:
         )
         try:
             if not self._insert_if_allowed(job, workflow):
-                self.rollback()
+                self.session.rollback()
                 status = self.session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
                 if status is None:
                     raise NotFound("tenant not found")
@@ -658,9 +654,9 @@ class ProvisioningService:
             if self.origin is not None:
                 action = "job.retried" if retry_of_id else "job.requested"
                 audit.record(self.session, self.origin, action, tenant_id, f"job {job.id}", job_type.value)
-            self._commit()
+            self.session.commit()
         except IntegrityError:
-            self.rollback()
+            self.session.rollback()
             # Two requests with one key raced: the loser answers with the winner's job.
             if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
                 return earlier
@@ -769,42 +765,25 @@ class ProvisioningService:
             self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
         return moved
 
-    def rollback(self) -> None:
-        """Roll back, and forget the status changes the transaction would have announced."""
-        self.session.rollback()
-        self._announcements.clear()
-
     def _execute(self, statement: Executable, parameters: dict | list[dict] | None = None) -> CursorResult:
         """Run a Core statement in the session's transaction, without the ORM's per-statement work
         (a third of the CPU of a short statement): none of these needs ORM objects flushed first."""
         return self.session.connection().execute(statement, parameters)
 
     def _record(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> None:
-        """Add an event to the transaction; a status change is also announced once it commits."""
+        """Add an event to the transaction."""
         self._insert_events([self._event(job_id, kind, actor, detail, status)])
 
-    def _event(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> dict:
-        """An event's row, for ``_insert_events``; a status change is announced once the transaction commits."""
-        row = {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": utcnow()}
-        if status is not None:
-            self._announcements.append(
-                {"job_id": str(job_id), "status": status.value, "event": kind, "actor": actor, "detail": detail,
-                 "at": row["created_at"].isoformat()}
-            )  # fmt: skip
-        return row
+    @staticmethod
+    def _event(job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> dict:
+        """An event's row, for ``_insert_events``. One with the ``status`` the job moved to is
+        also that change's announcement, for the event relay to publish once it is committed."""
+        return {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": utcnow(), "status": status}
 
     def _insert_events(self, rows: list[dict]) -> None:
         """One statement for all of them, in the order given."""
         if rows:
             self._execute(insert(JobEvent.__table__), rows)
-
-    def _commit(self) -> None:
-        """Commit, then announce the status changes it made (never before: they might not happen)."""
-        self.session.commit()
-        announcements, self._announcements = self._announcements, []
-        if self.announce is not None:
-            for announcement in announcements:
-                self.announce(f"job.{announcement['status']}", announcement)
 
     def _update_step(self, job_id: uuid.UUID, position: int, **values) -> str:
         """Update one step and return its name."""
@@ -847,7 +826,7 @@ class ProvisioningService:
             self.session.commit()
         except DBAPIError:
             # The message is out; not recording it only means a harmless duplicate later.
-            self.rollback()
+            self.session.rollback()
             log.exception("job %s: published, but recording when failed", job_id)
             return None
         return dispatched_at
@@ -865,13 +844,13 @@ class ProvisioningService:
                 .values(dispatched_at=None, dispatch_count=0)
             ).rowcount
             if not cleared:
-                self.rollback()
+                self.session.rollback()
                 return
             self._record(job.id, "dispatch_failed", "system", "the broker did not take the message; the sweeper will")
             self.session.commit()
         except DBAPIError:
             # Marked dispatched but not sent: the sweeper publishes it once it looks unclaimed.
-            self.rollback()
+            self.session.rollback()
             log.exception("job %s: not published, and clearing its dispatch mark failed", job.id)
             return
         set_committed_value(job, "dispatched_at", None)

@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backup_schedule import schedule_backups
 from provisioning.backups import BackupBook, retention_of
-from provisioning.events import publisher_for
 from provisioning.service import Dispatch, ProvisioningService
 from provisioning.settings import Settings
 
@@ -43,7 +42,7 @@ class SweepReport:
 
 def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatch) -> SweepReport:
     with sessions() as session:
-        service = ProvisioningService(session, dispatch=dispatch, announce=publisher_for(settings).announce)
+        service = ProvisioningService(session, dispatch=dispatch)
         report = SweepReport(
             reaped=service.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds)),
             republished=service.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds)),

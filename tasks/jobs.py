@@ -18,7 +18,6 @@ from provisioning.db import get_engine, is_connection_failure, session_factory
 from provisioning.dead_letters import QUEUE_HEADER, REASON_HEADER
 from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
-from provisioning.events import publisher_for
 from provisioning.runner import JobRunner
 from provisioning.settings import Settings, settings_or_exit
 from provisioning.sweeper import sweep
@@ -62,7 +61,6 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
         make_driver(settings),
         # The pool process, not just the worker: a restarted worker of the same name is another.
         worker=f"{self.request.hostname} pid {os.getpid()}",
-        announce=publisher_for(settings).announce,
     )
     try:
         with logs.bound(request_id=self.request.get(celeryconfig.REQUEST_ID_HEADER), job_id=parsed_id):

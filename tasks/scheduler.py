@@ -1,8 +1,9 @@
-"""Beat's scheduler, except that the sweep runs in beat's own process instead of as a task.
+"""Beat's scheduler, except that the sweep runs in beat's own process instead of as a task; and
+the relay of job events to other systems, in a thread of beat's.
 
 As a task, a sweep would wait for a free worker process behind long jobs (so a lost job would
 be noticed only when some other job ends), and sweeps would pile up in the job queue while the
-workers are down. Exactly one beat runs, so one process sweeps at a time.
+workers are down. Exactly one beat runs, so one process sweeps at a time, and one relays.
 """
 
 import logging
@@ -13,6 +14,7 @@ from celery.beat import PersistentScheduler
 import celeryconfig
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
+from provisioning.events import EventRelay
 from provisioning.sweeper import sweep
 from tasks.jobs import worker_settings
 
@@ -24,6 +26,13 @@ class SweepingScheduler(PersistentScheduler):
         # The schedule file lives in DATA_DIR, which a fresh checkout does not have yet.
         Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
         super().setup_schedule()
+        settings = worker_settings()
+        self._relay = EventRelay(settings, session_factory(settings.database_url))
+        self._relay.start()
+
+    def close(self):
+        self._relay.stop()
+        super().close()
 
     def apply_entry(self, entry, producer=None):
         if entry.task != celeryconfig.SWEEP_TASK:

@@ -11,12 +11,14 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from kombu import Connection
+from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
 
 from provisioning import migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import get_engine
+from provisioning.events import events_exchange
+from provisioning.settings import Settings
 from tests.helpers import wait_for
 from tests.processes import GroupProcess
 
@@ -44,12 +46,42 @@ def migrated_database(name: str):
 
 
 def delete_queues(queue_name: str) -> None:
-    """Remove a job queue of a test, its dead-letter queue, and the exchanges Celery made for them."""
+    """Remove a job queue of a test, its dead-letter queue, the exchanges Celery made for them, and
+    its job events' exchange."""
     with Connection(RABBITMQ_URL) as connection:
         channel = connection.default_channel
         for name in (queue_name, f"{queue_name}.dead"):
             channel.queue_delete(name)
             channel.exchange_delete(name)
+        channel.exchange_delete(f"{queue_name}.events")
+
+
+@contextmanager
+def events_heard(settings: Settings):
+    """A queue of the test's own bound to the events exchange, as billing's would be; yields
+    ``(hear, heard)``: ``hear(until)`` takes the messages that reach it into ``heard`` until one's
+    payload makes ``until`` true."""
+    with Connection(settings.broker_url) as connection:
+        queue = Queue(f"billing-{uuid.uuid4().hex[:6]}", exchange=events_exchange(settings), routing_key="job.*", exclusive=True)
+        simple = connection.SimpleQueue(queue)
+        heard = []
+
+        def hear(until, timeout: float = 30):
+            def heard_it():
+                try:
+                    message = simple.get(timeout=0.5)
+                except simple.Empty:
+                    return False
+                message.ack()
+                heard.append(message)
+                return until(message.payload)
+
+            return wait_for(heard_it, timeout=timeout, interval=0, what="an event")
+
+        try:
+            yield hear, heard
+        finally:
+            simple.close()
 
 
 def process_environment(extra: dict[str, str]) -> dict[str, str]:

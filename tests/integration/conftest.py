@@ -21,7 +21,15 @@ from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
 from provisioning.settings import Settings, load_settings
 from tests import factories
-from tests.stack import ADMIN_DATABASE_URL, RABBITMQ_URL, RUN_ID, WorkerProcess, delete_queues, migrated_database
+from tests.stack import (
+    ADMIN_DATABASE_URL,
+    RABBITMQ_URL,
+    RUN_ID,
+    WorkerProcess,
+    delete_queues,
+    events_heard,
+    migrated_database,
+)
 
 HOW_TO_START = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
@@ -140,3 +148,9 @@ def worker(environment: dict[str, str], dispatcher: Dispatcher, database_url: st
     process = WorkerProcess(environment, dispatcher)
     yield process
     process.stop()
+
+
+@pytest.fixture
+def listener(settings):
+    with events_heard(settings) as heard:
+        yield heard

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from provisioning.enums import JobType, Role
+from provisioning.settings import load_settings
 from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
 from tests.processes import (
@@ -25,7 +26,7 @@ from tests.processes import (
     stop_all,
     tagged_processes,
 )
-from tests.stack import delete_queues, process_environment
+from tests.stack import delete_queues, events_heard, process_environment
 
 FLOWER_AUTH = ("user", "password")
 # Celery prints this to standard output itself, not through logging.
@@ -178,12 +179,20 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
     before = stack.metrics()
     request_id = f"e2e-{uuid.uuid4().hex}"
 
-    created = stack.run_job("create_site", {**headers, "X-Request-ID": request_id})
-    assert stack.tenant_status(headers) == "active"
-    backed_up = stack.run_job("backup_site", headers)
-    assert stack.tenant_status(headers) == "active"
-    deleted = stack.run_job("delete_site", headers)
-    assert stack.tenant_status(headers) == "deleted"
+    with events_heard(load_settings({**environment, "PROVISIONING_QUEUE_NAME": stack.queue})) as (hear, heard):
+        created = stack.run_job("create_site", {**headers, "X-Request-ID": request_id})
+        assert stack.tenant_status(headers) == "active"
+        backed_up = stack.run_job("backup_site", headers)
+        assert stack.tenant_status(headers) == "active"
+        deleted = stack.run_job("delete_site", headers)
+        assert stack.tenant_status(headers) == "deleted"
+        # Beat relays each status change to the events exchange, as billing would hear it.
+        hear(lambda event: event["job_id"] == deleted["id"] and event["status"] == "completed")
+    of_create = [m.payload for m in heard if m.payload["job_id"] == created["id"]]
+    assert [(event["event"], event["actor"].split(" pid ")[0]) for event in of_create] == [
+        ("created", f"user {tenant.users[Role.OWNER].id}"), ("claimed", f"worker {WORKER_NAME}"),
+        ("completed", f"worker {WORKER_NAME}"),
+    ]  # fmt: skip
 
     jobs = [created, backed_up, deleted]
     listed = stack.get("/provisioning/jobs", headers)

@@ -1,11 +1,19 @@
 """Health: `/healthz`, `/readyz` and `provisioning doctor` tell which part is down and what to do."""
 
 from dataclasses import replace
+from datetime import timedelta
 
 from click.testing import CliRunner
+from sqlalchemy import update
 
 from api import create_app
 from provisioning.cli import main
+from provisioning.db import utcnow
+from provisioning.enums import JobType
+from provisioning.events import EventRelay
+from provisioning.models import JobEvent
+from provisioning.service import ProvisioningService
+from tests.factories import TenantFactory
 
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 CLOSED_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
@@ -42,7 +50,10 @@ def test_readyz_answers_503_naming_the_database_when_it_is_down(settings):
     assert response.json["message"] == "not ready: database, migrations down"
 
 
-def test_doctor_passes_when_everything_answers(environment, worker):
+def test_doctor_passes_when_everything_answers(environment, worker, settings, sessions):
+    relay = EventRelay(settings, sessions)
+    while relay.relay():  # as beat's relay keeps doing: the other tests' announcements go out
+        pass
     result = CliRunner().invoke(main, ["doctor"], env=environment)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()  # the checks; log lines, if any, go to standard error
@@ -55,8 +66,22 @@ def test_doctor_passes_when_everything_answers(environment, worker):
         "ok   broker",
         "ok   queues",
         "ok   workers",
+        "ok   job events",
     ]
-    assert worker.name in lines[-1]
+    assert worker.name in lines[-2]
+
+
+def test_doctor_fails_when_announcements_wait_for_a_relay_that_does_not_run(isolated):
+    with isolated.session() as session:
+        tenant = TenantFactory(session).create()
+        job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+        session.execute(update(JobEvent).where(JobEvent.job_id == job.id).values(created_at=utcnow() - timedelta(minutes=2)))
+        session.commit()
+
+    result = CliRunner().invoke(main, ["doctor"], env=isolated.environment)
+    events = next(line for line in result.stdout.splitlines() if " job events:" in line)
+    assert events.startswith("FAIL job events: 1 wait to be announced, the oldest for 1") and "start beat" in events
+    assert result.exit_code == 1
 
 
 def test_doctor_fails_with_one_line_per_check_and_what_to_do(environment):

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
-from kombu import Connection, Queue
+from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
 from api import create_app
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, Role, TenantStatus
-from provisioning.events import EventPublisher, events_exchange, publisher_for
-from provisioning.models import ProvisioningJob
+from provisioning.events import UNANNOUNCED, ConfirmedPublisher, EventRelay, announcement
+from provisioning.models import JobEvent, ProvisioningJob
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
-from tests.helpers import StrictClient, wait_for
+from tests.helpers import StrictClient
 
 JOBS = "/api/v1/provisioning/jobs"
 CREATE_STEPS = ["check_preconditions", "create_site", "install_apps", "configure_site", "verify_site"]
@@ -97,62 +97,92 @@ def test_a_retry_is_linked_both_ways(client, session, sessions, tenant_factory, 
     assert events(client, tenant, retry["id"])[0]["detail"] == f"retry of {first.id}, resuming at create_site"
 
 
+@contextmanager
+def relaying(settings, sessions):
+    """The event relay as beat runs it, in a thread of the test's own."""
+    relay = EventRelay(settings, sessions)
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def completed(job_id):
+    return lambda payload: payload["job_id"] == str(job_id) and payload["status"] == "completed"
+
+
+def of_job(messages, job_id) -> list[tuple[str, str]]:
+    return [(m.delivery_info["routing_key"], m.payload["event"]) for m in messages if m.payload["job_id"] == str(job_id)]
+
+
 def test_a_consumer_bound_to_the_exchange_hears_each_status_change(
-    settings, worker, dispatcher, session, sessions, tenant_factory
+    settings, worker, dispatcher, session, sessions, tenant_factory, listener
 ):
+    hear, heard = listener
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
-    with Connection(settings.broker_url) as connection:
-        listener = Queue(
-            f"billing-{uuid.uuid4().hex[:6]}", exchange=events_exchange(settings), routing_key="job.*", exclusive=True
-        )
-        simple = connection.SimpleQueue(listener)
-        app = create_app(settings)
-        app.test_client().post(JOBS, json={"job_type": "backup_site"}, headers=tenant.headers(Role.OWNER))
-        job_id = str(session.scalar(select(ProvisioningJob.id).where(ProvisioningJob.tenant_id == tenant.id)))
+    with relaying(settings, sessions):
+        create_app(settings).test_client().post(JOBS, json={"job_type": "backup_site"}, headers=tenant.headers(Role.OWNER))
+        job_id = session.scalar(select(ProvisioningJob.id).where(ProvisioningJob.tenant_id == tenant.id))
+        hear(completed(job_id))
 
-        heard = []
-
-        def completed_heard():
-            try:
-                message = simple.get(timeout=0.5)
-            except simple.Empty:
-                return False
-            message.ack()
-            if message.payload["job_id"] == job_id:
-                heard.append((message.delivery_info["routing_key"], message.payload["event"]))
-            return heard and heard[-1][0] == "job.completed"
-
-        wait_for(completed_heard, timeout=30, interval=0, what="the job.completed event")
-        simple.close()
-    assert heard == [("job.pending", "created"), ("job.running", "claimed"), ("job.completed", "completed")]
+    assert of_job(heard, job_id) == [("job.pending", "created"), ("job.running", "claimed"), ("job.completed", "completed")]
+    last = heard[-1].payload
+    assert set(last) == {"event_id", "job_id", "status", "event", "actor", "detail", "at"}
+    assert last["actor"].startswith("worker ")
 
 
-def test_an_event_that_cannot_be_published_is_counted_and_never_fails_the_job(settings, session, tenant_factory):
-    closed = replace(settings, broker_url="amqp://guest:guest@127.0.0.1:1//")
-    publisher = publisher_for(closed)
+def test_while_the_broker_is_unreachable_events_wait_and_go_out_in_order_once_it_answers(
+    settings, session, sessions, tenant_factory, listener
+):
+    hear, heard = listener
     tenant = tenant_factory.create()
-    job = ProvisioningService(session, announce=publisher.announce).request_job(tenant.id, JobType.CREATE_SITE)
+    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    run(settings, sessions, job.id)
+    unreachable = EventRelay(replace(settings, broker_url="amqp://guest:guest@127.0.0.1:1//"), sessions)
 
-    assert publisher.flush(timeout=30)
-    assert publisher.lost >= 1
-    assert session.get(ProvisioningJob, job.id).status == JobStatus.PENDING
+    with pytest.raises(OperationalError):
+        unreachable.relay()
+    assert session.get(ProvisioningJob, job.id).status == JobStatus.COMPLETED, "a job never waits for its events"
+    assert waiting_events(session, job.id) == ["created", "claimed", "completed"]
+
+    with relaying(settings, sessions):
+        hear(completed(job.id))
+    assert of_job(heard, job.id) == [("job.pending", "created"), ("job.running", "claimed"), ("job.completed", "completed")]
+    assert waiting_events(session, job.id) == []
 
 
-def test_an_event_after_its_connection_died_goes_out_on_a_new_one(settings, monkeypatch):
-    publisher = EventPublisher(settings)  # a thread and connection of the test's own
-    producers = []
-    connect = publisher._connect
-    monkeypatch.setattr(publisher, "_connect", lambda: producers.append(connect()) or producers[-1])
-    with Connection(settings.broker_url) as connection:
-        listener = Queue(f"audit-{uuid.uuid4().hex[:6]}", exchange=events_exchange(settings), routing_key="job.*", exclusive=True)
-        heard = connection.SimpleQueue(listener)
-        publisher.announce("job.pending", {"job_id": "first"})
-        assert publisher.flush(timeout=30)
-        producers[0].connection.connection.sock.close()  # as a broker restart leaves it: dead under the publisher
+def test_an_event_published_but_not_marked_goes_out_again_with_the_same_event_id(
+    settings, session, sessions, tenant_factory, listener
+):
+    hear, heard = listener
+    tenant = tenant_factory.create()
+    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    created = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == "created")).one()
+    publisher = ConfirmedPublisher(settings)
+    publisher.publish([announcement(created)])  # then the relay stops, before it could mark the event
+    publisher.close()
 
-        publisher.announce("job.pending", {"job_id": "second"})
-        assert publisher.flush(timeout=30)
+    with relaying(settings, sessions):
+        hear(lambda payload: payload["job_id"] == str(job.id) and len(of_job(heard, job.id)) == 2)
+    assert [m.payload["event_id"] for m in heard if m.payload["job_id"] == str(job.id)] == [created.id, created.id]
 
-        received = [heard.get(timeout=10).payload["job_id"] for _ in range(2)]
-        heard.close()
-    assert (received, publisher.lost, len(producers)) == (["first", "second"], 0, 2)
+
+def test_a_batch_after_its_connection_died_goes_out_on_a_new_one(settings, listener):
+    hear, heard = listener
+    publisher = ConfirmedPublisher(settings)
+    publisher.publish([("job.pending", {"job_id": "first"})])
+    publisher._producer.connection.connection.sock.close()  # as a broker restart leaves it: dead under the publisher
+
+    with pytest.raises((OSError, OperationalError)):
+        publisher.publish([("job.pending", {"job_id": "second"})])
+    publisher.publish([("job.pending", {"job_id": "second"})])  # the relay's next round
+    hear(lambda payload: payload["job_id"] == "second")
+    publisher.close()
+    assert [m.payload["job_id"] for m in heard] == ["first", "second"]
+
+
+def waiting_events(session, job_id) -> list[str]:
+    """The job's status changes not announced yet, oldest first."""
+    session.expire_all()
+    return session.scalars(select(JobEvent.kind).where(JobEvent.job_id == job_id, *UNANNOUNCED).order_by(JobEvent.id)).all()

@@ -10,6 +10,7 @@ import pytest
 from api import create_app
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import Role
+from provisioning.events import EventRelay
 from provisioning.runner import JobRunner
 from tests.helpers import assert_error
 from tests.stack import delete_queues
@@ -67,6 +68,13 @@ def test_the_figures_move_as_a_job_is_asked_for_and_runs(quiet_settings, session
     assert ("erpmax_queue_messages", frozenset({("queue", queue)})) in after
     assert ("erpmax_queue_messages", frozenset({("queue", f"{queue}.dead")})) in after
     assert value(after, "erpmax_broker_up") == 1
+    waiting = "erpmax_job_events_waiting"
+    assert value(after, waiting) == value(before, waiting) + 3, "pending, running and completed, not announced yet"
+
+    while EventRelay(settings, sessions).relay():
+        pass
+    relayed = scrape(client)
+    assert (value(relayed, waiting), value(relayed, "erpmax_oldest_waiting_job_event_age_seconds")) == (0, 0)
 
 
 def test_metrics_answer_loopback_only_unless_a_token_is_set(client, settings):
