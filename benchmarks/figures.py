@@ -33,7 +33,7 @@ from benchmarks.parts import (
 from provisioning.broker import Dispatcher
 from provisioning.settings import load_settings
 from tests.helpers import wait_for
-from tests.stack import WorkerProcess
+from tests.stack import BeatProcess, WorkerProcess
 
 JOBS_PATH = "/api/v1/provisioning/jobs"
 
@@ -73,6 +73,7 @@ def create_throughput(seconds: int, tenants: int) -> list[Figure]:
         tokens = [token for _, token in seed_tenants(stack, tenants)]
         # Tokens of a slice are never used twice by our API: a tenant has one create.
         slices = [tokens[n :: ROUNDS + 1] for n in range(ROUNDS + 1)]
+        relay = BeatProcess(stack.environment, stack.directory)  # announces each created job
         servers = {"ours": (Web(stack, name="ours"), JOBS_PATH)}
         try:
             servers["bare"] = (Web(stack, "benchmarks.baseline:create_app()", name="bare"), "/jobs")
@@ -87,6 +88,7 @@ def create_throughput(seconds: int, tenants: int) -> list[Figure]:
         finally:
             for web, _path in servers.values():
                 web.stop()
+            relay.stop()
     ours, bare = pooled(runs["ours"]), pooled(runs["bare"])
     clean = not ours.failures and not bare.failures  # a failed request must not count as throughput
     failed = f"; FAILED requests: {ours.failures} ours, {bare.failures} bare" if not clean else ""
@@ -207,11 +209,13 @@ def _job_worker(name: str, jobs: int, existing_rows: int = 0) -> Iterator[JobTur
         job_ids = seed_pending_jobs(stack, tenants[:jobs])
         dispatcher = Dispatcher(load_settings(stack.environment))
         worker = WorkerProcess(stack.environment, dispatcher, concurrency=2)
+        relay = BeatProcess(stack.environment, stack.directory)  # announces each job's status changes
         job_turns = JobTurns(stack, dispatcher, job_ids, commits(stack))
         try:
             yield job_turns
         finally:
             worker.stop()
+            relay.stop()
         job_turns.count_commits()
 
 
