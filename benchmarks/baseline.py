@@ -13,10 +13,9 @@ import uuid
 
 from celery import Celery
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 import celeryconfig
-from provisioning.db import get_engine
 from provisioning.settings import settings_or_exit
 
 NO_OP_TASK = "benchmarks.no_op"
@@ -67,7 +66,9 @@ def publish(celery_app: Celery, queue: str, job_id: str) -> None:
 
 def create_app() -> Flask:
     flask_app = Flask(__name__)
-    engine = get_engine(settings.database_url)
+    # SQLAlchemy as anyone would set it up: psycopg2's own transactions, one round trip per
+    # statement, BEGIN and COMMIT (the service's engine batches them: provisioning/pg_batching.py).
+    engine = create_engine(settings.database_url)
     with engine.begin() as connection:
         connection.execute(
             text(f"CREATE TABLE IF NOT EXISTS {TABLE} (id uuid PRIMARY KEY, job_type text NOT NULL, created_at timestamptz)")

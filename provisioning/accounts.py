@@ -26,6 +26,7 @@ from provisioning.errors import (
     NotFound,
 )
 from provisioning.models import ApiToken, Membership, Tenant, User
+from provisioning.pg_batching import DEFERRABLE
 
 TOKEN_PREFIX = "erpx_"
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -44,7 +45,10 @@ CALLER_OF_TOKEN = (
     .where(ApiToken.token_hash == bindparam("token_hash"))
 )
 TOKEN_USED = (
-    update(ApiToken.__table__).where(ApiToken.__table__.c.id == bindparam("token_id")).values(last_used_at=bindparam("used_at"))
+    update(ApiToken.__table__)
+    .where(ApiToken.__table__.c.id == bindparam("token_id"))
+    .values(last_used_at=bindparam("used_at"))
+    .execution_options(**DEFERRABLE)
 )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from provisioning.db import utcnow
 from provisioning.models import AuditEntry
+from provisioning.pg_batching import DEFERRABLE
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Origin:
 
 
 SYSTEM = Origin(actor="system")
+# Nobody reads the entry's id back (``inline``), so the INSERT can wait for the next round trip.
+INSERT_ENTRY = insert(AuditEntry.__table__).inline().execution_options(**DEFERRABLE)
 
 
 def operator_at_the_console() -> Origin:
@@ -41,7 +44,7 @@ def record(
     """Add an entry to the caller's transaction; it is kept only if the deed is."""
     session.flush()  # the deed's own rows first, when the ORM holds them: the entry may point at them
     session.connection().execute(
-        insert(AuditEntry.__table__),
+        INSERT_ENTRY,
         {
             "created_at": utcnow(),
             "actor": origin.actor,

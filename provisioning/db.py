@@ -13,6 +13,8 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from provisioning.pg_batching import BatchingConnection, defer_marked_statements
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -80,8 +82,11 @@ def get_engine(database_url: str) -> Engine:
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            # BEGIN with the first statement, COMMIT with the last, deferrable statements in between.
+            "connection_factory": BatchingConnection,
         },
     )
+    defer_marked_statements(engine)
     event.listen(engine, "connect", _note_use)
     event.listen(engine, "checkin", _note_use)
     event.listen(engine, "checkout", _ping_if_idle)

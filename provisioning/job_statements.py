@@ -11,12 +11,20 @@ from __future__ import annotations
 from sqlalchemy import Case, bindparam, case, func, insert, select, update
 
 from provisioning.enums import JobStatus
-from provisioning.models import JobStep, ProvisioningJob, Tenant
+from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
+from provisioning.pg_batching import DEFERRABLE
 from provisioning.workflows import WORKFLOWS
 
 jobs = ProvisioningJob.__table__
 tenants = Tenant.__table__
 steps = JobStep.__table__
+
+# Statements whose result nobody reads are DEFERRABLE: on PostgreSQL they go to the database with
+# the transaction's next statement or its COMMIT, not in a round trip of their own.
+
+# (``inline``: nobody reads back the new rows' ids, so none are fetched.)
+INSERT_EVENTS = insert(JobEvent.__table__).inline().execution_options(**DEFERRABLE)
+INSERT_STEPS = insert(steps).inline().execution_options(**DEFERRABLE)
 
 # What a new job's INSERT writes: every column but those only a worker or the sweeper fills in.
 JOB_COLUMNS = (
@@ -49,7 +57,12 @@ def _first_step_message() -> Case:
 # In an UPDATE, no bound parameter is named after a column of its table: SQLAlchemy keeps those
 # names for the SET clause.
 
-# A pending job becomes the worker's; returns the job as written, and its tenant's slug.
+def _of_its_tenant(column):
+    return select(column).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery()
+
+
+# A pending job becomes the worker's; returns the job as written, its tenant's slug, and the site's
+# admin password if one is stored (an earlier attempt's, for a create).
 CLAIM_JOB = (
     update(jobs)
     .where(jobs.c.id == bindparam("job_id"), jobs.c.status == JobStatus.PENDING)
@@ -59,9 +72,13 @@ CLAIM_JOB = (
         started_at=bindparam("now"),
         heartbeat_at=bindparam("now"),
         message=_first_step_message(),
-        tenant_status_before=select(tenants.c.status).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery(),
+        tenant_status_before=_of_its_tenant(tenants.c.status),
     )
-    .returning(*jobs.c, select(tenants.c.slug).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery().label("slug"))
+    .returning(
+        *jobs.c,
+        _of_its_tenant(tenants.c.slug).label("slug"),
+        _of_its_tenant(tenants.c.admin_password_encrypted).label("stored_password"),
+    )
 )
 
 # A running job of this worker's is completed; naming the worker, it is also the ownership check.
@@ -80,6 +97,7 @@ WRITE_STEP = (
         {name: bindparam(f"step_{name}") for name in ("status", "finished_at", "output", "message")}
         | {"started_at": func.coalesce(bindparam("step_started_at", type_=steps.c.started_at.type), steps.c.started_at)}
     )
+    .execution_options(**DEFERRABLE)
 )
 
 # A running or cancelling job of this worker's: its progress, never lowered, and what it is doing
@@ -108,13 +126,22 @@ SET_TENANT_STATUS = (
     update(tenants)
     .where(tenants.c.id == bindparam("tenant_id"))
     .values(status=bindparam("new_status"), updated_at=bindparam("now"))
+    .execution_options(**DEFERRABLE)
 )
 
 # The same, for a job that makes the site: ``made`` becomes the site's admin password unless one is
-# stored (an earlier attempt's stays the site's); returns the one stored.
+# stored (an earlier attempt's stays the site's).
 SET_TENANT_STATUS_KEEPING_A_PASSWORD = SET_TENANT_STATUS.values(
     admin_password_encrypted=func.coalesce(tenants.c.admin_password_encrypted, bindparam("made")),
     admin_password_revealed_at=case(
         (tenants.c.admin_password_encrypted.is_(None), None), else_=tenants.c.admin_password_revealed_at
     ),
-).returning(tenants.c.admin_password_encrypted)
+)
+
+# A deleted site's password is forgotten: a later site gets one of its own.
+FORGET_ADMIN_PASSWORD = (
+    update(tenants)
+    .where(tenants.c.id == bindparam("tenant_id"))
+    .values(admin_password_encrypted=None, admin_password_revealed_at=None)
+    .execution_options(**DEFERRABLE)
+)

@@ -27,7 +27,10 @@ from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.job_statements import (
     CLAIM_JOB,
     COMPLETE_JOB,
+    FORGET_ADMIN_PASSWORD,
+    INSERT_EVENTS,
     INSERT_JOB_IF_ALLOWED,
+    INSERT_STEPS,
     JOB_COLUMNS,
     OWNED_JOB_PROGRESS,
     SET_TENANT_STATUS,
@@ -338,7 +341,7 @@ class ProvisioningService:
             if self.session.scalar(select(ProvisioningJob.id).where(ProvisioningJob.id == job_id)) is None:
                 raise NotFound(f"job {job_id} not found")
             return None
-        *columns, slug = claimed
+        *columns, slug, stored_password = claimed
         job = ProvisioningJob(**dict(zip(ProvisioningJob.__table__.c.keys(), columns)))
         workflow = workflow_for(job.job_type)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
@@ -352,7 +355,7 @@ class ProvisioningService:
             raise Conflict(error)
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
         self._execute(
-            insert(JobStep.__table__),
+            INSERT_STEPS,
             [
                 {"job_id": job_id, "position": position, "name": step.name, "status": StepStatus.PENDING, "message": ""}
                 if position >= first
@@ -365,12 +368,14 @@ class ProvisioningService:
             self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
             self.session.commit()
             return Claim(job, slug)
-        stored = self._execute(
+        # The claim read the stored password, and no other job of the tenant can store one meanwhile.
+        password = stored_password or new_admin_password()
+        self._execute(
             SET_TENANT_STATUS_KEEPING_A_PASSWORD,
-            {"tenant_id": job.tenant_id, "new_status": workflow.tenant_on_start, "now": now, "made": new_admin_password()},
-        ).scalar_one()
+            {"tenant_id": job.tenant_id, "new_status": workflow.tenant_on_start, "now": now, "made": password},
+        )
         self.session.commit()
-        return Claim(job, slug, stored)
+        return Claim(job, slug, password)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
         """Vouch that ``worker`` still runs the job; None once the job is not its running job.
@@ -542,11 +547,7 @@ class ProvisioningService:
         self._write_steps(job_id, worker, done, then=completion)
         self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
         if completed.job_type == JobType.DELETE_SITE:
-            # The site is gone; a later site gets a password of its own.
-            self.session.execute(
-                update(Tenant).where(Tenant.id == completed.tenant_id)
-                .values(admin_password_encrypted=None, admin_password_revealed_at=None)
-            )  # fmt: skip
+            self._execute(FORGET_ADMIN_PASSWORD, {"tenant_id": completed.tenant_id})
         self.session.commit()
         return True
 
@@ -783,7 +784,7 @@ class ProvisioningService:
     def _insert_events(self, rows: list[dict]) -> None:
         """One statement for all of them, in the order given."""
         if rows:
-            self._execute(insert(JobEvent.__table__), rows)
+            self._execute(INSERT_EVENTS, rows)
 
     def _update_step(self, job_id: uuid.UUID, position: int, **values) -> str:
         """Update one step and return its name."""
