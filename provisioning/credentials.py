@@ -17,6 +17,7 @@ from provisioning.errors import ProvisioningError
 PASSWORD_LENGTH = 24
 _ALPHABET = string.ascii_letters + string.digits
 _GROUPS = (string.ascii_lowercase, string.ascii_uppercase, string.digits)
+_WHOLE_ALPHABETS = 256 - 256 % len(_ALPHABET)
 
 
 class CredentialsUnavailable(ProvisioningError):
@@ -39,8 +40,11 @@ def generate_password() -> str:
     """A random password with lower and upper case letters and digits (frappe's strength checks
     want variety); no symbols, so no shell or URL quoting can ever change it."""
     while True:
-        password = "".join(secrets.choice(_ALPHABET) for _ in range(PASSWORD_LENGTH))
-        if all(any(char in group for char in password) for group in _GROUPS):
+        # One draw from the system's generator, not one per character; bytes past the last whole
+        # multiple of the alphabet are dropped, so every character is equally likely.
+        usable = [byte for byte in secrets.token_bytes(2 * PASSWORD_LENGTH) if byte < _WHOLE_ALPHABETS]
+        password = "".join(_ALPHABET[byte % len(_ALPHABET)] for byte in usable[:PASSWORD_LENGTH])
+        if len(password) == PASSWORD_LENGTH and all(any(char in group for char in password) for group in _GROUPS):
             return password
 
 
