@@ -26,7 +26,7 @@ from provisioning.errors import (
     NotFound,
 )
 from provisioning.models import ApiToken, Membership, Tenant, User
-from provisioning.pg_batching import DEFERRABLE
+from provisioning.pg_batching import execute_later
 
 TOKEN_PREFIX = "erpx_"
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -48,7 +48,6 @@ TOKEN_USED = (
     update(ApiToken.__table__)
     .where(ApiToken.__table__.c.id == bindparam("token_id"))
     .values(last_used_at=bindparam("used_at"))
-    .execution_options(**DEFERRABLE)
 )
 
 
@@ -183,7 +182,7 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
 
 def record_token_use(session: Session, token_id: uuid.UUID) -> None:
     """Record the token's use now, in the session's transaction (the caller commits)."""
-    session.connection().execute(TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
+    execute_later(session.connection(), TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
 
 
 def _choose_tenant(

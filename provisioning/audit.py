@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from provisioning.db import utcnow
 from provisioning.models import AuditEntry
-from provisioning.pg_batching import DEFERRABLE
+from provisioning.pg_batching import execute_later
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class Origin:
 
 
 SYSTEM = Origin(actor="system")
-# Nobody reads the entry's id back (``inline``), so the INSERT can wait for the next round trip.
-INSERT_ENTRY = insert(AuditEntry.__table__).inline().execution_options(**DEFERRABLE)
+INSERT_ENTRY = insert(AuditEntry.__table__).inline()  # no entry's id is read back
 
 
 def operator_at_the_console() -> Origin:
@@ -43,7 +42,8 @@ def record(
 ) -> None:
     """Add an entry to the caller's transaction; it is kept only if the deed is."""
     session.flush()  # the deed's own rows first, when the ORM holds them: the entry may point at them
-    session.connection().execute(
+    execute_later(
+        session.connection(),
         INSERT_ENTRY,
         {
             "created_at": utcnow(),

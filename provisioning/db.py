@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from provisioning.pg_batching import BatchingConnection, defer_marked_statements
+from provisioning.pg_batching import BatchingConnection
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -82,11 +82,10 @@ def get_engine(database_url: str) -> Engine:
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
-            # BEGIN with the first statement, COMMIT with the last, deferrable statements in between.
+            # BEGIN with the first statement, COMMIT with the last, statements run later in between.
             "connection_factory": BatchingConnection,
         },
     )
-    defer_marked_statements(engine)
     event.listen(engine, "connect", _note_use)
     event.listen(engine, "checkin", _note_use)
     event.listen(engine, "checkout", _ping_if_idle)

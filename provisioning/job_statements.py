@@ -12,19 +12,18 @@ from sqlalchemy import Case, bindparam, case, func, insert, select, update
 
 from provisioning.enums import JobStatus
 from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
-from provisioning.pg_batching import DEFERRABLE
 from provisioning.workflows import WORKFLOWS
 
 jobs = ProvisioningJob.__table__
 tenants = Tenant.__table__
 steps = JobStep.__table__
 
-# Statements whose result nobody reads are DEFERRABLE: on PostgreSQL they go to the database with
-# the transaction's next statement or its COMMIT, not in a round trip of their own.
+# Statements whose result nobody reads run with ``pg_batching.execute_later``: on PostgreSQL they go
+# to the database with the transaction's next statement or its COMMIT, not in a round trip of their own.
 
-# (``inline``: nobody reads back the new rows' ids, so none are fetched.)
-INSERT_EVENTS = insert(JobEvent.__table__).inline().execution_options(**DEFERRABLE)
-INSERT_STEPS = insert(steps).inline().execution_options(**DEFERRABLE)
+# (``inline``: no new row's id is read back.)
+INSERT_EVENTS = insert(JobEvent.__table__).inline()
+INSERT_STEPS = insert(steps).inline()
 
 # What a new job's INSERT writes: every column but those only a worker or the sweeper fills in.
 JOB_COLUMNS = (
@@ -97,7 +96,6 @@ WRITE_STEP = (
         {name: bindparam(f"step_{name}") for name in ("status", "finished_at", "output", "message")}
         | {"started_at": func.coalesce(bindparam("step_started_at", type_=steps.c.started_at.type), steps.c.started_at)}
     )
-    .execution_options(**DEFERRABLE)
 )
 
 # A running or cancelling job of this worker's: its progress, never lowered, and what it is doing
@@ -126,7 +124,6 @@ SET_TENANT_STATUS = (
     update(tenants)
     .where(tenants.c.id == bindparam("tenant_id"))
     .values(status=bindparam("new_status"), updated_at=bindparam("now"))
-    .execution_options(**DEFERRABLE)
 )
 
 # The same, for a job that makes the site: ``made`` becomes the site's admin password unless one is
@@ -142,6 +139,5 @@ SET_TENANT_STATUS_KEEPING_A_PASSWORD = SET_TENANT_STATUS.values(
 FORGET_ADMIN_PASSWORD = (
     update(tenants)
     .where(tenants.c.id == bindparam("tenant_id"))
-    .values(admin_password_encrypted=None, admin_password_revealed_at=None)
-    .execution_options(**DEFERRABLE)
+    .values(admin_password_encrypted=None, admin_password_revealed_at=None, updated_at=bindparam("now"))
 )

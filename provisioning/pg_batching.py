@@ -4,24 +4,22 @@ psycopg2 sends BEGIN, every statement and COMMIT as round trips of their own, so
 four statements costs six; on a busy machine a round trip costs both sides about as much CPU as a
 short statement. This connection keeps libpq in autocommit mode and runs the transaction itself:
 BEGIN goes with the transaction's first statement, and statements whose result nobody reads
-(marked ``DEFERRABLE``: events, audit entries, step writes) wait and go with the next statement,
-or with COMMIT, in one query. PostgreSQL runs the same statements, in the same order, in the same
+(given to ``execute_later``: events, audit entries, step writes) wait and go with the next
+statement, or with COMMIT, in one query. PostgreSQL runs the same statements, in the same order, in the same
 transaction; only the error of a deferred statement is raised later, by the next round trip,
 where it fails the transaction as it would have anyway.
 
 SQLAlchemy needs to know nothing of it: it calls ``execute``, ``commit`` and ``rollback`` as on any
-psycopg2 connection, and asking it for ``AUTOCOMMIT`` gets plain autocommit.
+psycopg2 connection, and asking it for ``AUTOCOMMIT`` gets plain autocommit. On other databases
+``execute_later`` runs the statement at once.
 """
 
 from __future__ import annotations
 
 import psycopg2
 from psycopg2 import extensions
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-
-# The execution option that lets a statement wait for the transaction's next round trip.
-DEFERRABLE = {"deferrable": True}
+from sqlalchemy import Insert, Update
+from sqlalchemy.engine import Connection
 
 _LIBPQ_AUTOCOMMIT = extensions.connection.autocommit
 _IDLE = extensions.TRANSACTION_STATUS_IDLE
@@ -42,6 +40,7 @@ class BatchingConnection(extensions.connection):
         _LIBPQ_AUTOCOMMIT.__set__(self, True)
         self._begin: bytes | None = b"BEGIN"  # None: the caller asked for autocommit
         self._deferred: list[bytes] = []
+        self._mogrifier: extensions.cursor | None = None
         self.round_trips = 0
 
     @property
@@ -75,6 +74,20 @@ class BatchingConnection(extensions.connection):
         if self._in_transaction():
             self._send([b"ROLLBACK"])
 
+    def defer(self, statement: bytes) -> None:
+        """Keep a statement (SQL with its values) for the transaction's next round trip; outside a
+        transaction there is none, and it runs now."""
+        if self._begin is None:
+            self._send([statement])
+        else:
+            self._deferred.append(statement)
+
+    def mogrify(self, query: str, values: dict) -> bytes:
+        """The query with its values, exactly as psycopg2 would send it."""
+        if self._mogrifier is None:
+            self._mogrifier = super().cursor()
+        return self._mogrifier.mogrify(query, values)
+
     def _opening(self) -> list[bytes]:
         return [] if self._begin is None or self._in_transaction() else [self._begin]
 
@@ -107,37 +120,60 @@ class BatchingCursor(extensions.cursor):
         for vars in vars_list:  # psycopg2's own executemany would not go through execute
             self.execute(query, vars)
 
-    def defer(self, query, vars=None) -> None:
-        """Keep a statement whose result nobody reads for the transaction's next round trip
-        (outside a transaction there is none: then it runs now)."""
-        if self.connection._begin is None:
-            self.execute(query, vars)
-        else:
-            self.connection._deferred.append(self.mogrify(query, vars))
+
+def execute_later(connection: Connection, statement: Insert | Update, parameters: dict | list[dict]) -> None:
+    """Run an INSERT or UPDATE whose result nobody reads, for each set of ``parameters``.
+
+    On a ``BatchingConnection`` the statement is rendered to SQL here, once per row (the rows of an
+    INSERT as one statement), and waits for the transaction's next round trip; it goes round
+    SQLAlchemy's execution machinery, which costs more CPU than such a statement itself. Elsewhere
+    it runs now. Give every column's value: defaults computed in Python are not applied.
+    """
+    rows = parameters if isinstance(parameters, list) else [parameters]
+    dbapi_connection = connection.connection.dbapi_connection
+    if not isinstance(dbapi_connection, BatchingConnection) or not rows:
+        connection.execute(statement, parameters)
+        return
+    if not connection.in_transaction():
+        connection.begin()  # SQLAlchemy must know of the transaction, to commit or roll it back
+    _Rendering.of(statement, connection.dialect, tuple(rows[0])).defer(dbapi_connection, rows)
 
 
-def defer_marked_statements(engine: Engine) -> None:
-    """Make the engine's statements with the ``DEFERRABLE`` execution option wait for the next
-    round trip (the engine's connections must be ``BatchingConnection``)."""
+class _Rendering:
+    """A statement compiled once for a dialect and set of columns: its SQL per row, and how each
+    parameter becomes what psycopg2 quotes."""
 
-    @event.listens_for(engine, "do_execute")
-    def _defer(cursor, statement, parameters, context) -> bool:
-        if _can_wait(context):
-            cursor.defer(statement, parameters)
-            return True
-        return False
+    _made: dict[tuple, "_Rendering"] = {}
 
-    @event.listens_for(engine, "do_executemany")
-    def _defer_each(cursor, statement, parameters, context) -> bool:
-        if _can_wait(context):
-            for each in parameters:
-                cursor.defer(statement, each)
-            return True
-        return False
+    @classmethod
+    def of(cls, statement: Insert | Update, dialect, keys: tuple[str, ...]) -> "_Rendering":
+        key = (id(statement), dialect.name, keys)
+        if (made := cls._made.get(key)) is None:
+            made = cls._made[key] = cls(statement, dialect, keys)
+        return made
 
+    def __init__(self, statement: Insert | Update, dialect, keys: tuple[str, ...]):
+        self.statement = statement  # kept, so its id stays its own while this is cached
+        self.compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        if self.compiled.effective_returning:
+            raise ValueError("a statement whose result is read cannot wait")
+        self.processors = {
+            name: processor  # by the name a parameter has in the SQL, as construct_params gives it
+            for bind, name in self.compiled.bind_names.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        sql = self.compiled.string
+        head, values, row = sql.partition(" VALUES ") if statement.is_insert else ("", "", sql)
+        self.head = (head + values).encode()
+        self.row = row
 
-def _can_wait(context) -> bool:
-    """Marked, and returning nothing that SQLAlchemy would then read from the cursor."""
-    if context is None or not context.execution_options.get("deferrable"):
-        return False
-    return not (context.compiled is not None and context.compiled.effective_returning)
+    def defer(self, connection: BatchingConnection, rows: list[dict]) -> None:
+        rendered = [connection.mogrify(self.row, self._processed(row)) for row in rows]
+        connection.defer(self.head + b", ".join(rendered) if self.head else b";".join(rendered))
+
+    def _processed(self, row: dict) -> dict:
+        values = self.compiled.construct_params(row)
+        for name, processor in self.processors.items():
+            if name in values:
+                values[name] = processor(values[name])
+        return values

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import Executable, Update, delete, func, insert, or_, select, update
+from sqlalchemy import Executable, Insert, Update, delete, func, insert, or_, select, update
 from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -45,6 +45,7 @@ from provisioning.models import (
     ProvisioningJob,
     Tenant,
 )
+from provisioning.pg_batching import execute_later
 from provisioning.states import RETRYABLE_STATUSES, can_transition
 from provisioning.workflows import Step, Workflow, workflow_for
 
@@ -354,13 +355,12 @@ class ProvisioningService:
             self.session.commit()
             raise Conflict(error)
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
-        self._execute(
+        self._later(
             INSERT_STEPS,
             [
-                {"job_id": job_id, "position": position, "name": step.name, "status": StepStatus.PENDING, "message": ""}
-                if position >= first
-                else {"job_id": job_id, "position": position, "name": step.name, "status": StepStatus.SKIPPED,
-                      "message": done_before}
+                {"id": uuid.uuid4(), "job_id": job_id, "position": position, "name": step.name, "output": "",
+                 **({"status": StepStatus.PENDING, "message": ""} if position >= first
+                    else {"status": StepStatus.SKIPPED, "message": done_before})}
                 for position, step in enumerate(workflow.steps)
             ],
         )  # fmt: skip
@@ -370,7 +370,7 @@ class ProvisioningService:
             return Claim(job, slug)
         # The claim read the stored password, and no other job of the tenant can store one meanwhile.
         password = stored_password or new_admin_password()
-        self._execute(
+        self._later(
             SET_TENANT_STATUS_KEEPING_A_PASSWORD,
             {"tenant_id": job.tenant_id, "new_status": workflow.tenant_on_start, "now": now, "made": password},
         )
@@ -505,7 +505,7 @@ class ProvisioningService:
         if not done:
             self._insert_events([then] if then else [])
             return
-        self._execute(
+        self._later(
             WRITE_STEP,
             [
                 {"step_job_id": job_id, "step_position": step.position, "step_status": step.status,
@@ -547,7 +547,7 @@ class ProvisioningService:
         self._write_steps(job_id, worker, done, then=completion)
         self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
         if completed.job_type == JobType.DELETE_SITE:
-            self._execute(FORGET_ADMIN_PASSWORD, {"tenant_id": completed.tenant_id})
+            self._later(FORGET_ADMIN_PASSWORD, {"tenant_id": completed.tenant_id, "now": utcnow()})
         self.session.commit()
         return True
 
@@ -771,6 +771,10 @@ class ProvisioningService:
         (a third of the CPU of a short statement): none of these needs ORM objects flushed first."""
         return self.session.connection().execute(statement, parameters)
 
+    def _later(self, statement: Insert | Update, parameters: dict | list[dict]) -> None:
+        """Run a statement whose result nobody reads, with the transaction's next round trip."""
+        execute_later(self.session.connection(), statement, parameters)
+
     def _record(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> None:
         """Add an event to the transaction."""
         self._insert_events([self._event(job_id, kind, actor, detail, status)])
@@ -784,7 +788,7 @@ class ProvisioningService:
     def _insert_events(self, rows: list[dict]) -> None:
         """One statement for all of them, in the order given."""
         if rows:
-            self._execute(INSERT_EVENTS, rows)
+            self._later(INSERT_EVENTS, rows)
 
     def _update_step(self, job_id: uuid.UUID, position: int, **values) -> str:
         """Update one step and return its name."""
@@ -795,7 +799,7 @@ class ProvisioningService:
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
         if status is not None:
-            self._execute(SET_TENANT_STATUS, {"tenant_id": tenant_id, "new_status": status, "now": utcnow()})
+            self._later(SET_TENANT_STATUS, {"tenant_id": tenant_id, "new_status": status, "now": utcnow()})
 
     def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
         return self.session.scalars(

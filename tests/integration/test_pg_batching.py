@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import bindparam, column, insert, select, table, text
+from sqlalchemy import Column, Integer, MetaData, Table, bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from provisioning.db import get_engine
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType
 from provisioning.models import JobEvent
-from provisioning.pg_batching import DEFERRABLE
+from provisioning.pg_batching import execute_later
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 
-PROBE = table("batching_probe", column("n"))
-ADD = text("INSERT INTO batching_probe (n) VALUES (:n)")
-LATER = ADD.execution_options(**DEFERRABLE)
+PROBE = Table("batching_probe", MetaData(), Column("n", Integer, primary_key=True, autoincrement=False))
+ADD = insert(PROBE)
 
 
 @pytest.fixture
@@ -41,8 +40,8 @@ def test_begin_goes_with_the_first_statement_and_deferred_ones_with_the_commit(e
     with engine.connect() as connection:
         before = round_trips(connection)
         connection.execute(ADD, {"n": 1})
-        connection.execute(LATER, {"n": 2})
-        connection.execute(LATER, [{"n": 3}, {"n": 4}])
+        execute_later(connection, ADD, {"n": 2})
+        execute_later(connection, ADD, [{"n": 3}, {"n": 4}])
         connection.commit()
         assert round_trips(connection) - before == 2
     assert stored(engine) == [1, 2, 3, 4]
@@ -51,7 +50,7 @@ def test_begin_goes_with_the_first_statement_and_deferred_ones_with_the_commit(e
 def test_a_deferred_statement_goes_with_the_next_one_which_sees_its_effect(engine):
     with engine.connect() as connection:
         before = round_trips(connection)
-        connection.execute(LATER, {"n": 1})
+        execute_later(connection, ADD, {"n": 1})
         assert connection.scalar(text("SELECT count(*) FROM batching_probe")) == 1
         assert round_trips(connection) - before == 1
         connection.rollback()
@@ -61,9 +60,9 @@ def test_a_deferred_statement_goes_with_the_next_one_which_sees_its_effect(engin
 def test_a_rollback_forgets_deferred_statements_and_undoes_the_rest(engine):
     with engine.connect() as connection:
         connection.execute(ADD, {"n": 1})
-        connection.execute(LATER, {"n": 2})
+        execute_later(connection, ADD, {"n": 2})
         connection.rollback()
-        connection.execute(LATER, {"n": 3})
+        execute_later(connection, ADD, {"n": 3})
         connection.commit()
     assert stored(engine) == [3]
 
@@ -71,7 +70,7 @@ def test_a_rollback_forgets_deferred_statements_and_undoes_the_rest(engine):
 def test_a_failing_deferred_statement_fails_the_commit_and_nothing_of_its_transaction_stays(engine):
     with engine.connect() as connection:
         connection.execute(ADD, {"n": 1})
-        connection.execute(LATER, {"n": 1})  # a duplicate key, raised by the next round trip
+        execute_later(connection, ADD, {"n": 1})  # a duplicate key, raised by the next round trip
         with pytest.raises(IntegrityError):
             connection.commit()
         connection.rollback()  # as after any failed commit
@@ -80,18 +79,27 @@ def test_a_failing_deferred_statement_fails_the_commit_and_nothing_of_its_transa
     assert stored(engine) == [2]
 
 
-def test_a_statement_whose_result_is_read_runs_at_once_although_marked(engine):
-    returning = insert(PROBE).values(n=bindparam("n")).returning(PROBE.c.n).execution_options(**DEFERRABLE)
+def test_a_statement_whose_result_is_read_cannot_wait(engine):
+    returning = insert(PROBE).values(n=bindparam("n")).returning(PROBE.c.n)
+    with engine.connect() as connection, pytest.raises(ValueError, match="cannot wait"):
+        execute_later(connection, returning, {"n": 7})
+
+
+def test_an_update_waits_too_and_each_of_its_rows_is_written(engine):
+    bump = PROBE.update().where(PROBE.c.n == bindparam("old")).values(n=bindparam("new"))
     with engine.connect() as connection:
-        assert connection.execute(returning, {"n": 7}).scalar() == 7
+        connection.execute(ADD, [{"n": 1}, {"n": 2}])
+        before = round_trips(connection)
+        execute_later(connection, bump, [{"old": 1, "new": 10}, {"old": 2, "new": 20}])
         connection.commit()
-    assert stored(engine) == [7]
+        assert round_trips(connection) - before == 1
+    assert stored(engine) == [10, 20]
 
 
 def test_autocommit_when_asked_runs_each_statement_at_once_and_on_its_own(engine):
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM batching_probe"))  # refused inside a transaction
-        connection.execute(LATER, {"n": 1})
+        execute_later(connection, ADD, {"n": 1})
         connection.rollback()  # nothing to undo: it was committed by itself
     assert stored(engine) == [1]
     with engine.connect() as connection:  # the pool's connection is transactional again
@@ -103,7 +111,7 @@ def test_autocommit_when_asked_runs_each_statement_at_once_and_on_its_own(engine
 def test_a_connection_given_back_mid_transaction_is_rolled_back(engine):
     connection = engine.connect()
     connection.execute(ADD, {"n": 1})
-    connection.execute(LATER, {"n": 2})
+    execute_later(connection, ADD, {"n": 2})
     connection.close()  # without a commit
     with engine.connect() as again:
         assert again.scalar(text("SELECT count(*) FROM batching_probe")) == 0
@@ -113,11 +121,11 @@ def test_a_connection_given_back_mid_transaction_is_rolled_back(engine):
 
 def test_a_savepoint_rolled_back_undoes_the_deferred_statements_made_inside_it(engine):
     with engine.connect() as connection:
-        connection.execute(LATER, {"n": 1})
+        execute_later(connection, ADD, {"n": 1})
         savepoint = connection.begin_nested()
-        connection.execute(LATER, {"n": 2})
+        execute_later(connection, ADD, {"n": 2})
         savepoint.rollback()
-        connection.execute(LATER, {"n": 3})
+        execute_later(connection, ADD, {"n": 3})
         connection.commit()
     assert stored(engine) == [1, 3]
 
