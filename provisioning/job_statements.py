@@ -60,8 +60,11 @@ def _of_its_tenant(column):
     return select(column).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery()
 
 
-# A pending job becomes the worker's; returns the job as written, its tenant's slug, and the site's
-# admin password if one is stored (an earlier attempt's, for a create).
+# What the runner of a job reads of it (provisioning.service.ClaimedJob).
+CLAIMED_COLUMNS = ("id", "tenant_id", "job_type", "resume_from", "retry_of_id", "options", "tenant_status_before", "request_id")
+
+# A pending job becomes the worker's; returns what its runner reads of it, its tenant's slug, and the
+# site's admin password if one is stored (an earlier attempt's, for a create).
 CLAIM_JOB = (
     update(jobs)
     .where(jobs.c.id == bindparam("job_id"), jobs.c.status == JobStatus.PENDING)
@@ -74,7 +77,7 @@ CLAIM_JOB = (
         tenant_status_before=_of_its_tenant(tenants.c.status),
     )
     .returning(
-        *jobs.c,
+        *(jobs.c[name] for name in CLAIMED_COLUMNS),
         _of_its_tenant(tenants.c.slug).label("slug"),
         _of_its_tenant(tenants.c.admin_password_encrypted).label("stored_password"),
     )

@@ -26,6 +26,7 @@ from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.job_statements import (
     CLAIM_JOB,
+    CLAIMED_COLUMNS,
     COMPLETE_JOB,
     FORGET_ADMIN_PASSWORD,
     INSERT_EVENTS,
@@ -93,11 +94,26 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class ClaimedJob:
+    """A job as its claim wrote it, as far as its runner reads it (a model object costs more to
+    make than a quick step's write)."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    job_type: JobType
+    resume_from: str | None
+    retry_of_id: uuid.UUID | None
+    options: dict
+    tenant_status_before: TenantStatus | None
+    request_id: str | None
+
+
+@dataclass(frozen=True)
 class Claim:
     """A job as its claim wrote it, its tenant's slug, and for a job that makes the site, the
     site's admin password (encrypted; None without a key): what a runner needs to start it."""
 
-    job: ProvisioningJob
+    job: ClaimedJob
     tenant_slug: str
     admin_password_encrypted: str | None = field(default=None, repr=False)
 
@@ -342,8 +358,8 @@ class ProvisioningService:
             if self.session.scalar(select(ProvisioningJob.id).where(ProvisioningJob.id == job_id)) is None:
                 raise NotFound(f"job {job_id} not found")
             return None
-        *columns, slug, stored_password = claimed
-        job = ProvisioningJob(**dict(zip(ProvisioningJob.__table__.c.keys(), columns)))
+        job = ClaimedJob(**{name: getattr(claimed, name) for name in CLAIMED_COLUMNS})
+        slug, stored_password = claimed.slug, claimed.stored_password
         workflow = workflow_for(job.job_type)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         if not workflow.allows(job.tenant_status_before):
