@@ -162,6 +162,8 @@ class _Rendering:
             for bind, name in self.compiled.bind_names.items()
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
+        # The statement's own values (its literals), for the parameters a row does not give.
+        self.literals = {name: bind.effective_value for bind, name in self.compiled.bind_names.items() if not bind.required}
         sql = self.compiled.string
         head, values, row = sql.partition(" VALUES ") if statement.is_insert else ("", "", sql)
         self.head = (head + values).encode()
@@ -172,7 +174,7 @@ class _Rendering:
         connection.defer(self.head + b", ".join(rendered) if self.head else b";".join(rendered))
 
     def _processed(self, row: dict) -> dict:
-        values = self.compiled.construct_params(row)
+        values = self.literals | row
         for name, processor in self.processors.items():
             if name in values:
                 values[name] = processor(values[name])
