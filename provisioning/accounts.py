@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from provisioning import audit
 from provisioning.audit import SYSTEM, Origin
 from provisioning.db import utcnow
-from provisioning.enums import WRITER_ROLES, Role
+from provisioning.enums import WRITER_ROLES, Role, TenantStatus
 from provisioning.errors import (
     AuthenticationFailed,
     Conflict,
@@ -36,9 +36,18 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 MAX_TENANT_REF_LENGTH = 64
 
 
+# What a request needs to know of its token's user and of a tenant: columns, not model objects,
+# which cost a request more to make than the query that reads them.
+TOKEN_COLUMNS = (ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at, ApiToken.last_used_at)
+USER_COLUMNS = (User.id, User.email, User.is_superuser)
+TENANT_COLUMNS = (Tenant.id, Tenant.slug, Tenant.name, Tenant.status)
+# Where the user's and a tenant's columns are in a row of CALLER_OF_TOKEN.
+_USER_AT = slice(len(TOKEN_COLUMNS), len(TOKEN_COLUMNS) + len(USER_COLUMNS))
+_TENANT_AT = slice(_USER_AT.stop, _USER_AT.stop + len(TENANT_COLUMNS))
+
 # Built once, as every request runs them: a token's user with each membership, and a token's use.
 CALLER_OF_TOKEN = (
-    select(ApiToken, User, Tenant, Membership.role)
+    select(*TOKEN_COLUMNS, *USER_COLUMNS, *TENANT_COLUMNS, Membership.role)
     .join(User, ApiToken.user_id == User.id)
     .outerjoin(Membership, Membership.user_id == User.id)
     .outerjoin(Tenant, Tenant.id == Membership.tenant_id)
@@ -52,11 +61,30 @@ TOKEN_USED = (
 
 
 @dataclass(frozen=True)
+class CallingUser:
+    """The user behind a request's token, as far as a request needs to know."""
+
+    id: uuid.UUID
+    email: str
+    is_superuser: bool
+
+
+@dataclass(frozen=True)
+class ActingTenant:
+    """The tenant a request acts for, as far as a request needs to know."""
+
+    id: uuid.UUID
+    slug: str
+    name: str
+    status: TenantStatus
+
+
+@dataclass(frozen=True)
 class Caller:
     """An authenticated user acting in one tenant; ``role`` is None for an operator with no membership."""
 
-    user: User
-    tenant: Tenant
+    user: CallingUser
+    tenant: ActingTenant
     role: Role | None
     # The token to mark as used once the request is done; None when it was marked recently.
     token_to_mark: uuid.UUID | None = None
@@ -167,17 +195,18 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     """
     if not plain_token:
         raise MissingCredentials("missing bearer token")
-    rows = session.execute(CALLER_OF_TOKEN, {"token_hash": hash_token(plain_token)}).all()
+    rows = session.connection().execute(CALLER_OF_TOKEN, {"token_hash": hash_token(plain_token)}).all()
     if not rows:
         raise AuthenticationFailed("unknown token")
-    token, user = rows[0][0], rows[0][1]
+    token_id, revoked_at, expires_at, last_used_at = rows[0][: len(TOKEN_COLUMNS)]
     now = utcnow()
-    if (refusal := token_refusal(token, now)) is not None:
+    if (refusal := token_refusal(revoked_at, expires_at, now)) is not None:
         raise AuthenticationFailed(refusal)
-    memberships = [(tenant, role) for _token, _user, tenant, role in rows if tenant is not None]
+    user = CallingUser(*rows[0][_USER_AT])
+    memberships = [(ActingTenant(*row[_TENANT_AT]), row.role) for row in rows if row[_TENANT_AT.start] is not None]
     tenant, role = _choose_tenant(session, user, memberships, tenant_ref)
-    stale = token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION
-    return Caller(user=user, tenant=tenant, role=role, token_to_mark=token.id if stale else None)
+    stale = last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION
+    return Caller(user=user, tenant=tenant, role=role, token_to_mark=token_id if stale else None)
 
 
 def record_token_use(session: Session, token_id: uuid.UUID) -> None:
@@ -186,8 +215,8 @@ def record_token_use(session: Session, token_id: uuid.UUID) -> None:
 
 
 def _choose_tenant(
-    session: Session, user: User, memberships: list[tuple[Tenant, Role]], tenant_ref: str | None
-) -> tuple[Tenant, Role | None]:
+    session: Session, user: CallingUser, memberships: list[tuple[ActingTenant, Role]], tenant_ref: str | None
+) -> tuple[ActingTenant, Role | None]:
     if tenant_ref:
         if len(tenant_ref) > MAX_TENANT_REF_LENGTH or not tenant_ref.isprintable():
             raise InvalidRequest("X-Tenant-ID must be a tenant slug or id")
@@ -195,9 +224,9 @@ def _choose_tenant(
             if tenant_ref in (str(tenant.id), tenant.slug):
                 return tenant, role
         if user.is_superuser:
-            tenant = session.scalar(select(Tenant).where(or_(Tenant.slug == tenant_ref, Tenant.id == _as_uuid(tenant_ref))))
-            if tenant is not None:
-                return tenant, None
+            named = or_(Tenant.slug == tenant_ref, Tenant.id == _as_uuid(tenant_ref))
+            if (found := session.execute(select(*TENANT_COLUMNS).where(named)).first()) is not None:
+                return ActingTenant(*found), None
         raise Forbidden(f"X-Tenant-ID {tenant_ref!r} is not a tenant you belong to")
     if len(memberships) == 1:
         tenant, role = memberships[0]
@@ -224,10 +253,10 @@ def _flush_unique(session: Session, message: str) -> None:
         raise Conflict(message) from None
 
 
-def token_refusal(token: ApiToken, now: datetime) -> str | None:
-    """Why the token may not be used any more, or None while it may."""
-    if token.revoked_at is not None:
+def token_refusal(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> str | None:
+    """Why a token may not be used any more, or None while it may."""
+    if revoked_at is not None:
         return "token revoked"
-    if token.expires_at is not None and token.expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         return "token expired"
     return None

@@ -165,7 +165,7 @@ def token_list(email: str) -> None:
     with _session() as session:
         owner = accounts.find_user(session, email)
         for row in session.scalars(select(ApiToken).where(ApiToken.user_id == owner.id).order_by(ApiToken.created_at)):
-            state = accounts.token_refusal(row, utcnow()) or "usable"
+            state = accounts.token_refusal(row.revoked_at, row.expires_at, utcnow()) or "usable"
             last_used = row.last_used_at.isoformat() if row.last_used_at else "never used"
             click.echo(f"{row.id}\t{row.prefix}...\t{state}\t{row.name}\t{last_used}")
 
