@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 
 from kombu import Connection, Exchange, Producer
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from celeryconfig import PUBLISH_CONFIRM_TIMEOUT
@@ -35,13 +35,22 @@ IDLE_SECONDS = 0.25
 RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 30.0
 
 UNANNOUNCED = (JobEvent.status.is_not(None), JobEvent.announced_at.is_(None))
+# The next batch to announce, oldest first (rows another relay holds are left to it), and its mark.
+WAITING_EVENTS = (
+    select(JobEvent.id, JobEvent.job_id, JobEvent.status, JobEvent.kind, JobEvent.actor, JobEvent.detail, JobEvent.created_at)
+    .where(*UNANNOUNCED)
+    .order_by(JobEvent.id)
+    .limit(bindparam("batch_size"))
+    .with_for_update(skip_locked=True)
+)
+MARK_ANNOUNCED = update(JobEvent).where(JobEvent.id.in_(bindparam("ids", expanding=True))).values(announced_at=bindparam("now"))
 
 
 def events_exchange(settings: Settings) -> Exchange:
     return Exchange(settings.events_exchange_name, type="topic", durable=True)
 
 
-def announcement(event: JobEvent) -> tuple[str, dict]:
+def announcement(event) -> tuple[str, dict]:
     """The routing key and body of an event's announcement."""
     body = {
         "event_id": event.id, "job_id": str(event.job_id), "status": event.status.value, "event": event.kind,
@@ -138,14 +147,12 @@ class EventRelay:
         events go out with a later batch.
         """
         with self.sessions() as session:
-            events = session.scalars(
-                select(JobEvent).where(*UNANNOUNCED).order_by(JobEvent.id).limit(self.batch_size)
-                .with_for_update(skip_locked=True)
-            ).all()  # fmt: skip
+            connection = session.connection()
+            events = connection.execute(WAITING_EVENTS, {"batch_size": self.batch_size}).all()
             if not events:
                 return 0
             self.publisher.publish([announcement(event) for event in events])
-            session.execute(update(JobEvent).where(JobEvent.id.in_([event.id for event in events])).values(announced_at=utcnow()))
+            connection.execute(MARK_ANNOUNCED, {"ids": [event.id for event in events], "now": utcnow()})
             session.commit()
         return len(events)
 
