@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import threading
 import time
 import uuid
@@ -103,13 +104,15 @@ class Heartbeats:
     process runs one at a time, a test may run several in threads), each at its own interval.
 
     Starting a thread per job cost about a tenth of a quick job's time; this one starts with the
-    first job of the process (a forked pool process starts its own).
+    first job of the process (a forked pool process starts its own). Nor is it woken for each new
+    job: only when the job's first beat is due before the thread would look again anyway.
     """
 
     def __init__(self):
         self._beating: set[Heartbeat] = set()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._looks_again_at = math.inf
 
     def add(self, heartbeat: Heartbeat) -> None:
         with self._changed:
@@ -117,7 +120,8 @@ class Heartbeats:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            if heartbeat.due < self._looks_again_at:
+                self._changed.notify()
 
     def remove(self, heartbeat: Heartbeat) -> None:
         with self._changed:
@@ -140,8 +144,8 @@ class Heartbeats:
                 due = [heartbeat for heartbeat in self._beating if heartbeat.due <= now]
                 if due:
                     return due
-                next_due = min((heartbeat.due for heartbeat in self._beating), default=None)
-                self._changed.wait(None if next_due is None else next_due - now)
+                self._looks_again_at = min((heartbeat.due for heartbeat in self._beating), default=math.inf)
+                self._changed.wait(None if self._looks_again_at == math.inf else self._looks_again_at - now)
 
 
 HEARTBEATS = Heartbeats()
