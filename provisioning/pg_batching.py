@@ -5,9 +5,11 @@ four statements costs six; on a busy machine a round trip costs both sides about
 short statement. This connection keeps libpq in autocommit mode and runs the transaction itself:
 BEGIN goes with the transaction's first statement, and statements whose result nobody reads
 (given to ``execute_later``: events, audit entries, step writes) wait and go with the next
-statement, or with COMMIT, in one query. PostgreSQL runs the same statements, in the same order, in the same
-transaction; only the error of a deferred statement is raised later, by the next round trip,
-where it fails the transaction as it would have anyway.
+statement, or with COMMIT, in one query. PostgreSQL runs the same statements, in the same order,
+in the same transaction; only the error of a deferred statement is raised later, by the next
+round trip, where it fails the transaction as it would have anyway. Nothing is kept on the
+server between transactions (no prepared statement), so a pooler such as PgBouncer in
+transaction mode works as before.
 
 SQLAlchemy needs to know nothing of it: it calls ``execute``, ``commit`` and ``rollback`` as on any
 psycopg2 connection, and asking it for ``AUTOCOMMIT`` gets plain autocommit. On other databases
@@ -15,6 +17,8 @@ psycopg2 connection, and asking it for ``AUTOCOMMIT`` gets plain autocommit. On 
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import psycopg2
 from psycopg2 import extensions
@@ -66,7 +70,10 @@ class BatchingConnection(extensions.connection):
             try:
                 self._send([*self._opening(), *self._take_deferred(), b"COMMIT"])
             except BaseException:
-                self.rollback()  # a deferred statement failed: its transaction is still open, aborted
+                # A deferred statement failed: its transaction is still open, aborted. (On a broken
+                # connection there is nothing to roll back, and the first error is the one to see.)
+                with contextlib.suppress(psycopg2.Error):
+                    self.rollback()
                 raise
 
     def rollback(self) -> None:
