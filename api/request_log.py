@@ -8,26 +8,24 @@ on the jobs the request makes, and carried in their task messages to the worker.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 
 from flask import Flask, Response, g, request
 
 from provisioning import logs
+from provisioning.identifiers import REQUEST_ID
 
 log = logging.getLogger("api.requests")
 
 HEADER = "X-Request-ID"
-# What can go into a log field and back into a header without quoting or surprises.
-USABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Scraped or probed every few seconds: their lines would drown the others unless asked for.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def request_id() -> str:
     given = request.headers.get(HEADER, "")
-    return given if USABLE_ID.match(given) else uuid.uuid4().hex
+    return given if REQUEST_ID.is_valid(given) else uuid.uuid4().hex
 
 
 def init_request_log(app: Flask) -> None:

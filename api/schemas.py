@@ -5,6 +5,7 @@ from pathlib import PurePath
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.identifiers import IDEMPOTENCY_KEY, Identifier
 
 MAX_PAGE_SIZE = 100
 # The row offset, (page - 1) * size, must fit PostgreSQL's bigint: a larger page was a 500.
@@ -54,6 +55,23 @@ class JsonBoolean(fields.Boolean):
         return value
 
 
+class FullMatch(validate.Regexp):
+    """An identifier's check: its pattern must match the whole value.
+
+    marshmallow's ``Regexp`` calls ``re.match``, whose ``$`` lets a trailing newline through; this
+    one asks the identifier (``provisioning.identifiers``), and still publishes its pattern in the spec.
+    """
+
+    def __init__(self, identifier: Identifier):
+        super().__init__(identifier.pattern, error=f"must be {identifier.rule}")
+        self.identifier = identifier
+
+    def __call__(self, value: str) -> str:
+        if not self.identifier.is_valid(value):
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class JobCreateSchema(Schema):
     job_type = fields.Enum(JobType, by_value=True, required=True)
     skip_final_backup = JsonBoolean(
@@ -69,7 +87,7 @@ class JobCreateSchema(Schema):
 class IdempotencyHeaderSchema(Schema):
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
-        validate=validate.Regexp(r"^[\x21-\x7e]{1,255}$", error="must be 1 to 255 visible ASCII characters"),
+        validate=FullMatch(IDEMPOTENCY_KEY),
         metadata={"description": "Repeat a request safely: the same key and body answer with the same job"},
     )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -25,15 +24,13 @@ from provisioning.errors import (
     MissingCredentials,
     NotFound,
 )
+from provisioning.identifiers import EMAIL, SLUG, UUID
 from provisioning.models import ApiToken, Membership, Tenant, User
 from provisioning.pg_batching import execute_later
 
 TOKEN_PREFIX = "erpx_"
-SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # A token's last use is written at most this often, so reads do not each cost a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-MAX_TENANT_REF_LENGTH = 64
 
 
 # What a request needs to know of its token's user and of a tenant: columns, not model objects,
@@ -100,8 +97,8 @@ def hash_token(token: str) -> str:
 
 def create_tenant(session: Session, slug: str, name: str, origin: Origin = SYSTEM) -> Tenant:
     """Raises InvalidRequest for a slug that cannot be a site name, Conflict for a taken one."""
-    if not SLUG_PATTERN.match(slug):
-        raise InvalidRequest(f"slug {slug!r} must be lowercase letters, digits and inner hyphens (1-63 characters)")
+    if problem := SLUG.problem("slug", slug):
+        raise InvalidRequest(problem)
     if not name.strip():
         raise InvalidRequest("name must not be empty")
     tenant = Tenant(slug=slug, name=name.strip())
@@ -114,7 +111,7 @@ def create_tenant(session: Session, slug: str, name: str, origin: Origin = SYSTE
 
 def create_user(session: Session, email: str, is_superuser: bool = False, origin: Origin = SYSTEM) -> User:
     email = email.strip().lower()
-    if not EMAIL_PATTERN.match(email):
+    if not EMAIL.is_valid(email):
         raise InvalidRequest(f"{email!r} is not an e-mail address")
     user = User(email=email, is_superuser=is_superuser)
     session.add(user)
@@ -218,8 +215,9 @@ def _choose_tenant(
     session: Session, user: CallingUser, memberships: list[tuple[ActingTenant, Role]], tenant_ref: str | None
 ) -> tuple[ActingTenant, Role | None]:
     if tenant_ref:
-        if len(tenant_ref) > MAX_TENANT_REF_LENGTH or not tenant_ref.isprintable():
+        if not (SLUG.is_valid(tenant_ref) or UUID.is_valid(tenant_ref)):
             raise InvalidRequest("X-Tenant-ID must be a tenant slug or id")
+        tenant_ref = tenant_ref.lower()  # a UUID as str(tenant.id) writes it; a slug is lowercase already
         for tenant, role in memberships:
             if tenant_ref in (str(tenant.id), tenant.slug):
                 return tenant, role
@@ -238,10 +236,7 @@ def _choose_tenant(
 
 
 def _as_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
+    return uuid.UUID(value) if UUID.is_valid(value) else None
 
 
 def _flush_unique(session: Session, message: str) -> None:

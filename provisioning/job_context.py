@@ -12,6 +12,7 @@ from provisioning.backups import BackupBook
 from provisioning.credentials import CredentialsUnavailable, SiteCredentials
 from provisioning.drivers.base import BackupFile
 from provisioning.errors import StepFailed
+from provisioning.identifiers import SLUG
 from provisioning.service import Claim
 
 
@@ -60,6 +61,10 @@ class JobContext:
             raise StepFailed(str(unavailable)) from None
 
     def backup_directory(self) -> Path:
+        # The slug becomes a folder name: one that is not a slug (a tenant made before slugs were
+        # checked whole) must not make a folder elsewhere, or one whose name ends in a newline.
+        if problem := SLUG.problem("tenant slug", self.tenant_slug):
+            raise StepFailed(f"no backup folder for this tenant: {problem}")
         directory = self._backup_root / self.tenant_slug / str(self.job_id)
         directory.mkdir(parents=True, exist_ok=True)
         return directory

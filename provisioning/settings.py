@@ -10,6 +10,7 @@ from typing import Mapping
 from urllib.parse import quote, urlsplit
 
 from provisioning import credentials
+from provisioning.identifiers import QUEUE_NAME
 from provisioning.workflows import driver_step_names
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
@@ -233,8 +234,8 @@ def _normalise_database_url(url: str) -> str:
 
 def _queue_name(env: dict[str, str]) -> str:
     name = env.get("provisioning_queue_name") or DEFAULT_QUEUE_NAME
-    if any(char.isspace() for char in name):
-        raise SettingsError(f"PROVISIONING_QUEUE_NAME: {name!r} contains whitespace")
+    if problem := QUEUE_NAME.problem("queue name", name):
+        raise SettingsError(f"PROVISIONING_QUEUE_NAME: {problem}")
     return name
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from provisioning.drivers.base import BackupFile, StepContext
 from provisioning.enums import JobType
 from provisioning.errors import StepFailed, StepStopped
+from provisioning.identifiers import APP_NAME, SITE_NAME
 from provisioning.settings import BenchSettings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ KEPT_LINES = 2000
 # setpriv sets that up and then runs bench in its place (a preexec_fn could deadlock in a process
 # with threads).
 DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--") if shutil.which("setpriv") else ()
-SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 # "Database: ./acme.example.com/private/backups/20261130_010203-acme_example_com-database.sql.gz 1.3KiB"
 BACKUP_LINE = re.compile(r"^(Config|Database|Public|Private)\s*:\s*(\S.*?)\s+\S+$")
 BACKUP_KINDS = {"Config": "config", "Database": "database", "Public": "public_files", "Private": "private_files"}
@@ -69,13 +69,16 @@ class BenchConfig:
         if executable is None:
             raise StepFailed(f"BENCH_EXECUTABLE: {settings.executable!r} is not an executable file or on PATH")
         domain = settings.site_domain.lower()
-        if not SITE_NAME.match(f"site.{domain}"):
+        if not SITE_NAME.is_valid(f"site.{domain}"):
             raise StepFailed(
                 f"SITE_DOMAIN: {settings.site_domain!r} is not a domain name (sites are <tenant slug>.<SITE_DOMAIN>)"
             )
         if not settings.db_root_password:
             raise StepFailed("DB_ROOT_PASSWORD is not set: bench would stop and prompt for it")
         apps = tuple(app for app in re.split(r"[,\s]+", settings.apps) if app)
+        # Each goes to bench as an argument (`--install-app <app>`) and names a folder under apps/.
+        if not_apps := [app for app in apps if not APP_NAME.is_valid(app)]:
+            raise StepFailed(f"SITE_APPS: {', '.join(map(repr, not_apps))} must be {APP_NAME.rule}")
         missing = [app for app in apps if not (bench_path / "apps" / app).is_dir()] if need_apps else []
         if missing:
             raise StepFailed(f"SITE_APPS: {', '.join(missing)} not in {bench_path / 'apps'} (get them with `bench get-app`)")
@@ -224,6 +227,10 @@ class _SiteWork:
         self.config = config
         self.context = context
         self.site = f"{context.tenant_slug}.{config.site_domain}"
+        # The slug was checked when the tenant was made, but the name goes into bench's arguments
+        # and paths: a tenant made before slugs were checked whole ("acme\n") must stop here.
+        if problem := SITE_NAME.problem("site name", self.site):
+            raise StepFailed(f"tenant slug {context.tenant_slug!r} cannot make a site name: {problem}")
         self.site_dir = config.bench_path / "sites" / self.site
         self.deadline = time.monotonic() + config.step_timeout
         self._outputs: list[str] = []

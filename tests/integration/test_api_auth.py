@@ -243,3 +243,29 @@ def test_an_operator_must_name_a_tenant_that_exists(client, session):
 @pytest.mark.parametrize("reference", ["x" * 65, "acme\x00", "acme\x07"], ids=["too-long", "nul", "control-character"])
 def test_an_x_tenant_id_that_cannot_name_a_tenant_is_a_bad_request(client, session, reference):
     assert "X-Tenant-ID" in assert_error(client.get(JOBS, headers=bearer(operator(session), reference)), 400)["message"]
+
+
+@pytest.mark.parametrize(
+    "near_miss",
+    ["{}\n", "{}\r\n", " {}", "{} ", "{}\t", "{}.", "/{}"],
+    ids=["lf", "crlf", "space-", "-space", "tab", "dot", "slash"],
+)
+@pytest.mark.parametrize("caller", ["member", "operator"])
+def test_a_tenant_slug_with_anything_around_it_in_x_tenant_id_is_a_bad_request(
+    client, tenant_factory, session, near_miss, caller
+):
+    tenant = tenant_factory.create()
+    token = tenant.tokens[Role.OWNER] if caller == "member" else operator(session)
+    # Put in the request as given: a WSGI server may hand a header over with what it ended in.
+    as_given = {"HTTP_X_TENANT_ID": near_miss.format(tenant.tenant.slug)}
+    response = client.get(JOBS, headers=bearer(token), environ_overrides=as_given)
+    assert "X-Tenant-ID" in assert_error(response, 400)["message"]
+
+
+def test_a_tenant_id_in_capitals_names_the_same_tenant(client, tenant_factory, session):
+    first, second = tenant_factory.create(), tenant_factory.create()
+    user = first.users[Role.OWNER]
+    accounts.add_membership(session, user, second.tenant, Role.MEMBER)
+    response = client.get(CURRENT, headers=bearer(first.tokens[Role.OWNER], str(second.id).upper()))
+    assert response.status_code == 200, response.json
+    assert (response.json["data"]["slug"], response.json["data"]["role"]) == (second.tenant.slug, "member")

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from provisioning.backup_schedule import SCHEDULER, schedule_backups
 from provisioning.backups import BackupBook, Retention
@@ -21,6 +21,7 @@ from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
+from tests.records import read_job
 from tests.stack import BeatProcess
 
 DAILY = timedelta(hours=24)
@@ -186,3 +187,20 @@ def test_what_a_failed_backup_step_left_is_removed_and_kept_backups_are_not(sess
     assert BackupBook(session).remove_strays(tmp_path, settle=timedelta(0)) == [left]
     assert not left.exists()
     assert Path(kept.files[0]["path"]).exists()
+
+
+def test_a_tenant_whose_slug_ends_in_a_newline_gets_no_backup_folder(session, sessions, tenant_factory, settings, tmp_path):
+    """A tenant made before slugs were checked whole: its slug must not become a folder name."""
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    session.execute(update(Tenant).where(Tenant.id == tenant.id).values(slug=f"{tenant.tenant.slug}\n"))
+    session.commit()
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    backups = tmp_path / "backups"
+    JobRunner.for_settings(replace(settings, backup_path=backups), sessions, SimulatedDriver(step_seconds=0), "w@test").run(
+        job.id
+    )
+
+    failed = read_job(sessions, job.id)
+    assert failed.status == JobStatus.FAILED
+    assert "no backup folder for this tenant: tenant slug" in failed.error, failed.error
+    assert not backups.exists() or list(backups.iterdir()) == []

@@ -14,14 +14,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api import create_app
 from provisioning.credentials import SiteCredentials
 from provisioning.drivers.bench import BenchDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped
-from provisioning.models import JobEvent, ProvisioningJob, SiteBackup
+from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from provisioning.settings import BenchSettings
@@ -178,8 +178,12 @@ def test_a_failed_new_site_is_retried_from_where_it_failed_after_its_half_made_s
         ({"bench_path": "/nonexistent/bench"}, "BENCH_PATH: /nonexistent/bench is not a bench directory"),
         ({"executable": "no-such-bench"}, "BENCH_EXECUTABLE: 'no-such-bench'"),
         ({"site_domain": ""}, "SITE_DOMAIN"),
+        ({"site_domain": f"{DOMAIN}\n"}, "SITE_DOMAIN"),
+        ({"site_domain": f"{DOMAIN}/x"}, "SITE_DOMAIN"),
         ({"db_root_password": ""}, "DB_ROOT_PASSWORD is not set"),
         ({"apps": "erpnext hrms"}, "SITE_APPS: hrms not in"),
+        ({"apps": "erpnext ../erpnext"}, "SITE_APPS: '../erpnext' must be"),
+        ({"apps": "erpnext,--force"}, "SITE_APPS: '--force' must be"),  # bench would read it as an option
         ({"step_timeout_seconds": "soon"}, "BENCH_STEP_TIMEOUT_SECONDS"),
     ],
 )
@@ -193,6 +197,21 @@ def test_a_missing_or_wrong_setting_fails_the_first_step_naming_the_setting(
     assert job.error.startswith("step check_preconditions failed: ") and message in job.error
     assert "Traceback" not in job.error
     assert read_tenant(sessions, tenant.id).status == TenantStatus.PENDING  # nothing was made
+
+
+def test_a_tenant_whose_slug_ends_in_a_newline_gets_no_site_and_no_bench_command(
+    session, sessions, tenant_factory, run_job, bench
+):
+    """A tenant made before slugs were checked whole: its slug must not reach bench or a path."""
+    tenant = tenant_factory.create()
+    session.execute(update(Tenant).where(Tenant.id == tenant.id).values(slug=f"{tenant.tenant.slug}\n"))
+    session.commit()
+    job = run_job(request(session, tenant).id)
+
+    assert job.status == JobStatus.FAILED
+    assert job.error.startswith("step check_preconditions failed: tenant slug ") and "cannot make a site name" in job.error
+    assert bench.calls() == []
+    assert [path.name for path in (bench.path / "sites").iterdir() if "\n" in path.name] == []
 
 
 def test_a_wrong_root_password_fails_create_site_and_the_retry_cleans_the_bare_folder(

@@ -4,10 +4,13 @@ import uuid
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import func, select
 
 from provisioning import credentials, migrate
 from provisioning.cli import main
 from provisioning.enums import JobType, TenantStatus
+from provisioning.identifiers import SLUG
+from provisioning.models import Tenant
 from provisioning.service import ProvisioningService
 from provisioning.settings import load_settings
 
@@ -84,6 +87,23 @@ def test_bad_operator_input_exits_non_zero_with_one_clear_line(cli, args, messag
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("near_miss", ["{}\n", "{}\r\n", " {}", "{} ", "{}\t"], ids=["lf", "crlf", "space-", "-space", "tab"])
+def test_a_slug_with_a_newline_or_a_space_around_it_is_refused_and_makes_no_tenant(cli, session, near_miss):
+    slug = unique("near")
+    given = near_miss.format(slug)
+    result = cli("tenant", "create", "--slug", given, "--name", "Near Miss")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == f"Error: slug {given!r} must be {SLUG.rule}"
+    assert session.scalar(select(func.count()).select_from(Tenant).where(Tenant.slug.contains(slug))) == 0
+
+
+@pytest.mark.parametrize("email", ["ops@acme.exa\x00mple", "ops@acme.example\x7f", "ops@ac me.example"])
+def test_an_e_mail_with_a_control_character_or_space_inside_is_refused_in_one_line(cli, email):
+    result = cli("user", "create", "--email", email, "--superuser")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == f"Error: {email!r} is not an e-mail address"
 
 
 def test_a_duplicate_slug_is_refused(cli):

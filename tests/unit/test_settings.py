@@ -62,6 +62,10 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"SIMULATED_STEP_SECONDS": "-1"}, "SIMULATED_STEP_SECONDS"),
         ({"SIMULATED_STEP_SECONDS": "soon"}, "SIMULATED_STEP_SECONDS"),
         ({"PROVISIONING_QUEUE_NAME": "two words"}, "PROVISIONING_QUEUE_NAME"),
+        ({"PROVISIONING_QUEUE_NAME": "amq.jobs"}, "PROVISIONING_QUEUE_NAME"),  # RabbitMQ's own
+        ({"PROVISIONING_QUEUE_NAME": "jobs/x"}, "PROVISIONING_QUEUE_NAME"),
+        ({"PROVISIONING_QUEUE_NAME": "-jobs"}, "PROVISIONING_QUEUE_NAME"),  # read as an option by -Q
+        ({"PROVISIONING_QUEUE_NAME": "jo\x00bs"}, "PROVISIONING_QUEUE_NAME"),
         ({"DATABASE_URL": "postgresql://u:p@db:notaport/x", "RABBITMQ_HOST": "mq"}, "DATABASE_URL"),
         ({"DATABASE_URL": POSTGRES, "RABBITMQ_URL": "amqp://u:p@mq:99999//"}, "RABBITMQ_URL"),
         ({"DATABASE_URL": POSTGRES, "RABBITMQ_HOST": "mq:5672"}, "RABBITMQ_HOST"),
