@@ -5,14 +5,16 @@ import functools
 from flask import g, request
 
 from api.errors import error_for
-from api.session import db_session, mark_token_used
+from api.session import db_session, mark_token_used, require_current_schema
 from provisioning.accounts import Caller, authenticate
 from provisioning.audit import Origin
 from provisioning.errors import Forbidden, ProvisioningError
 
 
 def authenticate_request() -> None:
-    """Runs before every protected view: sets ``g.caller`` or answers 401/400/403."""
+    """Runs before every protected view: sets ``g.caller`` or answers 401/400/403 (503 while the
+    schema is not migrated)."""
+    require_current_schema()
     try:
         g.caller = authenticate(db_session(), _bearer_token(), request.headers.get("X-Tenant-ID"))
     except ProvisioningError as error:

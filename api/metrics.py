@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 import celeryconfig
 from api.errors import http_error
+from api.session import require_current_schema
 from provisioning import events
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus
@@ -66,6 +67,7 @@ def init_metrics(app: Flask) -> None:
     @app.get("/metrics")
     def metrics() -> Response:
         _check_access(current_app.config["PROVISIONING_SETTINGS"])
+        require_current_schema()
         registry = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             multiprocess.MultiProcessCollector(registry)

@@ -1,5 +1,5 @@
 """One database session per request, closed when the request ends; the request's token use is
-recorded on the way."""
+recorded on the way. A database whose schema is missing or behind the code answers 503."""
 
 import logging
 import uuid
@@ -9,6 +9,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from api.errors import http_error
+from provisioning import migrate
 from provisioning.accounts import record_token_use
 from provisioning.db import new_session_factory
 from provisioning.settings import Settings
@@ -16,6 +18,8 @@ from provisioning.settings import Settings
 log = logging.getLogger(__name__)
 
 TOKEN_TO_MARK = "token_to_mark"
+SCHEMA_IS_CURRENT = "provisioning_schema_is_current"
+SCHEMA_BEHIND = f"the database schema is not up to date; the operator must run `{migrate.UPGRADE_COMMAND}`"
 
 
 def init_sessions(app: Flask, settings: Settings) -> None:
@@ -45,6 +49,25 @@ def db_session() -> Session:
     if "db_session" not in g:
         g.db_session = current_app.extensions["provisioning_sessions"]()
     return g.db_session
+
+
+def require_current_schema() -> None:
+    """Answer 503 while the database's schema is missing or behind this code, before any query
+    meets a table or column that is not there (an ``UndefinedTable`` 500, or on SQLite a "database
+    unavailable" that is not true).
+
+    Not migrated yet is an outage of ours that the operator ends with one command, so the log gets
+    one line saying so, with no traceback. Once this process has seen the schema current it stops
+    looking: migrations only move forward, and a release that brings one restarts the processes.
+    A schema ahead of this code (a later release migrated first) is let through.
+    """
+    if current_app.extensions.get(SCHEMA_IS_CURRENT):
+        return
+    state = migrate.schema_state(db_session().connection())
+    if state.behind:
+        log.error("not serving: the %s; run `%s`", state.describe(), migrate.UPGRADE_COMMAND)
+        raise http_error(503, SCHEMA_BEHIND)
+    current_app.extensions[SCHEMA_IS_CURRENT] = True
 
 
 def mark_token_used(token_id: uuid.UUID) -> None:

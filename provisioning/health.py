@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alembic.runtime.migration import MigrationContext
 from kombu import Connection
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -104,17 +103,14 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_migrations(settings: Settings) -> Check:
-    head = migrate.head_revision()
     try:
         with get_engine(settings.database_url).connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
+            state = migrate.schema_state(connection)
     except Exception as error:
         return Check("migrations", False, f"cannot read the schema revision: {_first_line(error)}", "fix the database first")
-    if current != head:
-        return Check(
-            "migrations", False, f"database at {current or 'nothing'}, code expects {head}", "run: provisioning db upgrade"
-        )
-    return Check("migrations", True, f"at head ({head})")
+    if not state.at_head:
+        return Check("migrations", False, state.describe(), f"run: {migrate.UPGRADE_COMMAND}")
+    return Check("migrations", True, f"at head ({state.head})")
 
 
 def check_broker(settings: Settings) -> Check:

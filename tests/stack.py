@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
 from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
 
@@ -20,7 +22,7 @@ from provisioning.db import get_engine
 from provisioning.events import events_exchange
 from provisioning.settings import Settings
 from tests.helpers import wait_for
-from tests.processes import GroupProcess
+from tests.processes import GroupProcess, free_port, procfile_commands
 
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -29,20 +31,28 @@ RUN_ID = uuid.uuid4().hex[:10]
 
 
 @contextmanager
-def migrated_database(name: str):
-    """A new PostgreSQL database, migrated with Alembic, dropped afterwards; yields its URL."""
+def empty_database(name: str):
+    """A new PostgreSQL database with no schema at all (as before `provisioning db upgrade`),
+    dropped afterwards; yields its URL."""
     admin = create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = ADMIN_DATABASE_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        migrate.upgrade(url)
         yield url
     finally:
         get_engine(url).dispose()
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def migrated_database(name: str):
+    """A new PostgreSQL database, migrated with Alembic, dropped afterwards; yields its URL."""
+    with empty_database(name) as url:
+        migrate.upgrade(url)
+        yield url
 
 
 def delete_queues(queue_name: str) -> None:
@@ -151,6 +161,36 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         self.group.wait_stopped(timeout=30)
+
+
+class WebProcess:
+    """The Procfile's ``web`` line (gunicorn, one worker) on a port of its own, logging JSON lines,
+    for tests that must speak real HTTP to the API."""
+
+    def __init__(self, environment: dict[str, str], log_path: Path):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = process_environment({**environment, "PORT": str(port), "WEB_CONCURRENCY": "1", "LOG_FORMAT": "json"})
+        self.group = GroupProcess("web", procfile_commands()["web"], env, log_path)
+        try:
+            wait_for(self._answers, timeout=60, interval=0.2, what=f"gunicorn to answer at {self.url}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        self.group.assert_alive()
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=5).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def log_lines(self) -> list[dict]:
+        """What it logged so far, one JSON object a line (a line that is not JSON fails the test)."""
+        return [json.loads(line) for line in self.group.output().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.group.stop(signal.SIGTERM, timeout=30)
 
 
 class BeatProcess:
