@@ -2,6 +2,7 @@
 
 from pathlib import PurePath
 
+from flask_smorest.error_handler import ErrorSchema
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
@@ -157,6 +158,32 @@ class TenantSchema(Schema):
     name = fields.String()
     status = fields.Enum(TenantStatus, by_value=True)
     role = fields.Enum(Role, by_value=True, allow_none=True, metadata={"description": "None for a platform operator"})
+
+
+class HealthSchema(Schema):
+    status = fields.String(metadata={"example": "ok"})
+
+
+class PartStateSchema(Schema):
+    ok = fields.Boolean()
+
+
+def part_states() -> fields.Dict:
+    """Each part's name and whether it is ok: what anyone may know. Why one is down is in the log."""
+    return fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(PartStateSchema),
+        metadata={"description": "database, migrations, broker: each ok or not; why not is in the log and `provisioning doctor`"},
+    )
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(metadata={"example": "ready"})
+    checks = part_states()
+
+
+class NotReadySchema(ErrorSchema):
+    checks = part_states()
 
 
 class PageMetaSchema(Schema):

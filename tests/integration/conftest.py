@@ -25,6 +25,7 @@ from tests.stack import (
     ADMIN_DATABASE_URL,
     RABBITMQ_URL,
     RUN_ID,
+    WebProcess,
     WorkerProcess,
     delete_queues,
     events_heard,
@@ -146,6 +147,14 @@ def isolated(environment: dict[str, str], settings: Settings):
 def worker(environment: dict[str, str], dispatcher: Dispatcher, database_url: str):
     """One real worker for the whole run, with zero-second simulated steps."""
     process = WorkerProcess(environment, dispatcher)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def web(environment: dict[str, str], tmp_path_factory) -> WebProcess:
+    """The API as it is deployed: the Procfile's gunicorn, on this run's database and queue."""
+    process = WebProcess(environment, tmp_path_factory.mktemp("web") / "web.log")
     yield process
     process.stop()
 
