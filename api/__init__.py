@@ -7,6 +7,7 @@ from flask import Flask, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import backups, errors, health, jobs, tenants
+from api.auth import TENANT_HEADER, TENANT_HEADER_DOC
 from api.errors import ProvisioningApi
 from api.metrics import init_metrics
 from api.request_log import init_request_log
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             "components": {
                 "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
             },
+            # Every operation needs a token, unless it says `security: []` (health).
             "security": [{"bearerAuth": []}],
         },
         PROVISIONING_SETTINGS=settings,
@@ -49,9 +51,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_metrics(app)
 
     api = ProvisioningApi(app)
-    api.register_blueprint(jobs.blp)
-    api.register_blueprint(backups.blp)
-    api.register_blueprint(tenants.blp)
+    api.spec.components.parameter(TENANT_HEADER, "header", TENANT_HEADER_DOC)
+    for acting_for_a_tenant in (jobs.blp, backups.blp, tenants.blp):
+        api.register_blueprint(acting_for_a_tenant, parameters=[TENANT_HEADER])
     api.register_blueprint(health.blp)
     errors.register(app, api)
 

@@ -9,6 +9,16 @@ from api.session import db_session, mark_token_used, require_current_schema
 from provisioning.accounts import Caller, authenticate
 from provisioning.audit import Origin
 from provisioning.errors import Forbidden, ProvisioningError
+from provisioning.identifiers import SLUG, UUID
+
+TENANT_HEADER = "X-Tenant-ID"
+# Documented on every path that acts for a tenant (see create_app).
+TENANT_HEADER_DOC = {
+    "description": "The tenant to act for, by slug or id, when the caller belongs to several (a platform "
+    "operator may name any); absent or empty, the caller's only tenant.",
+    "required": False,
+    "schema": {"type": "string", "pattern": f"^$|{SLUG.pattern.pattern}|{UUID.pattern.pattern}"},
+}
 
 
 def authenticate_request() -> None:
@@ -16,7 +26,7 @@ def authenticate_request() -> None:
     schema is not migrated)."""
     require_current_schema()
     try:
-        g.caller = authenticate(db_session(), _bearer_token(), request.headers.get("X-Tenant-ID"))
+        g.caller = authenticate(db_session(), _bearer_token(), request.headers.get(TENANT_HEADER))
     except ProvisioningError as error:
         raise error_for(error) from None
     if g.caller.token_to_mark is not None:

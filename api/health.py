@@ -21,6 +21,7 @@ blp = Blueprint("health", __name__, description="For load balancers and process 
 
 @blp.route("/healthz")
 class Health(MethodView):
+    @blp.doc(security=[])
     @blp.response(200, HealthSchema)
     def get(self):
         """The process answers"""
@@ -29,6 +30,7 @@ class Health(MethodView):
 
 @blp.route("/readyz")
 class Ready(MethodView):
+    @blp.doc(security=[])
     @blp.response(200, ReadinessSchema)
     @blp.alt_response(503, schema=NotReadySchema, description="A part the API needs is down; `checks` says which")
     def get(self):

@@ -6,9 +6,11 @@ from datetime import timedelta
 from flask import current_app, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from flask_smorest.error_handler import ErrorSchema
 
 from api.auth import authenticate_request, caller, request_origin, writers_only
 from api.schemas import (
+    JOB_CREATE_EXAMPLES,
     IdempotencyHeaderSchema,
     JobCreateSchema,
     JobEventListResponseSchema,
@@ -64,16 +66,18 @@ class Jobs(MethodView):
         return {"data": jobs, "meta": page_meta(args["page"], args["size"], total)}
 
     @writers_only
-    @blp.arguments(JobCreateSchema())
+    @blp.arguments(JobCreateSchema(), examples=JOB_CREATE_EXAMPLES)
     @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, JobResponseSchema)
-    @blp.alt_response(409, description="The tenant has an active job, or its state does not allow this job type")
+    @blp.alt_response(
+        409, schema=ErrorSchema, description="The tenant has an active job, or its state does not allow this job type"
+    )
     def post(self, body, headers):
         """Request a job for the tenant's site
 
         The job is stored, then queued; `queued` is false if the broker could not be reached
         (the job stays pending until it is published again). Needs the owner or admin role.
-        `skip_final_backup` (delete_site only) drops the site without a final backup.
+        `"skip_final_backup": true` (delete_site only) drops the site without a final backup.
         """
         requester = caller()
         job = _service().request_job(
@@ -115,7 +119,7 @@ class JobRetry(MethodView):
     @writers_only
     @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, JobResponseSchema)
-    @blp.alt_response(409, description="The job is not failed or completed, or the tenant cannot take it now")
+    @blp.alt_response(409, schema=ErrorSchema, description="The job is not failed or completed, or the tenant cannot take it now")
     def post(self, headers, job_id: uuid.UUID):
         """Retry a failed or completed job as a new job linked to it"""
         requester = caller()
@@ -130,7 +134,7 @@ class JobCancel(MethodView):
     @writers_only
     @blp.response(200, JobResponseSchema)
     @blp.alt_response(202, schema=JobResponseSchema, description="The worker was asked to stop; the job is cancelling")
-    @blp.alt_response(409, description="The job already finished")
+    @blp.alt_response(409, schema=ErrorSchema, description="The job already finished")
     def post(self, job_id: uuid.UUID):
         """Cancel a job
 

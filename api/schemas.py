@@ -38,7 +38,8 @@ class JobSchema(Schema):
     queued = fields.Function(
         lambda job: job.dispatched_at is not None,
         dump_only=True,
-        metadata={"description": "Whether the job's message reached the queue"},
+        # A computed field has no type of its own for the spec: it is said here.
+        metadata={"type": "boolean", "description": "Whether the job's message reached the queue"},
     )
     dispatched_at = fields.DateTime(dump_only=True, allow_none=True)
     cancel_requested_at = fields.DateTime(dump_only=True, allow_none=True)
@@ -81,8 +82,18 @@ class JobCreateSchema(Schema):
 
     @validates_schema
     def options_fit_the_job_type(self, data, **_kwargs):
-        if "skip_final_backup" in data and data.get("job_type") != JobType.DELETE_SITE:
-            raise ValidationError("only a delete_site job takes this option", "skip_final_backup")
+        # `false` is the default, harmless on any job (Swagger UI's "Try it out" sends it); only
+        # asking to skip the backup is meaningless, and so refused, outside a delete.
+        if data.get("skip_final_backup") and data.get("job_type") != JobType.DELETE_SITE:
+            raise ValidationError("only a delete_site job can skip its final backup", "skip_final_backup")
+
+
+# The request bodies the docs offer, each one a request the API accepts (the tenant's state decides the rest).
+JOB_CREATE_EXAMPLES = {
+    "create_site": {"summary": "Create the tenant's site", "value": {"job_type": "create_site"}},
+    "backup_site": {"summary": "Back the site up", "value": {"job_type": "backup_site"}},
+    "delete_site": {"summary": "Delete the site, after a final backup", "value": {"job_type": "delete_site"}},
+}
 
 
 class IdempotencyHeaderSchema(Schema):
@@ -124,7 +135,7 @@ class JobEventSchema(Schema):
 class BackupFileSchema(Schema):
     kind = fields.String(metadata={"description": "database, config, public_files or private_files"})
     # The base name only: where the platform keeps its files is none of the client's business.
-    name = fields.Function(lambda file: PurePath(file["path"]).name)
+    name = fields.Function(lambda file: PurePath(file["path"]).name, metadata={"type": "string"})
     size = fields.Integer(metadata={"description": "bytes"})
     sha256 = fields.String()
 

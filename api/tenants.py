@@ -3,6 +3,7 @@
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from flask_smorest.error_handler import ErrorSchema
 
 from api.auth import authenticate_request, caller, request_origin
 from api.errors import error_for
@@ -32,10 +33,12 @@ class CurrentTenant(MethodView):
 @blp.route("/current/admin-password")
 class AdminPassword(MethodView):
     @blp.response(200, AdminPasswordResponseSchema)
-    @blp.alt_response(403, description="The caller is not the tenant's owner")
-    @blp.alt_response(409, description="The site has no admin password yet")
-    @blp.alt_response(410, description="The password was revealed already")
-    @blp.alt_response(503, description="The platform cannot open the stored password now; it stays unrevealed")
+    @blp.alt_response(403, schema=ErrorSchema, description="The caller is not the tenant's owner")
+    @blp.alt_response(409, schema=ErrorSchema, description="The site has no admin password yet")
+    @blp.alt_response(410, schema=ErrorSchema, description="The password was revealed already")
+    @blp.alt_response(
+        503, schema=ErrorSchema, description="The platform cannot open the stored password now; it stays unrevealed"
+    )
     def post(self):
         """Reveal the site's Administrator password, once
 

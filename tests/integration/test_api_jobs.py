@@ -172,11 +172,17 @@ def test_a_delete_can_skip_its_final_backup_and_the_job_shows_that_option(client
 
 @pytest.mark.parametrize(
     "body",
-    [{"job_type": "delete_site", "skip_final_backup": False}, {"job_type": "delete_site"}, {"job_type": "create_site"}],
-    ids=["delete-false", "delete-default", "create"],
+    [
+        {"job_type": "delete_site", "skip_final_backup": False},
+        {"job_type": "delete_site"},
+        {"job_type": "create_site"},
+        {"job_type": "create_site", "skip_final_backup": False},  # what Swagger UI's "Try it out" sends
+        {"job_type": "backup_site", "skip_final_backup": False},
+    ],
+    ids=["delete-false", "delete-default", "create", "create-false", "backup-false"],
 )
 def test_a_job_asked_without_options_has_none(client, tenant_factory, body):
-    status = TenantStatus.ACTIVE if body["job_type"] == "delete_site" else TenantStatus.PENDING
+    status = TenantStatus.PENDING if body["job_type"] == "create_site" else TenantStatus.ACTIVE
     tenant = tenant_factory.create(status=status)
     response = client.post(JOBS, json=body, headers=tenant.headers())
     assert response.status_code == 201, response.json
@@ -187,14 +193,14 @@ def test_a_job_asked_without_options_has_none(client, tenant_factory, body):
     "body",
     [
         {"job_type": "create_site", "skip_final_backup": True},
-        {"job_type": "backup_site", "skip_final_backup": False},
+        {"job_type": "backup_site", "skip_final_backup": True},
         {"job_type": "delete_site", "skip_final_backup": "yes"},
         {"job_type": "delete_site", "skip_final_backup": 1},
         {"job_type": "delete_site", "skip_final_backup": None},
     ],
     ids=["create", "backup", "string", "number", "null"],
 )
-def test_skip_final_backup_is_refused_naming_it_unless_a_delete_asks_with_a_boolean(client, tenant_factory, body):
+def test_skipping_the_final_backup_is_refused_naming_it_unless_a_delete_asks_with_a_boolean(client, tenant_factory, body):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     answer = assert_error(client.post(JOBS, json=body, headers=tenant.headers()), 422)
     assert "skip_final_backup" in answer["errors"]["json"], answer

@@ -1,0 +1,160 @@
+"""The API's own documentation, as a client meets it through the deployed server (gunicorn):
+every request Swagger UI's "Try it out" builds from ``/openapi.json`` is accepted, and every
+answer has the shape the spec documents for it."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from openapi_schema_validator import OAS30ReadValidator
+from openapi_spec_validator import validate as validate_spec
+
+from provisioning.db import utcnow
+from provisioning.enums import JobStatus, TenantStatus
+from tests.integration.test_api_backups import backup_row
+from tests.integration.test_api_jobs import finished_job
+
+HTTP_TIMEOUT = 10
+METHODS = ("get", "post", "put", "patch", "delete")
+# What Swagger UI fills in for a value whose schema gives no example, default or enum.
+SAMPLE_BY_TYPE = {"string": "string", "integer": 0, "number": 0, "boolean": True}
+UNAUTHENTICATED_PATHS = {"/healthz", "/readyz"}
+
+
+@pytest.fixture(scope="module")
+def raw_spec(web) -> dict:
+    response = requests.get(f"{web.url}/openapi.json", timeout=HTTP_TIMEOUT)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def spec(raw_spec) -> dict:
+    """The spec with every ``$ref`` replaced by what it names, as Swagger UI shows it."""
+    return inline(raw_spec, raw_spec)
+
+
+def inline(spec: dict, node):
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = spec
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return inline(spec, target)
+        return {key: inline(spec, value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [inline(spec, item) for item in node]
+    return node
+
+
+def operations(spec: dict):
+    """``(path, method, operation, parameters)`` for every operation, its path's parameters included."""
+    for path, item in spec["paths"].items():
+        for method in METHODS:
+            if method in item:
+                yield path, method, item[method], [*item.get("parameters", []), *item[method].get("parameters", [])]
+
+
+def sample(schema: dict):
+    """The value Swagger UI makes up for a schema: its example, else its default, else the first of
+    its enum, else one built from its properties (the read-only ones left out)."""
+    for given in ("example", "default"):
+        if given in schema:
+            return schema[given]
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if kind == "object":
+        return {name: sample(field) for name, field in schema.get("properties", {}).items() if not field.get("readOnly")}
+    if kind == "array":
+        return [sample(schema["items"])]
+    return SAMPLE_BY_TYPE[kind]
+
+
+def offered_bodies(operation: dict) -> list:
+    """Each request body the docs offer: every example given, and the one made up from the schema."""
+    if "requestBody" not in operation:
+        return [None]
+    content = operation["requestBody"]["content"]["application/json"]
+    offered = [example["value"] for example in content.get("examples", {}).values()]
+    if "example" in content:
+        offered.append(content["example"])
+    return [*offered, sample(content["schema"])]
+
+
+def prefilled(parameters: list[dict], where: str) -> dict[str, str]:
+    """The parameters Try it out fills in by itself: those with an example or a default."""
+    values = {}
+    for parameter in parameters:
+        if parameter["in"] == where:
+            value = parameter.get("example", parameter.get("schema", {}).get("default"))
+            if value is not None:
+                values[parameter["name"]] = str(value)
+    return values
+
+
+def try_it_out(web, path: str, method: str, parameters: list[dict], body, headers: dict, ids: dict) -> requests.Response:
+    return requests.request(
+        method,
+        web.url + path.format(**ids),
+        params=prefilled(parameters, "query"),
+        headers={**prefilled(parameters, "header"), **headers},
+        json=body,
+        timeout=HTTP_TIMEOUT,
+    )
+
+
+def assert_answered_as_documented(operation: dict, method: str, path: str, response: requests.Response) -> None:
+    """Not refused as invalid (a 409 about the tenant's state is fine), no server error, and a body
+    that validates against the schema documented for its status."""
+    said = f"{method.upper()} {path} -> {response.status_code} {response.text[:500]}"
+    assert response.status_code != 422 and response.status_code < 500, said
+    documented = operation["responses"].get(str(response.status_code)) or operation["responses"]["default"]
+    schema = documented.get("content", {}).get("application/json", {}).get("schema")
+    assert schema is not None, f"{said}: no body documented for this status"
+    errors = [error.message for error in OAS30ReadValidator(schema).iter_errors(response.json())]
+    assert not errors, f"{said}: {errors}"
+
+
+def test_the_spec_is_valid_openapi_and_documents_the_body_of_every_answer(raw_spec, spec):
+    validate_spec(raw_spec)
+    for path, method, operation, _ in operations(spec):
+        for status, response in operation["responses"].items():
+            assert response.get("content", {}).get("application/json", {}).get("schema"), (method, path, status)
+    assert spec["components"]["schemas"]["Job"]["properties"]["queued"]["type"] == "boolean"
+
+
+def test_only_the_health_checks_need_no_token_and_every_tenant_operation_documents_x_tenant_id(raw_spec, spec):
+    assert raw_spec["security"] == [{"bearerAuth": []}]
+    for path, method, operation, parameters in operations(spec):
+        if path in UNAUTHENTICATED_PATHS:
+            assert operation.get("security") == [], (method, path)
+        else:
+            assert "security" not in operation, (method, path)  # the spec-wide bearer token
+            assert ("header", "X-Tenant-ID") in {(p["in"], p["name"]) for p in parameters}, (method, path)
+
+
+def test_every_request_body_the_docs_offer_is_accepted(web, spec, tenant_factory):
+    tried = 0
+    for path, method, operation, parameters in operations(spec):
+        if "requestBody" not in operation:
+            continue
+        for body in offered_bodies(operation):
+            tenant = tenant_factory.create()  # each body on a tenant of its own: no job of another is in its way
+            response = try_it_out(web, path, method, parameters, body, tenant.headers(), {})
+            assert_answered_as_documented(operation, method, f"{path} {body}", response)
+            tried += 1
+    assert tried >= 4  # the three examples of POST /jobs, and the body made from its schema
+
+
+def test_every_operation_tried_out_as_the_docs_offer_it_answers_as_documented(web, spec, tenant_factory, session):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    ids = {
+        "job_id": finished_job(session, tenant, JobStatus.FAILED).id,
+        "backup_id": backup_row(session, tenant, utcnow()).id,
+    }
+    for path, method, operation, parameters in operations(spec):
+        for body in offered_bodies(operation):
+            response = try_it_out(web, path, method, parameters, body, tenant.headers(), ids)
+            assert_answered_as_documented(operation, method, path, response)
+
