@@ -3,7 +3,7 @@
 from pathlib import PurePath
 
 from flask_smorest.error_handler import ErrorSchema
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
 from provisioning.identifiers import IDEMPOTENCY_KEY, Identifier
@@ -104,7 +104,19 @@ class IdempotencyHeaderSchema(Schema):
     )
 
 
-class PageArgsSchema(Schema):
+class QueryArgsSchema(Schema):
+    """Query arguments, where a name given with no value means "not given".
+
+    ``?status=&job_type=`` is what a client sends when it fills a template's blanks with nothing
+    (the README's table shows them so): it asks for no filter, not for a status named "".
+    """
+
+    @pre_load
+    def empty_means_not_given(self, data, **_kwargs):
+        return {name: value for name, value in data.items() if value != ""}
+
+
+class PageArgsSchema(QueryArgsSchema):
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
 

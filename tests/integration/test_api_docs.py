@@ -158,3 +158,22 @@ def test_every_operation_tried_out_as_the_docs_offer_it_answers_as_documented(we
             response = try_it_out(web, path, method, parameters, body, tenant.headers(), ids)
             assert_answered_as_documented(operation, method, path, response)
 
+
+def test_every_query_argument_left_empty_means_not_given(web, spec, tenant_factory, session):
+    """``?status=&job_type=`` is what a client sends when it fills the README's blanks with nothing."""
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    finished_job(session, tenant, JobStatus.COMPLETED)
+    backup_row(session, tenant, utcnow())
+    listed = 0
+    for path, method, operation, parameters in operations(spec):
+        names = [parameter["name"] for parameter in parameters if parameter["in"] == "query"]
+        if not names:
+            continue
+        url = web.url + path
+        plain = requests.request(method, url, headers=tenant.headers(), timeout=HTTP_TIMEOUT)
+        blank = requests.request(method, url, params=dict.fromkeys(names, ""), headers=tenant.headers(), timeout=HTTP_TIMEOUT)
+        assert plain.status_code == 200, plain.text
+        assert (blank.status_code, blank.json()) == (200, plain.json()), (path, names, blank.text)
+        assert_answered_as_documented(operation, method, path, blank)
+        listed += 1
+    assert listed >= 2  # jobs and backups
