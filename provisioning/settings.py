@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -313,6 +314,10 @@ def _non_negative_float(env: dict[str, str], name: str, default: float) -> float
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name.upper()}: {raw!r} is not a number") from None
+    # float() also reads "nan" and "inf": nan passes every comparison below, and an infinite
+    # period fails only later (timedelta(hours=inf) is an OverflowError in every job request).
+    if not math.isfinite(value):
+        raise SettingsError(f"{name.upper()}: {raw!r} is not a finite number")
     if value < 0:
         raise SettingsError(f"{name.upper()}: {value} must not be negative")
     return value

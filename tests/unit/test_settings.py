@@ -61,6 +61,10 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"RABBITMQ_HOST": "mq"}, "DATABASE_URL"),
         ({"SIMULATED_STEP_SECONDS": "-1"}, "SIMULATED_STEP_SECONDS"),
         ({"SIMULATED_STEP_SECONDS": "soon"}, "SIMULATED_STEP_SECONDS"),
+        ({"SIMULATED_STEP_SECONDS": "nan"}, "SIMULATED_STEP_SECONDS"),
+        ({"JOB_HEARTBEAT_SECONDS": "nan"}, "JOB_HEARTBEAT_SECONDS"),  # nan passed every comparison
+        ({"IDEMPOTENCY_KEY_HOURS": "inf"}, "IDEMPOTENCY_KEY_HOURS"),  # every job request was then a 500
+        ({"BROKER_CONNECT_TIMEOUT": "infinity"}, "BROKER_CONNECT_TIMEOUT"),
         ({"PROVISIONING_QUEUE_NAME": "two words"}, "PROVISIONING_QUEUE_NAME"),
         ({"PROVISIONING_QUEUE_NAME": "amq.jobs"}, "PROVISIONING_QUEUE_NAME"),  # RabbitMQ's own
         ({"PROVISIONING_QUEUE_NAME": "jobs/x"}, "PROVISIONING_QUEUE_NAME"),
