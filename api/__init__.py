@@ -16,6 +16,10 @@ from provisioning.broker import Dispatcher
 from provisioning.settings import Settings, settings_or_exit
 
 SWAGGER_ASSETS_URL = "/docs/assets/"
+# The largest request body taken (413 above it). Our largest valid body is under 100 bytes; the
+# limit stays small because the server holds each body whole in memory before the app runs
+# (api.serving), for every connection at once.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -41,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             },
             "security": [{"bearerAuth": []}],
         },
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         PROVISIONING_SETTINGS=settings,
     )
     app.extensions["provisioning_dispatcher"] = Dispatcher(settings)

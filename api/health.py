@@ -2,8 +2,8 @@
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
+from api.parsing import Blueprint
 from provisioning.health import readiness
 
 blp = Blueprint("health", __name__, description="For load balancers and process managers; no token needed.")

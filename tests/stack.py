@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from provisioning.db import get_engine
 from provisioning.events import events_exchange
 from provisioning.settings import Settings
 from tests.helpers import wait_for
-from tests.processes import GroupProcess
+from tests.processes import GroupProcess, free_port, procfile_commands
 
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -166,3 +167,31 @@ class BeatProcess:
         """Stop beat and return what it logged."""
         self.group.stop(signal.SIGTERM, timeout=30)
         return self.group.output()
+
+
+class WebProcess:
+    """gunicorn started with the Procfile's ``web`` line exactly, on a free port, answering once made."""
+
+    def __init__(self, environment: dict[str, str], directory: Path, **extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = process_environment({**environment, "PORT": str(self.port), **extra})
+        self.group = GroupProcess("web", procfile_commands()["web"], env, directory / f"web-{self.port}.log")
+        try:
+            wait_for(self._answers, timeout=60, interval=0.2, what="gunicorn to answer /healthz")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        self.group.assert_alive()
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as probe:
+                probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                return probe.recv(12).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.group.stop()
+        print(self.group.describe())  # shown by pytest when the test failed
