@@ -15,6 +15,7 @@ from contextlib import ExitStack
 import pytest
 
 from api import MAX_BODY_BYTES
+from provisioning import audit
 from provisioning.enums import Role
 from tests.stack import WebProcess
 
@@ -25,11 +26,21 @@ ANSWER_DEADLINE = 10
 # More stalled connections than the old setup had workers (2), and than the new one has threads
 # (WEB_CONCURRENCY 2 x WEB_THREADS 4).
 STALLED = 12
+# Our own loopback addresses, to tell a reverse proxy on this machine from a direct client.
+PROXY_ADDRESS, DIRECT_CLIENT_ADDRESS = "127.0.0.2", "127.0.0.3"
 
 
 @pytest.fixture(scope="module")
 def web(environment, tmp_path_factory):
     process = WebProcess(environment, tmp_path_factory.mktemp("web"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def proxied_web(environment, tmp_path_factory):
+    """The API behind one reverse proxy, which connects from PROXY_ADDRESS."""
+    process = WebProcess(environment, tmp_path_factory.mktemp("web"), PROXY_COUNT="1", TRUSTED_PROXIES=PROXY_ADDRESS)
     yield process
     process.stop()
 
@@ -129,3 +140,44 @@ def test_what_gunicorn_refuses_itself_is_answered_in_short_plain_text(web, reque
     assert head.startswith(b"HTTP/1.1 %d " % status), head
     assert b"\r\nContent-Type: text/plain\r\n" in head, head
     assert 0 < len(body) < 200 and b"<" not in body, body
+
+
+def latest_audit_address(sessions, tenant) -> str | None:
+    with sessions() as session:
+        return audit.entries(session, tenant_id=tenant.id, limit=1)[0].ip
+
+
+@pytest.mark.parametrize(
+    "source, forwarded_for, recorded",
+    [
+        (PROXY_ADDRESS, "198.51.100.7", "198.51.100.7"),
+        (PROXY_ADDRESS, "127.0.0.1, 198.51.100.7", "198.51.100.7"),  # what the client put first is not believed
+        (DIRECT_CLIENT_ADDRESS, "198.51.100.7", DIRECT_CLIENT_ADDRESS),  # not a proxy: its own address
+        (PROXY_ADDRESS, "not-an-address", PROXY_ADDRESS),
+        (PROXY_ADDRESS, "1" * 65, PROXY_ADDRESS),
+        (PROXY_ADDRESS, "fe80::1%" + "a" * 100, PROXY_ADDRESS),
+        (DIRECT_CLIENT_ADDRESS, "x" * 1000, DIRECT_CLIENT_ADDRESS),
+    ],
+)
+def test_the_audit_trail_records_the_address_only_a_trusted_proxy_vouches_for(
+    proxied_web, tenant_factory, sessions, source, forwarded_for, recorded
+):
+    tenant = tenant_factory.create()
+    headers = {**tenant.headers(Role.OWNER), "Content-Type": "application/json", "X-Forwarded-For": forwarded_for}
+    response = call(proxied_web, "POST", JOBS, headers=headers, body=b'{"job_type": "create_site"}', source=source)
+    assert response.status == 201, response.body[:300]
+    assert latest_audit_address(sessions, tenant) == recorded
+
+
+@pytest.mark.parametrize(
+    "source, forwarded_for, status",
+    [
+        (PROXY_ADDRESS, "203.0.113.9", 403),  # a remote client behind the local proxy
+        (PROXY_ADDRESS, "not-an-address", 200),  # the proxy's own address: loopback
+        (PROXY_ADDRESS, "1" * 65, 200),
+        (DIRECT_CLIENT_ADDRESS, "203.0.113.9", 200),  # a direct client is its own (loopback) address
+    ],
+)
+def test_metrics_judge_loopback_by_the_trusted_address_and_never_fail_on_a_forged_one(proxied_web, source, forwarded_for, status):
+    response = call(proxied_web, "GET", "/metrics", headers={"X-Forwarded-For": forwarded_for}, source=source)
+    assert response.status == status, response.body[:300]
