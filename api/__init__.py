@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import backups, errors, health, jobs, tenants
 from api.auth import TENANT_HEADER, TENANT_HEADER_DOC
 from api.errors import ProvisioningApi
+from api.forwarded import TrustedProxies
 from api.metrics import init_metrics
 from api.request_log import init_request_log
 from api.session import init_sessions
@@ -17,6 +17,10 @@ from provisioning.broker import Dispatcher
 from provisioning.settings import Settings, settings_or_exit
 
 SWAGGER_ASSETS_URL = "/docs/assets/"
+# The largest request body taken (413 above it). Our largest valid body is under 100 bytes; the
+# limit stays small because the server holds each body whole in memory before the app runs
+# (api.serving), for every connection at once.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -24,10 +28,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or settings_or_exit()
     logs.configure("web", settings.log_format, settings.log_level)
     app = Flask(__name__)
-    if settings.proxy_count:
-        # Behind a proxy, the client's address (for the audit trail, and /metrics' loopback rule)
-        # is in X-Forwarded-For; trusted only as far as PROXY_COUNT proxies wrote it.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count)
+    # The client's address (for the audit trail, and /metrics' loopback rule): behind a proxy, in
+    # X-Forwarded-For, believed only as far as the TRUSTED_PROXIES (PROXY_COUNT at most) wrote it.
+    app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies, settings.proxy_count)
     app.config.update(
         API_TITLE="ERPMax provisioning",
         API_VERSION="v1",
@@ -43,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             # Every operation needs a token, unless it says `security: []` (health).
             "security": [{"bearerAuth": []}],
         },
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         PROVISIONING_SETTINGS=settings,
     )
     app.extensions["provisioning_dispatcher"] = Dispatcher(settings)

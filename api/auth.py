@@ -38,7 +38,8 @@ def caller() -> Caller:
 
 
 def request_origin() -> Origin:
-    """The caller and where the request came from, as the audit trail records them."""
+    """The caller and where the request came from, as the audit trail records them (an address
+    always fits its column: ``TrustedProxies`` leaves only valid ones in ``remote_addr``)."""
     return Origin(actor=f"user {caller().user.id}", ip=request.remote_addr, user_agent=request.user_agent.string)
 
 

@@ -3,9 +3,9 @@
 import uuid
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from api.auth import authenticate_request, caller
+from api.parsing import Blueprint
 from api.schemas import BackupListResponseSchema, BackupResponseSchema, PageArgsSchema, page_meta
 from api.session import db_session
 from provisioning.backups import BackupBook

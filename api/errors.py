@@ -8,7 +8,7 @@ from flask import Flask
 from flask_smorest import Api
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge, default_exceptions
 
 from provisioning.credentials import CredentialsUnavailable
 from provisioning.db import is_connection_failure
@@ -91,6 +91,14 @@ def register(app: Flask, api: ProvisioningApi) -> None:
             return api.handle_http_exception(http_error(503, DATABASE_UNAVAILABLE))
         log.exception("database error")
         return api.handle_http_exception(http_error(500, "internal error"))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def body_too_large(_error: RequestEntityTooLarge):
+        # werkzeug's own text ("The data value transmitted exceeds the capacity limit.") names no limit.
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return api.handle_http_exception(
+            http_error(413, f"the request body is larger than {limit} bytes, the most this API takes")
+        )
 
     @app.errorhandler(PoolTimeout)
     def database_busy(_error: PoolTimeout):

@@ -9,8 +9,8 @@ import logging
 
 from flask import current_app, jsonify
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
+from api.parsing import Blueprint
 from api.schemas import HealthSchema, NotReadySchema, ReadinessSchema
 from provisioning.health import readiness
 

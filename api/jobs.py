@@ -5,10 +5,10 @@ from datetime import timedelta
 
 from flask import current_app, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from api.auth import authenticate_request, caller, request_origin, writers_only
+from api.parsing import Blueprint
 from api.schemas import (
     JOB_CREATE_EXAMPLES,
     IdempotencyHeaderSchema,

@@ -16,7 +16,6 @@ from everywhere, loopback included (a reverse proxy on the same machine is loopb
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Session
 
 import celeryconfig
 from api.errors import http_error
+from api.forwarded import parse_address
 from api.session import require_current_schema
 from provisioning import events
 from provisioning.db import utcnow
@@ -85,7 +85,7 @@ def _check_access(settings: Settings) -> None:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
             raise http_error(401, "/metrics needs the METRICS_TOKEN as a bearer token", {"WWW-Authenticate": "Bearer"})
-    elif not ipaddress.ip_address(request.remote_addr or "0.0.0.0").is_loopback:
+    elif not ((address := parse_address(request.remote_addr)) and address.is_loopback):
         raise http_error(403, "/metrics answers loopback only; set METRICS_TOKEN to scrape it from elsewhere")
 
 

@@ -2,11 +2,11 @@
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from api.auth import authenticate_request, caller, request_origin
 from api.errors import error_for
+from api.parsing import Blueprint
 from api.schemas import AdminPasswordResponseSchema, TenantResponseSchema
 from api.session import db_session
 from provisioning.credentials import SiteCredentials

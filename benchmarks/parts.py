@@ -156,7 +156,7 @@ def commits(bench: Bench) -> int:
 
 
 class Web:
-    """Gunicorn as the Procfile runs it (2 sync workers), serving ``app`` on a free port."""
+    """Gunicorn as the Procfile runs it (2 worker processes), serving ``app`` on a free port."""
 
     def __init__(self, bench: Bench, app: str = "api:create_app()", name: str = "web"):
         self.port = free_port()

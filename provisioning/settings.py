@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import sys
@@ -18,6 +19,8 @@ DEFAULT_QUEUE_NAME = "erpmax.provisioning"
 SITE_DRIVERS = ("simulated", "bench")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Where a reverse proxy usually runs: on the API's own machine.
+LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
 
 
@@ -80,8 +83,10 @@ class Settings:
     log_level: str = "INFO"
     # Bearer token that /metrics asks for from anywhere but loopback; None: loopback only.
     metrics_token: str | None = field(default=None, repr=False)
-    # Reverse proxies in front of the API whose X-Forwarded-For is to be believed (0: none).
+    # Reverse proxies in front of the API whose X-Forwarded-For is to be believed (0: none), and
+    # the addresses they connect from: the header of any other peer is ignored.
     proxy_count: int = 0
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK_NETWORKS
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -139,6 +144,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"LOST_JOB_AFTER_SECONDS: {lost_after:g} must be at least three heartbeats (JOB_HEARTBEAT_SECONDS={heartbeat:g})"
         )
+    proxy_count = _non_negative_int(env, "proxy_count", 0)
+    trusted_proxies = _networks(env, "trusted_proxies", LOOPBACK_NETWORKS)
+    if env.get("trusted_proxies", "").strip() and not proxy_count:
+        raise SettingsError("TRUSTED_PROXIES: set, but PROXY_COUNT is 0, so no X-Forwarded-For would be believed; set both")
 
     return Settings(
         database_url=database_url,
@@ -178,7 +187,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=_one_of(env, "log_format", LOG_FORMATS, "auto"),
         log_level=_one_of(env, "log_level", LOG_LEVELS, "info").upper(),
         metrics_token=env.get("metrics_token") or None,
-        proxy_count=_non_negative_int(env, "proxy_count", 0),
+        proxy_count=proxy_count,
+        trusted_proxies=trusted_proxies,
     )
 
 
@@ -288,6 +298,20 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
 def _non_negative_int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     return 0 if raw == "0" else _positive_int(env, name, default)
+
+
+def _networks(env: dict[str, str], name: str, default: tuple) -> tuple:
+    """Addresses and networks (``10.0.0.5``, ``10.0.0.0/24``, ``fd00::/8``), separated by commas or spaces."""
+    parts = env.get(name, "").replace(",", " ").split()
+    if not parts:
+        return default
+    networks = []
+    for part in parts:
+        try:
+            networks.append(ipaddress.ip_network(part))
+        except ValueError:
+            raise SettingsError(f"{name.upper()}: {part!r} is not an address or network (10.0.0.5, 10.0.0.0/24)") from None
+    return tuple(networks)
 
 
 def _flag(env: dict[str, str], name: str) -> bool:

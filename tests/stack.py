@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,6 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import requests
 from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
 
@@ -163,36 +163,6 @@ class WorkerProcess:
         self.group.wait_stopped(timeout=30)
 
 
-class WebProcess:
-    """The Procfile's ``web`` line (gunicorn, one worker) on a port of its own, logging JSON lines,
-    for tests that must speak real HTTP to the API."""
-
-    def __init__(self, environment: dict[str, str], log_path: Path):
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = process_environment({**environment, "PORT": str(port), "WEB_CONCURRENCY": "1", "LOG_FORMAT": "json"})
-        self.group = GroupProcess("web", procfile_commands()["web"], env, log_path)
-        try:
-            wait_for(self._answers, timeout=60, interval=0.2, what=f"gunicorn to answer at {self.url}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _answers(self) -> bool:
-        self.group.assert_alive()
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=5).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def log_lines(self) -> list[dict]:
-        """What it logged so far, one JSON object a line (a line that is not JSON fails the test)."""
-        return [json.loads(line) for line in self.group.output().splitlines() if line.strip()]
-
-    def stop(self) -> None:
-        self.group.stop(signal.SIGTERM, timeout=30)
-
-
 class BeatProcess:
     """Celery beat, as the Procfile runs it, with its log in ``directory`` and its schedule file in
     a data directory beat must create itself, as on a fresh checkout."""
@@ -206,3 +176,36 @@ class BeatProcess:
         """Stop beat and return what it logged."""
         self.group.stop(signal.SIGTERM, timeout=30)
         return self.group.output()
+
+
+class WebProcess:
+    """gunicorn started with the Procfile's ``web`` line exactly, on a free port, logging JSON lines,
+    answering once made; ``extra`` adds settings (``WEB_CONCURRENCY="1"`` for a lighter one)."""
+
+    def __init__(self, environment: dict[str, str], log_path: Path, **extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = process_environment({**environment, "PORT": str(self.port), "LOG_FORMAT": "json", **extra})
+        self.group = GroupProcess("web", procfile_commands()["web"], env, log_path)
+        try:
+            wait_for(self._answers, timeout=60, interval=0.2, what="gunicorn to answer /healthz")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        self.group.assert_alive()
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as probe:
+                probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                return probe.recv(12).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def log_lines(self) -> list[dict]:
+        """What it logged so far, one JSON object a line (a line that is not JSON fails the test)."""
+        return [json.loads(line) for line in self.group.output().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.group.stop()
+        print(self.group.describe())  # shown by pytest when the test failed

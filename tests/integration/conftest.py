@@ -154,7 +154,7 @@ def worker(environment: dict[str, str], dispatcher: Dispatcher, database_url: st
 @pytest.fixture(scope="session")
 def web(environment: dict[str, str], tmp_path_factory) -> WebProcess:
     """The API as it is deployed: the Procfile's gunicorn, on this run's database and queue."""
-    process = WebProcess(environment, tmp_path_factory.mktemp("web") / "web.log")
+    process = WebProcess(environment, tmp_path_factory.mktemp("web") / "web.log", WEB_CONCURRENCY="1")
     yield process
     process.stop()
 

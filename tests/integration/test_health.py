@@ -53,7 +53,7 @@ def test_readyz_with_parts_down_tells_anyone_which_and_only_the_log_why_with_no_
         "DATABASE_URL": "postgresql://dbuser:db-pass-7f3a@127.0.0.1:1/proddb",
         "RABBITMQ_URL": "amqp://mquser:mq-pass-9c1e@127.0.0.1:1/prod",
     }
-    web = WebProcess(down, tmp_path / "web.log")
+    web = WebProcess(down, tmp_path / "web.log", WEB_CONCURRENCY="1")
     try:
         response = requests.get(f"{web.url}/readyz", timeout=30)
         log = web.group.output()

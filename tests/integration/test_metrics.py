@@ -125,3 +125,9 @@ def test_behind_a_trusted_proxy_the_client_address_comes_from_x_forwarded_for(se
     forwarded = {"X-Forwarded-For": "203.0.113.9"}
     assert_error(proxied.get("/metrics", headers=forwarded), 403)  # the proxy is local; the client is not
     assert proxied.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
+
+
+def test_a_direct_client_cannot_claim_loopback_in_x_forwarded_for(settings):
+    proxied = create_app(replace(settings, proxy_count=1)).test_client()
+    spoofed = proxied.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert_error(spoofed, 403)

@@ -32,7 +32,7 @@ def test_before_its_migrations_the_api_answers_503_saying_to_upgrade_with_one_lo
     environment, tmp_path
 ):
     with empty_database(f"provisioning_test_{RUN_ID}_unmigrated") as database_url:
-        web = WebProcess({**environment, "DATABASE_URL": database_url}, tmp_path / "web.log")
+        web = WebProcess({**environment, "DATABASE_URL": database_url}, tmp_path / "web.log", WEB_CONCURRENCY="1")
         try:
             for path in (JOBS, "/api/v1/tenants/current", "/metrics"):
                 assert_asks_for_the_upgrade(web, path)
@@ -57,7 +57,7 @@ def test_the_quickstarts_sqlite_file_before_its_migrations_answers_the_same(envi
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     embedded = {name: value for name, value in environment.items() if name not in ("DATABASE_URL", "RABBITMQ_URL")}
-    web = WebProcess({**embedded, "DATA_DIR": str(data_dir)}, tmp_path / "web.log")
+    web = WebProcess({**embedded, "DATA_DIR": str(data_dir)}, tmp_path / "web.log", WEB_CONCURRENCY="1")
     try:
         assert_asks_for_the_upgrade(web, JOBS)
         assert len(upgrade_lines(web)) == 1

@@ -86,11 +86,20 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"PROXY_COUNT": "-1"}, "PROXY_COUNT"),
+        ({"PROXY_COUNT": "1", "TRUSTED_PROXIES": "10.0.0.5, nginx.internal"}, "TRUSTED_PROXIES"),
+        ({"PROXY_COUNT": "1", "TRUSTED_PROXIES": "10.0.0.5/8"}, "TRUSTED_PROXIES"),  # host bits set: a typo?
+        ({"TRUSTED_PROXIES": "10.0.0.5"}, "TRUSTED_PROXIES"),  # without PROXY_COUNT nothing would be believed
     ],
 )
 def test_a_malformed_value_is_refused_naming_the_variable(environ, variable):
     with pytest.raises(SettingsError, match=f"^{variable}:"):
         load_settings(environ)
+
+
+def test_trusted_proxies_are_loopback_unless_named():
+    assert [str(network) for network in load_settings({"PROXY_COUNT": "1"}).trusted_proxies] == ["127.0.0.0/8", "::1/128"]
+    named = load_settings({"PROXY_COUNT": "2", "TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16 fd00::/8"}).trusted_proxies
+    assert [str(network) for network in named] == ["10.0.0.5/32", "10.1.0.0/16", "fd00::/8"]
 
 
 @pytest.mark.parametrize("process", ["web", "worker", "flower", "cli"])
