@@ -3,13 +3,18 @@
 A worker never loops on such a message and never drops it silently: it publishes the message
 unchanged (body, content type, headers) to ``<queue>.dead`` with the reason in a header, then
 acknowledges the original. An operator lists, replays or purges them with ``provisioning dlq``.
+
+A reason may quote what a message holds, which anyone could have written: ``quote`` keeps that
+short, so a megabyte ``job_id`` makes neither a megabyte log line nor a reason header too big
+for an AMQP frame.
 """
 
 from __future__ import annotations
 
 import hashlib
+import reprlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from kombu import Connection, Producer, Queue
 from kombu.message import Message
@@ -19,6 +24,28 @@ from provisioning.settings import Settings
 
 REASON_HEADER = "x-erpmax-dead-letter-reason"
 QUEUE_HEADER = "x-erpmax-original-queue"
+MAX_REASON_LENGTH = 300
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 4
+_short.maxlevel = 2
+
+
+def quote(value: Any) -> str:
+    """A short repr of a value taken from a message, for a reason or a log line."""
+    return shorten(_short.repr(value), 100)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    printable = "".join(character if character.isprintable() else " " for character in text[:limit])
+    return printable if len(text) <= limit else printable[: limit - 3] + "..."
+
+
+def reason_headers(reason: str, settings: Settings) -> dict[str, str]:
+    """The headers that tell why a message was dead-lettered, and from which queue."""
+    return {REASON_HEADER: shorten(reason, MAX_REASON_LENGTH), QUEUE_HEADER: settings.provisioning_queue_name}
 
 
 @dataclass(frozen=True)
@@ -35,7 +62,7 @@ def dead_letter(producer: Producer, message: Message, reason: str, settings: Set
         producer,
         message,
         celeryconfig.queue_named(settings.dead_letter_queue_name, settings),
-        headers={**(message.headers or {}), REASON_HEADER: reason, QUEUE_HEADER: settings.provisioning_queue_name},
+        headers={**(message.headers or {}), **reason_headers(reason, settings)},
     )
 
 
