@@ -1,4 +1,4 @@
-"""Celery's consumer, except that no message it cannot handle stops it or is dropped.
+"""Celery's consumer, except that no message it cannot handle stops it, is dropped, or loops.
 
 Stock Celery trusts a task message's shape (a malformed one can stop the worker for good),
 acknowledges (drops) a body it cannot decode and rejects unknown messages without a word of
@@ -48,8 +48,20 @@ class DeadLetteringConsumer(Consumer):
         self._dead_letter(message, f"invalid task message: {exc}")
 
     def _dead_letter(self, message, reason: str) -> None:
+        """Copy the message to the dead-letter queue with ``reason``, then acknowledge it.
+
+        If the copy cannot be published (a header too big for a frame, the broker refusing it),
+        the message is rejected instead: the job queue's own dead-letter exchange then keeps it,
+        without the reason, rather than the exception stopping the worker. A broken connection
+        makes the rejection fail too; Celery then reconnects and the message comes again.
+        """
         reason = shorten(reason, MAX_REASON_LENGTH)
         log.error("dead-lettering a message: %s", reason)
-        with self.app.producer_or_acquire() as producer:
-            dead_letter(producer, message, reason, worker_settings())
+        try:
+            with self.app.producer_or_acquire() as producer:
+                dead_letter(producer, message, reason, worker_settings())
+        except Exception:
+            log.exception("the dead-letter copy failed; rejecting the message into the dead-letter queue instead")
+            message.reject(requeue=False)
+            return
         message.ack()

@@ -4,6 +4,7 @@ import json
 import uuid
 from dataclasses import replace
 
+import amqp
 import pytest
 from click.testing import CliRunner
 from kombu import Connection
@@ -19,7 +20,7 @@ from provisioning.service import ProvisioningService
 from provisioning.workflows import workflow_for
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
-from tests.job_messages import COMPRESSED_POISON, POISON, job_message
+from tests.job_messages import COMPRESSED_POISON, POISON, RawMessage, job_message
 from tests.stack import WorkerProcess
 
 
@@ -103,6 +104,31 @@ def test_no_malformed_message_stops_the_worker_or_is_lost_each_is_dead_lettered_
     output = poison_worker.output()
     assert "Unrecoverable error" not in output
     assert max(len(line) for line in output.splitlines()) < 4000
+
+
+def test_a_message_whose_dead_letter_copy_is_too_big_for_a_frame_is_rejected_into_the_dead_letter_queue_not_looped_on(
+    isolated, poison_worker
+):
+    """Headers travel in one AMQP frame: the original's fill it so that the reason added no longer fits."""
+    settings = isolated.settings
+    poison = replace(job_message(isolated.dispatcher.app), body=b'{"job_id": ')
+    with Connection(settings.broker_url) as connection:
+        frame_max = connection.default_channel.connection.frame_max
+        room = frame_max - 8 - header_frame_size(poison) - 50
+        padded = replace(poison, headers={**poison.headers, "x-padding": "p" * room})
+        padded.publish(connection.default_channel, settings.provisioning_queue_name)
+
+    wait_for(lambda: queue_depth(settings, settings.dead_letter_queue_name) == 1, timeout=30, what="the dead letter")
+    (letter,) = list_dead_letters(settings)
+    assert letter.id == poison.headers["id"] and letter.reason == "dead-lettered by RabbitMQ (rejected)"
+    assert poison_worker.output().count("the dead-letter copy failed") == 1
+    assert queue_depth(settings, settings.provisioning_queue_name) == 0 and poison_worker.process.poll() is None
+
+
+def header_frame_size(message: RawMessage) -> int:
+    """Bytes of the message's properties (headers included) in their AMQP content-header frame."""
+    properties = {"content_type": message.content_type, "content_encoding": message.content_encoding}
+    return len(amqp.Message(b"", application_headers=message.headers, **properties)._serialize_properties())
 
 
 def test_an_operator_lists_replays_and_purges_dead_letters(
