@@ -65,9 +65,18 @@ def run_job(self, job_id: str) -> None:
     except DBAPIError as error:
         if not is_connection_failure(error):
             raise
-        delay = min(MAX_DATABASE_RETRY_SECONDS, 2**self.request.retries)
+        delay = database_retry_delay(self.request.retries)
         log.warning("job %s: database unavailable (%s); trying again in %ss", parsed_id, error.orig, delay)
         raise self.retry(countdown=delay) from None
+
+
+def database_retry_delay(retries: int) -> int:
+    """Seconds until the next try: doubling from one, at most ``MAX_DATABASE_RETRY_SECONDS``.
+
+    The exponent is capped first: ``retries`` comes from the message, and two to the power of a
+    billion takes seconds to compute, to the power of a large AMQP integer longer than a task may run.
+    """
+    return min(MAX_DATABASE_RETRY_SECONDS, 2 ** min(retries, MAX_DATABASE_RETRY_SECONDS.bit_length()))
 
 
 def _dead_letter(task, reason: str) -> None:

@@ -18,7 +18,7 @@ from provisioning.dead_letters import MAX_REASON_LENGTH
 from provisioning.settings import load_settings
 from tasks import app as worker_app
 from tasks.job_message import HEADERS, refusal
-from tasks.jobs import MAX_DATABASE_RETRY_SECONDS
+from tasks.jobs import MAX_DATABASE_RETRY_SECONDS, database_retry_delay
 from tests.job_messages import POISON, RawMessage, job_message
 
 DISPATCHER_APP = Dispatcher(load_settings({})).app
@@ -131,3 +131,8 @@ def mutated_job_messages(draw) -> RawMessage:
 @given(mutated_job_messages())
 def test_whatever_a_message_holds_the_check_never_raises_and_what_it_passes_celery_runs(raw):
     refused_or_runnable(raw)
+
+
+def test_a_message_claiming_billions_of_retries_waits_a_minute_before_the_next_try():
+    assert [database_retry_delay(retries) for retries in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert database_retry_delay(2**62) == MAX_DATABASE_RETRY_SECONDS
