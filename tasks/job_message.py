@@ -68,7 +68,7 @@ def _is_text(value: Any) -> bool:
 
 
 def _is_count(value: Any) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0  # Celery adds 1 to it
 
 
 def _is_uuid(value: Any) -> bool:

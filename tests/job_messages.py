@@ -139,6 +139,7 @@ POISON: list[tuple[str, Callable[[RawMessage], RawMessage], str]] = [
     ("an expiry in the past", _headers(expires="2000-01-01T00:00:00+00:00"), "header expires must be null"),
     ("negative retries", _headers(retries=-1), "header retries must be a count"),
     ("retries as text", _headers(retries="1"), "header retries must be a count"),
+    ("retries of null", _headers(retries=None), "header retries must be a count"),
     ("a shadow name", _headers(shadow="provisioning.other"), "header shadow must be null"),
     ("a group", _headers(group=str(uuid.uuid4())), "header group must be null"),
     ("stamped headers of 5", _headers(stamped_headers=5), "header stamped_headers must be empty"),

@@ -70,6 +70,7 @@ def refused_or_runnable(raw: RawMessage) -> str | None:
     if refused is None:
         request = Request(message, app=worker_app, task=worker_app.tasks[RUN_JOB_TASK], hostname="test@localhost")
         hard_limit, soft_limit = request.time_limits
+        database_retry_delay(request.request_dict.get("retries", 0) + 1)  # the task's retry, and Celery's
         if request.eta:
             to_timestamp(request.eta)
         args, kwargs, embed = message.payload
