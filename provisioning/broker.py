@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Exchange, Queue, compression
 
 import celeryconfig
 from provisioning import logs
@@ -16,7 +17,7 @@ from provisioning.settings import Settings, get_rabbitmq_url, load_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerUnavailable", "Dispatcher", "get_rabbitmq_url", "publish_json"]
+__all__ = ["BrokerUnavailable", "Dispatcher", "get_rabbitmq_url", "publish_json", "refuse_compressed_bodies"]
 
 
 class BrokerUnavailable(Exception):
@@ -51,6 +52,29 @@ def send_json(
         retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
         confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
     )
+
+
+class CompressedBodyRefused(ValueError):
+    """A message came with a compressed body, which this process does not expand."""
+
+
+def refuse_compressed_bodies() -> None:
+    """From now on, this process keeps every compressed body as it came instead of expanding it.
+
+    kombu expands a body named compressed (a ``compression`` header) as it receives the message,
+    before any code of ours can look at it, and without a bound: a few kilobytes of bzip2 can
+    grow to gigabytes and kill the worker, which would then meet the same message again after
+    its restart. No publisher of ours compresses, so a compressed body is refused: the message
+    keeps its bytes, fails to decode, and is dead-lettered (and listed, and replayed) exactly as
+    it came. Compressing what this process sends is unchanged.
+    """
+    for content_type in compression.encoders():
+        encoder, _ = compression.get_encoder(content_type)
+        compression.register(encoder, partial(_refuse_to_expand, content_type), content_type)
+
+
+def _refuse_to_expand(content_type: str, _body: bytes) -> bytes:
+    raise CompressedBodyRefused(f"compressed body ({content_type}) refused: no publisher of ours compresses")
 
 
 class Dispatcher:

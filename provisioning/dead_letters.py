@@ -3,22 +3,57 @@
 A worker never loops on such a message and never drops it silently: it publishes the message
 unchanged (body, content type, headers) to ``<queue>.dead`` with the reason in a header, then
 acknowledges the original. An operator lists, replays or purges them with ``provisioning dlq``.
+
+A reason may quote what a message holds, which anyone could have written: ``quote`` keeps that
+short, so a megabyte ``job_id`` makes neither a megabyte log line nor a reason header too big
+for an AMQP frame. For the same reason, reading a dead letter never decodes or expands its body,
+and what is shown of it is cut short and kept on one line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import reprlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from kombu import Connection, Producer, Queue
+from kombu.exceptions import OperationalError
 from kombu.message import Message
 
 import celeryconfig
+from provisioning.broker import confirming_connection, refuse_compressed_bodies
+from provisioning.errors import BrokerUnreachable
 from provisioning.settings import Settings
 
 REASON_HEADER = "x-erpmax-dead-letter-reason"
 QUEUE_HEADER = "x-erpmax-original-queue"
+MAX_REASON_LENGTH = 300
+MAX_SHOWN_BODY = 500
+# An id longer than this (or not text) is not Celery's: the letter is named by its body's digest.
+MAX_ID_LENGTH = 64
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 4
+_short.maxlevel = 2
+
+
+def quote(value: Any) -> str:
+    """A short repr of a value taken from a message, for a reason or a log line."""
+    return shorten(_short.repr(value), 100)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    printable = "".join(character if character.isprintable() else " " for character in text[:limit])
+    return printable if len(text) <= limit else printable[: limit - 3] + "..."
+
+
+def reason_headers(reason: str, settings: Settings) -> dict[str, str]:
+    """The headers that tell why a message was dead-lettered, and from which queue."""
+    return {REASON_HEADER: shorten(reason, MAX_REASON_LENGTH), QUEUE_HEADER: settings.provisioning_queue_name}
 
 
 @dataclass(frozen=True)
@@ -35,7 +70,7 @@ def dead_letter(producer: Producer, message: Message, reason: str, settings: Set
         producer,
         message,
         celeryconfig.queue_named(settings.dead_letter_queue_name, settings),
-        headers={**(message.headers or {}), REASON_HEADER: reason, QUEUE_HEADER: settings.provisioning_queue_name},
+        headers={**(message.headers or {}), **reason_headers(reason, settings)},
     )
 
 
@@ -57,36 +92,58 @@ def publish_copy(producer: Producer, message: Message, queue: Queue, headers: di
 
 
 def list_dead_letters(settings: Settings, limit: int = 100) -> list[DeadLetter]:
-    """Look at up to ``limit`` dead letters without taking them (they stay in the queue, in order)."""
-    with _connection(settings) as connection:
+    """Look at up to ``limit`` dead letters without taking them (they stay in the queue, in order).
+
+    Raises:
+        BrokerUnreachable: the broker did not answer, or refused us.
+    """
+    with _broker(settings) as connection:
         return [_describe(message) for message in _peek(connection, settings, limit)]
 
 
 def replay(settings: Settings, dead_letter_id: str) -> bool:
-    """Send one dead letter back to the job queue as it was; False if no such id is waiting."""
-    with _connection(settings) as connection:
+    """Send one dead letter back to the job queue as it was; False if no such id is waiting.
+
+    Always to this deployment's job queue, whose dead letters these are, never to a queue a
+    letter's own header names: anyone who can publish can write that header.
+
+    Raises:
+        BrokerUnreachable: the broker did not answer, or refused us.
+    """
+    with _broker(settings) as connection:
         for message in _peek(connection, settings):
             if _message_id(message) == dead_letter_id:
                 headers = {k: v for k, v in (message.headers or {}).items() if k not in (REASON_HEADER, QUEUE_HEADER)}
-                original_queue = (message.headers or {}).get(QUEUE_HEADER, settings.provisioning_queue_name)
-                publish_copy(connection.Producer(), message, celeryconfig.queue_named(original_queue, settings), headers)
+                jobs_queue = celeryconfig.queue_named(settings.provisioning_queue_name, settings)
+                publish_copy(connection.Producer(), message, jobs_queue, headers)
                 message.ack()
                 return True
     return False
 
 
 def purge(settings: Settings) -> int:
-    """Delete every dead letter; returns how many there were."""
-    with _connection(settings) as connection:
+    """Delete every dead letter; returns how many there were.
+
+    Raises:
+        BrokerUnreachable: the broker did not answer, or refused us.
+    """
+    with _broker(settings) as connection:
         channel = connection.default_channel
         _queue(settings)(channel).declare()
         return channel.queue_purge(settings.dead_letter_queue_name) or 0
 
 
-def _connection(settings: Settings) -> Connection:
-    return Connection(
-        settings.broker_url, connect_timeout=settings.broker_connect_timeout, transport_options={"confirm_publish": True}
-    )
+@contextmanager
+def _broker(settings: Settings) -> Iterator[Connection]:
+    """A confirming connection to the broker; failing to reach it, or being refused (a wrong
+    password, a vhost we may not use), is one ``BrokerUnreachable`` that says why: the operator
+    sees one line, not kombu's traceback."""
+    connection = confirming_connection(settings)
+    try:
+        with connection:
+            yield connection
+    except (OperationalError, *connection.connection_errors, *connection.channel_errors) as error:
+        raise BrokerUnreachable(f"cannot use the broker at {connection.as_uri()}: {error}") from None
 
 
 def _queue(settings: Settings) -> Queue:
@@ -94,22 +151,30 @@ def _queue(settings: Settings) -> Queue:
 
 
 def _peek(connection: Connection, settings: Settings, limit: int | None = None) -> Iterator[Message]:
-    """Messages taken without acknowledgement: whatever is not acked returns to the queue on close."""
-    queue = _queue(settings)(connection.default_channel)
+    """Messages taken without acknowledgement: whatever is not acked returns to the queue on close.
+
+    Not ``Queue.get``, which raises on a body it cannot expand and so stops at that message:
+    here such a message comes back like any other, with the error in its ``errors``.
+    """
+    refuse_compressed_bodies()
+    channel = connection.default_channel
+    queue = _queue(settings)(channel)
     queue.declare()
     taken = 0
     while limit is None or taken < limit:
-        message = queue.get(no_ack=False)
-        if message is None:
+        raw = channel.basic_get(queue=queue.name, no_ack=False)
+        if raw is None:
             return
         taken += 1
-        yield message
+        yield channel.message_to_python(raw)
 
 
 def _message_id(message: Message) -> str:
     """Celery's task id when there is one; otherwise a digest of the body, stable across listings."""
-    headers = message.headers or {}
-    return str(headers.get("id") or message.properties.get("message_id") or hashlib.sha256(_raw(message)).hexdigest()[:16])
+    for candidate in ((message.headers or {}).get("id"), message.properties.get("message_id")):
+        if isinstance(candidate, str) and 0 < len(candidate) <= MAX_ID_LENGTH and candidate.isprintable():
+            return candidate
+    return hashlib.sha256(_raw(message)).hexdigest()[:16]
 
 
 def _raw(message: Message) -> bytes:
@@ -118,15 +183,21 @@ def _raw(message: Message) -> bytes:
 
 def _describe(message: Message) -> DeadLetter:
     headers = message.headers or {}
-    body = _raw(message).decode("utf-8", errors="replace")
+    if message.errors:
+        body = f"(undecodable: {message.errors[0][1]})"
+    else:
+        body = _raw(message).decode("utf-8", errors="replace")
+    task = headers.get("task")
     return DeadLetter(
         id=_message_id(message),
-        reason=str(headers.get(REASON_HEADER) or _x_death_reason(headers)),
-        task=headers.get("task"),
-        body=body[:500],
+        reason=shorten(str(headers.get(REASON_HEADER) or _x_death_reason(headers)), MAX_REASON_LENGTH),
+        task=None if task is None else shorten(str(task), 100),
+        body=shorten(body, MAX_SHOWN_BODY),
     )
 
 
 def _x_death_reason(headers: dict) -> str:
-    deaths = headers.get("x-death") or []
-    return f"dead-lettered by RabbitMQ ({deaths[0].get('reason')})" if deaths else "unknown"
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return f"dead-lettered by RabbitMQ ({deaths[0].get('reason')})"
+    return "unknown"

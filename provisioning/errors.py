@@ -17,6 +17,10 @@ class Gone(ProvisioningError):
     """What was asked for existed once and never will again (a secret that could be read only once)."""
 
 
+class BrokerUnreachable(ProvisioningError):
+    """The broker did not answer, or refused us; the message says which, for the operator."""
+
+
 class StepFailed(Exception):
     """A driver step failed in a way the job should report (not a bug in our code)."""
 

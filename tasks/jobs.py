@@ -15,7 +15,7 @@ import celeryconfig
 from provisioning import logs
 from provisioning.broker import Dispatcher
 from provisioning.db import get_engine, is_connection_failure, session_factory
-from provisioning.dead_letters import QUEUE_HEADER, REASON_HEADER
+from provisioning.dead_letters import reason_headers
 from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
 from provisioning.runner import JobRunner
@@ -39,21 +39,16 @@ def worker_dispatcher() -> Dispatcher:
 
 
 @app.task(name=celeryconfig.RUN_JOB_TASK, bind=True, max_retries=None)
-def run_job(self, job_id: str | None = None, **unexpected) -> None:
+def run_job(self, job_id: str) -> None:
     """Run one provisioning job; the message carries nothing but ``{"job_id": "<uuid>"}``.
 
-    A payload that names no job can never succeed, so it goes to the dead-letter queue with the
-    reason, instead of looping or vanishing. When the database cannot be reached, the
+    The worker's consumer has checked the message's shape (``tasks.job_message``) before it got
+    here. A job id that names no job can never succeed, so it goes to the dead-letter queue with
+    the reason, instead of looping or vanishing. When the database cannot be reached, the
     message is not simply acknowledged (that would lose the job): the task is sent again with a
     growing delay until the database answers.
     """
-    if unexpected or job_id is None:
-        keys = sorted([*unexpected, *(["job_id"] if job_id is not None else [])])
-        return _dead_letter(self, f"payload must be exactly {{'job_id': '<uuid>'}}, got keys {keys}")
-    try:
-        parsed_id = uuid.UUID(str(job_id))
-    except ValueError:
-        return _dead_letter(self, f"job_id {job_id!r} is not a UUID")
+    parsed_id = uuid.UUID(job_id)
     settings = worker_settings()
     runner = JobRunner.for_settings(
         settings,
@@ -70,9 +65,18 @@ def run_job(self, job_id: str | None = None, **unexpected) -> None:
     except DBAPIError as error:
         if not is_connection_failure(error):
             raise
-        delay = min(MAX_DATABASE_RETRY_SECONDS, 2**self.request.retries)
+        delay = database_retry_delay(self.request.retries)
         log.warning("job %s: database unavailable (%s); trying again in %ss", parsed_id, error.orig, delay)
         raise self.retry(countdown=delay) from None
+
+
+def database_retry_delay(retries: int) -> int:
+    """Seconds until the next try: doubling from one, at most ``MAX_DATABASE_RETRY_SECONDS``.
+
+    The exponent is capped first: ``retries`` comes from the message, and two to the power of a
+    billion takes seconds to compute, to the power of a large AMQP integer longer than a task may run.
+    """
+    return min(MAX_DATABASE_RETRY_SECONDS, 2 ** min(retries, MAX_DATABASE_RETRY_SECONDS.bit_length()))
 
 
 def _dead_letter(task, reason: str) -> None:
@@ -90,7 +94,7 @@ def _dead_letter(task, reason: str) -> None:
             kwargs=task.request.kwargs,
             task_id=task.request.id,
             queue=celeryconfig.queue_named(settings.dead_letter_queue_name, settings),
-            headers={REASON_HEADER: reason, QUEUE_HEADER: settings.provisioning_queue_name},
+            headers=reason_headers(reason, settings),
             retry=True,
             retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
         )
