@@ -16,8 +16,6 @@ workflow, and headers that leave the deployment's own limits and routing alone.
 
 from __future__ import annotations
 
-import re
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -25,6 +23,7 @@ from celery.utils.time import maybe_iso8601
 from kombu.message import Message
 
 import celeryconfig
+from provisioning import identifiers
 from provisioning.dead_letters import quote, shorten
 
 # An ETA holds the message unacknowledged in the worker until it is due; RabbitMQ closes the
@@ -43,9 +42,6 @@ PAYLOAD = "payload must be exactly {'job_id': '<uuid>'}"
 # message (our dead-letter copies have them); the dispatcher and Celery's retry write nulls.
 OWN_TIME_LIMITS = [celeryconfig.task_time_limit, celeryconfig.task_soft_time_limit]
 EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
-# The API's rule for the request id it binds and sends on (X-Request-ID): one that can go into a
-# log field and back into a header without quoting or surprises.
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def refusal(message: Message) -> str | None:
@@ -71,16 +67,6 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0  # Celery adds 1 to it
 
 
-def _is_uuid(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) > 45:  # the longest spelling uuid.UUID takes: urn:uuid:{...}
-        return False
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def _is_near_eta(value: Any) -> bool:
     if value is None:
         return True
@@ -100,7 +86,7 @@ def _is_near_eta(value: Any) -> bool:
 # the pool, ``callbacks`` included, so no other header is let through but ours and the broker's.
 HEADERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task": (lambda value: value == celeryconfig.RUN_JOB_TASK, celeryconfig.RUN_JOB_TASK),
-    "id": (_is_uuid, "a UUID"),
+    "id": (identifiers.UUID.is_valid, identifiers.UUID.rule),
     "lang": (lambda value: value in (None, "py"), "'py'"),
     "shadow": (_is_null, "null"),
     "eta": (_is_near_eta, f"null or an ISO 8601 time at most {LATEST_ETA.seconds // 60} minutes ahead"),
@@ -121,10 +107,8 @@ HEADERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "replaced_task_nesting": (_is_count, "a count"),
     "stamped_headers": (lambda value: value in (None, []), "empty"),
     "stamps": (lambda value: value in (None, {}), "empty"),
-    celeryconfig.REQUEST_ID_HEADER: (
-        lambda value: isinstance(value, str) and REQUEST_ID.fullmatch(value) is not None,
-        "1 to 128 of A-Z a-z 0-9 . _ : -",
-    ),
+    # The API's rule for the X-Request-ID it binds and sends on.
+    celeryconfig.REQUEST_ID_HEADER: (identifiers.REQUEST_ID.is_valid, identifiers.REQUEST_ID.rule),
 }
 
 
@@ -160,7 +144,7 @@ def _body_refusal(message: Message) -> str | None:
         return f"{PAYLOAD}, got positional arguments {quote(args)}"
     if not isinstance(kwargs, dict) or set(kwargs) != {"job_id"}:
         return f"{PAYLOAD}, got {quote(sorted(kwargs) if isinstance(kwargs, dict) else kwargs)}"
-    if not _is_uuid(kwargs["job_id"]):
+    if not identifiers.UUID.is_valid(kwargs["job_id"]):
         return f"job_id {quote(kwargs['job_id'])} is not a UUID"
     if not isinstance(embed, dict) or not set(embed) <= EMBED_KEYS or any(value is not None for value in embed.values()):
         return f"embed must name no callbacks, errbacks, chain or chord (no workflow runs from this queue), got {quote(embed)}"
