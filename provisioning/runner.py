@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 DATABASE_RETRY_SECONDS = 1.0
 DEFAULT_RETENTION = Retention(keep_last=7, max_age=timedelta(days=30))
-# Steps quicker than this are written in batches: nobody reads progress faster.
-STEP_WRITE_SECONDS = 1.0
 
 
 class PatientService:
@@ -75,12 +73,11 @@ class PatientService:
 class JobWatch:
     """The job's status as the database has it, read at most once per interval.
 
-    Drivers ask whether to stop often inside long steps, and the runner asks between quick
-    steps (through the StepJournal); the interval keeps that from becoming a query storm, and a
-    status read with a step write counts as a read (``saw``). A job stops when it is being
-    cancelled, and also when it is no longer running at all: then the sweeper declared this
-    worker lost and failed the job, and whatever this worker would still write is no longer its
-    to write.
+    Drivers ask whether to stop often inside long steps; the interval keeps that from becoming a
+    query storm, and a status read with a step write counts as a read (``saw``). A job stops
+    when it is being cancelled, and also when it is no longer running at all: then the sweeper
+    declared this worker lost and failed the job, and whatever this worker would still write is
+    no longer its to write.
     """
 
     def __init__(self, service: ProvisioningService | PatientService, job_id: uuid.UUID, interval: float = 0.5):
@@ -100,6 +97,15 @@ class JobWatch:
         self._read_at = time.monotonic()
         self._status = status
 
+    def should_stop(self) -> bool:
+        """The check a driver makes inside its step."""
+        return self.status() != JobStatus.RUNNING
+
+    def taken_away(self) -> bool:
+        """The check inside a step that a cancel must not stop (the point of no return): only a
+        job that is no longer this worker's stops it."""
+        return self.status() not in (JobStatus.RUNNING, JobStatus.CANCELLING)
+
 
 class StepTerminator:
     """Interrupts a step that will not stop by itself, by raising StepTerminated inside it.
@@ -108,9 +114,11 @@ class StepTerminator:
     heartbeat's thread, sends that thread SIGUSR2. The handler is installed once per process
     and stays (a late signal must never meet the default action, which kills the process); it
     raises only while a step of the job that asked is running, so a signal that arrives between
-    steps, or after the job ended, does nothing. StepTerminated is a BaseException, so a
-    driver's ``except Exception`` cannot swallow it. Outside the main thread (tests that run a
-    job in a thread of their own) a step cannot be interrupted this way, and this says so.
+    steps, or after the job ended, does nothing; nor does one for a cancel while a step that a
+    cancel must not stop runs (``step(stops_for_a_cancel=False)``). StepTerminated is a
+    BaseException, so a driver's ``except Exception`` cannot swallow it. Outside the main thread
+    (tests that run a job in a thread of their own) a step cannot be interrupted this way, and
+    this says so.
     """
 
     SIGNAL = signal.SIGUSR2
@@ -120,6 +128,8 @@ class StepTerminator:
         self.job_id = job_id
         self.usable = threading.current_thread() is threading.main_thread()
         self._reason: str | None = None
+        self._for_a_cancel = False
+        self._stops_for_a_cancel = True
         if self.usable:
             self._install()
 
@@ -132,26 +142,31 @@ class StepTerminator:
     _current: "StepTerminator | None" = None
 
     @contextmanager
-    def step(self):
+    def step(self, stops_for_a_cancel: bool = True):
+        self._stops_for_a_cancel = stops_for_a_cancel
         StepTerminator._current = self
         try:
             yield
         finally:
             StepTerminator._current = None
 
-    def terminate(self, reason: str) -> None:
+    def terminate(self, reason: str, for_a_cancel: bool = False) -> None:
         if not self.usable:
             log.warning("job %s: its step cannot be interrupted outside a main thread (%s)", self.job_id, reason)
             return
-        self._reason = reason
+        self._reason, self._for_a_cancel = reason, for_a_cancel
         signal.pthread_kill(threading.main_thread().ident, self.SIGNAL)
 
     @staticmethod
     def _interrupt(_signum, _frame) -> None:
         current = StepTerminator._current
-        if current is not None and current._reason is not None:
-            StepTerminator._current = None
-            raise StepTerminated(current._reason)
+        if current is None or current._reason is None:
+            return
+        if current._for_a_cancel and not current._stops_for_a_cancel:
+            log.warning("job %s: the step runs on to its end: a cancel cannot take it back", current.job_id)
+            return
+        StepTerminator._current = None
+        raise StepTerminated(current._reason)
 
 
 @dataclass
@@ -171,13 +186,12 @@ class Run:
 class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
-    Each step boundary of steps slower than ``step_write_seconds`` is one short transaction,
-    so the job's row shows the step in progress; quicker steps are written in batches (see
-    StepJournal). Before every step the job's status is checked (read with the write, or at
-    most half a second old between quick steps): a cancel stops it there, and a job that is no
-    longer running (the sweeper failed it) is left alone. Inside long steps the driver asks the
-    same question. A retry that resumes starts at its ``resume_from`` step, after the driver
-    cleaned up what the failed attempt at that step left half-done.
+    Each step boundary is one short transaction, written before the next step runs (see
+    StepJournal), so the job's row shows the step in progress. Its status read is the check
+    before every step: a cancel stops the job there, and a job that is no longer running (the
+    sweeper failed it) is left alone. Inside long steps the driver asks the same question. A
+    retry that resumes starts at its ``resume_from`` step, after the driver cleaned up what the
+    failed attempt at that step left half-done.
     """
 
     def __init__(
@@ -191,7 +205,6 @@ class JobRunner:
         credentials: SiteCredentials | None = None,
         backup_root: Path = Path("var/backups"),
         retention: Retention = DEFAULT_RETENTION,
-        step_write_seconds: float = STEP_WRITE_SECONDS,
     ):
         self.sessions = sessions
         self.driver = driver
@@ -202,7 +215,6 @@ class JobRunner:
         self.credentials = credentials or SiteCredentials(None)
         self.backup_root = backup_root
         self.backup_steps = BackupSteps(sessions, retention)
-        self.step_write_seconds = step_write_seconds
 
     @classmethod
     def for_settings(
@@ -264,11 +276,12 @@ class JobRunner:
         terminator = StepTerminator(job.id)
         patient = PatientService(service, self.database_patience)
         workflow = workflow_for(job.job_type)
-        journal = StepJournal(patient, JobWatch(patient, job.id), job.id, self.worker, workflow, self.step_write_seconds)
-        heartbeat = Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator, journal)
+        watch = JobWatch(patient, job.id)
+        journal = StepJournal(patient, watch, job.id, self.worker, workflow, claim.step_started)
+        heartbeat = Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator)
         with heartbeat:
             try:
-                self._run_steps(patient, claim, journal, terminator)
+                self._run_steps(patient, claim, journal, watch, terminator)
             except Exception as error:
                 # Outside a step (a time limit during a write, patience run out): say so now,
                 # rather than leave the job running until it is reaped as lost.
@@ -276,24 +289,29 @@ class JobRunner:
                 self._fail_outside_a_step(service, job, journal, f"stopped outside a step: {type(error).__name__}: {error}")
                 raise
 
-    def _run_steps(self, service: PatientService, claim: Claim, journal: StepJournal, terminator: StepTerminator) -> None:
+    def _run_steps(
+        self, service: PatientService, claim: Claim, journal: StepJournal, watch: JobWatch, terminator: StepTerminator
+    ) -> None:
         job, workflow = claim.job, journal.workflow
-        context = JobContext(self.sessions, claim, journal.should_stop, self.credentials, self.backup_root)
+        context = JobContext(self.sessions, claim, watch.should_stop, self.credentials, self.backup_root)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         done_before = list(workflow.step_names[:first])
         run = Run(service, job, workflow, journal, context, completed=done_before, reached=list(done_before))
         for position, step in enumerate(workflow.steps[first:], start=first):
-            if step.skipped_when and job.options.get(step.skipped_when):
+            if workflow.skips(step, job.options):
                 journal.skip(position, f"Skipped: the job asked for {step.skipped_when}")
                 continue
             if journal.begin(position, step) != JobStatus.RUNNING:
                 return self._stop(run)
             run.reached.append(step.name)
             log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
+            # The point of no return, once started, runs to its end whatever a cancel says.
+            stops_for_a_cancel = step.name != workflow.point_of_no_return
+            step_context = context if stops_for_a_cancel else context.stopping_when(watch.taken_away)
             try:
-                with terminator.step(), logs.bound(step=step.name):
+                with terminator.step(stops_for_a_cancel), logs.bound(step=step.name):
                     resuming = job.resume_from is not None and position == first
-                    output = self._perform(job, step, context, resuming)
+                    output = self._perform(job, step, step_context, resuming)
             except (StepStopped, StepTerminated) as stop:
                 service.session.rollback()  # a signal may have landed in the middle of a query
                 if journal.flush() == JobStatus.CANCELLING:
@@ -359,23 +377,28 @@ class JobRunner:
     def _settle_cancel(self, run: "Run") -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return.
 
-        A job stopped before ``changes_from`` made nothing, so nothing is undone: what is there
-        (a failed tenant's site, say) is not this job's to remove.
+        Undoing discards the backups the job took (a cancelled job leaves none behind), and has
+        the driver remove what the job made of the site. A job stopped before ``changes_from``
+        made nothing there, so the driver undoes nothing: what is there (a failed tenant's site,
+        say) is not this job's to remove.
         """
         service, job, workflow = run.service, run.job, run.workflow
-        if workflow.point_of_no_return in run.completed:
-            message = f"Cancelled after {workflow.point_of_no_return} had completed; that cannot be undone"
-        elif workflow.changes_from is not None and workflow.changes_from not in run.reached:
-            message = "Cancelled before it changed anything"
+        if (past := workflow.point_of_no_return) in run.completed:
+            message = f"Cancelled after {past} had completed; that cannot be undone: {workflow.cannot_undo}"
         else:
             try:
-                # The clean-up must run to its end although the job is cancelling.
-                self.driver.undo(run.context.unstoppable())
+                with self.sessions() as session:
+                    BackupBook(session).discard_of_job(job.id, f"discarded: job {job.id} was cancelled")
+                if workflow.changes_from is not None and workflow.changes_from not in run.reached:
+                    message = "Cancelled before it changed anything"
+                else:
+                    # The clean-up must run to its end although the job is cancelling.
+                    self.driver.undo(run.context.unstoppable())
+                    message = "Cancelled; its partial work was undone"
             except Exception as error:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"
                 service.fail_job(job.id, error_text, workflow.tenant_after_failure(None, job.tenant_status_before))
                 return
-            message = "Cancelled; its partial work was undone"
         service.finish_cancel(job.id, workflow.tenant_after_cancel(run.completed, job.tenant_status_before), message)
         log.info("job %s: cancelled", job.id)

@@ -110,12 +110,15 @@ class ClaimedJob:
 
 @dataclass(frozen=True)
 class Claim:
-    """A job as its claim wrote it, its tenant's slug, and for a job that makes the site, the
-    site's admin password (encrypted; None without a key): what a runner needs to start it."""
+    """A job as its claim wrote it, its tenant's slug, for a job that makes the site, the site's
+    admin password (encrypted; None without a key), and the position of the step whose start the
+    claim wrote (None: the job's options skip the step it begins with): what a runner needs to
+    start it."""
 
     job: ClaimedJob
     tenant_slug: str
     admin_password_encrypted: str | None = field(default=None, repr=False)
+    step_started: int | None = None
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ class ProvisioningService:
 
     def list_job_events(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobEvent]:
         self.get_job(tenant_id, job_id)
-        # In the order things happened: a worker writes the events of quick steps after the fact,
+        # In the order things happened: a worker writes a step's end with the next step's start,
         # so an event recorded meanwhile (a cancel request) can have a smaller id.
         events = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.created_at, JobEvent.id)
         return self.session.scalars(events).all()
@@ -335,7 +338,8 @@ class ProvisioningService:
     def start_job(
         self, job_id: uuid.UUID, worker: str, new_admin_password: Callable[[], str | None] = lambda: None
     ) -> Claim | None:
-        """Claim a pending job for ``worker`` and lay out its steps; None if it is not pending.
+        """Claim a pending job for ``worker``, lay out its steps and start the first one to run;
+        None if it is not pending.
 
         A job that makes the site stores ``new_admin_password()`` (encrypted) as the site's
         admin password with the claim, unless an earlier attempt's is stored: then that one
@@ -370,20 +374,26 @@ class ProvisioningService:
             )  # fmt: skip
             self.session.commit()
             raise Conflict(error)
+        # The step the job begins with is started with the claim (unless the job's options skip
+        # it: the runner records the skip), so the job is never running without its step on record.
+        starting = None if workflow.skips(workflow.steps[first], job.options) else first
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
         self._later(
             INSERT_STEPS,
             [
                 {"id": uuid.uuid4(), "job_id": job_id, "position": position, "name": step.name, "output": "",
-                 **({"status": StepStatus.PENDING, "message": ""} if position >= first
-                    else {"status": StepStatus.SKIPPED, "message": done_before})}
+                 "started_at": now if position == starting else None,
+                 **({"status": StepStatus.RUNNING if position == starting else StepStatus.PENDING, "message": ""}
+                    if position >= first else {"status": StepStatus.SKIPPED, "message": done_before})}
                 for position, step in enumerate(workflow.steps)
             ],
         )  # fmt: skip
+        if starting is not None:
+            self._record(job_id, "step_started", f"worker {worker}", workflow.steps[starting].name)
         if not workflow.needs_admin_password:
             self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
             self.session.commit()
-            return Claim(job, slug)
+            return Claim(job, slug, step_started=starting)
         # The claim read the stored password, and no other job of the tenant can store one meanwhile.
         password = stored_password or new_admin_password()
         self._later(
@@ -391,7 +401,7 @@ class ProvisioningService:
             {"tenant_id": job.tenant_id, "new_status": workflow.tenant_on_start, "now": now, "made": password},
         )
         self.session.commit()
-        return Claim(job, slug, password)
+        return Claim(job, slug, password, step_started=starting)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
         """Vouch that ``worker`` still runs the job; None once the job is not its running job.
@@ -463,20 +473,18 @@ class ProvisioningService:
     def write_steps(
         self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], starting: StepRecord | None = None
     ) -> JobStatus | None:
-        """Record the steps ``done`` since the last write and, with ``starting``, the start of the
-        next one, in one transaction: one commit per step boundary, or per batch of quick steps.
-        A step left running is the job's current one: the job's message says what it does.
+        """Record the steps ``done`` since the last write (ended: completed or skipped) and, with
+        ``starting``, the start of the next one, in one transaction: one commit per step boundary.
+        The job's message then says what the starting step does.
 
         Returns the job's status: ``running`` when the step may run; ``cancelling`` when a cancel
         came (the steps done are still recorded, the starting one is not started); None when the
         job is no longer this worker's (nothing is written).
         """
-        running = [step for step in done if step.status == StepStatus.RUNNING]
         status = self._execute(
             OWNED_JOB_PROGRESS,
             {"job_id": job_id, "claimer": worker, "at_least": max((step.progress for step in done), default=0),
-             "starting_doing": starting.doing or None if starting else None,
-             "now_doing": running[-1].doing or None if running else None},
+             "starting_doing": starting.doing or None if starting else None},
         ).scalar()  # fmt: skip
         if status is None:
             self.session.rollback()
@@ -562,8 +570,6 @@ class ProvisioningService:
         completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
         self._write_steps(job_id, worker, done, then=completion)
         self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
-        if completed.job_type == JobType.DELETE_SITE:
-            self._later(FORGET_ADMIN_PASSWORD, {"tenant_id": completed.tenant_id, "now": utcnow()})
         self.session.commit()
         return True
 
@@ -814,8 +820,12 @@ class ProvisioningService:
         ).scalar_one()
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
+        """Move the tenant (None: leave it); a deleted site's admin password is forgotten, whichever
+        job deleted it (completed, or cancelled past its point of no return)."""
         if status is not None:
             self._later(SET_TENANT_STATUS, {"tenant_id": tenant_id, "new_status": status, "now": utcnow()})
+        if status == TenantStatus.DELETED:
+            self._later(FORGET_ADMIN_PASSWORD, {"tenant_id": tenant_id, "now": utcnow()})
 
     def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
         return self.session.scalars(

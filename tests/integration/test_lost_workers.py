@@ -100,6 +100,54 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
     assert set(steps_by_status(sessions, job.id).values()) == {StepStatus.FAILED, StepStatus.PENDING}
 
 
+class FreezesAt(SimulatedDriver):
+    """Quick steps; in the one named ``step`` the worker freezes, as one killed there stops for good,
+    until the test lets it go (``thaw``)."""
+
+    def __init__(self, step: str):
+        super().__init__(step_seconds=0)
+        self.step = step
+        self.frozen, self.thaw = threading.Event(), threading.Event()
+
+    def run_step(self, step, context):
+        if step == self.step:
+            self.frozen.set()
+            self.thaw.wait(30)
+        return super().run_step(step, context)
+
+
+def test_a_worker_lost_during_a_quick_step_is_reaped_naming_that_step_and_its_retry_resumes_there(
+    settings, session, sessions, tenant_factory
+):
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    driver = FreezesAt("install_apps")
+    runner = JobRunner.for_settings(settings, sessions, driver, worker="worker@frozen")
+    runner.heartbeat_seconds = 3600  # a dead worker beats no more: the first beat is due long after the test
+    thread = threading.Thread(target=runner.run, args=(job.id,), daemon=True)
+    thread.start()
+    try:
+        assert driver.frozen.wait(30), "the job never reached install_apps"
+        age_heartbeat(sessions, job.id, 120)
+        assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
+    finally:
+        driver.thaw.set()
+        thread.join(timeout=10)
+
+    lost = read_job(sessions, job.id)
+    assert lost.error.startswith("worker worker@frozen was lost during step install_apps: no heartbeat since"), lost.error
+    assert steps_by_status(sessions, job.id) == {
+        "check_preconditions": StepStatus.COMPLETED,
+        "create_site": StepStatus.COMPLETED,
+        "install_apps": StepStatus.FAILED,
+        "configure_site": StepStatus.PENDING,
+        "verify_site": StepStatus.PENDING,
+    }
+    assert tenant_status(sessions, tenant.id) == TenantStatus.FAILED
+    assert service.retry_job(tenant.id, job.id).resume_from == "install_apps"
+
+
 @pytest.fixture
 def beat(isolated, tmp_path):
     """Celery beat, as the Procfile runs it, asking for a sweep every second."""
