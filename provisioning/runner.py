@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioning import logs
 from provisioning.backups import BackupBook, BackupSteps, Retention, retention_of
 from provisioning.credentials import CredentialsUnavailable, SiteCredentials, generate_password
-from provisioning.db import is_connection_failure
+from provisioning.db import is_connection_failure, utcnow
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
-from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
+from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated, WorkerStopping
 from provisioning.heartbeat import Heartbeat
 from provisioning.job_context import JobContext
-from provisioning.service import Claim, ClaimedJob, ProvisioningService
+from provisioning.service import Claim, ClaimedJob, ProvisioningService, StepRecord
 from provisioning.settings import Settings
 from provisioning.step_journal import StepJournal
 from provisioning.workflows import Step, Workflow, workflow_for
@@ -169,18 +169,73 @@ class StepTerminator:
         raise StepTerminated(current._reason)
 
 
+class WorkerStop:
+    """A stop of the worker process (SIGTERM) while it runs a job: the job fails at the step it
+    was in, saying so, and its retry resumes there, as for a worker the sweeper reaps.
+
+    A Celery pool process gets SIGTERM when the whole worker is stopped at once: Ctrl-C under
+    ``make run`` (honcho signals the worker's process group), systemd's default KillMode, a
+    container's stop. Billiard's handler would raise SystemExit in the task: the parent then
+    logs a WorkerLostError traceback and the job stays running until it is reaped. While a job
+    runs, this handler takes SIGTERM instead: inside a step it raises WorkerStopping there (a
+    BaseException, like StepTerminated: a bench command is stopped whole on the way out);
+    between steps, the next step does not start. Either way the runner fails the job and the
+    task returns; the worker's warm shutdown (it got the signal too) then ends the process.
+    Outside a job the previous handler is back, so an idle pool process exits at once, as
+    before. A stop of the worker's main process alone (Celery's ``shutdown`` control, a SIGTERM
+    to it only) reaches no pool process: the warm shutdown lets the job run to its end. Signals
+    arrive in the main thread only; elsewhere (tests that run a job in a thread) this does
+    nothing.
+    """
+
+    def __init__(self, worker: str):
+        self.worker = worker
+        self.usable = threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._in_step = False
+        self._previous = None
+
+    def __enter__(self) -> "WorkerStop":
+        if self.usable:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.usable:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+
+    @contextmanager
+    def step(self):
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
+
+    def reason(self, when: str) -> str:
+        return f"worker {self.worker} was stopped {when}: its process received SIGTERM"
+
+    def _handle(self, _signum, _frame) -> None:
+        self.requested = True
+        if self._in_step:
+            self._in_step = False
+            raise WorkerStopping()
+
+
 @dataclass
 class Run:
-    """One job as its runner goes through it: which steps it completed, and which it started (the
-    one in progress included)."""
+    """One job as its runner goes through it: which steps it completed, which it started (the
+    one in progress included), and the position of the step it is at (``at``)."""
 
     service: PatientService
     job: ClaimedJob
     workflow: Workflow
     journal: StepJournal
+    watch: JobWatch
     context: JobContext
     completed: list[str]
     reached: list[str]
+    at: int
 
 
 class JobRunner:
@@ -242,7 +297,11 @@ class JobRunner:
         The job's writes are transactions on one connection, kept for the whole job: taking one
         from the pool and giving it back for each cost more than a quick step's write.
         """
-        with self.sessions.kw["bind"].connect() as connection, self.sessions(bind=connection) as session:
+        with (
+            WorkerStop(self.worker) as stop,
+            self.sessions.kw["bind"].connect() as connection,
+            self.sessions(bind=connection) as session,
+        ):
             service = ProvisioningService(session)
             try:
                 claim = service.start_job(job_id, self.worker, self._new_admin_password)
@@ -260,7 +319,7 @@ class JobRunner:
                 job_type=job.job_type.value,
             )
             with job_fields:
-                self._run_claimed(service, claim)
+                self._run_claimed(service, claim, stop)
 
     def _new_admin_password(self) -> str | None:
         """A site's new admin password, encrypted; None without a key (the step that needs it then
@@ -270,7 +329,7 @@ class JobRunner:
         except CredentialsUnavailable:
             return None
 
-    def _run_claimed(self, service: ProvisioningService, claim: Claim) -> None:
+    def _run_claimed(self, service: ProvisioningService, claim: Claim, stop: WorkerStop) -> None:
         job, tenant_slug = claim.job, claim.tenant_slug
         log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, tenant_slug, self.worker)
         terminator = StepTerminator(job.id)
@@ -278,44 +337,49 @@ class JobRunner:
         workflow = workflow_for(job.job_type)
         watch = JobWatch(patient, job.id)
         journal = StepJournal(patient, watch, job.id, self.worker, workflow, claim.step_started)
+        context = JobContext(self.sessions, claim, watch.should_stop, self.credentials, self.backup_root)
+        first = workflow.position_of(job.resume_from) if job.resume_from else 0
+        done_before = list(workflow.step_names[:first])
+        run = Run(patient, job, workflow, journal, watch, context, completed=done_before, reached=list(done_before), at=first)
         heartbeat = Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator)
         with heartbeat:
             try:
-                self._run_steps(patient, claim, journal, watch, terminator)
+                self._run_steps(run, terminator, stop)
             except Exception as error:
                 # Outside a step (a time limit during a write, patience run out): say so now,
                 # rather than leave the job running until it is reaped as lost.
                 log.exception("job %s: stopped outside a step", job.id)
-                self._fail_outside_a_step(service, job, journal, f"stopped outside a step: {type(error).__name__}: {error}")
+                self._fail_outside_a_step(run, service, f"stopped outside a step: {type(error).__name__}: {error}")
                 raise
 
-    def _run_steps(
-        self, service: PatientService, claim: Claim, journal: StepJournal, watch: JobWatch, terminator: StepTerminator
-    ) -> None:
-        job, workflow = claim.job, journal.workflow
-        context = JobContext(self.sessions, claim, watch.should_stop, self.credentials, self.backup_root)
-        first = workflow.position_of(job.resume_from) if job.resume_from else 0
-        done_before = list(workflow.step_names[:first])
-        run = Run(service, job, workflow, journal, context, completed=done_before, reached=list(done_before))
+    def _run_steps(self, run: Run, terminator: StepTerminator, stop: WorkerStop) -> None:
+        service, job, workflow, journal = run.service, run.job, run.workflow, run.journal
+        first = run.at
         for position, step in enumerate(workflow.steps[first:], start=first):
+            run.at = position
             if workflow.skips(step, job.options):
                 journal.skip(position, f"Skipped: the job asked for {step.skipped_when}")
                 continue
+            if stop.requested:
+                return self._fail(run, position, stop.reason(f"before step {step.name}"))
             if journal.begin(position, step) != JobStatus.RUNNING:
                 return self._stop(run)
             run.reached.append(step.name)
             log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
             # The point of no return, once started, runs to its end whatever a cancel says.
             stops_for_a_cancel = step.name != workflow.point_of_no_return
-            step_context = context if stops_for_a_cancel else context.stopping_when(watch.taken_away)
+            step_context = run.context if stops_for_a_cancel else run.context.stopping_when(run.watch.taken_away)
             try:
-                with terminator.step(stops_for_a_cancel), logs.bound(step=step.name):
+                with terminator.step(stops_for_a_cancel), stop.step(), logs.bound(step=step.name):
                     resuming = job.resume_from is not None and position == first
                     output = self._perform(job, step, step_context, resuming)
-            except (StepStopped, StepTerminated) as stop:
+            except WorkerStopping:
+                service.session.rollback()  # the signal may have landed in the middle of a query
+                return self._fail(run, position, stop.reason(f"during step {step.name}"))
+            except (StepStopped, StepTerminated) as stopped:
                 service.session.rollback()  # a signal may have landed in the middle of a query
                 if journal.flush() == JobStatus.CANCELLING:
-                    how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
+                    how = f"Terminated: it {stopped}" if isinstance(stopped, StepTerminated) else "Stopped by a cancel request"
                     service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
                 return self._stop(run)
             except StepFailed as failure:
@@ -356,23 +420,28 @@ class JobRunner:
         else:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status)
 
-    def _fail(self, run: "Run", position: int, error: str, output: str = "") -> None:
-        job, workflow = run.job, run.workflow
-        log.warning("job %s: %s", job.id, error, extra={"step": workflow.steps[position].name})
-        run.journal.flush()
-        run.service.end_step(job.id, self.worker, position, StepStatus.FAILED, error, output)
-        tenant_status = workflow.tenant_after_failure(workflow.steps[position].name, job.tenant_status_before)
-        if not run.service.fail_job(job.id, error, tenant_status):
-            log.warning("job %s: no longer running, so its failure was not recorded", job.id)
+    def _fail(
+        self, run: "Run", position: int, error: str, output: str = "", service: ProvisioningService | PatientService | None = None
+    ) -> None:
+        """Fail the job at the step at ``position`` (in it, or about to start it): the step is
+        failed with ``error``, so a retry resumes there, and the tenant released as for any
+        failure there, in the one transaction that fails the job."""
+        job, workflow, step = run.job, run.workflow, run.workflow.steps[position]
+        log.warning("job %s: %s", job.id, error, extra={"step": step.name})
+        failed = StepRecord(position, step.name, StepStatus.FAILED, finished_at=utcnow(), output=output, message=error)
+        tenant_status = workflow.tenant_after_failure(step.name, job.tenant_status_before)
+        with run.journal.written_by_caller() as done:
+            recorded = (service or run.service).fail_job(job.id, self.worker, error, tenant_status, [*done, failed])
+        if not recorded:
+            log.warning("job %s: no longer this worker's, so its failure was not recorded", job.id)
 
-    def _fail_outside_a_step(self, service: ProvisioningService, job: ClaimedJob, journal: StepJournal, error: str) -> None:
+    def _fail_outside_a_step(self, run: "Run", service: ProvisioningService, error: str) -> None:
+        """Fail the job at the step the runner was at (without waiting out an outage again)."""
         try:
             service.session.rollback()
-            journal.flush(service)  # the steps done go on record first (without waiting out an outage again)
-            tenant_status = workflow_for(job.job_type).tenant_after_failure(None, job.tenant_status_before)
-            service.fail_job(job.id, error, tenant_status)
+            self._fail(run, run.at, error, service=service)
         except Exception:
-            log.exception("job %s: could not record the failure; the sweeper will fail it as lost", job.id)
+            log.exception("job %s: could not record the failure; the sweeper will fail it as lost", run.job.id)
 
     def _settle_cancel(self, run: "Run") -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return.
@@ -398,7 +467,9 @@ class JobRunner:
             except Exception as error:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"
-                service.fail_job(job.id, error_text, workflow.tenant_after_failure(None, job.tenant_status_before))
+                tenant_status = workflow.tenant_after_failure(None, job.tenant_status_before)
+                with run.journal.written_by_caller() as done:
+                    service.fail_job(job.id, self.worker, error_text, tenant_status, done)
                 return
         service.finish_cancel(job.id, workflow.tenant_after_cancel(run.completed, job.tenant_status_before), message)
         log.info("job %s: cancelled", job.id)

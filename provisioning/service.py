@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import Executable, Insert, Update, delete, func, insert, or_, select, update
+from sqlalchemy import Executable, Insert, Update, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -66,8 +66,8 @@ EVENT_OF_STATUS = {
 @dataclass(frozen=True)
 class StepRecord:
     """A step's state as its runner knows it and has not written yet: started (``running``, with
-    what the job is ``doing`` meanwhile), or ended (completed or skipped) with when, what it
-    printed and the job's progress after it."""
+    what the job is ``doing`` meanwhile), or ended (completed, skipped or failed) with when, what
+    it printed (and why, when it did not complete) and the job's progress after it."""
 
     position: int
     name: str
@@ -88,8 +88,8 @@ class StepRecord:
         made = [("step_started", self.name, self.started_at)] if self.started_at else []
         if self.status == StepStatus.COMPLETED:
             made.append(("step_completed", self.name, self.finished_at))
-        elif self.status == StepStatus.SKIPPED:
-            made.append(("step_skipped", f"{self.name}: {self.message}", self.finished_at))
+        elif self.status in (StepStatus.SKIPPED, StepStatus.FAILED):
+            made.append((f"step_{self.status.value}", f"{self.name}: {self.message}", self.finished_at))
         return made
 
 
@@ -422,34 +422,47 @@ class ProvisioningService:
         return None if row is None else Beat(cancel_requested_at=row.cancel_requested_at)
 
     def reap_lost_jobs(self, lost_after: timedelta) -> list[uuid.UUID]:
-        """Fail the running or cancelling jobs whose worker has not vouched for them in ``lost_after``.
-
-        The error names the worker and the step it was in; the tenant is released as for any
-        failure in that step, so a retry can run. A worker that beats again at the last moment
-        wins: the heartbeat is part of the compare-and-set.
-        """
+        """Fail as lost (``_fail_lost_jobs``) the running or cancelling jobs whose worker has not
+        vouched for them in ``lost_after``. A worker that beats again at the last moment wins:
+        the heartbeat is part of the compare-and-set."""
         cutoff = utcnow() - lost_after
         # A job claimed before heartbeats existed has none: its start stands in for one.
         last_sign_of_life = func.coalesce(ProvisioningJob.heartbeat_at, ProvisioningJob.started_at)
+        return self._fail_lost_jobs(
+            [last_sign_of_life < cutoff],
+            "sweeper",
+            lambda job: f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC",
+        )
+
+    def fail_interrupted_jobs(self, cause: str, actor: str) -> list[uuid.UUID]:
+        """Fail as lost (``_fail_lost_jobs``) every running or cancelling job, for ``cause``: for a
+        caller that knows no worker can be running any (the quickstart as it starts, before its
+        worker: the embedded broker kept none of their messages either)."""
+        return self._fail_lost_jobs([], actor, lambda _job: cause)
+
+    def _fail_lost_jobs(self, conditions: Sequence, actor: str, cause: Callable[[ProvisioningJob], str]) -> list[uuid.UUID]:
+        """Fail the running or cancelling jobs that match ``conditions`` as jobs whose worker is
+        lost; returns their ids. The error names the worker, the step it was in and the
+        ``cause``; that step is failed with it, so a retry resumes there; the tenant is released
+        as for any failure in that step. The one path for every job that lost its worker.
+        """
         lost = self.session.execute(
             select(ProvisioningJob, JobStep.name)
             .outerjoin(JobStep, (JobStep.job_id == ProvisioningJob.id) & (JobStep.status == StepStatus.RUNNING))
-            .where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]), last_sign_of_life < cutoff)
+            .where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]), *conditions)
         ).all()
         reaped = []
         for job, step in lost:
-            where = f"during step {step}" if step else "between steps"
-            error = (
-                f"worker {job.worker} was lost {where}: "
-                f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC"
-            )
+            # Every step's start is written before it runs: a job with none running was settling its cancel.
+            where = f"during step {step}" if step else "while it settled a cancel"
+            error = f"worker {job.worker} was lost {where}: {cause(job)}"
             won = self._transition(
                 job.id,
                 {JobStatus.RUNNING, JobStatus.CANCELLING},
                 JobStatus.FAILED,
-                conditions=[last_sign_of_life < cutoff],
+                conditions=conditions,
                 event="reaped",
-                actor="sweeper",
+                actor=actor,
                 detail=error,
                 error=error,
                 message="Failed",
@@ -573,23 +586,35 @@ class ProvisioningService:
         self.session.commit()
         return True
 
-    def fail_job(self, job_id: uuid.UUID, error: str, tenant_status: TenantStatus | None) -> bool:
-        """Mark a running or cancelling job failed with ``error`` and put the tenant where the runner decided."""
-        job = self.session.get(ProvisioningJob, job_id)
-        won = self._transition(
-            job_id,
-            {JobStatus.RUNNING, JobStatus.CANCELLING},
-            JobStatus.FAILED,
-            actor=f"worker {job.worker}",
-            detail=error,
-            error=error,
-            message="Failed",
-            completed_at=utcnow(),
-        )
-        if won:
-            self._set_tenant_status(job.tenant_id, tenant_status)
+    def fail_job(
+        self, job_id: uuid.UUID, worker: str, error: str, tenant_status: TenantStatus | None, done: Sequence[StepRecord] = ()
+    ) -> bool:
+        """Record the steps ``done`` since the last write (the failed one among them) and mark the
+        running or cancelling job failed with ``error``, putting the tenant where the runner
+        decided, in one transaction: the job is never on record as running with its failed step
+        ended. False when the job is no longer ``worker``'s (nothing is written).
+        """
+        jobs = ProvisioningJob.__table__
+        at_least = max((step.progress for step in done), default=0)
+        statement = (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
+            .values(
+                status=JobStatus.FAILED, error=error, message="Failed", completed_at=utcnow(),
+                progress=case((jobs.c.progress < at_least, at_least), else_=jobs.c.progress),
+            )
+            .returning(jobs.c.tenant_id)
+        )  # fmt: skip
+        sources = {JobStatus.RUNNING, JobStatus.CANCELLING}
+        failed = self._move(statement, {}, job_id, sources, JobStatus.FAILED, f"worker {worker}", error, record=False)
+        if failed is None:
+            self.session.rollback()
+            return False
+        failure = self._event(job_id, "failed", f"worker {worker}", error, status=JobStatus.FAILED)
+        self._write_steps(job_id, worker, done, then=failure)
+        self._set_tenant_status(failed.tenant_id, tenant_status)
         self.session.commit()
-        return won
+        return True
 
     def finish_cancel(self, job_id: uuid.UUID, tenant_status: TenantStatus | None, message: str) -> bool:
         """Settle a cancelling job as cancelled and put the tenant where the runner decided."""
