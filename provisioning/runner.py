@@ -322,7 +322,7 @@ class JobRunner:
                 self._run_claimed(service, claim, stop)
 
     def _new_admin_password(self) -> str | None:
-        """A site's new admin password, encrypted; None without a key (the step that needs it then
+        """A site's new admin password, encrypted; None without a key (the job's first step then
         fails, saying so)."""
         try:
             return self.credentials.encrypt(generate_password())
@@ -371,8 +371,7 @@ class JobRunner:
             step_context = run.context if stops_for_a_cancel else run.context.stopping_when(run.watch.taken_away)
             try:
                 with terminator.step(stops_for_a_cancel), stop.step(), logs.bound(step=step.name):
-                    resuming = job.resume_from is not None and position == first
-                    output = self._perform(job, step, step_context, resuming)
+                    output = self._perform(job, step, step_context, first=position == first)
             except WorkerStopping:
                 service.session.rollback()  # the signal may have landed in the middle of a query
                 return self._fail(run, position, stop.reason(f"during step {step.name}"))
@@ -400,10 +399,13 @@ class JobRunner:
             # the job is no longer this worker's.
             self._stop(run)
 
-    def _perform(self, job: ClaimedJob, step: Step, context: JobContext, resuming: bool) -> str:
-        """Run one step; on a resumed job's first step, first take over what the failed job left."""
+    def _perform(self, job: ClaimedJob, step: Step, context: JobContext, first: bool) -> str:
+        """Run one step. The job's first step first checks the settings the job needs, and a
+        resumed job's first step takes over what the failed job left."""
+        if first:
+            self._check_settings(job, context)
         cleaned = ""
-        if resuming:
+        if first and job.resume_from is not None:
             with self.sessions() as session:
                 BackupBook(session).take_over(job.retry_of_id, job.id)
             if not step.by_platform:
@@ -411,6 +413,19 @@ class JobRunner:
         if step.by_platform:
             return cleaned + self.backup_steps.run(step.name, job.id, job.tenant_id)
         return cleaned + self.driver.run_step(step.name, context)
+
+    def _check_settings(self, job: ClaimedJob, context: JobContext) -> None:
+        """What the job will need of the settings, whichever driver runs it, checked before it
+        changes anything: a missing setting fails its first step, naming the setting, and leaves
+        the tenant as it was (not failed at a later step). The drivers check their own settings
+        in every step.
+
+        Raises:
+            StepFailed: for a job that makes the site, SITE_CREDENTIALS_KEY is not set, or the
+                admin password the claim stored does not open with it.
+        """
+        if workflow_for(job.job_type).needs_admin_password:
+            context.admin_password()
 
     def _stop(self, run: "Run") -> None:
         """Settle a cancel, or step aside when the job is no longer this worker's."""

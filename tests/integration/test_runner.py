@@ -11,14 +11,17 @@ from sqlalchemy import select
 from provisioning.backups import BackupSteps, retention_of
 from provisioning.credentials import SiteCredentials
 from provisioning.db import utcnow
+from provisioning.drivers.bench import BenchDriver
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import ProvisioningJob, SiteBackup
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService, StepRecord
+from provisioning.settings import BenchSettings
 from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
 from tests.records import read_job, read_steps, read_tenant, tenant_status
+from tests.stack import WorkerProcess
 
 
 @pytest.fixture
@@ -154,16 +157,35 @@ def test_the_site_password_is_stored_when_the_create_starts_and_its_retry_keeps_
     assert first is not None and read_tenant(sessions, tenant.id).admin_password_encrypted == first
 
 
-def test_a_create_without_a_credentials_key_fails_at_create_site_saying_what_to_set(session, sessions, tenant_factory, runner):
+@pytest.mark.parametrize("driver", ["simulated", "bench"])
+def test_a_create_without_a_credentials_key_fails_its_first_step_saying_what_to_set_and_leaves_the_tenant_as_it_was(
+    session, sessions, tenant_factory, runner, driver
+):
+    """Checked before any driver runs: with the bench driver, before bench is even looked for."""
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
+    chosen = SimulatedDriver(0) if driver == "simulated" else BenchDriver(BenchSettings())
 
-    runner(credentials=SiteCredentials(None)).run(job.id)
+    runner(driver=chosen, credentials=SiteCredentials(None)).run(job.id)
 
     failed = read_job(sessions, job.id)
     assert failed.status == JobStatus.FAILED
-    assert "step create_site failed" in failed.error and "SITE_CREDENTIALS_KEY is not set" in failed.error
+    assert failed.error == (
+        "step check_preconditions failed: SITE_CREDENTIALS_KEY is not set: make one with `provisioning credentials-key`"
+    )
+    assert [step.status for step in read_steps(sessions, job.id)] == [StepStatus.FAILED] + [StepStatus.PENDING] * 4
     assert read_tenant(sessions, tenant.id).admin_password_encrypted is None
+    assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
+
+
+def test_a_worker_without_a_credentials_key_says_so_as_it_starts(isolated):
+    worker = WorkerProcess({**isolated.environment, "SITE_CREDENTIALS_KEY": ""}, isolated.dispatcher, concurrency=1)
+    try:
+        wait_for(lambda: "SITE_CREDENTIALS_KEY is not set" in worker.output(), timeout=30, what="the worker to say so")
+        [line] = [line for line in worker.output().splitlines() if "SITE_CREDENTIALS_KEY" in line]
+        assert "create_site jobs fail at their first step" in line and "provisioning credentials-key" in line
+    finally:
+        worker.stop()
 
 
 def test_a_backup_leaves_an_active_tenant_active_even_when_it_fails(session, sessions, tenant_factory, runner):
