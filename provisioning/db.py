@@ -70,7 +70,7 @@ def get_engine(database_url: str) -> Engine:
         return engine
     engine = create_engine(
         database_url,
-        # An UPDATE of many rows (a job's quick steps) goes in one round trip, not one per row.
+        # An UPDATE of many rows goes in one round trip, not one per row.
         executemany_mode="values_plus_batch",
         pool_size=5,
         max_overflow=5,

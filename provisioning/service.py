@@ -453,8 +453,13 @@ class ProvisioningService:
         ).all()
         reaped = []
         for job, step in lost:
-            # Every step's start is written before it runs: a job with none running was settling its cancel.
-            where = f"during step {step}" if step else "while it settled a cancel"
+            # Every step's start is written before it runs: a job with none running was settling
+            # its cancel, or (running) had its first step skipped and was about to start the next.
+            where = (
+                f"during step {step}" if step
+                else "while it settled a cancel" if job.status == JobStatus.CANCELLING
+                else "between steps"
+            )  # fmt: skip
             error = f"worker {job.worker} was lost {where}: {cause(job)}"
             won = self._transition(
                 job.id,

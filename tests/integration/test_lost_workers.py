@@ -63,6 +63,19 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     assert retry.status == JobStatus.PENDING
 
 
+def test_a_worker_lost_while_it_settled_a_cancel_is_reaped_saying_so(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    service.start_job(job.id, "worker@crashed-host")
+    service.cancel_job(tenant.id, job.id)
+    service.end_step(job.id, "worker@crashed-host", 0, StepStatus.CANCELLED, "Stopped by a cancel request")
+    age_heartbeat(sessions, job.id, 120)
+
+    assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
+    assert read_job(sessions, job.id).error.startswith("worker worker@crashed-host was lost while it settled a cancel: ")
+
+
 def test_a_job_whose_worker_still_beats_is_left_alone(session, sessions, tenant_factory):
     tenant = tenant_factory.create()
     service = ProvisioningService(session)
