@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 import requests
 from sqlalchemy import create_engine, pool, select, text
+from sqlalchemy.exc import OperationalError
 
 from api import create_app
 from provisioning import db
@@ -230,3 +231,14 @@ def test_a_pooled_connection_idle_past_the_threshold_is_checked_at_checkout_and_
         assert cursor.fetchone() == (1,)
     finally:
         raw.close()
+
+
+def test_a_statement_later_in_a_transaction_that_meets_a_dead_connection_fails_and_is_never_run_twice(isolated):
+    """Its transaction's earlier statements died with the connection: running it alone on a new
+    one would commit half a transaction, so its error stands."""
+    with get_engine(isolated.settings.database_url).connect() as connection:
+        connection.execute(text("SELECT 1"))  # the transaction is open on the server now
+        DatabaseOutage(isolated.settings.database_url).kill_connections(including_the_tests=False)
+        with pytest.raises(OperationalError) as failure:
+            connection.execute(text("SELECT 2"))
+    assert failure.value.connection_invalidated
