@@ -174,6 +174,20 @@ class BackupBook:
                 backup.job_id = to_job_id
         self.session.commit()
 
+    def discard_of_job(self, job_id: uuid.UUID, reason: str) -> int:
+        """Discard the job's backups, verified or not, files and all (a cancelled job leaves none
+        behind); returns how many. Neither retention nor the sweeper touches a backup whose job
+        is still active, so none of them is pruned meanwhile."""
+        backups = self.session.scalars(
+            select(SiteBackup).where(
+                SiteBackup.job_id == job_id, SiteBackup.status.in_([BackupStatus.RUNNING, BackupStatus.COMPLETED])
+            )
+        ).all()
+        for backup in backups:
+            self._discard(backup, reason)
+        self.session.commit()
+        return len(backups)
+
     def prune(self, retention: Retention, tenant_id: uuid.UUID | None = None) -> list[uuid.UUID]:
         """Delete the files of completed backups beyond the newest ``keep_last`` of each tenant or
         older than ``max_age``, and mark them pruned; a backup whose job is still active is kept.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -14,6 +15,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from provisioning.pg_batching import BatchingConnection
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -67,7 +70,7 @@ def get_engine(database_url: str) -> Engine:
         return engine
     engine = create_engine(
         database_url,
-        # An UPDATE of many rows (a job's quick steps) goes in one round trip, not one per row.
+        # An UPDATE of many rows goes in one round trip, not one per row.
         executemany_mode="values_plus_batch",
         pool_size=5,
         max_overflow=5,
@@ -89,6 +92,8 @@ def get_engine(database_url: str) -> Engine:
     event.listen(engine, "connect", _note_use)
     event.listen(engine, "checkin", _note_use)
     event.listen(engine, "checkout", _ping_if_idle)
+    event.listen(engine, "do_execute", _execute_retrying_a_dead_connection)
+    event.listen(engine, "do_execute_no_params", _execute_no_params_retrying_a_dead_connection)
     return engine
 
 
@@ -101,7 +106,9 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
     leaves dead connections behind, and the pool then opens a fresh one instead of failing.
 
     SQLAlchemy's ``pool_pre_ping`` does the same at every checkout, a round trip per request and
-    two per job; a connection in steady use (or just opened) is known to be alive and goes without.
+    two per job; a connection in steady use (or just opened) goes without: if the server closed
+    it meanwhile, its transaction's first statement runs again on a new one
+    (``_execute_retrying_a_dead_connection``).
     """
     if time.monotonic() - record.info.get("used_at", float("-inf")) < PING_AFTER_IDLE_SECONDS:
         return
@@ -112,6 +119,64 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
         dbapi_connection.rollback()
     except psycopg2.Error as error:
         raise DisconnectionError(f"a pooled connection is dead: {error}") from error
+
+
+def _execute_retrying_a_dead_connection(cursor, statement: str, parameters, context) -> bool | None:
+    """Run the first statement of a transaction again, once, on a new connection if it met a dead one.
+
+    A connection the server closed while it sat in the pool for less than
+    ``PING_AFTER_IDLE_SECONDS`` (``pg_terminate_backend``, a PostgreSQL restart) is found dead
+    only when used: that one use would fail a request (503) or a job's step although the
+    database is up. When it is the first statement of a transaction
+    (``BatchingConnection.opens_a_transaction``), nothing of the transaction reached the server
+    before it, and whatever of it did died with the connection (the server rolls back an open
+    transaction whose connection is gone), so it is safe to send it again on a new connection.
+    Any other statement fails as before: a later statement of a transaction, whose earlier ones
+    are lost; a COMMIT, whose outcome is unknown (commits never come through here); a statement
+    sent with others deferred before it, or in autocommit. If no new connection can be made,
+    the statement's own error stands (SQLAlchemy then handles the disconnect as ever). On the
+    normal path this costs a look at the connection's state, no round trip. Returns None to let
+    SQLAlchemy execute the statement itself, True when it was executed here.
+    """
+    return _retrying(cursor, context, lambda live_cursor: live_cursor.execute(statement, parameters))
+
+
+def _execute_no_params_retrying_a_dead_connection(cursor, statement: str, context) -> bool | None:
+    return _retrying(cursor, context, lambda live_cursor: live_cursor.execute(statement))
+
+
+def _retrying(cursor, context, execute) -> bool | None:
+    dbapi_connection = cursor.connection
+    if cursor.name is not None or not (
+        isinstance(dbapi_connection, BatchingConnection) and dbapi_connection.opens_a_transaction()
+    ):
+        return None
+    try:
+        execute(cursor)
+    except psycopg2.Error as error:
+        if not context.dialect.is_disconnect(error, dbapi_connection, cursor):
+            raise
+        log.warning("a pooled database connection was dead (%s); the transaction starts again on a new one", _first_line(error))
+        context.cursor = _reconnected(context.root_connection.connection, error).cursor()
+        execute(context.cursor)
+    return True
+
+
+def _reconnected(pooled, error: Exception):
+    """A new DBAPI connection in place of the dead one under a checked-out connection, as
+    SQLAlchemy's pool makes for one found dead at checkout (it has no public call for a checked-out
+    one, hence its record's)."""
+    record = pooled._connection_record
+    record.invalidate(error)
+    try:
+        pooled.dbapi_connection = record.get_connection()
+    except Exception as failure:
+        raise error from failure
+    return pooled.dbapi_connection
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:

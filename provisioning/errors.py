@@ -40,6 +40,12 @@ class StepTerminated(BaseException):
     swallow it and carry on."""
 
 
+class WorkerStopping(BaseException):
+    """The worker process was told to stop (SIGTERM) while a step ran; raised inside the step.
+
+    A BaseException, as StepTerminated, so that a driver cannot swallow it and carry on."""
+
+
 class IdempotencyKeyReused(ProvisioningError):
     """An ``Idempotency-Key`` came back with a different request than the one it was first used for."""
 

@@ -47,12 +47,17 @@ def readiness(settings: Settings) -> list[Check]:
     return [database, migrations, check_broker(settings)]
 
 
+def job_settings(settings: Settings) -> list[Check]:
+    """The settings a job needs that no process checks as it starts: a job that misses one fails
+    at its first step (a worker logs these as it starts)."""
+    return [check_site_driver(settings), check_credentials_key(settings)]
+
+
 def doctor(settings: Settings) -> list[Check]:
     """Everything an operator should look at, in the order it depends on itself."""
     return [
         check_configuration(settings),
-        check_site_driver(settings),
-        check_credentials_key(settings),
+        *job_settings(settings),
         *readiness(settings),
         check_queues(settings),
         check_workers(settings),

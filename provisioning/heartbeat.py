@@ -20,11 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class Terminator(Protocol):
-    def terminate(self, reason: str) -> None: ...
-
-
-class OverdueWrites(Protocol):
-    def write_overdue(self, writer: ProvisioningService) -> None: ...
+    def terminate(self, reason: str, for_a_cancel: bool = False) -> None: ...
 
 
 class Heartbeat:
@@ -36,8 +32,7 @@ class Heartbeat:
     ``cancel_grace``, a step still running is terminated. A beat that finds the job no longer
     its own (the sweeper declared this worker lost) terminates the step too: another worker may
     run the job's retry. A beat that cannot reach the database is logged and tried again at the
-    next interval. A beat also writes the step journal's overdue records, for a step that never
-    asks whether to stop.
+    next interval.
 
     The beats come from the process's heartbeat thread (``HEARTBEATS``), which is started once,
     not once per job. Leaving the ``with`` block waits for a beat in flight, so nothing beats
@@ -52,7 +47,6 @@ class Heartbeat:
         interval: float,
         cancel_grace: float,
         terminator: Terminator,
-        journal: OverdueWrites,
     ):
         self.sessions = sessions
         self.job_id = job_id
@@ -60,7 +54,6 @@ class Heartbeat:
         self.interval = interval
         self.cancel_grace = timedelta(seconds=cancel_grace)
         self.terminator = terminator
-        self.journal = journal
         # Beats run in a copy of the starting context, so their lines carry the job's fields.
         self.context = contextvars.copy_context()
         self.due = time.monotonic() + interval
@@ -82,8 +75,6 @@ class Heartbeat:
         try:
             with self.sessions() as session:
                 beat = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
-                if beat is not None:
-                    self.journal.write_overdue(ProvisioningService(session))
         except Exception:
             log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
             return True
@@ -95,7 +86,7 @@ class Heartbeat:
         if overdue and not self._terminated:
             log.warning("job %s: the step ignored the cancel for %s; terminating it", self.job_id, self.cancel_grace)
             self._terminated = True
-            self.terminator.terminate("did not stop within the cancel's grace period")
+            self.terminator.terminate("did not stop within the cancel's grace period", for_a_cancel=True)
         return True
 
 

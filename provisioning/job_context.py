@@ -46,8 +46,12 @@ class JobContext:
 
     def unstoppable(self) -> "JobContext":
         """The same context for work that must finish even though the job is stopping: a cancel's clean-up."""
+        return self.stopping_when(_never)
+
+    def stopping_when(self, should_stop: Callable[[], bool]) -> "JobContext":
+        """The same context, with another answer to ``should_stop``."""
         copy = _copy.copy(self)
-        copy._should_stop = _never
+        copy._should_stop = should_stop
         return copy
 
     def admin_password(self) -> str:

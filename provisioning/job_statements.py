@@ -102,9 +102,9 @@ WRITE_STEP = (
 )
 
 # A running or cancelling job of this worker's: its progress, never lowered, and what it is doing
-# now: the step starting (only while running: a cancelling job starts nothing), else the step left
-# running, else as it was. It returns the status, so this one write is also the ownership check
-# and the cancel check, and it holds the job's row for the rest of the step write.
+# now: the step starting (only while running: a cancelling job starts nothing), else as it was. It
+# returns the status, so this one write is also the ownership check and the cancel check, and it
+# holds the job's row for the rest of the step write.
 OWNED_JOB_PROGRESS = (
     update(jobs)
     .where(
@@ -116,7 +116,6 @@ OWNED_JOB_PROGRESS = (
         progress=case((jobs.c.progress < bindparam("at_least"), bindparam("at_least")), else_=jobs.c.progress),
         message=func.coalesce(
             case((jobs.c.status == JobStatus.RUNNING, bindparam("starting_doing", type_=jobs.c.message.type))),
-            bindparam("now_doing", type_=jobs.c.message.type),
             jobs.c.message,
         ),
     )

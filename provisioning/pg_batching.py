@@ -81,6 +81,11 @@ class BatchingConnection(extensions.connection):
         if self._in_transaction():
             self._send([b"ROLLBACK"])
 
+    def opens_a_transaction(self) -> bool:
+        """Whether the next statement opens a transaction at the default isolation level, with
+        nothing deferred to go before it: then nothing of that transaction has reached the server."""
+        return not self._deferred and self._begin == _BEGIN[extensions.ISOLATION_LEVEL_DEFAULT] and not self._in_transaction()
+
     def defer(self, statement: bytes) -> None:
         """Keep a statement (SQL with its values) for the transaction's next round trip; outside a
         transaction there is none, and it runs now."""

@@ -22,13 +22,12 @@ from provisioning import accounts, credentials, migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
 from provisioning.embedded_broker import wait_until_answering
-from provisioning.enums import JobStatus, Role, TenantStatus
+from provisioning.enums import Role, TenantStatus
 from provisioning.errors import NotFound
 from provisioning.migrate import PROJECT_ROOT
-from provisioning.models import Membership, ProvisioningJob
+from provisioning.models import Membership
 from provisioning.service import ProvisioningService
 from provisioning.settings import Settings
-from provisioning.workflows import workflow_for
 
 DEMO_TENANT = "demo"
 DEMO_OWNER = "owner@demo.example"
@@ -66,14 +65,10 @@ def prepare(settings: Settings) -> Demo:
 
 def _fail_interrupted_jobs(session: Session) -> None:
     """The embedded broker keeps nothing, and no worker runs yet: a job an earlier quickstart left
-    running or cancelling lost both its worker and its message, so it is failed, saying why."""
-    service = ProvisioningService(session)
-    interrupted = session.scalars(
-        select(ProvisioningJob).where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
-    ).all()
-    for job in interrupted:
-        tenant_status = workflow_for(job.job_type).tenant_after_failure(None, job.tenant_status_before)
-        service.fail_job(job.id, "interrupted: the quickstart was stopped while this job ran", tenant_status)
+    running or cancelling lost both its worker and its message (its worker was killed before it
+    could record its stop). It is failed as the sweeper fails a lost worker's job: its step
+    failed, saying why, the tenant released, and a retry resuming at that step."""
+    ProvisioningService(session).fail_interrupted_jobs("the quickstart was stopped while it ran", actor="quickstart")
 
 
 def _republish_pending(settings: Settings) -> None:

@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioning import logs
 from provisioning.backups import BackupBook, BackupSteps, Retention, retention_of
 from provisioning.credentials import CredentialsUnavailable, SiteCredentials, generate_password
-from provisioning.db import is_connection_failure
+from provisioning.db import is_connection_failure, utcnow
 from provisioning.drivers import SiteDriver
 from provisioning.enums import JobStatus, StepStatus
-from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
+from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated, WorkerStopping
 from provisioning.heartbeat import Heartbeat
 from provisioning.job_context import JobContext
-from provisioning.service import Claim, ClaimedJob, ProvisioningService
+from provisioning.service import Claim, ClaimedJob, ProvisioningService, StepRecord
 from provisioning.settings import Settings
 from provisioning.step_journal import StepJournal
 from provisioning.workflows import Step, Workflow, workflow_for
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 DATABASE_RETRY_SECONDS = 1.0
 DEFAULT_RETENTION = Retention(keep_last=7, max_age=timedelta(days=30))
-# Steps quicker than this are written in batches: nobody reads progress faster.
-STEP_WRITE_SECONDS = 1.0
 
 
 class PatientService:
@@ -75,12 +73,11 @@ class PatientService:
 class JobWatch:
     """The job's status as the database has it, read at most once per interval.
 
-    Drivers ask whether to stop often inside long steps, and the runner asks between quick
-    steps (through the StepJournal); the interval keeps that from becoming a query storm, and a
-    status read with a step write counts as a read (``saw``). A job stops when it is being
-    cancelled, and also when it is no longer running at all: then the sweeper declared this
-    worker lost and failed the job, and whatever this worker would still write is no longer its
-    to write.
+    Drivers ask whether to stop often inside long steps; the interval keeps that from becoming a
+    query storm, and a status read with a step write counts as a read (``saw``). A job stops
+    when it is being cancelled, and also when it is no longer running at all: then the sweeper
+    declared this worker lost and failed the job, and whatever this worker would still write is
+    no longer its to write.
     """
 
     def __init__(self, service: ProvisioningService | PatientService, job_id: uuid.UUID, interval: float = 0.5):
@@ -100,6 +97,15 @@ class JobWatch:
         self._read_at = time.monotonic()
         self._status = status
 
+    def should_stop(self) -> bool:
+        """The check a driver makes inside its step."""
+        return self.status() != JobStatus.RUNNING
+
+    def taken_away(self) -> bool:
+        """The check inside a step that a cancel must not stop (the point of no return): only a
+        job that is no longer this worker's stops it."""
+        return self.status() not in (JobStatus.RUNNING, JobStatus.CANCELLING)
+
 
 class StepTerminator:
     """Interrupts a step that will not stop by itself, by raising StepTerminated inside it.
@@ -108,9 +114,11 @@ class StepTerminator:
     heartbeat's thread, sends that thread SIGUSR2. The handler is installed once per process
     and stays (a late signal must never meet the default action, which kills the process); it
     raises only while a step of the job that asked is running, so a signal that arrives between
-    steps, or after the job ended, does nothing. StepTerminated is a BaseException, so a
-    driver's ``except Exception`` cannot swallow it. Outside the main thread (tests that run a
-    job in a thread of their own) a step cannot be interrupted this way, and this says so.
+    steps, or after the job ended, does nothing; nor does one for a cancel while a step that a
+    cancel must not stop runs (``step(stops_for_a_cancel=False)``). StepTerminated is a
+    BaseException, so a driver's ``except Exception`` cannot swallow it. Outside the main thread
+    (tests that run a job in a thread of their own) a step cannot be interrupted this way, and
+    this says so.
     """
 
     SIGNAL = signal.SIGUSR2
@@ -120,6 +128,8 @@ class StepTerminator:
         self.job_id = job_id
         self.usable = threading.current_thread() is threading.main_thread()
         self._reason: str | None = None
+        self._for_a_cancel = False
+        self._stops_for_a_cancel = True
         if self.usable:
             self._install()
 
@@ -132,52 +142,111 @@ class StepTerminator:
     _current: "StepTerminator | None" = None
 
     @contextmanager
-    def step(self):
+    def step(self, stops_for_a_cancel: bool = True):
+        self._stops_for_a_cancel = stops_for_a_cancel
         StepTerminator._current = self
         try:
             yield
         finally:
             StepTerminator._current = None
 
-    def terminate(self, reason: str) -> None:
+    def terminate(self, reason: str, for_a_cancel: bool = False) -> None:
         if not self.usable:
             log.warning("job %s: its step cannot be interrupted outside a main thread (%s)", self.job_id, reason)
             return
-        self._reason = reason
+        self._reason, self._for_a_cancel = reason, for_a_cancel
         signal.pthread_kill(threading.main_thread().ident, self.SIGNAL)
 
     @staticmethod
     def _interrupt(_signum, _frame) -> None:
         current = StepTerminator._current
-        if current is not None and current._reason is not None:
-            StepTerminator._current = None
-            raise StepTerminated(current._reason)
+        if current is None or current._reason is None:
+            return
+        if current._for_a_cancel and not current._stops_for_a_cancel:
+            log.warning("job %s: the step runs on to its end: a cancel cannot take it back", current.job_id)
+            return
+        StepTerminator._current = None
+        raise StepTerminated(current._reason)
+
+
+class WorkerStop:
+    """A stop of the worker process (SIGTERM) while it runs a job: the job fails at the step it
+    was in, saying so, and its retry resumes there, as for a worker the sweeper reaps.
+
+    A Celery pool process gets SIGTERM when the whole worker is stopped at once: Ctrl-C under
+    ``make run`` (honcho signals the worker's process group), systemd's default KillMode, a
+    container's stop. Billiard's handler would raise SystemExit in the task: the parent then
+    logs a WorkerLostError traceback and the job stays running until it is reaped. While a job
+    runs, this handler takes SIGTERM instead: inside a step it raises WorkerStopping there (a
+    BaseException, like StepTerminated: a bench command is stopped whole on the way out);
+    between steps, the next step does not start. Either way the runner fails the job and the
+    task returns; the worker's warm shutdown (it got the signal too) then ends the process.
+    Outside a job the previous handler is back, so an idle pool process exits at once, as
+    before. A stop of the worker's main process alone (Celery's ``shutdown`` control, a SIGTERM
+    to it only) reaches no pool process: the warm shutdown lets the job run to its end. Signals
+    arrive in the main thread only; elsewhere (tests that run a job in a thread) this does
+    nothing.
+    """
+
+    def __init__(self, worker: str):
+        self.worker = worker
+        self.usable = threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._in_step = False
+        self._previous = None
+
+    def __enter__(self) -> "WorkerStop":
+        if self.usable:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.usable:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+
+    @contextmanager
+    def step(self):
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
+
+    def reason(self, when: str) -> str:
+        return f"worker {self.worker} was stopped {when}: its process received SIGTERM"
+
+    def _handle(self, _signum, _frame) -> None:
+        self.requested = True
+        if self._in_step:
+            self._in_step = False
+            raise WorkerStopping()
 
 
 @dataclass
 class Run:
-    """One job as its runner goes through it: which steps it completed, and which it started (the
-    one in progress included)."""
+    """One job as its runner goes through it: which steps it completed, which it started (the
+    one in progress included), and the position of the step it is at (``at``)."""
 
     service: PatientService
     job: ClaimedJob
     workflow: Workflow
     journal: StepJournal
+    watch: JobWatch
     context: JobContext
     completed: list[str]
     reached: list[str]
+    at: int
 
 
 class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
-    Each step boundary of steps slower than ``step_write_seconds`` is one short transaction,
-    so the job's row shows the step in progress; quicker steps are written in batches (see
-    StepJournal). Before every step the job's status is checked (read with the write, or at
-    most half a second old between quick steps): a cancel stops it there, and a job that is no
-    longer running (the sweeper failed it) is left alone. Inside long steps the driver asks the
-    same question. A retry that resumes starts at its ``resume_from`` step, after the driver
-    cleaned up what the failed attempt at that step left half-done.
+    Each step boundary is one short transaction, written before the next step runs (see
+    StepJournal), so the job's row shows the step in progress. Its status read is the check
+    before every step: a cancel stops the job there, and a job that is no longer running (the
+    sweeper failed it) is left alone. Inside long steps the driver asks the same question. A
+    retry that resumes starts at its ``resume_from`` step, after the driver cleaned up what the
+    failed attempt at that step left half-done.
     """
 
     def __init__(
@@ -191,7 +260,6 @@ class JobRunner:
         credentials: SiteCredentials | None = None,
         backup_root: Path = Path("var/backups"),
         retention: Retention = DEFAULT_RETENTION,
-        step_write_seconds: float = STEP_WRITE_SECONDS,
     ):
         self.sessions = sessions
         self.driver = driver
@@ -202,7 +270,6 @@ class JobRunner:
         self.credentials = credentials or SiteCredentials(None)
         self.backup_root = backup_root
         self.backup_steps = BackupSteps(sessions, retention)
-        self.step_write_seconds = step_write_seconds
 
     @classmethod
     def for_settings(
@@ -230,7 +297,11 @@ class JobRunner:
         The job's writes are transactions on one connection, kept for the whole job: taking one
         from the pool and giving it back for each cost more than a quick step's write.
         """
-        with self.sessions.kw["bind"].connect() as connection, self.sessions(bind=connection) as session:
+        with (
+            WorkerStop(self.worker) as stop,
+            self.sessions.kw["bind"].connect() as connection,
+            self.sessions(bind=connection) as session,
+        ):
             service = ProvisioningService(session)
             try:
                 claim = service.start_job(job_id, self.worker, self._new_admin_password)
@@ -248,56 +319,66 @@ class JobRunner:
                 job_type=job.job_type.value,
             )
             with job_fields:
-                self._run_claimed(service, claim)
+                self._run_claimed(service, claim, stop)
 
     def _new_admin_password(self) -> str | None:
-        """A site's new admin password, encrypted; None without a key (the step that needs it then
+        """A site's new admin password, encrypted; None without a key (the job's first step then
         fails, saying so)."""
         try:
             return self.credentials.encrypt(generate_password())
         except CredentialsUnavailable:
             return None
 
-    def _run_claimed(self, service: ProvisioningService, claim: Claim) -> None:
+    def _run_claimed(self, service: ProvisioningService, claim: Claim, stop: WorkerStop) -> None:
         job, tenant_slug = claim.job, claim.tenant_slug
         log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, tenant_slug, self.worker)
         terminator = StepTerminator(job.id)
         patient = PatientService(service, self.database_patience)
         workflow = workflow_for(job.job_type)
-        journal = StepJournal(patient, JobWatch(patient, job.id), job.id, self.worker, workflow, self.step_write_seconds)
-        heartbeat = Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator, journal)
+        watch = JobWatch(patient, job.id)
+        journal = StepJournal(patient, watch, job.id, self.worker, workflow, claim.step_started)
+        context = JobContext(self.sessions, claim, watch.should_stop, self.credentials, self.backup_root)
+        first = workflow.position_of(job.resume_from) if job.resume_from else 0
+        done_before = list(workflow.step_names[:first])
+        run = Run(patient, job, workflow, journal, watch, context, completed=done_before, reached=list(done_before), at=first)
+        heartbeat = Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator)
         with heartbeat:
             try:
-                self._run_steps(patient, claim, journal, terminator)
+                self._run_steps(run, terminator, stop)
             except Exception as error:
                 # Outside a step (a time limit during a write, patience run out): say so now,
                 # rather than leave the job running until it is reaped as lost.
                 log.exception("job %s: stopped outside a step", job.id)
-                self._fail_outside_a_step(service, job, journal, f"stopped outside a step: {type(error).__name__}: {error}")
+                self._fail_outside_a_step(run, service, f"stopped outside a step: {type(error).__name__}: {error}")
                 raise
 
-    def _run_steps(self, service: PatientService, claim: Claim, journal: StepJournal, terminator: StepTerminator) -> None:
-        job, workflow = claim.job, journal.workflow
-        context = JobContext(self.sessions, claim, journal.should_stop, self.credentials, self.backup_root)
-        first = workflow.position_of(job.resume_from) if job.resume_from else 0
-        done_before = list(workflow.step_names[:first])
-        run = Run(service, job, workflow, journal, context, completed=done_before, reached=list(done_before))
+    def _run_steps(self, run: Run, terminator: StepTerminator, stop: WorkerStop) -> None:
+        service, job, workflow, journal = run.service, run.job, run.workflow, run.journal
+        first = run.at
         for position, step in enumerate(workflow.steps[first:], start=first):
-            if step.skipped_when and job.options.get(step.skipped_when):
+            run.at = position
+            if workflow.skips(step, job.options):
                 journal.skip(position, f"Skipped: the job asked for {step.skipped_when}")
                 continue
+            if stop.requested:
+                return self._fail(run, position, stop.reason(f"before step {step.name}"))
             if journal.begin(position, step) != JobStatus.RUNNING:
                 return self._stop(run)
             run.reached.append(step.name)
             log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
+            # The point of no return, once started, runs to its end whatever a cancel says.
+            stops_for_a_cancel = step.name != workflow.point_of_no_return
+            step_context = run.context if stops_for_a_cancel else run.context.stopping_when(run.watch.taken_away)
             try:
-                with terminator.step(), logs.bound(step=step.name):
-                    resuming = job.resume_from is not None and position == first
-                    output = self._perform(job, step, context, resuming)
-            except (StepStopped, StepTerminated) as stop:
+                with terminator.step(stops_for_a_cancel), stop.step(), logs.bound(step=step.name):
+                    output = self._perform(job, step, step_context, first=position == first)
+            except WorkerStopping:
+                service.session.rollback()  # the signal may have landed in the middle of a query
+                return self._fail(run, position, stop.reason(f"during step {step.name}"))
+            except (StepStopped, StepTerminated) as stopped:
                 service.session.rollback()  # a signal may have landed in the middle of a query
                 if journal.flush() == JobStatus.CANCELLING:
-                    how = f"Terminated: it {stop}" if isinstance(stop, StepTerminated) else "Stopped by a cancel request"
+                    how = f"Terminated: it {stopped}" if isinstance(stopped, StepTerminated) else "Stopped by a cancel request"
                     service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
                 return self._stop(run)
             except StepFailed as failure:
@@ -318,10 +399,13 @@ class JobRunner:
             # the job is no longer this worker's.
             self._stop(run)
 
-    def _perform(self, job: ClaimedJob, step: Step, context: JobContext, resuming: bool) -> str:
-        """Run one step; on a resumed job's first step, first take over what the failed job left."""
+    def _perform(self, job: ClaimedJob, step: Step, context: JobContext, first: bool) -> str:
+        """Run one step. The job's first step first checks the settings the job needs, and a
+        resumed job's first step takes over what the failed job left."""
+        if first:
+            self._check_settings(job, context)
         cleaned = ""
-        if resuming:
+        if first and job.resume_from is not None:
             with self.sessions() as session:
                 BackupBook(session).take_over(job.retry_of_id, job.id)
             if not step.by_platform:
@@ -329,6 +413,19 @@ class JobRunner:
         if step.by_platform:
             return cleaned + self.backup_steps.run(step.name, job.id, job.tenant_id)
         return cleaned + self.driver.run_step(step.name, context)
+
+    def _check_settings(self, job: ClaimedJob, context: JobContext) -> None:
+        """What the job will need of the settings, whichever driver runs it, checked before it
+        changes anything: a missing setting fails its first step, naming the setting, and leaves
+        the tenant as it was (not failed at a later step). The drivers check their own settings
+        in every step.
+
+        Raises:
+            StepFailed: for a job that makes the site, SITE_CREDENTIALS_KEY is not set, or the
+                admin password the claim stored does not open with it.
+        """
+        if workflow_for(job.job_type).needs_admin_password:
+            context.admin_password()
 
     def _stop(self, run: "Run") -> None:
         """Settle a cancel, or step aside when the job is no longer this worker's."""
@@ -338,44 +435,56 @@ class JobRunner:
         else:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status)
 
-    def _fail(self, run: "Run", position: int, error: str, output: str = "") -> None:
-        job, workflow = run.job, run.workflow
-        log.warning("job %s: %s", job.id, error, extra={"step": workflow.steps[position].name})
-        run.journal.flush()
-        run.service.end_step(job.id, self.worker, position, StepStatus.FAILED, error, output)
-        tenant_status = workflow.tenant_after_failure(workflow.steps[position].name, job.tenant_status_before)
-        if not run.service.fail_job(job.id, error, tenant_status):
-            log.warning("job %s: no longer running, so its failure was not recorded", job.id)
+    def _fail(
+        self, run: "Run", position: int, error: str, output: str = "", service: ProvisioningService | PatientService | None = None
+    ) -> None:
+        """Fail the job at the step at ``position`` (in it, or about to start it): the step is
+        failed with ``error``, so a retry resumes there, and the tenant released as for any
+        failure there, in the one transaction that fails the job."""
+        job, workflow, step = run.job, run.workflow, run.workflow.steps[position]
+        log.warning("job %s: %s", job.id, error, extra={"step": step.name})
+        failed = StepRecord(position, step.name, StepStatus.FAILED, finished_at=utcnow(), output=output, message=error)
+        tenant_status = workflow.tenant_after_failure(step.name, job.tenant_status_before)
+        with run.journal.written_by_caller() as done:
+            recorded = (service or run.service).fail_job(job.id, self.worker, error, tenant_status, [*done, failed])
+        if not recorded:
+            log.warning("job %s: no longer this worker's, so its failure was not recorded", job.id)
 
-    def _fail_outside_a_step(self, service: ProvisioningService, job: ClaimedJob, journal: StepJournal, error: str) -> None:
+    def _fail_outside_a_step(self, run: "Run", service: ProvisioningService, error: str) -> None:
+        """Fail the job at the step the runner was at (without waiting out an outage again)."""
         try:
             service.session.rollback()
-            journal.flush(service)  # the steps done go on record first (without waiting out an outage again)
-            tenant_status = workflow_for(job.job_type).tenant_after_failure(None, job.tenant_status_before)
-            service.fail_job(job.id, error, tenant_status)
+            self._fail(run, run.at, error, service=service)
         except Exception:
-            log.exception("job %s: could not record the failure; the sweeper will fail it as lost", job.id)
+            log.exception("job %s: could not record the failure; the sweeper will fail it as lost", run.job.id)
 
     def _settle_cancel(self, run: "Run") -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return.
 
-        A job stopped before ``changes_from`` made nothing, so nothing is undone: what is there
-        (a failed tenant's site, say) is not this job's to remove.
+        Undoing discards the backups the job took (a cancelled job leaves none behind), and has
+        the driver remove what the job made of the site. A job stopped before ``changes_from``
+        made nothing there, so the driver undoes nothing: what is there (a failed tenant's site,
+        say) is not this job's to remove.
         """
         service, job, workflow = run.service, run.job, run.workflow
-        if workflow.point_of_no_return in run.completed:
-            message = f"Cancelled after {workflow.point_of_no_return} had completed; that cannot be undone"
-        elif workflow.changes_from is not None and workflow.changes_from not in run.reached:
-            message = "Cancelled before it changed anything"
+        if (past := workflow.point_of_no_return) in run.completed:
+            message = f"Cancelled after {past} had completed; that cannot be undone: {workflow.cannot_undo}"
         else:
             try:
-                # The clean-up must run to its end although the job is cancelling.
-                self.driver.undo(run.context.unstoppable())
+                with self.sessions() as session:
+                    BackupBook(session).discard_of_job(job.id, f"discarded: job {job.id} was cancelled")
+                if workflow.changes_from is not None and workflow.changes_from not in run.reached:
+                    message = "Cancelled before it changed anything"
+                else:
+                    # The clean-up must run to its end although the job is cancelling.
+                    self.driver.undo(run.context.unstoppable())
+                    message = "Cancelled; its partial work was undone"
             except Exception as error:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"
-                service.fail_job(job.id, error_text, workflow.tenant_after_failure(None, job.tenant_status_before))
+                tenant_status = workflow.tenant_after_failure(None, job.tenant_status_before)
+                with run.journal.written_by_caller() as done:
+                    service.fail_job(job.id, self.worker, error_text, tenant_status, done)
                 return
-            message = "Cancelled; its partial work was undone"
         service.finish_cancel(job.id, workflow.tenant_after_cancel(run.completed, job.tenant_status_before), message)
         log.info("job %s: cancelled", job.id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import Executable, Insert, Update, delete, func, insert, or_, select, update
+from sqlalchemy import Executable, Insert, Update, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -66,8 +66,8 @@ EVENT_OF_STATUS = {
 @dataclass(frozen=True)
 class StepRecord:
     """A step's state as its runner knows it and has not written yet: started (``running``, with
-    what the job is ``doing`` meanwhile), or ended (completed or skipped) with when, what it
-    printed and the job's progress after it."""
+    what the job is ``doing`` meanwhile), or ended (completed, skipped or failed) with when, what
+    it printed (and why, when it did not complete) and the job's progress after it."""
 
     position: int
     name: str
@@ -88,8 +88,8 @@ class StepRecord:
         made = [("step_started", self.name, self.started_at)] if self.started_at else []
         if self.status == StepStatus.COMPLETED:
             made.append(("step_completed", self.name, self.finished_at))
-        elif self.status == StepStatus.SKIPPED:
-            made.append(("step_skipped", f"{self.name}: {self.message}", self.finished_at))
+        elif self.status in (StepStatus.SKIPPED, StepStatus.FAILED):
+            made.append((f"step_{self.status.value}", f"{self.name}: {self.message}", self.finished_at))
         return made
 
 
@@ -110,12 +110,15 @@ class ClaimedJob:
 
 @dataclass(frozen=True)
 class Claim:
-    """A job as its claim wrote it, its tenant's slug, and for a job that makes the site, the
-    site's admin password (encrypted; None without a key): what a runner needs to start it."""
+    """A job as its claim wrote it, its tenant's slug, for a job that makes the site, the site's
+    admin password (encrypted; None without a key), and the position of the step whose start the
+    claim wrote (None: the job's options skip the step it begins with): what a runner needs to
+    start it."""
 
     job: ClaimedJob
     tenant_slug: str
     admin_password_encrypted: str | None = field(default=None, repr=False)
+    step_started: int | None = None
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ class ProvisioningService:
 
     def list_job_events(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobEvent]:
         self.get_job(tenant_id, job_id)
-        # In the order things happened: a worker writes the events of quick steps after the fact,
+        # In the order things happened: a worker writes a step's end with the next step's start,
         # so an event recorded meanwhile (a cancel request) can have a smaller id.
         events = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.created_at, JobEvent.id)
         return self.session.scalars(events).all()
@@ -335,7 +338,8 @@ class ProvisioningService:
     def start_job(
         self, job_id: uuid.UUID, worker: str, new_admin_password: Callable[[], str | None] = lambda: None
     ) -> Claim | None:
-        """Claim a pending job for ``worker`` and lay out its steps; None if it is not pending.
+        """Claim a pending job for ``worker``, lay out its steps and start the first one to run;
+        None if it is not pending.
 
         A job that makes the site stores ``new_admin_password()`` (encrypted) as the site's
         admin password with the claim, unless an earlier attempt's is stored: then that one
@@ -370,20 +374,26 @@ class ProvisioningService:
             )  # fmt: skip
             self.session.commit()
             raise Conflict(error)
+        # The step the job begins with is started with the claim (unless the job's options skip
+        # it: the runner records the skip), so the job is never running without its step on record.
+        starting = None if workflow.skips(workflow.steps[first], job.options) else first
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
         self._later(
             INSERT_STEPS,
             [
                 {"id": uuid.uuid4(), "job_id": job_id, "position": position, "name": step.name, "output": "",
-                 **({"status": StepStatus.PENDING, "message": ""} if position >= first
-                    else {"status": StepStatus.SKIPPED, "message": done_before})}
+                 "started_at": now if position == starting else None,
+                 **({"status": StepStatus.RUNNING if position == starting else StepStatus.PENDING, "message": ""}
+                    if position >= first else {"status": StepStatus.SKIPPED, "message": done_before})}
                 for position, step in enumerate(workflow.steps)
             ],
         )  # fmt: skip
+        if starting is not None:
+            self._record(job_id, "step_started", f"worker {worker}", workflow.steps[starting].name)
         if not workflow.needs_admin_password:
             self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
             self.session.commit()
-            return Claim(job, slug)
+            return Claim(job, slug, step_started=starting)
         # The claim read the stored password, and no other job of the tenant can store one meanwhile.
         password = stored_password or new_admin_password()
         self._later(
@@ -391,7 +401,7 @@ class ProvisioningService:
             {"tenant_id": job.tenant_id, "new_status": workflow.tenant_on_start, "now": now, "made": password},
         )
         self.session.commit()
-        return Claim(job, slug, password)
+        return Claim(job, slug, password, step_started=starting)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
         """Vouch that ``worker`` still runs the job; None once the job is not its running job.
@@ -412,34 +422,52 @@ class ProvisioningService:
         return None if row is None else Beat(cancel_requested_at=row.cancel_requested_at)
 
     def reap_lost_jobs(self, lost_after: timedelta) -> list[uuid.UUID]:
-        """Fail the running or cancelling jobs whose worker has not vouched for them in ``lost_after``.
-
-        The error names the worker and the step it was in; the tenant is released as for any
-        failure in that step, so a retry can run. A worker that beats again at the last moment
-        wins: the heartbeat is part of the compare-and-set.
-        """
+        """Fail as lost (``_fail_lost_jobs``) the running or cancelling jobs whose worker has not
+        vouched for them in ``lost_after``. A worker that beats again at the last moment wins:
+        the heartbeat is part of the compare-and-set."""
         cutoff = utcnow() - lost_after
         # A job claimed before heartbeats existed has none: its start stands in for one.
         last_sign_of_life = func.coalesce(ProvisioningJob.heartbeat_at, ProvisioningJob.started_at)
+        return self._fail_lost_jobs(
+            [last_sign_of_life < cutoff],
+            "sweeper",
+            lambda job: f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC",
+        )
+
+    def fail_interrupted_jobs(self, cause: str, actor: str) -> list[uuid.UUID]:
+        """Fail as lost (``_fail_lost_jobs``) every running or cancelling job, for ``cause``: for a
+        caller that knows no worker can be running any (the quickstart as it starts, before its
+        worker: the embedded broker kept none of their messages either)."""
+        return self._fail_lost_jobs([], actor, lambda _job: cause)
+
+    def _fail_lost_jobs(self, conditions: Sequence, actor: str, cause: Callable[[ProvisioningJob], str]) -> list[uuid.UUID]:
+        """Fail the running or cancelling jobs that match ``conditions`` as jobs whose worker is
+        lost; returns their ids. The error names the worker, the step it was in and the
+        ``cause``; that step is failed with it, so a retry resumes there; the tenant is released
+        as for any failure in that step. The one path for every job that lost its worker.
+        """
         lost = self.session.execute(
             select(ProvisioningJob, JobStep.name)
             .outerjoin(JobStep, (JobStep.job_id == ProvisioningJob.id) & (JobStep.status == StepStatus.RUNNING))
-            .where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]), last_sign_of_life < cutoff)
+            .where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]), *conditions)
         ).all()
         reaped = []
         for job, step in lost:
-            where = f"during step {step}" if step else "between steps"
-            error = (
-                f"worker {job.worker} was lost {where}: "
-                f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC"
-            )
+            # Every step's start is written before it runs: a job with none running was settling
+            # its cancel, or (running) had its first step skipped and was about to start the next.
+            where = (
+                f"during step {step}" if step
+                else "while it settled a cancel" if job.status == JobStatus.CANCELLING
+                else "between steps"
+            )  # fmt: skip
+            error = f"worker {job.worker} was lost {where}: {cause(job)}"
             won = self._transition(
                 job.id,
                 {JobStatus.RUNNING, JobStatus.CANCELLING},
                 JobStatus.FAILED,
-                conditions=[last_sign_of_life < cutoff],
+                conditions=conditions,
                 event="reaped",
-                actor="sweeper",
+                actor=actor,
                 detail=error,
                 error=error,
                 message="Failed",
@@ -463,20 +491,18 @@ class ProvisioningService:
     def write_steps(
         self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], starting: StepRecord | None = None
     ) -> JobStatus | None:
-        """Record the steps ``done`` since the last write and, with ``starting``, the start of the
-        next one, in one transaction: one commit per step boundary, or per batch of quick steps.
-        A step left running is the job's current one: the job's message says what it does.
+        """Record the steps ``done`` since the last write (ended: completed or skipped) and, with
+        ``starting``, the start of the next one, in one transaction: one commit per step boundary.
+        The job's message then says what the starting step does.
 
         Returns the job's status: ``running`` when the step may run; ``cancelling`` when a cancel
         came (the steps done are still recorded, the starting one is not started); None when the
         job is no longer this worker's (nothing is written).
         """
-        running = [step for step in done if step.status == StepStatus.RUNNING]
         status = self._execute(
             OWNED_JOB_PROGRESS,
             {"job_id": job_id, "claimer": worker, "at_least": max((step.progress for step in done), default=0),
-             "starting_doing": starting.doing or None if starting else None,
-             "now_doing": running[-1].doing or None if running else None},
+             "starting_doing": starting.doing or None if starting else None},
         ).scalar()  # fmt: skip
         if status is None:
             self.session.rollback()
@@ -562,28 +588,38 @@ class ProvisioningService:
         completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
         self._write_steps(job_id, worker, done, then=completion)
         self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
-        if completed.job_type == JobType.DELETE_SITE:
-            self._later(FORGET_ADMIN_PASSWORD, {"tenant_id": completed.tenant_id, "now": utcnow()})
         self.session.commit()
         return True
 
-    def fail_job(self, job_id: uuid.UUID, error: str, tenant_status: TenantStatus | None) -> bool:
-        """Mark a running or cancelling job failed with ``error`` and put the tenant where the runner decided."""
-        job = self.session.get(ProvisioningJob, job_id)
-        won = self._transition(
-            job_id,
-            {JobStatus.RUNNING, JobStatus.CANCELLING},
-            JobStatus.FAILED,
-            actor=f"worker {job.worker}",
-            detail=error,
-            error=error,
-            message="Failed",
-            completed_at=utcnow(),
-        )
-        if won:
-            self._set_tenant_status(job.tenant_id, tenant_status)
+    def fail_job(
+        self, job_id: uuid.UUID, worker: str, error: str, tenant_status: TenantStatus | None, done: Sequence[StepRecord] = ()
+    ) -> bool:
+        """Record the steps ``done`` since the last write (the failed one among them) and mark the
+        running or cancelling job failed with ``error``, putting the tenant where the runner
+        decided, in one transaction: the job is never on record as running with its failed step
+        ended. False when the job is no longer ``worker``'s (nothing is written).
+        """
+        jobs = ProvisioningJob.__table__
+        at_least = max((step.progress for step in done), default=0)
+        statement = (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
+            .values(
+                status=JobStatus.FAILED, error=error, message="Failed", completed_at=utcnow(),
+                progress=case((jobs.c.progress < at_least, at_least), else_=jobs.c.progress),
+            )
+            .returning(jobs.c.tenant_id)
+        )  # fmt: skip
+        sources = {JobStatus.RUNNING, JobStatus.CANCELLING}
+        failed = self._move(statement, {}, job_id, sources, JobStatus.FAILED, f"worker {worker}", error, record=False)
+        if failed is None:
+            self.session.rollback()
+            return False
+        failure = self._event(job_id, "failed", f"worker {worker}", error, status=JobStatus.FAILED)
+        self._write_steps(job_id, worker, done, then=failure)
+        self._set_tenant_status(failed.tenant_id, tenant_status)
         self.session.commit()
-        return won
+        return True
 
     def finish_cancel(self, job_id: uuid.UUID, tenant_status: TenantStatus | None, message: str) -> bool:
         """Settle a cancelling job as cancelled and put the tenant where the runner decided."""
@@ -814,8 +850,12 @@ class ProvisioningService:
         ).scalar_one()
 
     def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
+        """Move the tenant (None: leave it); a deleted site's admin password is forgotten, whichever
+        job deleted it (completed, or cancelled past its point of no return)."""
         if status is not None:
             self._later(SET_TENANT_STATUS, {"tenant_id": tenant_id, "new_status": status, "now": utcnow()})
+        if status == TenantStatus.DELETED:
+            self._later(FORGET_ADMIN_PASSWORD, {"tenant_id": tenant_id, "now": utcnow()})
 
     def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
         return self.session.scalars(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from provisioning.enums import JobType, TenantStatus
 
@@ -29,10 +30,13 @@ class Workflow:
     ``tenant_*`` fields say where the tenant goes when the job starts, completes, fails or is
     cancelled; ``None`` leaves it as it is, except on cancel, where ``None`` puts the tenant
     back in the status it had when the job started. A failure before ``changes_from`` (the first
-    step that changes the site) left the site as it was, so the tenant goes back too. Once
-    ``point_of_no_return`` has completed, a cancel can no longer undo the job's effect, so the
-    tenant ends as if the job had completed. A job that ``needs_admin_password`` makes the site:
-    its claim stores the site's admin password (see ``ProvisioningService.start_job``).
+    step that changes the site) left the site as it was, so the tenant goes back too.
+
+    ``point_of_no_return`` is the step whose work a cancel cannot take back: once it starts it
+    runs to its end whatever a cancel says (half done, it could be neither kept nor undone), and
+    once it has completed, a cancel undoes nothing: the tenant ends as if the job had completed,
+    and the job says what stands (``cannot_undo``). A job that ``needs_admin_password`` makes the
+    site: its claim stores the site's admin password (see ``ProvisioningService.start_job``).
     """
 
     job_type: JobType
@@ -45,6 +49,7 @@ class Workflow:
     tenant_on_cancel: TenantStatus | None = None
     changes_from: str | None = None
     point_of_no_return: str | None = None
+    cannot_undo: str = ""
     needs_admin_password: bool = False
 
     @property
@@ -61,10 +66,10 @@ class Workflow:
     def allows(self, tenant_status: TenantStatus) -> bool:
         return tenant_status in self.allowed_tenant_states
 
-    def is_turning_point(self, step_name: str) -> bool:
-        """Whether a failure from this step on means something else (``changes_from``,
-        ``point_of_no_return``): its start must be on record before it runs."""
-        return step_name in (self.changes_from, self.point_of_no_return)
+    @staticmethod
+    def skips(step: Step, options: Mapping[str, object]) -> bool:
+        """Whether a job with these options skips the step (``Step.skipped_when``)."""
+        return bool(step.skipped_when and options.get(step.skipped_when))
 
     def progress_after(self, completed_steps: int) -> int:
         """Whole percent done once ``completed_steps`` steps have finished."""
@@ -132,6 +137,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         tenant_on_failure=TenantStatus.FAILED,
         changes_from="drop_site",
         point_of_no_return="drop_site",
+        cannot_undo="the site is dropped and its final backup kept",
     ),
     JobType.BACKUP_SITE: Workflow(
         job_type=JobType.BACKUP_SITE,
@@ -142,6 +148,9 @@ WORKFLOWS: dict[JobType, Workflow] = {
         ),
         allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),
         refusal="the tenant has no active site to back up; backup_site needs an active tenant",
+        # Retention prunes older backups on the strength of the new one: it can no longer be discarded.
+        point_of_no_return="record_backup",
+        cannot_undo="the backup is verified and kept",
     ),
 }
 

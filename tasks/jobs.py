@@ -12,7 +12,7 @@ from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
-from provisioning import logs
+from provisioning import health, logs
 from provisioning.broker import Dispatcher
 from provisioning.db import get_engine, is_connection_failure, session_factory
 from provisioning.dead_letters import reason_headers
@@ -111,9 +111,14 @@ def _fresh_database_pool(**_kwargs) -> None:
 
 @worker_ready.connect
 def _prepare_worker(sender, **_kwargs) -> None:
-    """Declare the queues (rejected messages need the dead-letter queue before any publish made
-    it), then sweep once: a worker starting after a crash need not wait for beat."""
+    """Say which settings the jobs need are missing, declare the queues (rejected messages need
+    the dead-letter queue before any publish made it), then sweep once: a worker starting after
+    a crash need not wait for beat."""
     settings = worker_settings()
+    for check in health.job_settings(settings):
+        if not check.ok:
+            # The worker runs on (other jobs do not need it), and each job that does fails at its first step.
+            log.warning("%s: %s -> %s", check.name, check.detail, check.remedy)
     with sender.app.connection_for_write() as connection:
         celeryconfig.declare_queues(connection.default_channel, settings)
     try:

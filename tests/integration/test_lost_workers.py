@@ -63,6 +63,19 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     assert retry.status == JobStatus.PENDING
 
 
+def test_a_worker_lost_while_it_settled_a_cancel_is_reaped_saying_so(session, sessions, tenant_factory):
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    service.start_job(job.id, "worker@crashed-host")
+    service.cancel_job(tenant.id, job.id)
+    service.end_step(job.id, "worker@crashed-host", 0, StepStatus.CANCELLED, "Stopped by a cancel request")
+    age_heartbeat(sessions, job.id, 120)
+
+    assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
+    assert read_job(sessions, job.id).error.startswith("worker worker@crashed-host was lost while it settled a cancel: ")
+
+
 def test_a_job_whose_worker_still_beats_is_left_alone(session, sessions, tenant_factory):
     tenant = tenant_factory.create()
     service = ProvisioningService(session)
@@ -76,16 +89,18 @@ def test_a_job_whose_worker_still_beats_is_left_alone(session, sessions, tenant_
     assert read_job(sessions, job.id).status == JobStatus.RUNNING
 
 
-def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its_slow_worker(session, sessions, tenant_factory):
+def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its_slow_worker(
+    settings, session, sessions, tenant_factory
+):
     tenant = tenant_factory.create()
     job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
-    runner = JobRunner(sessions, SimulatedDriver(step_seconds=30), worker="worker@slow", heartbeat_seconds=0.2)
+    runner = JobRunner.for_settings(settings, sessions, SimulatedDriver(step_seconds=30), worker="worker@slow")
+    runner.heartbeat_seconds = 0.2
     thread = threading.Thread(target=runner.run, args=(job.id,), daemon=True)
     thread.start()
     first = wait_for(lambda: read_job(sessions, job.id).heartbeat_at, what="the first heartbeat")
     wait_for(lambda: read_job(sessions, job.id).heartbeat_at > first, timeout=10, what="the heartbeat to move on")
-    # A step is on record as running once it has run for the runner's step write interval.
-    wait_for(lambda: StepStatus.RUNNING in steps_by_status(sessions, job.id).values(), what="the long step on record")
+    assert StepStatus.RUNNING in steps_by_status(sessions, job.id).values(), "the step is on record as it starts"
 
     # The worker is alive but, say, was cut off long enough for the sweeper to give up on it.
     with sessions() as s:
@@ -98,6 +113,54 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
     assert not thread.is_alive(), "the slow worker must notice that the job is no longer its own"
     assert read_job(sessions, job.id).status == JobStatus.FAILED
     assert set(steps_by_status(sessions, job.id).values()) == {StepStatus.FAILED, StepStatus.PENDING}
+
+
+class FreezesAt(SimulatedDriver):
+    """Quick steps; in the one named ``step`` the worker freezes, as one killed there stops for good,
+    until the test lets it go (``thaw``)."""
+
+    def __init__(self, step: str):
+        super().__init__(step_seconds=0)
+        self.step = step
+        self.frozen, self.thaw = threading.Event(), threading.Event()
+
+    def run_step(self, step, context):
+        if step == self.step:
+            self.frozen.set()
+            self.thaw.wait(30)
+        return super().run_step(step, context)
+
+
+def test_a_worker_lost_during_a_quick_step_is_reaped_naming_that_step_and_its_retry_resumes_there(
+    settings, session, sessions, tenant_factory
+):
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    driver = FreezesAt("install_apps")
+    runner = JobRunner.for_settings(settings, sessions, driver, worker="worker@frozen")
+    runner.heartbeat_seconds = 3600  # a dead worker beats no more: the first beat is due long after the test
+    thread = threading.Thread(target=runner.run, args=(job.id,), daemon=True)
+    thread.start()
+    try:
+        assert driver.frozen.wait(30), "the job never reached install_apps"
+        age_heartbeat(sessions, job.id, 120)
+        assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
+    finally:
+        driver.thaw.set()
+        thread.join(timeout=10)
+
+    lost = read_job(sessions, job.id)
+    assert lost.error.startswith("worker worker@frozen was lost during step install_apps: no heartbeat since"), lost.error
+    assert steps_by_status(sessions, job.id) == {
+        "check_preconditions": StepStatus.COMPLETED,
+        "create_site": StepStatus.COMPLETED,
+        "install_apps": StepStatus.FAILED,
+        "configure_site": StepStatus.PENDING,
+        "verify_site": StepStatus.PENDING,
+    }
+    assert tenant_status(sessions, tenant.id) == TenantStatus.FAILED
+    assert service.retry_job(tenant.id, job.id).resume_from == "install_apps"
 
 
 @pytest.fixture

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from provisioning.backups import BackupSteps, retention_of
 from provisioning.credentials import SiteCredentials
 from provisioning.db import utcnow
+from provisioning.drivers.bench import BenchDriver
 from provisioning.drivers.simulated import SimulatedDriver
-from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.models import ProvisioningJob
+from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.models import ProvisioningJob, SiteBackup
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService, StepRecord
+from provisioning.settings import BenchSettings
 from provisioning.workflows import workflow_for
 from tests.helpers import wait_for
 from tests.records import read_job, read_steps, read_tenant, tenant_status
+from tests.stack import WorkerProcess
 
 
 @pytest.fixture
@@ -50,6 +56,31 @@ class CancelsAt(SimulatedDriver):
             self.cancel()
         context.should_stop = lambda: False
         return super().run_step(step, context)
+
+
+class CancelsAtPlatformStep(BackupSteps):
+    """The platform's own backup steps; the one named ``step`` calls ``cancel`` first."""
+
+    def __init__(self, sessions, settings, step: str, cancel):
+        super().__init__(sessions, retention_of(settings))
+        self.step, self.cancel = step, cancel
+
+    def run(self, step, job_id, tenant_id):
+        if step == self.step:
+            self.cancel()
+        return super().run(step, job_id, tenant_id)
+
+
+class Undoes(SimulatedDriver):
+    """Quick steps that count the clean-ups a cancel asks for."""
+
+    def __init__(self, step_seconds: float = 0):
+        super().__init__(step_seconds)
+        self.undone = 0
+
+    def undo(self, context):
+        self.undone += 1
+        return super().undo(context)
 
 
 def run_in_background(job_runner: JobRunner, job_id) -> threading.Thread:
@@ -126,16 +157,35 @@ def test_the_site_password_is_stored_when_the_create_starts_and_its_retry_keeps_
     assert first is not None and read_tenant(sessions, tenant.id).admin_password_encrypted == first
 
 
-def test_a_create_without_a_credentials_key_fails_at_create_site_saying_what_to_set(session, sessions, tenant_factory, runner):
+@pytest.mark.parametrize("driver", ["simulated", "bench"])
+def test_a_create_without_a_credentials_key_fails_its_first_step_saying_what_to_set_and_leaves_the_tenant_as_it_was(
+    session, sessions, tenant_factory, runner, driver
+):
+    """Checked before any driver runs: with the bench driver, before bench is even looked for."""
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
+    chosen = SimulatedDriver(0) if driver == "simulated" else BenchDriver(BenchSettings())
 
-    runner(credentials=SiteCredentials(None)).run(job.id)
+    runner(driver=chosen, credentials=SiteCredentials(None)).run(job.id)
 
     failed = read_job(sessions, job.id)
     assert failed.status == JobStatus.FAILED
-    assert "step create_site failed" in failed.error and "SITE_CREDENTIALS_KEY is not set" in failed.error
+    assert failed.error == (
+        "step check_preconditions failed: SITE_CREDENTIALS_KEY is not set: make one with `provisioning credentials-key`"
+    )
+    assert [step.status for step in read_steps(sessions, job.id)] == [StepStatus.FAILED] + [StepStatus.PENDING] * 4
     assert read_tenant(sessions, tenant.id).admin_password_encrypted is None
+    assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
+
+
+def test_a_worker_without_a_credentials_key_says_so_as_it_starts(isolated):
+    worker = WorkerProcess({**isolated.environment, "SITE_CREDENTIALS_KEY": ""}, isolated.dispatcher, concurrency=1)
+    try:
+        wait_for(lambda: "SITE_CREDENTIALS_KEY is not set" in worker.output(), timeout=30, what="the worker to say so")
+        [line] = [line for line in worker.output().splitlines() if "SITE_CREDENTIALS_KEY" in line]
+        assert "create_site jobs fail at their first step" in line and "provisioning credentials-key" in line
+    finally:
+        worker.stop()
 
 
 def test_a_backup_leaves_an_active_tenant_active_even_when_it_fails(session, sessions, tenant_factory, runner):
@@ -191,14 +241,13 @@ def test_a_cancelled_delete_puts_the_tenant_back_to_the_state_it_had(session, se
     assert tenant_status(sessions, tenant.id) == TenantStatus.FAILED
 
 
-def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(session, sessions, tenant_factory, runner):
-    """The runner checks for a cancel at every step boundary it writes, even when the driver never
-    asks: every boundary, once steps take longer than ``step_write_seconds`` (here: always)."""
+def test_a_cancel_arriving_during_a_quick_step_stops_the_job_before_the_next_one(session, sessions, tenant_factory, runner):
+    """The runner checks for a cancel with every step's start it writes, even when the driver never asks."""
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
     cancels = CancelsAt("create_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))
-    runner(driver=cancels, worker="test", step_write_seconds=0).run(job.id)
+    runner(driver=cancels, worker="test").run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
     statuses = [step.status for step in read_steps(sessions, job.id)]
@@ -206,30 +255,25 @@ def test_a_cancel_arriving_between_steps_stops_the_job_before_the_next_one(sessi
     assert set(statuses[2:]) == {StepStatus.PENDING}
 
 
-@pytest.mark.parametrize("step_write_seconds", [0, 60], ids=["steps slower than the interval", "quick steps"])
-def test_each_step_is_on_record_while_it_runs_unless_steps_are_quicker_than_the_write_interval(
-    session, sessions, tenant_factory, runner, step_write_seconds
+def test_each_step_is_on_record_as_running_while_it_runs_however_quick_and_the_job_says_what_it_does(
+    session, sessions, tenant_factory, runner
 ):
-    """What the API shows of a running job: each step as it runs, or quick steps in batches (the
-    start of a turning point at once), with the same steps, times and events either way."""
+    """What the API shows of a running job, with the same steps, times and events as ever."""
     seen_during_configure = []
 
     class Looks(SimulatedDriver):
         def run_step(self, step, context):
             if step == "configure_site":
                 seen_during_configure.extend(step.status for step in read_steps(sessions, job.id))
+                seen_during_configure.append(read_job(sessions, job.id).message)
             return super().run_step(step, context)
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    runner(driver=Looks(step_seconds=0), step_write_seconds=step_write_seconds).run(job.id)
+    runner(driver=Looks(step_seconds=0)).run(job.id)
 
-    if step_write_seconds:
-        # Only the turning point's start (create_site, the first step that changes the site) is
-        # written at once, with the step done before it; what came after is kept until the end.
-        assert seen_during_configure == [StepStatus.COMPLETED, StepStatus.RUNNING] + [StepStatus.PENDING] * 3
-    else:
-        assert seen_during_configure == [StepStatus.COMPLETED] * 3 + [StepStatus.RUNNING, StepStatus.PENDING]
+    configure = workflow_for(JobType.CREATE_SITE).steps[3]
+    assert seen_during_configure == [StepStatus.COMPLETED] * 3 + [StepStatus.RUNNING, StepStatus.PENDING, configure.message]
     steps = read_steps(sessions, job.id)
     assert all(step.status == StepStatus.COMPLETED and step.output for step in steps)
     assert all(step.started_at <= step.finished_at for step in steps)
@@ -347,39 +391,122 @@ def test_a_step_write_after_a_cancel_records_the_steps_done_and_starts_nothing(s
     ]
 
 
-def test_a_long_step_that_started_right_after_a_write_is_shown_running_with_its_message(
-    session, sessions, tenant_factory, runner
-):
-    """Its start was kept, as for a quick step; once it has run for the write interval, the job
-    says what it does and the step is on record as running."""
-
-    class SlowInstall(SimulatedDriver):
-        def run_step(self, step, context):
-            self.step_seconds = 2.0 if step == "install_apps" else 0
-            return super().run_step(step, context)
+def test_a_create_cancelled_during_its_last_step_removes_the_site_and_says_so(session, sessions, tenant_factory, runner):
+    """The completion's compare-and-set finds the job cancelling: the last step's end is written
+    all the same, and the cancel is settled: the site made is removed, the tenant is as before."""
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    thread = run_in_background(runner(driver=SlowInstall(0)), job.id)
-    install = workflow_for(JobType.CREATE_SITE).steps[2]
+    driver = CancelsAt("verify_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))
+    undoing = Undoes()
+    driver.undo = undoing.undo
+    runner(driver=driver).run(job.id)
 
-    wait_for(lambda: read_job(sessions, job.id).message == install.message, timeout=10, what="the job to say it installs")
-    assert [step.status for step in read_steps(sessions, job.id)][:3] == [StepStatus.COMPLETED] * 2 + [StepStatus.RUNNING]
-    thread.join(timeout=10)
-    assert read_job(sessions, job.id).status == JobStatus.COMPLETED
-
-
-def test_a_cancel_during_the_last_step_wins_and_the_steps_done_are_still_on_record(session, sessions, tenant_factory, runner):
-    """The completion's compare-and-set finds the job cancelling: the quick steps kept until then
-    are written all the same, and the cancel is settled (a create's site undone)."""
-
-    tenant = tenant_factory.create()
-    job = unpublished_job(session, tenant.id)
-    runner(driver=CancelsAt("verify_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))).run(job.id)
-
-    assert read_job(sessions, job.id).status == JobStatus.CANCELLED
+    cancelled = read_job(sessions, job.id)
+    assert (cancelled.status, cancelled.message) == (JobStatus.CANCELLED, "Cancelled; its partial work was undone")
+    assert undoing.undone == 1
     assert [step.status for step in read_steps(sessions, job.id)] == [StepStatus.COMPLETED] * 5
     assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
     kinds = [event.kind for event in ProvisioningService(session).list_job_events(tenant.id, job.id)]
     # Listed in the order things happened, although the last step's events were written after the cancel's.
     assert kinds[-4:] == ["step_started", "cancel_requested", "step_completed", "cancelled"]
+
+
+def created_site(session, sessions, tenant_factory, runner):
+    """A tenant whose site a create job made (active, with its admin password stored)."""
+    tenant = tenant_factory.create()
+    runner().run(unpublished_job(session, tenant.id).id)
+    assert read_tenant(sessions, tenant.id).admin_password_encrypted is not None
+    return tenant
+
+
+def job_backups(sessions, job_id) -> list[SiteBackup]:
+    with sessions() as session:
+        return list(session.scalars(select(SiteBackup).where(SiteBackup.job_id == job_id)))
+
+
+def test_a_backup_cancelled_while_it_is_verified_starts_no_further_step_and_discards_the_backup(
+    settings, session, sessions, tenant_factory, runner
+):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
+    cancel = lambda: ProvisioningService(session).cancel_job(tenant.id, job.id)  # noqa: E731
+    runner(backup_steps=CancelsAtPlatformStep(sessions, settings, "verify_backup", cancel)).run(job.id)
+
+    cancelled = read_job(sessions, job.id)
+    assert (cancelled.status, cancelled.message) == (JobStatus.CANCELLED, "Cancelled; its partial work was undone")
+    statuses = {step.name: step.status for step in read_steps(sessions, job.id)}
+    assert statuses == {
+        "run_backup": StepStatus.COMPLETED,
+        "verify_backup": StepStatus.COMPLETED,
+        "record_backup": StepStatus.PENDING,
+    }
+    [backup] = job_backups(sessions, job.id)
+    assert backup.status == BackupStatus.FAILED and "cancelled" in backup.error
+    assert not any(Path(file["path"]).exists() for file in backup.files)
+    assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
+
+
+def test_a_backup_cancelled_during_its_last_step_keeps_the_backup_and_says_so(
+    settings, session, sessions, tenant_factory, runner
+):
+    """record_backup prunes older backups on the strength of the new one: past it, the backup stays."""
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
+    cancel = lambda: ProvisioningService(session).cancel_job(tenant.id, job.id)  # noqa: E731
+    runner(backup_steps=CancelsAtPlatformStep(sessions, settings, "record_backup", cancel)).run(job.id)
+
+    cancelled = read_job(sessions, job.id)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.message == (
+        "Cancelled after record_backup had completed; that cannot be undone: the backup is verified and kept"
+    )
+    [backup] = job_backups(sessions, job.id)
+    assert backup.status == BackupStatus.COMPLETED
+    assert all(Path(file["path"]).is_file() for file in backup.files)
+    assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
+
+
+def test_a_delete_cancelled_during_its_last_step_says_the_site_is_gone_and_forgets_its_password(
+    session, sessions, tenant_factory, runner
+):
+    tenant = created_site(session, sessions, tenant_factory, runner)
+    job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
+    runner(driver=CancelsAt("archive_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))).run(job.id)
+
+    cancelled = read_job(sessions, job.id)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.message == (
+        "Cancelled after drop_site had completed; that cannot be undone: the site is dropped and its final backup kept"
+    )
+    after = read_tenant(sessions, tenant.id)
+    assert (after.status, after.admin_password_encrypted) == (TenantStatus.DELETED, None)
+    [final_backup] = job_backups(sessions, job.id)
+    assert final_backup.status == BackupStatus.COMPLETED
+
+
+def test_a_delete_cancelled_while_it_drops_the_site_lets_the_drop_finish_and_says_so(
+    session, sessions, tenant_factory, runner
+):
+    """A half-dropped site could be neither kept nor given back: once drop_site starts, it runs to its end."""
+
+    class CancelsWhileDropping(SimulatedDriver):
+        def run_step(self, step, context):
+            # drop_site takes a while and asks whether to stop all along, as bench's drop-site does.
+            self.step_seconds = 1.0 if step == "drop_site" else 0
+            if step == "drop_site":
+                ProvisioningService(session).cancel_job(tenant.id, job.id)
+            return super().run_step(step, context)
+
+    tenant = created_site(session, sessions, tenant_factory, runner)
+    job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
+    runner(driver=CancelsWhileDropping(0)).run(job.id)
+
+    cancelled = read_job(sessions, job.id)
+    assert (cancelled.status, cancelled.message) == (
+        JobStatus.CANCELLED,
+        "Cancelled after drop_site had completed; that cannot be undone: the site is dropped and its final backup kept",
+    )
+    statuses = [step.status for step in read_steps(sessions, job.id)]
+    assert statuses == [StepStatus.COMPLETED] * 4 + [StepStatus.PENDING]
+    assert tenant_status(sessions, tenant.id) == TenantStatus.DELETED

@@ -68,7 +68,7 @@ def start_quickstart(tmp_path):
     data_dir = tmp_path / "data"
     started: list[Quickstart] = []
 
-    def start() -> Quickstart:
+    def start(step_seconds: str = "0.2") -> Quickstart:
         tag = new_tag()
         broker_port = free_port()
         env = _embedded_environment(
@@ -77,7 +77,7 @@ def start_quickstart(tmp_path):
                 "PORT": str(free_port()),
                 "FLOWER_PORT": str(free_port()),
                 "EMBEDDED_BROKER_PORT": str(broker_port),
-                "SIMULATED_STEP_SECONDS": "0.2",
+                "SIMULATED_STEP_SECONDS": step_seconds,
                 TAG_VARIABLE: tag,
             }
         )
@@ -177,4 +177,92 @@ def test_quickstart_on_embedded_defaults_runs_the_printed_job_and_ctrl_c_stops_e
     # A second `make run` keeps the data: the site exists, so the line it prints is one that works now.
     second = start_quickstart()
     assert run_the_printed_job(second)["job_type"] == "backup_site"
+    stop_with_ctrl_c(second)
+
+
+class Api:
+    """The API of a running quickstart, as its banner's token sees it."""
+
+    def __init__(self, quickstart: Quickstart):
+        self.process = quickstart.process
+
+        def banner():
+            self.process.assert_alive()
+            found = [pattern.search(self.process.output()) for pattern in (TOKEN_LINE, CURL_LINE)]
+            return found if all(found) else None
+
+        token_line, curl_line = wait_for(banner, timeout=60, interval=0.1, what="the quickstart's banner")
+        self.jobs_url = curl_line.group(1)
+        self.headers = {"Authorization": f"Bearer {token_line.group(1)}"}
+
+        def answers():
+            self.process.assert_alive()
+            try:
+                return requests.get(self.jobs_url, headers=self.headers, timeout=HTTP_TIMEOUT).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(answers, timeout=60, interval=0.2, what="the API to answer")
+
+    def post(self, path: str = "", body: dict | None = None) -> dict:
+        response = requests.post(f"{self.jobs_url}{path}", json=body, headers=self.headers, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 201, response.text
+        return response.json()["data"]
+
+    def get(self, path: str):
+        self.process.assert_alive()
+        response = requests.get(f"{self.jobs_url}{path}", headers=self.headers, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
+
+    def tenant(self) -> dict:
+        url = self.jobs_url.replace("/provisioning/jobs", "/tenants/current")
+        response = requests.get(url, headers=self.headers, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
+
+    def steps(self, job_id: str) -> dict[str, dict]:
+        return {step["name"]: step for step in self.get(f"/{job_id}/steps")}
+
+    def wait_until_finished(self, job_id: str) -> dict:
+        def finished():
+            job = self.get(f"/{job_id}")
+            return job if job["status"] in ("completed", "failed", "cancelled") else None
+
+        return wait_for(finished, timeout=60, interval=0.1, what=f"job {job_id} to finish")
+
+
+def test_ctrl_c_during_a_job_fails_its_step_saying_so_and_the_retry_of_the_next_run_resumes_there(start_quickstart):
+    first = start_quickstart(step_seconds="3")
+    api = Api(first)
+    job = api.post(body={"job_type": "create_site"})
+    # Past create_site, so the interrupted step is one a retry resumes at.
+    wait_for(
+        lambda: api.steps(job["id"]).get("install_apps", {}).get("status") == "running",
+        timeout=60,
+        interval=0.1,
+        what="install_apps to run",
+    )
+    stop_with_ctrl_c(first)
+
+    output = first.process.output()
+    assert "WorkerLostError" not in output and "Traceback" not in output, output[-3000:]
+    second = start_quickstart()
+    api = Api(second)
+    stopped = api.get(f"/{job['id']}")
+    steps = api.steps(job["id"])
+    [interrupted] = [name for name, step in steps.items() if step["status"] == "failed"]
+    assert stopped["status"] == "failed", stopped
+    reason = rf"worker worker@\S+ pid \d+ was stopped during step {interrupted}: its process received SIGTERM"
+    assert re.fullmatch(reason, stopped["error"]), stopped["error"]
+    assert steps[interrupted]["message"] == stopped["error"]
+    assert f"job {job['id']}: {stopped['error']}" in output, "the worker says so in one line"
+    assert api.tenant()["status"] == "failed", "released as for any failure past create_site"
+
+    retry = api.post(f"/{job['id']}/retry")
+    assert retry["resume_from"] == interrupted
+    assert api.wait_until_finished(retry["id"])["status"] == "completed"
+    statuses = [step["status"] for step in api.get(f"/{retry['id']}/steps")]
+    position = list(steps).index(interrupted)
+    assert statuses == ["skipped"] * position + ["completed"] * (len(steps) - position)
     stop_with_ctrl_c(second)

@@ -11,7 +11,7 @@ class ScriptedHeartbeat(Heartbeat):
     """A heartbeat whose beats are counted instead of written; ``hold`` keeps a beat in flight."""
 
     def __init__(self, interval: float, keep_beating: bool = True):
-        super().__init__(None, uuid.uuid4(), "worker@test", interval, 30.0, terminator=None, journal=None)
+        super().__init__(None, uuid.uuid4(), "worker@test", interval, 30.0, terminator=None)
         self.beats = 0
         self.keep_beating = keep_beating
         self.hold = threading.Event()
