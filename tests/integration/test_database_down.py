@@ -19,8 +19,7 @@ from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
-from tests.processes import GroupProcess, free_port, procfile_commands
-from tests.stack import ADMIN_DATABASE_URL, WorkerProcess, delete_queues, process_environment
+from tests.stack import ADMIN_DATABASE_URL, WebProcess, WorkerProcess, delete_queues
 
 HTTP_TIMEOUT = 10
 
@@ -150,33 +149,20 @@ def test_a_running_job_rides_out_a_database_outage_and_the_worker_goes_on_withou
 @pytest.fixture
 def gunicorn(isolated, tmp_path):
     """The Procfile's web process on the test's own database, one worker (all its connections in one pool)."""
-    port = free_port()
-    env = process_environment({**isolated.environment, "PORT": str(port), "WEB_CONCURRENCY": "1"})
-    web = GroupProcess("web", procfile_commands()["web"], env, tmp_path / "web.log")
-    base_url = f"http://127.0.0.1:{port}"
-
-    def answers():
-        web.assert_alive()
-        try:
-            return requests.get(f"{base_url}/healthz", timeout=HTTP_TIMEOUT).status_code == 200
-        except requests.ConnectionError:
-            return False
-
+    web = WebProcess(isolated.environment, tmp_path / "web.log", WEB_CONCURRENCY="1")
     try:
-        wait_for(answers, timeout=60, interval=0.2, what="gunicorn to answer")
-        yield base_url, web
+        yield web
     finally:
         web.stop()
-        print(web.describe())  # shown by pytest when the test failed
 
 
 def test_a_request_right_after_the_api_s_connections_were_killed_answers_normally(isolated, gunicorn):
     """The database is up: a dead pooled connection is replaced for the statement that found it, no 503."""
-    base_url, web = gunicorn
+    web = gunicorn
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
     outage = DatabaseOutage(isolated.settings.database_url)
-    jobs = f"{base_url}/api/v1/provisioning/jobs"
+    jobs = f"{web.url}/api/v1/provisioning/jobs"
     statuses = []
     for _ in range(5):
         # The connection was just used: the idle check at checkout lets it through, dead.
@@ -185,7 +171,7 @@ def test_a_request_right_after_the_api_s_connections_were_killed_answers_normall
         statuses.append(requests.get(jobs, headers=tenant.headers(), timeout=HTTP_TIMEOUT).status_code)
 
     assert statuses == [200] * 5
-    assert "a pooled database connection was dead" in web.output()
+    assert "a pooled database connection was dead" in web.group.output()
 
 
 def test_a_job_whose_worker_s_connections_are_killed_mid_step_completes_without_waiting(isolated, caplog):
