@@ -13,9 +13,8 @@ from kombu import Connection
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-import celeryconfig
 from provisioning import events, migrate
-from provisioning.broker import Dispatcher
+from provisioning.broker import Dispatcher, queue_depths
 from provisioning.db import get_engine, session_factory, utcnow
 from provisioning.drivers.bench import BenchConfig
 from provisioning.errors import StepFailed
@@ -131,13 +130,12 @@ def check_broker(settings: Settings) -> Check:
 
 def check_queues(settings: Settings) -> Check:
     try:
-        with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
-            channel = connection.default_channel
-            depths = {}
-            for queue in celeryconfig.provisioning_queues(settings):
-                depths[queue.name] = queue(channel).queue_declare(passive=True).message_count
+        depths = queue_depths(settings)
     except Exception as error:
-        return Check("queues", False, f"not declared or unreachable: {_first_line(error)}", "start a worker (it declares them)")
+        return Check("queues", False, f"cannot read them: {_first_line(error)}", "fix the broker first")
+    missing = [name for name, depth in depths.items() if depth is None]
+    if missing:
+        return Check("queues", False, f"not declared yet: {', '.join(missing)}", "start a worker (it declares them)")
     return Check("queues", True, ", ".join(f"{name}: {depth} waiting" for name, depth in depths.items()))
 
 
