@@ -81,13 +81,15 @@ def check_site_driver(settings: Settings) -> Check:
 
 
 def check_credentials_key(settings: Settings) -> Check:
+    if settings.site_credentials_key_file:
+        return Check("credentials key", True, f"the one make run keeps in {settings.site_credentials_key_file}")
     if settings.site_credentials_key:
         return Check("credentials key", True, "SITE_CREDENTIALS_KEY is set")
     return Check(
         "credentials key",
         False,
         "SITE_CREDENTIALS_KEY is not set: create_site jobs fail at their first step",
-        "make one with `provisioning credentials-key` and give it to web and workers (make run keeps its own)",
+        "make one with `provisioning credentials-key` and give it to web and workers (make run keeps one in DATA_DIR)",
     )
 
 

@@ -17,6 +17,8 @@ SITE_DRIVERS = ("simulated", "bench")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
+# Where `make run` keeps the SITE_CREDENTIALS_KEY it made, under DATA_DIR; see load_settings.
+KEPT_CREDENTIALS_KEY_FILE = "site-credentials.key"
 
 
 class SettingsError(ValueError):
@@ -70,6 +72,8 @@ class Settings:
     bench: BenchSettings = field(default_factory=BenchSettings)
     # Fernet key that encrypts each site's admin password; never shown by repr.
     site_credentials_key: str | None = field(default=None, repr=False)
+    # The file the key was read from (the one `make run` keeps), or None when it came from the environment.
+    site_credentials_key_file: Path | None = None
     backup_path: Path = Path("var/backups")
     backup_keep_last: int = 7
     backup_max_age_days: float = 30.0
@@ -88,6 +92,10 @@ class Settings:
     @property
     def events_exchange_name(self) -> str:
         return f"{self.provisioning_queue_name}.events"
+
+    @property
+    def kept_credentials_key_path(self) -> Path:
+        return self.data_dir / KEPT_CREDENTIALS_KEY_FILE
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -138,6 +146,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"LOST_JOB_AFTER_SECONDS: {lost_after:g} must be at least three heartbeats (JOB_HEARTBEAT_SECONDS={heartbeat:g})"
         )
 
+    credentials_key, credentials_key_file = _credentials_key(env, data_dir / KEPT_CREDENTIALS_KEY_FILE)
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
@@ -168,7 +177,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             step_timeout_seconds=env.get("bench_step_timeout_seconds") or "1200",
             archive_path=env.get("bench_archive_path", ""),
         ),
-        site_credentials_key=_credentials_key(env),
+        site_credentials_key=credentials_key,
+        site_credentials_key_file=credentials_key_file,
         backup_path=Path(env.get("backup_path") or data_dir / "backups").resolve(),
         backup_keep_last=_positive_int(env, "backup_keep_last", 7),
         backup_max_age_days=_positive_float(env, "backup_max_age_days", 30.0),
@@ -254,13 +264,26 @@ def _one_of(env: dict[str, str], name: str, choices: tuple[str, ...], default: s
     return value
 
 
-def _credentials_key(env: dict[str, str]) -> str | None:
+def _credentials_key(env: dict[str, str], kept_file: Path) -> tuple[str | None, Path | None]:
+    """SITE_CREDENTIALS_KEY, else the key `make run` keeps in DATA_DIR (when it has made one), and the
+    file it came from: every process of a quickstart, and `provisioning doctor` beside it, find the
+    same key without being handed it."""
     key = env.get("site_credentials_key") or None
-    if key is not None and not credentials.is_valid_key(key):
-        raise SettingsError(
-            "SITE_CREDENTIALS_KEY: not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
-        )
-    return key
+    if key is not None:
+        if not credentials.is_valid_key(key):
+            raise SettingsError(
+                "SITE_CREDENTIALS_KEY: not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
+            )
+        return key, None
+    try:
+        kept = kept_file.read_text().strip()
+    except FileNotFoundError:
+        return None, None
+    except OSError as error:
+        raise SettingsError(f"SITE_CREDENTIALS_KEY: cannot read the kept key {kept_file}: {error.strerror}") from None
+    if not credentials.is_valid_key(kept):
+        raise SettingsError(f"SITE_CREDENTIALS_KEY: {kept_file} holds no Fernet key; delete it and `make run` makes a new one")
+    return kept, kept_file
 
 
 def _port(env: dict[str, str], name: str, default: int) -> int:

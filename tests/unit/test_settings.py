@@ -104,3 +104,20 @@ def test_secrets_never_show_in_the_settings_repr():
     settings = load_settings({"DB_ROOT_PASSWORD": "root-pw-123", "METRICS_TOKEN": "scrape-tok", "SITE_CREDENTIALS_KEY": KEY})
     assert settings.bench.db_root_password == "root-pw-123" and settings.metrics_token == "scrape-tok"
     assert not [secret for secret in ("root-pw-123", "scrape-tok", KEY) if secret in repr(settings)]
+
+
+def test_without_site_credentials_key_every_process_finds_the_key_make_run_keeps_in_data_dir(tmp_path):
+    assert load_settings({"DATA_DIR": str(tmp_path)}).site_credentials_key is None
+    (tmp_path / "site-credentials.key").write_text(KEY + "\n")
+
+    kept = load_settings({"DATA_DIR": str(tmp_path)})
+    assert (kept.site_credentials_key, kept.site_credentials_key_file) == (KEY, tmp_path / "site-credentials.key")
+    other = new_key()
+    given = load_settings({"DATA_DIR": str(tmp_path), "SITE_CREDENTIALS_KEY": other})
+    assert (given.site_credentials_key, given.site_credentials_key_file) == (other, None), "the variable wins"
+
+
+def test_a_kept_key_file_without_a_key_stops_the_process_naming_the_file(tmp_path):
+    (tmp_path / "site-credentials.key").write_text("not a key")
+    with pytest.raises(SettingsError, match=f"^SITE_CREDENTIALS_KEY: {tmp_path / 'site-credentials.key'} holds no Fernet key"):
+        load_settings({"DATA_DIR": str(tmp_path)})
