@@ -142,14 +142,21 @@ def check_queues(settings: Settings) -> Check:
 
 
 def check_workers(settings: Settings) -> Check:
+    """The workers that consume our queue: others on the same broker (another deployment's, or
+    one started with another -Q) answer too, but take none of our jobs."""
     try:
-        answers = Dispatcher(settings).app.control.ping(timeout=2.0)
+        answers = Dispatcher(settings).app.control.inspect(timeout=2.0).active_queues() or {}
     except Exception as error:
         return Check("workers", False, f"cannot ask: {_first_line(error)}", "fix the broker first")
-    if not answers:
-        return Check("workers", False, "none answered a ping within 2 s", "start one: celery -A tasks worker -Q <queue>")
-    names = sorted(name for answer in answers for name in answer)
-    return Check("workers", True, f"{len(names)} answered: {', '.join(names)}")
+    queue = settings.provisioning_queue_name
+    ours = sorted(name for name, queues in answers.items() if any(consumed.get("name") == queue for consumed in queues or ()))
+    others = f"; {len(answers) - len(ours)} other(s) consume other queues" if len(answers) > len(ours) else ""
+    if not ours:
+        return Check(
+            "workers", False, f"none consumes {queue} (asked for 2 s){others}",
+            f"start one: celery -A tasks worker -Q {queue}",
+        )  # fmt: skip
+    return Check("workers", True, f"{len(ours)} consume {queue}: {', '.join(ours)}{others}")
 
 
 def check_event_relay(settings: Settings) -> Check:

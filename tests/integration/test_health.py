@@ -99,3 +99,12 @@ def test_doctor_names_a_wrong_bench_setting_and_a_missing_credentials_key(enviro
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
     assert "BENCH_PATH: /nonexistent is not a bench directory" in lines["FAIL site driver"]
     assert "provisioning credentials-key" in lines["FAIL credentials key"]
+
+
+def test_doctor_counts_only_the_workers_that_consume_its_queue(isolated, worker):
+    # The run's worker answers on the same broker but consumes another queue: another deployment's, for this one.
+    result = CliRunner().invoke(main, ["doctor"], env=isolated.environment)
+    workers = next(line for line in result.stdout.splitlines() if " workers:" in line)
+    assert workers.startswith(f"FAIL workers: none consumes {isolated.settings.provisioning_queue_name}"), workers
+    assert "other(s) consume other queues" in workers and worker.name not in workers
+    assert result.exit_code == 1

@@ -145,7 +145,7 @@ def run_the_printed_job(quickstart: Quickstart) -> dict:
         return response is not None and response.status_code == 200 and response.json()
 
     workers = wait_for(flower_lists_a_worker, timeout=30, interval=0.5, what="Flower's /api/workers to list a worker")
-    assert [name.split("@")[0] for name in workers] == ["worker"], workers
+    assert [name.split("@")[0] for name in workers] == ["erpmax.provisioning"], "the worker, named after its queue"
     output = process.output()
     assert f"Connected to redis://:**@127.0.0.1:{quickstart.broker_port}/0" in output, "the worker must use the embedded broker"
     assert "amqp://" not in output

@@ -121,3 +121,19 @@ def test_a_kept_key_file_without_a_key_stops_the_process_naming_the_file(tmp_pat
     (tmp_path / "site-credentials.key").write_text("not a key")
     with pytest.raises(SettingsError, match=f"^SITE_CREDENTIALS_KEY: {tmp_path / 'site-credentials.key'} holds no Fernet key"):
         load_settings({"DATA_DIR": str(tmp_path)})
+
+
+def test_the_default_worker_name_is_its_queue_at_its_host_so_deployments_on_one_broker_never_share_one(tmp_path):
+    """Celery's own default (celery@host), or one name for all (worker@host), would make two
+    deployments' workers on one machine answer as one in Flower, pings and remote control."""
+    stub = tmp_path / "celery"
+    stub.write_text('#!/bin/sh\nwhile [ "$1" != --hostname ]; do shift; done\necho "$2"\n')
+    stub.chmod(0o755)
+
+    def worker_name(**environ: str) -> str:
+        env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", **environ}
+        return subprocess.run(["sh", "-c", procfile_commands()["worker"]], env=env, capture_output=True, text=True).stdout.strip()
+
+    assert worker_name() == "erpmax.provisioning@%h"  # Celery puts the host name in for %h
+    assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning") == "acme.provisioning@%h"
+    assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning", WORKER_NAME="w2@%h") == "w2@%h"
