@@ -98,10 +98,19 @@ def check_database(settings: Settings) -> Check:
         with get_engine(settings.database_url).connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as error:
-        return Check(
-            "database", False, f"unreachable: {_first_line(error)}", f"start it ({START_POSTGRESQL}) or fix DATABASE_URL"
-        )
+        reason = _first_line(error)
+        return Check("database", False, f"unreachable: {reason}", _database_remedy(settings.database_url, reason))
     return Check("database", True, f"reachable at {_safe_url(settings.database_url)}")
+
+
+def _database_remedy(database_url: str, reason: str) -> str:
+    """What to do about PostgreSQL's answer: a server that answers needs no starting."""
+    url = make_url(database_url)
+    if f'database "{url.database}" does not exist' in reason:
+        return f"create it: createdb -h {url.host or 'localhost'} -p {url.port or 5432} -U {url.username} {url.database}"
+    if "password authentication failed" in reason or (url.username and f'role "{url.username}" does not exist' in reason):
+        return "fix the user or password in DATABASE_URL"
+    return f"start it ({START_POSTGRESQL}) or fix DATABASE_URL"
 
 
 def check_migrations(settings: Settings) -> Check:
@@ -112,9 +121,10 @@ def check_migrations(settings: Settings) -> Check:
     except Exception as error:
         return Check("migrations", False, f"cannot read the schema revision: {_first_line(error)}", "fix the database first")
     if current != head:
-        return Check(
-            "migrations", False, f"database at {current or 'nothing'}, code expects {head}", "run: provisioning db upgrade"
-        )
+        # A revision the code does not know was made by a newer release: upgrading cannot help.
+        newer = current is not None and current not in migrate.revisions()
+        remedy = "run the release whose migrations made it (this code is older)" if newer else "run: provisioning db upgrade"
+        return Check("migrations", False, f"database at {current or 'nothing'}, code expects {head}", remedy)
     return Check("migrations", True, f"at head ({head})")
 
 
@@ -123,11 +133,24 @@ def check_broker(settings: Settings) -> Check:
         with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5)
     except Exception as error:
-        remedy = "start it (rabbitmq-server -detached) or fix RABBITMQ_URL"
-        if settings.embedded:
-            remedy = "start it with: provisioning embedded-broker (make run does)"
-        return Check("broker", False, f"unreachable: {_first_line(error)}", remedy)
+        reason = _first_line(error)
+        return Check("broker", False, f"unreachable: {reason}", _broker_remedy(settings, reason))
     return Check("broker", True, f"reachable at {Connection(settings.broker_url).as_uri()}")
+
+
+def _broker_remedy(settings: Settings, reason: str) -> str:
+    """What to do about RabbitMQ's answer: one that refuses the vhost or the login is running."""
+    if settings.embedded:
+        return "start it with: provisioning embedded-broker (make run does)"
+    url = Connection(settings.broker_url)
+    if "NOT_ALLOWED" in reason and "vhost" in reason:
+        return (
+            f"create the vhost: rabbitmqctl add_vhost {url.virtual_host} && "
+            f'rabbitmqctl set_permissions -p {url.virtual_host} {url.userid} ".*" ".*" ".*"'
+        )
+    if "ACCESS_REFUSED" in reason:
+        return "fix the user or password in RABBITMQ_URL (rabbitmqctl list_users)"
+    return "start it (rabbitmq-server -detached) or fix RABBITMQ_URL"
 
 
 def check_queues(settings: Settings) -> Check:

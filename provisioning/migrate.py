@@ -34,4 +34,13 @@ def current_revision(database_url: str) -> str | None:
 
 def head_revision() -> str:
     """The revision the code expects the database to be at."""
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return _scripts().get_current_head()
+
+
+def revisions() -> list[str]:
+    """Every revision the code knows, oldest first."""
+    return [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
