@@ -10,13 +10,16 @@ from typing import Mapping
 from urllib.parse import quote, urlsplit
 
 from provisioning import credentials
-from provisioning.workflows import driver_step_names
+from provisioning.workflows import VERIFY_BACKUP, driver_step_names
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
 SITE_DRIVERS = ("simulated", "bench")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
+# The steps SIMULATED_FAIL_STEP may name: the driver's, and the platform's verify_backup, which then
+# fails for real on the dump the simulated driver cuts short.
+SIMULATED_FAILABLE_STEPS = driver_step_names() | {VERIFY_BACKUP}
 # Where `make run` keeps the SITE_CREDENTIALS_KEY it made, under DATA_DIR; see load_settings.
 KEPT_CREDENTIALS_KEY_FILE = "site-credentials.key"
 
@@ -250,10 +253,9 @@ def _queue_name(env: dict[str, str]) -> str:
 
 def _step_name(env: dict[str, str]) -> str | None:
     name = env.get("simulated_fail_step") or None
-    if name is not None and name not in driver_step_names():
-        raise SettingsError(
-            f"SIMULATED_FAIL_STEP: {name!r} is no step of the driver; they are {', '.join(sorted(driver_step_names()))}"
-        )
+    if name is not None and name not in SIMULATED_FAILABLE_STEPS:
+        steps = ", ".join(sorted(SIMULATED_FAILABLE_STEPS))
+        raise SettingsError(f"SIMULATED_FAIL_STEP: {name!r} is no step the simulated driver can fail; they are {steps}")
     return name
 
 

@@ -13,14 +13,16 @@ from sqlalchemy import select
 from provisioning.backup_schedule import SCHEDULER, schedule_backups
 from provisioning.backups import BackupBook, Retention
 from provisioning.db import utcnow
+from provisioning.drivers import make_driver
 from provisioning.drivers.base import BackupFile
 from provisioning.drivers.simulated import SimulatedDriver
-from provisioning.enums import BackupStatus, JobStatus, JobType, TenantStatus
+from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
+from tests.records import read_job, read_steps
 from tests.stack import BeatProcess
 
 DAILY = timedelta(hours=24)
@@ -186,3 +188,16 @@ def test_what_a_failed_backup_step_left_is_removed_and_kept_backups_are_not(sess
     assert BackupBook(session).remove_strays(tmp_path, settle=timedelta(0)) == [left]
     assert not left.exists()
     assert Path(kept.files[0]["path"]).exists()
+
+
+def test_simulated_fail_step_verify_backup_fails_a_backup_job_at_that_step(settings, sessions, session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    told = replace(settings, backup_path=tmp_path, simulated_fail_step="verify_backup")
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    JobRunner.for_settings(told, sessions, make_driver(told), "w@test").run(job.id)
+
+    failed = read_job(sessions, job.id)
+    assert failed.status == JobStatus.FAILED and "stops before its end" in failed.error, failed.error
+    assert [(step.name, step.status) for step in read_steps(sessions, job.id)] == [
+        ("run_backup", StepStatus.COMPLETED), ("verify_backup", StepStatus.FAILED), ("record_backup", StepStatus.PENDING),
+    ]  # fmt: skip

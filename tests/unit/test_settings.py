@@ -70,7 +70,7 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"TASK_SOFT_TIME_LIMIT": "1700", "TASK_TIME_LIMIT": "1900"}, "TASK_TIME_LIMIT"),
         ({"CANCEL_GRACE_SECONDS": "1600"}, "CANCEL_GRACE_SECONDS"),
         ({"JOB_HEARTBEAT_SECONDS": "30", "LOST_JOB_AFTER_SECONDS": "60"}, "LOST_JOB_AFTER_SECONDS"),
-        ({"SIMULATED_FAIL_STEP": "verify_backup"}, "SIMULATED_FAIL_STEP"),  # the platform's step, not the driver's
+        ({"SIMULATED_FAIL_STEP": "record_backup"}, "SIMULATED_FAIL_STEP"),  # the platform's own bookkeeping
         ({"SITE_DRIVER": "docker"}, "SITE_DRIVER"),
         ({"SITE_CREDENTIALS_KEY": "not-a-key"}, "SITE_CREDENTIALS_KEY"),
         ({"BACKUP_KEEP_LAST": "0"}, "BACKUP_KEEP_LAST"),
@@ -137,3 +137,8 @@ def test_the_default_worker_name_is_its_queue_at_its_host_so_deployments_on_one_
     assert worker_name() == "erpmax.provisioning@%h"  # Celery puts the host name in for %h
     assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning") == "acme.provisioning@%h"
     assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning", WORKER_NAME="w2@%h") == "w2@%h"
+
+
+def test_every_step_the_simulated_driver_can_be_told_to_fail_is_accepted_verify_backup_included(tmp_path):
+    for step in ("check_preconditions", "install_apps", "final_backup", "run_backup", "verify_backup"):
+        assert load_settings({"DATA_DIR": str(tmp_path), "SIMULATED_FAIL_STEP": step}).simulated_fail_step == step
