@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.backups import BackupBook
+from provisioning.backups import PRIVATE_DIRECTORY_MODE, BackupBook, make_private, private_directory
 from provisioning.credentials import CredentialsUnavailable, SiteCredentials
 from provisioning.drivers.base import BackupFile
 from provisioning.errors import StepFailed
@@ -60,11 +60,13 @@ class JobContext:
             raise StepFailed(str(unavailable)) from None
 
     def backup_directory(self) -> Path:
-        directory = self._backup_root / self.tenant_slug / str(self.job_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory
+        """``BACKUP_PATH/<slug>/<job id>/``, each folder below BACKUP_PATH private to the service's user."""
+        # BACKUP_PATH itself is made private when this makes it; once it exists, its mode is the operator's.
+        self._backup_root.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+        return private_directory(private_directory(self._backup_root / self.tenant_slug) / str(self.job_id))
 
     def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
+        make_private(self.backup_directory())
         with self._sessions() as session:
             BackupBook(session).start(self._tenant_id, self.job_id, site, files)
 

@@ -21,7 +21,7 @@ from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import not_private, wait_for
 from tests.records import read_job, read_steps
 from tests.stack import BeatProcess
 
@@ -188,6 +188,23 @@ def test_what_a_failed_backup_step_left_is_removed_and_kept_backups_are_not(sess
     assert BackupBook(session).remove_strays(tmp_path, settle=timedelta(0)) == [left]
     assert not left.exists()
     assert Path(kept.files[0]["path"]).exists()
+
+
+def test_a_backups_files_and_folders_are_readable_by_the_services_user_alone(
+    settings, sessions, session, tenant_factory, tmp_path
+):
+    """They hold the site's whole database; with bench, its database password too (see test_bench_driver)."""
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    old_folder = tmp_path / tenant.tenant.slug
+    old_folder.mkdir(mode=0o755)  # as a release before this one made it
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    JobRunner.for_settings(replace(settings, backup_path=tmp_path), sessions, SimulatedDriver(step_seconds=0), "w@test").run(
+        job.id
+    )
+
+    assert session.get(ProvisioningJob, job.id, populate_existing=True).status == JobStatus.COMPLETED
+    assert len(list(tmp_path.rglob("*.sql.gz"))) == 1
+    assert not_private(tmp_path) == {}
 
 
 def test_simulated_fail_step_verify_backup_fails_a_backup_job_at_that_step(settings, sessions, session, tenant_factory, tmp_path):
