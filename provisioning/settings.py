@@ -87,6 +87,9 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     # Reverse proxies in front of the API whose X-Forwarded-For is to be believed (0: none).
     proxy_count: int = 0
+    # The ports the Procfile's web and flower lines listen on (they read PORT and FLOWER_PORT themselves).
+    web_port: int = 8000
+    flower_port: int = 5555
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -190,6 +193,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=_one_of(env, "log_level", LOG_LEVELS, "info").upper(),
         metrics_token=env.get("metrics_token") or None,
         proxy_count=_non_negative_int(env, "proxy_count", 0),
+        web_port=_port(env, "port", 8000),
+        flower_port=_port(env, "flower_port", 5555),
     )
 
 

@@ -71,6 +71,8 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"CANCEL_GRACE_SECONDS": "1600"}, "CANCEL_GRACE_SECONDS"),
         ({"JOB_HEARTBEAT_SECONDS": "30", "LOST_JOB_AFTER_SECONDS": "60"}, "LOST_JOB_AFTER_SECONDS"),
         ({"SIMULATED_FAIL_STEP": "record_backup"}, "SIMULATED_FAIL_STEP"),  # the platform's own bookkeeping
+        ({"PORT": "abc"}, "PORT"),
+        ({"FLOWER_PORT": "70000"}, "FLOWER_PORT"),
         ({"SITE_DRIVER": "docker"}, "SITE_DRIVER"),
         ({"SITE_CREDENTIALS_KEY": "not-a-key"}, "SITE_CREDENTIALS_KEY"),
         ({"BACKUP_KEEP_LAST": "0"}, "BACKUP_KEEP_LAST"),
@@ -106,6 +108,19 @@ def test_secrets_never_show_in_the_settings_repr():
     assert not [secret for secret in ("root-pw-123", "scrape-tok", KEY) if secret in repr(settings)]
 
 
+def test_the_web_and_flower_ports_are_those_the_procfile_uses_when_unset(tmp_path):
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+    assert (settings.web_port, settings.flower_port) == (8000, 5555)
+    procfile = procfile_commands()
+    assert "${PORT:-8000}" in procfile["web"] and "${FLOWER_PORT:-5555}" in procfile["flower"]
+    assert load_settings({"DATA_DIR": str(tmp_path), "PORT": "8080", "FLOWER_PORT": "5556"}).web_port == 8080
+
+
+def test_every_step_the_simulated_driver_can_be_told_to_fail_is_accepted_verify_backup_included(tmp_path):
+    for step in ("check_preconditions", "install_apps", "final_backup", "run_backup", "verify_backup"):
+        assert load_settings({"DATA_DIR": str(tmp_path), "SIMULATED_FAIL_STEP": step}).simulated_fail_step == step
+
+
 def test_without_site_credentials_key_every_process_finds_the_key_make_run_keeps_in_data_dir(tmp_path):
     assert load_settings({"DATA_DIR": str(tmp_path)}).site_credentials_key is None
     (tmp_path / "site-credentials.key").write_text(KEY + "\n")
@@ -137,8 +152,3 @@ def test_the_default_worker_name_is_its_queue_at_its_host_so_deployments_on_one_
     assert worker_name() == "erpmax.provisioning@%h"  # Celery puts the host name in for %h
     assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning") == "acme.provisioning@%h"
     assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning", WORKER_NAME="w2@%h") == "w2@%h"
-
-
-def test_every_step_the_simulated_driver_can_be_told_to_fail_is_accepted_verify_backup_included(tmp_path):
-    for step in ("check_preconditions", "install_apps", "final_backup", "run_backup", "verify_backup"):
-        assert load_settings({"DATA_DIR": str(tmp_path), "SIMULATED_FAIL_STEP": step}).simulated_fail_step == step
