@@ -199,8 +199,10 @@ def _terminal_of_our_own() -> Iterator[None]:
     Ctrl-C signals every process of that group. Under ``make run`` that is make too, which then
     reports ``*** Interrupt`` and fails, though Ctrl-C is how the quickstart is meant to stop.
     In a group of its own (its children join it) only the quickstart hears Ctrl-C, stops its
-    processes, and exits 0, and so does make. Nothing changes without a terminal, or when the
-    quickstart already leads its group (started from a shell).
+    processes, and exits 0, and so does make. Ctrl-Z would stop this group alone, while the shell
+    waits for make, which runs on: the terminal would hang, so it is ignored meanwhile (honcho
+    inherits that). Nothing changes without a terminal, or when the quickstart already leads its
+    group (started from a shell).
     """
     terminal = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
     if terminal is None or os.getpgrp() == os.getpid() or os.tcgetpgrp(terminal) != os.getpgrp():
@@ -212,7 +214,8 @@ def _terminal_of_our_own() -> Iterator[None]:
     with _ignoring(signal.SIGTTOU):
         os.tcsetpgrp(terminal, os.getpgrp())
     try:
-        yield
+        with _ignoring(signal.SIGTSTP):
+            yield
     finally:
         with _ignoring(signal.SIGTTOU), contextlib.suppress(OSError):  # make may be gone
             os.tcsetpgrp(terminal, previous)

@@ -158,8 +158,8 @@ class TerminalProcess:
     """A command run as a person runs it in a terminal: in a session of its own whose controlling
     terminal is a pseudo-terminal, its output (with the terminal's ``\\r\\n``) copied to a log file.
 
-    ``ctrl_c()`` types Ctrl-C: the terminal signals its foreground process group, whichever
-    that is then, exactly as a real one does.
+    ``ctrl_c()`` and ``ctrl_z()`` type those keys: the terminal signals its foreground process
+    group, whichever that is then, exactly as a real one does.
     """
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path = PROJECT_ROOT):
@@ -201,6 +201,9 @@ class TerminalProcess:
 
     def ctrl_c(self) -> None:
         os.write(self._master, b"\x03")
+
+    def ctrl_z(self) -> None:
+        os.write(self._master, b"\x1a")
 
     def wait(self, timeout: float) -> int:
         """The exit code, once the command and everything that kept its terminal open are gone."""

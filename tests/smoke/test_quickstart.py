@@ -222,7 +222,9 @@ def assert_only_its_user_can_read_its_data(data_dir: Path) -> None:
 
 
 def stop_with_ctrl_c(run: Run) -> str:
-    """Type Ctrl-C as a person would; make must exit 0 with every process gone. Returns the whole output."""
+    """Type Ctrl-C as a person would (after a Ctrl-Z, which must not hang the terminal); make must
+    exit 0 with every process gone. Returns the whole output."""
+    run.terminal.ctrl_z()
     run.terminal.ctrl_c()
     try:
         code = run.terminal.wait(timeout=60)
