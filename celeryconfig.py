@@ -6,7 +6,7 @@ timeout (30 minutes by default), which would otherwise close the channel and red
 message while the job still runs.
 """
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from provisioning.settings import Settings, settings_or_exit
 
@@ -45,9 +45,19 @@ def queue_named(name: str, settings: Settings) -> Queue:
     return Queue(name, routing_key=name, durable=True)
 
 
+def events_exchange(settings: Settings) -> Exchange:
+    """Where job events are announced (see ``provisioning.events``): a durable topic exchange
+    named after the job queue, so deployments sharing a broker announce apart."""
+    return Exchange(settings.events_exchange_name, type="topic", durable=True)
+
+
 def declare_queues(channel, settings: Settings) -> None:
+    """Declare the queues and the events exchange: before the first job or event, so no message
+    is dropped for want of a queue, and another system can bind to the exchange before beat first
+    announces anything."""
     for queue in provisioning_queues(settings):
         queue(channel).declare()
+    events_exchange(settings)(channel).declare()
 
 
 def build(settings: Settings) -> dict:

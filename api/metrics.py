@@ -21,17 +21,16 @@ import os
 import time
 
 from flask import Flask, Response, current_app, g, request
-from kombu import Connection
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-import celeryconfig
 from api.errors import http_error
 from api.forwarded import parse_address
 from api.session import require_current_schema
 from provisioning import events
+from provisioning.broker import queue_depths
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob
@@ -171,10 +170,9 @@ class JobFigures:
         )
         up = 1
         try:
-            with Connection(self.settings.broker_url, connect_timeout=self.settings.broker_connect_timeout) as connection:
-                channel = connection.default_channel
-                for queue in celeryconfig.provisioning_queues(self.settings):
-                    depths.add_metric([queue.name], queue(channel).queue_declare(passive=True).message_count)
+            for name, depth in queue_depths(self.settings).items():
+                # A queue not declared yet (no worker has started, no job was sent) holds nothing.
+                depths.add_metric([name], depth or 0)
         except Exception as error:
             log.warning("metrics: cannot read the queue depths: %s", error)
             up = 0

@@ -31,6 +31,13 @@ from provisioning.pg_batching import execute_later
 TOKEN_PREFIX = "erpx_"
 # A token's last use is written at most this often, so reads do not each cost a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# The columns' lengths, checked before the database sees a value: a longer one is the caller's
+# mistake, to be told in a sentence, not a database error.
+MAX_TENANT_NAME_LENGTH = 200  # tenants.name
+MAX_EMAIL_LENGTH = 254  # users.email, the longest address SMTP allows
+MAX_TOKEN_NAME_LENGTH = 100  # api_tokens.name
+# A token lives at most this long: an expiry must stay a date the database and Python can hold.
+MAX_TOKEN_LIFETIME = timedelta(days=3650)
 
 
 # What a request needs to know of its token's user and of a tenant: columns, not model objects,
@@ -99,9 +106,10 @@ def create_tenant(session: Session, slug: str, name: str, origin: Origin = SYSTE
     """Raises InvalidRequest for a slug that cannot be a site name, Conflict for a taken one."""
     if problem := SLUG.problem("slug", slug):
         raise InvalidRequest(problem)
-    if not name.strip():
+    name = _text("name", name, MAX_TENANT_NAME_LENGTH)
+    if not name:
         raise InvalidRequest("name must not be empty")
-    tenant = Tenant(slug=slug, name=name.strip())
+    tenant = Tenant(slug=slug, name=name)
     session.add(tenant)
     _flush_unique(session, f"a tenant with slug {slug!r} already exists")
     audit.record(session, origin, "tenant.created", tenant.id, slug, tenant.name)
@@ -111,8 +119,8 @@ def create_tenant(session: Session, slug: str, name: str, origin: Origin = SYSTE
 
 def create_user(session: Session, email: str, is_superuser: bool = False, origin: Origin = SYSTEM) -> User:
     email = email.strip().lower()
-    if not EMAIL.is_valid(email):
-        raise InvalidRequest(f"{email!r} is not an e-mail address")
+    if len(email) > MAX_EMAIL_LENGTH or not EMAIL.is_valid(email):
+        raise InvalidRequest(f"{_shown(email)} is not an e-mail address (at most {MAX_EMAIL_LENGTH} characters)")
     user = User(email=email, is_superuser=is_superuser)
     session.add(user)
     _flush_unique(session, f"a user with e-mail {email!r} already exists")
@@ -133,14 +141,14 @@ def add_membership(session: Session, user: User, tenant: Tenant, role: Role, ori
 def find_tenant(session: Session, slug: str) -> Tenant:
     tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
     if tenant is None:
-        raise NotFound(f"no tenant with slug {slug!r}")
+        raise NotFound(f"no tenant with slug {_shown(slug)}")
     return tenant
 
 
 def find_user(session: Session, email: str) -> User:
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
-        raise NotFound(f"no user with e-mail {email!r}")
+        raise NotFound(f"no user with e-mail {_shown(email)}")
     return user
 
 
@@ -148,7 +156,14 @@ def issue_token(
     session: Session, user: User, name: str = "", expires_in: timedelta | None = None, origin: Origin = SYSTEM
 ) -> tuple[ApiToken, str]:
     """Create a token; the returned plain text is the only copy there will ever be (not even the
-    audit trail keeps it: only the token's id and prefix)."""
+    audit trail keeps it: only the token's id and prefix).
+
+    Raises InvalidRequest for a name too long or with control characters, or a lifetime of more
+    than ``MAX_TOKEN_LIFETIME``.
+    """
+    name = _text("token name", name, MAX_TOKEN_NAME_LENGTH)
+    if expires_in is not None and not timedelta(0) < expires_in <= MAX_TOKEN_LIFETIME:
+        raise InvalidRequest(f"a token expires after 1 to {MAX_TOKEN_LIFETIME.days} days")
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
         user_id=user.id,
@@ -233,6 +248,22 @@ def _choose_tenant(
         raise InvalidRequest("you belong to no tenant; name one with the X-Tenant-ID header")
     slugs = ", ".join(sorted(tenant.slug for tenant, _ in memberships))
     raise InvalidRequest(f"you belong to several tenants ({slugs}); choose one with the X-Tenant-ID header")
+
+
+def _text(what: str, value: str, max_length: int) -> str:
+    """``value`` stripped; InvalidRequest if it is longer than its column or holds control
+    characters (a newline or tab would break every listing that shows it)."""
+    value = value.strip()
+    if len(value) > max_length:
+        raise InvalidRequest(f"{what} is {len(value)} characters long; at most {max_length} are allowed")
+    if not value.isprintable():
+        raise InvalidRequest(f"{what} {_shown(value)} has control characters (a newline, a tab...)")
+    return value
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A value quoted for a message, cut short: a message repeats no megabyte of input."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def _as_uuid(value: str) -> uuid.UUID | None:

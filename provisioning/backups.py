@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -42,6 +43,9 @@ SQL_SNIFF_BYTES = 1 << 20
 TRAILER_BYTES = 4096
 CHUNK = 1 << 20
 STRAY_AFTER = timedelta(minutes=10)
+# A backup holds a site's whole database and its site config (the database password in it): only
+# the service's own user may read it, whatever umask the program that wrote it had.
+PRIVATE_FILE_MODE, PRIVATE_DIRECTORY_MODE = 0o600, 0o700
 
 
 class BackupInvalid(Exception):
@@ -56,6 +60,24 @@ class Retention:
 
 def retention_of(settings: Settings) -> Retention:
     return Retention(keep_last=settings.backup_keep_last, max_age=timedelta(days=settings.backup_max_age_days))
+
+
+def private_directory(path: Path) -> Path:
+    """``path``, made if missing, readable by the service's user alone (also when an older
+    version made it readable by all)."""
+    path.mkdir(mode=PRIVATE_DIRECTORY_MODE, exist_ok=True)
+    path.chmod(PRIVATE_DIRECTORY_MODE)
+    return path
+
+
+def make_private(directory: Path) -> None:
+    """Make everything under ``directory`` readable by the service's user alone: what bench wrote
+    there has the modes of bench's umask (files 0644, folders 0755 as a rule)."""
+    for root, folders, files in os.walk(directory):
+        for name in folders:
+            Path(root, name).chmod(PRIVATE_DIRECTORY_MODE)
+        for name in files:
+            Path(root, name).chmod(PRIVATE_FILE_MODE)
 
 
 def describe(files: Sequence[BackupFile]) -> list[dict]:

@@ -8,6 +8,7 @@ import uuid
 from functools import partial
 from typing import Any
 
+from amqp.exceptions import NotFound
 from celery import Celery
 from kombu import Connection, Exchange, Queue, compression
 
@@ -17,7 +18,7 @@ from provisioning.settings import Settings, get_rabbitmq_url, load_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerUnavailable", "Dispatcher", "get_rabbitmq_url", "publish_json", "refuse_compressed_bodies"]
+__all__ = ["BrokerUnavailable", "Dispatcher", "get_rabbitmq_url", "publish_json", "queue_depths", "refuse_compressed_bodies"]
 
 
 class BrokerUnavailable(Exception):
@@ -75,6 +76,29 @@ def refuse_compressed_bodies() -> None:
 
 def _refuse_to_expand(content_type: str, _body: bytes) -> bytes:
     raise CompressedBodyRefused(f"compressed body ({content_type}) refused: no publisher of ours compresses")
+
+
+def queue_depths(settings: Settings) -> dict[str, int | None]:
+    """How many messages wait in the job queue and in its dead-letter queue; None for a queue
+    nobody has declared yet (a worker or the API's first publish does).
+
+    RabbitMQ is asked with a passive declare, which makes nothing. The embedded broker (Redis)
+    keeps no trace of an empty queue, so a passive declare would call it missing even once a
+    worker declared it: there the queues are declared, which stores nothing but their bindings.
+
+    Raises:
+        kombu / socket errors: the broker cannot be reached.
+    """
+    depths: dict[str, int | None] = {}
+    with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
+        for queue in celeryconfig.provisioning_queues(settings):
+            # A channel each: RabbitMQ closes the channel of a passive declare that found nothing.
+            with connection.channel() as channel:
+                try:
+                    depths[queue.name] = queue(channel).queue_declare(passive=not settings.embedded).message_count
+                except NotFound:
+                    depths[queue.name] = None
+    return depths
 
 
 class Dispatcher:

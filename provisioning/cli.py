@@ -6,8 +6,9 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import click
+from alembic.util import CommandError
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from provisioning import accounts, audit, credentials, dead_letters, health, migrate
 from provisioning.broker import Dispatcher
@@ -20,6 +21,12 @@ from provisioning.sweeper import sweep
 
 # Changes made at the console are the operator's: the audit trail names the login.
 CONSOLE = audit.operator_at_the_console()
+# PostgreSQL's code for a table that does not exist: the database was never migrated.
+UNDEFINED_TABLE = "42P01"
+# How many rows a listing shows at most: beyond, the database refuses the number itself.
+LIMIT = click.IntRange(min=1, max=100_000)
+# What --since takes: a day, or a day and a time, the minutes alone too (as the README shows).
+MOMENTS = ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S")
 
 
 def _settings() -> Settings:
@@ -35,15 +42,32 @@ def _session():
 
 
 class OneLineErrors(click.Group):
-    """Turns a domain error or an unreachable database into one ``Error: ...`` line and exit 1."""
+    """Turns a domain error, a migration error or a database error into one ``Error: ...`` line and exit 1."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ProvisioningError as error:
             raise click.ClickException(str(error)) from None
-        except OperationalError as error:
-            raise click.ClickException(f"cannot reach the database: {str(error.orig).strip().splitlines()[0]}") from None
+        except CommandError as error:  # Alembic's: a revision it does not know, say
+            raise click.ClickException(f"migrations: {_first_line(error)}") from None
+        except SQLAlchemyError as error:
+            raise click.ClickException(_database_error(error)) from None
+
+
+def _database_error(error: SQLAlchemyError) -> str:
+    """The database's own first line, never SQLAlchemy's whole text: that quotes the statement
+    and its parameters, which may hold a token's hash or a password."""
+    reason = _first_line(error.orig) if isinstance(error, DBAPIError) else type(error).__name__
+    if getattr(getattr(error, "orig", None), "pgcode", None) == UNDEFINED_TABLE or "no such table" in reason:
+        return f"the database has no schema yet ({reason}); run: provisioning db upgrade"
+    if isinstance(error, OperationalError):
+        return f"cannot reach the database: {reason}"
+    return f"database error: {reason}"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,8 +80,17 @@ def db() -> None:
     """The database schema (Alembic migrations)."""
 
 
+def _known_revision(_ctx, _param, revision: str) -> str:
+    """Only ``head`` or a revision of ours: Alembic's own parsing fails an assertion on some
+    strings (an empty one, ``@``, ``head+5``)."""
+    known = ["head", *migrate.revisions()]
+    if revision not in known:
+        raise click.BadParameter(f"{revision[:40]!r} is not one of {', '.join(known)}")
+    return revision
+
+
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option("--revision", default="head", show_default=True, callback=_known_revision, help="Target revision.")
 def db_upgrade(revision: str) -> None:
     """Apply the migrations up to REVISION; the only way the schema is created or changed."""
     migrate.upgrade(_settings().database_url, revision)
@@ -89,8 +122,10 @@ def tenant_create(slug: str, name: str) -> None:
 def tenant_list() -> None:
     """List tenants with their status."""
     with _session() as session:
-        for row in session.scalars(select(Tenant).order_by(Tenant.slug)):
-            click.echo(f"{row.slug}\t{row.status.value}\t{row.id}\t{row.name}")
+        tenants = session.scalars(select(Tenant).order_by(Tenant.slug)).all()
+    for row in tenants:
+        click.echo(f"{row.slug}\t{row.status.value}\t{row.id}\t{row.name}")
+    _count(len(tenants), "tenant")
 
 
 @main.group()
@@ -137,7 +172,11 @@ def token() -> None:
 @token.command("create")
 @click.option("--email", required=True, help="The user the token acts as.")
 @click.option("--name", default="", help="What the token is for.")
-@click.option("--expires-days", type=click.IntRange(min=1), help="Days until it expires (never by default).")
+@click.option(
+    "--expires-days",
+    type=click.IntRange(min=1, max=accounts.MAX_TOKEN_LIFETIME.days),
+    help="Days until it expires (never by default).",
+)
 def token_create(email: str, name: str, expires_days: int | None) -> None:
     """Create a token and print it alone on the last line; it cannot be shown again."""
     with _session() as session:
@@ -164,10 +203,12 @@ def token_list(email: str) -> None:
     """List a user's tokens (id, prefix, name, expiry, revocation, last use); never the tokens."""
     with _session() as session:
         owner = accounts.find_user(session, email)
-        for row in session.scalars(select(ApiToken).where(ApiToken.user_id == owner.id).order_by(ApiToken.created_at)):
-            state = accounts.token_refusal(row.revoked_at, row.expires_at, utcnow()) or "usable"
-            last_used = row.last_used_at.isoformat() if row.last_used_at else "never used"
-            click.echo(f"{row.id}\t{row.prefix}...\t{state}\t{row.name}\t{last_used}")
+        tokens = session.scalars(select(ApiToken).where(ApiToken.user_id == owner.id).order_by(ApiToken.created_at)).all()
+    for row in tokens:
+        state = accounts.token_refusal(row.revoked_at, row.expires_at, utcnow()) or "usable"
+        last_used = row.last_used_at.isoformat() if row.last_used_at else "never used"
+        click.echo(f"{row.id}\t{row.prefix}...\t{state}\t{row.name}\t{last_used}")
+    _count(len(tokens), "token")
 
 
 @main.group()
@@ -178,21 +219,22 @@ def jobs() -> None:
 @jobs.command("list")
 @click.option("--tenant", "tenant_slug", help="Only this tenant's jobs.")
 @click.option("--status", type=click.Choice([status.value for status in JobStatus]))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=50, show_default=True, type=LIMIT)
 def jobs_list(tenant_slug: str | None, status: str | None, limit: int) -> None:
     """List jobs, newest first."""
     with _session() as session:
         query = select(ProvisioningJob, Tenant.slug).join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
-        if tenant_slug:
+        if tenant_slug is not None:  # an empty one names no tenant: it must not list them all
             query = query.where(ProvisioningJob.tenant_id == accounts.find_tenant(session, tenant_slug).id)
         if status:
             query = query.where(ProvisioningJob.status == JobStatus(status))
-        query = query.order_by(ProvisioningJob.created_at.desc()).limit(limit)
-        for job, slug in session.execute(query):
-            click.echo(
-                f"{job.id}\t{slug}\t{job.job_type.value}\t{job.status.value}\t{job.progress}%\t"
-                f"{job.created_at.isoformat(timespec='seconds')}\t{job.error or job.message}"
-            )
+        listed = session.execute(query.order_by(ProvisioningJob.created_at.desc()).limit(limit)).all()
+    for job, slug in listed:
+        click.echo(
+            f"{job.id}\t{slug}\t{job.job_type.value}\t{job.status.value}\t{job.progress}%\t"
+            f"{job.created_at.isoformat(timespec='seconds')}\t{job.error or job.message}"
+        )
+    _count(len(listed), "job")
 
 
 @jobs.command("sweep")
@@ -212,18 +254,28 @@ def audit_group() -> None:
 
 @audit_group.command("list")
 @click.option("--tenant", "tenant_slug", help="Only this tenant's entries.")
-@click.option("--since", type=click.DateTime(), help="Only entries from this UTC time on (e.g. 2026-11-28 or 2026-11-28T09:00).")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--since", type=click.DateTime(MOMENTS), help="Only entries from this UTC time on (e.g. 2026-11-28 or 2026-11-28T09:00)."
+)
+@click.option("--limit", default=100, show_default=True, type=LIMIT)
 def audit_list(tenant_slug: str | None, since: datetime | None, limit: int) -> None:
     """List audit entries, newest first: time, actor, action, target, address, user agent, detail."""
     with _session() as session:
-        tenant_id = accounts.find_tenant(session, tenant_slug).id if tenant_slug else None
+        tenant_id = accounts.find_tenant(session, tenant_slug).id if tenant_slug is not None else None
         since_utc = since.replace(tzinfo=timezone.utc) if since else None
-        for entry in audit.entries(session, tenant_id=tenant_id, since=since_utc, limit=limit):
-            click.echo(
-                f"{entry.created_at.isoformat(timespec='seconds')}\t{entry.actor}\t{entry.action}\t{entry.target}\t"
-                f"{entry.ip or '-'}\t{entry.user_agent or '-'}\t{entry.detail}"
-            )
+        entries = audit.entries(session, tenant_id=tenant_id, since=since_utc, limit=limit)
+    for entry in entries:
+        click.echo(
+            f"{entry.created_at.isoformat(timespec='seconds')}\t{entry.actor}\t{entry.action}\t{entry.target}\t"
+            f"{entry.ip or '-'}\t{entry.user_agent or '-'}\t{entry.detail}"
+        )
+    _count(len(entries), "audit entry", "audit entries")
+
+
+def _count(count: int, noun: str, plural: str = "") -> None:
+    """How many a listing showed, on standard error (standard output stays the rows alone): an
+    empty listing then says so instead of printing nothing."""
+    click.echo(f"{count} {noun if count == 1 else plural or noun + 's'}", err=True)
 
 
 @main.command("credentials-key")
@@ -291,7 +343,11 @@ def embedded_broker() -> None:
     """Run the quickstart's in-memory broker on EMBEDDED_BROKER_PORT (for trying the service only)."""
     from provisioning.embedded_broker import serve
 
-    serve(_settings().embedded_broker_port)
+    port = _settings().embedded_broker_port
+    try:
+        serve(port)
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{port} (EMBEDDED_BROKER_PORT): {error.strerror}") from None
 
 
 if __name__ == "__main__":

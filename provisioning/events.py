@@ -1,12 +1,13 @@
 """Job events for other systems: each status change, relayed from the job's record to a topic exchange.
 
-Billing or notifications bind a queue to ``erpmax.provisioning.events`` with a routing key such as
-``job.completed`` or ``job.*``. The event of a status change is written in the same transaction
-as the change: it is the outbox of its announcement. The relay (beat runs it) publishes the
-events not announced yet, oldest first, waits for the broker's confirms, and only then marks
-them announced. So no announcement is lost with the process that made the change, or while the
-broker is down: it goes out late, in order, and at worst twice (a relay stopped between the
-publish and the mark); its ``event_id`` lets a consumer drop the second copy.
+Billing or notifications bind a queue to the durable topic exchange ``<job queue>.events``
+(``erpmax.provisioning.events`` by default; workers and the API declare it with the queues) with
+a routing key such as ``job.completed`` or ``job.*``. The event of a status change is written in
+the same transaction as the change: it is the outbox of its announcement. The relay (beat runs
+it) publishes the events not announced yet, oldest first, waits for the broker's confirms, and
+only then marks them announced. So no announcement is lost with the process that made the
+change, or while the broker is down: it goes out late, in order, and at worst twice (a relay
+stopped between the publish and the mark); its ``event_id`` lets a consumer drop the second copy.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import threading
 import time
 from datetime import datetime
 
-from kombu import Connection, Exchange, Producer
+from kombu import Connection, Producer
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from celeryconfig import PUBLISH_CONFIRM_TIMEOUT
+from celeryconfig import PUBLISH_CONFIRM_TIMEOUT, events_exchange
 from provisioning.db import utcnow
 from provisioning.models import JobEvent
 from provisioning.settings import Settings
@@ -46,10 +47,6 @@ WAITING_EVENTS = (
 MARK_ANNOUNCED = update(JobEvent).where(JobEvent.id.in_(bindparam("ids", expanding=True))).values(announced_at=bindparam("now"))
 
 
-def events_exchange(settings: Settings) -> Exchange:
-    return Exchange(settings.events_exchange_name, type="topic", durable=True)
-
-
 def announcement(event) -> tuple[str, dict]:
     """The routing key and body of an event's announcement."""
     body = {
@@ -69,6 +66,10 @@ class ConfirmedPublisher:
     """Publishes a batch of messages to the events exchange, then waits once for the broker to
     confirm them all: a confirm per message would cost the round trip per message.
 
+    RabbitMQ confirms (publisher confirms). The embedded broker (Redis) has no confirms and needs
+    none: each publish returns only once Redis has answered that it stored the message, so a
+    batch marked announced was taken whole, if only into memory that is gone when it stops.
+
     One connection serves every batch until a publish fails; then the next batch opens a new one
     (and a new channel, whose confirms count from one again).
     """
@@ -79,6 +80,7 @@ class ConfirmedPublisher:
         self._unconfirmed: set[int] = set()
         self._refused = False
         self._sent = 0
+        self._confirming = False
 
     def publish(self, messages: list[tuple[str, dict]]) -> None:
         """Raises when the broker cannot be reached, refuses a message or does not confirm them in time."""
@@ -86,8 +88,9 @@ class ConfirmedPublisher:
             producer = self._producer or self._connect()
             for routing_key, body in messages:
                 producer.publish(body, routing_key=routing_key, delivery_mode="persistent")
-                self._sent += 1
-                self._unconfirmed.add(self._sent)
+                if self._confirming:
+                    self._sent += 1
+                    self._unconfirmed.add(self._sent)
             deadline = time.monotonic() + PUBLISH_CONFIRM_TIMEOUT
             while self._unconfirmed and not self._refused:
                 producer.connection.drain_events(timeout=max(0.0, deadline - time.monotonic()))
@@ -109,9 +112,11 @@ class ConfirmedPublisher:
         producer = connection.Producer(exchange=events_exchange(self.settings), serializer="json")
         producer.declare()
         channel = producer.channel
-        channel.events["basic_ack"].add(self._confirmed)
-        channel.events["basic_nack"].add(self._nacked)
-        channel.confirm_select()
+        self._confirming = hasattr(channel, "confirm_select")  # AMQP's, which Redis transports lack
+        if self._confirming:
+            channel.events["basic_ack"].add(self._confirmed)
+            channel.events["basic_nack"].add(self._nacked)
+            channel.confirm_select()
         self._producer, self._unconfirmed, self._refused, self._sent = producer, set(), False, 0
         return producer
 

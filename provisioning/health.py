@@ -12,9 +12,8 @@ from kombu import Connection
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-import celeryconfig
 from provisioning import events, migrate
-from provisioning.broker import Dispatcher
+from provisioning.broker import Dispatcher, queue_depths
 from provisioning.db import get_engine, session_factory, utcnow
 from provisioning.drivers.bench import BenchConfig
 from provisioning.errors import StepFailed
@@ -86,13 +85,15 @@ def check_site_driver(settings: Settings) -> Check:
 
 
 def check_credentials_key(settings: Settings) -> Check:
+    if settings.site_credentials_key_file:
+        return Check("credentials key", True, f"the one make run keeps in {settings.site_credentials_key_file}")
     if settings.site_credentials_key:
         return Check("credentials key", True, "SITE_CREDENTIALS_KEY is set")
     return Check(
         "credentials key",
         False,
         "SITE_CREDENTIALS_KEY is not set: create_site jobs fail at their first step",
-        "make one with `provisioning credentials-key` and give it to web and workers (make run keeps its own)",
+        "make one with `provisioning credentials-key` and give it to web and workers (make run keeps one in DATA_DIR)",
     )
 
 
@@ -101,10 +102,19 @@ def check_database(settings: Settings) -> Check:
         with get_engine(settings.database_url).connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as error:
-        return Check(
-            "database", False, f"unreachable: {_first_line(error)}", f"start it ({START_POSTGRESQL}) or fix DATABASE_URL"
-        )
+        reason = _first_line(error)
+        return Check("database", False, f"unreachable: {reason}", _database_remedy(settings.database_url, reason))
     return Check("database", True, f"reachable at {_safe_url(settings.database_url)}")
+
+
+def _database_remedy(database_url: str, reason: str) -> str:
+    """What to do about PostgreSQL's answer: a server that answers needs no starting."""
+    url = make_url(database_url)
+    if f'database "{url.database}" does not exist' in reason:
+        return f"create it: createdb -h {url.host or 'localhost'} -p {url.port or 5432} -U {url.username} {url.database}"
+    if "password authentication failed" in reason or (url.username and f'role "{url.username}" does not exist' in reason):
+        return "fix the user or password in DATABASE_URL"
+    return f"start it ({START_POSTGRESQL}) or fix DATABASE_URL"
 
 
 def check_migrations(settings: Settings) -> Check:
@@ -114,7 +124,11 @@ def check_migrations(settings: Settings) -> Check:
     except Exception as error:
         return Check("migrations", False, f"cannot read the schema revision: {_first_line(error)}", "fix the database first")
     if not state.at_head:
-        return Check("migrations", False, state.describe(), f"run: {migrate.UPGRADE_COMMAND}")
+        # A revision the code does not know was made by a newer release: upgrading cannot help.
+        remedy = f"run: {migrate.UPGRADE_COMMAND}"
+        if state.ahead:
+            remedy = "run the release whose migrations made it (this code is older)"
+        return Check("migrations", False, state.describe(), remedy)
     return Check("migrations", True, f"at head ({state.head})")
 
 
@@ -123,34 +137,53 @@ def check_broker(settings: Settings) -> Check:
         with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5)
     except Exception as error:
-        remedy = "start it (rabbitmq-server -detached) or fix RABBITMQ_URL"
-        if settings.embedded:
-            remedy = "start it with: provisioning embedded-broker (make run does)"
-        return Check("broker", False, f"unreachable: {_first_line(error)}", remedy)
+        reason = _first_line(error)
+        return Check("broker", False, f"unreachable: {reason}", _broker_remedy(settings, reason))
     return Check("broker", True, f"reachable at {Connection(settings.broker_url).as_uri()}")
+
+
+def _broker_remedy(settings: Settings, reason: str) -> str:
+    """What to do about RabbitMQ's answer: one that refuses the vhost or the login is running."""
+    if settings.embedded:
+        return "start it with: provisioning embedded-broker (make run does)"
+    url = Connection(settings.broker_url)
+    if "NOT_ALLOWED" in reason and "vhost" in reason:
+        return (
+            f"create the vhost: rabbitmqctl add_vhost {url.virtual_host} && "
+            f'rabbitmqctl set_permissions -p {url.virtual_host} {url.userid} ".*" ".*" ".*"'
+        )
+    if "ACCESS_REFUSED" in reason:
+        return "fix the user or password in RABBITMQ_URL (rabbitmqctl list_users)"
+    return "start it (rabbitmq-server -detached) or fix RABBITMQ_URL"
 
 
 def check_queues(settings: Settings) -> Check:
     try:
-        with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
-            channel = connection.default_channel
-            depths = {}
-            for queue in celeryconfig.provisioning_queues(settings):
-                depths[queue.name] = queue(channel).queue_declare(passive=True).message_count
+        depths = queue_depths(settings)
     except Exception as error:
-        return Check("queues", False, f"not declared or unreachable: {_first_line(error)}", "start a worker (it declares them)")
+        return Check("queues", False, f"cannot read them: {_first_line(error)}", "fix the broker first")
+    missing = [name for name, depth in depths.items() if depth is None]
+    if missing:
+        return Check("queues", False, f"not declared yet: {', '.join(missing)}", "start a worker (it declares them)")
     return Check("queues", True, ", ".join(f"{name}: {depth} waiting" for name, depth in depths.items()))
 
 
 def check_workers(settings: Settings) -> Check:
+    """The workers that consume our queue: others on the same broker (another deployment's, or
+    one started with another -Q) answer too, but take none of our jobs."""
     try:
-        answers = Dispatcher(settings).app.control.ping(timeout=2.0)
+        answers = Dispatcher(settings).app.control.inspect(timeout=2.0).active_queues() or {}
     except Exception as error:
         return Check("workers", False, f"cannot ask: {_first_line(error)}", "fix the broker first")
-    if not answers:
-        return Check("workers", False, "none answered a ping within 2 s", "start one: celery -A tasks worker -Q <queue>")
-    names = sorted(name for answer in answers for name in answer)
-    return Check("workers", True, f"{len(names)} answered: {', '.join(names)}")
+    queue = settings.provisioning_queue_name
+    ours = sorted(name for name, queues in answers.items() if any(consumed.get("name") == queue for consumed in queues or ()))
+    others = f"; {len(answers) - len(ours)} other(s) consume other queues" if len(answers) > len(ours) else ""
+    if not ours:
+        return Check(
+            "workers", False, f"none consumes {queue} (asked for 2 s){others}",
+            f"start one: celery -A tasks worker -Q {queue}",
+        )  # fmt: skip
+    return Check("workers", True, f"{len(ours)} consume {queue}: {', '.join(ours)}{others}")
 
 
 def check_event_relay(settings: Settings) -> Check:

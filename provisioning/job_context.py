@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.backups import BackupBook
+from provisioning.backups import PRIVATE_DIRECTORY_MODE, BackupBook, make_private, private_directory
 from provisioning.credentials import CredentialsUnavailable, SiteCredentials
 from provisioning.drivers.base import BackupFile
 from provisioning.errors import StepFailed
@@ -65,15 +65,17 @@ class JobContext:
             raise StepFailed(str(unavailable)) from None
 
     def backup_directory(self) -> Path:
+        """``BACKUP_PATH/<slug>/<job id>/``, each folder below BACKUP_PATH private to the service's user."""
         # The slug becomes a folder name: one that is not a slug (a tenant made before slugs were
         # checked whole) must not make a folder elsewhere, or one whose name ends in a newline.
         if problem := SLUG.problem("tenant slug", self.tenant_slug):
             raise StepFailed(f"no backup folder for this tenant: {problem}")
-        directory = self._backup_root / self.tenant_slug / str(self.job_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory
+        # BACKUP_PATH itself is made private when this makes it; once it exists, its mode is the operator's.
+        self._backup_root.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+        return private_directory(private_directory(self._backup_root / self.tenant_slug) / str(self.job_id))
 
     def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
+        make_private(self.backup_directory())
         with self._sessions() as session:
             BackupBook(session).start(self._tenant_id, self.job_id, site, files)
 

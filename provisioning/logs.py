@@ -27,6 +27,12 @@ SECRETS = (
     (re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\g<1>" + MASK + "@"),  # amqp://user:password@host
 )
 
+# Loggers that say nothing an operator needs at their usual levels: Alembic's INFO lines (its
+# plugins at every start, the migration context at every readiness check), and Flower's
+# inspector, which warns "Inspect method ... failed" whenever no worker answers yet (Flower
+# starting before the worker); its errors still show.
+QUIETER = {"alembic": logging.WARNING, "flower.inspector": logging.ERROR}
+
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("log_context", default={})
 
 
@@ -142,3 +148,5 @@ def configure(role: str, log_format: str = "auto", level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    for name, quieter in QUIETER.items():
+        logging.getLogger(name).setLevel(max(quieter, logging.getLevelName(level)))

@@ -29,11 +29,16 @@ class SchemaState:
         return self.current == self.head
 
     @property
+    def ahead(self) -> bool:
+        """At a revision this code does not know: a later release's, migrated ahead of it."""
+        return self.current is not None and self.current not in _known_revisions()
+
+    @property
     def behind(self) -> bool:
         """Missing, or at an earlier revision of ours: this code would meet tables and columns that
         are not there yet. A revision this code does not know is a later release's, migrated ahead
         of it (a deploy in progress): that is not behind."""
-        return self.current is None or (not self.at_head and self.current in _known_revisions())
+        return self.current is None or (not self.at_head and not self.ahead)
 
     def describe(self) -> str:
         return f"database at {self.current or 'nothing'}, code expects {self.head}"
@@ -74,6 +79,11 @@ def head_revision() -> str:
     return _scripts().get_current_head()
 
 
+def revisions() -> list[str]:
+    """Every revision the code knows, oldest first."""
+    return [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+
+
 @lru_cache(maxsize=1)
 def _scripts() -> ScriptDirectory:
     """Read once per process (a tenth of a /readyz otherwise): the migration files do not change
@@ -83,4 +93,4 @@ def _scripts() -> ScriptDirectory:
 
 @lru_cache(maxsize=1)
 def _known_revisions() -> frozenset[str]:
-    return frozenset(script.revision for script in _scripts().walk_revisions())
+    return frozenset(revisions())

@@ -1,4 +1,4 @@
-"""``make run``: prepare a demo tenant and token, then run web, worker and Flower together.
+"""``make run``: prepare a demo tenant and token, then run web, worker, beat and Flower together.
 
 On the embedded defaults it also runs the embedded broker and keeps its data under ``var/``;
 with ``DATABASE_URL`` and ``RABBITMQ_URL`` set it uses those instead.
@@ -6,61 +6,109 @@ with ``DATABASE_URL`` and ``RABBITMQ_URL`` set it uses those instead.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Iterator
 
 import click
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from provisioning import accounts, credentials, migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
 from provisioning.embedded_broker import wait_until_answering
-from provisioning.enums import Role, TenantStatus
+from provisioning.enums import JobType, Role, TenantStatus
 from provisioning.errors import NotFound
 from provisioning.migrate import PROJECT_ROOT
-from provisioning.models import Membership
+from provisioning.models import ACTIVE_JOB_STATUSES, Membership, ProvisioningJob, Tenant
 from provisioning.service import ProvisioningService
 from provisioning.settings import Settings
+from provisioning.workflows import workflow_for
 
 DEMO_TENANT = "demo"
 DEMO_OWNER = "owner@demo.example"
+# Honcho gives the first of these PORT and the next ones PORT+100, +200...: web must come first.
 PROCESSES = ("web", "worker", "beat", "flower")
+# The jobs the banner offers, the first the demo tenant's state allows, and what it calls them.
+OFFERED_JOBS = {JobType.BACKUP_SITE: "Back up the site", JobType.CREATE_SITE: "Create a site"}
+# The quickstart's data (the SQLite file, the credentials key, beat's schedule, the backups) is
+# the service user's alone.
+PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
 
 
 @dataclass(frozen=True)
 class Demo:
+    """The demo tenant as the banner shows it: a job it takes now (``offer``), or else the job it
+    is busy with (``active_job``), which must end before another can start."""
+
     token: str
+    tenant: str
+    owner: str
     tenant_status: TenantStatus
+    offer: JobType | None = None
+    active_job: ProvisioningJob | None = None
 
 
 def prepare(settings: Settings) -> Demo:
-    """Migrate, make sure the demo tenant and its owner exist, and make a fresh token for them."""
+    """Migrate, make sure a demo tenant and its owner exist, and make a fresh token for them."""
     if settings.embedded:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _private_data_dir(settings)
     migrate.upgrade(settings.database_url)
     with session_factory(settings.database_url)() as session:
         if settings.embedded:
             _fail_interrupted_jobs(session)
+        tenant = _demo_tenant(session)
+        owner_email = f"owner@{tenant.slug}.example"
         try:
-            tenant = accounts.find_tenant(session, DEMO_TENANT)
+            owner = accounts.find_user(session, owner_email)
         except NotFound:
-            tenant = accounts.create_tenant(session, DEMO_TENANT, "Demo tenant")
-        try:
-            owner = accounts.find_user(session, DEMO_OWNER)
-        except NotFound:
-            owner = accounts.create_user(session, DEMO_OWNER)
+            owner = accounts.create_user(session, owner_email)
         is_member = session.scalar(select(Membership).where(Membership.user_id == owner.id, Membership.tenant_id == tenant.id))
         if is_member is None:
             accounts.add_membership(session, owner, tenant, Role.OWNER)
         _token, plain = accounts.issue_token(session, owner, name="quickstart", expires_in=timedelta(days=30))
-        return Demo(token=plain, tenant_status=tenant.status)
+        active_job = session.scalars(
+            select(ProvisioningJob).where(ProvisioningJob.tenant_id == tenant.id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
+        ).first()
+        offer = None if active_job else next((job for job in OFFERED_JOBS if workflow_for(job).allows(tenant.status)), None)
+        return Demo(plain, tenant.slug, owner.email, tenant.status, offer, active_job)
+
+
+def _demo_tenant(session: Session) -> Tenant:
+    """``demo``; once its site is deleted (a deleted tenant takes no job again), ``demo-2``, then
+    ``demo-3``...: the banner always has a tenant to offer a job for."""
+    for number in itertools.count(1):
+        slug = DEMO_TENANT if number == 1 else f"{DEMO_TENANT}-{number}"
+        try:
+            tenant = accounts.find_tenant(session, slug)
+        except NotFound:
+            return accounts.create_tenant(session, slug, "Demo tenant")
+        if tenant.status != TenantStatus.DELETED:
+            return tenant
+
+
+def _private_data_dir(settings: Settings) -> None:
+    """DATA_DIR and the SQLite file readable by the service's user alone. SQLite makes its -wal and
+    -shm files with the database file's mode, so making that file first covers them."""
+    try:
+        settings.data_dir.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+        settings.data_dir.chmod(PRIVATE_DIRECTORY_MODE)
+        database = Path(make_url(settings.database_url).database)
+        database.touch(mode=PRIVATE_FILE_MODE)
+        database.chmod(PRIVATE_FILE_MODE)
+    except OSError as error:
+        raise click.ClickException(f"DATA_DIR: cannot keep the data in {settings.data_dir}: {error.strerror}") from None
 
 
 def _fail_interrupted_jobs(session: Session) -> None:
@@ -78,89 +126,171 @@ def _republish_pending(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> int:
-    """Run the Procfile's processes (and the embedded broker) until Ctrl-C; returns the exit code."""
+    """Run the Procfile's processes (and the embedded broker) until Ctrl-C; returns the exit code:
+    0 when Ctrl-C stopped them, as it is meant to."""
+    _refuse_taken_ports(settings)
+    # Whatever the processes write under DATA_DIR (backups, beat's schedule) is the user's alone.
+    os.umask(0o077)
     demo = prepare(settings)
+    _keep_credentials_key(settings)
     env = _process_environment(settings)
-    port = env.get("PORT", "8000")
-    flower_port = env.get("FLOWER_PORT", "5555")
     flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
-    click.echo(_banner(settings, demo, port, flower_port, flower_user, flower_password))
+    click.echo(_banner(settings, demo, flower_user, flower_password))
 
-    broker = None
+    with _terminal_of_our_own():
+        broker = None
+        if settings.embedded:
+            # A process group of its own, so Ctrl-C leaves it serving until the others have stopped.
+            broker = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "embedded-broker"], env=env, process_group=0)
+            if not wait_until_answering(settings.embedded_broker_port, timeout=15):
+                broker.terminate()
+                raise click.ClickException(f"the embedded broker did not start on port {settings.embedded_broker_port}")
+            _republish_pending(settings)
+        honcho = subprocess.Popen(
+            [sys.executable, "-m", "honcho", "start", "-f", str(PROJECT_ROOT / "Procfile"), *PROCESSES],
+            cwd=PROJECT_ROOT,
+            env=env,
+        )
+        # A process manager stops the quickstart with SIGTERM: honcho then stops its processes
+        # (and the broker is stopped below), as on Ctrl-C.
+        signal.signal(signal.SIGTERM, lambda _signal, _frame: honcho.terminate())
+        try:
+            return honcho.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached honcho too (same process group); it stops its processes itself.
+            honcho.wait()
+            return 0
+        finally:
+            if broker is not None:
+                broker.terminate()
+                broker.wait()
+
+
+def _refuse_taken_ports(settings: Settings) -> None:
+    """Stop at once, in one line, when a port the processes need is taken: else one of them
+    would fail among the others' start-up lines, and honcho stop them all."""
+    ports = {"PORT": settings.web_port, "FLOWER_PORT": settings.flower_port}
     if settings.embedded:
-        broker = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "embedded-broker"], env=env)
-        if not wait_until_answering(settings.embedded_broker_port, timeout=15):
-            broker.terminate()
-            raise click.ClickException(f"the embedded broker did not start on port {settings.embedded_broker_port}")
-        _republish_pending(settings)
-    honcho = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "start", "-f", str(PROJECT_ROOT / "Procfile"), *PROCESSES], cwd=PROJECT_ROOT, env=env
-    )
+        ports["EMBEDDED_BROKER_PORT"] = settings.embedded_broker_port
+    for name, port in ports.items():
+        if not _is_free(port):
+            raise click.ClickException(f"port {port} ({name}) is taken by another program: stop it, or set {name} to a free port")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        # As a server binds: a port whose last connections linger in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _terminal_of_our_own() -> Iterator[None]:
+    """Make the quickstart's process group the terminal's foreground group while it runs.
+
+    Ctrl-C signals every process of that group. Under ``make run`` that is make too, which then
+    reports ``*** Interrupt`` and fails, though Ctrl-C is how the quickstart is meant to stop.
+    In a group of its own (its children join it) only the quickstart hears Ctrl-C, stops its
+    processes, and exits 0, and so does make. Ctrl-Z would stop this group alone, while the shell
+    waits for make, which runs on: the terminal would hang, so it is ignored meanwhile (honcho
+    inherits that). Nothing changes without a terminal, or when the quickstart already leads its
+    group (started from a shell).
+    """
+    terminal = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
+    if terminal is None or os.getpgrp() == os.getpid() or os.tcgetpgrp(terminal) != os.getpgrp():
+        yield
+        return
+    previous = os.getpgrp()
+    os.setpgid(0, 0)
+    # A process outside the foreground group that sets the foreground group is stopped by SIGTTOU.
+    with _ignoring(signal.SIGTTOU):
+        os.tcsetpgrp(terminal, os.getpgrp())
     try:
-        return honcho.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reached honcho too (same process group); it stops its processes itself.
-        return honcho.wait()
+        with _ignoring(signal.SIGTSTP):
+            yield
     finally:
-        if broker is not None:
-            broker.terminate()
-            broker.wait()
+        with _ignoring(signal.SIGTTOU), contextlib.suppress(OSError):  # make may be gone
+            os.tcsetpgrp(terminal, previous)
+
+
+@contextlib.contextmanager
+def _ignoring(signal_number: int) -> Iterator[None]:
+    handler = signal.signal(signal_number, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal_number, handler)
 
 
 def _process_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    # The processes run from the project root; they must find the same data directory.
+    # The processes run from the project root; they must find the same data directory (and the
+    # credentials key kept there).
     env["DATA_DIR"] = str(settings.data_dir)
+    # Honcho sets PORT to 5000 when it is unset: the ports the banner prints, given explicitly.
+    env["PORT"], env["FLOWER_PORT"] = str(settings.web_port), str(settings.flower_port)
     # The processes' commands (gunicorn, celery) live beside this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("FLOWER_BASIC_AUTH", f"admin:{secrets.token_urlsafe(12)}")
-    if not settings.site_credentials_key:
-        env["SITE_CREDENTIALS_KEY"] = _kept_credentials_key(settings.data_dir)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("LOG_FORMAT", "console")  # honcho's pipe is no terminal, but a person reads it
     return env
 
 
-def _kept_credentials_key(data_dir: Path) -> str:
-    """The quickstart's SITE_CREDENTIALS_KEY, made once and kept beside its data: the site passwords
-    stored in one run must open in the next."""
-    path = data_dir / "site-credentials.key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(credentials.new_key())
-    return path.read_text().strip()
+def _keep_credentials_key(settings: Settings) -> None:
+    """Without SITE_CREDENTIALS_KEY, make the quickstart's key once and keep it beside its data,
+    where every process (and ``provisioning doctor``) finds it: the site passwords stored in one
+    run must open in the next."""
+    if settings.site_credentials_key:
+        return
+    path = settings.kept_credentials_key_path
+    settings.data_dir.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE), "w") as kept:
+        kept.write(credentials.new_key())
 
 
-def _banner(settings: Settings, demo: Demo, port: str, flower_port: str, flower_user: str, flower_password: str) -> str:
-    base = f"http://127.0.0.1:{port}"
-    token = demo.token
-    # A job the demo tenant can take now: a second run finds the site already created.
-    job_type, action = (
-        ("backup_site", "Back up the site") if demo.tenant_status == TenantStatus.ACTIVE else ("create_site", "Create a site")
-    )
+def _banner(settings: Settings, demo: Demo, flower_user: str, flower_password: str) -> str:
+    base = f"http://127.0.0.1:{settings.web_port}"
+    jobs = f"{base}/api/v1/provisioning/jobs"
+    auth = f'-H "Authorization: Bearer {demo.token}"'
     mode = (
         f"embedded defaults (SQLite in {settings.data_dir}, in-memory broker): for trying the service only"
         if settings.embedded
         else "configured PostgreSQL and RabbitMQ"
     )
-    job_command = (
-        f'curl -s -X POST {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}" '
-        f'-H "Content-Type: application/json" -d \'{{"job_type": "{job_type}"}}\''
-    )
     return f"""
 ERPMax provisioning, on {mode}.
 
-  Token for {DEMO_OWNER}, owner of tenant '{DEMO_TENANT}' (shown once, valid 30 days):
-    {token}
+  Token for {demo.owner}, owner of tenant '{demo.tenant}' (shown once, valid 30 days):
+    {demo.token}
 
-  {action}:
-    {job_command}
-  Follow it:
-    curl -s {base}/api/v1/provisioning/jobs -H "Authorization: Bearer {token}"
-
+{_next_step(demo, jobs, auth)}
   API docs: {base}/docs
-  Flower:   http://127.0.0.1:{flower_port}  (user {flower_user}, password {flower_password})
+  Flower:   http://127.0.0.1:{settings.flower_port}  (user {flower_user}, password {flower_password})
 
 Ctrl-C stops everything.
 """
+
+
+def _next_step(demo: Demo, jobs: str, auth: str) -> str:
+    """The curl lines of a job the demo tenant takes now, or of following the one it is busy with."""
+    if demo.offer is not None:
+        body = f'{{"job_type": "{demo.offer.value}"}}'
+        return (
+            f"  {OFFERED_JOBS[demo.offer]}:\n"
+            f"    curl -s -X POST {jobs} {auth} -H \"Content-Type: application/json\" -d '{body}'\n"
+            f"  Follow it:\n"
+            f"    curl -s {jobs} {auth}\n"
+        )
+    if demo.active_job is not None:
+        job = demo.active_job
+        return (
+            f"  Tenant '{demo.tenant}' is busy with a {job.job_type.value} job ({job.status.value}); follow it:\n"
+            f"    curl -s {jobs}/{job.id} {auth}\n"
+            f"  Once it has ended, Ctrl-C and `make run` again offer the next job.\n"
+        )
+    return f"  Tenant '{demo.tenant}' is {demo.tenant_status.value}; its jobs:\n    curl -s {jobs} {auth}\n"

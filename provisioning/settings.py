@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 from provisioning import credentials
 from provisioning.identifiers import QUEUE_NAME
-from provisioning.workflows import driver_step_names
+from provisioning.workflows import VERIFY_BACKUP, driver_step_names
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
 SITE_DRIVERS = ("simulated", "bench")
@@ -22,6 +22,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # Where a reverse proxy usually runs: on the API's own machine.
 LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
+# The steps SIMULATED_FAIL_STEP may name: the driver's, and the platform's verify_backup, which then
+# fails for real on the dump the simulated driver cuts short.
+SIMULATED_FAILABLE_STEPS = driver_step_names() | {VERIFY_BACKUP}
+# Where `make run` keeps the SITE_CREDENTIALS_KEY it made, under DATA_DIR; see load_settings.
+KEPT_CREDENTIALS_KEY_FILE = "site-credentials.key"
 
 
 class SettingsError(ValueError):
@@ -75,6 +80,8 @@ class Settings:
     bench: BenchSettings = field(default_factory=BenchSettings)
     # Fernet key that encrypts each site's admin password; never shown by repr.
     site_credentials_key: str | None = field(default=None, repr=False)
+    # The file the key was read from (the one `make run` keeps), or None when it came from the environment.
+    site_credentials_key_file: Path | None = None
     backup_path: Path = Path("var/backups")
     backup_keep_last: int = 7
     backup_max_age_days: float = 30.0
@@ -87,6 +94,9 @@ class Settings:
     # the addresses they connect from: the header of any other peer is ignored.
     proxy_count: int = 0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK_NETWORKS
+    # The ports the Procfile's web and flower lines listen on (they read PORT and FLOWER_PORT themselves).
+    web_port: int = 8000
+    flower_port: int = 5555
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -95,6 +105,10 @@ class Settings:
     @property
     def events_exchange_name(self) -> str:
         return f"{self.provisioning_queue_name}.events"
+
+    @property
+    def kept_credentials_key_path(self) -> Path:
+        return self.data_dir / KEPT_CREDENTIALS_KEY_FILE
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +163,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if env.get("trusted_proxies", "").strip() and not proxy_count:
         raise SettingsError("TRUSTED_PROXIES: set, but PROXY_COUNT is 0, so no X-Forwarded-For would be believed; set both")
 
+    credentials_key, credentials_key_file = _credentials_key(env, data_dir / KEPT_CREDENTIALS_KEY_FILE)
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
@@ -179,7 +194,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             step_timeout_seconds=env.get("bench_step_timeout_seconds") or "1200",
             archive_path=env.get("bench_archive_path", ""),
         ),
-        site_credentials_key=_credentials_key(env),
+        site_credentials_key=credentials_key,
+        site_credentials_key_file=credentials_key_file,
         backup_path=Path(env.get("backup_path") or data_dir / "backups").resolve(),
         backup_keep_last=_positive_int(env, "backup_keep_last", 7),
         backup_max_age_days=_positive_float(env, "backup_max_age_days", 30.0),
@@ -189,6 +205,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_token=env.get("metrics_token") or None,
         proxy_count=proxy_count,
         trusted_proxies=trusted_proxies,
+        web_port=_port(env, "port", 8000),
+        flower_port=_port(env, "flower_port", 5555),
     )
 
 
@@ -252,10 +270,9 @@ def _queue_name(env: dict[str, str]) -> str:
 
 def _step_name(env: dict[str, str]) -> str | None:
     name = env.get("simulated_fail_step") or None
-    if name is not None and name not in driver_step_names():
-        raise SettingsError(
-            f"SIMULATED_FAIL_STEP: {name!r} is no step of the driver; they are {', '.join(sorted(driver_step_names()))}"
-        )
+    if name is not None and name not in SIMULATED_FAILABLE_STEPS:
+        steps = ", ".join(sorted(SIMULATED_FAILABLE_STEPS))
+        raise SettingsError(f"SIMULATED_FAIL_STEP: {name!r} is no step the simulated driver can fail; they are {steps}")
     return name
 
 
@@ -266,13 +283,26 @@ def _one_of(env: dict[str, str], name: str, choices: tuple[str, ...], default: s
     return value
 
 
-def _credentials_key(env: dict[str, str]) -> str | None:
+def _credentials_key(env: dict[str, str], kept_file: Path) -> tuple[str | None, Path | None]:
+    """SITE_CREDENTIALS_KEY, else the key `make run` keeps in DATA_DIR (when it has made one), and the
+    file it came from: every process of a quickstart, and `provisioning doctor` beside it, find the
+    same key without being handed it."""
     key = env.get("site_credentials_key") or None
-    if key is not None and not credentials.is_valid_key(key):
-        raise SettingsError(
-            "SITE_CREDENTIALS_KEY: not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
-        )
-    return key
+    if key is not None:
+        if not credentials.is_valid_key(key):
+            raise SettingsError(
+                "SITE_CREDENTIALS_KEY: not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
+            )
+        return key, None
+    try:
+        kept = kept_file.read_text().strip()
+    except FileNotFoundError:
+        return None, None
+    except OSError as error:
+        raise SettingsError(f"SITE_CREDENTIALS_KEY: cannot read the kept key {kept_file}: {error.strerror}") from None
+    if not credentials.is_valid_key(kept):
+        raise SettingsError(f"SITE_CREDENTIALS_KEY: {kept_file} holds no Fernet key; delete it and `make run` makes a new one")
+    return kept, kept_file
 
 
 def _port(env: dict[str, str], name: str, default: int) -> int:

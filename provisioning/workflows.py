@@ -95,6 +95,8 @@ class Workflow:
 
 # The delete_site option that drops the site without taking a final backup first.
 SKIP_FINAL_BACKUP = "skip_final_backup"
+# The platform's check of a backup's files (the simulated driver can be told to make it fail).
+VERIFY_BACKUP = "verify_backup"
 
 WORKFLOWS: dict[JobType, Workflow] = {
     JobType.CREATE_SITE: Workflow(
@@ -121,7 +123,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
             Step("check_site", "Checking the site before deletion"),
             Step("final_backup", "Taking a final backup", skipped_when=SKIP_FINAL_BACKUP),
             Step(
-                "verify_backup",
+                VERIFY_BACKUP,
                 "Verifying the final backup",
                 by_platform=True,
                 skipped_when=SKIP_FINAL_BACKUP,
@@ -143,7 +145,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         job_type=JobType.BACKUP_SITE,
         steps=(
             Step("run_backup", "Backing up the database and files"),
-            Step("verify_backup", "Verifying the backup", by_platform=True, redo_from="run_backup"),
+            Step(VERIFY_BACKUP, "Verifying the backup", by_platform=True, redo_from="run_backup"),
             Step("record_backup", "Recording the backup and pruning old ones", by_platform=True),
         ),
         allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),

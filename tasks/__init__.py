@@ -12,14 +12,26 @@ app = Celery("provisioning")
 app.config_from_object("celeryconfig")
 
 
+ROLES = ("worker", "beat", "flower")
+
+
 @celeryd_init.connect
 @setup_logging.connect
 def _log_our_way(**_kwargs) -> None:
     """With a receiver for setup_logging Celery leaves logging alone: its lines go out in our
     format too. A worker sends celeryd_init earlier, before its warning about running as root."""
     settings = settings_or_exit()
-    role = next((word for word in sys.argv if word in ("worker", "beat", "flower")), "celery")
-    logs.configure(role, settings.log_format, settings.log_level)
+    logs.configure(_role(), settings.log_format, settings.log_level)
+
+
+def _role() -> str:
+    return next((word for word in sys.argv if word in ROLES), "celery")
+
+
+if _role() == "flower":
+    # Flower sends neither signal; configured now, as its app is loaded, our handler is in place
+    # before Tornado would add its own (it adds one only to a root logger that has none).
+    _log_our_way()
 
 
 import tasks.jobs  # noqa: E402,F401  (registers the tasks on the app)

@@ -1,6 +1,8 @@
 """Test helpers: waiting on conditions with a deadline (never sleeping and hoping), and checking API answers."""
 
+import stat
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from flask.testing import FlaskClient
@@ -45,6 +47,16 @@ def assert_error(response, *statuses: int) -> dict:
     if response.status_code == 422:
         assert isinstance(body.get("errors"), dict) and body["errors"], body
     return body
+
+
+def not_private(root: Path) -> dict[str, str]:
+    """The modes of what under ``root`` other users could read or enter: everything but folders
+    at 0700 and files at 0600. Empty when all is private."""
+    return {
+        str(path): oct(stat.S_IMODE(path.stat().st_mode))
+        for path in root.rglob("*")
+        if stat.S_IMODE(path.stat().st_mode) != (0o700 if path.is_dir() else 0o600)
+    }
 
 
 class StrictClient(FlaskClient):

@@ -7,11 +7,15 @@ reparented, so ``tagged_processes(tag)`` finds anything left behind. Linux only 
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import shlex
 import signal
 import socket
 import subprocess
+import termios
+import threading
 import uuid
 from pathlib import Path
 
@@ -148,3 +152,66 @@ def stop_all(processes: dict[str, GroupProcess], sig: int = signal.SIGTERM, time
     for process in processes.values():
         process.signal_group(sig)
     return {name: process.wait_stopped(timeout) for name, process in processes.items()}
+
+
+class TerminalProcess:
+    """A command run as a person runs it in a terminal: in a session of its own whose controlling
+    terminal is a pseudo-terminal, its output (with the terminal's ``\\r\\n``) copied to a log file.
+
+    ``ctrl_c()`` and ``ctrl_z()`` type those keys: the terminal signals its foreground process
+    group, whichever that is then, exactly as a real one does.
+    """
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path = PROJECT_ROOT):
+        self.name = name
+        self.command = command
+        self.log_path = log_path
+        self._master, terminal = pty.openpty()
+        self.process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+            preexec_fn=_take_controlling_terminal,
+        )  # fmt: skip
+        os.close(terminal)
+        self._copier = threading.Thread(target=self._copy_output, name=f"{name}-output", daemon=True)
+        self._copier.start()
+
+    def _copy_output(self) -> None:
+        with self.log_path.open("wb") as log:
+            while True:
+                try:
+                    chunk = os.read(self._master, 65536)
+                except OSError:  # EIO: every process holding the terminal has exited
+                    break
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+        os.close(self._master)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace").replace("\r\n", "\n") if self.log_path.exists() else ""
+
+    def describe(self) -> str:
+        tail = "\n".join(self.output().splitlines()[-80:])
+        return f"--- {self.name} ({shlex.join(self.command)}) in a terminal, last lines of {self.log_path}:\n{tail}"
+
+    def assert_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited early with code {self.process.returncode}\n{self.describe()}")
+
+    def ctrl_c(self) -> None:
+        os.write(self._master, b"\x03")
+
+    def ctrl_z(self) -> None:
+        os.write(self._master, b"\x1a")
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, once the command and everything that kept its terminal open are gone."""
+        code = self.process.wait(timeout=timeout)
+        self._copier.join(timeout)
+        return code
+
+
+def _take_controlling_terminal() -> None:
+    """In the child, after its setsid: its standard input, the pseudo-terminal, becomes its session's terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)

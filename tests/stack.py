@@ -16,10 +16,10 @@ from pathlib import Path
 from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
 
+from celeryconfig import events_exchange
 from provisioning import migrate
 from provisioning.broker import Dispatcher
 from provisioning.db import get_engine
-from provisioning.events import events_exchange
 from provisioning.settings import Settings
 from tests.helpers import wait_for
 from tests.processes import GroupProcess, free_port, procfile_commands

@@ -73,6 +73,8 @@ def environment(database_url: str, tmp_path_factory) -> dict[str, str]:
         # Off, or every sweep would put backup jobs on the tenants of unrelated tests.
         "BACKUP_INTERVAL_HOURS": "0",
         "BACKUP_PATH": str(tmp_path_factory.mktemp("backups")),
+        # Never the checkout's var/, where `make run` may have kept a credentials key.
+        "DATA_DIR": str(tmp_path_factory.mktemp("data")),
     }
 
 

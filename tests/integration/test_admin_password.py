@@ -127,7 +127,7 @@ def test_the_reveal_is_audited_without_the_password(client, site, environment):
     result = CliRunner().invoke(main, ["audit", "list", "--tenant", site.tenant.slug], env=environment)
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.output
-    lines = [line.split("\t") for line in result.output.strip().splitlines()]
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
     revealed = [line for line in lines if line[2] == "site.admin_password_revealed"]
     assert len(revealed) == 1, result.output
     assert (revealed[0][1], revealed[0][4], revealed[0][5]) == (f"user {site.users[Role.OWNER].id}", "127.0.0.1", "portal/2.1")

@@ -17,7 +17,7 @@ JOBS = "/api/v1/provisioning/jobs"
 def audit_lines(environment, *args: str) -> list[list[str]]:
     result = CliRunner().invoke(main, ["audit", "list", *args], env=environment)
     assert result.exit_code == 0, result.output
-    return [line.split("\t") for line in result.output.strip().splitlines() if line]
+    return [line.split("\t") for line in result.stdout.strip().splitlines() if line]  # the entries; their count is on stderr
 
 
 @pytest.fixture

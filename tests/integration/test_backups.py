@@ -13,15 +13,16 @@ from sqlalchemy import select, update
 from provisioning.backup_schedule import SCHEDULER, schedule_backups
 from provisioning.backups import BackupBook, Retention
 from provisioning.db import utcnow
+from provisioning.drivers import make_driver
 from provisioning.drivers.base import BackupFile
 from provisioning.drivers.simulated import SimulatedDriver
-from provisioning.enums import BackupStatus, JobStatus, JobType, TenantStatus
+from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
-from tests.records import read_job
+from tests.helpers import not_private, wait_for
+from tests.records import read_job, read_steps
 from tests.stack import BeatProcess
 
 DAILY = timedelta(hours=24)
@@ -204,3 +205,33 @@ def test_a_tenant_whose_slug_ends_in_a_newline_gets_no_backup_folder(session, se
     assert failed.status == JobStatus.FAILED
     assert "no backup folder for this tenant: tenant slug" in failed.error, failed.error
     assert not backups.exists() or list(backups.iterdir()) == []
+
+
+def test_a_backups_files_and_folders_are_readable_by_the_services_user_alone(
+    settings, sessions, session, tenant_factory, tmp_path
+):
+    """They hold the site's whole database; with bench, its database password too (see test_bench_driver)."""
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    old_folder = tmp_path / tenant.tenant.slug
+    old_folder.mkdir(mode=0o755)  # as a release before this one made it
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    JobRunner.for_settings(replace(settings, backup_path=tmp_path), sessions, SimulatedDriver(step_seconds=0), "w@test").run(
+        job.id
+    )
+
+    assert session.get(ProvisioningJob, job.id, populate_existing=True).status == JobStatus.COMPLETED
+    assert len(list(tmp_path.rglob("*.sql.gz"))) == 1
+    assert not_private(tmp_path) == {}
+
+
+def test_simulated_fail_step_verify_backup_fails_a_backup_job_at_that_step(settings, sessions, session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    told = replace(settings, backup_path=tmp_path, simulated_fail_step="verify_backup")
+    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    JobRunner.for_settings(told, sessions, make_driver(told), "w@test").run(job.id)
+
+    failed = read_job(sessions, job.id)
+    assert failed.status == JobStatus.FAILED and "stops before its end" in failed.error, failed.error
+    assert [(step.name, step.status) for step in read_steps(sessions, job.id)] == [
+        ("run_backup", StepStatus.COMPLETED), ("verify_backup", StepStatus.FAILED), ("record_backup", StepStatus.PENDING),
+    ]  # fmt: skip

@@ -27,7 +27,7 @@ from provisioning.service import ProvisioningService
 from provisioning.settings import BenchSettings
 from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
-from tests.helpers import StrictClient, wait_for
+from tests.helpers import StrictClient, not_private, wait_for
 from tests.records import read_job, read_steps, read_tenant
 from tests.stack import WorkerProcess
 
@@ -439,3 +439,16 @@ def test_a_real_worker_on_the_bench_driver_creates_backs_up_and_deletes_with_no_
     for secret in (password, ROOT_PASSWORD):
         assert secret not in log
         assert not any(secret in answer for answer in answers)
+
+
+def test_a_backups_files_and_folders_are_readable_by_the_services_user_alone_whatever_bench_made(
+    session, sessions, tenant_factory, run_job, worker_settings
+):
+    """The dump and the site config (its database password in it) as bench wrote them were 0644 in 0755 folders."""
+    tenant = tenant_factory.create()
+    create_site(session, sessions, tenant, run_job)
+    job = run_job(request(session, tenant, JobType.BACKUP_SITE).id)
+
+    assert job.status == JobStatus.COMPLETED, job.error
+    assert len(backups_of(sessions, tenant.id)[0].files) == 4
+    assert not_private(worker_settings.backup_path) == {}

@@ -5,12 +5,13 @@ import uuid
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
 
-from provisioning import credentials, migrate
+from provisioning import accounts, credentials, migrate
 from provisioning.cli import main
-from provisioning.enums import JobType, TenantStatus
+from provisioning.enums import JobType, Role, TenantStatus
 from provisioning.identifiers import SLUG
-from provisioning.models import Tenant
+from provisioning.models import ApiToken, Tenant
 from provisioning.service import ProvisioningService
 from provisioning.settings import load_settings
 
@@ -80,6 +81,23 @@ def test_an_operator_sets_up_a_tenant_whose_owner_then_uses_the_api(cli, client)
         (("token", "create", "--email", "nobody@example.test"), "no user with e-mail"),
         (("token", "revoke", str(uuid.UUID(int=0))), "no token with id"),
         (("token", "revoke", "not-a-uuid"), "is not a valid UUID"),
+        (("tenant", "create", "--slug", "long-name", "--name", "n" * 201), "name is 201 characters long; at most 200"),
+        (("tenant", "create", "--slug", "two-lines", "--name", "Acme\nLtd"), "has control characters"),
+        (("tenant", "create", "--slug", "blank", "--name", " "), "name must not be empty"),
+        (("user", "create", "--email", "a" * 250 + "@b.test", "--superuser"), "is not an e-mail address (at most 254"),
+        (("user", "create", "--email", "", "--superuser"), "is not an e-mail address"),
+        (("user", "create", "--email", "a@b.test\nc", "--superuser"), "is not an e-mail address"),
+        (("token", "create", "--email", "x@y.test", "--expires-days", "99999999"), "not in the range 1<=x<=3650"),
+        (("token", "revoke", ""), "is not a valid UUID"),
+        (("token", "list", "--email", "e" * 100_000), "no user with e-mail 'eeee"),
+        (("db", "upgrade", "--revision", "nonexistent"), "'nonexistent' is not one of head, 0001"),
+        (("db", "upgrade", "--revision", ""), "'' is not one of head"),
+        (("db", "upgrade", "--revision", "head+5"), "'head+5' is not one of head"),
+        (("jobs", "list", "--tenant", ""), "no tenant with slug ''"),  # not every tenant's jobs
+        (("jobs", "list", "--limit", "99999999999999999999"), "not in the range 1<=x<=100000"),
+        (("audit", "list", "--tenant", ""), "no tenant with slug ''"),
+        (("audit", "list", "--since", "yesterday"), "does not match the formats"),
+        (("dlq", "replay", ""), "no dead letter with id ''"),
     ],
 )
 def test_bad_operator_input_exits_non_zero_with_one_clear_line(cli, args, message):
@@ -87,6 +105,53 @@ def test_bad_operator_input_exits_non_zero_with_one_clear_line(cli, args, messag
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+    assert len(result.output) < 2000, "no huge input echoed back whole"
+
+
+def test_a_token_name_too_long_is_one_line_that_shows_no_sql_and_no_token_hash(cli, session, tenant_factory):
+    email = tenant_factory.create(roles=(Role.OWNER,)).users[Role.OWNER].email
+    result = cli("token", "create", "--email", email, "--name", "n" * 101)
+    assert (result.exit_code, result.output.strip()) == (1, "Error: token name is 101 characters long; at most 100 are allowed")
+    assert session.scalars(select(ApiToken).where(ApiToken.name.like("nnn%"))).all() == []
+
+
+def test_a_database_error_is_one_line_with_no_sql_and_no_parameters(cli, tenant_factory, monkeypatch):
+    email = tenant_factory.create(roles=(Role.OWNER,)).users[Role.OWNER].email
+    token_hash = "9f" * 32
+
+    def refused(*_args, **_kwargs):
+        raise DataError(
+            "INSERT INTO api_tokens (name, token_hash) VALUES (%(name)s, %(token_hash)s)",
+            {"name": "x", "token_hash": token_hash},
+            Exception("value too long for type character varying(100)\nDETAIL: a second line"),
+        )
+
+    monkeypatch.setattr(accounts, "issue_token", refused)
+    result = cli("token", "create", "--email", email)
+
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: database error: value too long for type character varying(100)"
+
+
+def test_a_database_without_the_schema_says_to_run_the_migrations(tmp_path):
+    result = CliRunner().invoke(
+        main, ["tenant", "list"], env={"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}"}, catch_exceptions=False
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: the database has no schema yet (no such table: tenants); run: provisioning db upgrade"
+
+
+def test_audit_list_takes_the_readmes_since_with_minutes_and_listings_say_when_they_are_empty(cli, environment):
+    slug = unique("quiet")
+    assert cli("tenant", "create", "--slug", slug, "--name", "Quiet Ltd").exit_code == 0
+
+    since = cli("audit", "list", "--tenant", slug, "--since", "2026-11-28T09:00")
+    assert since.exit_code == 0, since.output
+    assert "\ttenant.created\t" in since.stdout and since.stderr.strip() == "1 audit entry"
+    jobs = cli("jobs", "list", "--tenant", slug)
+    assert (jobs.exit_code, jobs.stdout, jobs.stderr.strip()) == (0, "", "0 jobs")
+    later = cli("audit", "list", "--tenant", slug, "--since", "2999-01-01 00:00")
+    assert (later.stdout, later.stderr.strip()) == ("", "0 audit entries")
 
 
 @pytest.mark.parametrize("near_miss", ["{}\n", "{}\r\n", " {}", "{} ", "{}\t"], ids=["lf", "crlf", "space-", "-space", "tab"])

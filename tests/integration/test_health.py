@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import requests
 from click.testing import CliRunner
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from api import create_app
 from provisioning.cli import main
@@ -16,7 +16,7 @@ from provisioning.events import EventRelay
 from provisioning.models import JobEvent
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
-from tests.stack import WebProcess
+from tests.stack import RABBITMQ_URL, WebProcess
 
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 CLOSED_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
@@ -138,3 +138,34 @@ def test_doctor_names_a_wrong_bench_setting_and_a_missing_credentials_key(enviro
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
     assert "BENCH_PATH: /nonexistent is not a bench directory" in lines["FAIL site driver"]
     assert "provisioning credentials-key" in lines["FAIL credentials key"]
+
+
+def test_doctor_counts_only_the_workers_that_consume_its_queue(isolated, worker):
+    # The run's worker answers on the same broker but consumes another queue: another deployment's, for this one.
+    result = CliRunner().invoke(main, ["doctor"], env=isolated.environment)
+    workers = next(line for line in result.stdout.splitlines() if " workers:" in line)
+    assert workers.startswith(f"FAIL workers: none consumes {isolated.settings.provisioning_queue_name}"), workers
+    assert "other(s) consume other queues" in workers and worker.name not in workers
+    assert result.exit_code == 1
+
+
+def test_doctor_says_to_create_a_missing_database_and_a_missing_vhost_not_to_start_the_servers(environment):
+    missing = {
+        **environment,
+        "DATABASE_URL": environment["DATABASE_URL"].rsplit("/", 1)[0] + "/no_such_database",
+        "RABBITMQ_URL": RABBITMQ_URL.rstrip("/") + "/no-such-vhost",
+    }
+    result = CliRunner().invoke(main, ["doctor"], env=missing)
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
+    assert "-> create it: createdb -h 127.0.0.1 -p 5432 -U postgres no_such_database" in lines["FAIL database"]
+    assert "-> create the vhost: rabbitmqctl add_vhost no-such-vhost" in lines["FAIL broker"]
+    assert "pg_ctlcluster" not in result.stdout and "rabbitmq-server" not in result.stdout
+
+
+def test_doctor_does_not_say_to_upgrade_a_database_a_newer_release_migrated(isolated):
+    with isolated.session() as session:
+        session.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        session.commit()
+    result = CliRunner().invoke(main, ["doctor"], env=isolated.environment)
+    migrations = next(line for line in result.stdout.splitlines() if " migrations:" in line)
+    assert migrations.startswith("FAIL migrations: database at 9999") and "this code is older" in migrations, migrations

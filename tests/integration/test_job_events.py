@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import sys
+import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
+from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
 from api import create_app
+from celeryconfig import events_exchange
 from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.embedded_broker import wait_until_answering
 from provisioning.enums import JobStatus, JobType, Role, TenantStatus
 from provisioning.events import UNANNOUNCED, ConfirmedPublisher, EventRelay, announcement
 from provisioning.models import JobEvent, ProvisioningJob
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService
 from tests.helpers import StrictClient
+from tests.processes import GroupProcess, free_port
+from tests.stack import WorkerProcess, process_environment
 
 JOBS = "/api/v1/provisioning/jobs"
 CREATE_STEPS = ["check_preconditions", "create_site", "install_apps", "configure_site", "verify_site"]
@@ -186,3 +193,46 @@ def waiting_events(session, job_id) -> list[str]:
     """The job's status changes not announced yet, oldest first."""
     session.expire_all()
     return session.scalars(select(JobEvent.kind).where(JobEvent.job_id == job_id, *UNANNOUNCED).order_by(JobEvent.id)).all()
+
+
+def test_once_a_worker_has_started_a_consumer_can_bind_to_the_durable_topic_exchange_before_any_event(isolated):
+    worker = WorkerProcess(isolated.environment, isolated.dispatcher)
+    try:
+        with Connection(isolated.settings.broker_url) as connection:
+            channel = connection.channel()
+            name = f"{isolated.settings.provisioning_queue_name}.events"
+            Exchange(name)(channel).declare(passive=True)  # there, though nothing was announced yet
+            # Declared as the README states it: RabbitMQ refuses a declaration that differs from the exchange.
+            stated = Exchange(name, type="topic", durable=True)
+            Queue(f"billing-{uuid.uuid4().hex[:6]}", exchange=stated, routing_key="job.*", exclusive=True)(channel).declare()
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def embedded_broker(tmp_path):
+    """The quickstart's embedded broker (a Redis emulation), in a process of its own."""
+    port = free_port()
+    env = process_environment({"EMBEDDED_BROKER_PORT": str(port), "DATA_DIR": str(tmp_path)})
+    broker = GroupProcess(
+        "embedded broker", [sys.executable, "-m", "provisioning.cli", "embedded-broker"], env, tmp_path / "broker.log"
+    )
+    try:
+        assert wait_until_answering(port, timeout=30), broker.describe()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        broker.stop()
+
+
+def test_on_the_embedded_broker_announcements_reach_a_bound_consumer_without_publisher_confirms(settings, embedded_broker):
+    embedded = replace(settings, broker_url=embedded_broker)
+    with Connection(embedded_broker) as connection:
+        listener = connection.SimpleQueue(Queue("billing", exchange=events_exchange(embedded), routing_key="job.*"))
+        publisher = ConfirmedPublisher(embedded)
+        publisher.publish([("job.pending", {"job_id": "first"}), ("job.completed", {"job_id": "first"})])
+        publisher.close()
+        heard = [listener.get(timeout=5) for _ in range(2)]
+        listener.close()
+    assert [(message.delivery_info["routing_key"], message.payload) for message in heard] == [
+        ("job.pending", {"job_id": "first"}), ("job.completed", {"job_id": "first"}),
+    ]  # fmt: skip

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import uuid
 from dataclasses import replace
 
 import pytest
@@ -131,3 +133,15 @@ def test_a_direct_client_cannot_claim_loopback_in_x_forwarded_for(settings):
     proxied = create_app(replace(settings, proxy_count=1)).test_client()
     spoofed = proxied.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert_error(spoofed, 403)
+
+
+def test_before_any_worker_declared_the_queue_the_broker_is_up_nothing_waits_and_nothing_is_logged(settings, caplog):
+    fresh = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.undeclared-{uuid.uuid4().hex[:6]}")
+    caplog.set_level(logging.WARNING, logger="api.metrics")
+
+    samples = scrape(create_app(fresh).test_client())
+
+    assert value(samples, "erpmax_broker_up") == 1
+    assert value(samples, "erpmax_queue_messages", queue=fresh.provisioning_queue_name) == 0
+    assert ("erpmax_queue_messages", frozenset({("queue", fresh.dead_letter_queue_name)})) in samples
+    assert caplog.records == []

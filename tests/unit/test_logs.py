@@ -65,3 +65,15 @@ def test_the_console_format_is_one_readable_line_with_the_fields_at_the_end(caps
         logger.removeHandler(handler)
     [line] = capsys.readouterr().err.splitlines()
     assert " ERROR " in line and "worker test.console: it broke" in line and line.endswith("[job_id=job-9]")
+
+
+def test_a_configured_process_shows_no_alembic_chatter_nor_flowers_warning_that_no_worker_answered_yet(capsys):
+    logs.configure("web", "json", "INFO")
+    logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.schemas")
+    logging.getLogger("alembic.runtime.migration").info("Context impl PostgresqlImpl.")
+    logging.getLogger("flower.inspector").warning("Inspect method %s failed", "stats")
+    logging.getLogger("alembic.runtime.migration").warning("a real problem")
+    logging.getLogger("flower.inspector").error("Inspect method %s failed: %s", "stats", "connection refused")
+
+    messages = [json.loads(line)["message"] for line in capsys.readouterr().err.splitlines()]
+    assert messages == ["a real problem", "Inspect method stats failed: connection refused"]

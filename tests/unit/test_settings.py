@@ -78,7 +78,9 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"TASK_SOFT_TIME_LIMIT": "1700", "TASK_TIME_LIMIT": "1900"}, "TASK_TIME_LIMIT"),
         ({"CANCEL_GRACE_SECONDS": "1600"}, "CANCEL_GRACE_SECONDS"),
         ({"JOB_HEARTBEAT_SECONDS": "30", "LOST_JOB_AFTER_SECONDS": "60"}, "LOST_JOB_AFTER_SECONDS"),
-        ({"SIMULATED_FAIL_STEP": "verify_backup"}, "SIMULATED_FAIL_STEP"),  # the platform's step, not the driver's
+        ({"SIMULATED_FAIL_STEP": "record_backup"}, "SIMULATED_FAIL_STEP"),  # the platform's own bookkeeping
+        ({"PORT": "abc"}, "PORT"),
+        ({"FLOWER_PORT": "70000"}, "FLOWER_PORT"),
         ({"SITE_DRIVER": "docker"}, "SITE_DRIVER"),
         ({"SITE_CREDENTIALS_KEY": "not-a-key"}, "SITE_CREDENTIALS_KEY"),
         ({"BACKUP_KEEP_LAST": "0"}, "BACKUP_KEEP_LAST"),
@@ -121,3 +123,49 @@ def test_secrets_never_show_in_the_settings_repr():
     settings = load_settings({"DB_ROOT_PASSWORD": "root-pw-123", "METRICS_TOKEN": "scrape-tok", "SITE_CREDENTIALS_KEY": KEY})
     assert settings.bench.db_root_password == "root-pw-123" and settings.metrics_token == "scrape-tok"
     assert not [secret for secret in ("root-pw-123", "scrape-tok", KEY) if secret in repr(settings)]
+
+
+def test_the_web_and_flower_ports_are_those_the_procfile_uses_when_unset(tmp_path):
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+    assert (settings.web_port, settings.flower_port) == (8000, 5555)
+    procfile = procfile_commands()
+    assert "${PORT:-8000}" in procfile["web"] and "${FLOWER_PORT:-5555}" in procfile["flower"]
+    assert load_settings({"DATA_DIR": str(tmp_path), "PORT": "8080", "FLOWER_PORT": "5556"}).web_port == 8080
+
+
+def test_every_step_the_simulated_driver_can_be_told_to_fail_is_accepted_verify_backup_included(tmp_path):
+    for step in ("check_preconditions", "install_apps", "final_backup", "run_backup", "verify_backup"):
+        assert load_settings({"DATA_DIR": str(tmp_path), "SIMULATED_FAIL_STEP": step}).simulated_fail_step == step
+
+
+def test_without_site_credentials_key_every_process_finds_the_key_make_run_keeps_in_data_dir(tmp_path):
+    assert load_settings({"DATA_DIR": str(tmp_path)}).site_credentials_key is None
+    (tmp_path / "site-credentials.key").write_text(KEY + "\n")
+
+    kept = load_settings({"DATA_DIR": str(tmp_path)})
+    assert (kept.site_credentials_key, kept.site_credentials_key_file) == (KEY, tmp_path / "site-credentials.key")
+    other = new_key()
+    given = load_settings({"DATA_DIR": str(tmp_path), "SITE_CREDENTIALS_KEY": other})
+    assert (given.site_credentials_key, given.site_credentials_key_file) == (other, None), "the variable wins"
+
+
+def test_a_kept_key_file_without_a_key_stops_the_process_naming_the_file(tmp_path):
+    (tmp_path / "site-credentials.key").write_text("not a key")
+    with pytest.raises(SettingsError, match=f"^SITE_CREDENTIALS_KEY: {tmp_path / 'site-credentials.key'} holds no Fernet key"):
+        load_settings({"DATA_DIR": str(tmp_path)})
+
+
+def test_the_default_worker_name_is_its_queue_at_its_host_so_deployments_on_one_broker_never_share_one(tmp_path):
+    """Celery's own default (celery@host), or one name for all (worker@host), would make two
+    deployments' workers on one machine answer as one in Flower, pings and remote control."""
+    stub = tmp_path / "celery"
+    stub.write_text('#!/bin/sh\nwhile [ "$1" != --hostname ]; do shift; done\necho "$2"\n')
+    stub.chmod(0o755)
+
+    def worker_name(**environ: str) -> str:
+        env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", **environ}
+        return subprocess.run(["sh", "-c", procfile_commands()["worker"]], env=env, capture_output=True, text=True).stdout.strip()
+
+    assert worker_name() == "erpmax.provisioning@%h"  # Celery puts the host name in for %h
+    assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning") == "acme.provisioning@%h"
+    assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning", WORKER_NAME="w2@%h") == "w2@%h"

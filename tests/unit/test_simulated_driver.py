@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from provisioning.backups import BackupInvalid, describe, verify
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobType
 from provisioning.errors import StepFailed, StepStopped
@@ -68,3 +69,16 @@ def test_a_simulated_backup_is_a_real_gzip_sql_dump_reported_to_the_platform(tmp
     [(site, files)] = context.backups
     dump = next(file.path for file in files if file.kind == "database")
     assert site == "acme" and "CREATE TABLE" in gzip.decompress(dump.read_bytes()).decode()
+
+
+def test_told_to_fail_verify_backup_it_writes_a_dump_cut_short_which_the_platforms_check_refuses(tmp_path):
+    (tmp_path / "whole").mkdir(), (tmp_path / "cut").mkdir()
+    whole, cut = (Context(tmp_path / name, job_type=JobType.BACKUP_SITE) for name in ("whole", "cut"))
+    SimulatedDriver(step_seconds=0, fail_step="verify_backup").run_step("install_apps", whole)  # other steps run as usual
+    SimulatedDriver(step_seconds=0).run_step("run_backup", whole)
+    output = SimulatedDriver(step_seconds=0, fail_step="verify_backup").run_step("run_backup", cut)
+
+    verify(describe(whole.backups[0][1]))
+    with pytest.raises(BackupInvalid, match="stops before its end"):
+        verify(describe(cut.backups[0][1]))
+    assert "verify_backup" in output
