@@ -119,8 +119,10 @@ def create_tenant(session: Session, slug: str, name: str, origin: Origin = SYSTE
 
 def create_user(session: Session, email: str, is_superuser: bool = False, origin: Origin = SYSTEM) -> User:
     email = email.strip().lower()
-    if len(email) > MAX_EMAIL_LENGTH or not EMAIL.is_valid(email):
-        raise InvalidRequest(f"{_shown(email)} is not an e-mail address (at most {MAX_EMAIL_LENGTH} characters)")
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise InvalidRequest(f"e-mail is {len(email)} characters long; at most {MAX_EMAIL_LENGTH} are allowed")
+    if not EMAIL.is_valid(email):
+        raise InvalidRequest(f"{_shown(email)} is not an e-mail address")
     user = User(email=email, is_superuser=is_superuser)
     session.add(user)
     _flush_unique(session, f"a user with e-mail {email!r} already exists")
