@@ -164,6 +164,13 @@ class BackupBook:
             select(SiteBackup).where(SiteBackup.job_id == job_id).order_by(SiteBackup.created_at.desc())
         ).first()
 
+    def kept_of_job(self, job_id: uuid.UUID) -> int:
+        """How many of the job's backups are verified and kept."""
+        kept = (SiteBackup.job_id == job_id, SiteBackup.status == BackupStatus.COMPLETED)
+        count = self.session.scalar(select(func.count()).select_from(SiteBackup).where(*kept))
+        self.session.commit()
+        return count
+
     def verify(self, backup: SiteBackup) -> None:
         """Mark the backup completed if its files pass ``verify``; else failed, and raise BackupInvalid.
 

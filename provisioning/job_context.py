@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy as _copy
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -73,6 +74,12 @@ class JobContext:
         # BACKUP_PATH itself is made private when this makes it; once it exists, its mode is the operator's.
         self._backup_root.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
         return private_directory(private_directory(self._backup_root / self.tenant_slug) / str(self.job_id))
+
+    def remove_backup_directory(self) -> None:
+        """Delete this job's folder under BACKUP_PATH, with whatever a backup step wrote there
+        before it was recorded (a cancelled job leaves no files behind)."""
+        if SLUG.is_valid(self.tenant_slug):
+            shutil.rmtree(self._backup_root / self.tenant_slug / str(self.job_id), ignore_errors=True)
 
     def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
         make_private(self.backup_directory())

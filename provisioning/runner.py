@@ -461,18 +461,23 @@ class JobRunner:
     def _settle_cancel(self, run: "Run") -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return.
 
-        Undoing discards the backups the job took (a cancelled job leaves none behind), and has
-        the driver remove what the job made of the site. A job stopped before ``changes_from``
+        Undoing discards the backups the job took, recorded or not (a cancelled job leaves none
+        behind), and has the driver remove what the job made of the site. A job stopped before ``changes_from``
         made nothing there, so the driver undoes nothing: what is there (a failed tenant's site,
         say) is not this job's to remove.
         """
         service, job, workflow = run.service, run.job, run.workflow
         if (past := workflow.point_of_no_return) in run.completed:
-            message = f"Cancelled after {past} had completed; that cannot be undone: {workflow.cannot_undo}"
+            with self.sessions() as session:
+                kept = BackupBook(session).kept_of_job(job.id)
+            stands = [workflow.cannot_undo] if workflow.cannot_undo else []
+            stands += ["the backup it took is kept"] if kept else []
+            message = f"Cancelled after {past} had completed; that cannot be undone: {'; '.join(stands)}"
         else:
             try:
                 with self.sessions() as session:
                     BackupBook(session).discard_of_job(job.id, f"discarded: job {job.id} was cancelled")
+                run.context.remove_backup_directory()  # what a backup step wrote before it was recorded
                 if workflow.changes_from is not None and workflow.changes_from not in run.reached:
                     message = "Cancelled before it changed anything"
                 else:

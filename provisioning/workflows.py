@@ -35,8 +35,9 @@ class Workflow:
     ``point_of_no_return`` is the step whose work a cancel cannot take back: once it starts it
     runs to its end whatever a cancel says (half done, it could be neither kept nor undone), and
     once it has completed, a cancel undoes nothing: the tenant ends as if the job had completed,
-    and the job says what stands (``cannot_undo``). A job that ``needs_admin_password`` makes the
-    site: its claim stores the site's admin password (see ``ProvisioningService.start_job``).
+    and the job says what stands: ``cannot_undo``, and the backup it took, if it kept one. A job
+    that ``needs_admin_password`` makes the site: its claim stores the site's admin password (see
+    ``ProvisioningService.start_job``).
     """
 
     job_type: JobType
@@ -139,7 +140,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         tenant_on_failure=TenantStatus.FAILED,
         changes_from="drop_site",
         point_of_no_return="drop_site",
-        cannot_undo="the site is dropped and its final backup kept",
+        cannot_undo="the site is dropped",
     ),
     JobType.BACKUP_SITE: Workflow(
         job_type=JobType.BACKUP_SITE,
@@ -152,7 +153,6 @@ WORKFLOWS: dict[JobType, Workflow] = {
         refusal="the tenant has no active site to back up; backup_site needs an active tenant",
         # Retention prunes older backups on the strength of the new one: it can no longer be discarded.
         point_of_no_return="record_backup",
-        cannot_undo="the backup is verified and kept",
     ),
 }
 

@@ -84,7 +84,7 @@ def test_an_operator_sets_up_a_tenant_whose_owner_then_uses_the_api(cli, client)
         (("tenant", "create", "--slug", "long-name", "--name", "n" * 201), "name is 201 characters long; at most 200"),
         (("tenant", "create", "--slug", "two-lines", "--name", "Acme\nLtd"), "has control characters"),
         (("tenant", "create", "--slug", "blank", "--name", " "), "name must not be empty"),
-        (("user", "create", "--email", "a" * 250 + "@b.test", "--superuser"), "e-mail is 257 characters long; at most 254 are allowed"),
+        (("user", "create", "--email", "a" * 250 + "@b.test", "--superuser"), "e-mail is 257 characters long; at most 254"),
         (("user", "create", "--email", "", "--superuser"), "is not an e-mail address"),
         (("user", "create", "--email", "a@b.test\nc", "--superuser"), "is not an e-mail address"),
         (("token", "create", "--email", "x@y.test", "--expires-days", "99999999"), "not in the range 1<=x<=3650"),

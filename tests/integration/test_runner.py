@@ -14,11 +14,12 @@ from provisioning.db import utcnow
 from provisioning.drivers.bench import BenchDriver
 from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.errors import StepStopped
 from provisioning.models import ProvisioningJob, SiteBackup
 from provisioning.runner import JobRunner
 from provisioning.service import ProvisioningService, StepRecord
 from provisioning.settings import BenchSettings
-from provisioning.workflows import workflow_for
+from provisioning.workflows import SKIP_FINAL_BACKUP, workflow_for
 from tests.helpers import wait_for
 from tests.records import read_job, read_steps, read_tenant, tenant_status
 from tests.stack import WorkerProcess
@@ -459,7 +460,7 @@ def test_a_backup_cancelled_during_its_last_step_keeps_the_backup_and_says_so(
     cancelled = read_job(sessions, job.id)
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.message == (
-        "Cancelled after record_backup had completed; that cannot be undone: the backup is verified and kept"
+        "Cancelled after record_backup had completed; that cannot be undone: the backup it took is kept"
     )
     [backup] = job_backups(sessions, job.id)
     assert backup.status == BackupStatus.COMPLETED
@@ -477,12 +478,47 @@ def test_a_delete_cancelled_during_its_last_step_says_the_site_is_gone_and_forge
     cancelled = read_job(sessions, job.id)
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.message == (
-        "Cancelled after drop_site had completed; that cannot be undone: the site is dropped and its final backup kept"
+        "Cancelled after drop_site had completed; that cannot be undone: the site is dropped; the backup it took is kept"
     )
     after = read_tenant(sessions, tenant.id)
     assert (after.status, after.admin_password_encrypted) == (TenantStatus.DELETED, None)
     [final_backup] = job_backups(sessions, job.id)
     assert final_backup.status == BackupStatus.COMPLETED
+
+
+def test_a_delete_that_took_no_final_backup_cancelled_during_its_last_step_claims_no_backup(
+    session, sessions, tenant_factory, runner
+):
+    tenant = created_site(session, sessions, tenant_factory, runner)
+    job = ProvisioningService(session).request_job(tenant.id, JobType.DELETE_SITE, options={SKIP_FINAL_BACKUP: True})
+    runner(driver=CancelsAt("archive_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))).run(job.id)
+
+    cancelled = read_job(sessions, job.id)
+    assert (cancelled.status, cancelled.message) == (
+        JobStatus.CANCELLED,
+        "Cancelled after drop_site had completed; that cannot be undone: the site is dropped",
+    )
+    assert job_backups(sessions, job.id) == []
+
+
+def test_a_backup_cancelled_in_its_driver_step_leaves_none_of_the_files_it_wrote(
+    settings, session, sessions, tenant_factory, runner
+):
+    """What bench wrote before the backup was recorded is no record's: the cancel removes it at once."""
+
+    class WritesHalfABackupThenIsCancelled(SimulatedDriver):
+        def run_step(self, step, context):
+            (context.backup_directory() / "half.sql.gz").write_bytes(b"\x1f\x8b")
+            ProvisioningService(session).cancel_job(tenant.id, job.id)
+            raise StepStopped(step)
+
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
+    runner(driver=WritesHalfABackupThenIsCancelled(0)).run(job.id)
+
+    cancelled = read_job(sessions, job.id)
+    assert (cancelled.status, cancelled.message) == (JobStatus.CANCELLED, "Cancelled; its partial work was undone")
+    assert not (settings.backup_path / tenant.tenant.slug / str(job.id)).exists()
 
 
 def test_a_delete_cancelled_while_it_drops_the_site_lets_the_drop_finish_and_says_so(
@@ -505,7 +541,7 @@ def test_a_delete_cancelled_while_it_drops_the_site_lets_the_drop_finish_and_say
     cancelled = read_job(sessions, job.id)
     assert (cancelled.status, cancelled.message) == (
         JobStatus.CANCELLED,
-        "Cancelled after drop_site had completed; that cannot be undone: the site is dropped and its final backup kept",
+        "Cancelled after drop_site had completed; that cannot be undone: the site is dropped; the backup it took is kept",
     )
     statuses = [step.status for step in read_steps(sessions, job.id)]
     assert statuses == [StepStatus.COMPLETED] * 4 + [StepStatus.PENDING]
