@@ -27,6 +27,7 @@ from provisioning.errors import (
 from provisioning.identifiers import EMAIL, SLUG, UUID
 from provisioning.models import ApiToken, Membership, Tenant, User
 from provisioning.pg_batching import execute_later
+from provisioning.quoting import quoted
 
 TOKEN_PREFIX = "erpx_"
 # A token's last use is written at most this often, so reads do not each cost a write.
@@ -122,7 +123,7 @@ def create_user(session: Session, email: str, is_superuser: bool = False, origin
     if len(email) > MAX_EMAIL_LENGTH:
         raise InvalidRequest(f"e-mail is {len(email)} characters long; at most {MAX_EMAIL_LENGTH} are allowed")
     if not EMAIL.is_valid(email):
-        raise InvalidRequest(f"{_shown(email)} is not an e-mail address")
+        raise InvalidRequest(f"{quoted(email)} is not an e-mail address")
     user = User(email=email, is_superuser=is_superuser)
     session.add(user)
     _flush_unique(session, f"a user with e-mail {email!r} already exists")
@@ -143,14 +144,14 @@ def add_membership(session: Session, user: User, tenant: Tenant, role: Role, ori
 def find_tenant(session: Session, slug: str) -> Tenant:
     tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
     if tenant is None:
-        raise NotFound(f"no tenant with slug {_shown(slug)}")
+        raise NotFound(f"no tenant with slug {quoted(slug)}")
     return tenant
 
 
 def find_user(session: Session, email: str) -> User:
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
-        raise NotFound(f"no user with e-mail {_shown(email)}")
+        raise NotFound(f"no user with e-mail {quoted(email)}")
     return user
 
 
@@ -259,13 +260,8 @@ def _text(what: str, value: str, max_length: int) -> str:
     if len(value) > max_length:
         raise InvalidRequest(f"{what} is {len(value)} characters long; at most {max_length} are allowed")
     if not value.isprintable():
-        raise InvalidRequest(f"{what} {_shown(value)} has control characters (a newline, a tab...)")
+        raise InvalidRequest(f"{what} {quoted(value)} has control characters (a newline, a tab...)")
     return value
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    """A value quoted for a message, cut short: a message repeats no megabyte of input."""
-    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def _as_uuid(value: str) -> uuid.UUID | None:

@@ -16,6 +16,7 @@ from provisioning.db import session_factory, utcnow
 from provisioning.enums import JobStatus, Role
 from provisioning.errors import ProvisioningError
 from provisioning.models import ApiToken, ProvisioningJob, Tenant
+from provisioning.quoting import first_line
 from provisioning.settings import Settings, settings_or_exit
 from provisioning.sweeper import sweep
 
@@ -50,7 +51,7 @@ class OneLineErrors(click.Group):
         except ProvisioningError as error:
             raise click.ClickException(str(error)) from None
         except CommandError as error:  # Alembic's: a revision it does not know, say
-            raise click.ClickException(f"migrations: {_first_line(error)}") from None
+            raise click.ClickException(f"migrations: {first_line(error)}") from None
         except SQLAlchemyError as error:
             raise click.ClickException(_database_error(error)) from None
 
@@ -58,7 +59,7 @@ class OneLineErrors(click.Group):
 def _database_error(error: SQLAlchemyError) -> str:
     """The database's own first line, never SQLAlchemy's whole text: that quotes the statement
     and its parameters, which may hold a token's hash or a password."""
-    reason = _first_line(error.orig) if isinstance(error, DBAPIError) else type(error).__name__
+    reason = first_line(error) if isinstance(error, DBAPIError) else type(error).__name__
     if getattr(getattr(error, "orig", None), "pgcode", None) == UNDEFINED_TABLE or "no such table" in reason:
         return f"the database has no schema yet ({reason}); run: provisioning db upgrade"
     if isinstance(error, OperationalError):
@@ -66,8 +67,6 @@ def _database_error(error: SQLAlchemyError) -> str:
     return f"database error: {reason}"
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -305,13 +304,13 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=100, show_default=True, type=LIMIT)
 def dlq_list(limit: int) -> None:
     """Show dead letters (id, task, reason, body) without taking them out of the queue."""
     letters = dead_letters.list_dead_letters(_settings(), limit)
     for letter in letters:
         click.echo(f"{letter.id}\t{letter.task or '-'}\t{letter.reason}\t{letter.body}")
-    click.echo(f"{len(letters)} dead letter(s)", err=True)
+    _count(len(letters), "dead letter")
 
 
 @dlq.command("replay")
@@ -327,7 +326,8 @@ def dlq_replay(dead_letter_id: str) -> None:
 @click.confirmation_option(prompt="Delete every dead letter?")
 def dlq_purge() -> None:
     """Delete every dead letter."""
-    click.echo(f"purged {dead_letters.purge(_settings())} dead letter(s)")
+    purged = dead_letters.purge(_settings())
+    click.echo(f"purged {purged} dead letter{'' if purged == 1 else 's'}")
 
 
 @main.command()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from provisioning.pg_batching import BatchingConnection
+from provisioning.quoting import first_line
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def _retrying(cursor, context, execute) -> bool | None:
     except psycopg2.Error as error:
         if not context.dialect.is_disconnect(error, dbapi_connection, cursor):
             raise
-        log.warning("a pooled database connection was dead (%s); the transaction starts again on a new one", _first_line(error))
+        log.warning("a pooled database connection was dead (%s); the transaction starts again on a new one", first_line(error))
         context.cursor = _reconnected(context.root_connection.connection, error).cursor()
         execute(context.cursor)
     return True
@@ -175,8 +176,6 @@ def _reconnected(pooled, error: Exception):
     return pooled.dbapi_connection
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:

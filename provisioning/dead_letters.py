@@ -4,7 +4,7 @@ A worker never loops on such a message and never drops it silently: it publishes
 unchanged (body, content type, headers) to ``<queue>.dead`` with the reason in a header, then
 acknowledges the original. An operator lists, replays or purges them with ``provisioning dlq``.
 
-A reason may quote what a message holds, which anyone could have written: ``quote`` keeps that
+A reason may quote what a message holds, which anyone could have written: ``quoted`` keeps that
 short, so a megabyte ``job_id`` makes neither a megabyte log line nor a reason header too big
 for an AMQP frame. For the same reason, reading a dead letter never decodes or expands its body,
 and what is shown of it is cut short and kept on one line.
@@ -13,10 +13,9 @@ and what is shown of it is cut short and kept on one line.
 from __future__ import annotations
 
 import hashlib
-import reprlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 from kombu import Connection, Producer, Queue
 from kombu.exceptions import OperationalError
@@ -25,6 +24,7 @@ from kombu.message import Message
 import celeryconfig
 from provisioning.broker import confirming_connection, refuse_compressed_bodies
 from provisioning.errors import BrokerUnreachable
+from provisioning.quoting import shortened
 from provisioning.settings import Settings
 
 REASON_HEADER = "x-erpmax-dead-letter-reason"
@@ -34,26 +34,10 @@ MAX_SHOWN_BODY = 500
 # An id longer than this (or not text) is not Celery's: the letter is named by its body's digest.
 MAX_ID_LENGTH = 64
 
-_short = reprlib.Repr()
-_short.maxstring = _short.maxother = 60
-_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 4
-_short.maxlevel = 2
-
-
-def quote(value: Any) -> str:
-    """A short repr of a value taken from a message, for a reason or a log line."""
-    return shorten(_short.repr(value), 100)
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` on one line, cut to ``limit`` characters."""
-    printable = "".join(character if character.isprintable() else " " for character in text[:limit])
-    return printable if len(text) <= limit else printable[: limit - 3] + "..."
-
 
 def reason_headers(reason: str, settings: Settings) -> dict[str, str]:
     """The headers that tell why a message was dead-lettered, and from which queue."""
-    return {REASON_HEADER: shorten(reason, MAX_REASON_LENGTH), QUEUE_HEADER: settings.provisioning_queue_name}
+    return {REASON_HEADER: shortened(reason, MAX_REASON_LENGTH), QUEUE_HEADER: settings.provisioning_queue_name}
 
 
 @dataclass(frozen=True)
@@ -112,7 +96,7 @@ def replay(settings: Settings, dead_letter_id: str) -> bool:
     """
     with _broker(settings) as connection:
         for message in _peek(connection, settings):
-            if _message_id(message) == dead_letter_id:
+            if message_id(message) == dead_letter_id:
                 headers = {k: v for k, v in (message.headers or {}).items() if k not in (REASON_HEADER, QUEUE_HEADER)}
                 jobs_queue = celeryconfig.queue_named(settings.provisioning_queue_name, settings)
                 publish_copy(connection.Producer(), message, jobs_queue, headers)
@@ -169,7 +153,7 @@ def _peek(connection: Connection, settings: Settings, limit: int | None = None) 
         yield channel.message_to_python(raw)
 
 
-def _message_id(message: Message) -> str:
+def message_id(message: Message) -> str:
     """Celery's task id when there is one; otherwise a digest of the body, stable across listings."""
     for candidate in ((message.headers or {}).get("id"), message.properties.get("message_id")):
         if isinstance(candidate, str) and 0 < len(candidate) <= MAX_ID_LENGTH and candidate.isprintable():
@@ -189,10 +173,10 @@ def _describe(message: Message) -> DeadLetter:
         body = _raw(message).decode("utf-8", errors="replace")
     task = headers.get("task")
     return DeadLetter(
-        id=_message_id(message),
-        reason=shorten(str(headers.get(REASON_HEADER) or _x_death_reason(headers)), MAX_REASON_LENGTH),
-        task=None if task is None else shorten(str(task), 100),
-        body=shorten(body, MAX_SHOWN_BODY),
+        id=message_id(message),
+        reason=shortened(str(headers.get(REASON_HEADER) or _x_death_reason(headers)), MAX_REASON_LENGTH),
+        task=None if task is None else shortened(str(task), 100),
+        body=shortened(body, MAX_SHOWN_BODY),
     )
 
 

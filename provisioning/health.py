@@ -17,6 +17,7 @@ from provisioning.broker import Dispatcher, queue_depths
 from provisioning.db import get_engine, session_factory, utcnow
 from provisioning.drivers.bench import BenchConfig
 from provisioning.errors import StepFailed
+from provisioning.quoting import first_line
 from provisioning.settings import Settings
 
 START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -102,7 +103,7 @@ def check_database(settings: Settings) -> Check:
         with get_engine(settings.database_url).connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as error:
-        reason = _first_line(error)
+        reason = first_line(error)
         return Check("database", False, f"unreachable: {reason}", _database_remedy(settings.database_url, reason))
     return Check("database", True, f"reachable at {_safe_url(settings.database_url)}")
 
@@ -122,7 +123,7 @@ def check_migrations(settings: Settings) -> Check:
         with get_engine(settings.database_url).connect() as connection:
             state = migrate.schema_state(connection)
     except Exception as error:
-        return Check("migrations", False, f"cannot read the schema revision: {_first_line(error)}", "fix the database first")
+        return Check("migrations", False, f"cannot read the schema revision: {first_line(error)}", "fix the database first")
     if not state.at_head:
         # A revision the code does not know was made by a newer release: upgrading cannot help.
         remedy = f"run: {migrate.UPGRADE_COMMAND}"
@@ -137,7 +138,7 @@ def check_broker(settings: Settings) -> Check:
         with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5)
     except Exception as error:
-        reason = _first_line(error)
+        reason = first_line(error)
         return Check("broker", False, f"unreachable: {reason}", _broker_remedy(settings, reason))
     return Check("broker", True, f"reachable at {Connection(settings.broker_url).as_uri()}")
 
@@ -161,7 +162,7 @@ def check_queues(settings: Settings) -> Check:
     try:
         depths = queue_depths(settings)
     except Exception as error:
-        return Check("queues", False, f"cannot read them: {_first_line(error)}", "fix the broker first")
+        return Check("queues", False, f"cannot read them: {first_line(error)}", "fix the broker first")
     missing = [name for name, depth in depths.items() if depth is None]
     if missing:
         return Check("queues", False, f"not declared yet: {', '.join(missing)}", "start a worker (it declares them)")
@@ -174,7 +175,7 @@ def check_workers(settings: Settings) -> Check:
     try:
         answers = Dispatcher(settings).app.control.inspect(timeout=2.0).active_queues() or {}
     except Exception as error:
-        return Check("workers", False, f"cannot ask: {_first_line(error)}", "fix the broker first")
+        return Check("workers", False, f"cannot ask: {first_line(error)}", "fix the broker first")
     queue = settings.provisioning_queue_name
     ours = sorted(name for name, queues in answers.items() if any(consumed.get("name") == queue for consumed in queues or ()))
     others = f"; {len(answers) - len(ours)} other(s) consume other queues" if len(answers) > len(ours) else ""
@@ -191,7 +192,7 @@ def check_event_relay(settings: Settings) -> Check:
         with session_factory(settings.database_url)() as session:
             count, oldest = events.waiting(session)
     except Exception as error:
-        return Check("job events", False, f"cannot read them: {_first_line(error)}", "fix the database first")
+        return Check("job events", False, f"cannot read them: {first_line(error)}", "fix the database first")
     age = (utcnow() - oldest).total_seconds() if oldest else 0.0
     if age > EVENTS_LATE_AFTER_SECONDS:
         return Check(
@@ -205,6 +206,3 @@ def _safe_url(database_url: str) -> str:
     return make_url(database_url).render_as_string(hide_password=True)
 
 
-def _first_line(error: Exception) -> str:
-    text_ = str(getattr(error, "orig", None) or error).strip()
-    return (text_.splitlines() or [type(error).__name__])[0]

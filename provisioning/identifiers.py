@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from provisioning.quoting import quoted
+
 # One DNS label: letters and digits, hyphens inside, at most 63 characters.
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 
@@ -29,7 +31,7 @@ class Identifier:
 
     def problem(self, name: str, value: object) -> str | None:
         """Why ``value`` is not a valid ``name``, in a sentence that quotes it; None when it is valid."""
-        return None if self.is_valid(value) else f"{name} {value!r} must be {self.rule}"
+        return None if self.is_valid(value) else f"{name} {quoted(value)} must be {self.rule}"
 
 
 def _kind(pattern: str, rule: str) -> Identifier:

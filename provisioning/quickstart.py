@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from provisioning import accounts, credentials, migrate
+from provisioning.backups import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE
 from provisioning.broker import Dispatcher
 from provisioning.db import session_factory
 from provisioning.embedded_broker import wait_until_answering
@@ -37,14 +38,18 @@ from provisioning.settings import Settings
 from provisioning.workflows import workflow_for
 
 DEMO_TENANT = "demo"
-DEMO_OWNER = "owner@demo.example"
 # Honcho gives the first of these PORT and the next ones PORT+100, +200...: web must come first.
 PROCESSES = ("web", "worker", "beat", "flower")
 # The jobs the banner offers, the first the demo tenant's state allows, and what it calls them.
 OFFERED_JOBS = {JobType.BACKUP_SITE: "Back up the site", JobType.CREATE_SITE: "Create a site"}
-# The quickstart's data (the SQLite file, the credentials key, beat's schedule, the backups) is
-# the service user's alone.
-PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
+
+
+def demo_owner(tenant_slug: str) -> str:
+    """The e-mail of a demo tenant's owner: each demo tenant has its own."""
+    return f"owner@{tenant_slug}.example"
+
+
+DEMO_OWNER = demo_owner(DEMO_TENANT)
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def prepare(settings: Settings) -> Demo:
         if settings.embedded:
             _fail_interrupted_jobs(session)
         tenant = _demo_tenant(session)
-        owner_email = f"owner@{tenant.slug}.example"
+        owner_email = demo_owner(tenant.slug)
         try:
             owner = accounts.find_user(session, owner_email)
         except NotFound:
@@ -120,7 +125,6 @@ def _fail_interrupted_jobs(session: Session) -> None:
 
 
 def _republish_pending(settings: Settings) -> None:
-    """Messages of pending jobs died with the previous embedded broker; send them again."""
     with session_factory(settings.database_url)() as session:
         ProvisioningService(session, dispatch=Dispatcher(settings).send_job).republish_pending(unclaimed_for=timedelta(0))
 
@@ -137,22 +141,14 @@ def run(settings: Settings) -> int:
     flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
     click.echo(_banner(settings, demo, flower_user, flower_password))
 
-    with _terminal_of_our_own():
-        broker = None
-        if settings.embedded:
-            # A process group of its own, so Ctrl-C leaves it serving until the others have stopped.
-            broker = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "embedded-broker"], env=env, process_group=0)
-            if not wait_until_answering(settings.embedded_broker_port, timeout=15):
-                broker.terminate()
-                raise click.ClickException(f"the embedded broker did not start on port {settings.embedded_broker_port}")
-            _republish_pending(settings)
+    with _terminal_of_our_own(), _embedded_broker(settings, env):
         honcho = subprocess.Popen(
             [sys.executable, "-m", "honcho", "start", "-f", str(PROJECT_ROOT / "Procfile"), *PROCESSES],
             cwd=PROJECT_ROOT,
             env=env,
         )
         # A process manager stops the quickstart with SIGTERM: honcho then stops its processes
-        # (and the broker is stopped below), as on Ctrl-C.
+        # (and the broker is stopped after them), as on Ctrl-C.
         signal.signal(signal.SIGTERM, lambda _signal, _frame: honcho.terminate())
         try:
             return honcho.wait()
@@ -160,10 +156,26 @@ def run(settings: Settings) -> int:
             # Ctrl-C reached honcho too (same process group); it stops its processes itself.
             honcho.wait()
             return 0
-        finally:
-            if broker is not None:
-                broker.terminate()
-                broker.wait()
+
+
+@contextlib.contextmanager
+def _embedded_broker(settings: Settings, env: dict[str, str]) -> Iterator[None]:
+    """On the embedded defaults, the broker for the processes, stopped once they have, whatever
+    happens meanwhile (it would hold its port for the next run); the messages of pending jobs
+    died with the previous one, so they are sent again."""
+    if not settings.embedded:
+        yield
+        return
+    # A process group of its own, so Ctrl-C leaves it serving until the others have stopped.
+    broker = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "embedded-broker"], env=env, process_group=0)
+    try:
+        if not wait_until_answering(settings.embedded_broker_port, timeout=15):
+            raise click.ClickException(f"the embedded broker did not start on port {settings.embedded_broker_port}")
+        _republish_pending(settings)
+        yield
+    finally:
+        broker.terminate()
+        broker.wait()
 
 
 def _refuse_taken_ports(settings: Settings) -> None:

@@ -183,14 +183,19 @@ class WorkerStop:
     task returns; the worker's warm shutdown (it got the signal too) then ends the process.
     Outside a job the previous handler is back, so an idle pool process exits at once, as
     before. A stop of the worker's main process alone (Celery's ``shutdown`` control, a SIGTERM
-    to it only) reaches no pool process: the warm shutdown lets the job run to its end. Signals
-    arrive in the main thread only; elsewhere (tests that run a job in a thread) this does
-    nothing.
+    to it only) reaches no pool process: the warm shutdown lets the job run to its end.
+
+    Only a pool process takes SIGTERM this way (``enabled``, which its task sets): where a job
+    runs in the worker's own process (``-P solo``), SIGTERM stays Celery's warm shutdown, which
+    lets the job finish. A pool process that alone gets SIGTERM (billiard's hard time limit,
+    which kills it 0.1 s later anyway, a revoke with ``terminate``, an operator's ``kill``) fails
+    its job the same way. Signals arrive in the main thread only; elsewhere (tests that run a job
+    in a thread) this does nothing.
     """
 
-    def __init__(self, worker: str):
+    def __init__(self, worker: str, enabled: bool):
         self.worker = worker
-        self.usable = threading.current_thread() is threading.main_thread()
+        self.usable = enabled and threading.current_thread() is threading.main_thread()
         self.requested = False
         self._in_step = False
         self._previous = None
@@ -260,6 +265,7 @@ class JobRunner:
         credentials: SiteCredentials | None = None,
         backup_root: Path = Path("var/backups"),
         retention: Retention = DEFAULT_RETENTION,
+        fails_its_job_on_sigterm: bool = False,
     ):
         self.sessions = sessions
         self.driver = driver
@@ -270,6 +276,8 @@ class JobRunner:
         self.credentials = credentials or SiteCredentials(None)
         self.backup_root = backup_root
         self.backup_steps = BackupSteps(sessions, retention)
+        # In a worker's pool process: SIGTERM fails the running job at its step (see WorkerStop).
+        self.fails_its_job_on_sigterm = fails_its_job_on_sigterm
 
     @classmethod
     def for_settings(
@@ -278,6 +286,7 @@ class JobRunner:
         sessions: sessionmaker[Session],
         driver: SiteDriver,
         worker: str,
+        fails_its_job_on_sigterm: bool = False,
     ) -> "JobRunner":
         return cls(
             sessions,
@@ -289,6 +298,7 @@ class JobRunner:
             credentials=SiteCredentials(settings.site_credentials_key),
             backup_root=settings.backup_path,
             retention=retention_of(settings),
+            fails_its_job_on_sigterm=fails_its_job_on_sigterm,
         )
 
     def run(self, job_id: uuid.UUID) -> None:
@@ -298,7 +308,7 @@ class JobRunner:
         from the pool and giving it back for each cost more than a quick step's write.
         """
         with (
-            WorkerStop(self.worker) as stop,
+            WorkerStop(self.worker, self.fails_its_job_on_sigterm) as stop,
             self.sessions.kw["bind"].connect() as connection,
             self.sessions(bind=connection) as session,
         ):

@@ -13,7 +13,8 @@ from celery.worker.consumer import Consumer
 from vine import promise
 
 from provisioning.broker import refuse_compressed_bodies
-from provisioning.dead_letters import MAX_REASON_LENGTH, dead_letter, shorten
+from provisioning.dead_letters import MAX_REASON_LENGTH, dead_letter, message_id
+from provisioning.quoting import shortened
 from tasks import job_message
 from tasks.jobs import worker_settings
 
@@ -53,15 +54,20 @@ class DeadLetteringConsumer(Consumer):
         If the copy cannot be published (a header too big for a frame, the broker refusing it),
         the message is rejected instead: the job queue's own dead-letter exchange then keeps it,
         without the reason, rather than the exception stopping the worker. A broken connection
-        makes the rejection fail too; Celery then reconnects and the message comes again.
+        makes the rejection fail too; Celery then reconnects and the message comes again. The
+        embedded broker (Redis) has no dead-letter exchange: there the rejected message is gone,
+        and only the log line, with its id, says what it was.
         """
-        reason = shorten(reason, MAX_REASON_LENGTH)
+        reason = shortened(reason, MAX_REASON_LENGTH)
         log.error("dead-lettering a message: %s", reason)
         try:
             with self.app.producer_or_acquire() as producer:
                 dead_letter(producer, message, reason, worker_settings())
         except Exception:
-            log.exception("the dead-letter copy failed; rejecting the message into the dead-letter queue instead")
+            if worker_settings().embedded:
+                log.exception("the dead-letter copy failed; message %s is dropped (no dead-lettering here)", message_id(message))
+            else:
+                log.exception("the dead-letter copy failed; rejecting the message into the dead-letter queue instead")
             message.reject(requeue=False)
             return
         message.ack()

@@ -24,7 +24,7 @@ from kombu.message import Message
 
 import celeryconfig
 from provisioning import identifiers
-from provisioning.dead_letters import quote, shorten
+from provisioning.quoting import quoted, shortened
 
 # An ETA holds the message unacknowledged in the worker until it is due; RabbitMQ closes the
 # channel of a consumer that holds one past its consumer timeout (30 minutes) and redelivers
@@ -115,17 +115,17 @@ HEADERS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def _headers_refusal(headers: dict) -> str | None:
     task = headers["task"]
     if task != celeryconfig.RUN_JOB_TASK:
-        return f"unknown task {quote(task)} (only {celeryconfig.RUN_JOB_TASK} runs from this queue)"
+        return f"unknown task {quoted(task)} (only {celeryconfig.RUN_JOB_TASK} runs from this queue)"
     if "id" not in headers:
         return "no task id in its headers"
     for name, value in headers.items():
         if isinstance(name, str) and name.startswith("x-"):  # the broker's (x-death) and ours (dead-letter reason)
             continue
         if name not in HEADERS:
-            return f"unexpected header {quote(name)}"
+            return f"unexpected header {quoted(name)}"
         check, expected = HEADERS[name]
         if not check(value):
-            return f"header {name} must be {expected}, got {quote(value)}"
+            return f"header {name} must be {expected}, got {quoted(value)}"
     return None
 
 
@@ -136,16 +136,16 @@ def _body_refusal(message: Message) -> str | None:
         # Cached on the message: Celery's strategy reads this same decoded payload next.
         body = message.decode()
     except Exception as error:  # any failure to decode, whatever raised it, refuses the message
-        return f"cannot decode the body ({message.content_type}, {message.content_encoding}): {shorten(str(error), 150)}"
+        return f"cannot decode the body ({message.content_type}, {message.content_encoding}): {shortened(str(error), 150)}"
     if not isinstance(body, list) or len(body) != 3:
-        return f"body must be [args, kwargs, embed], got {quote(body)}"
+        return f"body must be [args, kwargs, embed], got {quoted(body)}"
     args, kwargs, embed = body
     if args != []:
-        return f"{PAYLOAD}, got positional arguments {quote(args)}"
+        return f"{PAYLOAD}, got positional arguments {quoted(args)}"
     if not isinstance(kwargs, dict) or set(kwargs) != {"job_id"}:
-        return f"{PAYLOAD}, got {quote(sorted(kwargs) if isinstance(kwargs, dict) else kwargs)}"
+        return f"{PAYLOAD}, got {quoted(sorted(kwargs) if isinstance(kwargs, dict) else kwargs)}"
     if not identifiers.UUID.is_valid(kwargs["job_id"]):
-        return f"job_id {quote(kwargs['job_id'])} is not a UUID"
+        return f"job_id {quoted(kwargs['job_id'])} is not a UUID"
     if not isinstance(embed, dict) or not set(embed) <= EMBED_KEYS or any(value is not None for value in embed.values()):
-        return f"embed must name no callbacks, errbacks, chain or chord (no workflow runs from this queue), got {quote(embed)}"
+        return f"embed must name no callbacks, errbacks, chain or chord (no workflow runs from this queue), got {quoted(embed)}"
     return None

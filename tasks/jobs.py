@@ -1,4 +1,5 @@
-"""The job task: check the payload, then hand the job to the provisioning runner."""
+"""The job task: hand the job its message names to the provisioning runner (the consumer has
+checked the message's shape), and the worker's start-up: settings warnings, queues, a sweep."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from provisioning.db import get_engine, is_connection_failure, session_factory
 from provisioning.dead_letters import reason_headers
 from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
+from provisioning.models import ProvisioningJob
 from provisioning.runner import JobRunner
 from provisioning.settings import Settings, settings_or_exit
 from provisioning.sweeper import sweep
@@ -26,6 +28,9 @@ from tasks import app
 log = logging.getLogger(__name__)
 
 MAX_DATABASE_RETRY_SECONDS = 60
+WORKER_COLUMN_LENGTH = ProvisioningJob.__table__.c.worker.type.length
+# Set in a prefork pool process (worker_process_init): there a SIGTERM fails the running job at its step.
+IN_A_POOL_PROCESS = False
 
 
 @lru_cache(maxsize=1)
@@ -54,8 +59,8 @@ def run_job(self, job_id: str) -> None:
         settings,
         session_factory(settings.database_url),
         make_driver(settings),
-        # The pool process, not just the worker: a restarted worker of the same name is another.
-        worker=f"{self.request.hostname} pid {os.getpid()}",
+        worker=worker_identity(self.request.hostname, os.getpid()),
+        fails_its_job_on_sigterm=IN_A_POOL_PROCESS,
     )
     try:
         with logs.bound(request_id=self.request.get(celeryconfig.REQUEST_ID_HEADER), job_id=parsed_id):
@@ -68,6 +73,14 @@ def run_job(self, job_id: str) -> None:
         delay = database_retry_delay(self.request.retries)
         log.warning("job %s: database unavailable (%s); trying again in %ss", parsed_id, error.orig, delay)
         raise self.retry(countdown=delay) from None
+
+
+def worker_identity(node_name: str, pid: int) -> str:
+    """Who runs a job, as its row records it: the pool process, not just the worker (a restarted
+    worker of the same name is another). A node name longer than the column allows (a long
+    WORKER_NAME, or queue name in the default one) is cut: the claim would fail otherwise."""
+    suffix = f" pid {pid}"
+    return node_name[: WORKER_COLUMN_LENGTH - len(suffix)] + suffix
 
 
 def database_retry_delay(retries: int) -> int:
@@ -104,8 +117,11 @@ def _dead_letter(task, reason: str) -> None:
 
 
 @worker_process_init.connect
-def _fresh_database_pool(**_kwargs) -> None:
-    """A forked pool process must not share the parent's database connections."""
+def _prepare_pool_process(**_kwargs) -> None:
+    """A forked pool process must not share the parent's database connections; and it runs jobs
+    in a process of its own, where SIGTERM may fail the running job (see WorkerStop)."""
+    global IN_A_POOL_PROCESS
+    IN_A_POOL_PROCESS = True
     get_engine(worker_settings().database_url).dispose(close=False)
 
 

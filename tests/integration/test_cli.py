@@ -98,6 +98,8 @@ def test_an_operator_sets_up_a_tenant_whose_owner_then_uses_the_api(cli, client)
         (("audit", "list", "--tenant", ""), "no tenant with slug ''"),
         (("audit", "list", "--since", "yesterday"), "does not match the formats"),
         (("dlq", "replay", ""), "no dead letter with id ''"),
+        (("dlq", "list", "--limit", "99999999999999999999"), "not in the range 1<=x<=100000"),
+        (("tenant", "create", "--slug", "s" * 100_000, "--name", "Huge"), "slug 'sssss"),
     ],
 )
 def test_bad_operator_input_exits_non_zero_with_one_clear_line(cli, args, message):
