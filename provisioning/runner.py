@@ -450,13 +450,16 @@ class JobRunner:
     ) -> None:
         """Fail the job at the step at ``position`` (in it, or about to start it): the step is
         failed with ``error``, so a retry resumes there, and the tenant released as for any
-        failure there, in the one transaction that fails the job."""
+        failure there, in the one transaction that fails the job. A step that had completed (the
+        job failed after its last step, completing it) stays completed: it is not run again."""
         job, workflow, step = run.job, run.workflow, run.workflow.steps[position]
         log.warning("job %s: %s", job.id, error, extra={"step": step.name})
-        failed = StepRecord(position, step.name, StepStatus.FAILED, finished_at=utcnow(), output=output, message=error)
+        failed = [] if step.name in run.completed else [
+            StepRecord(position, step.name, StepStatus.FAILED, finished_at=utcnow(), output=output, message=error)
+        ]  # fmt: skip
         tenant_status = workflow.tenant_after_failure(step.name, job.tenant_status_before)
         with run.journal.written_by_caller() as done:
-            recorded = (service or run.service).fail_job(job.id, self.worker, error, tenant_status, [*done, failed])
+            recorded = (service or run.service).fail_job(job.id, self.worker, error, tenant_status, [*done, *failed])
         if not recorded:
             log.warning("job %s: no longer this worker's, so its failure was not recorded", job.id)
 

@@ -128,6 +128,27 @@ def test_a_failing_step_fails_the_job_with_its_name_and_keeps_what_came_before(s
     assert tenant_status(sessions, tenant.id) == TenantStatus.FAILED
 
 
+def test_a_job_that_fails_as_it_completes_keeps_its_last_step_completed_and_says_why(
+    session, sessions, tenant_factory, runner, monkeypatch
+):
+    """Its completion's write raised (an outage past the runner's patience, a time limit): every
+    step did complete, so none is on record as failed, nor will a retry take one for undone."""
+
+    def completion_fails(*_args, **_kwargs):
+        raise RuntimeError("the completion could not be written")
+
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    monkeypatch.setattr(ProvisioningService, "complete_job", completion_fails)
+    with pytest.raises(RuntimeError):
+        runner().run(job.id)
+
+    failed = read_job(sessions, job.id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error == "stopped outside a step: RuntimeError: the completion could not be written"
+    assert {step.status for step in read_steps(sessions, job.id)} == {StepStatus.COMPLETED}
+
+
 def test_a_retry_of_a_failed_create_is_a_new_job_that_completes_and_the_old_one_keeps_its_history(
     session, sessions, tenant_factory, runner
 ):
