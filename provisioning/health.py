@@ -37,11 +37,16 @@ class Check:
         return f"{mark} {self.name}: {self.detail}" + ("" if self.ok else f" -> {self.remedy}")
 
 
-def readiness(settings: Settings) -> list[Check]:
-    """What the API needs to take a job: the database, its schema, and the broker."""
+def readiness(settings: Settings, ahead_is_ok: bool = True) -> list[Check]:
+    """What the API needs to take a job: the database, its schema, and the broker.
+
+    The API serves a schema a later release migrated ahead of it (a rolling deploy): a load
+    balancer must not take every old web process out of service meanwhile, so that is ready
+    (``doctor`` says the code is older, ``ahead_is_ok=False``).
+    """
     database = check_database(settings)
     if database.ok:
-        migrations = check_migrations(settings)
+        migrations = check_migrations(settings, ahead_is_ok)
     else:
         migrations = Check("migrations", False, "not checked: the database is unreachable", "fix the database first")
     return [database, migrations, check_broker(settings)]
@@ -58,7 +63,7 @@ def doctor(settings: Settings) -> list[Check]:
     return [
         check_configuration(settings),
         *job_settings(settings),
-        *readiness(settings),
+        *readiness(settings, ahead_is_ok=False),
         check_queues(settings),
         check_workers(settings),
         check_event_relay(settings),
@@ -118,12 +123,14 @@ def _database_remedy(database_url: str, reason: str) -> str:
     return f"start it ({START_POSTGRESQL}) or fix DATABASE_URL"
 
 
-def check_migrations(settings: Settings) -> Check:
+def check_migrations(settings: Settings, ahead_is_ok: bool = False) -> Check:
     try:
         with get_engine(settings.database_url).connect() as connection:
             state = migrate.schema_state(connection)
     except Exception as error:
         return Check("migrations", False, f"cannot read the schema revision: {first_line(error)}", "fix the database first")
+    if state.ahead and ahead_is_ok:
+        return Check("migrations", True, f"{state.describe()}: a later release's, which this code serves")
     if not state.at_head:
         # A revision the code does not know was made by a newer release: upgrading cannot help.
         remedy = f"run: {migrate.UPGRADE_COMMAND}"
