@@ -136,8 +136,11 @@ def run(settings: Settings) -> int:
     # Whatever the processes write under DATA_DIR (backups, beat's schedule) is the user's alone.
     os.umask(0o077)
     demo = prepare(settings)
-    _keep_credentials_key(settings)
     env = _process_environment(settings)
+    if not settings.site_credentials_key:
+        key = _keep_credentials_key(settings)
+        if not settings.embedded:  # only the embedded defaults read the kept key themselves
+            env["SITE_CREDENTIALS_KEY"] = key
     flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
     click.echo(_banner(settings, demo, flower_user, flower_password))
 
@@ -253,16 +256,16 @@ def _process_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _keep_credentials_key(settings: Settings) -> None:
-    """Without SITE_CREDENTIALS_KEY, make the quickstart's key once and keep it beside its data,
-    where every process (and ``provisioning doctor``) finds it: the site passwords stored in one
-    run must open in the next."""
-    if settings.site_credentials_key:
-        return
+def _keep_credentials_key(settings: Settings) -> str:
+    """The quickstart's SITE_CREDENTIALS_KEY, made once and kept beside its data (the site
+    passwords stored in one run must open in the next); on the embedded defaults every process
+    (and ``provisioning doctor``) finds it there."""
     path = settings.kept_credentials_key_path
-    settings.data_dir.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE), "w") as kept:
-        kept.write(credentials.new_key())
+    if not path.exists():
+        settings.data_dir.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE), "w") as kept:
+            kept.write(credentials.new_key())
+    return path.read_text().strip()
 
 
 def _banner(settings: Settings, demo: Demo, flower_user: str, flower_password: str) -> str:

@@ -163,7 +163,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if env.get("trusted_proxies", "").strip() and not proxy_count:
         raise SettingsError("TRUSTED_PROXIES: set, but PROXY_COUNT is 0, so no X-Forwarded-For would be believed; set both")
 
-    credentials_key, credentials_key_file = _credentials_key(env, data_dir / KEPT_CREDENTIALS_KEY_FILE)
+    kept_key_file = data_dir / KEPT_CREDENTIALS_KEY_FILE if embedded else None
+    credentials_key, credentials_key_file = _credentials_key(env, kept_key_file)
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
@@ -283,10 +284,12 @@ def _one_of(env: dict[str, str], name: str, choices: tuple[str, ...], default: s
     return value
 
 
-def _credentials_key(env: dict[str, str], kept_file: Path) -> tuple[str | None, Path | None]:
-    """SITE_CREDENTIALS_KEY, else the key `make run` keeps in DATA_DIR (when it has made one), and the
-    file it came from: every process of a quickstart, and `provisioning doctor` beside it, find the
-    same key without being handed it."""
+def _credentials_key(env: dict[str, str], kept_file: Path | None) -> tuple[str | None, Path | None]:
+    """SITE_CREDENTIALS_KEY, else the key `make run` keeps in ``kept_file`` (when it has made one),
+    and the file it came from: every process of a quickstart on the embedded defaults, and
+    `provisioning doctor` beside it, find the same key without being handed it. On PostgreSQL and
+    RabbitMQ (``kept_file`` None) no demo key is ever picked up from a checkout: a deployment's
+    key is the one it is given."""
     key = env.get("site_credentials_key") or None
     if key is not None:
         if not credentials.is_valid_key(key):
@@ -294,6 +297,8 @@ def _credentials_key(env: dict[str, str], kept_file: Path) -> tuple[str | None, 
                 "SITE_CREDENTIALS_KEY: not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
             )
         return key, None
+    if kept_file is None:
+        return None, None
     try:
         kept = kept_file.read_text().strip()
     except FileNotFoundError:

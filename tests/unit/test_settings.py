@@ -149,6 +149,16 @@ def test_without_site_credentials_key_every_process_finds_the_key_make_run_keeps
     assert (given.site_credentials_key, given.site_credentials_key_file) == (other, None), "the variable wins"
 
 
+def test_on_postgresql_and_rabbitmq_no_kept_demo_key_is_picked_up(tmp_path):
+    """A deployment started from a checkout where `make run` once ran must not encrypt its sites'
+    passwords with the demo key: without SITE_CREDENTIALS_KEY it has none, and says so."""
+    (tmp_path / "site-credentials.key").write_text(KEY + "\n")
+    configured = load_settings(
+        {"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://db/x", "RABBITMQ_URL": "amqp://broker//"}
+    )
+    assert (configured.site_credentials_key, configured.site_credentials_key_file) == (None, None)
+
+
 def test_a_kept_key_file_without_a_key_stops_the_process_naming_the_file(tmp_path):
     (tmp_path / "site-credentials.key").write_text("not a key")
     with pytest.raises(SettingsError, match=f"^SITE_CREDENTIALS_KEY: {tmp_path / 'site-credentials.key'} holds no Fernet key"):
