@@ -14,6 +14,7 @@ from provisioning.credentials import CredentialsUnavailable
 from provisioning.db import is_connection_failure
 from provisioning.errors import (
     AuthenticationFailed,
+    BrokerUnreachable,
     Conflict,
     Forbidden,
     Gone,
@@ -34,8 +35,9 @@ STATUS_BY_ERROR: dict[type[ProvisioningError], int] = {
     NotFound: 404,
     Conflict: 409,
     Gone: 410,
-    # The platform's key is missing or wrong: an outage of ours, not a fault of the request.
+    # The platform's key is missing or wrong, the broker down: outages of ours, not faults of the request.
     CredentialsUnavailable: 503,
+    BrokerUnreachable: 503,
 }
 
 BEARER_CHALLENGE = 'Bearer realm="erpmax-provisioning"'
@@ -65,7 +67,8 @@ def http_error(status: int, message: str, headers: dict[str, str] | None = None,
 
 
 def error_for(error: ProvisioningError) -> HTTPException:
-    status = next(code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind))
+    # A domain error of no known kind is still answered in the error shape, as a fault of ours.
+    status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind)), 500)
     headers = errors = None
     if isinstance(error, IdempotencyKeyReused):
         # A 422 names the offending input, as the request validation errors do.

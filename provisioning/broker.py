@@ -14,15 +14,12 @@ from kombu import Connection, Exchange, Queue, compression
 
 import celeryconfig
 from provisioning import logs
+from provisioning.errors import BrokerUnreachable
 from provisioning.settings import Settings, get_rabbitmq_url, load_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerUnavailable", "Dispatcher", "get_rabbitmq_url", "publish_json", "queue_depths", "refuse_compressed_bodies"]
-
-
-class BrokerUnavailable(Exception):
-    """The broker failed a moment ago; publishing is skipped until the pause is over."""
+__all__ = ["Dispatcher", "get_rabbitmq_url", "publish_json", "queue_depths", "refuse_compressed_bodies"]
 
 
 def publish_json(queue_name: str, message: Any, settings: Settings | None = None) -> None:
@@ -130,11 +127,11 @@ class Dispatcher:
         both queues (RabbitMQ confirms a message no queue takes, and drops it).
 
         Raises:
-            BrokerUnavailable: a publish failed less than ``pause_after_failure`` seconds ago.
+            BrokerUnreachable: a publish failed less than ``pause_after_failure`` seconds ago.
             kombu / socket errors: the broker could not take the message now.
         """
         if time.monotonic() < self._paused_until:
-            raise BrokerUnavailable("the broker failed a moment ago; not trying again yet")
+            raise BrokerUnreachable("the broker failed a moment ago; not trying again yet")
         try:
             if not self._declared:
                 self._declare_queues()

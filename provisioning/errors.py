@@ -18,7 +18,8 @@ class Gone(ProvisioningError):
 
 
 class BrokerUnreachable(ProvisioningError):
-    """The broker did not answer, or refused us; the message says which, for the operator."""
+    """The broker did not answer, refused us, or failed a moment ago (publishing then pauses); the
+    message says which, for the operator."""
 
 
 class StepFailed(Exception):

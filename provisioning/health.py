@@ -117,7 +117,8 @@ def _database_remedy(database_url: str, reason: str) -> str:
     """What to do about PostgreSQL's answer: a server that answers needs no starting."""
     url = make_url(database_url)
     if f'database "{url.database}" does not exist' in reason:
-        return f"create it: createdb -h {url.host or 'localhost'} -p {url.port or 5432} -U {url.username} {url.database}"
+        user = f" -U {url.username}" if url.username else ""
+        return f"create it: createdb -h {url.host or 'localhost'} -p {url.port or 5432}{user} {url.database}"
     if "password authentication failed" in reason or (url.username and f'role "{url.username}" does not exist' in reason):
         return "fix the user or password in DATABASE_URL"
     return f"start it ({START_POSTGRESQL}) or fix DATABASE_URL"

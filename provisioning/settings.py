@@ -345,7 +345,11 @@ def _networks(env: dict[str, str], name: str, default: tuple) -> tuple:
         try:
             networks.append(ipaddress.ip_network(part))
         except ValueError:
-            raise SettingsError(f"{name.upper()}: {part!r} is not an address or network (10.0.0.5, 10.0.0.0/24)") from None
+            try:  # an address with a prefix (10.0.0.5/24): say which network was meant
+                meant = ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise SettingsError(f"{name.upper()}: {part!r} is not an address or network (10.0.0.5, 10.0.0.0/24)") from None
+            raise SettingsError(f"{name.upper()}: {part!r} has host bits set; the network is {meant}") from None
     return tuple(networks)
 
 

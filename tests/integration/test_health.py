@@ -178,3 +178,11 @@ def test_readyz_is_ready_on_a_schema_a_later_release_migrated_which_the_api_serv
         session.commit()
     answer = create_app(isolated.settings).test_client().get("/readyz")
     assert (answer.status_code, answer.get_json()["checks"]["migrations"]) == (200, {"ok": True})
+
+
+def test_doctor_says_createdb_without_a_user_when_the_database_url_names_none(environment):
+    """PostgreSQL then uses the login's own name, and so does createdb."""
+    missing = {**environment, "DATABASE_URL": "postgresql://127.0.0.1:5432/no_such_database"}
+    result = CliRunner().invoke(main, ["doctor"], env=missing)
+    database = next(line for line in result.stdout.splitlines() if " database:" in line)
+    assert database.endswith("-> create it: createdb -h 127.0.0.1 -p 5432 no_such_database"), database

@@ -98,6 +98,11 @@ def test_a_malformed_value_is_refused_naming_the_variable(environ, variable):
         load_settings(environ)
 
 
+def test_a_trusted_proxy_network_with_host_bits_set_is_refused_saying_which_network_was_meant():
+    with pytest.raises(SettingsError, match=r"^TRUSTED_PROXIES: '10.0.0.5/8' has host bits set; the network is 10.0.0.0/8$"):
+        load_settings({"PROXY_COUNT": "1", "TRUSTED_PROXIES": "10.0.0.5/8"})
+
+
 def test_trusted_proxies_are_loopback_unless_named():
     assert [str(network) for network in load_settings({"PROXY_COUNT": "1"}).trusted_proxies] == ["127.0.0.0/8", "::1/128"]
     named = load_settings({"PROXY_COUNT": "2", "TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16 fd00::/8"}).trusted_proxies
