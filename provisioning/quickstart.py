@@ -188,11 +188,11 @@ def _refuse_taken_ports(settings: Settings) -> None:
     if settings.embedded:
         ports["EMBEDDED_BROKER_PORT"] = settings.embedded_broker_port
     for name, port in ports.items():
-        if not _is_free(port):
+        if not port_is_free(port):
             raise click.ClickException(f"port {port} ({name}) is taken by another program: stop it, or set {name} to a free port")
 
 
-def _is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
         # As a server binds: a port whose last connections linger in TIME_WAIT is free.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -36,7 +36,7 @@ LATEST_ETA = timedelta(minutes=5)
 MAX_TEXT_HEADER = 1024
 # A job message's body is about 130 bytes; a larger one is not read at all (decoding it is the
 # worker's main process's time and memory).
-MAX_BODY_BYTES = 64 * 1024
+MAX_MESSAGE_BODY_BYTES = 64 * 1024
 PAYLOAD = "payload must be exactly {'job_id': '<uuid>'}"
 # Celery's send_task in a worker writes the task's limits, the deployment's own, into the
 # message (our dead-letter copies have them); the dispatcher and Celery's retry write nulls.
@@ -130,8 +130,8 @@ def _headers_refusal(headers: dict) -> str | None:
 
 
 def _body_refusal(message: Message) -> str | None:
-    if len(message.body) > MAX_BODY_BYTES:
-        return f"body too large for a job message ({len(message.body)} > {MAX_BODY_BYTES})"
+    if len(message.body) > MAX_MESSAGE_BODY_BYTES:
+        return f"body too large for a job message ({len(message.body)} > {MAX_MESSAGE_BODY_BYTES})"
     try:
         # Cached on the message: Celery's strategy reads this same decoded payload next.
         body = message.decode()

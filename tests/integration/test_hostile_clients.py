@@ -21,7 +21,8 @@ from tests.stack import WebProcess
 
 JOBS = "/api/v1/provisioning/jobs"
 # Each normal request must be answered well before anything on the server side could free what
-# the stalled connections hold (gunicorn's --timeout, 30 s: when the sync workers were killed).
+# the stalled connections hold: gunicorn's --timeout, 30 s, which was when it killed the sync
+# workers they held.
 ANSWER_DEADLINE = 10
 # More stalled connections than the old setup had workers (2), and than the new one has threads
 # (WEB_CONCURRENCY 2 x WEB_THREADS 4).

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from provisioning.quickstart import port_is_free
 from tests.helpers import not_private, wait_for
 from tests.processes import (
     PROJECT_ROOT,
@@ -88,7 +89,7 @@ def default_ports():
 
         wait_for(locked, timeout=600, interval=1, what=f"another test run's quickstart to finish (lock {LOCK_PATH})")
         for name, port in DEFAULT_PORTS.items():
-            if not _is_free(port):
+            if not port_is_free(port):
                 pytest.fail(
                     f"port {port} ({name}) is taken by another program; this test runs `make run` on its default "
                     f"ports {', '.join(map(str, DEFAULT_PORTS.values()))}: stop that program and run it again"
@@ -96,14 +97,6 @@ def default_ports():
         yield
 
 
-def _is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def newcomer_environment(data_dir: Path, **extra: str) -> dict[str, str]:
