@@ -150,13 +150,14 @@ def run(settings: Settings) -> int:
             cwd=PROJECT_ROOT,
             env=env,
         )
-        # A process manager stops the quickstart with SIGTERM: honcho then stops its processes
-        # (and the broker is stopped after them), as on Ctrl-C.
-        signal.signal(signal.SIGTERM, lambda _signal, _frame: honcho.terminate())
+        # A process manager stops the quickstart with SIGTERM, a person with Ctrl-C (SIGINT): either
+        # way honcho is asked to stop its processes (Ctrl-C in a terminal reached it too; asked
+        # twice, it stops them once), the broker stops after them, and the stop is a success.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             return honcho.wait()
         except KeyboardInterrupt:
-            # Ctrl-C reached honcho too (same process group); it stops its processes itself.
+            honcho.terminate()
             honcho.wait()
             return 0
 

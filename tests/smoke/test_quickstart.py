@@ -360,8 +360,10 @@ def test_the_quickstart_refuses_in_one_line_to_start_when_a_port_it_needs_is_tak
     assert "erpx_" not in result.stdout, "no banner, no token, for a run that cannot start"
 
 
-def test_sigterm_to_the_quickstart_alone_stops_every_process_it_started(tmp_path):
-    """As a process manager stops it: the signal reaches the quickstart, not its whole group."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_to_the_quickstart_alone_stops_every_process_it_started(tmp_path, stop):
+    """As a process manager or `kill -INT` stops it: the signal reaches the quickstart, not its
+    whole group (as Ctrl-C in a terminal would)."""
     tag, port = new_tag(), free_port()
     env = newcomer_environment(
         tmp_path / "data", PORT=str(port), FLOWER_PORT=str(free_port()), EMBEDDED_BROKER_PORT=str(free_port()),
@@ -378,8 +380,8 @@ def test_sigterm_to_the_quickstart_alone_stops_every_process_it_started(tmp_path
                 return False
 
         wait_for(web_answers, timeout=60, interval=0.2, what="the quickstart's web process to answer")
-        quickstart.process.send_signal(signal.SIGTERM)
-        quickstart.process.wait(timeout=30)
+        quickstart.process.send_signal(stop)
+        assert quickstart.process.wait(timeout=30) == 0
         wait_for(lambda: not tagged_processes(tag), timeout=15, interval=0.1, what="every process it started to exit")
     finally:
         kill_tagged(tag)
