@@ -447,13 +447,20 @@ def job_backups(sessions, job_id) -> list[SiteBackup]:
         return list(session.scalars(select(SiteBackup).where(SiteBackup.job_id == job_id)))
 
 
-def test_a_backup_cancelled_while_it_is_verified_starts_no_further_step_and_discards_the_backup(
-    settings, session, sessions, tenant_factory, runner
-):
+def backup_cancelled_at(step: str, settings, session, sessions, tenant_factory, runner):
+    """An active tenant's backup job, run through, whose cancel arrives as its platform step
+    ``step`` starts; returns the tenant and the job."""
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
     cancel = lambda: ProvisioningService(session).cancel_job(tenant.id, job.id)  # noqa: E731
-    runner(backup_steps=CancelsAtPlatformStep(sessions, settings, "verify_backup", cancel)).run(job.id)
+    runner(backup_steps=CancelsAtPlatformStep(sessions, settings, step, cancel)).run(job.id)
+    return tenant, job
+
+
+def test_a_backup_cancelled_while_it_is_verified_starts_no_further_step_and_discards_the_backup(
+    settings, session, sessions, tenant_factory, runner
+):
+    tenant, job = backup_cancelled_at("verify_backup", settings, session, sessions, tenant_factory, runner)
 
     cancelled = read_job(sessions, job.id)
     assert (cancelled.status, cancelled.message) == (JobStatus.CANCELLED, "Cancelled; its partial work was undone")
@@ -473,10 +480,7 @@ def test_a_backup_cancelled_during_its_last_step_keeps_the_backup_and_says_so(
     settings, session, sessions, tenant_factory, runner
 ):
     """record_backup prunes older backups on the strength of the new one: past it, the backup stays."""
-    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
-    job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
-    cancel = lambda: ProvisioningService(session).cancel_job(tenant.id, job.id)  # noqa: E731
-    runner(backup_steps=CancelsAtPlatformStep(sessions, settings, "record_backup", cancel)).run(job.id)
+    tenant, job = backup_cancelled_at("record_backup", settings, session, sessions, tenant_factory, runner)
 
     cancelled = read_job(sessions, job.id)
     assert cancelled.status == JobStatus.CANCELLED
