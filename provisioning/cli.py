@@ -67,8 +67,6 @@ def _database_error(error: SQLAlchemyError) -> str:
     return f"database error: {reason}"
 
 
-
-
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Operate the provisioning service: schema, tenants, users, tokens and jobs."""

@@ -176,8 +176,6 @@ def _reconnected(pooled, error: Exception):
     return pooled.dbapi_connection
 
 
-
-
 def _tune_sqlite(dbapi_connection, _record) -> None:
     """WAL lets the quickstart's web and worker processes read while the other writes."""
     cursor = dbapi_connection.cursor()

@@ -97,8 +97,6 @@ def default_ports():
         yield
 
 
-
-
 def newcomer_environment(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {
         key: value
