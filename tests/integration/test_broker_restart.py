@@ -1,17 +1,22 @@
-"""RabbitMQ stopped and started again while jobs are in flight: every job still reaches a final state."""
+"""RabbitMQ stopped and started again while jobs are in flight: every job still reaches a final state.
+
+The broker stopped is a node of the test's own (``tests.rabbitmq_node``), never the machine's.
+"""
 
 from __future__ import annotations
 
-import subprocess
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
 
+from provisioning.broker import Dispatcher
 from provisioning.enums import JobStatus, JobType
 from provisioning.models import ProvisioningJob
 from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
+from tests.rabbitmq_node import RabbitMQNode
 from tests.stack import BeatProcess, WorkerProcess
 
 FAST = {
@@ -23,24 +28,23 @@ FAST = {
 JOBS = 12
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
-
-
 @pytest.fixture
-def broker_restored():
-    """Whatever happens in the test, RabbitMQ is running again afterwards."""
-    yield
-    rabbitmqctl("start_app")
-    rabbitmqctl("await_startup")
+def broker():
+    """A RabbitMQ node of the test's own, ended whatever happens in the test."""
+    node = RabbitMQNode()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
-def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broker_restored, tmp_path):
+def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broker, tmp_path):
+    dispatcher = Dispatcher(replace(isolated.settings, broker_url=broker.url))
     with isolated.session() as session:
-        service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
+        service = ProvisioningService(session, dispatch=dispatcher.send_job)
         job_ids = [service.request_job(TenantFactory(session).create().id, JobType.CREATE_SITE).id for _ in range(JOBS)]
-    env = {**isolated.environment, **FAST}
-    workers = [WorkerProcess(env, isolated.dispatcher, concurrency=1) for _ in range(2)]
+    env = {**isolated.environment, **FAST, "RABBITMQ_URL": broker.url}
+    workers = [WorkerProcess(env, dispatcher, concurrency=1) for _ in range(2)]
     beat = BeatProcess(env, tmp_path)
 
     def count(*statuses: JobStatus) -> int:
@@ -53,9 +57,8 @@ def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broke
 
     try:
         wait_for(lambda: count(JobStatus.COMPLETED) >= 2, timeout=60, what="the first jobs to complete")
-        rabbitmqctl("stop_app")  # in flight: some jobs running, the rest queued
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        broker.stop_app()  # in flight: some jobs running, the rest queued
+        broker.start_app()
 
         final = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
         wait_for(lambda: count(*final) == JOBS, timeout=120, interval=0.5, what="every job to reach a final state")
