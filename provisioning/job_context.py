@@ -14,7 +14,7 @@ from provisioning.credentials import CredentialsUnavailable, SiteCredentials
 from provisioning.drivers.base import BackupFile
 from provisioning.errors import StepFailed
 from provisioning.identifiers import SLUG
-from provisioning.service import Claim
+from provisioning.job_records import Claim
 
 
 class JobContext:

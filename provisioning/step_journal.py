@@ -8,7 +8,7 @@ from typing import Iterator, Protocol
 
 from provisioning.db import utcnow
 from provisioning.enums import JobStatus, StepStatus
-from provisioning.service import StepRecord
+from provisioning.job_records import StepRecord
 from provisioning.workflows import Step, Workflow
 
 

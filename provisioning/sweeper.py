@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backup_schedule import schedule_backups
 from provisioning.backups import BackupBook, retention_of
-from provisioning.service import Dispatch, ProvisioningService
+from provisioning.job_records import Dispatch
+from provisioning.service import ProvisioningService
 from provisioning.settings import Settings
 
 log = logging.getLogger(__name__)
