@@ -8,7 +8,7 @@ message while the job still runs.
 
 from kombu import Exchange, Queue
 
-from provisioning.settings import Settings, settings_or_exit
+from provisioning.platform.settings import Settings, settings_or_exit
 
 RUN_JOB_TASK = "provisioning.run_job"
 # The message header that carries the id of the HTTP request that asked for the job.
@@ -46,7 +46,7 @@ def queue_named(name: str, settings: Settings) -> Queue:
 
 
 def events_exchange(settings: Settings) -> Exchange:
-    """Where job events are announced (see ``provisioning.events``): a durable topic exchange
+    """Where job events are announced (see ``provisioning.messaging.events``): a durable topic exchange
     named after the job queue, so deployments sharing a broker announce apart."""
     return Exchange(settings.events_exchange_name, type="topic", durable=True)
 

@@ -12,8 +12,8 @@ import tempfile
 
 from gunicorn.glogging import Logger
 
-from provisioning import logs
-from provisioning.settings import settings_or_exit
+from provisioning.platform import logs
+from provisioning.platform.settings import settings_or_exit
 
 _made_metrics_dir = None
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -12,9 +12,9 @@ from api.forwarded import TrustedProxies
 from api.metrics import init_metrics
 from api.request_log import init_request_log
 from api.session import init_sessions
-from provisioning import logs
-from provisioning.broker import Dispatcher
-from provisioning.settings import Settings, settings_or_exit
+from provisioning.messaging.broker import Dispatcher
+from provisioning.platform import logs
+from provisioning.platform.settings import Settings, settings_or_exit
 
 SWAGGER_ASSETS_URL = "/docs/assets/"
 # The largest request body taken (413 above it). Our largest valid body is under 100 bytes; the

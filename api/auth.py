@@ -6,10 +6,10 @@ from flask import g, request
 
 from api.errors import error_for
 from api.session import db_session, mark_token_used, require_current_schema
-from provisioning.accounts import Caller, authenticate
-from provisioning.audit import Origin
+from provisioning.accounts.audit import Origin
+from provisioning.accounts.registry import Caller, authenticate
 from provisioning.errors import Forbidden, ProvisioningError
-from provisioning.identifiers import SLUG, UUID
+from provisioning.platform.identifiers import SLUG, UUID
 
 TENANT_HEADER = "X-Tenant-ID"
 # Documented on every path that acts for a tenant (see create_app).

@@ -8,7 +8,7 @@ from api.auth import authenticate_request, caller
 from api.parsing import Blueprint
 from api.schemas import BackupListResponseSchema, BackupResponseSchema, PageArgsSchema, page_meta
 from api.session import db_session
-from provisioning.backups import BackupBook
+from provisioning.backups.book import BackupBook
 
 blp = Blueprint(
     "backups",

@@ -10,8 +10,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge, default_exceptions
 
-from provisioning.credentials import CredentialsUnavailable
-from provisioning.db import is_connection_failure
 from provisioning.errors import (
     AuthenticationFailed,
     BrokerUnreachable,
@@ -24,6 +22,8 @@ from provisioning.errors import (
     NotFound,
     ProvisioningError,
 )
+from provisioning.platform.db import is_connection_failure
+from provisioning.sites.credentials import CredentialsUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from flask.views import MethodView
 
 from api.parsing import Blueprint
 from api.schemas import HealthSchema, NotReadySchema, ReadinessSchema
-from provisioning.health import readiness
+from provisioning.operations.health import readiness
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from api.schemas import (
 )
 from api.session import db_session
 from provisioning.enums import JobStatus
-from provisioning.service import ProvisioningService
-from provisioning.workflows import SKIP_FINAL_BACKUP
+from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.workflows import SKIP_FINAL_BACKUP
 
 blp = Blueprint(
     "jobs",

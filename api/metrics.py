@@ -29,13 +29,13 @@ from sqlalchemy.orm import Session
 from api.errors import http_error
 from api.forwarded import parse_address
 from api.session import require_current_schema
-from provisioning import events
-from provisioning.broker import queue_depths
-from provisioning.db import utcnow
 from provisioning.enums import JobStatus
+from provisioning.jobs.states import FINAL_STATUSES
+from provisioning.messaging import events
+from provisioning.messaging.broker import queue_depths
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob
-from provisioning.settings import Settings
-from provisioning.states import FINAL_STATUSES
+from provisioning.platform.db import utcnow
+from provisioning.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from provisioning import logs
-from provisioning.identifiers import REQUEST_ID
+from provisioning.platform import logs
+from provisioning.platform.identifiers import REQUEST_ID
 
 log = logging.getLogger("api.requests")
 

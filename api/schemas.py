@@ -6,7 +6,7 @@ from flask_smorest.error_handler import ErrorSchema
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
-from provisioning.identifiers import IDEMPOTENCY_KEY, Identifier
+from provisioning.platform.identifiers import IDEMPOTENCY_KEY, Identifier
 
 MAX_PAGE_SIZE = 100
 # The row offset, (page - 1) * size, must fit PostgreSQL's bigint: a larger page was a 500.
@@ -61,7 +61,7 @@ class FullMatch(validate.Regexp):
     """An identifier's check: its pattern must match the whole value.
 
     marshmallow's ``Regexp`` calls ``re.match``, whose ``$`` lets a trailing newline through; this
-    one asks the identifier (``provisioning.identifiers``), and still publishes its pattern in the spec.
+    one asks the identifier (``provisioning.platform.identifiers``), and still publishes its pattern in the spec.
     """
 
     def __init__(self, identifier: Identifier):

@@ -10,10 +10,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import http_error
-from provisioning import migrate
-from provisioning.accounts import record_token_use
-from provisioning.db import new_session_factory
-from provisioning.settings import Settings
+from provisioning.accounts.registry import record_token_use
+from provisioning.platform import migrate
+from provisioning.platform.db import new_session_factory
+from provisioning.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 

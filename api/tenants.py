@@ -9,10 +9,10 @@ from api.errors import error_for
 from api.parsing import Blueprint
 from api.schemas import AdminPasswordResponseSchema, TenantResponseSchema
 from api.session import db_session
-from provisioning.credentials import SiteCredentials
 from provisioning.enums import Role
 from provisioning.errors import Forbidden
-from provisioning.site_passwords import reveal_admin_password
+from provisioning.sites.credentials import SiteCredentials
+from provisioning.sites.passwords import reveal_admin_password
 
 blp = Blueprint("tenants", __name__, url_prefix="/api/v1/tenants", description="The tenant the caller acts for.")
 blp.before_request(authenticate_request)

@@ -16,7 +16,7 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 
 import celeryconfig
-from provisioning.settings import settings_or_exit
+from provisioning.platform.settings import settings_or_exit
 
 NO_OP_TASK = "benchmarks.no_op"
 TABLE = "baseline_jobs"

@@ -30,8 +30,8 @@ from benchmarks.parts import (
     seed_tenants,
     wrk,
 )
-from provisioning.broker import Dispatcher
-from provisioning.settings import load_settings
+from provisioning.messaging.broker import Dispatcher
+from provisioning.platform.settings import load_settings
 from tests.helpers import wait_for
 from tests.stack import BeatProcess, WorkerProcess
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import requests
 from sqlalchemy import insert, text
 
-from provisioning.accounts import TOKEN_PREFIX
-from provisioning.db import get_engine, utcnow
+from provisioning.accounts.registry import TOKEN_PREFIX
 from provisioning.enums import JobStatus, JobType, Role, TenantStatus
 from provisioning.models import ApiToken, Membership, ProvisioningJob, Tenant, User
+from provisioning.platform.db import get_engine, utcnow
 from tests.helpers import wait_for
 from tests.processes import GroupProcess, free_port, procfile_commands
 from tests.stack import RABBITMQ_URL, RUN_ID, delete_queues, migrated_database, process_environment

@@ -4,8 +4,8 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from provisioning import models  # noqa: F401  (registers the tables on Base.metadata)
-from provisioning.db import Base
-from provisioning.settings import settings_or_exit
+from provisioning.platform.db import Base
+from provisioning.platform.settings import settings_or_exit
 
 config = context.config
 database_url = config.get_main_option("sqlalchemy.url") or settings_or_exit().database_url

@@ -10,15 +10,20 @@ from alembic.util import CommandError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from provisioning import accounts, audit, credentials, dead_letters, health, migrate
-from provisioning.broker import Dispatcher
-from provisioning.db import session_factory, utcnow
+from provisioning.accounts import audit
+from provisioning.accounts import registry as accounts
 from provisioning.enums import JobStatus, Role
 from provisioning.errors import ProvisioningError
+from provisioning.messaging import dead_letters
+from provisioning.messaging.broker import Dispatcher
 from provisioning.models import ApiToken, ProvisioningJob, Tenant
-from provisioning.quoting import first_line
-from provisioning.settings import Settings, settings_or_exit
-from provisioning.sweeper import sweep
+from provisioning.operations import health
+from provisioning.operations.sweeper import sweep
+from provisioning.platform import migrate
+from provisioning.platform.db import session_factory, utcnow
+from provisioning.platform.quoting import first_line
+from provisioning.platform.settings import Settings, settings_or_exit
+from provisioning.sites import credentials
 
 # Changes made at the console are the operator's: the audit trail names the login.
 CONSOLE = audit.operator_at_the_console()
@@ -331,7 +336,7 @@ def dlq_purge() -> None:
 @main.command()
 def quickstart() -> None:
     """Prepare a demo tenant and token, then run web, worker and Flower until Ctrl-C (`make run`)."""
-    from provisioning import quickstart as quickstart_module
+    from provisioning.operations import quickstart as quickstart_module
 
     raise SystemExit(quickstart_module.run(_settings()))
 
@@ -339,7 +344,7 @@ def quickstart() -> None:
 @main.command("embedded-broker")
 def embedded_broker() -> None:
     """Run the quickstart's in-memory broker on EMBEDDED_BROKER_PORT (for trying the service only)."""
-    from provisioning.embedded_broker import serve
+    from provisioning.operations.embedded_broker import serve
 
     port = _settings().embedded_broker_port
     try:

@@ -25,8 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from provisioning.db import Base, UTCDateTime, utcnow
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.platform.db import Base, UTCDateTime, utcnow
 
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELLING)
 _ACTIVE_JOB_SQL = "status IN ({})".format(", ".join(f"'{status.value}'" for status in ACTIVE_JOB_STATUSES))

@@ -5,8 +5,8 @@ import sys
 from celery import Celery
 from celery.signals import celeryd_init, setup_logging
 
-from provisioning import logs
-from provisioning.settings import settings_or_exit
+from provisioning.platform import logs
+from provisioning.platform.settings import settings_or_exit
 
 app = Celery("provisioning")
 app.config_from_object("celeryconfig")

@@ -12,9 +12,9 @@ import logging
 from celery.worker.consumer import Consumer
 from vine import promise
 
-from provisioning.broker import refuse_compressed_bodies
-from provisioning.dead_letters import MAX_REASON_LENGTH, dead_letter, message_id
-from provisioning.quoting import shortened
+from provisioning.messaging.broker import refuse_compressed_bodies
+from provisioning.messaging.dead_letters import MAX_REASON_LENGTH, dead_letter, message_id
+from provisioning.platform.quoting import shortened
 from tasks import job_message
 from tasks.jobs import worker_settings
 

@@ -8,7 +8,7 @@ message away; a message naming one of Celery's built-in tasks runs it; callbacks
 (or in headers, which become the task's request) send tasks of the message's choosing.
 
 So the consumer asks ``refusal(message)`` first, and dead-letters whatever it refuses. A job
-message is exactly what ``provisioning.broker.Dispatcher`` and Celery's retry of our task send
+message is exactly what ``provisioning.messaging.broker.Dispatcher`` and Celery's retry of our task send
 (protocol 2, ``celery.app.amqp.AMQP.as_task_v2``): the task ``provisioning.run_job``, a UUID
 task id, the body ``[[], {"job_id": "<uuid>"}, embed]`` with an ``embed`` that names no
 workflow, and headers that leave the deployment's own limits and routing alone.
@@ -23,8 +23,8 @@ from celery.utils.time import maybe_iso8601
 from kombu.message import Message
 
 import celeryconfig
-from provisioning import identifiers
-from provisioning.quoting import quoted, shortened
+from provisioning.platform import identifiers
+from provisioning.platform.quoting import quoted, shortened
 
 # An ETA holds the message unacknowledged in the worker until it is due; RabbitMQ closes the
 # channel of a consumer that holds one past its consumer timeout (30 minutes) and redelivers

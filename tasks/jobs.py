@@ -13,16 +13,17 @@ from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
-from provisioning import health, logs
-from provisioning.broker import Dispatcher
-from provisioning.db import get_engine, is_connection_failure, session_factory
-from provisioning.dead_letters import reason_headers
-from provisioning.drivers import make_driver
 from provisioning.errors import NotFound
+from provisioning.jobs.runner import JobRunner
+from provisioning.messaging.broker import Dispatcher
+from provisioning.messaging.dead_letters import reason_headers
 from provisioning.models import ProvisioningJob
-from provisioning.runner import JobRunner
-from provisioning.settings import Settings, settings_or_exit
-from provisioning.sweeper import sweep
+from provisioning.operations import health
+from provisioning.operations.sweeper import sweep
+from provisioning.platform import logs
+from provisioning.platform.db import get_engine, is_connection_failure, session_factory
+from provisioning.platform.settings import Settings, settings_or_exit
+from provisioning.sites.drivers import make_driver
 from tasks import app
 
 log = logging.getLogger(__name__)

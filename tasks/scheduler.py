@@ -12,10 +12,10 @@ from pathlib import Path
 from celery.beat import PersistentScheduler
 
 import celeryconfig
-from provisioning.broker import Dispatcher
-from provisioning.db import session_factory
-from provisioning.events import EventRelay
-from provisioning.sweeper import sweep
+from provisioning.messaging.broker import Dispatcher
+from provisioning.messaging.events import EventRelay
+from provisioning.operations.sweeper import sweep
+from provisioning.platform.db import session_factory
 from tasks.jobs import worker_settings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from provisioning import accounts
+from provisioning.accounts import registry as accounts
 from provisioning.enums import Role, TenantStatus
 from provisioning.models import Tenant, User
 

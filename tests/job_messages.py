@@ -155,7 +155,7 @@ POISON: list[tuple[str, Callable[[RawMessage], RawMessage], str]] = [
 ]
 
 # kombu expands a compressed body as it receives the message, before the consumer sees it: these
-# are refused there (provisioning.broker.refuse_compressed_bodies), so only a real worker sees them.
+# are refused there (provisioning.messaging.broker.refuse_compressed_bodies), so only a real worker sees them.
 COMPRESSED_POISON: list[tuple[str, Callable[[RawMessage], RawMessage], str]] = [
     ("a gzip body that is garbage", _gzip_header(b"garbage"), "compressed body (application/x-gzip) refused"),
     ("a gzipped job message", _gzipped, "compressed body (application/x-gzip) refused"),

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from provisioning import credentials
-from provisioning.broker import Dispatcher
-from provisioning.db import session_factory
 from provisioning.enums import JobStatus, JobType
+from provisioning.jobs.service import ProvisioningService
+from provisioning.messaging.broker import Dispatcher
 from provisioning.models import ProvisioningJob
-from provisioning.service import ProvisioningService
-from provisioning.settings import load_settings
+from provisioning.platform.db import session_factory
+from provisioning.platform.settings import load_settings
+from provisioning.sites import credentials
 from tests.factories import TenantFactory
 from tests.helpers import poll_until, wait_for
 from tests.stack import RABBITMQ_URL, RUN_ID, BeatProcess, WorkerProcess, delete_queues, migrated_database

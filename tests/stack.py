@@ -17,10 +17,10 @@ from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
 
 from celeryconfig import events_exchange
-from provisioning import migrate
-from provisioning.broker import Dispatcher
-from provisioning.db import get_engine
-from provisioning.settings import Settings
+from provisioning.messaging.broker import Dispatcher
+from provisioning.platform import migrate
+from provisioning.platform.db import get_engine
+from provisioning.platform.settings import Settings
 from tests.helpers import wait_for
 from tests.processes import GroupProcess, free_port, procfile_commands
 

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning import credentials
-from provisioning.broker import Dispatcher
-from provisioning.db import session_factory
-from provisioning.settings import Settings, load_settings
+from provisioning.messaging.broker import Dispatcher
+from provisioning.platform.db import session_factory
+from provisioning.platform.settings import Settings, load_settings
+from provisioning.sites import credentials
 from tests import factories
 from tests.stack import (
     ADMIN_DATABASE_URL,

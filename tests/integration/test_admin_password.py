@@ -12,11 +12,12 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from api import create_app
-from provisioning import accounts, credentials
+from provisioning.accounts import registry as accounts
 from provisioning.cli import main
-from provisioning.credentials import SiteCredentials
 from provisioning.enums import Role, TenantStatus
 from provisioning.models import Tenant
+from provisioning.sites import credentials
+from provisioning.sites.credentials import SiteCredentials
 from tests.helpers import StrictClient, assert_error
 
 REVEAL = "/api/v1/tenants/current/admin-password"

@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from provisioning import accounts
-from provisioning.db import utcnow
+from provisioning.accounts import registry as accounts
 from provisioning.enums import JobType, Role, TenantStatus
+from provisioning.jobs.service import ProvisioningService
 from provisioning.models import ApiToken
-from provisioning.service import ProvisioningService
+from provisioning.platform.db import utcnow
 from tests.helpers import StrictClient, assert_error
 
 JOBS = "/api/v1/provisioning/jobs"

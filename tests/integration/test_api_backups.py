@@ -11,9 +11,9 @@ from datetime import timedelta
 
 import pytest
 
-from provisioning.db import utcnow
 from provisioning.enums import BackupStatus, Role
 from provisioning.models import SiteBackup
+from provisioning.platform.db import utcnow
 from tests.helpers import StrictClient, assert_error
 
 BACKUPS = "/api/v1/provisioning/backups"

@@ -9,8 +9,8 @@ import requests
 from openapi_schema_validator import OAS30ReadValidator
 from openapi_spec_validator import validate as validate_spec
 
-from provisioning.db import utcnow
 from provisioning.enums import JobStatus, TenantStatus
+from provisioning.platform.db import utcnow
 from tests.integration.test_api_backups import backup_row
 from tests.integration.test_api_jobs import finished_job
 

@@ -15,11 +15,11 @@ from html.parser import HTMLParser
 import pytest
 from sqlalchemy import func, select
 
-from provisioning.db import utcnow
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobStep, ProvisioningJob
-from provisioning.service import ProvisioningService
-from provisioning.workflows import workflow_for
+from provisioning.platform.db import utcnow
 from tests.helpers import StrictClient, assert_error, wait_for
 
 JOBS = "/api/v1/provisioning/jobs"

@@ -10,16 +10,16 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from provisioning.backup_schedule import SCHEDULER, schedule_backups
-from provisioning.backups import BackupBook, Retention
-from provisioning.db import utcnow
-from provisioning.drivers import make_driver
-from provisioning.drivers.base import BackupFile
-from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.backups.book import BackupBook, Retention
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.jobs.runner import JobRunner
+from provisioning.jobs.service import ProvisioningService
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
-from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService
+from provisioning.operations.backup_schedule import SCHEDULER, schedule_backups
+from provisioning.platform.db import utcnow
+from provisioning.sites.drivers import make_driver
+from provisioning.sites.drivers.base import BackupFile
+from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
 from tests.helpers import not_private, wait_for
 from tests.records import read_job, read_steps
@@ -65,7 +65,7 @@ def test_each_active_tenant_due_gets_one_backup_and_asking_again_adds_none(isola
 
 
 def test_a_busy_tenant_is_skipped_and_logged_then_backed_up_once_it_is_free(isolated, caplog):
-    caplog.set_level(logging.INFO, logger="provisioning.backup_schedule")
+    caplog.set_level(logging.INFO, logger="provisioning.operations.backup_schedule")
     with isolated.session() as session:
         tenant = TenantFactory(session).create(status=TenantStatus.ACTIVE)
         service = ProvisioningService(session)

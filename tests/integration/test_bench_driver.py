@@ -17,14 +17,14 @@ import pytest
 from sqlalchemy import select, update
 
 from api import create_app
-from provisioning.credentials import SiteCredentials
-from provisioning.drivers.bench import BenchDriver
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped
+from provisioning.jobs.runner import JobRunner
+from provisioning.jobs.service import ProvisioningService
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
-from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService
-from provisioning.settings import BenchSettings
+from provisioning.platform.settings import BenchSettings
+from provisioning.sites.credentials import SiteCredentials
+from provisioning.sites.drivers.bench import BenchDriver
 from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
 from tests.helpers import StrictClient, not_private, wait_for

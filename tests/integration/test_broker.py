@@ -7,7 +7,7 @@ from unittest import mock
 import pytest
 from kombu import Connection
 
-from provisioning.broker import Dispatcher, publish_json
+from provisioning.messaging.broker import Dispatcher, publish_json
 from tests.stack import delete_queues
 
 

@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import func, select
 
-from provisioning.broker import Dispatcher
 from provisioning.enums import JobStatus, JobType
+from provisioning.jobs.service import ProvisioningService
+from provisioning.messaging.broker import Dispatcher
 from provisioning.models import ProvisioningJob
-from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.rabbitmq_node import RabbitMQNode

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from api import create_app
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.jobs.service import ProvisioningService
 from provisioning.models import JobStep, ProvisioningJob, Tenant
-from provisioning.service import ProvisioningService
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.stack import WorkerProcess

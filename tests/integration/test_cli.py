@@ -7,13 +7,15 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError
 
-from provisioning import accounts, credentials, migrate
+from provisioning.accounts import registry as accounts
 from provisioning.cli import main
 from provisioning.enums import JobType, Role, TenantStatus
-from provisioning.identifiers import SLUG
+from provisioning.jobs.service import ProvisioningService
 from provisioning.models import ApiToken, Tenant
-from provisioning.service import ProvisioningService
-from provisioning.settings import load_settings
+from provisioning.platform import migrate
+from provisioning.platform.identifiers import SLUG
+from provisioning.platform.settings import load_settings
+from provisioning.sites import credentials
 
 
 @pytest.fixture

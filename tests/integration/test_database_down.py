@@ -8,15 +8,15 @@ from sqlalchemy import create_engine, pool, select, text
 from sqlalchemy.exc import OperationalError
 
 from api import create_app
-from provisioning import db
-from provisioning.backups import BackupSteps, retention_of
-from provisioning.broker import Dispatcher
-from provisioning.db import get_engine
-from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.backups.book import BackupSteps, retention_of
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.jobs.runner import JobRunner
+from provisioning.jobs.service import ProvisioningService
+from provisioning.messaging.broker import Dispatcher
 from provisioning.models import JobStep, ProvisioningJob
-from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService
+from provisioning.platform import db
+from provisioning.platform.db import get_engine
+from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.stack import ADMIN_DATABASE_URL, WebProcess, WorkerProcess, delete_queues

@@ -7,7 +7,7 @@ from kombu import Connection
 
 import celeryconfig
 from provisioning.cli import main
-from provisioning.dead_letters import QUEUE_HEADER, REASON_HEADER
+from provisioning.messaging.dead_letters import QUEUE_HEADER, REASON_HEADER
 from tests.job_messages import RawMessage, job_message
 from tests.processes import free_port
 

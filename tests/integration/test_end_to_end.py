@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from provisioning.enums import JobType, Role
-from provisioning.settings import load_settings
-from provisioning.workflows import workflow_for
+from provisioning.jobs.workflows import workflow_for
+from provisioning.platform.settings import load_settings
 from tests.helpers import wait_for
 from tests.processes import (
     TAG_VARIABLE,

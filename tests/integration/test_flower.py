@@ -3,8 +3,8 @@
 import requests
 
 from provisioning.enums import JobStatus, JobType
+from provisioning.jobs.service import ProvisioningService
 from provisioning.models import ProvisioningJob
-from provisioning.service import ProvisioningService
 from tests.helpers import wait_for
 from tests.processes import TASK_EVENTS_ON, GroupProcess, free_port, procfile_commands
 from tests.stack import process_environment

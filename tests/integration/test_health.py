@@ -10,11 +10,11 @@ from sqlalchemy import text, update
 
 from api import create_app
 from provisioning.cli import main
-from provisioning.db import utcnow
 from provisioning.enums import JobType
-from provisioning.events import EventRelay
+from provisioning.jobs.service import ProvisioningService
+from provisioning.messaging.events import EventRelay
 from provisioning.models import JobEvent
-from provisioning.service import ProvisioningService
+from provisioning.platform.db import utcnow
 from tests.factories import TenantFactory
 from tests.stack import RABBITMQ_URL, WebProcess
 

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 import pytest
 
 from api import MAX_BODY_BYTES
-from provisioning import audit
+from provisioning.accounts import audit
 from provisioning.enums import Role
 from tests.stack import WebProcess
 

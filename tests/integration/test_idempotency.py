@@ -13,8 +13,8 @@ from sqlalchemy import func, select, update
 
 from api import create_app
 from provisioning.enums import JobStatus, JobType, Role, TenantStatus
+from provisioning.jobs.service import ProvisioningService
 from provisioning.models import IdempotencyKey, ProvisioningJob
-from provisioning.service import ProvisioningService
 from tests.helpers import StrictClient, assert_error
 from tests.stack import delete_queues
 

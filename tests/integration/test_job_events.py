@@ -14,13 +14,13 @@ from sqlalchemy import select
 
 from api import create_app
 from celeryconfig import events_exchange
-from provisioning.drivers.simulated import SimulatedDriver
-from provisioning.embedded_broker import wait_until_answering
 from provisioning.enums import JobStatus, JobType, Role, TenantStatus
-from provisioning.events import UNANNOUNCED, ConfirmedPublisher, EventRelay, announcement
+from provisioning.jobs.runner import JobRunner
+from provisioning.jobs.service import ProvisioningService
+from provisioning.messaging.events import UNANNOUNCED, ConfirmedPublisher, EventRelay, announcement
 from provisioning.models import JobEvent, ProvisioningJob
-from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService
+from provisioning.operations.embedded_broker import wait_until_answering
+from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.helpers import StrictClient
 from tests.processes import GroupProcess, free_port
 from tests.stack import WorkerProcess, process_environment

@@ -10,13 +10,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from provisioning.db import utcnow
-from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.jobs.runner import JobRunner
+from provisioning.jobs.service import ProvisioningService, StepRecord
+from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobStep, ProvisioningJob
-from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService, StepRecord
-from provisioning.workflows import workflow_for
+from provisioning.platform.db import utcnow
+from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.records import read_job, tenant_status

@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 
 from api import create_app
-from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import Role
-from provisioning.events import EventRelay
-from provisioning.runner import JobRunner
+from provisioning.jobs.runner import JobRunner
+from provisioning.messaging.events import EventRelay
+from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.helpers import assert_error
 from tests.stack import delete_queues
 

@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
-from provisioning.db import Base
+from provisioning.platform.db import Base
 
 
 def test_the_migrated_database_matches_the_models(database_url):

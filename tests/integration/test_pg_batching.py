@@ -6,14 +6,14 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from provisioning.db import get_engine
-from provisioning.drivers.simulated import SimulatedDriver
 from provisioning.enums import JobStatus, JobType
+from provisioning.jobs.runner import JobRunner
+from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobEvent
-from provisioning.pg_batching import execute_later
-from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService
-from provisioning.workflows import workflow_for
+from provisioning.platform.db import get_engine
+from provisioning.platform.pg_batching import execute_later
+from provisioning.sites.drivers.simulated import SimulatedDriver
 
 PROBE = Table("batching_probe", MetaData(), Column("n", Integer, primary_key=True, autoincrement=False))
 ADD = insert(PROBE)

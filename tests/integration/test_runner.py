@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from provisioning.backups import BackupSteps, retention_of
-from provisioning.credentials import SiteCredentials
-from provisioning.db import utcnow
-from provisioning.drivers.bench import BenchDriver
-from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.backups.book import BackupSteps, retention_of
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped
+from provisioning.jobs.runner import JobRunner
+from provisioning.jobs.service import ProvisioningService, StepRecord
+from provisioning.jobs.workflows import SKIP_FINAL_BACKUP, workflow_for
 from provisioning.models import ProvisioningJob, SiteBackup
-from provisioning.runner import JobRunner
-from provisioning.service import ProvisioningService, StepRecord
-from provisioning.settings import BenchSettings
-from provisioning.workflows import SKIP_FINAL_BACKUP, workflow_for
+from provisioning.platform.db import utcnow
+from provisioning.platform.settings import BenchSettings
+from provisioning.sites.credentials import SiteCredentials
+from provisioning.sites.drivers.bench import BenchDriver
+from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.helpers import wait_for
 from tests.records import read_job, read_steps, read_tenant, tenant_status
 from tests.stack import WorkerProcess

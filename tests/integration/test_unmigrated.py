@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import requests
 
-from provisioning import migrate
-from provisioning.accounts import TOKEN_PREFIX
+from provisioning.accounts.registry import TOKEN_PREFIX
+from provisioning.platform import migrate
 from tests.stack import RUN_ID, WebProcess, empty_database
 
 JOBS = "/api/v1/provisioning/jobs"

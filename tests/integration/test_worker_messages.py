@@ -11,13 +11,13 @@ from kombu import Connection
 from sqlalchemy import func, select
 
 from celeryconfig import RUN_JOB_TASK
-from provisioning import logs
 from provisioning.cli import main
-from provisioning.dead_letters import MAX_REASON_LENGTH, REASON_HEADER, list_dead_letters
 from provisioning.enums import JobStatus, JobType, TenantStatus
+from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.workflows import workflow_for
+from provisioning.messaging.dead_letters import MAX_REASON_LENGTH, REASON_HEADER, list_dead_letters
 from provisioning.models import JobStep, ProvisioningJob
-from provisioning.service import ProvisioningService
-from provisioning.workflows import workflow_for
+from provisioning.platform import logs
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.job_messages import COMPRESSED_POISON, POISON, RawMessage, job_message

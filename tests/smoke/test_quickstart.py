@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from provisioning.quickstart import port_is_free
+from provisioning.operations.quickstart import port_is_free
 from tests.helpers import not_private, wait_for
 from tests.processes import (
     PROJECT_ROOT,

@@ -6,14 +6,14 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from provisioning import accounts
-from provisioning.db import session_factory, utcnow
+from provisioning.accounts import registry as accounts
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.jobs.service import ProvisioningService, StepRecord
+from provisioning.jobs.workflows import workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, JobStep, ProvisioningJob, Tenant
-from provisioning.quickstart import DEMO_OWNER, DEMO_TENANT, _banner, _keep_credentials_key, prepare
-from provisioning.service import ProvisioningService, StepRecord
-from provisioning.settings import load_settings
-from provisioning.workflows import workflow_for
+from provisioning.operations.quickstart import DEMO_OWNER, DEMO_TENANT, _banner, _keep_credentials_key, prepare
+from provisioning.platform.db import session_factory, utcnow
+from provisioning.platform.settings import load_settings
 
 
 def test_prepare_makes_the_demo_tenant_and_a_working_token_and_is_safe_to_repeat(tmp_path):

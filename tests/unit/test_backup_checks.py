@@ -4,8 +4,8 @@ import gzip
 
 import pytest
 
-from provisioning.backups import BackupInvalid, describe, verify
-from provisioning.drivers.base import BackupFile
+from provisioning.backups.book import BackupInvalid, describe, verify
+from provisioning.sites.drivers.base import BackupFile
 
 SQL = b"-- MariaDB dump 10.19\nCREATE TABLE `tabUser` (`name` varchar(140));\nINSERT INTO `tabUser` VALUES ('x');\n"
 TRAILER = b"-- Dump completed on 2026-11-30 01:02:03\n"

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from provisioning.credentials import PASSWORD_LENGTH, CredentialsUnavailable, SiteCredentials, generate_password, new_key
+from provisioning.sites.credentials import PASSWORD_LENGTH, CredentialsUnavailable, SiteCredentials, generate_password, new_key
 
 
 def test_a_password_has_upper_and_lower_case_letters_and_digits_and_nothing_to_quote():

@@ -3,7 +3,7 @@
 import threading
 import uuid
 
-from provisioning.heartbeat import Heartbeat
+from provisioning.jobs.heartbeat import Heartbeat
 from tests.helpers import wait_for
 
 

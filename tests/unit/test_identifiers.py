@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from provisioning.identifiers import (
+from provisioning.platform.identifiers import (
     APP_NAME,
     EMAIL,
     IDEMPOTENCY_KEY,

@@ -13,9 +13,9 @@ from kombu.asynchronous.timer import to_timestamp
 
 import celeryconfig
 from celeryconfig import REQUEST_ID_HEADER, RUN_JOB_TASK
-from provisioning.broker import Dispatcher
-from provisioning.dead_letters import MAX_REASON_LENGTH
-from provisioning.settings import load_settings
+from provisioning.messaging.broker import Dispatcher
+from provisioning.messaging.dead_letters import MAX_REASON_LENGTH
+from provisioning.platform.settings import load_settings
 from tasks import app as worker_app
 from tasks.job_message import HEADERS, refusal
 from tasks.jobs import MAX_DATABASE_RETRY_SECONDS, database_retry_delay

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from provisioning import logs
+from provisioning.platform import logs
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.credentials import new_key
-from provisioning.settings import SettingsError, get_rabbitmq_url, load_settings
+from provisioning.platform.settings import SettingsError, get_rabbitmq_url, load_settings
+from provisioning.sites.credentials import new_key
 from tests.processes import procfile_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
-from provisioning.backups import BackupInvalid, describe, verify
-from provisioning.drivers.simulated import SimulatedDriver
+from provisioning.backups.book import BackupInvalid, describe, verify
 from provisioning.enums import JobType
 from provisioning.errors import StepFailed, StepStopped
+from provisioning.sites.drivers.simulated import SimulatedDriver
 
 
 class Context:

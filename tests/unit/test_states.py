@@ -3,7 +3,7 @@
 import pytest
 
 from provisioning.enums import JobStatus
-from provisioning.states import (
+from provisioning.jobs.states import (
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
     TRANSITIONS,

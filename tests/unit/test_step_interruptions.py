@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from provisioning.errors import StepTerminated, WorkerStopping
-from provisioning.step_interruptions import StepTerminator, WorkerStop
+from provisioning.jobs.step_interruptions import StepTerminator, WorkerStop
 
 GRACE_OVER = "did not stop within the cancel's grace period"
 TAKEN_AWAY = "was stopped: the job is no longer this worker's"

@@ -5,8 +5,8 @@ import uuid
 import pytest
 
 from provisioning.enums import JobStatus, JobType, StepStatus
-from provisioning.step_journal import StepJournal
-from provisioning.workflows import workflow_for
+from provisioning.jobs.step_journal import StepJournal
+from provisioning.jobs.workflows import workflow_for
 
 CREATE = workflow_for(JobType.CREATE_SITE)
 

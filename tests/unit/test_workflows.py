@@ -3,7 +3,7 @@
 import pytest
 
 from provisioning.enums import JobType, TenantStatus
-from provisioning.workflows import WORKFLOWS, workflow_for
+from provisioning.jobs.workflows import WORKFLOWS, workflow_for
 
 
 def test_every_job_type_has_a_plan_of_named_steps_with_messages():

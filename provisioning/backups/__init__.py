@@ -1,0 +1,2 @@
+"""Backups as records you can trust: every file described, checked and kept by a retention
+policy. Imports the platform, the shared models and the sites' driver types."""

@@ -1,0 +1,91 @@
+"""The driver's view of the job whose step it runs: the StepContext a worker hands to drivers."""
+
+from __future__ import annotations
+
+import copy as _copy
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioning.backups.book import PRIVATE_DIRECTORY_MODE, BackupBook, make_private, private_directory
+from provisioning.errors import StepFailed
+from provisioning.jobs.records import Claim
+from provisioning.platform.identifiers import SLUG
+from provisioning.sites.credentials import CredentialsUnavailable, SiteCredentials
+from provisioning.sites.drivers.base import BackupFile
+
+
+class JobContext:
+    """Each write is a short transaction of its own, so what a step produced is on record even
+    if the step fails right after: a retry then finds the backup files it must discard. The
+    site's admin password was stored with the claim (see ``ProvisioningService.start_job``)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        claim: Claim,
+        should_stop: Callable[[], bool],
+        credentials: SiteCredentials,
+        backup_root: Path,
+    ):
+        job = claim.job
+        self.job_id = job.id
+        self.job_type = job.job_type
+        self.tenant_slug = claim.tenant_slug
+        self.options = dict(job.options or {})
+        self._tenant_id = job.tenant_id
+        self._admin_password_encrypted = claim.admin_password_encrypted
+        self._sessions = sessions
+        self._should_stop = should_stop
+        self._credentials = credentials
+        self._backup_root = backup_root
+
+    def should_stop(self) -> bool:
+        return self._should_stop()
+
+    def unstoppable(self) -> "JobContext":
+        """The same context for work that must finish even though the job is stopping: a cancel's clean-up."""
+        return self.stopping_when(_never)
+
+    def stopping_when(self, should_stop: Callable[[], bool]) -> "JobContext":
+        """The same context, with another answer to ``should_stop``."""
+        copy = _copy.copy(self)
+        copy._should_stop = should_stop
+        return copy
+
+    def admin_password(self) -> str:
+        """The site's admin password, as the claim stored it: a retry's earlier attempt's, or a new one."""
+        try:
+            if self._admin_password_encrypted is None:
+                self._credentials.check()  # without a key the claim stored none: the reason to give
+                raise StepFailed(f"no admin password was stored when this {self.job_type.value} job started")
+            return self._credentials.decrypt(self._admin_password_encrypted)
+        except CredentialsUnavailable as unavailable:
+            raise StepFailed(str(unavailable)) from None
+
+    def backup_directory(self) -> Path:
+        """``BACKUP_PATH/<slug>/<job id>/``, each folder below BACKUP_PATH private to the service's user."""
+        # The slug becomes a folder name: one that is not a slug (a tenant made before slugs were
+        # checked whole) must not make a folder elsewhere, or one whose name ends in a newline.
+        if problem := SLUG.problem("tenant slug", self.tenant_slug):
+            raise StepFailed(f"no backup folder for this tenant: {problem}")
+        # BACKUP_PATH itself is made private when this makes it; once it exists, its mode is the operator's.
+        self._backup_root.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+        return private_directory(private_directory(self._backup_root / self.tenant_slug) / str(self.job_id))
+
+    def remove_backup_directory(self) -> None:
+        """Delete this job's folder under BACKUP_PATH, with whatever a backup step wrote there
+        before it was recorded (a cancelled job leaves no files behind)."""
+        if SLUG.is_valid(self.tenant_slug):
+            shutil.rmtree(self._backup_root / self.tenant_slug / str(self.job_id), ignore_errors=True)
+
+    def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
+        make_private(self.backup_directory())
+        with self._sessions() as session:
+            BackupBook(session).start(self._tenant_id, self.job_id, site, files)
+
+
+def _never() -> bool:
+    return False

@@ -1,0 +1,142 @@
+"""Heartbeats: a running job vouches for its worker, from one thread per process."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioning.jobs.service import ProvisioningService
+from provisioning.platform.db import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Terminator(Protocol):
+    def terminate(self, reason: str, for_a_cancel: bool = False) -> None: ...
+
+
+class Heartbeat:
+    """Writes the job's ``heartbeat_at`` every ``interval`` seconds while the job runs.
+
+    The sweeper fails a running job whose heartbeat is older than its deadline, naming the
+    worker and the step: that is how a job whose worker was killed stops being ``running``.
+    Each beat also learns whether the job is being cancelled; once the cancel is older than
+    ``cancel_grace``, a step still running is terminated. A beat that finds the job no longer
+    its own (the sweeper declared this worker lost) terminates the step too: another worker may
+    run the job's retry. A beat that cannot reach the database is logged and tried again at the
+    next interval.
+
+    The beats come from the process's heartbeat thread (``HEARTBEATS``), which is started once,
+    not once per job. Leaving the ``with`` block waits for a beat in flight, so nothing beats
+    for the job once it has ended.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: uuid.UUID,
+        worker: str,
+        interval: float,
+        cancel_grace: float,
+        terminator: Terminator,
+    ):
+        self.sessions = sessions
+        self.job_id = job_id
+        self.worker = worker
+        self.interval = interval
+        self.cancel_grace = timedelta(seconds=cancel_grace)
+        self.terminator = terminator
+        # Beats run in a copy of the starting context, so their lines carry the job's fields.
+        self.context = contextvars.copy_context()
+        self.due = time.monotonic() + interval
+        self.ended = False
+        self.beating = threading.Lock()
+        self._terminated = False
+
+    def __enter__(self) -> "Heartbeat":
+        HEARTBEATS.add(self)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        HEARTBEATS.remove(self)
+        with self.beating:
+            self.ended = True
+
+    def beat(self) -> bool:
+        """One beat; False once the job is not this worker's running job any more."""
+        try:
+            with self.sessions() as session:
+                beat = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
+        except Exception:
+            log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
+            return True
+        if beat is None:
+            # Finished (a late signal is then ignored) or taken away: either way, stop the step.
+            self.terminator.terminate("was stopped: the job is no longer this worker's")
+            return False
+        overdue = beat.cancel_requested_at is not None and utcnow() - beat.cancel_requested_at >= self.cancel_grace
+        if overdue and not self._terminated:
+            log.warning("job %s: the step ignored the cancel for %s; terminating it", self.job_id, self.cancel_grace)
+            self._terminated = True
+            self.terminator.terminate("did not stop within the cancel's grace period", for_a_cancel=True)
+        return True
+
+
+class Heartbeats:
+    """The process's heartbeat thread: it beats for every job the process runs (a worker's pool
+    process runs one at a time, a test may run several in threads), each at its own interval.
+
+    Starting a thread per job cost about a tenth of a quick job's time; this one starts with the
+    first job of the process (a forked pool process starts its own). Nor is it woken for each new
+    job: only when the job's first beat is due before the thread would look again anyway.
+    """
+
+    def __init__(self):
+        self._beating: set[Heartbeat] = set()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._looks_again_at = math.inf
+
+    def add(self, heartbeat: Heartbeat) -> None:
+        with self._changed:
+            self._beating.add(heartbeat)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+                self._thread.start()
+            if heartbeat.due < self._looks_again_at:
+                self._changed.notify()
+
+    def remove(self, heartbeat: Heartbeat) -> None:
+        with self._changed:
+            self._beating.discard(heartbeat)
+
+    def _run(self) -> None:
+        while True:
+            for heartbeat in self._wait_for_due():
+                with heartbeat.beating:
+                    # The job may have ended between being found due and now.
+                    keep = not heartbeat.ended and heartbeat.context.run(heartbeat.beat)
+                heartbeat.due = time.monotonic() + heartbeat.interval
+                if not keep:
+                    self.remove(heartbeat)
+
+    def _wait_for_due(self) -> list[Heartbeat]:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                due = [heartbeat for heartbeat in self._beating if heartbeat.due <= now]
+                if due:
+                    return due
+                self._looks_again_at = min((heartbeat.due for heartbeat in self._beating), default=math.inf)
+                self._changed.wait(None if self._looks_again_at == math.inf else self._looks_again_at - now)
+
+
+HEARTBEATS = Heartbeats()

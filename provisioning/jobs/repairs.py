@@ -1,0 +1,129 @@
+"""Job repairs, as the sweeper (and the quickstart as it starts) makes them: jobs whose worker was
+lost, pending jobs whose message was lost, expired idempotency keys."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Callable, Sequence
+
+from sqlalchemy import delete, func, or_, select, update
+
+from provisioning.enums import JobStatus, StepStatus
+from provisioning.jobs.records import JobRecords
+from provisioning.jobs.workflows import workflow_for
+from provisioning.models import IdempotencyKey, JobStep, ProvisioningJob
+from provisioning.platform import logs
+from provisioning.platform.db import utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_REPUBLISH_DOUBLINGS = 6
+
+
+class JobRepairs(JobRecords):
+    """What makes "nothing lost" true after crashes; every answer is a compare-and-set or a
+    harmless duplicate message, so repairs may run from many processes at once."""
+
+    def reap_lost_jobs(self, lost_after: timedelta) -> list[uuid.UUID]:
+        """Fail as lost (``_fail_lost_jobs``) the running or cancelling jobs whose worker has not
+        vouched for them in ``lost_after``. A worker that beats again at the last moment wins:
+        the heartbeat is part of the compare-and-set."""
+        cutoff = utcnow() - lost_after
+        # A job claimed before heartbeats existed has none: its start stands in for one.
+        last_sign_of_life = func.coalesce(ProvisioningJob.heartbeat_at, ProvisioningJob.started_at)
+        return self._fail_lost_jobs(
+            [last_sign_of_life < cutoff],
+            "sweeper",
+            lambda job: f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC",
+        )
+
+    def fail_interrupted_jobs(self, cause: str, actor: str) -> list[uuid.UUID]:
+        """Fail as lost (``_fail_lost_jobs``) every running or cancelling job, for ``cause``: for a
+        caller that knows no worker can be running any (the quickstart as it starts, before its
+        worker: the embedded broker kept none of their messages either)."""
+        return self._fail_lost_jobs([], actor, lambda _job: cause)
+
+    def _fail_lost_jobs(self, conditions: Sequence, actor: str, cause: Callable[[ProvisioningJob], str]) -> list[uuid.UUID]:
+        """Fail the running or cancelling jobs that match ``conditions`` as jobs whose worker is
+        lost; returns their ids. The error names the worker, the step it was in and the
+        ``cause``; that step is failed with it, so a retry resumes there; the tenant is released
+        as for any failure in that step. The one path for every job that lost its worker.
+        """
+        lost = self.session.execute(
+            select(ProvisioningJob, JobStep.name)
+            .outerjoin(JobStep, (JobStep.job_id == ProvisioningJob.id) & (JobStep.status == StepStatus.RUNNING))
+            .where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]), *conditions)
+        ).all()
+        reaped = []
+        for job, step in lost:
+            # Every step's start is written before it runs: a job with none running was settling
+            # its cancel, or (running) had its first step skipped and was about to start the next.
+            where = (
+                f"during step {step}" if step
+                else "while it settled a cancel" if job.status == JobStatus.CANCELLING
+                else "between steps"
+            )  # fmt: skip
+            error = f"worker {job.worker} was lost {where}: {cause(job)}"
+            won = self._transition(
+                job.id,
+                {JobStatus.RUNNING, JobStatus.CANCELLING},
+                JobStatus.FAILED,
+                conditions=conditions,
+                event="reaped",
+                actor=actor,
+                detail=error,
+                error=error,
+                message="Failed",
+                completed_at=utcnow(),
+            )
+            if won:
+                self.session.execute(
+                    update(JobStep)
+                    .where(JobStep.job_id == job.id, JobStep.status == StepStatus.RUNNING)
+                    .values(status=StepStatus.FAILED, finished_at=utcnow(), message=error)
+                )
+                workflow = workflow_for(job.job_type)
+                self._set_tenant_status(job.tenant_id, workflow.tenant_after_failure(step, job.tenant_status_before))
+                reaped.append(job.id)
+                log.warning("job %s: %s", job.id, error)
+            self.session.commit()
+        return reaped
+
+    def republish_pending(self, unclaimed_for: timedelta) -> list[uuid.UUID]:
+        """Publish again the pending jobs whose message never reached the broker, or reached it
+        longer ago than ``unclaimed_for`` and was never claimed (lost with a broker's memory, or
+        acknowledged by a worker that could not record the claim); returns their ids.
+
+        A duplicate message is harmless (the claim lets only one delivery run the job) but not
+        free: a job that merely waits in a long queue would collect one per period. So the wait
+        doubles with each publish of the same job (``unclaimed_for``, then twice that, ...).
+        The first failed publish ends the round: the broker is down, the next sweep tries again.
+        """
+        now = utcnow()
+        candidates = self.session.execute(
+            select(ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count, ProvisioningJob.request_id)
+            .where(
+                ProvisioningJob.status == JobStatus.PENDING,
+                or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < now - unclaimed_for),
+            )
+            .order_by(ProvisioningJob.created_at)
+        ).all()
+        self.session.commit()
+        published = []
+        for job_id, dispatched_at, dispatch_count, request_id in candidates:
+            backoff = unclaimed_for * 2 ** min(max(dispatch_count - 1, 0), MAX_REPUBLISH_DOUBLINGS)
+            if dispatched_at is not None and dispatched_at >= now - backoff:
+                continue
+            with logs.bound(request_id=request_id, job_id=job_id):  # the message carries the request's id again
+                if self._publish(job_id) is None:
+                    break
+            published.append(job_id)
+        return published
+
+    def prune_idempotency_keys(self) -> int:
+        """Forget the idempotency keys past their expiry; returns how many."""
+        result = self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= utcnow()))
+        self.session.commit()
+        return result.rowcount

@@ -1,0 +1,334 @@
+"""Job requests, as API clients and operators make them: ask for a job, read jobs, retry and cancel."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Sequence
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
+
+from provisioning.accounts import audit
+from provisioning.enums import JobStatus, JobType, StepStatus
+from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
+from provisioning.jobs.records import JobRecords, actor_of_user
+from provisioning.jobs.statements import INSERT_JOB_IF_ALLOWED, JOB_COLUMNS
+from provisioning.jobs.states import RETRYABLE_STATUSES
+from provisioning.jobs.workflows import Workflow, workflow_for
+from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
+from provisioning.platform import logs
+from provisioning.platform.db import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class JobRequests(JobRecords):
+    """What the API and the command line ask of jobs: each request is checked against the tenant's
+    state and its active job in the same statement that records it, committed, then published."""
+
+    def request_job(
+        self,
+        tenant_id: uuid.UUID,
+        job_type: JobType,
+        requested_by_id: uuid.UUID | None = None,
+        idempotency_key: str | None = None,
+        options: dict | None = None,
+        actor: str | None = None,
+    ) -> ProvisioningJob:
+        """Create a pending job, commit it, then publish it.
+
+        With an ``idempotency_key`` already used for the same request, the job that request
+        made is returned instead: no second job, no second message. ``actor`` names who asks
+        when it is not a user (the backup schedule, say).
+
+        Raises:
+            NotFound: no such tenant.
+            Conflict: the tenant's state does not allow this job type, or it has an active job.
+            IdempotencyKeyReused: the key was used for another request.
+        """
+        options = options or {}
+        fingerprint = " ".join([job_type.value, *(f"{name}={value}" for name, value in sorted(options.items()))])
+        if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
+            return earlier
+        return self._create_job(tenant_id, job_type, requested_by_id, idempotency_key, fingerprint, options=options, actor=actor)
+
+    def list_jobs(
+        self,
+        tenant_id: uuid.UUID,
+        page: int,
+        size: int,
+        status: JobStatus | None = None,
+        job_type: JobType | None = None,
+    ) -> tuple[Sequence[ProvisioningJob], int]:
+        """One page of the tenant's jobs, newest first, and the total that match.
+
+        Unfiltered, the total is the tenant's ``job_count``: counting rows would take longer the
+        more jobs a tenant has had, on every page.
+        """
+        conditions = [ProvisioningJob.tenant_id == tenant_id]
+        if status is not None:
+            conditions.append(ProvisioningJob.status == status)
+        if job_type is not None:
+            conditions.append(ProvisioningJob.job_type == job_type)
+        if len(conditions) == 1:
+            total = self.session.scalar(select(Tenant.job_count).where(Tenant.id == tenant_id))
+        else:
+            total = self.session.scalar(select(func.count()).select_from(ProvisioningJob).where(*conditions))
+        jobs = self.session.scalars(
+            select(ProvisioningJob)
+            .where(*conditions)
+            .order_by(ProvisioningJob.created_at.desc(), ProvisioningJob.id.desc())
+            .limit(size)
+            .offset((page - 1) * size)
+        ).all()
+        return jobs, total or 0
+
+    def get_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> ProvisioningJob:
+        """Raises NotFound for a missing job and for another tenant's job alike."""
+        job = self.session.get(ProvisioningJob, job_id, populate_existing=True)
+        if job is None or job.tenant_id != tenant_id:
+            raise NotFound("job not found")
+        return job
+
+    def list_job_steps(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobStep]:
+        self.get_job(tenant_id, job_id)
+        return self.session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)).all()
+
+    def list_job_events(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[JobEvent]:
+        self.get_job(tenant_id, job_id)
+        # In the order things happened: a worker writes a step's end with the next step's start,
+        # so an event recorded meanwhile (a cancel request) can have a smaller id.
+        events = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.created_at, JobEvent.id)
+        return self.session.scalars(events).all()
+
+    def retry_job(
+        self,
+        tenant_id: uuid.UUID,
+        job_id: uuid.UUID,
+        requested_by_id: uuid.UUID | None = None,
+        idempotency_key: str | None = None,
+    ) -> ProvisioningJob:
+        """A new job of the same type and options, linked to the finished one, which keeps its history.
+
+        The retry of a failed job resumes at the step that failed (or the step that step's work
+        starts from, see ``Step.redo_from``), unless another job of the tenant ran since: then
+        what the failed job left may have changed, and the retry starts from the beginning.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            Conflict: the job is not failed or completed, or the tenant cannot take it now.
+            IdempotencyKeyReused: the key was used for another request.
+        """
+        fingerprint = f"retry {job_id}"
+        if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
+            return earlier
+        job = self.get_job(tenant_id, job_id)
+        if job.status not in RETRYABLE_STATUSES:
+            raise Conflict(f"job is {job.status.value}; only failed or completed jobs can be retried")
+        return self._create_job(
+            tenant_id, job.job_type, requested_by_id, idempotency_key, fingerprint,
+            options=dict(job.options or {}), retry_of=job, resume_from=self._resume_point(job),
+        )  # fmt: skip
+
+    def cancel_job(self, tenant_id: uuid.UUID, job_id: uuid.UUID, requested_by_id: uuid.UUID | None = None) -> ProvisioningJob:
+        """Cancel at once when pending; ask the worker to stop when running; repeat calls are harmless.
+
+        Raises:
+            NotFound: no such job for this tenant.
+            Conflict: the job already finished.
+        """
+        job = self.get_job(tenant_id, job_id)
+        # The worker may claim or finish the job between our read and our update: re-read and
+        # decide again until one compare-and-set wins or the job is settled.
+        for _ in range(3):
+            now = utcnow()
+            if job.status == JobStatus.PENDING:
+                won = self._transition(
+                    job_id,
+                    {JobStatus.PENDING},
+                    JobStatus.CANCELLED,
+                    actor=actor_of_user(requested_by_id),
+                    message="Cancelled before it started",
+                    cancel_requested_at=now,
+                    completed_at=now,
+                )
+            elif job.status == JobStatus.RUNNING:
+                won = self._transition(
+                    job_id,
+                    {JobStatus.RUNNING},
+                    JobStatus.CANCELLING,
+                    actor=actor_of_user(requested_by_id),
+                    message="Cancel requested; stopping at the next step",
+                    cancel_requested_at=now,
+                )
+            elif job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
+                return job
+            else:
+                raise Conflict(f"job is {job.status.value}; a finished job cannot be cancelled")
+            if won and self.origin is not None:
+                audit.record(self.session, self.origin, "job.cancelled", tenant_id, f"job {job_id}", job.status.value)
+            self.session.commit()
+            job = self.get_job(tenant_id, job_id)
+            if won:
+                return job
+        return job
+
+    def _create_job(
+        self,
+        tenant_id: uuid.UUID,
+        job_type: JobType,
+        requested_by_id: uuid.UUID | None,
+        idempotency_key: str | None,
+        fingerprint: str,
+        options: dict,
+        retry_of: ProvisioningJob | None = None,
+        resume_from: str | None = None,
+        actor: str | None = None,
+    ) -> ProvisioningJob:
+        retry_of_id = retry_of.id if retry_of else None
+        workflow = workflow_for(job_type)
+        now = utcnow()
+        # Written with plain INSERTs, not the ORM's unit of work: this is the hottest write path.
+        job = ProvisioningJob(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            job_type=job_type,
+            status=JobStatus.PENDING,
+            progress=0,
+            message="Waiting for a worker",
+            error=None,
+            requested_by_id=requested_by_id,
+            retry_of_id=retry_of_id,
+            resume_from=resume_from,
+            options=options,
+            request_id=logs.current("request_id"),
+            # Marked as sent in the same commit as the job itself: one commit, not two, per request.
+            dispatched_at=now if self.dispatch is not None else None,
+            dispatch_count=1 if self.dispatch is not None else 0,
+            created_at=now,
+        )
+        try:
+            if not self._insert_if_allowed(job, workflow):
+                self.session.rollback()
+                status = self.session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
+                if status is None:
+                    raise NotFound("tenant not found")
+                if workflow.allows(status):  # it changed between the insert and this read
+                    raise Conflict(f"cannot start {job_type.value}: the tenant's state changed meanwhile; ask again")
+                raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {status.value})")
+            if idempotency_key:
+                # An expired key may be used again: its old row goes in the same transaction.
+                self._execute(
+                    delete(IdempotencyKey.__table__).where(
+                        IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == idempotency_key,
+                        IdempotencyKey.expires_at <= now,
+                    )
+                )  # fmt: skip
+                self._execute(
+                    insert(IdempotencyKey.__table__),
+                    {"id": uuid.uuid4(), "tenant_id": tenant_id, "key": idempotency_key, "request_fingerprint": fingerprint,
+                     "job_id": job.id, "created_at": now, "expires_at": now + self.idempotency_ttl},
+                )  # fmt: skip
+            actor = actor or actor_of_user(requested_by_id)
+            detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
+            self._insert_events(
+                [self._event(job.id, "created", actor, detail, status=JobStatus.PENDING)]
+                + ([self._event(job.id, "dispatched", "system")] if self.dispatch is not None else [])
+                + ([self._event(retry_of_id, "retried", actor, f"retried as {job.id}")] if retry_of_id else [])
+            )
+            if self.origin is not None:
+                action = "job.retried" if retry_of_id else "job.requested"
+                audit.record(self.session, self.origin, action, tenant_id, f"job {job.id}", job_type.value)
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            # Two requests with one key raced: the loser answers with the winner's job.
+            if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
+                return earlier
+            # The partial unique index refused a second active job for this tenant.
+            active = self._active_job(tenant_id)
+            if active is None:  # it ended in the meantime: a quick job can, between our insert and this read
+                raise Conflict("the tenant had an active job when this request was made; it has ended since") from None
+            raise Conflict(
+                f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
+            ) from None
+        log.info(
+            "job %s: %s requested by %s", job.id, job_type.value, actor,
+            extra={"job_id": job.id, "tenant_id": tenant_id, "job_type": job_type.value},
+        )  # fmt: skip
+        if self.dispatch is not None:
+            self._publish_new(job)
+        return job
+
+    def _insert_if_allowed(self, job: ProvisioningJob, workflow: Workflow) -> bool:
+        """Insert the job's row only if its tenant exists and is in a state the job type allows:
+        the check and the write in one statement (``INSERT ... SELECT ... FROM tenants WHERE``)."""
+        values = {column: getattr(job, column) for column in JOB_COLUMNS}
+        allowed = {"allowed_tenant_states": sorted(workflow.allowed_tenant_states)}
+        return self._execute(INSERT_JOB_IF_ALLOWED, values | allowed).rowcount == 1
+
+    def _resume_point(self, job: ProvisioningJob) -> str | None:
+        """Where a retry of ``job`` starts: None (the beginning) unless it failed in a step and is
+        still the tenant's latest job."""
+        if job.status != JobStatus.FAILED:
+            return None
+        failed_step = self.session.scalar(
+            select(JobStep.name).where(JobStep.job_id == job.id, JobStep.status == StepStatus.FAILED)
+        )
+        newer = self.session.scalar(
+            select(ProvisioningJob.id).where(
+                ProvisioningJob.tenant_id == job.tenant_id, ProvisioningJob.created_at > job.created_at
+            )
+        )
+        if failed_step is None or newer is not None:
+            return None
+        resume_from = workflow_for(job.job_type).resume_point(failed_step)
+        return None if resume_from == workflow_for(job.job_type).step_names[0] else resume_from
+
+    def _replay(self, tenant_id: uuid.UUID, idempotency_key: str, fingerprint: str) -> ProvisioningJob | None:
+        """The job an earlier request with this key made, if the key is known and unexpired."""
+        earlier = self.session.scalar(
+            select(IdempotencyKey).where(
+                IdempotencyKey.tenant_id == tenant_id,
+                IdempotencyKey.key == idempotency_key,
+                IdempotencyKey.expires_at > utcnow(),
+            )
+        )
+        if earlier is None:
+            return None
+        if earlier.request_fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency_key!r} was first used for another request ({earlier.request_fingerprint})"
+            )
+        return self.session.get(ProvisioningJob, earlier.job_id, populate_existing=True)
+
+    def _active_job(self, tenant_id: uuid.UUID) -> ProvisioningJob | None:
+        return self.session.scalars(
+            select(ProvisioningJob).where(ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
+        ).first()
+
+    def _publish_new(self, job: ProvisioningJob) -> None:
+        """Publish a job created as dispatched (one commit for both, the common case); when the
+        broker fails, take the mark back, so the next sweep publishes it."""
+        if self._send(job.id):
+            return
+        try:
+            # Only while pending: a publish that raised may still have got through, and the job run.
+            cleared = self.session.execute(
+                update(ProvisioningJob)
+                .where(ProvisioningJob.id == job.id, ProvisioningJob.status == JobStatus.PENDING)
+                .values(dispatched_at=None, dispatch_count=0)
+            ).rowcount
+            if not cleared:
+                self.session.rollback()
+                return
+            self._record(job.id, "dispatch_failed", "system", "the broker did not take the message; the sweeper will")
+            self.session.commit()
+        except DBAPIError:
+            # Marked dispatched but not sent: the sweeper publishes it once it looks unclaimed.
+            self.session.rollback()
+            log.exception("job %s: not published, and clearing its dispatch mark failed", job.id)
+            return
+        set_committed_value(job, "dispatched_at", None)

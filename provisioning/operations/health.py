@@ -1,0 +1,217 @@
+"""Is the service able to work? The checks behind ``/readyz`` and ``provisioning doctor``.
+
+Each check answers quickly (bounded by the database's and broker's connect timeouts), never
+raises, and says what to do when it fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kombu import Connection
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from provisioning.errors import StepFailed
+from provisioning.messaging import events
+from provisioning.messaging.broker import Dispatcher, queue_depths
+from provisioning.platform import migrate
+from provisioning.platform.db import get_engine, session_factory, utcnow
+from provisioning.platform.quoting import first_line
+from provisioning.platform.settings import Settings
+from provisioning.sites.drivers.bench import BenchConfig
+
+START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+# The relay publishes within a second; an announcement waiting longer than this means it does not run.
+EVENTS_LATE_AFTER_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    remedy: str = ""
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return f"{mark} {self.name}: {self.detail}" + ("" if self.ok else f" -> {self.remedy}")
+
+
+def readiness(settings: Settings, ahead_is_ok: bool = True) -> list[Check]:
+    """What the API needs to take a job: the database, its schema, and the broker.
+
+    The API serves a schema a later release migrated ahead of it (a rolling deploy): a load
+    balancer must not take every old web process out of service meanwhile, so that is ready
+    (``doctor`` says the code is older, ``ahead_is_ok=False``).
+    """
+    database = check_database(settings)
+    if database.ok:
+        migrations = check_migrations(settings, ahead_is_ok)
+    else:
+        migrations = Check("migrations", False, "not checked: the database is unreachable", "fix the database first")
+    return [database, migrations, check_broker(settings)]
+
+
+def job_settings(settings: Settings) -> list[Check]:
+    """The settings a job needs that no process checks as it starts: a job that misses one fails
+    at its first step (a worker logs these as it starts)."""
+    return [check_site_driver(settings), check_credentials_key(settings)]
+
+
+def doctor(settings: Settings) -> list[Check]:
+    """Everything an operator should look at, in the order it depends on itself."""
+    return [
+        check_configuration(settings),
+        *job_settings(settings),
+        *readiness(settings, ahead_is_ok=False),
+        check_queues(settings),
+        check_workers(settings),
+        check_event_relay(settings),
+    ]
+
+
+def check_configuration(settings: Settings) -> Check:
+    mode = "embedded defaults (for trying only)" if settings.embedded else "PostgreSQL and RabbitMQ"
+    return Check(
+        "configuration", True, f"{mode}; database {_safe_url(settings.database_url)}, queue {settings.provisioning_queue_name}"
+    )
+
+
+def check_site_driver(settings: Settings) -> Check:
+    """The bench settings as a job's first step would find them (read here, on this machine)."""
+    if settings.site_driver == "simulated":
+        return Check("site driver", True, f"simulated, {settings.simulated_step_seconds:g} s per step")
+    try:
+        config = BenchConfig.check(settings.bench, need_apps=True)
+    except StepFailed as wrong:
+        return Check("site driver", False, f"bench: {wrong}", "fix the setting it names, on every worker")
+    return Check(
+        "site driver", True, f"bench in {config.bench_path}, sites <slug>.{config.site_domain}, apps {', '.join(config.apps)}"
+    )
+
+
+def check_credentials_key(settings: Settings) -> Check:
+    if settings.site_credentials_key_file:
+        return Check("credentials key", True, f"the one make run keeps in {settings.site_credentials_key_file}")
+    if settings.site_credentials_key:
+        return Check("credentials key", True, "SITE_CREDENTIALS_KEY is set")
+    return Check(
+        "credentials key",
+        False,
+        "SITE_CREDENTIALS_KEY is not set: create_site jobs fail at their first step",
+        "make one with `provisioning credentials-key` and give it to web and workers (make run keeps one in DATA_DIR)",
+    )
+
+
+def check_database(settings: Settings) -> Check:
+    try:
+        with get_engine(settings.database_url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as error:
+        reason = first_line(error)
+        return Check("database", False, f"unreachable: {reason}", _database_remedy(settings.database_url, reason))
+    return Check("database", True, f"reachable at {_safe_url(settings.database_url)}")
+
+
+def _database_remedy(database_url: str, reason: str) -> str:
+    """What to do about PostgreSQL's answer: a server that answers needs no starting."""
+    url = make_url(database_url)
+    if f'database "{url.database}" does not exist' in reason:
+        user = f" -U {url.username}" if url.username else ""
+        return f"create it: createdb -h {url.host or 'localhost'} -p {url.port or 5432}{user} {url.database}"
+    if "password authentication failed" in reason or (url.username and f'role "{url.username}" does not exist' in reason):
+        return "fix the user or password in DATABASE_URL"
+    return f"start it ({START_POSTGRESQL}) or fix DATABASE_URL"
+
+
+def check_migrations(settings: Settings, ahead_is_ok: bool = False) -> Check:
+    try:
+        with get_engine(settings.database_url).connect() as connection:
+            state = migrate.schema_state(connection)
+    except Exception as error:
+        return Check("migrations", False, f"cannot read the schema revision: {first_line(error)}", "fix the database first")
+    if state.ahead and ahead_is_ok:
+        return Check("migrations", True, f"{state.describe()}: a later release's, which this code serves")
+    if not state.at_head:
+        # A revision the code does not know was made by a newer release: upgrading cannot help.
+        remedy = f"run: {migrate.UPGRADE_COMMAND}"
+        if state.ahead:
+            remedy = "run the release whose migrations made it (this code is older)"
+        return Check("migrations", False, state.describe(), remedy)
+    return Check("migrations", True, f"at head ({state.head})")
+
+
+def check_broker(settings: Settings) -> Check:
+    try:
+        with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5)
+    except Exception as error:
+        reason = first_line(error)
+        return Check("broker", False, f"unreachable: {reason}", _broker_remedy(settings, reason))
+    return Check("broker", True, f"reachable at {Connection(settings.broker_url).as_uri()}")
+
+
+def _broker_remedy(settings: Settings, reason: str) -> str:
+    """What to do about RabbitMQ's answer: one that refuses the vhost or the login is running."""
+    if settings.embedded:
+        return "start it with: provisioning embedded-broker (make run does)"
+    url = Connection(settings.broker_url)
+    if "NOT_ALLOWED" in reason and "vhost" in reason:
+        return (
+            f"create the vhost: rabbitmqctl add_vhost {url.virtual_host} && "
+            f'rabbitmqctl set_permissions -p {url.virtual_host} {url.userid} ".*" ".*" ".*"'
+        )
+    if "ACCESS_REFUSED" in reason:
+        return "fix the user or password in RABBITMQ_URL (rabbitmqctl list_users)"
+    return "start it (rabbitmq-server -detached) or fix RABBITMQ_URL"
+
+
+def check_queues(settings: Settings) -> Check:
+    try:
+        depths = queue_depths(settings)
+    except Exception as error:
+        return Check("queues", False, f"cannot read them: {first_line(error)}", "fix the broker first")
+    missing = [name for name, depth in depths.items() if depth is None]
+    if missing:
+        return Check("queues", False, f"not declared yet: {', '.join(missing)}", "start a worker (it declares them)")
+    return Check("queues", True, ", ".join(f"{name}: {depth} waiting" for name, depth in depths.items()))
+
+
+def check_workers(settings: Settings) -> Check:
+    """The workers that consume our queue: others on the same broker (another deployment's, or
+    one started with another -Q) answer too, but take none of our jobs."""
+    try:
+        answers = Dispatcher(settings).app.control.inspect(timeout=2.0).active_queues() or {}
+    except Exception as error:
+        return Check("workers", False, f"cannot ask: {first_line(error)}", "fix the broker first")
+    queue = settings.provisioning_queue_name
+    ours = sorted(name for name, queues in answers.items() if any(consumed.get("name") == queue for consumed in queues or ()))
+    others = f"; {len(answers) - len(ours)} other(s) consume other queues" if len(answers) > len(ours) else ""
+    if not ours:
+        return Check(
+            "workers", False, f"none consumes {queue} (asked for 2 s){others}",
+            f"start one: celery -A tasks worker -Q {queue}",
+        )  # fmt: skip
+    return Check("workers", True, f"{len(ours)} consume {queue}: {', '.join(ours)}{others}")
+
+
+def check_event_relay(settings: Settings) -> Check:
+    try:
+        with session_factory(settings.database_url)() as session:
+            count, oldest = events.waiting(session)
+    except Exception as error:
+        return Check("job events", False, f"cannot read them: {first_line(error)}", "fix the database first")
+    age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+    if age > EVENTS_LATE_AFTER_SECONDS:
+        return Check(
+            "job events", False, f"{count} wait to be announced, the oldest for {age:.0f} s",
+            "start beat (celery -A tasks beat), which relays them, and check the broker",
+        )  # fmt: skip
+    return Check("job events", True, f"{count} wait to be announced" + (f", the oldest for {age:.1f} s" if count else ""))
+
+
+def _safe_url(database_url: str) -> str:
+    return make_url(database_url).render_as_string(hide_password=True)
+
+

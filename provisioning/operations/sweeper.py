@@ -1,0 +1,69 @@
+"""The sweeper: what makes "nothing lost" true after crashes, run by beat and at worker start.
+
+Two questions, both safe to ask from many processes at once because every answer is a
+compare-and-set or a harmless duplicate message:
+
+- Which running jobs lost their worker? Their heartbeat is older than the deadline: fail them,
+  naming the worker and the step, and release the tenant.
+- Which pending jobs were never published, or published long ago and never claimed? Publish
+  them again; the claim lets only one delivery run a job.
+
+It also forgets idempotency keys past their expiry, requests the scheduled backups that are
+due (see backup_schedule) and prunes backups by the retention policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioning.backups.book import BackupBook, retention_of
+from provisioning.jobs.records import Dispatch
+from provisioning.jobs.service import ProvisioningService
+from provisioning.operations.backup_schedule import schedule_backups
+from provisioning.platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    reaped: list[uuid.UUID]
+    republished: list[uuid.UUID]
+    forgotten_keys: int
+    scheduled_backups: list[uuid.UUID]
+    pruned_backups: list[uuid.UUID]
+    stray_backup_directories: list[Path]
+
+
+def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatch) -> SweepReport:
+    with sessions() as session:
+        service = ProvisioningService(session, dispatch=dispatch)
+        report = SweepReport(
+            reaped=service.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds)),
+            republished=service.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds)),
+            forgotten_keys=service.prune_idempotency_keys(),
+            scheduled_backups=(
+                schedule_backups(service, timedelta(hours=settings.backup_interval_hours))
+                if settings.backup_interval_hours
+                else []
+            ),
+            pruned_backups=BackupBook(session).prune(retention_of(settings)),
+            stray_backup_directories=BackupBook(session).remove_strays(settings.backup_path),
+        )
+    if report.reaped or report.republished or report.scheduled_backups or report.pruned_backups:
+        log.info(
+            "sweep: failed %d lost job(s), published %d pending job(s) again, forgot %d idempotency key(s), "
+            "requested %d scheduled backup(s), pruned %d backup(s)",
+            len(report.reaped),
+            len(report.republished),
+            report.forgotten_keys,
+            len(report.scheduled_backups),
+            len(report.pruned_backups),
+        )
+    return report

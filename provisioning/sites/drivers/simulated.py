@@ -1,0 +1,65 @@
+"""A driver that only takes time, so the platform can be used and tested with no ERPNext at hand."""
+
+import gzip
+import json
+import time
+
+from provisioning.errors import StepFailed, StepStopped
+from provisioning.sites.drivers.base import BackupFile, StepContext
+
+CANCEL_POLL_SECONDS = 0.05
+BACKUP_STEPS = frozenset({"run_backup", "final_backup"})
+# The platform's check after a backup step (``jobs.workflows.VERIFY_BACKUP``), failed on request
+# with a dump cut short.
+VERIFY_BACKUP = "verify_backup"
+
+
+class SimulatedDriver:
+    """Each step lasts ``step_seconds``; the step named ``fail_step`` fails, to show failures on
+    demand; with ``ignore_cancel`` steps never ask whether to stop, as a hung command would not.
+    The platform's ``verify_backup`` is failed the way bench makes it fail: with a dump cut short.
+
+    Backups are real, if tiny, files (a gzip SQL dump and the site config), so the platform's
+    checks, records and retention work the same as with a real site.
+    """
+
+    def __init__(self, step_seconds: float, fail_step: str | None = None, ignore_cancel: bool = False):
+        self.step_seconds = step_seconds
+        self.fail_step = fail_step
+        self.ignore_cancel = ignore_cancel
+
+    def run_step(self, step: str, context: StepContext) -> str:
+        deadline = time.monotonic() + self.step_seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not self.ignore_cancel and context.should_stop():
+                raise StepStopped(step)
+            time.sleep(min(remaining, CANCEL_POLL_SECONDS))
+        if step == self.fail_step:
+            raise StepFailed(f"simulated failure of step {step} (SIMULATED_FAIL_STEP)", output=f"{step}: failing on request")
+        if step == "create_site":
+            context.admin_password()  # read as the bench driver does: it fails without a key
+        if step in BACKUP_STEPS:
+            cut_short = self.fail_step == VERIFY_BACKUP
+            self._write_backup(context, complete=not cut_short)
+            if cut_short:
+                return f"{step}: simulated for {context.tenant_slug}, its dump cut short for {VERIFY_BACKUP} to fail on request"
+        return f"{step}: simulated for {context.tenant_slug} in {self.step_seconds:g}s"
+
+    def clean_up(self, step: str, context: StepContext) -> str:
+        return f"{step}: nothing half-done to clean up (simulated)"
+
+    def undo(self, context: StepContext) -> str:
+        return f"{context.job_type.value}: simulated clean-up for {context.tenant_slug}"
+
+    @staticmethod
+    def _write_backup(context: StepContext, complete: bool = True) -> None:
+        directory = context.backup_directory()
+        dump = directory / f"{context.tenant_slug}-database.sql.gz"
+        with gzip.open(dump, "wt") as stream:
+            stream.write(f"-- MariaDB dump (simulated)\nCREATE TABLE `tabSite` (`name` varchar(140));\n"
+                         f"INSERT INTO `tabSite` VALUES ('{context.tenant_slug}');\n")  # fmt: skip
+            if complete:
+                stream.write("-- Dump completed\n")
+        config = directory / f"{context.tenant_slug}-site_config_backup.json"
+        config.write_text(json.dumps({"site": context.tenant_slug, "simulated": True}))
+        context.record_backup(context.tenant_slug, [BackupFile("database", dump), BackupFile("config", config)])
