@@ -10,7 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BackupBook, BackupSteps, Retention, retention_of
@@ -18,55 +17,21 @@ from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated, WorkerStopping
 from provisioning.jobs.context import JobContext
 from provisioning.jobs.heartbeat import Heartbeat
+from provisioning.jobs.patience import PatientService
 from provisioning.jobs.records import Claim, ClaimedJob, StepRecord
 from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.step_interruptions import StepTerminator, WorkerStop
 from provisioning.jobs.step_journal import StepJournal
 from provisioning.jobs.workflows import Step, Workflow, workflow_for
 from provisioning.platform import logs
-from provisioning.platform.db import is_connection_failure, utcnow
+from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.sites.credentials import CredentialsUnavailable, SiteCredentials, generate_password
 from provisioning.sites.drivers import SiteDriver
 
 log = logging.getLogger(__name__)
 
-DATABASE_RETRY_SECONDS = 1.0
 DEFAULT_RETENTION = Retention(keep_last=7, max_age=timedelta(days=30))
-
-
-class PatientService:
-    """The service as a running job uses it: a lost database connection is tried again for up to
-    ``patience`` seconds (a restarted PostgreSQL, a killed backend) instead of failing the job.
-
-    Every write the runner makes is safe to repeat: a commit whose answer was lost either
-    happened (the compare-and-set then finds the job already moved) or did not.
-    """
-
-    def __init__(self, service: ProvisioningService, patience: float):
-        self.service = service
-        self.patience = patience
-
-    @property
-    def session(self) -> Session:
-        return self.service.session
-
-    def __getattr__(self, name: str):
-        method = getattr(self.service, name)
-
-        def patiently(*args, **kwargs):
-            deadline = time.monotonic() + self.patience
-            while True:
-                try:
-                    return method(*args, **kwargs)
-                except DBAPIError as error:
-                    self.service.session.rollback()
-                    if not is_connection_failure(error) or time.monotonic() >= deadline:
-                        raise
-                    log.warning("database unavailable during %s (%s); trying again", name, error.orig)
-                    time.sleep(DATABASE_RETRY_SECONDS)
-
-        return patiently
 
 
 class JobWatch:
