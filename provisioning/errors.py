@@ -35,16 +35,12 @@ class StepStopped(Exception):
 
 
 class StepTerminated(BaseException):
-    """A step that would not stop by itself was interrupted from outside.
+    """A step had to end whether it would stop or not (its cancel's grace period is over, its job
+    is no longer this worker's, its worker is stopping); the message says which.
 
-    A BaseException, like KeyboardInterrupt, so that a driver's ``except Exception`` cannot
-    swallow it and carry on."""
-
-
-class WorkerStopping(BaseException):
-    """The worker process was told to stop (SIGTERM) while a step ran; raised inside the step.
-
-    A BaseException, as StepTerminated, so that a driver cannot swallow it and carry on."""
+    Raised where a step waits on outside work (a bench command's polling loop), once that work
+    is stopped. A BaseException, like KeyboardInterrupt, so that the driver code it passes
+    through on its way out (an ``except Exception``) cannot swallow it and carry on."""
 
 
 class IdempotencyKeyReused(ProvisioningError):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy as _copy
 import shutil
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import PRIVATE_DIRECTORY_MODE, BackupBook, make_private, private_directory
 from provisioning.errors import StepFailed
 from provisioning.jobs.records import Claim
+from provisioning.jobs.step_interruptions import StopFlags
 from provisioning.platform.identifiers import SLUG
 from provisioning.sites.credentials import CredentialsUnavailable, SiteCredentials
 from provisioning.sites.drivers.base import BackupFile
@@ -20,13 +21,17 @@ from provisioning.sites.drivers.base import BackupFile
 class JobContext:
     """Each write is a short transaction of its own, so what a step produced is on record even
     if the step fails right after: a retry then finds the backup files it must discard. The
-    site's admin password was stored with the claim (see ``ProvisioningService.start_job``)."""
+    site's admin password was stored with the claim (see ``ProvisioningService.start_job``).
+
+    Whether to stop is a read of the job's StopFlags, never a query: a driver asks it every
+    fraction of a second, and the heartbeat and the step writes are what read the database.
+    """
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         claim: Claim,
-        should_stop: Callable[[], bool],
+        flags: StopFlags,
         credentials: SiteCredentials,
         backup_root: Path,
     ):
@@ -38,21 +43,29 @@ class JobContext:
         self._tenant_id = job.tenant_id
         self._admin_password_encrypted = claim.admin_password_encrypted
         self._sessions = sessions
-        self._should_stop = should_stop
+        self._flags = flags
+        self._stops_for_a_cancel = True
         self._credentials = credentials
         self._backup_root = backup_root
 
     def should_stop(self) -> bool:
-        return self._should_stop()
+        return self._flags.should_stop(self._stops_for_a_cancel)
+
+    def must_stop(self) -> str | None:
+        return self._flags.must_stop(self._stops_for_a_cancel)
+
+    def past_cancels(self) -> "JobContext":
+        """The same context for the point of no return: neither a cancel nor its grace period stops
+        it, only a job taken away or a worker stopping."""
+        return self._with(_stops_for_a_cancel=False)
 
     def unstoppable(self) -> "JobContext":
         """The same context for work that must finish even though the job is stopping: a cancel's clean-up."""
-        return self.stopping_when(_never)
+        return self._with(_flags=StopFlags())  # flags nobody sets
 
-    def stopping_when(self, should_stop: Callable[[], bool]) -> "JobContext":
-        """The same context, with another answer to ``should_stop``."""
+    def _with(self, **changes) -> "JobContext":
         copy = _copy.copy(self)
-        copy._should_stop = should_stop
+        copy.__dict__.update(changes)
         return copy
 
     def admin_password(self) -> str:
@@ -85,7 +98,3 @@ class JobContext:
         make_private(self.backup_directory())
         with self._sessions() as session:
             BackupBook(session).start(self._tenant_id, self.job_id, site, files)
-
-
-def _never() -> bool:
-    return False

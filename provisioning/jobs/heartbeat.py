@@ -1,4 +1,4 @@
-"""Heartbeats: a running job vouches for its worker, from one thread per process."""
+"""Heartbeats: a running job vouches for its worker, and learns of a cancel, from one thread per process."""
 
 from __future__ import annotations
 
@@ -9,30 +9,32 @@ import threading
 import time
 import uuid
 from datetime import timedelta
-from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.service import Beat, ProvisioningService
+from provisioning.jobs.step_interruptions import StopFlags
 from provisioning.platform.db import utcnow
 
 log = logging.getLogger(__name__)
 
 
-class Terminator(Protocol):
-    def terminate(self, reason: str, for_a_cancel: bool = False) -> None: ...
-
-
 class Heartbeat:
-    """Writes the job's ``heartbeat_at`` every ``interval`` seconds while the job runs.
+    """Writes the job's ``heartbeat_at`` every ``interval`` seconds while the job runs, and
+    records what each beat's answer says in the job's StopFlags. It writes nothing else and
+    interrupts nothing: the runner's thread reads the flags.
 
     The sweeper fails a running job whose heartbeat is older than its deadline, naming the
     worker and the step: that is how a job whose worker was killed stops being ``running``.
-    Each beat also learns whether the job is being cancelled; once the cancel is older than
-    ``cancel_grace``, a step still running is terminated. A beat that finds the job no longer
-    its own (the sweeper declared this worker lost) terminates the step too: another worker may
-    run the job's retry. A beat that cannot reach the database is logged and tried again at the
-    next interval.
+    Each beat also learns whether the job is being cancelled (``flags.cancelled``), and once the
+    cancel is older than ``cancel_grace``, that its grace period is over (``flags.grace_over``:
+    a step that ignored the cancel must stop now). A beat that finds the job no longer its own
+    (the sweeper declared this worker lost, and another worker may run its retry) sets
+    ``flags.taken_away`` and beats no more. A beat that cannot reach the database is logged and
+    tried again at the next interval.
+
+    So a cancel reaches a step within one heartbeat (``JOB_HEARTBEAT_SECONDS``), and every step
+    boundary reads it at once: the step's write returns the job's status.
 
     The beats come from the process's heartbeat thread (``HEARTBEATS``), which is started once,
     not once per job. Leaving the ``with`` block waits for a beat in flight, so nothing beats
@@ -46,20 +48,19 @@ class Heartbeat:
         worker: str,
         interval: float,
         cancel_grace: float,
-        terminator: Terminator,
+        flags: StopFlags,
     ):
         self.sessions = sessions
         self.job_id = job_id
         self.worker = worker
         self.interval = interval
         self.cancel_grace = timedelta(seconds=cancel_grace)
-        self.terminator = terminator
+        self.flags = flags
         # Beats run in a copy of the starting context, so their lines carry the job's fields.
         self.context = contextvars.copy_context()
         self.due = time.monotonic() + interval
         self.ended = False
         self.beating = threading.Lock()
-        self._terminated = False
 
     def __enter__(self) -> "Heartbeat":
         HEARTBEATS.add(self)
@@ -73,20 +74,33 @@ class Heartbeat:
     def beat(self) -> bool:
         """One beat; False once the job is not this worker's running job any more."""
         try:
-            with self.sessions() as session:
-                beat = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
+            answer = self.ask()
         except Exception:
             log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
             return True
-        if beat is None:
-            # Finished (a late signal is then ignored) or taken away: either way, stop the step.
-            self.terminator.terminate("was stopped: the job is no longer this worker's")
+        return self.learn(answer)
+
+    def ask(self) -> Beat | None:
+        """Vouch for the job in a transaction of the heartbeat's own; the answer is the service's."""
+        with self.sessions() as session:
+            answer = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
+            session.commit()
+        return answer
+
+    def learn(self, answer: Beat | None) -> bool:
+        """Record what a beat's answer says in the flags; False once the job is no longer ours."""
+        if answer is None:
+            # Finished (the flag is then read by nobody) or taken away: either way, stop the step.
+            self.flags.taken_away.set()
             return False
-        overdue = beat.cancel_requested_at is not None and utcnow() - beat.cancel_requested_at >= self.cancel_grace
-        if overdue and not self._terminated:
-            log.warning("job %s: the step ignored the cancel for %s; terminating it", self.job_id, self.cancel_grace)
-            self._terminated = True
-            self.terminator.terminate("did not stop within the cancel's grace period", for_a_cancel=True)
+        if answer.cancel_requested_at is not None:
+            self.flags.cancelled.set()
+            overdue = utcnow() - answer.cancel_requested_at >= self.cancel_grace
+            if overdue and not self.flags.grace_over.is_set():
+                log.warning(
+                    "job %s: the cancel's grace period (%s) is over; its step must stop now", self.job_id, self.cancel_grace
+                )
+                self.flags.grace_over.set()
         return True
 
 

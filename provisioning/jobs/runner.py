@@ -1,11 +1,32 @@
-"""JobRunner: runs one claimed job step by step through a site driver, as a worker does."""
+"""JobRunner: runs one claimed job step by step through a site driver, as a worker does.
+
+Two threads take part, and only the first writes the job's steps:
+
+    the task's thread (JobRunner)                   the process's heartbeat thread (Heartbeat)
+    -----------------------------                   ------------------------------------------
+    start_job: claim it, start its first step       every JOB_HEARTBEAT_SECONDS, for each job:
+    for each step:                                    beat_heartbeat: heartbeat_at = now, and
+      write_steps(ended, starting) -> status          the answer: cancel requested at? still ours?
+        cancelling: settle the cancel; done                       |
+        not ours any more: write nothing; done                    | sets
+      driver.run_step(step, context)                              v
+        context.should_stop() / must_stop() <-- reads -- StopFlags: cancelled, grace_over,
+        StepStopped / StepTerminated: settle              taken_away (and worker_stopping,
+          the cancel, or step aside                       set by a SIGTERM: WorkerStop)
+        StepFailed: fail_job at this step
+      the step's end waits in ``Run.ended``
+    complete_job(ended), or settle a cancel that came during the last step
+
+Nothing signals the runner's thread, and only it uses the job's connection. A cancel reaches a
+step through the flags within one heartbeat, and a step boundary at once (its write reads the
+job's status). The heartbeat commits its beats in a transaction of its own.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,14 +35,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BackupBook, BackupSteps, Retention, retention_of
 from provisioning.enums import JobStatus, StepStatus
-from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated, WorkerStopping
+from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
 from provisioning.jobs.context import JobContext
 from provisioning.jobs.heartbeat import Heartbeat
 from provisioning.jobs.patience import PatientService
 from provisioning.jobs.records import Claim, ClaimedJob, StepRecord
 from provisioning.jobs.service import ProvisioningService
-from provisioning.jobs.step_interruptions import StepTerminator, WorkerStop
-from provisioning.jobs.step_journal import StepJournal
+from provisioning.jobs.step_interruptions import StopFlags, WorkerStop
 from provisioning.jobs.workflows import Step, Workflow, workflow_for
 from provisioning.platform import logs
 from provisioning.platform.db import utcnow
@@ -34,68 +54,36 @@ log = logging.getLogger(__name__)
 DEFAULT_RETENTION = Retention(keep_last=7, max_age=timedelta(days=30))
 
 
-class JobWatch:
-    """The job's status as the database has it, read at most once per interval.
-
-    Drivers ask whether to stop often inside long steps; the interval keeps that from becoming a
-    query storm, and a status read with a step write counts as a read (``saw``). A job stops
-    when it is being cancelled, and also when it is no longer running at all: then the sweeper
-    declared this worker lost and failed the job, and whatever this worker would still write is
-    no longer its to write.
-    """
-
-    def __init__(self, service: ProvisioningService | PatientService, job_id: uuid.UUID, interval: float = 0.5):
-        self.service = service
-        self.job_id = job_id
-        self.interval = interval
-        # Made right after the claim, which read the job as running.
-        self.saw(JobStatus.RUNNING)
-
-    def status(self, fresh: bool = False) -> JobStatus | None:
-        if fresh or (self._status == JobStatus.RUNNING and time.monotonic() - self._read_at >= self.interval):
-            self.saw(self.service.get_job_status(self.job_id))
-        return self._status
-
-    def saw(self, status: JobStatus | None) -> None:
-        """Take a status read elsewhere (with a step write) as this interval's."""
-        self._read_at = time.monotonic()
-        self._status = status
-
-    def should_stop(self) -> bool:
-        """The check a driver makes inside its step."""
-        return self.status() != JobStatus.RUNNING
-
-    def taken_away(self) -> bool:
-        """The check inside a step that a cancel must not stop (the point of no return): only a
-        job that is no longer this worker's stops it."""
-        return self.status() not in (JobStatus.RUNNING, JobStatus.CANCELLING)
-
-
 @dataclass
 class Run:
-    """One job as its runner goes through it: which steps it completed, which it started (the
-    one in progress included), and the position of the step it is at (``at``)."""
+    """One claimed job as the runner's thread goes through it (no other thread touches it)."""
 
     service: PatientService
     job: ClaimedJob
     workflow: Workflow
-    journal: StepJournal
-    watch: JobWatch
     context: JobContext
-    completed: list[str]
-    reached: list[str]
-    at: int
+    stop: WorkerStop  # whether a SIGTERM came, and how to say so
+    first: int  # the position this attempt begins at (a retry's ``resume_from``)
+    started_by_claim: int | None  # the position whose start the claim wrote (None: it skipped the first)
+    at: int  # the position the runner is at: in that step, or about to start it
+    completed: list[str]  # the steps done, by an earlier attempt or by this one
+    reached: list[str]  # the steps started, the one in progress included
+    # Step ends not on record yet. Each goes with the next write (the next step's start, or the
+    # job's end): one transaction per step boundary. A worker that dies in between leaves the
+    # step on record as running; it is reaped there, and a retry runs it again (steps are
+    # idempotent). A write that raised leaves them here, for the failure that follows to write.
+    ended: list[StepRecord] = field(default_factory=list)
 
 
 class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
-    Each step boundary is one short transaction, written before the next step runs (see
-    StepJournal), so the job's row shows the step in progress. Its status read is the check
-    before every step: a cancel stops the job there, and a job that is no longer running (the
-    sweeper failed it) is left alone. Inside long steps the driver asks the same question. A
-    retry that resumes starts at its ``resume_from`` step, after the driver cleaned up what the
-    failed attempt at that step left half-done.
+    Each step's start is written before the step runs, with the ends of the steps before it
+    (``_write_steps``), so the job's row shows the step in progress; the status that write reads
+    is the check before every step: a cancel stops the job there, and a job that is no longer
+    running (the sweeper failed it) is left alone. Inside long steps the driver asks the
+    StopFlags the heartbeat keeps. A retry that resumes starts at its ``resume_from`` step, after
+    the driver cleaned up what the failed attempt at that step left half-done.
     """
 
     def __init__(
@@ -152,14 +140,16 @@ class JobRunner:
         from the pool and giving it back for each cost more than a quick step's write.
         """
         with (
-            WorkerStop(self.worker, self.fails_its_job_on_sigterm) as stop,
+            WorkerStop(self.worker, self.fails_its_job_on_sigterm, StopFlags()) as stop,
             self.sessions.kw["bind"].connect() as connection,
             self.sessions(bind=connection) as session,
         ):
             service = ProvisioningService(session)
             try:
                 claim = service.start_job(job_id, self.worker, self._new_admin_password)
+                session.commit()
             except Conflict as refusal:
+                session.commit()  # the refusal failed the job, saying why
                 log.warning("job %s: %s", job_id, refusal)
                 return
             if claim is None:
@@ -186,19 +176,17 @@ class JobRunner:
     def _run_claimed(self, service: ProvisioningService, claim: Claim, stop: WorkerStop) -> None:
         job, tenant_slug = claim.job, claim.tenant_slug
         log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, tenant_slug, self.worker)
-        terminator = StepTerminator(job.id)
-        patient = PatientService(service, self.database_patience)
         workflow = workflow_for(job.job_type)
-        watch = JobWatch(patient, job.id)
-        journal = StepJournal(patient, watch, job.id, self.worker, workflow, claim.step_started)
-        context = JobContext(self.sessions, claim, watch.should_stop, self.credentials, self.backup_root)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         done_before = list(workflow.step_names[:first])
-        run = Run(patient, job, workflow, journal, watch, context, completed=done_before, reached=list(done_before), at=first)
-        heartbeat = Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, terminator)
-        with heartbeat:
+        run = Run(
+            PatientService(service, self.database_patience), job, workflow,
+            JobContext(self.sessions, claim, stop.flags, self.credentials, self.backup_root), stop,
+            first=first, started_by_claim=claim.step_started, at=first, completed=done_before, reached=list(done_before),
+        )  # fmt: skip
+        with Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, stop.flags):
             try:
-                self._run_steps(run, terminator, stop)
+                self._run_steps(run)
             except Exception as error:
                 # Outside a step (a time limit during a write, patience run out): say so now,
                 # rather than leave the job running until it is reaped as lost.
@@ -206,35 +194,29 @@ class JobRunner:
                 self._fail_outside_a_step(run, service, f"stopped outside a step: {type(error).__name__}: {error}")
                 raise
 
-    def _run_steps(self, run: Run, terminator: StepTerminator, stop: WorkerStop) -> None:
-        service, job, workflow, journal = run.service, run.job, run.workflow, run.journal
-        first = run.at
-        for position, step in enumerate(workflow.steps[first:], start=first):
+    def _run_steps(self, run: Run) -> None:
+        job, workflow = run.job, run.workflow
+        for position, step in enumerate(workflow.steps[run.first :], start=run.first):
             run.at = position
             if workflow.skips(step, job.options):
-                journal.skip(position, f"Skipped: the job asked for {step.skipped_when}")
+                message = f"Skipped: the job asked for {step.skipped_when}"
+                run.ended.append(StepRecord(position, step.name, StepStatus.SKIPPED, finished_at=utcnow(), message=message))
                 continue
-            if stop.requested:
-                return self._fail(run, position, stop.reason(f"before step {step.name}"))
-            if journal.begin(position, step) != JobStatus.RUNNING:
-                return self._stop(run)
+            if run.stop.requested:
+                return self._fail(run, position, run.stop.reason(f"before step {step.name}"))
+            if position != run.started_by_claim:
+                status = self._write_steps(run, StepRecord.started(position, step))
+                if status != JobStatus.RUNNING:
+                    return self._stop(run, status)
             run.reached.append(step.name)
             log.info("job %s: step %s started", job.id, step.name, extra={"step": step.name})
             # The point of no return, once started, runs to its end whatever a cancel says.
-            stops_for_a_cancel = step.name != workflow.point_of_no_return
-            step_context = run.context if stops_for_a_cancel else run.context.stopping_when(run.watch.taken_away)
+            context = run.context.past_cancels() if step.name == workflow.point_of_no_return else run.context
             try:
-                with terminator.step(stops_for_a_cancel), stop.step(), logs.bound(step=step.name):
-                    output = self._perform(job, step, step_context, first=position == first)
-            except WorkerStopping:
-                service.session.rollback()  # the signal may have landed in the middle of a query
-                return self._fail(run, position, stop.reason(f"during step {step.name}"))
+                with logs.bound(step=step.name):
+                    output = self._perform(job, step, context, first=position == run.first)
             except (StepStopped, StepTerminated) as stopped:
-                service.session.rollback()  # a signal may have landed in the middle of a query
-                if journal.flush() == JobStatus.CANCELLING:
-                    how = f"Terminated: it {stopped}" if isinstance(stopped, StepTerminated) else "Stopped by a cancel request"
-                    service.end_step(job.id, self.worker, position, StepStatus.CANCELLED, how)
-                return self._stop(run)
+                return self._stopped_in_step(run, position, stopped)
             except StepFailed as failure:
                 return self._fail(run, position, f"step {step.name} failed: {failure}", failure.output)
             except SoftTimeLimitExceeded:
@@ -242,16 +224,28 @@ class JobRunner:
             except Exception as error:  # a driver bug must still end the job, never leave it running
                 log.exception("job %s: step %s raised", job.id, step.name)
                 return self._fail(run, position, f"step {step.name} failed: {type(error).__name__}: {error}")
-            journal.complete(position, output)
+            progress = workflow.progress_after(position + 1)
+            run.ended.append(
+                StepRecord(position, step.name, StepStatus.COMPLETED, finished_at=utcnow(), output=output, progress=progress)
+            )
             run.completed.append(step.name)
-        with journal.written_by_caller() as done:
-            completed = service.complete_job(job.id, self.worker, done)
+        completed = run.service.complete_job(job.id, self.worker, run.ended)
+        run.ended = []
         if completed:
             log.info("job %s: completed", job.id)
         else:
-            # A cancel arrived during the last step (it wins, as at any other step boundary), or
-            # the job is no longer this worker's.
-            self._stop(run)
+            # A cancel arrived during the last step (it wins, as at any other step boundary; the
+            # ends are on record all the same), or the job is no longer this worker's.
+            self._stop(run, self._write_steps(run))
+
+    def _write_steps(self, run: Run, starting: StepRecord | None = None) -> JobStatus | None:
+        """Write the step ends waiting in ``run.ended`` and, with ``starting``, the next step's
+        start, in one transaction; returns the job's status as that write read it (``running``:
+        the step may run; ``cancelling``: the ends are written, the start is not; None: the job is
+        no longer this worker's, and nothing was written). With neither, it only reads the status."""
+        status = run.service.write_steps(run.job.id, self.worker, run.ended, starting)
+        run.ended = []  # written, or never to be (the job is not ours); kept only if the write raised
+        return status
 
     def _perform(self, job: ClaimedJob, step: Step, context: JobContext, first: bool) -> str:
         """Run one step. The job's first step first checks the settings the job needs, and a
@@ -281,41 +275,57 @@ class JobRunner:
         if workflow_for(job.job_type).needs_admin_password:
             context.admin_password()
 
-    def _stop(self, run: "Run") -> None:
+    def _stopped_in_step(self, run: Run, position: int, stopped: StepStopped | StepTerminated) -> None:
+        """A step stopped because the flags said so: the worker is stopping (the job fails at the
+        step), the job is being cancelled (the step is recorded cancelled, saying how, and the
+        cancel settled), or the job is no longer this worker's (nothing is written)."""
+        step = run.workflow.steps[position]
+        if run.stop.requested:
+            return self._fail(run, position, run.stop.reason(f"during step {step.name}"))
+        status = self._write_steps(run)
+        if status == JobStatus.RUNNING:
+            return self._fail(run, position, f"step {step.name} stopped although nothing asked it to: {stopped}")
+        if status == JobStatus.CANCELLING:
+            how = f"Terminated: it {stopped}" if isinstance(stopped, StepTerminated) else "Stopped by a cancel request"
+            run.service.end_step(run.job.id, self.worker, position, StepStatus.CANCELLED, how)
+        self._stop(run, status)
+
+    def _stop(self, run: Run, status: JobStatus | None) -> None:
         """Settle a cancel, or step aside when the job is no longer this worker's."""
-        status = run.journal.flush()  # the steps done so far go on record, and the status is fresh
         if status == JobStatus.CANCELLING:
             self._settle_cancel(run)
         else:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status)
 
     def _fail(
-        self, run: "Run", position: int, error: str, output: str = "", service: ProvisioningService | PatientService | None = None
+        self, run: Run, position: int, error: str, output: str = "", service: ProvisioningService | PatientService | None = None
     ) -> None:
         """Fail the job at the step at ``position`` (in it, or about to start it): the step is
         failed with ``error``, so a retry resumes there, and the tenant released as for any
-        failure there, in the one transaction that fails the job. A step that had completed (the
-        job failed after its last step, completing it) stays completed: it is not run again."""
+        failure there, in the one transaction that fails the job with the step ends not yet on
+        record. A step that had completed (the job failed after its last step, completing it)
+        stays completed: it is not run again."""
         job, workflow, step = run.job, run.workflow, run.workflow.steps[position]
         log.warning("job %s: %s", job.id, error, extra={"step": step.name})
         failed = [] if step.name in run.completed else [
             StepRecord(position, step.name, StepStatus.FAILED, finished_at=utcnow(), output=output, message=error)
         ]  # fmt: skip
         tenant_status = workflow.tenant_after_failure(step.name, job.tenant_status_before)
-        with run.journal.written_by_caller() as done:
-            recorded = (service or run.service).fail_job(job.id, self.worker, error, tenant_status, [*done, *failed])
+        recorded = (service or run.service).fail_job(job.id, self.worker, error, tenant_status, [*run.ended, *failed])
+        run.ended = []
         if not recorded:
             log.warning("job %s: no longer this worker's, so its failure was not recorded", job.id)
 
-    def _fail_outside_a_step(self, run: "Run", service: ProvisioningService, error: str) -> None:
+    def _fail_outside_a_step(self, run: Run, service: ProvisioningService, error: str) -> None:
         """Fail the job at the step the runner was at (without waiting out an outage again)."""
         try:
             service.session.rollback()
             self._fail(run, run.at, error, service=service)
+            service.session.commit()
         except Exception:
             log.exception("job %s: could not record the failure; the sweeper will fail it as lost", run.job.id)
 
-    def _settle_cancel(self, run: "Run") -> None:
+    def _settle_cancel(self, run: Run) -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return.
 
         Undoing discards the backups the job took, recorded or not (a cancelled job leaves none
@@ -345,8 +355,8 @@ class JobRunner:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"
                 tenant_status = workflow.tenant_after_failure(None, job.tenant_status_before)
-                with run.journal.written_by_caller() as done:
-                    service.fail_job(job.id, self.worker, error_text, tenant_status, done)
+                service.fail_job(job.id, self.worker, error_text, tenant_status, run.ended)
+                run.ended = []
                 return
         service.finish_cancel(job.id, workflow.tenant_after_cancel(run.completed, job.tenant_status_before), message)
         log.info("job %s: cancelled", job.id)

@@ -10,6 +10,8 @@ import gzip
 import json
 import logging
 import threading
+import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,13 +20,14 @@ from sqlalchemy import select, update
 
 from api import create_app
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.errors import StepStopped
+from provisioning.errors import StepStopped, StepTerminated
 from provisioning.jobs.runner import JobRunner
 from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.step_interruptions import TAKEN_AWAY, StopFlags
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.credentials import SiteCredentials
-from provisioning.sites.drivers.bench import BenchDriver
+from provisioning.sites.drivers.bench import TERMINATE_GRACE_SECONDS, BenchDriver
 from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
 from tests.helpers import StrictClient, not_private, wait_for
@@ -71,7 +74,8 @@ def bench_settings(bench) -> BenchSettings:
 
 @pytest.fixture
 def worker_settings(settings, tmp_path):
-    return replace(settings, backup_path=tmp_path / "backups")
+    # A quick heartbeat: it is what brings a cancel to a step that runs.
+    return replace(settings, backup_path=tmp_path / "backups", job_heartbeat_seconds=0.2)
 
 
 @pytest.fixture
@@ -349,6 +353,61 @@ def test_a_cancel_stops_a_hanging_create_kills_its_whole_process_tree_and_remove
     step = next(step for step in read_steps(sessions, job.id) if step.name == "create_site")
     assert step.status == StepStatus.CANCELLED
     assert any(call[0] == "drop-site" and "--force" in call for call in bench.calls())  # the clean-up ran to its end
+
+
+class Flagged:
+    """A create_site step's StepContext whose stop flags the test sets, as the heartbeat would."""
+
+    job_type = JobType.CREATE_SITE
+    tenant_slug = "acme"
+    options: dict = {}
+
+    def __init__(self):
+        self.job_id = uuid.uuid4()
+        self.flags = StopFlags()
+
+    def should_stop(self) -> bool:
+        return self.flags.should_stop()
+
+    def must_stop(self) -> str | None:
+        return self.flags.must_stop()
+
+    def admin_password(self) -> str:
+        return "Admin-Secret-1"
+
+
+@pytest.mark.parametrize(
+    "flag, stopped_by",
+    [("cancelled", StepStopped), ("taken_away", StepTerminated)],
+    ids=["cancel", "job-taken-away"],
+)
+def test_a_step_stopped_by_its_flags_kills_its_commands_whole_process_group_and_leaves_no_process(
+    bench, bench_settings, monkeypatch, tmp_path, flag, stopped_by
+):
+    pid_file = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_BENCH_HANG", "new-site")
+    monkeypatch.setenv("FAKE_BENCH_PID_FILE", str(pid_file))
+    monkeypatch.setenv("FAKE_BENCH_IGNORE_TERM", "1")  # bench itself outlives SIGTERM: SIGKILL must follow
+    context, raised = Flagged(), []
+
+    def step():
+        try:
+            BenchDriver(bench_settings).run_step("create_site", context)
+        except BaseException as error:
+            raised.append(error)
+
+    runner = threading.Thread(target=step, daemon=True)
+    runner.start()
+    pids = wait_for(lambda: hanging_pids(pid_file), timeout=30, what="bench and its child to start")
+    asked = time.monotonic()
+    getattr(context.flags, flag).set()
+    runner.join(timeout=30)
+
+    assert time.monotonic() - asked < TERMINATE_GRACE_SECONDS + 5
+    [error] = raised
+    assert type(error) is stopped_by
+    assert stopped_by is StepStopped or str(error) == TAKEN_AWAY
+    assert not any(alive(pid) for pid in pids), "no process of the command is left behind"
 
 
 def test_a_cancel_before_create_site_leaves_an_existing_site_alone(session, sessions, tenant_factory, run_job, bench):

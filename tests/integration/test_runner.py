@@ -231,7 +231,7 @@ def test_a_cancel_of_a_running_create_stops_it_inside_its_step_and_puts_the_tena
 ):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    thread = run_in_background(runner(step_seconds=30), job.id)
+    thread = run_in_background(runner(step_seconds=30, heartbeat_seconds=0.2), job.id)
     wait_for(lambda: read_job(sessions, job.id).status == JobStatus.RUNNING, what="the job to start")
 
     answer = ProvisioningService(session).cancel_job(tenant.id, job.id)
@@ -253,7 +253,7 @@ def test_a_cancel_of_a_running_create_stops_it_inside_its_step_and_puts_the_tena
 def test_a_cancelled_delete_puts_the_tenant_back_to_the_state_it_had(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create(status=TenantStatus.FAILED)
     job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
-    thread = run_in_background(runner(step_seconds=30), job.id)
+    thread = run_in_background(runner(step_seconds=30, heartbeat_seconds=0.2), job.id)
     wait_for(lambda: tenant_status(sessions, tenant.id) == TenantStatus.DELETING, what="the tenant to be deleting")
 
     ProvisioningService(session).cancel_job(tenant.id, job.id)
@@ -554,14 +554,15 @@ def test_a_delete_cancelled_while_it_drops_the_site_lets_the_drop_finish_and_say
     class CancelsWhileDropping(SimulatedDriver):
         def run_step(self, step, context):
             # drop_site takes a while and asks whether to stop all along, as bench's drop-site does.
-            self.step_seconds = 1.0 if step == "drop_site" else 0
+            self.step_seconds = 1.5 if step == "drop_site" else 0
             if step == "drop_site":
                 ProvisioningService(session).cancel_job(tenant.id, job.id)
             return super().run_step(step, context)
 
     tenant = created_site(session, sessions, tenant_factory, runner)
     job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
-    runner(driver=CancelsWhileDropping(0)).run(job.id)
+    # The heartbeat learns of the cancel, and of its grace period's end, while drop_site runs.
+    runner(driver=CancelsWhileDropping(0), heartbeat_seconds=0.05, cancel_grace=0.2).run(job.id)
 
     cancelled = read_job(sessions, job.id)
     assert (cancelled.status, cancelled.message) == (
@@ -571,3 +572,59 @@ def test_a_delete_cancelled_while_it_drops_the_site_lets_the_drop_finish_and_say
     statuses = [step.status for step in read_steps(sessions, job.id)]
     assert statuses == [StepStatus.COMPLETED] * 4 + [StepStatus.PENDING]
     assert tenant_status(sessions, tenant.id) == TenantStatus.DELETED
+
+
+def test_a_skipped_step_is_on_record_as_skipped_by_the_time_the_next_step_runs(session, sessions, tenant_factory, runner):
+    seen_during_drop = {}
+
+    class Looks(SimulatedDriver):
+        def run_step(self, step, context):
+            if step == "drop_site":
+                seen_during_drop.update({row.name: row.status for row in read_steps(sessions, job.id)})
+            return super().run_step(step, context)
+
+    tenant = created_site(session, sessions, tenant_factory, runner)
+    job = ProvisioningService(session).request_job(tenant.id, JobType.DELETE_SITE, options={SKIP_FINAL_BACKUP: True})
+    runner(driver=Looks(0)).run(job.id)
+
+    assert seen_during_drop == {
+        "check_site": StepStatus.COMPLETED,
+        "final_backup": StepStatus.SKIPPED,
+        "verify_backup": StepStatus.SKIPPED,
+        "drop_site": StepStatus.RUNNING,
+        "archive_site": StepStatus.PENDING,
+    }
+    assert read_job(sessions, job.id).status == JobStatus.COMPLETED
+
+
+def test_a_step_boundary_whose_write_fails_fails_the_job_at_the_next_step_with_the_one_before_completed(
+    session, sessions, tenant_factory, runner, monkeypatch
+):
+    """The end of a step waits for the next write; when that write fails, the failure that follows
+    records it, so the retry resumes at the step that never started, not at the one that was done."""
+    writes = []
+    write_steps = ProvisioningService.write_steps
+
+    def second_boundary_fails(service, job_id, worker, done, starting=None):
+        writes.append(starting.name if starting else None)
+        if len(writes) == 2:
+            raise RuntimeError("the write of a step boundary failed")
+        return write_steps(service, job_id, worker, done, starting)
+
+    tenant = tenant_factory.create()
+    job = unpublished_job(session, tenant.id)
+    monkeypatch.setattr(ProvisioningService, "write_steps", second_boundary_fails)
+    with pytest.raises(RuntimeError):
+        runner().run(job.id)
+
+    assert writes == ["create_site", "install_apps"]
+    failed = read_job(sessions, job.id)
+    assert failed.error == "stopped outside a step: RuntimeError: the write of a step boundary failed"
+    assert [step.status for step in read_steps(sessions, job.id)] == [
+        StepStatus.COMPLETED,
+        StepStatus.COMPLETED,
+        StepStatus.FAILED,
+        StepStatus.PENDING,
+        StepStatus.PENDING,
+    ]
+    assert ProvisioningService(session).retry_job(tenant.id, job.id).resume_from == "install_apps"

@@ -8,12 +8,14 @@ import pytest
 
 from provisioning.backups.book import BackupInvalid, describe, verify
 from provisioning.enums import JobType
-from provisioning.errors import StepFailed, StepStopped
+from provisioning.errors import StepFailed, StepStopped, StepTerminated
+from provisioning.jobs.step_interruptions import GRACE_OVER
 from provisioning.sites.drivers.simulated import SimulatedDriver
 
 
 class Context:
-    """A StepContext that keeps what the driver reports, and stops after ``calls`` questions."""
+    """A StepContext that keeps what the driver reports, and stops after ``calls`` questions;
+    ``must_stop`` gives ``terminate`` once set."""
 
     def __init__(self, tmp_path, calls: int | None = None, job_type: JobType = JobType.CREATE_SITE):
         self.job_id = uuid.uuid4()
@@ -24,12 +26,16 @@ class Context:
         self.directory = tmp_path
         self.backups = []
         self.passwords_asked = 0
+        self.terminate: str | None = None
 
     def should_stop(self) -> bool:
         if self.remaining is None:
             return False
         self.remaining -= 1
         return self.remaining < 0
+
+    def must_stop(self) -> str | None:
+        return self.terminate
 
     def admin_password(self) -> str:
         self.passwords_asked += 1
@@ -60,6 +66,20 @@ def test_a_long_step_stops_soon_after_it_is_asked_to(tmp_path):
     started = time.monotonic()
     with pytest.raises(StepStopped):
         SimulatedDriver(step_seconds=60).run_step("create_site", Context(tmp_path, calls=3))
+    assert time.monotonic() - started < 5
+
+
+def test_a_step_that_ignores_cancels_runs_on_when_asked_and_stops_only_when_it_must(tmp_path):
+    """SIMULATED_IGNORE_CANCEL: the step is deaf to a cancel, as a hung command; the cancel's grace
+    period (or the job taken away) still ends it, as its driver would kill a command."""
+    cancelled = Context(tmp_path, calls=0)  # should stop, from the first question on
+    assert "create_site" in SimulatedDriver(step_seconds=0.2, ignore_cancel=True).run_step("create_site", cancelled)
+
+    told = Context(tmp_path, calls=0)
+    told.terminate = GRACE_OVER
+    started = time.monotonic()
+    with pytest.raises(StepTerminated, match="grace period"):
+        SimulatedDriver(step_seconds=60, ignore_cancel=True).run_step("create_site", told)
     assert time.monotonic() - started < 5
 
 

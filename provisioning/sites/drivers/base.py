@@ -27,8 +27,14 @@ class StepContext(Protocol):
     options: Mapping[str, object]
 
     def should_stop(self) -> bool:
-        """True once the step should stop early (its job is being cancelled, or is no longer this
-        worker's); long steps ask it now and then and raise StepStopped."""
+        """True once the step should stop early (its job is being cancelled, is no longer this
+        worker's, or its worker is stopping); long steps ask it now and then and raise
+        StepStopped. A pure read: asking costs nothing."""
+
+    def must_stop(self) -> str | None:
+        """Why the step must end now, even one that would ignore a cancel (the cancel's grace
+        period is over, the job is no longer this worker's, the worker is stopping), else None.
+        Whatever waits on outside work (a command, a sleep) asks it and raises StepTerminated."""
 
     def admin_password(self) -> str:
         """The site's Administrator password: stored encrypted when the job started, the same on a retry."""
@@ -49,6 +55,7 @@ class SiteDriver(Protocol):
         Raises:
             StepFailed: the step failed; its message becomes the job's error.
             StepStopped: the step stopped early because ``context.should_stop()`` said so.
+            StepTerminated: it stopped because ``context.must_stop()`` gave a reason.
         """
 
     def clean_up(self, step: str, context: StepContext) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioning.enums import JobType
-from provisioning.errors import StepFailed, StepStopped
+from provisioning.errors import StepFailed, StepStopped, StepTerminated
 from provisioning.platform.identifiers import APP_NAME, SITE_NAME
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.drivers.base import BackupFile, StepContext
@@ -132,7 +132,8 @@ class Command:
 
         Raises:
             StepFailed: with ``check``, a non-zero exit, naming the code and the last lines; or a timeout.
-            StepStopped: the job asked the step to stop.
+            StepStopped: the job asked the step to stop (a cancel): the command's group is stopped.
+            StepTerminated: the step must end now (see ``StepContext.must_stop``): the same, saying why.
         """
         log.info("job %s: running %s", self.context.job_id, self.shown)
         process = subprocess.Popen(
@@ -149,8 +150,11 @@ class Command:
         reader.start()
         try:
             while process.poll() is None:
+                # Asked every POLL_SECONDS: a read of flags the heartbeat sets, no query.
                 if self.context.should_stop():
                     self._stop_group(process)
+                    if reason := self.context.must_stop():
+                        raise StepTerminated(reason)
                     raise StepStopped(f"{self.shown} was stopped")
                 if time.monotonic() >= self.deadline:
                     self._stop_group(process)
@@ -160,9 +164,9 @@ class Command:
                     )
                 time.sleep(POLL_SECONDS)
         finally:
-            if process.poll() is None:  # interrupted from outside (StepTerminated, a time limit)
+            if process.poll() is None:  # interrupted from outside (Celery's soft time limit)
                 self._stop_group(process)
-            _signal_group(process.pid, signal.SIGKILL)  # what ignored SIGTERM, and children bench left behind
+            _signal_group(process.pid, signal.SIGKILL)  # children that outlived bench, had it exited by itself
             process.wait()
             reader.join(timeout=TERMINATE_GRACE_SECONDS)
         self.exit_code = process.returncode
@@ -179,12 +183,15 @@ class Command:
             self.lines.append(line.rstrip("\n"))
 
     def _stop_group(self, process: subprocess.Popen) -> None:
-        """SIGTERM the whole group and give it a grace period; ``run`` then SIGKILLs what is left."""
+        """SIGTERM the whole group, give it a grace period, then SIGKILL what is left (once: a
+        command that ignores SIGTERM costs one grace period, not one per place that stops it)."""
         _signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=TERMINATE_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             pass
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -4,7 +4,7 @@ import gzip
 import json
 import time
 
-from provisioning.errors import StepFailed, StepStopped
+from provisioning.errors import StepFailed, StepStopped, StepTerminated
 from provisioning.sites.drivers.base import BackupFile, StepContext
 
 CANCEL_POLL_SECONDS = 0.05
@@ -16,7 +16,9 @@ VERIFY_BACKUP = "verify_backup"
 
 class SimulatedDriver:
     """Each step lasts ``step_seconds``; the step named ``fail_step`` fails, to show failures on
-    demand; with ``ignore_cancel`` steps never ask whether to stop, as a hung command would not.
+    demand; with ``ignore_cancel`` a step does not stop for a cancel, as a hung command would
+    not: only once it must (the cancel's grace period is over, the job was taken away), as a
+    command killed by its driver.
     The platform's ``verify_backup`` is failed the way bench makes it fail: with a dump cut short.
 
     Backups are real, if tiny, files (a gzip SQL dump and the site config), so the platform's
@@ -31,6 +33,8 @@ class SimulatedDriver:
     def run_step(self, step: str, context: StepContext) -> str:
         deadline = time.monotonic() + self.step_seconds
         while (remaining := deadline - time.monotonic()) > 0:
+            if reason := context.must_stop():
+                raise StepTerminated(reason)
             if not self.ignore_cancel and context.should_stop():
                 raise StepStopped(step)
             time.sleep(min(remaining, CANCEL_POLL_SECONDS))
