@@ -248,10 +248,11 @@ class JobRunner:
         return status
 
     def _perform(self, job: ClaimedJob, step: Step, context: JobContext, first: bool) -> str:
-        """Run one step. The job's first step first checks the settings the job needs, and a
-        resumed job's first step takes over what the failed job left."""
-        if first:
-            self._check_settings(job, context)
+        """Run one step. The job's first step first checks the settings the job needs, whichever
+        driver runs it (a missing SITE_CREDENTIALS_KEY fails it naming the setting, before the
+        tenant changes); a resumed job's first step takes over what the failed job left."""
+        if first and workflow_for(job.job_type).needs_admin_password:
+            context.admin_password()  # raises StepFailed, saying what to set
         cleaned = ""
         if first and job.resume_from is not None:
             with self.sessions() as session:
@@ -261,19 +262,6 @@ class JobRunner:
         if step.by_platform:
             return cleaned + self.backup_steps.run(step.name, job.id, job.tenant_id)
         return cleaned + self.driver.run_step(step.name, context)
-
-    def _check_settings(self, job: ClaimedJob, context: JobContext) -> None:
-        """What the job will need of the settings, whichever driver runs it, checked before it
-        changes anything: a missing setting fails its first step, naming the setting, and leaves
-        the tenant as it was (not failed at a later step). The drivers check their own settings
-        in every step.
-
-        Raises:
-            StepFailed: for a job that makes the site, SITE_CREDENTIALS_KEY is not set, or the
-                admin password the claim stored does not open with it.
-        """
-        if workflow_for(job.job_type).needs_admin_password:
-            context.admin_password()
 
     def _stopped_in_step(self, run: Run, position: int, stopped: StepStopped | StepTerminated) -> None:
         """A step stopped because the flags said so: the worker is stopping (the job fails at the
@@ -355,8 +343,7 @@ class JobRunner:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"
                 tenant_status = workflow.tenant_after_failure(None, job.tenant_status_before)
-                service.fail_job(job.id, self.worker, error_text, tenant_status, run.ended)
-                run.ended = []
+                service.fail_job(job.id, self.worker, error_text, tenant_status)  # the step ends are written
                 return
         service.finish_cancel(job.id, workflow.tenant_after_cancel(run.completed, job.tenant_status_before), message)
         log.info("job %s: cancelled", job.id)

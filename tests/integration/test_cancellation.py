@@ -1,19 +1,23 @@
 """Cancelling a running job on a real worker: a cooperative step stops at once, a step that
-ignores the cancel is terminated after the grace period, and the worker goes on."""
+ignores the cancel is terminated after the grace period, and the worker goes on; and what the
+heartbeat learns from the database for the step to read."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api import create_app
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.jobs.heartbeat import Heartbeat
 from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.step_interruptions import GRACE_OVER, TAKEN_AWAY, StopFlags
 from provisioning.models import JobStep, ProvisioningJob, Tenant
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
+from tests.records import read_job
 from tests.stack import WorkerProcess
 
 JOBS = "/api/v1/provisioning/jobs"
@@ -73,3 +77,30 @@ def test_a_running_create_is_cancelled_its_site_undone_and_the_worker_goes_on(is
         wait_for(lambda: job_row(isolated, later.id).status == JobStatus.CANCELLED, timeout=30, what="the next job's cancel")
     finally:
         worker.stop()
+
+
+def test_the_heartbeat_learns_a_cancel_then_the_end_of_its_grace_period_then_that_the_job_was_taken_away(
+    session, sessions, tenant_factory
+):
+    """The flags a running step reads, set from the database by the heartbeat alone."""
+    tenant = tenant_factory.create()
+    service = ProvisioningService(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    service.start_job(job.id, "w@test pid 1")
+    flags = StopFlags()
+    with Heartbeat(sessions, job.id, "w@test pid 1", interval=0.05, cancel_grace=1.0, flags=flags):
+        first = wait_for(lambda: read_job(sessions, job.id).heartbeat_at, what="a beat on record")
+        assert not flags.should_stop()
+
+        service.cancel_job(tenant.id, job.id)
+        wait_for(flags.should_stop, timeout=10, what="the heartbeat to learn of the cancel")
+        asked = time.monotonic()
+        wait_for(lambda: flags.must_stop() == GRACE_OVER, timeout=10, what="the grace period to be over")
+        assert time.monotonic() - asked < 5
+
+        with sessions() as other:  # the sweeper failed the job as lost, and a retry went elsewhere
+            other.execute(update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(worker="w@elsewhere pid 2"))
+            other.commit()
+        wait_for(flags.taken_away.is_set, timeout=10, what="the heartbeat to find the job taken away")
+    assert flags.must_stop(stops_for_a_cancel=False) == TAKEN_AWAY
+    assert read_job(sessions, job.id).heartbeat_at > first
