@@ -75,6 +75,7 @@ class Run:
     ended: list[StepRecord] = field(default_factory=list)
 
 
+@dataclass(eq=False)
 class JobRunner:
     """Claims a job, runs its workflow's steps in order, and settles it.
 
@@ -86,30 +87,20 @@ class JobRunner:
     the driver cleaned up what the failed attempt at that step left half-done.
     """
 
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        driver: SiteDriver,
-        worker: str,
-        heartbeat_seconds: float = 10.0,
-        database_patience: float = 60.0,
-        cancel_grace: float = 30.0,
-        credentials: SiteCredentials | None = None,
-        backup_root: Path = Path("var/backups"),
-        retention: Retention = DEFAULT_RETENTION,
-        fails_its_job_on_sigterm: bool = False,
-    ):
-        self.sessions = sessions
-        self.driver = driver
-        self.worker = worker
-        self.heartbeat_seconds = heartbeat_seconds
-        self.database_patience = database_patience
-        self.cancel_grace = cancel_grace
-        self.credentials = credentials or SiteCredentials(None)
-        self.backup_root = backup_root
-        self.backup_steps = BackupSteps(sessions, retention)
-        # In a worker's pool process: SIGTERM fails the running job at its step (see WorkerStop).
-        self.fails_its_job_on_sigterm = fails_its_job_on_sigterm
+    sessions: sessionmaker[Session]
+    driver: SiteDriver
+    worker: str
+    heartbeat_seconds: float = 10.0
+    database_patience: float = 60.0
+    cancel_grace: float = 30.0
+    credentials: SiteCredentials = field(default_factory=lambda: SiteCredentials(None))
+    backup_root: Path = Path("var/backups")
+    retention: Retention = DEFAULT_RETENTION
+    # In a worker's pool process: SIGTERM fails the running job at its step (see WorkerStop).
+    fails_its_job_on_sigterm: bool = False
+
+    def __post_init__(self):
+        self.backup_steps = BackupSteps(self.sessions, self.retention)
 
     @classmethod
     def for_settings(
