@@ -71,7 +71,7 @@ def bench_settings(bench) -> BenchSettings:
 
 @pytest.fixture
 def worker_settings(settings, tmp_path):
-    return replace(settings, backup_path=tmp_path / "backups")
+    return settings.model_copy(update={"backup_path": tmp_path / "backups"})
 
 
 @pytest.fixture
