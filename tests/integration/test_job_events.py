@@ -18,7 +18,7 @@ from provisioning.jobs.runner import JobRunner
 from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.events import UNANNOUNCED, ConfirmedPublisher, EventRelay, announcement
 from provisioning.models import JobEvent, ProvisioningJob
-from provisioning.operations.embedded_broker import wait_until_answering
+from provisioning.operations.quickstart import wait_until_answering
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.helpers import StrictClient
 from tests.processes import GroupProcess, free_port
