@@ -25,7 +25,7 @@ DEFAULT_QUEUE_NAME = "erpmax.provisioning"
 DEFAULT_DATA_DIR = "var"
 # Where a reverse proxy usually runs: on the API's own machine.
 LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-# Where `make run` keeps the SITE_CREDENTIALS_KEY it made, under DATA_DIR; see Settings._embedded_unless_configured.
+# Where `make run` keeps the SITE_CREDENTIALS_KEY it made, under DATA_DIR; see _kept_key.
 KEPT_CREDENTIALS_KEY_FILE = "site-credentials.key"
 DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres", "sqlite")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
@@ -127,7 +127,8 @@ class Settings(RabbitMQSettings):
     can be tried with nothing installed; those are for trying the service only.
     """
 
-    # Set from what else is set, never read as such: see _embedded_unless_configured.
+    # DATA_DIR resolved; whether the embedded defaults apply, and the URLs, follow from what is set
+    # (see _embedded_unless_configured): EMBEDDED and BROKER_URL are never read.
     data_dir: Path
     embedded: bool
     database_url: str
@@ -158,7 +159,8 @@ class Settings(RabbitMQSettings):
     site_apps: str = "erpnext"
     bench_step_timeout_seconds: str = "1200"
     bench_archive_path: str = ""
-    # The file the key was read from (the one `make run` keeps), or None when it came from the environment.
+    # The file the key was read from (the one `make run` keeps), or None when it came from the
+    # environment; never read as such.
     site_credentials_key_file: Path | None = None
     # Fernet key that encrypts each site's admin password; never shown by repr.
     site_credentials_key: str | None = Field(None, repr=False)
@@ -184,27 +186,20 @@ class Settings(RabbitMQSettings):
     @classmethod
     def _embedded_unless_configured(cls, given: dict[str, Any]) -> dict[str, Any]:
         """With neither DATABASE_URL nor RABBITMQ_*: a SQLite file in DATA_DIR, the embedded broker,
-        and the SITE_CREDENTIALS_KEY `make run` keeps in DATA_DIR, so every process of a quickstart,
-        and `provisioning doctor` beside it, find the same key without being handed it. On
-        PostgreSQL and RabbitMQ no demo key is ever picked up from a checkout: a deployment's key
-        is the one it is given."""
-        values = {**given, "data_dir": Path(given.get("data_dir") or DEFAULT_DATA_DIR).resolve()}
-        values["embedded"] = not any(given.get(name) for name in ("database_url", *RabbitMQSettings.model_fields))
-        if not values["embedded"]:
-            if not given.get("database_url"):
-                raise SettingsError("DATABASE_URL: required once RabbitMQ is configured (a postgresql:// URL)")
-            return {**values, "broker_url": get_rabbitmq_url(given)}
-        values["database_url"] = f"sqlite:///{values['data_dir'] / 'provisioning.sqlite3'}"
-        values["broker_url"] = f"redis://127.0.0.1:{given.get('embedded_broker_port') or 6399}/0"
-        kept = values["data_dir"] / KEPT_CREDENTIALS_KEY_FILE
-        if given.get("site_credentials_key"):
-            return values
-        try:
-            return {**values, "site_credentials_key": kept.read_text().strip(), "site_credentials_key_file": kept}
-        except FileNotFoundError:
-            return values
-        except OSError as error:
-            raise SettingsError(f"SITE_CREDENTIALS_KEY: cannot read the kept key {kept}: {error.strerror}") from None
+        and the SITE_CREDENTIALS_KEY `make run` keeps in DATA_DIR (see ``_kept_key``)."""
+        data_dir = Path(given.get("data_dir") or DEFAULT_DATA_DIR).resolve()
+        embedded = not any(given.get(name) for name in ("database_url", *RabbitMQSettings.model_fields))
+        chosen = {**given, "data_dir": data_dir, "embedded": embedded, "site_credentials_key_file": None}
+        if embedded:
+            return {
+                **chosen,
+                "database_url": f"sqlite:///{data_dir / 'provisioning.sqlite3'}",
+                "broker_url": f"redis://127.0.0.1:{given.get('embedded_broker_port') or 6399}/0",
+                **({} if given.get("site_credentials_key") else _kept_key(data_dir / KEPT_CREDENTIALS_KEY_FILE)),
+            }
+        if not given.get("database_url"):
+            raise SettingsError("DATABASE_URL: required once RabbitMQ is configured (a postgresql:// URL)")
+        return {**chosen, "broker_url": get_rabbitmq_url(given)}
 
     @field_validator("database_url")
     @classmethod
@@ -358,6 +353,19 @@ def _first_problem(invalid: ValidationError) -> str:
         problem = PROBLEMS.get(error["type"], "{msg}").format(input=error["input"], msg=error["msg"], **error.get("ctx", {}))
     # A check of the whole (a model validator: loc empty) names its variables itself.
     return f"{str(error['loc'][0]).upper()}: {problem}" if error["loc"] else problem
+
+
+def _kept_key(path: Path) -> dict[str, Any]:
+    """The key `make run` keeps, when it has made one: every process of a quickstart, and
+    `provisioning doctor` beside it, find the same key without being handed it. Only on the
+    embedded defaults: on PostgreSQL and RabbitMQ no demo key is ever picked up from a checkout,
+    a deployment's key is the one it is given."""
+    try:
+        return {"site_credentials_key": path.read_text().strip(), "site_credentials_key_file": path}
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        raise SettingsError(f"SITE_CREDENTIALS_KEY: cannot read the kept key {path}: {error.strerror}") from None
 
 
 def _checked_url(url: str, schemes: tuple[str, ...]) -> str:
