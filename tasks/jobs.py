@@ -9,12 +9,13 @@ import uuid
 from functools import lru_cache
 
 from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import celeryd_init, worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
 from provisioning.errors import NotFound
 from provisioning.jobs.runner import JobRunner
+from provisioning.jobs.workflows import check_simulated_fail_step
 from provisioning.messaging.broker import Dispatcher
 from provisioning.messaging.dead_letters import reason_headers
 from provisioning.models import ProvisioningJob
@@ -36,7 +37,13 @@ IN_A_POOL_PROCESS = False
 
 @lru_cache(maxsize=1)
 def worker_settings() -> Settings:
-    return settings_or_exit()
+    return settings_or_exit(checks=[check_simulated_fail_step])
+
+
+@celeryd_init.connect
+def _check_settings(**_kwargs) -> None:
+    """A worker with a setting its jobs cannot use stops as it starts, with one line naming it."""
+    worker_settings()
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from provisioning.enums import JobType, TenantStatus
+from provisioning.platform.settings import Settings, SettingsError
 
 
 @dataclass(frozen=True)
@@ -163,3 +164,19 @@ def workflow_for(job_type: JobType) -> Workflow:
 
 def driver_step_names() -> frozenset[str]:
     return frozenset(step.name for workflow in WORKFLOWS.values() for step in workflow.steps if not step.by_platform)
+
+
+def check_simulated_fail_step(settings: Settings) -> None:
+    """The worker's check of SIMULATED_FAIL_STEP as it starts (settings know no steps): a driver's
+    step, or the platform's verify_backup, which then fails for real on the dump the simulated
+    driver cuts short; the platform's own bookkeeping (record_backup) cannot be failed on request.
+
+    Raises:
+        SettingsError: the step is none of those; the message names the variable.
+    """
+    failable = driver_step_names() | {VERIFY_BACKUP}
+    if settings.simulated_fail_step is not None and settings.simulated_fail_step not in failable:
+        raise SettingsError(
+            f"SIMULATED_FAIL_STEP: {settings.simulated_fail_step!r} is no step the simulated driver can fail; "
+            f"they are {', '.join(sorted(failable))}"
+        )

@@ -21,6 +21,7 @@ from datetime import datetime
 from kombu import Connection, Producer
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import RetryCallState, Retrying, wait_exponential
 
 from celeryconfig import PUBLISH_CONFIRM_TIMEOUT, events_exchange
 from provisioning.models import JobEvent
@@ -173,19 +174,25 @@ class EventRelay:
         self.publisher.close()
 
     def _run(self) -> None:
-        failing_since, retry = None, RETRY_SECONDS
+        # A round that fails (broker or database down) is tried again after RETRY_SECONDS, each
+        # wait twice the last up to MAX_RETRY_SECONDS, until it works or the relay is stopped.
+        rounds = Retrying(
+            wait=wait_exponential(multiplier=RETRY_SECONDS, max=MAX_RETRY_SECONDS),
+            sleep=self._stopped.wait,
+            stop=lambda _state: self._stopped.is_set(),
+            before_sleep=_say_events_wait,
+            retry_error_callback=lambda _state: 0,
+        )
         while not self._stopped.is_set():
-            try:
-                relayed = self.relay()
-            except Exception as error:
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    log.warning("event relay: cannot publish job events (%s); they wait, and go out once it works", error)
-                self._stopped.wait(retry)
-                retry = min(MAX_RETRY_SECONDS, retry * 2)
-                continue
-            if failing_since is not None:
-                log.info("event relay: publishing again after %.0f s", time.monotonic() - failing_since)
-                failing_since, retry = None, RETRY_SECONDS
+            relayed = rounds(self.relay)
+            if rounds.statistics["attempt_number"] > 1 and not self._stopped.is_set():
+                log.info("event relay: publishing again after %.0f s", rounds.statistics["idle_for"])
             if relayed < self.batch_size:
                 self._stopped.wait(IDLE_SECONDS)
+
+
+def _say_events_wait(failed: RetryCallState) -> None:
+    if failed.attempt_number == 1:
+        log.warning(
+            "event relay: cannot publish job events (%s); they wait, and go out once it works", failed.outcome.exception()
+        )

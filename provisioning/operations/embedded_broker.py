@@ -30,16 +30,3 @@ def serve(port: int) -> None:
     finally:
         server.server_close()
 
-
-def wait_until_answering(port: int, timeout: float) -> bool:
-    """True once something accepts connections on the port, False at the deadline."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False

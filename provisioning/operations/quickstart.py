@@ -7,6 +7,7 @@ with ``DATABASE_URL`` and ``RABBITMQ_URL`` set it uses those instead.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import os
 import secrets
@@ -23,6 +24,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from provisioning.accounts import registry as accounts
 from provisioning.backups.book import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE
@@ -32,7 +34,6 @@ from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.workflows import workflow_for
 from provisioning.messaging.broker import Dispatcher
 from provisioning.models import ACTIVE_JOB_STATUSES, Membership, ProvisioningJob, Tenant
-from provisioning.operations.embedded_broker import wait_until_answering
 from provisioning.platform import migrate
 from provisioning.platform.db import session_factory
 from provisioning.platform.migrate import PROJECT_ROOT
@@ -134,6 +135,7 @@ def _republish_pending(settings: Settings) -> None:
 def run(settings: Settings) -> int:
     """Run the Procfile's processes (and the embedded broker) until Ctrl-C; returns the exit code:
     0 when Ctrl-C stopped them, as it is meant to."""
+    _require_the_extra(settings)
     _refuse_taken_ports(settings)
     # Whatever the processes write under DATA_DIR (backups, beat's schedule) is the user's alone.
     os.umask(0o077)
@@ -182,6 +184,32 @@ def _embedded_broker(settings: Settings, env: dict[str, str]) -> Iterator[None]:
     finally:
         broker.terminate()
         broker.wait()
+
+
+def _require_the_extra(settings: Settings) -> None:
+    """The process runner (honcho) and the embedded broker (fakeredis) are the quickstart's
+    alone: a deployment installs neither, so say in one line where they come from."""
+    needed = ("honcho", "fakeredis") if settings.embedded else ("honcho",)
+    if missing := [name for name in needed if importlib.util.find_spec(name) is None]:
+        raise click.ClickException(
+            f"the quickstart needs {' and '.join(missing)}, from its extra: pip install -e '.[quickstart]' (make run does)"
+        )
+
+
+def wait_until_answering(port: int, timeout: float) -> bool:
+    """True once something accepts connections on the port, False at the deadline."""
+    attempts = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(0.1),
+        retry=retry_if_exception_type(OSError),
+        retry_error_callback=lambda _state: False,
+    )
+    return attempts(_answers, port)
+
+
+def _answers(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
 
 
 def _refuse_taken_ports(settings: Settings) -> None:

@@ -6,18 +6,25 @@ request carry its ``request_id``, from a context bound with ``bound(...)``: the 
 request id, the Celery message carries it to the worker, and the worker binds it again with the
 job's fields, so one search follows a request from the HTTP call to the worker's last write.
 Bearer tokens and passwords in URLs are masked in every line, whatever logged them.
+
+The modules log through the standard library (``logging.getLogger(__name__)``), as Celery,
+gunicorn and Flower do; structlog's ``ProcessorFormatter`` turns each record into the line, and
+its context variables hold the bound fields.
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterator, TextIO
+from typing import Any, Iterator, Mapping, TextIO
+
+import structlog
+from structlog.contextvars import bind_contextvars, get_contextvars, merge_contextvars, reset_contextvars
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 CONTEXT_FIELDS = ("request_id", "job_id", "tenant_id", "job_type", "step")
 MASK = "***"
@@ -33,32 +40,30 @@ SECRETS = (
 # starting before the worker); its errors still show.
 QUIETER = {"alembic": logging.WARNING, "flower.inspector": logging.ERROR}
 
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("log_context", default={})
 
-
-def bind(**fields: object) -> contextvars.Token:
+def bind(**fields: object) -> Mapping[str, contextvars.Token]:
     """Add ``fields`` (None values ignored) to every line logged from here in this thread or task,
-    until ``unbind`` with the token returned; threads started meanwhile get them by running in
+    until ``unbind`` with the tokens returned; threads started meanwhile get them by running in
     ``contextvars.copy_context()``."""
-    return _context.set({**_context.get(), **{name: str(value) for name, value in fields.items() if value is not None}})
+    return bind_contextvars(**{name: str(value) for name, value in fields.items() if value is not None})
 
 
-def unbind(token: contextvars.Token) -> None:
-    _context.reset(token)
+def unbind(tokens: Mapping[str, contextvars.Token]) -> None:
+    reset_contextvars(**tokens)
 
 
 @contextmanager
 def bound(**fields: object) -> Iterator[None]:
     """``bind`` for the duration of a block."""
-    token = bind(**fields)
+    tokens = bind(**fields)
     try:
         yield
     finally:
-        unbind(token)
+        unbind(tokens)
 
 
 def current(field: str) -> str | None:
-    return _context.get().get(field)
+    return get_contextvars().get(field)
 
 
 def redact(text: str) -> str:
@@ -67,43 +72,36 @@ def redact(text: str) -> str:
     return text
 
 
-class ContextFilter(logging.Filter):
-    """Puts the bound fields on each record, unless the call passed its own in ``extra``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        for name, value in _context.get().items():
-            if getattr(record, name, None) is None:
-                setattr(record, name, value)
-        return True
+def _redact_secrets(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    return {name: redact(value) if isinstance(value, str) else value for name, value in event.items()}
 
 
-class JsonFormatter(logging.Formatter):
-    def __init__(self, role: str):
-        super().__init__()
-        self.role = role
+def _line_of(role: str) -> Processor:
+    """The fields of every line, in their order: the record's time, level, process and logger, its
+    message, then the job and request fields (a call's own ``extra`` wins over the bound ones)."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
+    def shape(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+        record: logging.LogRecord = event.pop("_record")
+        event.pop("_from_structlog", None)
+        return {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
-            "process": self.role,
+            "process": role,
             "pid": record.process,
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": event.pop("event"),
+            **{name: str(event.pop(name)) for name in CONTEXT_FIELDS if event.get(name) is not None},
+            **event,
         }
-        entry.update({name: str(value) for name in CONTEXT_FIELDS if (value := getattr(record, name, None)) is not None})
-        if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+
+    return shape
 
 
-class ConsoleFormatter(logging.Formatter):
-    def __init__(self, role: str):
-        super().__init__(f"%(asctime)s %(levelname)-7s {role} %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{name}={value}" for name in CONTEXT_FIELDS if (value := getattr(record, name, None)) is not None)
-        return redact(super().format(record) + (f"  [{fields}]" if fields else ""))
+def _console_line(_logger: WrappedLogger, _method: str, event: EventDict) -> str:
+    fields = " ".join(f"{name}={event[name]}" for name in CONTEXT_FIELDS if name in event)
+    line = f"{event['time']} {event['level'].upper():<7} {event['process']} {event['logger']}: {event['message']}"
+    line += f"  [{fields}]" if fields else ""
+    return line + (f"\n{event['exception']}" if "exception" in event else "")
 
 
 class StandardErrorHandler(logging.StreamHandler):
@@ -117,18 +115,28 @@ class StandardErrorHandler(logging.StreamHandler):
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:
+    def stream(self, _value: Any) -> None:
         pass
 
 
 def handler(role: str, log_format: str = "auto") -> logging.Handler:
-    """A handler on standard error with the context filter and the format ``log_format`` asks for
-    (``auto``: console on a terminal, JSON otherwise)."""
+    """A handler on standard error in the format ``log_format`` asks for (``auto``: console on a
+    terminal, JSON otherwise)."""
     if log_format == "auto":
         log_format = "console" if sys.stderr.isatty() else "json"
     made = StandardErrorHandler()
-    made.addFilter(ContextFilter())
-    made.setFormatter(ConsoleFormatter(role) if log_format == "console" else JsonFormatter(role))
+    made.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                merge_contextvars,
+                structlog.stdlib.ExtraAdder(allow=CONTEXT_FIELDS),
+                structlog.processors.format_exc_info,
+                _line_of(role),
+                _redact_secrets,
+                _console_line if log_format == "console" else structlog.processors.JSONRenderer(ensure_ascii=False),
+            ]
+        )
+    )
     made.set_name(f"provisioning-{role}")
     return made
 

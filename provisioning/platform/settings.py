@@ -1,32 +1,57 @@
-"""Every setting of the service, read from the environment in one place."""
+"""Every setting of the service, read from the environment in one place (pydantic-settings).
+
+Each field is named after its variable; names are case-insensitive, values are stripped, empty
+ones count as unset and unknown ones are ignored. A bad value stops a process with one line that
+starts with the variable's name: ``SettingsError`` carries it, ``settings_or_exit`` prints it.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Any, Callable, Iterable, Literal, Mapping, TypeVar
 from urllib.parse import quote, urlsplit
 
-from provisioning.jobs.workflows import VERIFY_BACKUP, driver_step_names
+from cryptography.fernet import Fernet
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+
 from provisioning.platform.identifiers import QUEUE_NAME
-from provisioning.sites import credentials
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
-SITE_DRIVERS = ("simulated", "bench")
-LOG_FORMATS = ("auto", "json", "console")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_DATA_DIR = "var"
 # Where a reverse proxy usually runs: on the API's own machine.
 LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-RABBITMQ_PART_NAMES = ("rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password", "rabbitmq_vhost")
-# The steps SIMULATED_FAIL_STEP may name: the driver's, and the platform's verify_backup, which then
-# fails for real on the dump the simulated driver cuts short.
-SIMULATED_FAILABLE_STEPS = driver_step_names() | {VERIFY_BACKUP}
-# Where `make run` keeps the SITE_CREDENTIALS_KEY it made, under DATA_DIR; see load_settings.
+# Where `make run` keeps the SITE_CREDENTIALS_KEY it made, under DATA_DIR; see _kept_key.
 KEPT_CREDENTIALS_KEY_FILE = "site-credentials.key"
+DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres", "sqlite")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+NOT_A_FERNET_KEY = "not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
+
+# What pydantic's own checks say, in the words of the old messages: "PORT: 'abc' is not a whole number".
+PROBLEMS = {
+    "int_parsing": "{input!r} is not a whole number",
+    "int_from_float": "{input!r} is not a whole number",
+    "float_parsing": "{input!r} is not a number",
+    "finite_number": "{input!r} is not a finite number",
+    "greater_than_equal": "{input} must be at least {ge}",
+    "greater_than": "{input} must be more than {gt:g}",
+    "less_than_equal": "{input} must be at most {le}",
+    "literal_error": "{input!r} is not one of {expected}",
+    "bool_parsing": "{input!r} is not one of true, false, 1, 0, yes, no, on, off",
+}
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# float() also reads "nan" and "inf": nan passes every comparison, and an infinite period fails
+# only later (timedelta(hours=inf) is an OverflowError in every job request): finite numbers only.
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Lowercase = BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -49,8 +74,52 @@ class BenchSettings:
     archive_path: str = ""
 
 
-@dataclass(frozen=True)
-class Settings:
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source on a given mapping (``os.environ`` unless a caller,
+    a test say, hands its own), each value stripped, empty ones left out as unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        self.environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str]:
+        return {name.lower(): str(value).strip() for name, value in self.environ.items() if str(value).strip()}
+
+
+class RabbitMQSettings(BaseSettings):
+    """The broker: ``RABBITMQ_URL`` when set, else the parts an AMQP URL is built from."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    rabbitmq_url: str = Field("", repr=False)
+    rabbitmq_host: str = "localhost"
+    rabbitmq_port: Port = 5672
+    rabbitmq_user: str = "guest"
+    rabbitmq_password: str = Field("guest", repr=False)
+    rabbitmq_vhost: str = "/"
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_scheme(cls, url: str) -> str:
+        return _checked_url(url, AMQP_SCHEMES) if url else url
+
+    @field_validator("rabbitmq_host")
+    @classmethod
+    def _host_alone(cls, host: str) -> str:
+        if ":" in host or "/" in host:
+            raise ValueError(f"{host!r} must be a host name alone (the port goes in RABBITMQ_PORT)")
+        return host
+
+    @property
+    def amqp_url(self) -> str:
+        if self.rabbitmq_url:
+            return self.rabbitmq_url
+        parts = (self.rabbitmq_user, self.rabbitmq_password, self.rabbitmq_vhost)
+        user, password, vhost = (quote(part, safe="") for part in parts)
+        return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+
+
+class Settings(RabbitMQSettings):
     """The service's configuration.
 
     With neither ``DATABASE_URL`` nor any ``RABBITMQ_*`` variable set, the service runs on
@@ -58,45 +127,168 @@ class Settings:
     can be tried with nothing installed; those are for trying the service only.
     """
 
+    # DATA_DIR resolved; whether the embedded defaults apply, and the URLs, follow from what is set
+    # (see _embedded_unless_configured): EMBEDDED and BROKER_URL are never read.
+    data_dir: Path
+    embedded: bool
     database_url: str
     broker_url: str
-    embedded: bool
-    data_dir: Path
     provisioning_queue_name: str = DEFAULT_QUEUE_NAME
-    embedded_broker_port: int = 6399
-    simulated_step_seconds: float = 1.0
+    embedded_broker_port: Port = 6399
+    simulated_step_seconds: NonNegativeFloat = 1.0
+    # Which steps it may name is the worker's check as it starts (jobs.workflows knows the steps).
     simulated_fail_step: str | None = None
-    task_soft_time_limit: int = 1500
-    task_time_limit: int = 1620
-    broker_connect_timeout: float = 2.0
-    job_heartbeat_seconds: float = 10.0
-    lost_job_after_seconds: float = 60.0
-    sweep_interval_seconds: float = 30.0
-    unclaimed_job_after_seconds: float = 300.0
-    idempotency_key_hours: float = 24.0
-    cancel_grace_seconds: float = 30.0
+    task_soft_time_limit: PositiveInt = 1500
+    task_time_limit: PositiveInt = 1620
+    rabbitmq_consumer_timeout_seconds: PositiveInt = 1800
+    broker_connect_timeout: NonNegativeFloat = 2.0
+    job_heartbeat_seconds: PositiveFloat = 10.0
+    lost_job_after_seconds: PositiveFloat = 60.0
+    sweep_interval_seconds: PositiveFloat = 30.0
+    unclaimed_job_after_seconds: PositiveFloat = 300.0
+    idempotency_key_hours: PositiveFloat = 24.0
+    cancel_grace_seconds: PositiveFloat = 30.0
     simulated_ignore_cancel: bool = False
-    site_driver: str = "simulated"
-    bench: BenchSettings = field(default_factory=BenchSettings)
-    # Fernet key that encrypts each site's admin password; never shown by repr.
-    site_credentials_key: str | None = field(default=None, repr=False)
-    # The file the key was read from (the one `make run` keeps), or None when it came from the environment.
+    site_driver: Annotated[Literal["simulated", "bench"], Lowercase] = "simulated"
+    # The bench driver's, handed to it as one BenchSettings (``bench``).
+    bench_path: str = ""
+    bench_executable: str = "bench"
+    site_domain: str = ""
+    db_root_username: str = "root"
+    db_root_password: str = Field("", repr=False)
+    site_apps: str = "erpnext"
+    bench_step_timeout_seconds: str = "1200"
+    bench_archive_path: str = ""
+    # The file the key was read from (the one `make run` keeps), or None when it came from the
+    # environment; never read as such.
     site_credentials_key_file: Path | None = None
-    backup_path: Path = Path("var/backups")
-    backup_keep_last: int = 7
-    backup_max_age_days: float = 30.0
-    backup_interval_hours: float = 24.0
-    log_format: str = "auto"
-    log_level: str = "INFO"
+    # Fernet key that encrypts each site's admin password; never shown by repr.
+    site_credentials_key: str | None = Field(None, repr=False)
+    backup_path: Path = Field(None, validate_default=True)  # unset: DATA_DIR/backups
+    backup_keep_last: PositiveInt = 7
+    backup_max_age_days: PositiveFloat = 30.0
+    backup_interval_hours: NonNegativeFloat = 24.0
+    log_format: Annotated[Literal["auto", "json", "console"], Lowercase] = "auto"
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)
+    ] = "INFO"
     # Bearer token that /metrics asks for from anywhere but loopback; None: loopback only.
-    metrics_token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = Field(None, repr=False)
     # Reverse proxies in front of the API whose X-Forwarded-For is to be believed (0: none), and
     # the addresses they connect from: the header of any other peer is ignored.
-    proxy_count: int = 0
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK_NETWORKS
+    proxy_count: Annotated[int, Field(ge=0)] = 0
+    trusted_proxies: Annotated[tuple[Network, ...], NoDecode] = LOOPBACK_NETWORKS
     # The ports the Procfile's web and flower lines listen on (they read PORT and FLOWER_PORT themselves).
-    web_port: int = 8000
-    flower_port: int = 5555
+    web_port: Port = Field(8000, validation_alias="port")
+    flower_port: Port = 5555
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedded_unless_configured(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """With neither DATABASE_URL nor RABBITMQ_*: a SQLite file in DATA_DIR, the embedded broker,
+        and the SITE_CREDENTIALS_KEY `make run` keeps in DATA_DIR (see ``_kept_key``)."""
+        data_dir = Path(given.get("data_dir") or DEFAULT_DATA_DIR).resolve()
+        embedded = not any(given.get(name) for name in ("database_url", *RabbitMQSettings.model_fields))
+        chosen = {**given, "data_dir": data_dir, "embedded": embedded, "site_credentials_key_file": None}
+        if embedded:
+            return {
+                **chosen,
+                "database_url": f"sqlite:///{data_dir / 'provisioning.sqlite3'}",
+                "broker_url": f"redis://127.0.0.1:{given.get('embedded_broker_port') or 6399}/0",
+                **({} if given.get("site_credentials_key") else _kept_key(data_dir / KEPT_CREDENTIALS_KEY_FILE)),
+            }
+        if not given.get("database_url"):
+            raise SettingsError("DATABASE_URL: required once RabbitMQ is configured (a postgresql:// URL)")
+        return {**chosen, "broker_url": get_rabbitmq_url(given)}
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_driver(cls, url: str) -> str:
+        """Pin the psycopg2 driver we install, and accept the ``postgres://`` spelling of hosting providers."""
+        _checked_url(url, DATABASE_SCHEMES)
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg2://" + url[len(prefix) :]
+        return url
+
+    @field_validator("provisioning_queue_name")
+    @classmethod
+    def _queue_name(cls, name: str) -> str:
+        if problem := QUEUE_NAME.problem("queue name", name):
+            raise ValueError(problem)
+        return name
+
+    @field_validator("site_credentials_key")
+    @classmethod
+    def _fernet_key(cls, key: str | None, info: ValidationInfo) -> str | None:
+        if key is None:
+            return key
+        try:
+            Fernet(key.encode())
+        except ValueError:
+            if kept := info.data.get("site_credentials_key_file"):
+                raise ValueError(f"{kept} holds no Fernet key; delete it and `make run` makes a new one") from None
+            raise ValueError(NOT_A_FERNET_KEY) from None
+        return key
+
+    @field_validator("backup_path", mode="before")
+    @classmethod
+    def _backups_in_data_dir(cls, path: str | Path | None, info: ValidationInfo) -> Path:
+        return Path(path or info.data["data_dir"] / "backups").resolve()
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        """Addresses and networks (``10.0.0.5``, ``10.0.0.0/24``, ``fd00::/8``), separated by commas or spaces."""
+        if not isinstance(value, str):
+            return value
+        networks = []
+        for part in value.replace(",", " ").split():
+            try:
+                networks.append(ipaddress.ip_network(part))
+            except ValueError:
+                try:  # an address with a prefix (10.0.0.5/24): say which network was meant
+                    meant = ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(f"{part!r} is not an address or network (10.0.0.5, 10.0.0.0/24)") from None
+                raise ValueError(f"{part!r} has host bits set; the network is {meant}") from None
+        return tuple(networks)
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> Settings:
+        # soft limit < hard limit < RabbitMQ's consumer timeout, or the broker takes a running job's
+        # message back and hands it out again while the job still runs.
+        soft, hard, consumer = self.task_soft_time_limit, self.task_time_limit, self.rabbitmq_consumer_timeout_seconds
+        if soft >= hard:
+            raise SettingsError(f"TASK_SOFT_TIME_LIMIT: {soft} must be below TASK_TIME_LIMIT ({hard})")
+        if hard >= consumer:
+            raise SettingsError(
+                f"TASK_TIME_LIMIT: {hard} must be below RabbitMQ's consumer timeout "
+                f"(RABBITMQ_CONSUMER_TIMEOUT_SECONDS={consumer}; raise that only if the broker's is higher)"
+            )
+        if (grace := self.cancel_grace_seconds) >= soft:
+            raise SettingsError(f"CANCEL_GRACE_SECONDS: {grace:g} must be below TASK_SOFT_TIME_LIMIT ({soft})")
+        if self.lost_job_after_seconds < 3 * self.job_heartbeat_seconds:
+            raise SettingsError(
+                f"LOST_JOB_AFTER_SECONDS: {self.lost_job_after_seconds:g} must be at least three heartbeats "
+                f"(JOB_HEARTBEAT_SECONDS={self.job_heartbeat_seconds:g})"
+            )
+        if "trusted_proxies" in self.model_fields_set and not self.proxy_count:
+            raise SettingsError("TRUSTED_PROXIES: set, but PROXY_COUNT is 0, so no X-Forwarded-For would be believed; set both")
+        return self
+
+    @property
+    def bench(self) -> BenchSettings:
+        return BenchSettings(
+            bench_path=self.bench_path,
+            executable=self.bench_executable,
+            site_domain=self.site_domain,
+            db_root_username=self.db_root_username,
+            db_root_password=self.db_root_password,
+            apps=self.site_apps,
+            step_timeout_seconds=self.bench_step_timeout_seconds,
+            archive_path=self.bench_archive_path,
+        )
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -114,101 +306,10 @@ class Settings:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from an environment mapping (``os.environ`` by default).
 
-    Variable names are case-insensitive and unknown ones are ignored.
-
     Raises:
         SettingsError: a value is malformed; the message names the variable.
     """
-    env = _lowercase_keys(os.environ if environ is None else environ)
-    data_dir = Path(env.get("data_dir") or "var").resolve()
-    database_url = env.get("database_url")
-    rabbitmq_configured = bool(env.get("rabbitmq_url")) or any(env.get(name) for name in RABBITMQ_PART_NAMES)
-    embedded = not database_url and not rabbitmq_configured
-    embedded_broker_port = _port(env, "embedded_broker_port", 6399)
-
-    if embedded:
-        database_url = f"sqlite:///{data_dir / 'provisioning.sqlite3'}"
-        broker_url = f"redis://127.0.0.1:{embedded_broker_port}/0"
-    else:
-        if not database_url:
-            raise SettingsError("DATABASE_URL: required once RabbitMQ is configured (a postgresql:// URL)")
-        _check_url("DATABASE_URL", database_url, ("postgresql", "postgresql+psycopg2", "postgres", "sqlite"))
-        database_url = _normalise_database_url(database_url)
-        broker_url = get_rabbitmq_url(env)
-
-    # soft limit < hard limit < RabbitMQ's consumer timeout, or the broker takes a running job's
-    # message back and hands it out again while the job still runs.
-    soft_limit = _positive_int(env, "task_soft_time_limit", 1500)
-    hard_limit = _positive_int(env, "task_time_limit", 1620)
-    consumer_timeout = _positive_int(env, "rabbitmq_consumer_timeout_seconds", 1800)
-    if soft_limit >= hard_limit:
-        raise SettingsError(f"TASK_SOFT_TIME_LIMIT: {soft_limit} must be below TASK_TIME_LIMIT ({hard_limit})")
-    if hard_limit >= consumer_timeout:
-        raise SettingsError(
-            f"TASK_TIME_LIMIT: {hard_limit} must be below RabbitMQ's consumer timeout "
-            f"(RABBITMQ_CONSUMER_TIMEOUT_SECONDS={consumer_timeout}; raise that only if the broker's is higher)"
-        )
-
-    cancel_grace = _positive_float(env, "cancel_grace_seconds", 30.0)
-    if cancel_grace >= soft_limit:
-        raise SettingsError(f"CANCEL_GRACE_SECONDS: {cancel_grace:g} must be below TASK_SOFT_TIME_LIMIT ({soft_limit})")
-    heartbeat = _positive_float(env, "job_heartbeat_seconds", 10.0)
-    lost_after = _positive_float(env, "lost_job_after_seconds", 60.0)
-    if lost_after < 3 * heartbeat:
-        raise SettingsError(
-            f"LOST_JOB_AFTER_SECONDS: {lost_after:g} must be at least three heartbeats (JOB_HEARTBEAT_SECONDS={heartbeat:g})"
-        )
-    proxy_count = _non_negative_int(env, "proxy_count", 0)
-    trusted_proxies = _networks(env, "trusted_proxies", LOOPBACK_NETWORKS)
-    if env.get("trusted_proxies", "").strip() and not proxy_count:
-        raise SettingsError("TRUSTED_PROXIES: set, but PROXY_COUNT is 0, so no X-Forwarded-For would be believed; set both")
-
-    kept_key_file = data_dir / KEPT_CREDENTIALS_KEY_FILE if embedded else None
-    credentials_key, credentials_key_file = _credentials_key(env, kept_key_file)
-    return Settings(
-        database_url=database_url,
-        broker_url=broker_url,
-        embedded=embedded,
-        data_dir=data_dir,
-        provisioning_queue_name=_queue_name(env),
-        embedded_broker_port=embedded_broker_port,
-        simulated_step_seconds=_non_negative_float(env, "simulated_step_seconds", 1.0),
-        simulated_fail_step=_step_name(env),
-        task_soft_time_limit=soft_limit,
-        task_time_limit=hard_limit,
-        broker_connect_timeout=_non_negative_float(env, "broker_connect_timeout", 2.0),
-        job_heartbeat_seconds=heartbeat,
-        lost_job_after_seconds=lost_after,
-        sweep_interval_seconds=_positive_float(env, "sweep_interval_seconds", 30.0),
-        unclaimed_job_after_seconds=_positive_float(env, "unclaimed_job_after_seconds", 300.0),
-        idempotency_key_hours=_positive_float(env, "idempotency_key_hours", 24.0),
-        cancel_grace_seconds=cancel_grace,
-        simulated_ignore_cancel=_flag(env, "simulated_ignore_cancel"),
-        site_driver=_one_of(env, "site_driver", SITE_DRIVERS, "simulated"),
-        bench=BenchSettings(
-            bench_path=env.get("bench_path", ""),
-            executable=env.get("bench_executable") or "bench",
-            site_domain=env.get("site_domain", ""),
-            db_root_username=env.get("db_root_username") or "root",
-            db_root_password=env.get("db_root_password", ""),
-            apps=env.get("site_apps", "erpnext"),
-            step_timeout_seconds=env.get("bench_step_timeout_seconds") or "1200",
-            archive_path=env.get("bench_archive_path", ""),
-        ),
-        site_credentials_key=credentials_key,
-        site_credentials_key_file=credentials_key_file,
-        backup_path=Path(env.get("backup_path") or data_dir / "backups").resolve(),
-        backup_keep_last=_positive_int(env, "backup_keep_last", 7),
-        backup_max_age_days=_positive_float(env, "backup_max_age_days", 30.0),
-        backup_interval_hours=_non_negative_float(env, "backup_interval_hours", 24.0),
-        log_format=_one_of(env, "log_format", LOG_FORMATS, "auto"),
-        log_level=_one_of(env, "log_level", LOG_LEVELS, "info").upper(),
-        metrics_token=env.get("metrics_token") or None,
-        proxy_count=proxy_count,
-        trusted_proxies=trusted_proxies,
-        web_port=_port(env, "port", 8000),
-        flower_port=_port(env, "flower_port", 5555),
-    )
+    return _read(Settings, environ)
 
 
 def get_rabbitmq_url(environ: Mapping[str, str] | None = None) -> str:
@@ -217,170 +318,62 @@ def get_rabbitmq_url(environ: Mapping[str, str] | None = None) -> str:
     Raises:
         SettingsError: the URL has another scheme than amqp(s), or the port is not a number.
     """
-    env = _lowercase_keys(os.environ if environ is None else environ)
-    url = env.get("rabbitmq_url")
-    if url:
-        _check_url("RABBITMQ_URL", url, ("amqp", "amqps", "pyamqp"))
-        return url
-    host = env.get("rabbitmq_host") or "localhost"
-    if ":" in host or "/" in host:
-        raise SettingsError(f"RABBITMQ_HOST: {host!r} must be a host name alone (the port goes in RABBITMQ_PORT)")
-    port = _port(env, "rabbitmq_port", 5672)
-    user = quote(env.get("rabbitmq_user") or "guest", safe="")
-    password = quote(env.get("rabbitmq_password") or "guest", safe="")
-    vhost = quote(env.get("rabbitmq_vhost") or "/", safe="")
-    return f"amqp://{user}:{password}@{host}:{port}/{vhost}"
+    return _read(RabbitMQSettings, environ).amqp_url
 
 
-def settings_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
-    """Load the settings, or stop the process with one line naming the bad variable."""
+def settings_or_exit(environ: Mapping[str, str] | None = None, checks: Iterable[Callable[[Settings], None]] = ()) -> Settings:
+    """Load the settings and pass them through a process's own ``checks`` (those that need the
+    domain, which settings do not import), or stop the process with one line naming the bad variable."""
     try:
-        return load_settings(environ)
+        settings = load_settings(environ)
+        for check in checks:
+            check(settings)
+        return settings
     except SettingsError as error:
         sys.exit(f"configuration error: {error}")
 
 
-def _lowercase_keys(environ: Mapping[str, str]) -> dict[str, str]:
-    return {key.lower(): value.strip() for key, value in environ.items()}
+SettingsClass = TypeVar("SettingsClass", bound=BaseSettings)
 
 
-def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+def _read(settings_class: type[SettingsClass], environ: Mapping[str, str] | None) -> SettingsClass:
+    source = _Environment(settings_class, os.environ if environ is None else environ)
+    try:
+        return settings_class(_build_sources=((source,), {}))
+    except ValidationError as invalid:
+        raise SettingsError(_first_problem(invalid)) from None
+
+
+def _first_problem(invalid: ValidationError) -> str:
+    """``VARIABLE: what is wrong``, for the first of pydantic's errors."""
+    error = invalid.errors(include_url=False)[0]
+    if error["type"] == "value_error":
+        problem = str(error["ctx"]["error"])
+    else:
+        problem = PROBLEMS.get(error["type"], "{msg}").format(input=error["input"], msg=error["msg"], **error.get("ctx", {}))
+    # A check of the whole (a model validator: loc empty) names its variables itself.
+    return f"{str(error['loc'][0]).upper()}: {problem}" if error["loc"] else problem
+
+
+def _kept_key(path: Path) -> dict[str, Any]:
+    """The key `make run` keeps, when it has made one: every process of a quickstart, and
+    `provisioning doctor` beside it, find the same key without being handed it. Only on the
+    embedded defaults: on PostgreSQL and RabbitMQ no demo key is ever picked up from a checkout,
+    a deployment's key is the one it is given."""
+    try:
+        return {"site_credentials_key": path.read_text().strip(), "site_credentials_key_file": path}
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        raise SettingsError(f"SITE_CREDENTIALS_KEY: cannot read the kept key {path}: {error.strerror}") from None
+
+
+def _checked_url(url: str, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(url)
     if parts.scheme not in schemes:
-        raise SettingsError(f"{name}: scheme {parts.scheme or '(none)'!r} is not one of {', '.join(schemes)}")
+        raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not one of {', '.join(schemes)}")
     try:
         parts.port
     except ValueError:
-        raise SettingsError(f"{name}: the port in {parts.netloc.rpartition('@')[2]!r} is not a port number") from None
-
-
-def _normalise_database_url(url: str) -> str:
-    """Pin the psycopg2 driver we install, and accept the ``postgres://`` spelling of hosting providers."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix) :]
+        raise ValueError(f"the port in {parts.netloc.rpartition('@')[2]!r} is not a port number") from None
     return url
-
-
-def _queue_name(env: dict[str, str]) -> str:
-    name = env.get("provisioning_queue_name") or DEFAULT_QUEUE_NAME
-    if problem := QUEUE_NAME.problem("queue name", name):
-        raise SettingsError(f"PROVISIONING_QUEUE_NAME: {problem}")
-    return name
-
-
-def _step_name(env: dict[str, str]) -> str | None:
-    name = env.get("simulated_fail_step") or None
-    if name is not None and name not in SIMULATED_FAILABLE_STEPS:
-        steps = ", ".join(sorted(SIMULATED_FAILABLE_STEPS))
-        raise SettingsError(f"SIMULATED_FAIL_STEP: {name!r} is no step the simulated driver can fail; they are {steps}")
-    return name
-
-
-def _one_of(env: dict[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    value = (env.get(name) or default).lower()
-    if value not in choices:
-        raise SettingsError(f"{name.upper()}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _credentials_key(env: dict[str, str], kept_file: Path | None) -> tuple[str | None, Path | None]:
-    """SITE_CREDENTIALS_KEY, else the key `make run` keeps in ``kept_file`` (when it has made one),
-    and the file it came from: every process of a quickstart on the embedded defaults, and
-    `provisioning doctor` beside it, find the same key without being handed it. On PostgreSQL and
-    RabbitMQ (``kept_file`` None) no demo key is ever picked up from a checkout: a deployment's
-    key is the one it is given."""
-    key = env.get("site_credentials_key") or None
-    if key is not None:
-        if not credentials.is_valid_key(key):
-            raise SettingsError(
-                "SITE_CREDENTIALS_KEY: not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
-            )
-        return key, None
-    if kept_file is None:
-        return None, None
-    try:
-        kept = kept_file.read_text().strip()
-    except FileNotFoundError:
-        return None, None
-    except OSError as error:
-        raise SettingsError(f"SITE_CREDENTIALS_KEY: cannot read the kept key {kept_file}: {error.strerror}") from None
-    if not credentials.is_valid_key(kept):
-        raise SettingsError(f"SITE_CREDENTIALS_KEY: {kept_file} holds no Fernet key; delete it and `make run` makes a new one")
-    return kept, kept_file
-
-
-def _port(env: dict[str, str], name: str, default: int) -> int:
-    value = _positive_int(env, name, default)
-    if value > 65535:
-        raise SettingsError(f"{name.upper()}: {value} is not a port number (1..65535)")
-    return value
-
-
-def _positive_int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name.upper()}: {raw!r} is not a whole number") from None
-    if value < 1:
-        raise SettingsError(f"{name.upper()}: {value} must be at least 1")
-    return value
-
-
-def _non_negative_int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    return 0 if raw == "0" else _positive_int(env, name, default)
-
-
-def _networks(env: dict[str, str], name: str, default: tuple) -> tuple:
-    """Addresses and networks (``10.0.0.5``, ``10.0.0.0/24``, ``fd00::/8``), separated by commas or spaces."""
-    parts = env.get(name, "").replace(",", " ").split()
-    if not parts:
-        return default
-    networks = []
-    for part in parts:
-        try:
-            networks.append(ipaddress.ip_network(part))
-        except ValueError:
-            try:  # an address with a prefix (10.0.0.5/24): say which network was meant
-                meant = ipaddress.ip_network(part, strict=False)
-            except ValueError:
-                raise SettingsError(f"{name.upper()}: {part!r} is not an address or network (10.0.0.5, 10.0.0.0/24)") from None
-            raise SettingsError(f"{name.upper()}: {part!r} has host bits set; the network is {meant}") from None
-    return tuple(networks)
-
-
-def _flag(env: dict[str, str], name: str) -> bool:
-    raw = env.get(name, "").lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SettingsError(f"{name.upper()}: {raw!r} is not one of true, false, 1, 0, yes, no, on, off")
-
-
-def _positive_float(env: dict[str, str], name: str, default: float) -> float:
-    value = _non_negative_float(env, name, default)
-    if value == 0:
-        raise SettingsError(f"{name.upper()}: must be more than 0")
-    return value
-
-
-def _non_negative_float(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name.upper()}: {raw!r} is not a number") from None
-    # float() also reads "nan" and "inf": nan passes every comparison below, and an infinite
-    # period fails only later (timedelta(hours=inf) is an OverflowError in every job request).
-    if not math.isfinite(value):
-        raise SettingsError(f"{name.upper()}: {raw!r} is not a finite number")
-    if value < 0:
-        raise SettingsError(f"{name.upper()}: {value} must not be negative")
-    return value

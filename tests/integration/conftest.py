@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
@@ -139,7 +139,7 @@ def isolated(environment: dict[str, str], settings: Settings):
     suffix = uuid.uuid4().hex[:8]
     queue = f"{settings.provisioning_queue_name}.{suffix}"
     with migrated_database(f"provisioning_test_{RUN_ID}_{suffix}") as database_url:
-        own = replace(settings, provisioning_queue_name=queue, database_url=database_url)
+        own = settings.model_copy(update={"provisioning_queue_name": queue, "database_url": database_url})
         env = {**environment, "DATABASE_URL": database_url, "PROVISIONING_QUEUE_NAME": queue}
         yield IsolatedStack(env, own, Dispatcher(own), session_factory(database_url))
         delete_queues(queue)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -51,7 +50,7 @@ def revealed_at(session, tenant) -> datetime | None:
 
 def client_with_key(settings, key: str | None):
     """A plain client (a 503 is the answer expected here) of an app with another key, or none."""
-    return create_app(replace(settings, site_credentials_key=key)).test_client()
+    return create_app(settings.model_copy(update={"site_credentials_key": key})).test_client()
 
 
 def test_the_owner_reads_the_password_once_and_then_learns_when_it_was_read(client, site, session):

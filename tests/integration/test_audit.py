@@ -1,7 +1,6 @@
 """The audit trail: token, tenant and membership changes and job requests, with who, when and from where."""
 
 import uuid
-from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -23,7 +22,7 @@ def audit_lines(environment, *args: str) -> list[list[str]]:
 @pytest.fixture
 def unworked_client(settings):
     """The API on a queue no worker reads: its jobs stay pending until cancelled."""
-    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.audit")
+    own = settings.model_copy(update={"provisioning_queue_name": f"{settings.provisioning_queue_name}.audit"})
     yield create_app(own).test_client()
     delete_queues(own.provisioning_queue_name)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -145,7 +144,7 @@ def test_retention_never_touches_a_backup_that_a_running_job_uses(session, tenan
 def test_a_completed_backup_job_prunes_beyond_the_newest_kept(settings, sessions, session, tenant_factory, tmp_path):
     """record_backup applies the policy as soon as a new backup is in, not only at the next sweep."""
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
-    worker_settings = replace(settings, backup_path=tmp_path, backup_keep_last=2)
+    worker_settings = settings.model_copy(update={"backup_path": tmp_path, "backup_keep_last": 2})
     for _ in range(3):
         job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
         JobRunner.for_settings(worker_settings, sessions, SimulatedDriver(step_seconds=0), "w@test").run(job.id)
@@ -197,9 +196,9 @@ def test_a_tenant_whose_slug_ends_in_a_newline_gets_no_backup_folder(session, se
     session.commit()
     job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
     backups = tmp_path / "backups"
-    JobRunner.for_settings(replace(settings, backup_path=backups), sessions, SimulatedDriver(step_seconds=0), "w@test").run(
-        job.id
-    )
+    JobRunner.for_settings(
+        settings.model_copy(update={"backup_path": backups}), sessions, SimulatedDriver(step_seconds=0), "w@test"
+    ).run(job.id)
 
     failed = read_job(sessions, job.id)
     assert failed.status == JobStatus.FAILED
@@ -215,9 +214,9 @@ def test_a_backups_files_and_folders_are_readable_by_the_services_user_alone(
     old_folder = tmp_path / tenant.tenant.slug
     old_folder.mkdir(mode=0o755)  # as a release before this one made it
     job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
-    JobRunner.for_settings(replace(settings, backup_path=tmp_path), sessions, SimulatedDriver(step_seconds=0), "w@test").run(
-        job.id
-    )
+    JobRunner.for_settings(
+        settings.model_copy(update={"backup_path": tmp_path}), sessions, SimulatedDriver(step_seconds=0), "w@test"
+    ).run(job.id)
 
     assert session.get(ProvisioningJob, job.id, populate_existing=True).status == JobStatus.COMPLETED
     assert len(list(tmp_path.rglob("*.sql.gz"))) == 1
@@ -226,7 +225,7 @@ def test_a_backups_files_and_folders_are_readable_by_the_services_user_alone(
 
 def test_simulated_fail_step_verify_backup_fails_a_backup_job_at_that_step(settings, sessions, session, tenant_factory, tmp_path):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
-    told = replace(settings, backup_path=tmp_path, simulated_fail_step="verify_backup")
+    told = settings.model_copy(update={"backup_path": tmp_path, "simulated_fail_step": "verify_backup"})
     job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
     JobRunner.for_settings(told, sessions, make_driver(told), "w@test").run(job.id)
 

@@ -75,7 +75,7 @@ def bench_settings(bench) -> BenchSettings:
 @pytest.fixture
 def worker_settings(settings, tmp_path):
     # A quick heartbeat: it is what brings a cancel to a step that runs.
-    return replace(settings, backup_path=tmp_path / "backups", job_heartbeat_seconds=0.2)
+    return settings.model_copy(update={"backup_path": tmp_path / "backups", "job_heartbeat_seconds": 0.2})
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The broker helper's JSON publishing, against the real RabbitMQ."""
 
 import uuid
-from dataclasses import replace
 from unittest import mock
 
 import pytest
@@ -31,7 +30,9 @@ def test_publish_json_declares_a_durable_queue_and_delivers_the_message_as_json(
 
 def test_publish_json_declares_a_job_queue_as_the_dispatcher_does(settings):
     """RabbitMQ refuses to redeclare a queue with other arguments: both must agree on the dead-letter ones."""
-    queue_settings = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.shape-{uuid.uuid4().hex[:6]}")
+    queue_settings = settings.model_copy(
+        update={"provisioning_queue_name": f"{settings.provisioning_queue_name}.shape-{uuid.uuid4().hex[:6]}"}
+    )
     try:
         publish_json(queue_settings.provisioning_queue_name, {"hello": "queue"}, queue_settings)
         Dispatcher(queue_settings).send_job(uuid.uuid4())
@@ -48,7 +49,9 @@ def test_publish_json_declares_a_job_queue_as_the_dispatcher_does(settings):
 @pytest.fixture
 def own_queues(settings):
     """Settings whose job queue (and its dead-letter queue) no one has declared yet; removed afterwards."""
-    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.own-{uuid.uuid4().hex[:6]}")
+    own = settings.model_copy(
+        update={"provisioning_queue_name": f"{settings.provisioning_queue_name}.own-{uuid.uuid4().hex[:6]}"}
+    )
     yield own
     delete_queues(own.provisioning_queue_name)
 

@@ -1,7 +1,6 @@
 """Jobs requested while the broker is unreachable are kept, and published once it is back."""
 
 import time
-from dataclasses import replace
 
 from click.testing import CliRunner
 from sqlalchemy import func, select
@@ -18,7 +17,7 @@ CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 
 
 def test_creates_while_the_broker_is_down_are_accepted_then_swept_to_the_queue_and_run(isolated):
-    client = create_app(replace(isolated.settings, broker_url=CLOSED_BROKER)).test_client()
+    client = create_app(isolated.settings.model_copy(update={"broker_url": CLOSED_BROKER})).test_client()
     with isolated.session() as session:
         tenants = [TenantFactory(session).create() for _ in range(3)]
 

@@ -5,8 +5,6 @@ The broker stopped is a node of the test's own (``tests.rabbitmq_node``), never 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from sqlalchemy import func, select
 
@@ -39,7 +37,7 @@ def broker():
 
 
 def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broker, tmp_path):
-    dispatcher = Dispatcher(replace(isolated.settings, broker_url=broker.url))
+    dispatcher = Dispatcher(isolated.settings.model_copy(update={"broker_url": broker.url}))
     with isolated.session() as session:
         service = ProvisioningService(session, dispatch=dispatcher.send_job)
         job_ids = [service.request_job(TenantFactory(session).create().id, JobType.CREATE_SITE).id for _ in range(JOBS)]

@@ -1,7 +1,5 @@
 """The database out of reach: a worker keeps the job it received, and the API answers 503."""
 
-from dataclasses import replace
-
 import pytest
 import requests
 from sqlalchemy import create_engine, pool, select, text
@@ -31,7 +29,7 @@ def test_a_job_received_while_the_database_is_unreachable_runs_when_a_worker_can
 ):
     # A queue of this test's own, so the run's shared worker cannot take the job first.
     queue = f"{settings.provisioning_queue_name}.database-down"
-    own_settings = replace(settings, provisioning_queue_name=queue)
+    own_settings = settings.model_copy(update={"provisioning_queue_name": queue})
     dispatcher = Dispatcher(own_settings)
     tenant = tenant_factory.create()
     job = ProvisioningService(session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
@@ -58,7 +56,7 @@ def test_a_job_received_while_the_database_is_unreachable_runs_when_a_worker_can
 
 
 def test_the_api_answers_503_in_the_error_shape_while_its_database_is_unreachable(settings):
-    client = create_app(replace(settings, database_url=CLOSED_DATABASE)).test_client()
+    client = create_app(settings.model_copy(update={"database_url": CLOSED_DATABASE})).test_client()
     for method, path in (("get", "/api/v1/provisioning/jobs"), ("post", "/api/v1/provisioning/jobs")):
         response = getattr(client, method)(path, json={"job_type": "create_site"}, headers={"Authorization": "Bearer erpx_x"})
         assert response.status_code == 503

@@ -1,6 +1,5 @@
 """Health: `/healthz`, `/readyz` and `provisioning doctor` tell which part is down and what to do."""
 
-from dataclasses import replace
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -76,7 +75,7 @@ def test_readyz_with_parts_down_tells_anyone_which_and_only_the_log_why_with_no_
 
 
 def test_readyz_answers_503_naming_the_broker_when_it_is_down(settings):
-    response = create_app(replace(settings, broker_url=CLOSED_BROKER)).test_client().get("/readyz")
+    response = create_app(settings.model_copy(update={"broker_url": CLOSED_BROKER})).test_client().get("/readyz")
     assert response.status_code == 503
     assert (response.json["code"], response.json["status"]) == (503, "Service Unavailable")
     assert response.json["message"] == "not ready: broker down"
@@ -84,7 +83,7 @@ def test_readyz_answers_503_naming_the_broker_when_it_is_down(settings):
 
 
 def test_readyz_answers_503_naming_the_database_when_it_is_down(settings):
-    response = create_app(replace(settings, database_url=CLOSED_DATABASE)).test_client().get("/readyz")
+    response = create_app(settings.model_copy(update={"database_url": CLOSED_DATABASE})).test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["message"] == "not ready: database, migrations down"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import pytest
 from kombu import Connection
@@ -25,7 +24,7 @@ JOBS = "/api/v1/provisioning/jobs"
 def quiet_queue(settings):
     """The API publishes to a queue nobody consumes, so the test can count the messages."""
     queue = f"{settings.provisioning_queue_name}.idempotency-{uuid.uuid4().hex[:6]}"
-    yield replace(settings, provisioning_queue_name=queue)
+    yield settings.model_copy(update={"provisioning_queue_name": queue})
     delete_queues(queue)
 
 

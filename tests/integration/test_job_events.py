@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import uuid
 from contextlib import contextmanager
-from dataclasses import replace
 
 import pytest
 from kombu import Connection, Exchange, Queue
@@ -19,7 +18,7 @@ from provisioning.jobs.runner import JobRunner
 from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.events import UNANNOUNCED, ConfirmedPublisher, EventRelay, announcement
 from provisioning.models import JobEvent, ProvisioningJob
-from provisioning.operations.embedded_broker import wait_until_answering
+from provisioning.operations.quickstart import wait_until_answering
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.helpers import StrictClient
 from tests.processes import GroupProcess, free_port
@@ -146,7 +145,7 @@ def test_while_the_broker_is_unreachable_events_wait_and_go_out_in_order_once_it
     tenant = tenant_factory.create()
     job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
     run(settings, sessions, job.id)
-    unreachable = EventRelay(replace(settings, broker_url="amqp://guest:guest@127.0.0.1:1//"), sessions)
+    unreachable = EventRelay(settings.model_copy(update={"broker_url": "amqp://guest:guest@127.0.0.1:1//"}), sessions)
 
     with pytest.raises(OperationalError):
         unreachable.relay()
@@ -225,7 +224,7 @@ def embedded_broker(tmp_path):
 
 
 def test_on_the_embedded_broker_announcements_reach_a_bound_consumer_without_publisher_confirms(settings, embedded_broker):
-    embedded = replace(settings, broker_url=embedded_broker)
+    embedded = settings.model_copy(update={"broker_url": embedded_broker})
     with Connection(embedded_broker) as connection:
         listener = connection.SimpleQueue(Queue("billing", exchange=events_exchange(embedded), routing_key="job.*"))
         publisher = ConfirmedPublisher(embedded)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from dataclasses import replace
 
 import pytest
 
@@ -40,7 +39,7 @@ def value(samples, name: str, **labels) -> float:
 @pytest.fixture
 def quiet_settings(settings):
     """A queue no worker reads, so the test's own runner is the one to run its job."""
-    own = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.metrics")
+    own = settings.model_copy(update={"provisioning_queue_name": f"{settings.provisioning_queue_name}.metrics"})
     yield own
     delete_queues(own.provisioning_queue_name)
 
@@ -84,14 +83,14 @@ def test_metrics_answer_loopback_only_unless_a_token_is_set(client, settings):
     body = assert_error(client.get("/metrics", **elsewhere), 403)
     assert "METRICS_TOKEN" in body["message"]
 
-    guarded = create_app(replace(settings, metrics_token="scrape-me")).test_client()
+    guarded = create_app(settings.model_copy(update={"metrics_token": "scrape-me"})).test_client()
     assert_error(guarded.get("/metrics"), 401)  # loopback included: a proxy on this machine is loopback too
     assert_error(guarded.get("/metrics", headers={"Authorization": "Bearer wrong"}, **elsewhere), 401)
     assert guarded.get("/metrics", headers={"Authorization": "Bearer scrape-me"}, **elsewhere).status_code == 200
 
 
 def test_a_dead_broker_is_a_figure_not_a_failed_scrape(settings):
-    client = create_app(replace(settings, broker_url="amqp://guest:guest@127.0.0.1:1//")).test_client()
+    client = create_app(settings.model_copy(update={"broker_url": "amqp://guest:guest@127.0.0.1:1//"})).test_client()
     samples = scrape(client)
     assert value(samples, "erpmax_broker_up") == 0
     assert any(name == "erpmax_jobs_created_total" for name, _ in samples)
@@ -123,20 +122,22 @@ def test_every_answer_carries_a_request_id_and_the_job_keeps_it(client, tenant_f
 
 
 def test_behind_a_trusted_proxy_the_client_address_comes_from_x_forwarded_for(settings):
-    proxied = create_app(replace(settings, proxy_count=1)).test_client()
+    proxied = create_app(settings.model_copy(update={"proxy_count": 1})).test_client()
     forwarded = {"X-Forwarded-For": "203.0.113.9"}
     assert_error(proxied.get("/metrics", headers=forwarded), 403)  # the proxy is local; the client is not
     assert proxied.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
 
 
 def test_a_direct_client_cannot_claim_loopback_in_x_forwarded_for(settings):
-    proxied = create_app(replace(settings, proxy_count=1)).test_client()
+    proxied = create_app(settings.model_copy(update={"proxy_count": 1})).test_client()
     spoofed = proxied.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert_error(spoofed, 403)
 
 
 def test_before_any_worker_declared_the_queue_the_broker_is_up_nothing_waits_and_nothing_is_logged(settings, caplog):
-    fresh = replace(settings, provisioning_queue_name=f"{settings.provisioning_queue_name}.undeclared-{uuid.uuid4().hex[:6]}")
+    fresh = settings.model_copy(
+        update={"provisioning_queue_name": f"{settings.provisioning_queue_name}.undeclared-{uuid.uuid4().hex[:6]}"}
+    )
     caplog.set_level(logging.WARNING, logger="api.metrics")
 
     samples = scrape(create_app(fresh).test_client())

@@ -1,7 +1,6 @@
 """What `make run` prepares on its embedded defaults, before any process starts, and the banner it prints."""
 
 import stat
-from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
@@ -101,7 +100,7 @@ def test_whatever_state_the_demo_tenant_is_in_the_banner_offers_what_the_service
     prepare(settings)
     DEMO_STATES[state](settings)
     if state == "busy with a running job":
-        settings = replace(settings, embedded=False)  # the embedded quickstart fails it as interrupted
+        settings = settings.model_copy(update={"embedded": False})  # the embedded quickstart fails it as interrupted
 
     demo = prepare(settings)
     banner = _banner(settings, demo, "admin", "secret")

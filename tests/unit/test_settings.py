@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioning.jobs.workflows import check_simulated_fail_step
 from provisioning.platform.settings import SettingsError, get_rabbitmq_url, load_settings
 from provisioning.sites.credentials import new_key
 from tests.processes import procfile_commands
@@ -73,12 +74,10 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"DATABASE_URL": "postgresql://u:p@db:notaport/x", "RABBITMQ_HOST": "mq"}, "DATABASE_URL"),
         ({"DATABASE_URL": POSTGRES, "RABBITMQ_URL": "amqp://u:p@mq:99999//"}, "RABBITMQ_URL"),
         ({"DATABASE_URL": POSTGRES, "RABBITMQ_HOST": "mq:5672"}, "RABBITMQ_HOST"),
-        ({"SIMULATED_FAIL_STEP": "no_such_step"}, "SIMULATED_FAIL_STEP"),
         ({"TASK_SOFT_TIME_LIMIT": "2000", "TASK_TIME_LIMIT": "1000"}, "TASK_SOFT_TIME_LIMIT"),
         ({"TASK_SOFT_TIME_LIMIT": "1700", "TASK_TIME_LIMIT": "1900"}, "TASK_TIME_LIMIT"),
         ({"CANCEL_GRACE_SECONDS": "1600"}, "CANCEL_GRACE_SECONDS"),
         ({"JOB_HEARTBEAT_SECONDS": "30", "LOST_JOB_AFTER_SECONDS": "60"}, "LOST_JOB_AFTER_SECONDS"),
-        ({"SIMULATED_FAIL_STEP": "record_backup"}, "SIMULATED_FAIL_STEP"),  # the platform's own bookkeeping
         ({"PORT": "abc"}, "PORT"),
         ({"FLOWER_PORT": "70000"}, "FLOWER_PORT"),
         ({"SITE_DRIVER": "docker"}, "SITE_DRIVER"),
@@ -140,7 +139,34 @@ def test_the_web_and_flower_ports_are_those_the_procfile_uses_when_unset(tmp_pat
 
 def test_every_step_the_simulated_driver_can_be_told_to_fail_is_accepted_verify_backup_included(tmp_path):
     for step in ("check_preconditions", "install_apps", "final_backup", "run_backup", "verify_backup"):
-        assert load_settings({"DATA_DIR": str(tmp_path), "SIMULATED_FAIL_STEP": step}).simulated_fail_step == step
+        settings = load_settings({"DATA_DIR": str(tmp_path), "SIMULATED_FAIL_STEP": step})
+        check_simulated_fail_step(settings)
+        assert settings.simulated_fail_step == step
+
+
+@pytest.mark.parametrize("step", ["no_such_step", "record_backup"])  # record_backup: the platform's own bookkeeping
+def test_a_step_the_simulated_driver_cannot_fail_is_refused_naming_the_variable(tmp_path, step):
+    with pytest.raises(SettingsError, match=f"^SIMULATED_FAIL_STEP: '{step}' is no step the simulated driver can fail"):
+        check_simulated_fail_step(load_settings({"DATA_DIR": str(tmp_path), "SIMULATED_FAIL_STEP": step}))
+
+
+def test_a_worker_told_to_fail_a_step_that_does_not_exist_stops_as_it_starts_with_one_line_naming_it(tmp_path):
+    result = subprocess.run(
+        ["sh", "-c", procfile_commands()["worker"]],
+        cwd=PROJECT_ROOT,
+        env={
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin",
+            "DATA_DIR": str(tmp_path),
+            "EMBEDDED_BROKER_PORT": "1",  # nothing answers there: a worker that got as far as connecting would fail otherwise
+            "SIMULATED_FAIL_STEP": "no_such_step",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("configuration error: SIMULATED_FAIL_STEP: 'no_such_step' is no step the simulated driver can fail")
 
 
 def test_without_site_credentials_key_every_process_finds_the_key_make_run_keeps_in_data_dir(tmp_path):
