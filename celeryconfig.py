@@ -1,4 +1,5 @@
-"""Celery settings for the worker, Flower and the API's dispatcher, all read from the environment.
+"""Celery settings for the worker, Flower and the API's dispatcher: ``build(settings)`` makes them
+from the process's ``Settings``; importing this module reads nothing and configures nothing.
 
 Time limits: a job's task is interrupted at ``TASK_SOFT_TIME_LIMIT`` (the job fails, saying
 so), its process is killed at ``TASK_TIME_LIMIT``, and both stay below RabbitMQ's consumer
@@ -8,12 +9,11 @@ message while the job still runs.
 
 from kombu import Exchange, Queue
 
-from provisioning.platform.settings import Settings, settings_or_exit
+from provisioning.platform.settings import Settings
 
 RUN_JOB_TASK = "provisioning.run_job"
 # The message header that carries the id of the HTTP request that asked for the job.
 REQUEST_ID_HEADER = "request_id"
-SWEEP_TASK = "provisioning.sweep"
 # A publish to a broker that is down fails in about a second instead of hanging the caller.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 # A broker that takes messages but never confirms them (a memory or disk alarm) must not hang a
@@ -53,8 +53,8 @@ def events_exchange(settings: Settings) -> Exchange:
 
 def declare_queues(channel, settings: Settings) -> None:
     """Declare the queues and the events exchange: before the first job or event, so no message
-    is dropped for want of a queue, and another system can bind to the exchange before beat first
-    announces anything."""
+    is dropped for want of a queue, and another system can bind to the exchange before the sweeper
+    first announces anything."""
     for queue in provisioning_queues(settings):
         queue(channel).declare()
     events_exchange(settings)(channel).declare()
@@ -72,10 +72,6 @@ def build(settings: Settings) -> dict:
         "task_queues": (jobs_queue,),
         "task_default_queue": settings.provisioning_queue_name,
         "task_routes": {RUN_JOB_TASK: {"queue": settings.provisioning_queue_name}},
-        # Beat (exactly one per deployment) sweeps in its own process: see tasks/scheduler.py.
-        "beat_scheduler": "tasks.scheduler:SweepingScheduler",
-        "beat_schedule": {"sweep-jobs": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds}},
-        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -96,7 +92,3 @@ def build(settings: Settings) -> dict:
         "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
         "worker_hijack_root_logger": False,
     }
-
-
-# Celery reads module attributes: expose the settings of this process's environment.
-globals().update(build(settings_or_exit()))

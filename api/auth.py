@@ -5,7 +5,7 @@ import functools
 from flask import g, request
 
 from api.errors import error_for
-from api.session import db_session, mark_token_used, require_current_schema
+from api.session import db_session, require_current_schema, write_token_use
 from provisioning.accounts.audit import Origin
 from provisioning.accounts.registry import Caller, authenticate
 from provisioning.errors import Forbidden, ProvisioningError
@@ -30,7 +30,7 @@ def authenticate_request() -> None:
     except ProvisioningError as error:
         raise error_for(error) from None
     if g.caller.token_to_mark is not None:
-        mark_token_used(g.caller.token_to_mark)
+        write_token_use(g.caller.token_to_mark)
 
 
 def caller() -> Caller:

@@ -1,47 +1,33 @@
 """One database session per request, closed when the request ends; the request's token use is
-recorded on the way. A database whose schema is missing or behind the code answers 503."""
+committed on the way. A database whose schema is missing or behind the code answers 503."""
 
 import logging
 import uuid
 
-from flask import Flask, current_app, g
-from sqlalchemy import event
+from flask import Flask, Response, current_app, g
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import http_error
 from provisioning.accounts.registry import record_token_use
 from provisioning.platform import migrate
-from provisioning.platform.db import new_session_factory
+from provisioning.platform.db import session_factory
 from provisioning.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TOKEN_TO_MARK = "token_to_mark"
 SCHEMA_IS_CURRENT = "provisioning_schema_is_current"
 SCHEMA_BEHIND = f"the database schema is not up to date; the operator must run `{migrate.UPGRADE_COMMAND}`"
 
 
 def init_sessions(app: Flask, settings: Settings) -> None:
-    sessions = new_session_factory(settings.database_url)  # the token listeners are the API's alone
-    app.extensions["provisioning_sessions"] = sessions
-    event.listen(sessions, "before_commit", _mark_token_in_this_commit)
-    event.listen(sessions, "after_commit", lambda session: session.info.pop(TOKEN_TO_MARK, None))
+    app.extensions["provisioning_sessions"] = session_factory(settings.database_url)
+    app.after_request(_keep_token_use)
 
     @app.teardown_appcontext
     def close_session(_error: BaseException | None) -> None:
         session = g.pop("db_session", None)
-        if session is None:
-            return
-        try:
-            if (token_id := session.info.pop(TOKEN_TO_MARK, None)) is not None:
-                # Nothing committed (a read, a refusal): the token's use gets a transaction of its own.
-                session.rollback()  # whatever the view left uncommitted is not ours to keep
-                record_token_use(session, token_id)
-                session.commit()
-        except SQLAlchemyError:
-            log.warning("could not record the token's last use; a later request will")
-        finally:
+        if session is not None:
             session.close()
 
 
@@ -70,12 +56,28 @@ def require_current_schema() -> None:
     current_app.extensions[SCHEMA_IS_CURRENT] = True
 
 
-def mark_token_used(token_id: uuid.UUID) -> None:
-    """Record the token's use with the request's own commit if it makes one, else when it ends."""
-    db_session().info[TOKEN_TO_MARK] = token_id
+def write_token_use(token_id: uuid.UUID) -> None:
+    """Write the token's use in the request's transaction, now: a request that commits (creating
+    a job) carries it in that commit, with no commit of its own; ``_keep_token_use`` sees to the
+    others at the request's end."""
+    record_token_use(db_session(), token_id)
+    g.token_used = token_id
 
 
-def _mark_token_in_this_commit(session: Session) -> None:
-    """A request that writes anyway records its token's use in the same transaction: no commit of its own."""
-    if (token_id := session.info.get(TOKEN_TO_MARK)) is not None:
-        record_token_use(session, token_id)
+def _keep_token_use(response: Response) -> Response:
+    """At the end of a request that wrote its token's use: a success commits what is left open
+    (the use, unless the request's own commit carried it already). A refusal or a failure rolls
+    back what it left uncommitted, which is not ours to keep, and writes the use again in a
+    transaction of its own. (A success whose transaction was rolled back loses the use: the
+    token's next request writes it.)"""
+    if (token_id := g.pop("token_used", None)) is None:
+        return response
+    session = db_session()
+    try:
+        if response.status_code >= 400:
+            session.rollback()
+            record_token_use(session, token_id)
+        session.commit()
+    except SQLAlchemyError:
+        log.warning("could not record the token's last use; a later request will")
+    return response

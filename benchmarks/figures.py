@@ -33,7 +33,7 @@ from benchmarks.parts import (
 from provisioning.messaging.broker import Dispatcher
 from provisioning.platform.settings import load_settings
 from tests.helpers import wait_for
-from tests.stack import BeatProcess, WorkerProcess
+from tests.stack import SweeperProcess, WorkerProcess
 
 JOBS_PATH = "/api/v1/provisioning/jobs"
 
@@ -73,7 +73,7 @@ def create_throughput(seconds: int, tenants: int) -> list[Figure]:
         tokens = [token for _, token in seed_tenants(stack, tenants)]
         # Tokens of a slice are never used twice by our API: a tenant has one create.
         slices = [tokens[n :: ROUNDS + 1] for n in range(ROUNDS + 1)]
-        relay = BeatProcess(stack.environment, stack.directory)  # announces each created job
+        relay = SweeperProcess(stack.environment, stack.directory)  # announces each created job
         servers = {"ours": (Web(stack, name="ours"), JOBS_PATH)}
         try:
             servers["bare"] = (Web(stack, "benchmarks.baseline:create_app()", name="bare"), "/jobs")
@@ -209,7 +209,7 @@ def _job_worker(name: str, jobs: int, existing_rows: int = 0) -> Iterator[JobTur
         job_ids = seed_pending_jobs(stack, tenants[:jobs])
         dispatcher = Dispatcher(load_settings(stack.environment))
         worker = WorkerProcess(stack.environment, dispatcher, concurrency=2)
-        relay = BeatProcess(stack.environment, stack.directory)  # announces each job's status changes
+        relay = SweeperProcess(stack.environment, stack.directory)  # announces each job's status changes
         job_turns = JobTurns(stack, dispatcher, job_ids, commits(stack))
         try:
             yield job_turns

@@ -1,7 +1,9 @@
-"""The ``provisioning`` operator command line: schema, tenants, users, tokens, jobs, quickstart."""
+"""The ``provisioning`` operator command line: schema, tenants, users, tokens, jobs, the sweeper, quickstart."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -18,8 +20,8 @@ from provisioning.messaging import dead_letters
 from provisioning.messaging.broker import Dispatcher
 from provisioning.models import ApiToken, ProvisioningJob, Tenant
 from provisioning.operations import health
-from provisioning.operations.sweeper import sweep
-from provisioning.platform import migrate
+from provisioning.operations.sweeper import run_sweeper, sweep
+from provisioning.platform import logs, migrate
 from provisioning.platform.db import session_factory, utcnow
 from provisioning.platform.quoting import first_line
 from provisioning.platform.settings import Settings, settings_or_exit
@@ -241,12 +243,24 @@ def jobs_list(tenant_slug: str | None, status: str | None, limit: int) -> None:
 
 @jobs.command("sweep")
 def jobs_sweep() -> None:
-    """Do now what beat does every SWEEP_INTERVAL_SECONDS: fail jobs whose worker was lost
+    """Do now what the sweeper does every SWEEP_INTERVAL_SECONDS: fail jobs whose worker was lost
     (no heartbeat for LOST_JOB_AFTER_SECONDS) and publish again pending jobs never published, or
     published UNCLAIMED_JOB_AFTER_SECONDS ago and never claimed."""
     settings = _settings()
     report = sweep(settings, session_factory(settings.database_url), Dispatcher(settings).send_job)
     click.echo(f"failed {len(report.reaped)} lost job(s); published {len(report.republished)} pending job(s) again")
+
+
+@main.command("sweeper")
+def sweeper() -> None:
+    """Run the sweeper (the Procfile's `sweeper`, one per deployment) until SIGTERM or Ctrl-C:
+    `jobs sweep` every SWEEP_INTERVAL_SECONDS, and the relay of job events to their exchange."""
+    settings = _settings()
+    logs.configure("sweeper", settings.log_format, settings.log_level)
+    stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
+    run_sweeper(settings, stop)
 
 
 @main.group("audit")

@@ -1,18 +1,25 @@
-"""The Celery application: ``celery -A tasks worker`` runs provisioning jobs from the queue."""
+"""The Celery application: ``celery -A tasks worker`` runs provisioning jobs from the queue.
+
+Loading it (as ``-A tasks`` does) reads this process's settings once, stopping the worker or
+Flower with one line naming a bad one, and configures the app with ``celeryconfig.build`` of
+them, as the API's dispatcher configures its own.
+"""
 
 import sys
 
 from celery import Celery
 from celery.signals import celeryd_init, setup_logging
 
+import celeryconfig
 from provisioning.platform import logs
 from provisioning.platform.settings import settings_or_exit
 
+SETTINGS = settings_or_exit()
 app = Celery("provisioning")
-app.config_from_object("celeryconfig")
+app.conf.update(celeryconfig.build(SETTINGS))
 
 
-ROLES = ("worker", "beat", "flower")
+ROLES = ("worker", "flower")
 
 
 @celeryd_init.connect
@@ -20,8 +27,7 @@ ROLES = ("worker", "beat", "flower")
 def _log_our_way(**_kwargs) -> None:
     """With a receiver for setup_logging Celery leaves logging alone: its lines go out in our
     format too. A worker sends celeryd_init earlier, before its warning about running as root."""
-    settings = settings_or_exit()
-    logs.configure(_role(), settings.log_format, settings.log_level)
+    logs.configure(_role(), SETTINGS.log_format, SETTINGS.log_level)
 
 
 def _role() -> str:

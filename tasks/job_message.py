@@ -25,6 +25,7 @@ from kombu.message import Message
 import celeryconfig
 from provisioning.platform import identifiers
 from provisioning.platform.quoting import quoted, shortened
+from tasks import app
 
 # An ETA holds the message unacknowledged in the worker until it is due; RabbitMQ closes the
 # channel of a consumer that holds one past its consumer timeout (30 minutes) and redelivers
@@ -40,7 +41,7 @@ MAX_MESSAGE_BODY_BYTES = 64 * 1024
 PAYLOAD = "payload must be exactly {'job_id': '<uuid>'}"
 # Celery's send_task in a worker writes the task's limits, the deployment's own, into the
 # message (our dead-letter copies have them); the dispatcher and Celery's retry write nulls.
-OWN_TIME_LIMITS = [celeryconfig.task_time_limit, celeryconfig.task_soft_time_limit]
+OWN_TIME_LIMITS = [app.conf.task_time_limit, app.conf.task_soft_time_limit]
 EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
 
 

@@ -23,9 +23,9 @@ from provisioning.operations import health
 from provisioning.operations.sweeper import sweep
 from provisioning.platform import logs
 from provisioning.platform.db import get_engine, is_connection_failure, session_factory
-from provisioning.platform.settings import Settings, settings_or_exit
+from provisioning.platform.settings import Settings, checked_or_exit
 from provisioning.sites.drivers import make_driver
-from tasks import app
+from tasks import SETTINGS, app
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,15 @@ WORKER_COLUMN_LENGTH = ProvisioningJob.__table__.c.worker.type.length
 IN_A_POOL_PROCESS = False
 
 
-@lru_cache(maxsize=1)
 def worker_settings() -> Settings:
-    return settings_or_exit(checks=[check_simulated_fail_step])
+    """The settings the worker's Celery app was built from."""
+    return SETTINGS
 
 
 @celeryd_init.connect
 def _check_settings(**_kwargs) -> None:
     """A worker with a setting its jobs cannot use stops as it starts, with one line naming it."""
-    worker_settings()
+    checked_or_exit(SETTINGS, [check_simulated_fail_step])
 
 
 @lru_cache(maxsize=1)
@@ -137,7 +137,7 @@ def _prepare_pool_process(**_kwargs) -> None:
 def _prepare_worker(sender, **_kwargs) -> None:
     """Say which settings the jobs need are missing, declare the queues (rejected messages need
     the dead-letter queue before any publish made it), then sweep once: a worker starting after
-    a crash need not wait for beat."""
+    a crash need not wait for the sweeper."""
     settings = worker_settings()
     for check in health.job_settings(settings):
         if not check.ok:
@@ -148,4 +148,4 @@ def _prepare_worker(sender, **_kwargs) -> None:
     try:
         sweep(settings, session_factory(settings.database_url), worker_dispatcher().send_job)
     except Exception:
-        log.exception("the start-up sweep failed; beat's next sweep will try again")
+        log.exception("the start-up sweep failed; the sweeper's next sweep will try again")

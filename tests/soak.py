@@ -31,7 +31,7 @@ from provisioning.platform.settings import load_settings
 from provisioning.sites import credentials
 from tests.factories import TenantFactory
 from tests.helpers import poll_until, wait_for
-from tests.stack import RABBITMQ_URL, RUN_ID, BeatProcess, WorkerProcess, delete_queues, migrated_database
+from tests.stack import RABBITMQ_URL, RUN_ID, SweeperProcess, WorkerProcess, delete_queues, migrated_database
 
 FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 # What the runner logs as it starts each step: a step run twice would show twice.
@@ -99,7 +99,7 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
                 query = select(func.count()).select_from(ProvisioningJob).where(ProvisioningJob.id.in_(ids))
                 return s.scalar(query.where(ProvisioningJob.status.in_(statuses)))
 
-        beat = BeatProcess(environment, Path(directory))
+        sweeper = SweeperProcess(environment, Path(directory))
         workers = [WorkerProcess(environment, dispatcher, concurrency=1) for _ in range(2)]
         retired: list[WorkerProcess] = []
         kills = 0
@@ -128,7 +128,7 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
         finally:
             for worker in workers:
                 worker.stop()
-            beat.stop()
+            sweeper.stop()
             delete_queues(queue)
 
         logs = "".join(worker.output() for worker in [*retired, *workers])

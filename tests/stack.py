@@ -1,4 +1,4 @@
-"""The service's real processes and resources for tests and the soak: databases, queues, workers, beat."""
+"""The service's real processes and resources for tests and the soak: databases, queues, workers, the sweeper."""
 
 from __future__ import annotations
 
@@ -163,17 +163,15 @@ class WorkerProcess:
         self.group.wait_stopped(timeout=30)
 
 
-class BeatProcess:
-    """Celery beat, as the Procfile runs it, with its log in ``directory`` and its schedule file in
-    a data directory beat must create itself, as on a fresh checkout."""
+class SweeperProcess:
+    """The sweeper, started with the Procfile's ``sweeper`` line, with its log in ``directory``."""
 
     def __init__(self, environment: dict[str, str], directory: Path):
-        command = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO"]
         env = process_environment({**environment, "DATA_DIR": str(directory / "data")})
-        self.group = GroupProcess("beat", command, env, directory / "beat.log")
+        self.group = GroupProcess("sweeper", procfile_commands()["sweeper"], env, directory / "sweeper.log")
 
     def stop(self) -> str:
-        """Stop beat and return what it logged."""
+        """Stop the sweeper and return what it logged."""
         self.group.stop(signal.SIGTERM, timeout=30)
         return self.group.output()
 

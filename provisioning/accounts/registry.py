@@ -26,7 +26,6 @@ from provisioning.errors import (
 from provisioning.models import ApiToken, Membership, Tenant, User
 from provisioning.platform.db import utcnow
 from provisioning.platform.identifiers import EMAIL, SLUG, UUID
-from provisioning.platform.pg_batching import execute_later
 from provisioning.platform.quoting import quoted
 
 TOKEN_PREFIX = "erpx_"
@@ -58,9 +57,14 @@ CALLER_OF_TOKEN = (
     .outerjoin(Tenant, Tenant.id == Membership.tenant_id)
     .where(ApiToken.token_hash == bindparam("token_hash"))
 )
+# The token's row is skipped, not waited for, while another request's transaction holds it: that
+# request is writing the same use (PostgreSQL; SQLite writes one transaction at a time anyway).
 TOKEN_USED = (
     update(ApiToken.__table__)
-    .where(ApiToken.__table__.c.id == bindparam("token_id"))
+    .where(
+        ApiToken.__table__.c.id
+        == select(ApiToken.id).where(ApiToken.id == bindparam("token_id")).with_for_update(skip_locked=True).scalar_subquery()
+    )
     .values(last_used_at=bindparam("used_at"))
 )
 
@@ -91,7 +95,7 @@ class Caller:
     user: CallingUser
     tenant: ActingTenant
     role: Role | None
-    # The token to mark as used once the request is done; None when it was marked recently.
+    # The token whose use the caller should record; None when it was recorded recently.
     token_to_mark: uuid.UUID | None = None
 
     @property
@@ -198,9 +202,8 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     """Resolve a bearer token and the requested tenant into a Caller, in one query.
 
     The tenant is the user's only one, or the one named (by id or slug) in ``tenant_ref``.
-    When the token's ``last_used_at`` is older than ``LAST_USED_RESOLUTION``, the caller should
-    ``record_token_use`` once it is done (the API does with the request's commit, or at its end): marking it here
-    would hold the token's row locked for the whole request.
+    Reads only. When the token's ``last_used_at`` is older than ``LAST_USED_RESOLUTION``,
+    ``token_to_mark`` asks the caller to ``record_token_use`` in a transaction it commits.
 
     Raises:
         AuthenticationFailed: no token, or one that is unknown, expired or revoked.
@@ -225,8 +228,9 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
 
 
 def record_token_use(session: Session, token_id: uuid.UUID) -> None:
-    """Record the token's use now, in the session's transaction (the caller commits)."""
-    execute_later(session.connection(), TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
+    """Record the token's use now, in the session's transaction (the caller commits): one UPDATE,
+    which holds the token's row until that commit, and skips it while another transaction does."""
+    session.connection().execute(TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
 
 
 def _choose_tenant(

@@ -262,7 +262,7 @@ class BackupBook:
         writes and no kept backup uses: what failed or cancelled backup steps left, which
         nothing else would ever remove. Returns them.
 
-        Directories are matched by their ``<slug>/<job id>`` tail, so workers and beat may mount
+        Directories are matched by their ``<slug>/<job id>`` tail, so workers and the sweeper may mount
         the shared storage at different paths; one changed within ``settle`` is left for the next
         sweep (its job may have started after the active jobs were read).
         """

@@ -3,11 +3,12 @@
 Billing or notifications bind a queue to the durable topic exchange ``<job queue>.events``
 (``erpmax.provisioning.events`` by default; workers and the API declare it with the queues) with
 a routing key such as ``job.completed`` or ``job.*``. The event of a status change is written in
-the same transaction as the change: it is the outbox of its announcement. The relay (beat runs
-it) publishes the events not announced yet, oldest first, waits for the broker's confirms, and
-only then marks them announced. So no announcement is lost with the process that made the
-change, or while the broker is down: it goes out late, in order, and at worst twice (a relay
-stopped between the publish and the mark); its ``event_id`` lets a consumer drop the second copy.
+the same transaction as the change: it is the outbox of its announcement. The relay (the
+sweeper process runs it) publishes the events not announced yet, oldest first, waits for the
+broker's confirms, and only then marks them announced. So no announcement is lost with the
+process that made the change, or while the broker is down: it goes out late, in order, and at
+worst twice (a relay stopped between the publish and the mark); its ``event_id`` lets a consumer
+drop the second copy.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class ConfirmedPublisher:
 class EventRelay:
     """Publishes the events not announced yet, in the order they happened, and marks them.
 
-    Run one per deployment (beat's): two relays would not publish an event twice (each takes the
+    Run one per deployment (the sweeper's): two relays would not publish an event twice (each takes the
     rows it reads, and skips those the other holds), but could announce one job's changes out of
     order.
     """

@@ -2,7 +2,7 @@
 counted from its last backup, or from the creation of its site (a new site has nothing to keep yet).
 
 Whether a tenant is due is read from the jobs table (no backup_site job created within the
-interval), not from beat's own schedule file: so a restarted beat, a second sweeper, or a sweep
+interval), not from a schedule file: so a restarted sweeper, a second one, or a sweep
 at a worker's start never backs a tenant up twice, and a tenant whose backup was asked for by
 hand is not backed up again right after it. A tenant busy with another job is skipped, and
 logged; the next sweep asks again, so its backup follows as soon as it is free.

@@ -206,7 +206,7 @@ def check_event_relay(settings: Settings) -> Check:
     if age > EVENTS_LATE_AFTER_SECONDS:
         return Check(
             "job events", False, f"{count} wait to be announced, the oldest for {age:.0f} s",
-            "start beat (celery -A tasks beat), which relays them, and check the broker",
+            "start the sweeper (provisioning sweeper), which relays them, and check the broker",
         )  # fmt: skip
     return Check("job events", True, f"{count} wait to be announced" + (f", the oldest for {age:.1f} s" if count else ""))
 

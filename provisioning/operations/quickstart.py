@@ -1,4 +1,4 @@
-"""``make run``: prepare a demo tenant and token, then run web, worker, beat and Flower together.
+"""``make run``: prepare a demo tenant and token, then run web, worker, the sweeper and Flower together.
 
 On the embedded defaults it also runs the embedded broker and keeps its data under ``var/``;
 with ``DATABASE_URL`` and ``RABBITMQ_URL`` set it uses those instead.
@@ -42,7 +42,7 @@ from provisioning.sites import credentials
 
 DEMO_TENANT = "demo"
 # Honcho gives the first of these PORT and the next ones PORT+100, +200...: web must come first.
-PROCESSES = ("web", "worker", "beat", "flower")
+PROCESSES = ("web", "worker", "sweeper", "flower")
 # The jobs the banner offers, the first the demo tenant's state allows, and what it calls them.
 OFFERED_JOBS = {JobType.BACKUP_SITE: "Back up the site", JobType.CREATE_SITE: "Create a site"}
 
@@ -137,7 +137,7 @@ def run(settings: Settings) -> int:
     0 when Ctrl-C stopped them, as it is meant to."""
     _require_the_extra(settings)
     _refuse_taken_ports(settings)
-    # Whatever the processes write under DATA_DIR (backups, beat's schedule) is the user's alone.
+    # Whatever the processes write under DATA_DIR (backups) is the user's alone.
     os.umask(0o077)
     demo = prepare(settings)
     env = _process_environment(settings)

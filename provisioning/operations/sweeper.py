@@ -1,4 +1,5 @@
-"""The sweeper: what makes "nothing lost" true after crashes, run by beat and at worker start.
+"""The sweeper: what makes "nothing lost" true after crashes, run by the ``sweeper`` process
+(``run_sweeper``) and at worker start.
 
 Two questions, both safe to ask from many processes at once because every answer is a
 compare-and-set or a harmless duplicate message:
@@ -15,6 +16,7 @@ due (see backup_schedule) and prunes backups by the retention policy.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +27,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioning.backups.book import BackupBook, retention_of
 from provisioning.jobs.records import Dispatch
 from provisioning.jobs.service import ProvisioningService
+from provisioning.messaging.broker import Dispatcher
+from provisioning.messaging.events import EventRelay
 from provisioning.operations.backup_schedule import schedule_backups
+from provisioning.platform.db import session_factory
 from provisioning.platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,3 +72,31 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
             len(report.pruned_backups),
         )
     return report
+
+
+def run_sweeper(settings: Settings, stop: threading.Event) -> None:
+    """The ``sweeper`` process (``provisioning sweeper``, one per deployment): a sweep at once and
+    every ``SWEEP_INTERVAL_SECONDS`` after, and the job events' relay in a thread beside it, until
+    ``stop`` is set (SIGTERM or Ctrl-C); a sweep under way finishes first.
+
+    A process of its own, not periodic Celery tasks: a sweep sent to the job queue would wait for a
+    free worker process behind long jobs (a lost job noticed only once some other job ends), and
+    sweeps would pile up there while the workers are down; a queue of their own would take beat to
+    send them and a consumer to run them, two processes for what this loop does. One sweeper runs,
+    so one relay announces the events, in order.
+    """
+    sessions = session_factory(settings.database_url)
+    dispatcher = Dispatcher(settings)
+    relay = EventRelay(settings, sessions)
+    relay.start()
+    log.info("sweeper: sweeping every %g s and relaying job events", settings.sweep_interval_seconds)
+    try:
+        while not stop.is_set():
+            try:
+                sweep(settings, sessions, dispatcher.send_job)
+            except Exception:
+                log.exception("the sweep failed; the next one will try again")
+            stop.wait(settings.sweep_interval_seconds)
+    finally:
+        relay.stop()
+    log.info("sweeper: stopped")

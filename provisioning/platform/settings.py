@@ -326,11 +326,19 @@ def settings_or_exit(environ: Mapping[str, str] | None = None, checks: Iterable[
     domain, which settings do not import), or stop the process with one line naming the bad variable."""
     try:
         settings = load_settings(environ)
-        for check in checks:
-            check(settings)
-        return settings
     except SettingsError as error:
         sys.exit(f"configuration error: {error}")
+    return checked_or_exit(settings, checks)
+
+
+def checked_or_exit(settings: Settings, checks: Iterable[Callable[[Settings], None]]) -> Settings:
+    """The settings, once they passed a process's own ``checks``; else stop with one line."""
+    try:
+        for check in checks:
+            check(settings)
+    except SettingsError as error:
+        sys.exit(f"configuration error: {error}")
+    return settings
 
 
 SettingsClass = TypeVar("SettingsClass", bound=BaseSettings)

@@ -1,4 +1,4 @@
-"""Backups kept by policy: the schedule that asks for them (through a real beat) and retention."""
+"""Backups kept by policy: the schedule that asks for them (through a real sweeper) and retention."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
 from tests.helpers import not_private, wait_for
 from tests.records import read_job, read_steps
-from tests.stack import BeatProcess
+from tests.stack import SweeperProcess
 
 DAILY = timedelta(hours=24)
 GOOD_DUMP = gzip.compress(b"CREATE TABLE t (x int);\n-- Dump completed on 2026-11-30 01:02:03\n")
@@ -54,7 +54,7 @@ def test_each_active_tenant_due_gets_one_backup_and_asking_again_adds_none(isola
         service = ProvisioningService(session, dispatch=sent.append)
 
         first = schedule_backups(service, DAILY)
-        again = schedule_backups(service, DAILY)  # a second sweeper, or beat restarted
+        again = schedule_backups(service, DAILY)  # a second sweeper, or one restarted
 
         assert sorted(map(str, first)) == sorted(map(str, sent)) and again == []
         tenants = (*due, pending, backed_up, just_created)
@@ -78,24 +78,24 @@ def test_a_busy_tenant_is_skipped_and_logged_then_backed_up_once_it_is_free(isol
         assert len(schedule_backups(service, DAILY)) == 1
 
 
-def test_a_restarted_beat_does_not_back_a_tenant_up_twice(isolated, tmp_path):
+def test_a_restarted_sweeper_does_not_back_a_tenant_up_twice(isolated, tmp_path):
     environment = {**isolated.environment, "SWEEP_INTERVAL_SECONDS": "0.5", "BACKUP_INTERVAL_HOURS": "24"}
     with isolated.session() as session:
         factory = TenantFactory(session)
         first = factory.create(status=TenantStatus.ACTIVE)
-        beat = BeatProcess(environment, tmp_path)
+        sweeper = SweeperProcess(environment, tmp_path)
         try:
             wait_for(lambda: backup_jobs(isolated.sessions, first.id), timeout=30, what="the first scheduled backup")
         finally:
-            beat.stop()
+            sweeper.stop()
 
-        # The second tenant's backup shows that the restarted beat swept; the first was not due again.
+        # The second tenant's backup shows that the restarted sweeper swept; the first was not due again.
         second = factory.create(status=TenantStatus.ACTIVE)
-        beat = BeatProcess(environment, tmp_path)
+        sweeper = SweeperProcess(environment, tmp_path)
         try:
-            wait_for(lambda: backup_jobs(isolated.sessions, second.id), timeout=30, what="the restarted beat's sweep")
+            wait_for(lambda: backup_jobs(isolated.sessions, second.id), timeout=30, what="the restarted sweeper's sweep")
         finally:
-            log = beat.stop()
+            log = sweeper.stop()
         assert len(backup_jobs(isolated.sessions, first.id)) == 1, log
 
 

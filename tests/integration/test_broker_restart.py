@@ -15,7 +15,7 @@ from provisioning.models import ProvisioningJob
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.rabbitmq_node import RabbitMQNode
-from tests.stack import BeatProcess, WorkerProcess
+from tests.stack import SweeperProcess, WorkerProcess
 
 FAST = {
     "JOB_HEARTBEAT_SECONDS": "0.5",
@@ -43,7 +43,7 @@ def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broke
         job_ids = [service.request_job(TenantFactory(session).create().id, JobType.CREATE_SITE).id for _ in range(JOBS)]
     env = {**isolated.environment, **FAST, "RABBITMQ_URL": broker.url}
     workers = [WorkerProcess(env, dispatcher, concurrency=1) for _ in range(2)]
-    beat = BeatProcess(env, tmp_path)
+    sweeper = SweeperProcess(env, tmp_path)
 
     def count(*statuses: JobStatus) -> int:
         with isolated.sessions() as s:
@@ -64,6 +64,6 @@ def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broke
         assert count(JobStatus.COMPLETED) == JOBS
         assert all(worker.process.poll() is None for worker in workers), "the workers reconnect by themselves"
     finally:
-        beat.stop()
+        sweeper.stop()
         for worker in workers:
             worker.stop()

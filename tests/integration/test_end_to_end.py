@@ -1,4 +1,4 @@
-"""The Procfile's own web, worker, beat and Flower lines, run as separate processes, take a site
+"""The Procfile's own web, worker, sweeper and Flower lines, run as separate processes, take a site
 from creation through a backup to deletion over HTTP."""
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def procfile_stack(environment, tmp_path):
             "PORT": str(port),
             "FLOWER_PORT": str(flower_port),
             "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
-            "DATA_DIR": str(tmp_path / "data"),  # beat's schedule file, made by beat itself
+            "DATA_DIR": str(tmp_path / "data"),
             "WORKER_NAME": WORKER_NAME,
             "SIMULATED_STEP_SECONDS": "0.2",
             "WEB_CONCURRENCY": "2",  # /metrics must add up what both workers counted
@@ -157,7 +157,7 @@ def procfile_stack(environment, tmp_path):
     commands = procfile_commands()
     processes: dict[str, GroupProcess] = {}
     try:
-        for name in ("web", "worker", "beat", "flower"):
+        for name in ("web", "worker", "sweeper", "flower"):
             processes[name] = GroupProcess(name, commands[name], env, tmp_path / f"{name}.log")
         yield ProcfileStack(processes, port, flower_port, queue, tag)
     finally:
@@ -186,7 +186,7 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
         assert stack.tenant_status(headers) == "active"
         deleted = stack.run_job("delete_site", headers)
         assert stack.tenant_status(headers) == "deleted"
-        # Beat relays each status change to the events exchange, as billing would hear it.
+        # The sweeper relays each status change to the events exchange, as billing would hear it.
         hear(lambda event: event["job_id"] == deleted["id"] and event["status"] == "completed")
     of_create = [m.payload for m in heard if m.payload["job_id"] == created["id"]]
     assert [(event["event"], event["actor"].split(" pid ")[0]) for event in of_create] == [
@@ -221,11 +221,11 @@ def test_the_procfile_processes_create_back_up_and_delete_a_site_over_http(procf
     assert after[done] >= before.get(done, 0) + 1
 
     stopped_by_themselves = stop_all(stack.processes)
-    assert stopped_by_themselves == {"web": True, "worker": True, "beat": True, "flower": True}, "SIGTERM must stop all"
+    assert stopped_by_themselves == {"web": True, "worker": True, "sweeper": True, "flower": True}, "SIGTERM must stop all"
     assert tagged_processes(stack.tag) == [], "a process of the stack outlived its group's SIGTERM"
 
     # One search for the request id finds the HTTP call and the worker's lines of the job it made.
-    lines = {name: stack.log_lines(name) for name in ("web", "worker", "beat")}
+    lines = {name: stack.log_lines(name) for name in ("web", "worker", "sweeper")}
     of_request = [(name, line) for name, found in lines.items() for line in found if line.get("request_id") == request_id]
     assert any(name == "web" and line["message"].startswith("POST /api/v1/provisioning/jobs 201") for name, line in of_request)
     assert any(name == "web" and line.get("job_id") == created["id"] for name, line in of_request), "the API names the job"

@@ -90,7 +90,7 @@ def test_readyz_answers_503_naming_the_database_when_it_is_down(settings):
 
 def test_doctor_passes_when_everything_answers(environment, worker, settings, sessions):
     relay = EventRelay(settings, sessions)
-    while relay.relay():  # as beat's relay keeps doing: the other tests' announcements go out
+    while relay.relay():  # as the sweeper's relay keeps doing: the other tests' announcements go out
         pass
     result = CliRunner().invoke(main, ["doctor"], env=environment)
     assert result.exit_code == 0, result.output
@@ -118,7 +118,7 @@ def test_doctor_fails_when_announcements_wait_for_a_relay_that_does_not_run(isol
 
     result = CliRunner().invoke(main, ["doctor"], env=isolated.environment)
     events = next(line for line in result.stdout.splitlines() if " job events:" in line)
-    assert events.startswith("FAIL job events: 1 wait to be announced, the oldest for 1") and "start beat" in events
+    assert events.startswith("FAIL job events: 1 wait to be announced, the oldest for 1") and "start the sweeper" in events
     assert result.exit_code == 1
 
 

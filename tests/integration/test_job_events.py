@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import uuid
 from contextlib import contextmanager
@@ -20,9 +21,10 @@ from provisioning.messaging.events import UNANNOUNCED, ConfirmedPublisher, Event
 from provisioning.models import JobEvent, ProvisioningJob
 from provisioning.operations.quickstart import wait_until_answering
 from provisioning.sites.drivers.simulated import SimulatedDriver
+from tests.factories import TenantFactory
 from tests.helpers import StrictClient
 from tests.processes import GroupProcess, free_port
-from tests.stack import WorkerProcess, process_environment
+from tests.stack import SweeperProcess, WorkerProcess, events_heard, process_environment
 
 JOBS = "/api/v1/provisioning/jobs"
 CREATE_STEPS = ["check_preconditions", "create_site", "install_apps", "configure_site", "verify_site"]
@@ -105,7 +107,7 @@ def test_a_retry_is_linked_both_ways(client, session, sessions, tenant_factory, 
 
 @contextmanager
 def relaying(settings, sessions):
-    """The event relay as beat runs it, in a thread of the test's own."""
+    """The event relay as the sweeper runs it, in a thread of the test's own."""
     relay = EventRelay(settings, sessions)
     relay.start()
     try:
@@ -186,6 +188,26 @@ def test_a_batch_after_its_connection_died_goes_out_on_a_new_one(settings, liste
     hear(lambda payload: payload["job_id"] == "second")
     publisher.close()
     assert [m.payload["job_id"] for m in heard] == ["first", "second"]
+
+
+def test_the_sweeper_process_sweeps_at_once_relays_the_events_and_stops_by_itself_on_ctrl_c(isolated, tmp_path):
+    with isolated.session() as session:
+        job = ProvisioningService(session).request_job(TenantFactory(session).create().id, JobType.CREATE_SITE)
+        assert job.dispatched_at is None, "created with no publisher: only a sweep sends it"
+    with events_heard(isolated.settings) as (hear, heard):
+        sweeper = SweeperProcess(isolated.environment, tmp_path)
+        try:
+            hear(lambda payload: payload["job_id"] == str(job.id))
+        finally:
+            sweeper.group.signal_group(signal.SIGINT)
+            stopped = sweeper.group.wait_stopped(timeout=30)
+    assert of_job(heard, job.id) == [("job.pending", "created")]
+    with isolated.session() as session:
+        assert session.get(ProvisioningJob, job.id).dispatched_at is not None, "the sweep at start published the job"
+    # Ctrl-C reaches the whole group, ``sh -c`` of the Procfile line included: the sweeper's own
+    # last line says that it finished what it was doing and stopped.
+    assert stopped and sweeper.group.output().strip().splitlines()[-1].endswith('"sweeper: stopped"}'), sweeper.group.describe()
+    assert "Traceback" not in sweeper.group.output()
 
 
 def waiting_events(session, job_id) -> list[str]:

@@ -20,7 +20,7 @@ from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.records import read_job, tenant_status
-from tests.stack import BeatProcess, WorkerProcess
+from tests.stack import SweeperProcess, WorkerProcess
 
 # Short deadlines so a lost worker is noticed within seconds.
 FAST = {"JOB_HEARTBEAT_SECONDS": "0.5", "LOST_JOB_AFTER_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1"}
@@ -164,9 +164,9 @@ def test_a_worker_lost_during_a_quick_step_is_reaped_naming_that_step_and_its_re
 
 
 @pytest.fixture
-def beat(isolated, tmp_path):
-    """Celery beat, as the Procfile runs it, asking for a sweep every second."""
-    process = BeatProcess({**isolated.environment, **FAST}, tmp_path)
+def sweeper(isolated, tmp_path):
+    """The sweeper, as the Procfile runs it, sweeping every second."""
+    process = SweeperProcess({**isolated.environment, **FAST}, tmp_path)
     yield process
     print(process.stop())  # shown by pytest when the test failed
 
@@ -193,7 +193,7 @@ def slow_worker(isolated, **extra) -> WorkerProcess:
     )
 
 
-def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(isolated, beat):
+def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(isolated, sweeper):
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
         service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
@@ -216,7 +216,7 @@ def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(iso
             successor.stop()
 
 
-def test_a_killed_pool_process_is_noticed_while_its_worker_lives_on(isolated, beat):
+def test_a_killed_pool_process_is_noticed_while_its_worker_lives_on(isolated, sweeper):
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
         job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)

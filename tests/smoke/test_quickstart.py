@@ -195,7 +195,7 @@ def assert_every_signal_is_green(run: Run, data_dir: Path) -> None:
 
     figures = wait_for(
         lambda: (found := metrics())["erpmax_job_events_waiting"] == 0 and found,
-        timeout=30, interval=0.2, what="beat's relay to announce every job event",
+        timeout=30, interval=0.2, what="the sweeper's relay to announce every job event",
     )  # fmt: skip
     assert figures["erpmax_broker_up"] == 1
     assert figures['erpmax_queue_messages{queue="erpmax.provisioning"}'] == 0

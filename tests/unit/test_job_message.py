@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kombu.asynchronous.timer import to_timestamp
 
-import celeryconfig
 from celeryconfig import REQUEST_ID_HEADER, RUN_JOB_TASK
 from provisioning.messaging.broker import Dispatcher
 from provisioning.messaging.dead_letters import MAX_REASON_LENGTH
@@ -48,7 +47,7 @@ def test_a_job_message_as_celery_sends_it_again_after_a_database_outage_passes()
 
 def test_a_job_message_a_worker_sends_itself_with_the_deployments_time_limits_passes():
     """Celery's send_task in a worker (our dead-letter copy) writes the task's limits into the message."""
-    limits = {"time_limit": celeryconfig.task_time_limit, "soft_time_limit": celeryconfig.task_soft_time_limit}
+    limits = {"time_limit": worker_app.conf.task_time_limit, "soft_time_limit": worker_app.conf.task_soft_time_limit}
     message = job_message(DISPATCHER_APP, **limits)
 
     assert refusal(message.received()) is None

@@ -108,7 +108,7 @@ def test_trusted_proxies_are_loopback_unless_named():
     assert [str(network) for network in named] == ["10.0.0.5/32", "10.1.0.0/16", "fd00::/8"]
 
 
-@pytest.mark.parametrize("process", ["web", "worker", "flower", "cli"])
+@pytest.mark.parametrize("process", ["web", "worker", "flower", "sweeper", "cli"])
 def test_a_process_started_with_a_bad_setting_stops_with_one_line_naming_it(process):
     command = procfile_commands().get(process, "provisioning tenant list")
     result = subprocess.run(
