@@ -7,6 +7,11 @@ killing stops, and must then complete.
 
 PostgreSQL and RabbitMQ as for the tests (TEST_DATABASE_ADMIN_URL, TEST_RABBITMQ_URL). It prints
 the counts and exits non-zero if a promise was broken.
+
+Steps are counted per tenant and attempt (the job first asked is attempt 1, its retry attempt 2),
+from the workers' own logs: within an attempt no step may start twice, and a step an attempt
+recorded completed must not start again in the retry that resumes it (the step a worker was
+killed in may: it never completed).
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ import re
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
 
-from provisioning.enums import JobStatus, JobType
+from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.broker import Dispatcher
-from provisioning.models import ProvisioningJob
+from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import session_factory
 from provisioning.platform.settings import load_settings
 from provisioning.sites import credentials
@@ -38,6 +44,52 @@ FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 STEP_STARTED = re.compile(r"job ([0-9a-f-]{36}): step (\w+) started")
 
 
+@dataclass(frozen=True)
+class StepCounts:
+    """Step starts per (tenant, attempt, step), read from the workers' logs, against the steps each
+    attempt recorded completed.
+
+    ``run_twice``: steps that started more than once within one attempt. ``rerun_by_retry``: steps
+    that a later attempt of the same tenant started although an earlier attempt had recorded them
+    completed (a retry resumes after them). ``unlogged``: steps recorded completed whose start no
+    log shows; not zero means the logs no longer say what this counts, and the other counts prove
+    nothing.
+    """
+
+    started: int
+    run_twice: int
+    rerun_by_retry: int
+    unlogged: int
+
+    @property
+    def kept(self) -> bool:
+        return self.run_twice == 0 and self.rerun_by_retry == 0 and self.unlogged == 0
+
+
+def count_steps(sessions, logs: str) -> StepCounts:
+    with sessions() as session:
+        jobs = {job.id: job for job in session.scalars(select(ProvisioningJob))}
+        completed_rows = session.execute(select(JobStep.job_id, JobStep.name).where(JobStep.status == StepStatus.COMPLETED)).all()
+
+    def attempt(job_id: uuid.UUID) -> tuple[uuid.UUID, int]:
+        """(tenant, attempt number): 1 for the job first asked, one more for each retry in its chain."""
+        job, number = jobs[job_id], 1
+        while job.retry_of_id is not None:
+            job, number = jobs[job.retry_of_id], number + 1
+        return job.tenant_id, number
+
+    runs = Counter((*attempt(uuid.UUID(job_id)), step) for job_id, step in STEP_STARTED.findall(logs))
+    completed = {(*attempt(job_id), step) for job_id, step in completed_rows}
+    return StepCounts(
+        started=sum(runs.values()),
+        run_twice=sum(1 for starts in runs.values() if starts > 1),
+        rerun_by_retry=sum(
+            1 for tenant, number, step in runs if any((tenant, earlier, step) in completed for earlier in range(1, number))
+        ),
+        unlogged=sum(1 for key in completed if key not in runs),
+    )
+
+
 @dataclass
 class SoakReport:
     jobs: int
@@ -48,11 +100,11 @@ class SoakReport:
     retried: int
     completed_in_the_end: int
     not_final: int
-    steps_run_twice: int
+    steps: StepCounts
 
     @property
     def promises_kept(self) -> bool:
-        return self.not_final == 0 and self.steps_run_twice == 0 and self.completed_in_the_end == self.jobs
+        return self.not_final == 0 and self.steps.kept and self.completed_in_the_end == self.jobs
 
     def lines(self) -> list[str]:
         return [
@@ -64,7 +116,10 @@ class SoakReport:
             f"retried                   {self.retried}",
             f"completed in the end      {self.completed_in_the_end}",
             f"not in a final state      {self.not_final}",
-            f"steps run twice           {self.steps_run_twice}",
+            f"steps started             {self.steps.started}",
+            f"steps run twice (attempt) {self.steps.run_twice}",
+            f"done steps rerun by retry {self.steps.rerun_by_retry}",
+            f"completed steps unlogged  {self.steps.unlogged}",
             f"promises kept             {'yes' if self.promises_kept else 'NO'}",
         ]
 
@@ -132,7 +187,6 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
             delete_queues(queue)
 
         logs = "".join(worker.output() for worker in [*retired, *workers])
-        step_runs = Counter(STEP_STARTED.findall(logs))
         completed_retries = count([JobStatus.COMPLETED], retries) if retries else 0
         final_retries = count(FINAL, retries) if retries else 0
         report = SoakReport(
@@ -144,7 +198,7 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
             retried=len(retries),
             completed_in_the_end=completed_first + completed_retries,
             not_final=(jobs - count(FINAL)) + (len(retries) - final_retries),
-            steps_run_twice=sum(1 for runs in step_runs.values() if runs > 1),
+            steps=count_steps(sessions, logs),
         )
         return report
 
