@@ -17,12 +17,9 @@ killed in may: it never completed).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
-import uuid
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,56 +35,18 @@ from provisioning.sites import credentials
 from tests.factories import TenantFactory
 from tests.helpers import poll_until, wait_for
 from tests.stack import RABBITMQ_URL, RUN_ID, BeatProcess, WorkerProcess, delete_queues, migrated_database
+from tests.step_counts import Attempt, StepCounts, tally_steps
 
 FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-# What the runner logs as it starts each step: a step run twice would show twice.
-STEP_STARTED = re.compile(r"job ([0-9a-f-]{36}): step (\w+) started")
-
-
-@dataclass(frozen=True)
-class StepCounts:
-    """Step starts per (tenant, attempt, step), read from the workers' logs, against the steps each
-    attempt recorded completed.
-
-    ``run_twice``: steps that started more than once within one attempt. ``rerun_by_retry``: steps
-    that a later attempt of the same tenant started although an earlier attempt had recorded them
-    completed (a retry resumes after them). ``unlogged``: steps recorded completed whose start no
-    log shows; not zero means the logs no longer say what this counts, and the other counts prove
-    nothing.
-    """
-
-    started: int
-    run_twice: int
-    rerun_by_retry: int
-    unlogged: int
-
-    @property
-    def kept(self) -> bool:
-        return self.run_twice == 0 and self.rerun_by_retry == 0 and self.unlogged == 0
 
 
 def count_steps(sessions, logs: str) -> StepCounts:
+    """The soak's step counts, from its database's jobs and the workers' logs."""
     with sessions() as session:
-        jobs = {job.id: job for job in session.scalars(select(ProvisioningJob))}
-        completed_rows = session.execute(select(JobStep.job_id, JobStep.name).where(JobStep.status == StepStatus.COMPLETED)).all()
-
-    def attempt(job_id: uuid.UUID) -> tuple[uuid.UUID, int]:
-        """(tenant, attempt number): 1 for the job first asked, one more for each retry in its chain."""
-        job, number = jobs[job_id], 1
-        while job.retry_of_id is not None:
-            job, number = jobs[job.retry_of_id], number + 1
-        return job.tenant_id, number
-
-    runs = Counter((*attempt(uuid.UUID(job_id)), step) for job_id, step in STEP_STARTED.findall(logs))
-    completed = {(*attempt(job_id), step) for job_id, step in completed_rows}
-    return StepCounts(
-        started=sum(runs.values()),
-        run_twice=sum(1 for starts in runs.values() if starts > 1),
-        rerun_by_retry=sum(
-            1 for tenant, number, step in runs if any((tenant, earlier, step) in completed for earlier in range(1, number))
-        ),
-        unlogged=sum(1 for key in completed if key not in runs),
-    )
+        rows = session.execute(select(ProvisioningJob.id, ProvisioningJob.tenant_id, ProvisioningJob.retry_of_id))
+        jobs = {job_id: Attempt(tenant_id, retry_of_id) for job_id, tenant_id, retry_of_id in rows}
+        completed = session.execute(select(JobStep.job_id, JobStep.name).where(JobStep.status == StepStatus.COMPLETED)).all()
+    return tally_steps(jobs, completed, logs)
 
 
 @dataclass
