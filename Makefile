@@ -14,15 +14,12 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/provisioning quickstart
 
-# Every test: those that can, in parallel (TEST_WORKERS pytest-xdist processes, each with its own
-# database, queues and ports), then the disruptive ones alone, whose timings must not meet that load.
-# Both parts always run; the target fails if either did.
+# Every test, in TEST_WORKERS pytest-xdist processes, each with its own database, queues and ports;
+# the disruptive tests one after another on one of them, the quickstart's (default ports) on one.
 TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -m "not disruptive" -n $(TEST_WORKERS); parallel=$$?; \
-	$(VENV)/bin/pytest -m disruptive; alone=$$?; \
-	[ $$parallel -eq 0 ] && [ $$alone -eq 0 ]
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Figures beside their bare baselines (README, Performance); BENCH_ARGS=--full for the large sizes.
 bench: $(STAMP)

@@ -9,8 +9,8 @@
   that start such a process (``PROCESS_STARTERS``).
 - ``disruptive``: kills workers, kills database connections, stops a RabbitMQ node, or soaks;
   written as ``pytestmark`` in each such module, since what a test does to others is a choice
-  the test's author makes, not something a name gives away. ``make test`` runs these alone,
-  after the rest, because their timings must not meet the load of the parallel run.
+  the test's author makes, not something a name gives away. Under ``--dist loadgroup`` they run
+  one after another on one pytest-xdist worker, never two at once.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(kind)
         if kind == "integration" and starts_a_process(item):
             item.add_marker("process")
+        if item.get_closest_marker("disruptive"):
+            item.add_marker(pytest.mark.xdist_group("disruptive"))  # one after another, on one xdist worker
 
 
 def starts_a_process(item: pytest.Item) -> bool:
