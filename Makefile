@@ -14,9 +14,12 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/provisioning quickstart
 
+# Every test, in TEST_WORKERS pytest-xdist processes, each with its own database, queues and ports;
+# the disruptive tests one after another on one of them, the quickstart's (default ports) on one.
+TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Figures beside their bare baselines (README, Performance); BENCH_ARGS=--full for the large sizes.
 bench: $(STAMP)

@@ -7,35 +7,46 @@ killing stops, and must then complete.
 
 PostgreSQL and RabbitMQ as for the tests (TEST_DATABASE_ADMIN_URL, TEST_RABBITMQ_URL). It prints
 the counts and exits non-zero if a promise was broken.
+
+Steps are counted per tenant and attempt (the job first asked is attempt 1, its retry attempt 2),
+from the workers' own logs: within an attempt no step may start twice, and a step an attempt
+recorded completed must not start again in the retry that resumes it (the step a worker was
+killed in may: it never completed).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
 
-from provisioning.enums import JobStatus, JobType
+from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.broker import Dispatcher
-from provisioning.models import ProvisioningJob
+from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import session_factory
 from provisioning.platform.settings import load_settings
 from provisioning.sites import credentials
 from tests.factories import TenantFactory
 from tests.helpers import poll_until, wait_for
 from tests.stack import RABBITMQ_URL, RUN_ID, SweeperProcess, WorkerProcess, delete_queues, migrated_database
+from tests.step_counts import Attempt, StepCounts, tally_steps
 
 FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-# What the runner logs as it starts each step: a step run twice would show twice.
-STEP_STARTED = re.compile(r"job ([0-9a-f-]{36}): step (\w+) started")
+
+
+def count_steps(sessions, logs: str) -> StepCounts:
+    """The soak's step counts, from its database's jobs and the workers' logs."""
+    with sessions() as session:
+        rows = session.execute(select(ProvisioningJob.id, ProvisioningJob.tenant_id, ProvisioningJob.retry_of_id))
+        jobs = {job_id: Attempt(tenant_id, retry_of_id) for job_id, tenant_id, retry_of_id in rows}
+        completed = session.execute(select(JobStep.job_id, JobStep.name).where(JobStep.status == StepStatus.COMPLETED)).all()
+    return tally_steps(jobs, completed, logs)
 
 
 @dataclass
@@ -48,11 +59,11 @@ class SoakReport:
     retried: int
     completed_in_the_end: int
     not_final: int
-    steps_run_twice: int
+    steps: StepCounts
 
     @property
     def promises_kept(self) -> bool:
-        return self.not_final == 0 and self.steps_run_twice == 0 and self.completed_in_the_end == self.jobs
+        return self.not_final == 0 and self.steps.kept and self.completed_in_the_end == self.jobs
 
     def lines(self) -> list[str]:
         return [
@@ -64,7 +75,10 @@ class SoakReport:
             f"retried                   {self.retried}",
             f"completed in the end      {self.completed_in_the_end}",
             f"not in a final state      {self.not_final}",
-            f"steps run twice           {self.steps_run_twice}",
+            f"steps started             {self.steps.started}",
+            f"steps run twice (attempt) {self.steps.run_twice}",
+            f"done steps rerun by retry {self.steps.rerun_by_retry}",
+            f"completed steps unlogged  {self.steps.unlogged}",
             f"promises kept             {'yes' if self.promises_kept else 'NO'}",
         ]
 
@@ -132,7 +146,6 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
             delete_queues(queue)
 
         logs = "".join(worker.output() for worker in [*retired, *workers])
-        step_runs = Counter(STEP_STARTED.findall(logs))
         completed_retries = count([JobStatus.COMPLETED], retries) if retries else 0
         final_retries = count(FINAL, retries) if retries else 0
         report = SoakReport(
@@ -144,7 +157,7 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
             retried=len(retries),
             completed_in_the_end=completed_first + completed_retries,
             not_final=(jobs - count(FINAL)) + (len(retries) - final_retries),
-            steps_run_twice=sum(1 for runs in step_runs.values() if runs > 1),
+            steps=count_steps(sessions, logs),
         )
         return report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,9 +10,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
@@ -26,8 +29,10 @@ from tests.processes import GroupProcess, free_port, procfile_commands
 
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-# Names this process gives its databases, queues and workers, so runs never collide.
-RUN_ID = uuid.uuid4().hex[:10]
+# Names this process gives its databases, queues and workers, so runs never collide. Each
+# pytest-xdist worker is a process of its own, so each has its own; its xdist name (gw0, gw1...)
+# ends it, to tell which worker left something behind.
+RUN_ID = "_".join(filter(None, (uuid.uuid4().hex[:10], os.environ.get("PYTEST_XDIST_WORKER"))))
 
 
 @contextmanager
@@ -207,3 +212,49 @@ class WebProcess:
     def stop(self) -> None:
         self.group.stop()
         print(self.group.describe())  # shown by pytest when the test failed
+
+
+class TcpRelay:
+    """A relay of a test's own in front of a TCP server (the broker): ``cut()`` closes every
+    connection made through it, from the server's side, as a broker restart does, while new
+    connections still go through. A test breaks a client's connection this way without reaching
+    into the client."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        credentials = f"{parts.username}:{parts.password}@" if parts.username else ""
+        self.url = f"{parts.scheme}://{credentials}127.0.0.1:{self.listener.getsockname()[1]}{parts.path}"
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(self.target)
+            self.open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), name="relay-pump", daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:  # cut
+            pass
+
+    def cut(self) -> None:
+        for connection in self.open:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+        self.open.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()

@@ -1,9 +1,10 @@
 """Integration fixtures: a PostgreSQL database and RabbitMQ queues of this run's own, and a real worker.
 
-Every run creates a database ``provisioning_test_<random>`` migrated with Alembic and queues
-``erpmax.provisioning.test-<random>``, so runs never collide; both are removed at the end.
-Tests isolate their data by making tenants of their own, which also lets a real worker (a
-separate process) see what a test committed.
+Every run (every pytest-xdist worker) creates a database ``provisioning_test_<random>`` migrated
+with Alembic and queues ``erpmax.provisioning.test-<random>``, so runs never collide; both are
+removed at the end. Tests isolate their data by making tenants of their own, which also lets a
+real worker (a separate process) see what a test committed. A test whose data no other
+connection needs to see asks for ``rolled_back`` instead, and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.messaging.broker import Dispatcher
-from provisioning.platform.db import session_factory
+from provisioning.platform.db import get_engine, session_factory
 from provisioning.platform.settings import Settings, load_settings
 from provisioning.sites import credentials
 from tests import factories
@@ -91,7 +92,34 @@ def sessions(settings: Settings):
 
 
 @pytest.fixture
-def session(sessions):
+def rolled_back(settings: Settings):
+    """A connection in a transaction that is rolled back when the test ends.
+
+    A test that asks for it (a module: ``pytestmark = pytest.mark.usefixtures("rolled_back")``)
+    gets its ``session``, ``tenant_factory`` and ``app`` working inside that transaction, each
+    commit only releasing a savepoint: SQLAlchemy's recipe for joining a session into an external
+    transaction, as warehouse's tests do. Only for tests whose rows no other connection needs to
+    see: not a worker's, gunicorn's, the CLI's, a fresh session's from ``sessions``, nor requests
+    from several threads at once (they would share the one connection). Its app's jobs go to a
+    queue no worker reads, since no worker could find them.
+    """
+    with get_engine(settings.database_url).connect() as connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+        finally:
+            transaction.rollback()
+
+
+def joining(connection) -> dict:
+    """Session options that join ``connection``'s transaction, a commit releasing a savepoint."""
+    return {"bind": connection, "join_transaction_mode": "create_savepoint"}
+
+
+@pytest.fixture
+def session(request: pytest.FixtureRequest, sessions):
+    if "rolled_back" in request.fixturenames:
+        sessions = sessionmaker(expire_on_commit=False, **joining(request.getfixturevalue("rolled_back")))
     with sessions() as session:
         yield session
 
@@ -106,11 +134,24 @@ def dispatcher(settings: Settings) -> Dispatcher:
     return Dispatcher(settings)
 
 
+@pytest.fixture(scope="session")
+def unread_settings(settings: Settings) -> Settings:
+    """The run's settings with a queue of their own that no worker reads."""
+    unread = settings.model_copy(update={"provisioning_queue_name": f"{settings.provisioning_queue_name}.unread"})
+    yield unread
+    delete_queues(unread.provisioning_queue_name)
+
+
 @pytest.fixture
-def app(settings: Settings):
+def app(request: pytest.FixtureRequest, settings: Settings):
     from api import create_app
 
-    app = create_app(settings)
+    if "rolled_back" not in request.fixturenames:
+        app = create_app(settings)
+    else:
+        app = create_app(request.getfixturevalue("unread_settings"))
+        # The app's own session factory (it carries the app's listeners), joined to the test's transaction.
+        app.extensions["provisioning_sessions"].configure(**joining(request.getfixturevalue("rolled_back")))
     app.config["TESTING"] = True
     return app
 

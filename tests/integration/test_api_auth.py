@@ -16,6 +16,8 @@ from provisioning.models import ApiToken
 from provisioning.platform.db import utcnow
 from tests.helpers import StrictClient, assert_error
 
+pytestmark = pytest.mark.usefixtures("rolled_back")  # nothing here needs another connection to see its rows
+
 JOBS = "/api/v1/provisioning/jobs"
 CURRENT = "/api/v1/tenants/current"
 

@@ -16,6 +16,8 @@ from provisioning.models import SiteBackup
 from provisioning.platform.db import utcnow
 from tests.helpers import StrictClient, assert_error
 
+pytestmark = pytest.mark.usefixtures("rolled_back")  # nothing here needs another connection to see its rows
+
 BACKUPS = "/api/v1/provisioning/backups"
 # Where the platform keeps backup files: it must never show in an answer.
 SERVER_ROOT = "/srv/erpmax/backups"

@@ -17,6 +17,8 @@ from tests.helpers import wait_for
 from tests.rabbitmq_node import RabbitMQNode
 from tests.stack import SweeperProcess, WorkerProcess
 
+pytestmark = pytest.mark.disruptive  # stops and starts a RabbitMQ node of its own
+
 FAST = {
     "JOB_HEARTBEAT_SECONDS": "0.5",
     "LOST_JOB_AFTER_SECONDS": "5",

@@ -19,6 +19,8 @@ from tests.factories import TenantFactory
 from tests.helpers import wait_for
 from tests.stack import ADMIN_DATABASE_URL, WebProcess, WorkerProcess, delete_queues
 
+pytestmark = pytest.mark.disruptive  # kills database connections and times the outage
+
 HTTP_TIMEOUT = 10
 
 CLOSED_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"

@@ -24,7 +24,7 @@ from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
 from tests.helpers import StrictClient
 from tests.processes import GroupProcess, free_port
-from tests.stack import SweeperProcess, WorkerProcess, events_heard, process_environment
+from tests.stack import SweeperProcess, TcpRelay, WorkerProcess, events_heard, process_environment
 
 JOBS = "/api/v1/provisioning/jobs"
 CREATE_STEPS = ["check_preconditions", "create_site", "install_apps", "configure_site", "verify_site"]
@@ -178,15 +178,17 @@ def test_an_event_published_but_not_marked_goes_out_again_with_the_same_event_id
 
 def test_a_batch_after_its_connection_died_goes_out_on_a_new_one(settings, listener):
     hear, heard = listener
-    publisher = ConfirmedPublisher(settings)
+    relay = TcpRelay(settings.broker_url)
+    publisher = ConfirmedPublisher(settings.model_copy(update={"broker_url": relay.url}))
     publisher.publish([("job.pending", {"job_id": "first"})])
-    publisher._producer.connection.connection.sock.close()  # as a broker restart leaves it: dead under the publisher
+    relay.cut()  # as a broker restart leaves it: dead under the publisher
 
     with pytest.raises((OSError, OperationalError)):
         publisher.publish([("job.pending", {"job_id": "second"})])
     publisher.publish([("job.pending", {"job_id": "second"})])  # the relay's next round
     hear(lambda payload: payload["job_id"] == "second")
     publisher.close()
+    relay.close()
     assert [m.payload["job_id"] for m in heard] == ["first", "second"]
 
 

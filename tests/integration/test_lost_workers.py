@@ -22,6 +22,8 @@ from tests.helpers import wait_for
 from tests.records import read_job, tenant_status
 from tests.stack import SweeperProcess, WorkerProcess
 
+pytestmark = pytest.mark.disruptive  # SIGKILLs workers and their pool processes, and times heartbeats
+
 # Short deadlines so a lost worker is noticed within seconds.
 FAST = {"JOB_HEARTBEAT_SECONDS": "0.5", "LOST_JOB_AFTER_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1"}
 

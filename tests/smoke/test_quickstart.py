@@ -38,6 +38,9 @@ from tests.processes import (
     tagged_processes,
 )
 
+# The default ports take one test at a time: on one xdist worker, rather than several waiting on the lock.
+pytestmark = pytest.mark.xdist_group("default_ports")
+
 HTTP_TIMEOUT = 10
 DEFAULT_PORTS = {"PORT": 8000, "FLOWER_PORT": 5555, "EMBEDDED_BROKER_PORT": 6399}
 LOCK_PATH = Path(tempfile.gettempdir()) / "erpmax-quickstart-default-ports.lock"
