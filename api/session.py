@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from api.errors import http_error
 from provisioning.accounts.registry import record_token_use
 from provisioning.platform import migrate
-from provisioning.platform.db import session_factory
+from provisioning.platform.db import new_session_factory
 from provisioning.platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ SCHEMA_BEHIND = f"the database schema is not up to date; the operator must run `
 
 
 def init_sessions(app: Flask, settings: Settings) -> None:
-    app.extensions["provisioning_sessions"] = session_factory(settings.database_url)
+    # The app's own factory, not the process's shared one: a test joins it to its transaction.
+    app.extensions["provisioning_sessions"] = new_session_factory(settings.database_url)
     app.after_request(_keep_token_use)
 
     @app.teardown_appcontext

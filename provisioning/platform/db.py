@@ -192,7 +192,7 @@ def session_factory(database_url: str) -> sessionmaker[Session]:
 
 
 def new_session_factory(database_url: str) -> sessionmaker[Session]:
-    """A factory of the caller's own, for listeners that must not apply to everyone's sessions."""
+    """A factory of the caller's own, to configure without touching everyone's sessions."""
     return sessionmaker(bind=get_engine(database_url), expire_on_commit=False)
 
 
