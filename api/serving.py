@@ -18,6 +18,7 @@ descriptors. A reverse proxy in front bounds those (README, Production).
 from __future__ import annotations
 
 import json
+import signal
 from http import HTTPStatus
 
 from a2wsgi import WSGIMiddleware
@@ -32,6 +33,17 @@ class ThreadedWSGIWorker(ASGIWorker):
     @classmethod
     def check_config(cls, cfg, log) -> None:
         """Unlike the plain asyncio worker, this one uses ``--threads`` (gunicorn would warn)."""
+
+    def handle_quit_signal(self) -> None:
+        """SIGINT or SIGQUIT: exit at once, and ignore further signals meanwhile.
+
+        asyncio's loop closes its self-pipe before it takes its signal handlers away, so a second
+        signal in between (a terminal's Ctrl-C reaches the worker, then honcho's SIGTERM) is
+        written to a closed pipe and prints a traceback; the worker is leaving anyway.
+        """
+        super().handle_quit_signal()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_IGN)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()  # sets self.asgi to what the app factory made: a WSGI app
