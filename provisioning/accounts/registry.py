@@ -26,7 +26,6 @@ from provisioning.errors import (
 from provisioning.models import ApiToken, Membership, Tenant, User
 from provisioning.platform.db import utcnow
 from provisioning.platform.identifiers import EMAIL, SLUG, UUID
-from provisioning.platform.pg_batching import execute_later
 from provisioning.platform.quoting import quoted
 
 TOKEN_PREFIX = "erpx_"
@@ -226,7 +225,7 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
 
 def record_token_use(session: Session, token_id: uuid.UUID) -> None:
     """Record the token's use now, in the session's transaction (the caller commits)."""
-    execute_later(session.connection(), TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
+    session.connection().execute(TOKEN_USED, {"token_id": token_id, "used_at": utcnow()})
 
 
 def _choose_tenant(

@@ -73,7 +73,7 @@ class Heartbeat:
     def beat(self) -> bool:
         """One beat; False once the job is not this worker's running job any more."""
         try:
-            with self.sessions() as session:
+            with self.sessions.begin() as session:  # the beat's own transaction, committed here
                 beat = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
         except Exception:
             log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)

@@ -158,7 +158,7 @@ class JobRunner:
         ):
             service = ProvisioningService(session)
             try:
-                claim = service.start_job(job_id, self.worker, self._new_admin_password)
+                claim = PatientService(service, self.database_patience).start_job(job_id, self.worker, self._new_admin_password)
             except Conflict as refusal:
                 log.warning("job %s: %s", job_id, refusal)
                 return
@@ -311,7 +311,7 @@ class JobRunner:
         """Fail the job at the step the runner was at (without waiting out an outage again)."""
         try:
             service.session.rollback()
-            self._fail(run, run.at, error, service=service)
+            self._fail(run, run.at, error, service=PatientService(service, patience=0))
         except Exception:
             log.exception("job %s: could not record the failure; the sweeper will fail it as lost", run.job.id)
 

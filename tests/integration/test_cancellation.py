@@ -10,10 +10,9 @@ from sqlalchemy import select
 
 from api import create_app
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
-from provisioning.jobs.service import ProvisioningService
 from provisioning.models import JobStep, ProvisioningJob, Tenant
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.stack import WorkerProcess
 
 JOBS = "/api/v1/provisioning/jobs"
@@ -62,7 +61,7 @@ def test_a_running_create_is_cancelled_its_site_undone_and_the_worker_goes_on(is
 
         # The same worker takes the next job (and lets go of it on a cancel too).
         with isolated.session() as session:
-            service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
+            service = committing(session, dispatch=isolated.dispatcher.send_job)
             later = service.request_job(other.id, JobType.CREATE_SITE)
             wait_for(
                 lambda: (job_row(isolated, later.id).worker or "").startswith(worker.name),

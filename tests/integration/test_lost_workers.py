@@ -12,13 +12,13 @@ from sqlalchemy import select, update
 
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import ProvisioningService, StepRecord
+from provisioning.jobs.service import StepRecord
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import utcnow
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.records import read_job, tenant_status
 from tests.stack import BeatProcess, WorkerProcess
 
@@ -43,7 +43,7 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     session, sessions, tenant_factory
 ):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
     steps = workflow_for(JobType.CREATE_SITE).steps
@@ -65,7 +65,7 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
 
 def test_a_worker_lost_while_it_settled_a_cancel_is_reaped_saying_so(session, sessions, tenant_factory):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
     service.cancel_job(tenant.id, job.id)
@@ -78,7 +78,7 @@ def test_a_worker_lost_while_it_settled_a_cancel_is_reaped_saying_so(session, se
 
 def test_a_job_whose_worker_still_beats_is_left_alone(session, sessions, tenant_factory):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@alive")
     age_heartbeat(sessions, job.id, 10)
@@ -93,7 +93,7 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
     settings, session, sessions, tenant_factory
 ):
     tenant = tenant_factory.create()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     runner = JobRunner.for_settings(settings, sessions, SimulatedDriver(step_seconds=30), worker="worker@slow")
     runner.heartbeat_seconds = 0.2
     thread = threading.Thread(target=runner.run, args=(job.id,), daemon=True)
@@ -107,7 +107,7 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
         s.execute(update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(worker="worker@other"))
         s.commit()
     age_heartbeat(sessions, job.id, 120)
-    assert job.id in ProvisioningService(session).reap_lost_jobs(timedelta(seconds=60))
+    assert job.id in committing(session).reap_lost_jobs(timedelta(seconds=60))
     thread.join(timeout=10)
 
     assert not thread.is_alive(), "the slow worker must notice that the job is no longer its own"
@@ -135,7 +135,7 @@ def test_a_worker_lost_during_a_quick_step_is_reaped_naming_that_step_and_its_re
     settings, session, sessions, tenant_factory
 ):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     driver = FreezesAt("install_apps")
     runner = JobRunner.for_settings(settings, sessions, driver, worker="worker@frozen")
@@ -196,7 +196,7 @@ def slow_worker(isolated, **extra) -> WorkerProcess:
 def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(isolated, beat):
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
-        service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
+        service = committing(session, dispatch=isolated.dispatcher.send_job)
         job = service.request_job(tenant.id, JobType.CREATE_SITE)
         doomed = slow_worker(isolated)
         wait_until_in_first_step(isolated.sessions, job.id)
@@ -219,7 +219,7 @@ def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(iso
 def test_a_killed_pool_process_is_noticed_while_its_worker_lives_on(isolated, beat):
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
-        job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+        job = committing(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
     worker = slow_worker(isolated)
     try:
         wait_until_in_first_step(isolated.sessions, job.id)
@@ -237,7 +237,7 @@ def test_a_worker_whose_job_was_taken_away_stops_even_a_deaf_step_and_writes_not
     """As when the sweeper declared a cut-off worker lost and a retry went elsewhere."""
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
-        job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+        job = committing(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
     worker = slow_worker(isolated, SIMULATED_IGNORE_CANCEL="true", SIMULATED_STEP_SECONDS="60")
     try:
         wait_until_in_first_step(isolated.sessions, job.id)
@@ -258,7 +258,7 @@ def test_a_worker_whose_job_was_taken_away_stops_even_a_deaf_step_and_writes_not
 def test_a_job_that_waits_unclaimed_is_published_again_with_a_doubling_wait(session, sessions, tenant_factory):
     sent: list = []
     tenant = tenant_factory.create()
-    service = ProvisioningService(session, dispatch=sent.append)
+    service = committing(session, dispatch=sent.append)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
 
     def published_minutes_ago(minutes: float) -> None:
