@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import StepRecord
+from provisioning.jobs.service import ProvisioningService, StepRecord
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import utcnow
@@ -282,3 +282,29 @@ def test_a_job_that_waits_unclaimed_is_published_again_with_a_doubling_wait(sess
     published_minutes_ago(11)
     assert republished_now()
     assert sent.count(job.id) == 3
+
+
+def test_a_job_committed_but_never_published_is_published_by_the_next_sweep(session, sessions, tenant_factory):
+    """As when the requesting process dies between its commit and its publish: the job is not
+    marked sent (the mark follows the publish), so the next sweep publishes it, not one five
+    minutes later."""
+    sent: list = []
+    tenant = tenant_factory.create()
+    job = ProvisioningService(session, dispatch=sent.append).request_job(tenant.id, JobType.CREATE_SITE)
+    session.commit()  # the transaction, but none of what follows its commit: the process is gone
+    assert sent == [] and read_job(sessions, job.id).dispatched_at is None
+
+    assert committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5)) == [job.id]
+    assert sent == [job.id]
+    assert read_job(sessions, job.id).dispatched_at is not None, "marked once it was published"
+
+
+def test_a_published_job_is_marked_sent_and_not_published_again_by_the_next_sweep(session, sessions, tenant_factory):
+    sent: list = []
+    tenant = tenant_factory.create()
+    job = committing(session, dispatch=sent.append).request_job(tenant.id, JobType.CREATE_SITE)
+    assert sent == [job.id] and job.dispatched_at is not None
+    assert read_job(sessions, job.id).dispatch_count == 1
+
+    assert committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5)) == []
+    assert sent == [job.id]
