@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # What a new job's INSERT writes: every column but those only a worker or the sweeper fills in.
 JOB_COLUMNS = (
     "id", "tenant_id", "job_type", "status", "progress", "message", "requested_by_id", "retry_of_id", "resume_from",
-    "options", "request_id", "created_at",
+    "options", "request_id", "dispatch_count", "created_at",
 )  # fmt: skip
 
 # The job's row, only if its tenant exists, is in a state the job type allows and has no active
@@ -40,7 +40,7 @@ INSERT_JOB_IF_ALLOWED = insert(jobs).from_select(
         .where(jobs.c.tenant_id == bindparam("tenant_id"), jobs.c.status.in_(sorted(ACTIVE_JOB_STATUSES)))
         .exists(),
     ),
-)
+).returning(jobs.c.id)
 
 
 class JobRequests(JobRecords):
@@ -304,7 +304,7 @@ class JobRequests(JobRecords):
         tenants WHERE``)."""
         values = {column: getattr(job, column) for column in JOB_COLUMNS}
         allowed = {"allowed_tenant_states": sorted(workflow.allowed_tenant_states)}
-        return self._execute(INSERT_JOB_IF_ALLOWED, values | allowed).rowcount == 1
+        return self._execute(INSERT_JOB_IF_ALLOWED, values | allowed).first() is not None
 
     def _resume_point(self, job: ProvisioningJob) -> str | None:
         """Where a retry of ``job`` starts: None (the beginning) unless it failed in a step and is

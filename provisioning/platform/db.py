@@ -54,19 +54,6 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-# The driver a ``postgresql://`` URL means: psycopg 3 (see README, "Database driver").
-POSTGRESQL_DRIVER = "postgresql+psycopg"
-
-
-def with_driver(database_url: str) -> str:
-    """The URL with this project's PostgreSQL driver when it names none (``postgresql://``,
-    ``postgres://``): the one place that choice is made. A URL naming a driver keeps it."""
-    for bare in ("postgresql://", "postgres://"):
-        if database_url.startswith(bare):
-            return POSTGRESQL_DRIVER + "://" + database_url[len(bare):]
-    return database_url
-
-
 @lru_cache(maxsize=None)
 def get_engine(database_url: str) -> Engine:
     """One engine (and pool) per URL per process. A forked process inherits the cached engine:
@@ -78,7 +65,6 @@ def get_engine(database_url: str) -> Engine:
     instead of failing a request or a job's step. A connection that dies while in use fails its
     transaction; whoever owns the transaction may run it again (``PatientService`` does).
     """
-    database_url = with_driver(database_url)
     if database_url.startswith("sqlite"):
         engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _tune_sqlite)
@@ -168,3 +154,4 @@ class UnitOfWork:
     def rollback(self) -> None:
         self._after_commit.clear()
         self.session.rollback()
+

@@ -132,7 +132,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     else:
         if not database_url:
             raise SettingsError("DATABASE_URL: required once RabbitMQ is configured (a postgresql:// URL)")
-        _check_url("DATABASE_URL", database_url, ("postgresql", "postgresql+psycopg2", "postgres", "sqlite"))
+        schemes = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgres", "sqlite")
+        _check_url("DATABASE_URL", database_url, schemes)
         database_url = _normalise_database_url(database_url)
         broker_url = get_rabbitmq_url(env)
 
