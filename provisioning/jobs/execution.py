@@ -140,19 +140,19 @@ class JobExecution(JobRecords):
         at_least = max((step.progress for step in done), default=0)
         doing = starting.doing or None if starting else None
         doing = {"message": case((jobs.c.status == JobStatus.RUNNING, doing), else_=jobs.c.message)} if doing else {}
-        status = self._execute(
+        moved = self._move_with_steps(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_(sorted(HELD_BY_A_WORKER)))
             .values(progress=_at_least(at_least), **doing)
-            .returning(jobs.c.status)
-        ).scalar()
-        if status is None:
+            .returning(jobs.c.id, jobs.c.status),
+            worker,
+            done,
+            starting,
+        )
+        if moved is None:
             log.warning("job %s: no longer run by %s; its steps are not recorded", job_id, worker)
             return None
-        if starting is not None and status == JobStatus.RUNNING:
-            done = [*done, starting]
-        self._write_steps(job_id, worker, done)
-        return status
+        return moved.status
 
     def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
         """Record a step that ended other than completed (failed, cancelled), with what it printed;
@@ -189,15 +189,17 @@ class JobExecution(JobRecords):
         The compare-and-set comes first: naming the worker, it is also the ownership check and
         holds the job's row for the rest of the transaction.
         """
-        actor = f"worker {worker}"
-        completed = self.transition(
-            job_id, JobStatus.COMPLETED, conditions=[jobs.c.worker == worker], returning=(jobs.c.tenant_id, jobs.c.job_type),
-            record=False, progress=100, message="Completed", completed_at=utcnow(),
+        completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
+        completed = self._move_with_steps(
+            self._compare_and_set(
+                job_id, JobStatus.COMPLETED, conditions=[jobs.c.worker == worker], returning=(jobs.c.tenant_id, jobs.c.job_type),
+                values={"progress": 100, "message": "Completed", "completed_at": utcnow()},
+            ),
+            worker, done, then=completion,
         )  # fmt: skip
         if completed is None:
             self.write_steps(job_id, worker, done)
             return False
-        self._write_steps(job_id, worker, done, then=self._event(job_id, "completed", actor, status=JobStatus.COMPLETED))
         self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
         return True
 
@@ -210,14 +212,16 @@ class JobExecution(JobRecords):
         ended. False when the job is no longer ``worker``'s (nothing is written).
         """
         at_least = max((step.progress for step in done), default=0)
-        failed = self.transition(
-            job_id, JobStatus.FAILED, conditions=[jobs.c.worker == worker], returning=(jobs.c.tenant_id,), record=False,
-            error=error, message="Failed", completed_at=utcnow(), progress=_at_least(at_least),
+        failure = self._event(job_id, "failed", f"worker {worker}", error, status=JobStatus.FAILED)
+        failed = self._move_with_steps(
+            self._compare_and_set(
+                job_id, JobStatus.FAILED, conditions=[jobs.c.worker == worker], returning=(jobs.c.tenant_id,),
+                values={"error": error, "message": "Failed", "completed_at": utcnow(), "progress": _at_least(at_least)},
+            ),
+            worker, done, then=failure,
         )  # fmt: skip
         if failed is None:
             return False
-        failure = self._event(job_id, "failed", f"worker {worker}", error, status=JobStatus.FAILED)
-        self._write_steps(job_id, worker, done, then=failure)
         self._set_tenant_status(failed.tenant_id, tenant_status)
         return True
 

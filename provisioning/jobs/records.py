@@ -17,7 +17,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Collection, Sequence
 
-from sqlalchemy import Executable, bindparam, func, insert, update
+from sqlalchemy import (
+    Boolean,
+    Executable,
+    Integer,
+    Text,
+    Update,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+    values,
+)
 from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.orm import Session
 
@@ -26,7 +42,7 @@ from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.jobs.states import sources_of
 from provisioning.jobs.workflows import Step
 from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
-from provisioning.platform.db import UnitOfWork, utcnow
+from provisioning.platform.db import UnitOfWork, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -171,22 +187,38 @@ class JobRecords:
         Raises:
             ValueError: ``sources`` names a state that may not move to ``target``.
         """
-        allowed = sources_of(target)
-        sources = allowed if sources is None else frozenset(sources)
-        if not sources or not sources <= allowed:
-            raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
-        moved = self._execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status.in_(sorted(sources)), *conditions)
-            .values(status=target, **values)
-            .returning(jobs.c.id, *returning)
-        ).first()
+        moved = self._execute(self._compare_and_set(job_id, target, sources, conditions, returning, values)).first()
         if moved is None:
-            log.info("job %s: not moved to %s, it is no longer in %s", job_id, target.value, sorted(s.value for s in sources))
+            log.info("job %s: not moved to %s, it is no longer where it could move from", job_id, target.value)
             return None
         if record:
             self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
         return moved
+
+    @staticmethod
+    def _compare_and_set(
+        job_id: uuid.UUID,
+        target: JobStatus,
+        sources: Collection[JobStatus] | None = None,
+        conditions: Sequence = (),
+        returning: Sequence = (),
+        values: dict | None = None,
+    ) -> Update:
+        """``transition``'s UPDATE, returning the job's id and status and the ``returning`` columns.
+
+        Raises:
+            ValueError: ``sources`` names a state that may not move to ``target``.
+        """
+        allowed = sources_of(target)
+        sources = allowed if sources is None else frozenset(sources)
+        if not sources or not sources <= allowed:
+            raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
+        return (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status.in_(sorted(sources)), *conditions)
+            .values(status=target, **(values or {}))
+            .returning(jobs.c.id, jobs.c.status, *returning)
+        )
 
     def _execute(self, statement: Executable, parameters: dict | list[dict] | None = None) -> CursorResult:
         """Run a Core statement in the session's transaction, without the ORM's per-statement work
@@ -241,6 +273,83 @@ class JobRecords:
         events = [self._event(job_id, kind, actor, detail, at=at) for step in done for kind, detail, at in step.events()]
         self._insert_events(events + [then] if then else events)
 
+    def _move_with_steps(
+        self,
+        job_update: Update,
+        worker: str,
+        done: Sequence[StepRecord],
+        starting: StepRecord | None = None,
+        then: dict | None = None,
+    ) -> Row | None:
+        """Run ``job_update`` (of one job's row, returning its ``id`` and ``status``) and, if it
+        changed the row, write the steps ``done`` with their events (and then the event ``then``),
+        and ``starting`` with its event only if the job is running. None when it changed nothing
+        (and nothing is written); else the row it returned.
+
+        On PostgreSQL this is one statement (data-modifying CTEs that read the job's new row), so
+        a step boundary costs one round trip; elsewhere the statements run one after the other.
+        """
+        if self.session.connection().dialect.name != "postgresql":
+            moved = self._execute(job_update).first()
+            if moved is not None:
+                ended = [*done, starting] if starting is not None and moved.status == JobStatus.RUNNING else done
+                self._write_steps(moved.id, worker, ended, then)
+            return moved
+        moved = job_update.cte("moved")
+        written = [(step, True) for step in done] + ([(starting, False)] if starting is not None else [])
+        ctes = []
+        # Each row says whether it is written whatever the job's status ("always"), or only while it runs.
+        if written:
+            step_rows = values(
+                column("position", Integer), column("status", Text), column("started_at", Text), column("finished_at", Text),
+                column("output", Text), column("message", Text), column("always", Boolean), name="written",
+            ).data([
+                (step.position, step.status.value, _text(step.started_at), _text(step.finished_at), output_tail(step.output),
+                 step.message, always)
+                for step, always in written
+            ])  # fmt: skip
+            ctes.append(
+                update(steps)
+                .where(
+                    steps.c.job_id == moved.c.id,
+                    steps.c.position == step_rows.c.position,
+                    or_(step_rows.c.always, moved.c.status == JobStatus.RUNNING),
+                )
+                .values(
+                    status=step_rows.c.status,
+                    started_at=func.coalesce(cast(step_rows.c.started_at, UTCDateTime), steps.c.started_at),
+                    finished_at=cast(step_rows.c.finished_at, UTCDateTime),
+                    output=step_rows.c.output,
+                    message=step_rows.c.message,
+                )
+                .cte("written_steps")
+            )
+        actor = f"worker {worker}"
+        events = [
+            (kind, actor, detail, at, None, always) for step, always in written for kind, detail, at in step.events()
+        ] + ([(then["kind"], then["actor"], then["detail"], then["created_at"], then["status"], True)] if then else [])
+        if events:
+            event_rows = values(
+                column("kind", Text), column("actor", Text), column("detail", Text), column("created_at", Text),
+                column("status", Text), column("always", Boolean), name="recorded",
+            ).data([(kind, who, detail, _text(at), status and status.value, always)
+                    for kind, who, detail, at, status, always in events])  # fmt: skip
+            columns = ("job_id", "kind", "actor", "detail", "created_at", "status")
+            ctes.append(
+                insert(JobEvent.__table__)
+                .from_select(
+                    columns,
+                    select(
+                        moved.c.id, event_rows.c.kind, event_rows.c.actor, event_rows.c.detail,
+                        cast(event_rows.c.created_at, UTCDateTime), event_rows.c.status,
+                    )
+                    .select_from(event_rows.join(moved, true()))
+                    .where(or_(event_rows.c.always, moved.c.status == JobStatus.RUNNING)),
+                )
+                .cte("recorded_events")
+            )  # fmt: skip
+        return self._execute(select(moved).add_cte(*ctes)).first()
+
     def _publish(self, job_id: uuid.UUID) -> datetime | None:
         """Publish the job's message, then mark it sent (and record that) in the caller's
         transaction; None, with nothing marked, if the broker failed.
@@ -266,6 +375,11 @@ class JobRecords:
         )
         self._record(job_id, "dispatched", "system")
         return dispatched_at
+
+
+def _text(moment: datetime | None) -> str | None:
+    """A moment as the text PostgreSQL reads back exactly (the CTEs' VALUES carry text, cast there)."""
+    return None if moment is None else moment.isoformat()
 
 
 def actor_of_user(user_id: uuid.UUID | None) -> str:
