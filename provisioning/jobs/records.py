@@ -25,17 +25,17 @@ from sqlalchemy import (
     Update,
     bindparam,
     cast,
-    column,
     func,
     insert,
     or_,
     select,
     true,
     update,
-    values,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from provisioning.accounts.audit import Origin
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
@@ -298,16 +298,19 @@ class JobRecords:
         moved = job_update.cte("moved")
         written = [(step, True) for step in done] + ([(starting, False)] if starting is not None else [])
         ctes = []
-        # Each row says whether it is written whatever the job's status ("always"), or only while it runs.
+        # Each row says whether it is written whatever the job's status ("always"), or only while it
+        # runs. Its times travel as text and are cast back: a column of NULLs has no type otherwise.
         if written:
-            step_rows = values(
-                column("position", Integer), column("status", Text), column("started_at", Text), column("finished_at", Text),
-                column("output", Text), column("message", Text), column("always", Boolean), name="written",
-            ).data([
-                (step.position, step.status.value, _text(step.started_at), _text(step.finished_at), output_tail(step.output),
-                 step.message, always)
-                for step, always in written
-            ])  # fmt: skip
+            step_rows = _rows(
+                "written",
+                position=(Integer, [step.position for step, _ in written]),
+                status=(Text, [step.status.value for step, _ in written]),
+                started_at=(Text, [_text(step.started_at) for step, _ in written]),
+                finished_at=(Text, [_text(step.finished_at) for step, _ in written]),
+                output=(Text, [output_tail(step.output) for step, _ in written]),
+                message=(Text, [step.message for step, _ in written]),
+                always=(Boolean, [always for _, always in written]),
+            )
             ctes.append(
                 update(steps)
                 .where(
@@ -329,11 +332,15 @@ class JobRecords:
             (kind, actor, detail, at, None, always) for step, always in written for kind, detail, at in step.events()
         ] + ([(then["kind"], then["actor"], then["detail"], then["created_at"], then["status"], True)] if then else [])
         if events:
-            event_rows = values(
-                column("kind", Text), column("actor", Text), column("detail", Text), column("created_at", Text),
-                column("status", Text), column("always", Boolean), name="recorded",
-            ).data([(kind, who, detail, _text(at), status and status.value, always)
-                    for kind, who, detail, at, status, always in events])  # fmt: skip
+            event_rows = _rows(
+                "recorded",
+                kind=(Text, [event[0] for event in events]),
+                actor=(Text, [event[1] for event in events]),
+                detail=(Text, [event[2] for event in events]),
+                created_at=(Text, [_text(event[3]) for event in events]),
+                status=(Text, [event[4] and event[4].value for event in events]),
+                always=(Boolean, [event[5] for event in events]),
+            )
             columns = ("job_id", "kind", "actor", "detail", "created_at", "status")
             ctes.append(
                 insert(JobEvent.__table__)
@@ -375,6 +382,13 @@ class JobRecords:
         )
         self._record(job_id, "dispatched", "system")
         return dispatched_at
+
+
+def _rows(name: str, **columns: tuple) -> TableValuedAlias:
+    """Rows given as one array per column, ``unnest``-ed into a table named ``name`` (PostgreSQL):
+    the statement's text stays the same whatever the rows, so it is compiled (and prepared) once."""
+    arrays = [bindparam(f"{name}_{column}", values, type_=ARRAY(type_)) for column, (type_, values) in columns.items()]
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
 
 
 def _text(moment: datetime | None) -> str | None:
