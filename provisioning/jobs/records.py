@@ -375,12 +375,17 @@ class JobRecords:
             log.exception("job %s: publishing failed; it stays pending until it is re-published", job_id)
             return None
         dispatched_at = utcnow()
-        self._execute(
+        mark = (
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING)
             .values(dispatched_at=dispatched_at, dispatch_count=jobs.c.dispatch_count + 1)
         )
-        self._record(job_id, "dispatched", "system")
+        event = insert(JobEvent.__table__).values(self._event(job_id, "dispatched", "system"))
+        if self.session.connection().dialect.name == "postgresql":
+            self._execute(event.add_cte(mark.cte("marked")))  # one statement: one round trip
+        else:
+            self._execute(mark)
+            self._execute(event)
         return dispatched_at
 
 
