@@ -7,19 +7,71 @@ import logging
 import uuid
 from typing import Callable, Sequence
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import Integer, Text, bindparam, case, func, insert, select, update
 
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
-from provisioning.jobs.records import Beat, Claim, ClaimedJob, JobRecords, StepRecord, jobs, output_tail, steps, tenants
+from provisioning.jobs.records import (
+    Beat,
+    Boundary,
+    Claim,
+    ClaimedJob,
+    JobRecords,
+    StepRecord,
+    compare_and_set,
+    jobs,
+    output_tail,
+    steps,
+    tenants,
+)
 from provisioning.jobs.states import HELD_BY_A_WORKER
 from provisioning.jobs.workflows import workflow_for
-from provisioning.platform.db import utcnow
+from provisioning.platform.db import UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
 # What the runner of a job reads of it (ClaimedJob).
 CLAIMED_COLUMNS = ("id", "tenant_id", "job_type", "resume_from", "retry_of_id", "options", "tenant_status_before", "request_id")
+
+
+def _at_least(progress):
+    """The job's progress, raised to ``progress`` if it is lower: progress never goes back."""
+    return case((jobs.c.progress < progress, progress), else_=jobs.c.progress)
+
+
+# The writes of a step boundary, a completion and a failure, built once (see ``Boundary``). A bound
+# parameter is never named after a column of the updated table: SQLAlchemy keeps those for SET.
+HELD = jobs.c.status.in_(sorted(HELD_BY_A_WORKER))
+# Its progress, never lowered, and what it is doing now: the step starting (only while running: a
+# cancelling job starts nothing), else as it was. Returning the status, this one write is also the
+# ownership check and the cancel check.
+STEP_BOUNDARY = Boundary(
+    update(jobs)
+    .where(jobs.c.id == bindparam("moving_job"), jobs.c.worker == bindparam("claimer"), HELD)
+    .values(
+        progress=_at_least(bindparam("at_least", type_=Integer)),
+        message=case(
+            (jobs.c.status == JobStatus.RUNNING, func.coalesce(bindparam("doing", type_=Text), jobs.c.message)),
+            else_=jobs.c.message,
+        ),
+    )
+    .returning(jobs.c.id, jobs.c.status)
+)
+COMPLETION = Boundary(
+    compare_and_set(
+        bindparam("moving_job"), JobStatus.COMPLETED, conditions=[jobs.c.worker == bindparam("claimer")],
+        returning=(jobs.c.tenant_id, jobs.c.job_type),
+        values={"progress": 100, "message": "Completed", "completed_at": bindparam("now", type_=UTCDateTime)},
+    )
+)  # fmt: skip
+FAILURE = Boundary(
+    compare_and_set(
+        bindparam("moving_job"), JobStatus.FAILED, conditions=[jobs.c.worker == bindparam("claimer")],
+        returning=(jobs.c.tenant_id,),
+        values={"error": bindparam("failure", type_=Text), "message": "Failed",
+                "completed_at": bindparam("now", type_=UTCDateTime), "progress": _at_least(bindparam("at_least", type_=Integer))},
+    )
+)  # fmt: skip
 
 
 def _of_its_tenant(column):
@@ -133,22 +185,10 @@ class JobExecution(JobRecords):
         came (the steps done are still recorded, the starting one is not started); None when the
         job is no longer this worker's (nothing is written).
         """
-        # Its progress, never lowered, and what it is doing now: the step starting (only while
-        # running: a cancelling job starts nothing), else as it was. Returning the status, this one
-        # write is also the ownership check and the cancel check, and it holds the job's row for
-        # the rest of the step write.
         at_least = max((step.progress for step in done), default=0)
         doing = starting.doing or None if starting else None
-        doing = {"message": case((jobs.c.status == JobStatus.RUNNING, doing), else_=jobs.c.message)} if doing else {}
-        moved = self._move_with_steps(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_(sorted(HELD_BY_A_WORKER)))
-            .values(progress=_at_least(at_least), **doing)
-            .returning(jobs.c.id, jobs.c.status),
-            worker,
-            done,
-            starting,
-        )
+        parameters = {"moving_job": job_id, "claimer": worker, "at_least": at_least, "doing": doing}
+        moved = self._move_with_steps(STEP_BOUNDARY, parameters, worker, done, starting)
         if moved is None:
             log.warning("job %s: no longer run by %s; its steps are not recorded", job_id, worker)
             return None
@@ -190,13 +230,8 @@ class JobExecution(JobRecords):
         holds the job's row for the rest of the transaction.
         """
         completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
-        completed = self._move_with_steps(
-            self._compare_and_set(
-                job_id, JobStatus.COMPLETED, conditions=[jobs.c.worker == worker], returning=(jobs.c.tenant_id, jobs.c.job_type),
-                values={"progress": 100, "message": "Completed", "completed_at": utcnow()},
-            ),
-            worker, done, then=completion,
-        )  # fmt: skip
+        parameters = {"moving_job": job_id, "claimer": worker, "now": utcnow()}
+        completed = self._move_with_steps(COMPLETION, parameters, worker, done, then=completion)
         if completed is None:
             self.write_steps(job_id, worker, done)
             return False
@@ -213,13 +248,8 @@ class JobExecution(JobRecords):
         """
         at_least = max((step.progress for step in done), default=0)
         failure = self._event(job_id, "failed", f"worker {worker}", error, status=JobStatus.FAILED)
-        failed = self._move_with_steps(
-            self._compare_and_set(
-                job_id, JobStatus.FAILED, conditions=[jobs.c.worker == worker], returning=(jobs.c.tenant_id,),
-                values={"error": error, "message": "Failed", "completed_at": utcnow(), "progress": _at_least(at_least)},
-            ),
-            worker, done, then=failure,
-        )  # fmt: skip
+        parameters = {"moving_job": job_id, "claimer": worker, "failure": error, "now": utcnow(), "at_least": at_least}
+        failed = self._move_with_steps(FAILURE, parameters, worker, done, then=failure)
         if failed is None:
             return False
         self._set_tenant_status(failed.tenant_id, tenant_status)
@@ -237,7 +267,3 @@ class JobExecution(JobRecords):
         self._set_tenant_status(cancelled.tenant_id, tenant_status)
         return True
 
-
-def _at_least(progress: int):
-    """The job's progress, raised to ``progress`` if it is lower: progress never goes back."""
-    return case((jobs.c.progress < progress, progress), else_=jobs.c.progress)

@@ -32,17 +32,15 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.selectable import TableValuedAlias
 
 from provisioning.accounts.audit import Origin
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.jobs.states import sources_of
 from provisioning.jobs.workflows import Step
 from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
-from provisioning.platform.db import UnitOfWork, UTCDateTime, utcnow
+from provisioning.platform.db import UnitOfWork, UTCDateTime, as_text, unnested, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +138,73 @@ WRITE_STEP = (
 )
 
 
+def compare_and_set(
+    job_id,
+    target: JobStatus,
+    sources: Collection[JobStatus] | None = None,
+    conditions: Sequence = (),
+    returning: Sequence = (),
+    values: dict | None = None,
+) -> Update:
+    """The compare-and-set UPDATE of a job's status (``job_id`` a value or a bound parameter),
+    returning the job's id and status and the ``returning`` columns.
+
+    Raises:
+        ValueError: ``sources`` names a state that may not move to ``target``.
+    """
+    allowed = sources_of(target)
+    sources = allowed if sources is None else frozenset(sources)
+    if not sources or not sources <= allowed:
+        raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
+    return (
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status.in_(sorted(sources)), *conditions)
+        .values(status=target, **(values or {}))
+        .returning(jobs.c.id, jobs.c.status, *returning)
+    )
+
+
+class Boundary:
+    """An UPDATE of one job's row (returning its ``id`` and ``status``, with bound parameters) and,
+    built once with it, the statement that runs it on PostgreSQL with the writes of its steps and
+    events: data-modifying CTEs that read the job's new row, the rows bound as arrays (``unnested``)."""
+
+    def __init__(self, job_update: Update):
+        self.job_update = job_update
+        moved = job_update.cte("moved")
+        running = moved.c.status == JobStatus.RUNNING
+        step_rows = unnested(
+            "written", position=Integer, status=Text, started_at=Text, finished_at=Text, output=Text, message=Text, always=Boolean
+        )
+        written = (
+            update(steps)
+            .where(steps.c.job_id == moved.c.id, steps.c.position == step_rows.c.position, or_(step_rows.c.always, running))
+            .values(
+                status=step_rows.c.status,
+                started_at=func.coalesce(cast(step_rows.c.started_at, UTCDateTime), steps.c.started_at),
+                finished_at=cast(step_rows.c.finished_at, UTCDateTime),
+                output=step_rows.c.output,
+                message=step_rows.c.message,
+            )
+            .cte("written_steps")
+        )
+        event_rows = unnested("recorded", kind=Text, actor=Text, detail=Text, created_at=Text, status=Text, always=Boolean)
+        recorded = (
+            insert(JobEvent.__table__)
+            .from_select(
+                ("job_id", "kind", "actor", "detail", "created_at", "status"),
+                select(
+                    moved.c.id, event_rows.c.kind, event_rows.c.actor, event_rows.c.detail,
+                    cast(event_rows.c.created_at, UTCDateTime), event_rows.c.status,
+                )
+                .select_from(event_rows.join(moved, true()))
+                .where(or_(event_rows.c.always, running)),
+            )
+            .cte("recorded_events")
+        )  # fmt: skip
+        self.together = select(moved).add_cte(written, recorded)
+
+
 class JobRecords:
     """The unit of work, the task's publisher and who asks, and the writes the parts of the
     service share: ``JobRequests``, ``JobExecution`` and ``JobRepairs`` build on it.
@@ -187,38 +252,13 @@ class JobRecords:
         Raises:
             ValueError: ``sources`` names a state that may not move to ``target``.
         """
-        moved = self._execute(self._compare_and_set(job_id, target, sources, conditions, returning, values)).first()
+        moved = self._execute(compare_and_set(job_id, target, sources, conditions, returning, values)).first()
         if moved is None:
             log.info("job %s: not moved to %s, it is no longer where it could move from", job_id, target.value)
             return None
         if record:
             self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
         return moved
-
-    @staticmethod
-    def _compare_and_set(
-        job_id: uuid.UUID,
-        target: JobStatus,
-        sources: Collection[JobStatus] | None = None,
-        conditions: Sequence = (),
-        returning: Sequence = (),
-        values: dict | None = None,
-    ) -> Update:
-        """``transition``'s UPDATE, returning the job's id and status and the ``returning`` columns.
-
-        Raises:
-            ValueError: ``sources`` names a state that may not move to ``target``.
-        """
-        allowed = sources_of(target)
-        sources = allowed if sources is None else frozenset(sources)
-        if not sources or not sources <= allowed:
-            raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
-        return (
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status.in_(sorted(sources)), *conditions)
-            .values(status=target, **(values or {}))
-            .returning(jobs.c.id, jobs.c.status, *returning)
-        )
 
     def _execute(self, statement: Executable, parameters: dict | list[dict] | None = None) -> CursorResult:
         """Run a Core statement in the session's transaction, without the ORM's per-statement work
@@ -275,87 +315,49 @@ class JobRecords:
 
     def _move_with_steps(
         self,
-        job_update: Update,
+        boundary: "Boundary",
+        parameters: dict,
         worker: str,
         done: Sequence[StepRecord],
         starting: StepRecord | None = None,
         then: dict | None = None,
     ) -> Row | None:
-        """Run ``job_update`` (of one job's row, returning its ``id`` and ``status``) and, if it
-        changed the row, write the steps ``done`` with their events (and then the event ``then``),
-        and ``starting`` with its event only if the job is running. None when it changed nothing
-        (and nothing is written); else the row it returned.
+        """Run the ``boundary``'s UPDATE of a job's row with ``parameters`` and, if it changed the
+        row, write the steps ``done`` with their events (and then the event ``then``), and
+        ``starting`` with its event only if the job is running. None when it changed nothing (and
+        nothing is written); else the row it returned.
 
-        On PostgreSQL this is one statement (data-modifying CTEs that read the job's new row), so
-        a step boundary costs one round trip; elsewhere the statements run one after the other.
+        On PostgreSQL this is one statement (``Boundary.together``), so a step boundary costs one
+        round trip; elsewhere the statements run one after the other.
         """
         if self.session.connection().dialect.name != "postgresql":
-            moved = self._execute(job_update).first()
+            moved = self._execute(boundary.job_update, parameters).first()
             if moved is not None:
                 ended = [*done, starting] if starting is not None and moved.status == JobStatus.RUNNING else done
                 self._write_steps(moved.id, worker, ended, then)
             return moved
-        moved = job_update.cte("moved")
+        # Each row says whether it is written whatever the job's status ("always"), or only while it runs.
         written = [(step, True) for step in done] + ([(starting, False)] if starting is not None else [])
-        ctes = []
-        # Each row says whether it is written whatever the job's status ("always"), or only while it
-        # runs. Its times travel as text and are cast back: a column of NULLs has no type otherwise.
-        if written:
-            step_rows = _rows(
-                "written",
-                position=(Integer, [step.position for step, _ in written]),
-                status=(Text, [step.status.value for step, _ in written]),
-                started_at=(Text, [_text(step.started_at) for step, _ in written]),
-                finished_at=(Text, [_text(step.finished_at) for step, _ in written]),
-                output=(Text, [output_tail(step.output) for step, _ in written]),
-                message=(Text, [step.message for step, _ in written]),
-                always=(Boolean, [always for _, always in written]),
-            )
-            ctes.append(
-                update(steps)
-                .where(
-                    steps.c.job_id == moved.c.id,
-                    steps.c.position == step_rows.c.position,
-                    or_(step_rows.c.always, moved.c.status == JobStatus.RUNNING),
-                )
-                .values(
-                    status=step_rows.c.status,
-                    started_at=func.coalesce(cast(step_rows.c.started_at, UTCDateTime), steps.c.started_at),
-                    finished_at=cast(step_rows.c.finished_at, UTCDateTime),
-                    output=step_rows.c.output,
-                    message=step_rows.c.message,
-                )
-                .cte("written_steps")
-            )
         actor = f"worker {worker}"
         events = [
             (kind, actor, detail, at, None, always) for step, always in written for kind, detail, at in step.events()
         ] + ([(then["kind"], then["actor"], then["detail"], then["created_at"], then["status"], True)] if then else [])
-        if events:
-            event_rows = _rows(
-                "recorded",
-                kind=(Text, [event[0] for event in events]),
-                actor=(Text, [event[1] for event in events]),
-                detail=(Text, [event[2] for event in events]),
-                created_at=(Text, [_text(event[3]) for event in events]),
-                status=(Text, [event[4] and event[4].value for event in events]),
-                always=(Boolean, [event[5] for event in events]),
-            )
-            columns = ("job_id", "kind", "actor", "detail", "created_at", "status")
-            ctes.append(
-                insert(JobEvent.__table__)
-                .from_select(
-                    columns,
-                    select(
-                        moved.c.id, event_rows.c.kind, event_rows.c.actor, event_rows.c.detail,
-                        cast(event_rows.c.created_at, UTCDateTime), event_rows.c.status,
-                    )
-                    .select_from(event_rows.join(moved, true()))
-                    .where(or_(event_rows.c.always, moved.c.status == JobStatus.RUNNING)),
-                )
-                .cte("recorded_events")
-            )  # fmt: skip
-        return self._execute(select(moved).add_cte(*ctes)).first()
+        rows = {
+            "written_position": [step.position for step, _ in written],
+            "written_status": [step.status.value for step, _ in written],
+            "written_started_at": [as_text(step.started_at) for step, _ in written],
+            "written_finished_at": [as_text(step.finished_at) for step, _ in written],
+            "written_output": [output_tail(step.output) for step, _ in written],
+            "written_message": [step.message for step, _ in written],
+            "written_always": [always for _, always in written],
+            "recorded_kind": [event[0] for event in events],
+            "recorded_actor": [event[1] for event in events],
+            "recorded_detail": [event[2] for event in events],
+            "recorded_created_at": [as_text(event[3]) for event in events],
+            "recorded_status": [event[4] and event[4].value for event in events],
+            "recorded_always": [event[5] for event in events],
+        }
+        return self._execute(boundary.together, parameters | rows).first()
 
     def _publish(self, job_id: uuid.UUID) -> datetime | None:
         """Publish the job's message, then mark it sent (and record that) in the caller's
@@ -387,18 +389,6 @@ class JobRecords:
             self._execute(mark)
             self._execute(event)
         return dispatched_at
-
-
-def _rows(name: str, **columns: tuple) -> TableValuedAlias:
-    """Rows given as one array per column, ``unnest``-ed into a table named ``name`` (PostgreSQL):
-    the statement's text stays the same whatever the rows, so it is compiled (and prepared) once."""
-    arrays = [bindparam(f"{name}_{column}", values, type_=ARRAY(type_)) for column, (type_, values) in columns.items()]
-    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
-
-
-def _text(moment: datetime | None) -> str | None:
-    """A moment as the text PostgreSQL reads back exactly (the CTEs' VALUES carry text, cast there)."""
-    return None if moment is None else moment.isoformat()
 
 
 def actor_of_user(user_id: uuid.UUID | None) -> str:

@@ -7,10 +7,12 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Callable
 
-from sqlalchemy import DateTime, MetaData, create_engine, event
+from sqlalchemy import DateTime, MetaData, bindparam, create_engine, event, func
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import TypeDecorator
 
 from provisioning.platform.quoting import first_line
@@ -52,6 +54,20 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_text(moment: datetime | None) -> str | None:
+    """A moment as text PostgreSQL reads back exactly, for ``unnested`` rows (cast back there: a
+    column of NULLs alone would have no type)."""
+    return None if moment is None else moment.isoformat()
+
+
+def unnested(name: str, **columns) -> TableValuedAlias:
+    """A table named ``name`` whose rows are given as one array per column (``column=type``), bound
+    as ``{name}_{column}`` and ``unnest``-ed (PostgreSQL): the statement's text stays the same
+    whatever the rows, so it is compiled (and prepared) once."""
+    arrays = [bindparam(f"{name}_{column}", type_=ARRAY(type_)) for column, type_ in columns.items()]
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
 
 
 @lru_cache(maxsize=None)
