@@ -44,6 +44,8 @@ class PatientService:
 
     def __getattr__(self, name: str):
         method = getattr(self.service, name)
+        if not callable(method):  # an attribute (``uow``, ``dispatch``): as the service has it
+            return method
         uow = self.service.uow
 
         def once(*args, **kwargs):
