@@ -244,6 +244,9 @@ class JobRequests(JobRecords):
             # Another request of the tenant inserted its active job between our check and our write.
             raise Conflict("the tenant already has an active job, requested at the same moment as this one") from None
         if not inserted:
+            # A request with the same key may have made its job since our first look: that is the answer.
+            if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
+                return earlier
             self._refuse(tenant_id, job_type, workflow)
         actor = actor or actor_of_user(requested_by_id)
         detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
