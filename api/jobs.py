@@ -24,6 +24,7 @@ from api.session import db_session
 from provisioning.enums import JobStatus
 from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.workflows import SKIP_FINAL_BACKUP
+from provisioning.platform.db import UnitOfWork
 
 blp = Blueprint(
     "jobs",
@@ -35,9 +36,11 @@ blp.before_request(authenticate_request)
 
 
 def _service() -> ProvisioningService:
+    """The service on the request's session, as a unit of work a writing view commits
+    (``service.uow.commit()``): the new job's message is published once it is committed."""
     settings = current_app.config["PROVISIONING_SETTINGS"]
     return ProvisioningService(
-        db_session(),
+        UnitOfWork(db_session()),
         dispatch=current_app.extensions["provisioning_dispatcher"].send_job,
         idempotency_ttl=timedelta(hours=settings.idempotency_key_hours),
         origin=request_origin(),
@@ -80,13 +83,15 @@ class Jobs(MethodView):
         `"skip_final_backup": true` (delete_site only) drops the site without a final backup.
         """
         requester = caller()
-        job = _service().request_job(
+        service = _service()
+        job = service.request_job(
             requester.tenant.id,
             body["job_type"],
             requested_by_id=requester.user.id,
             idempotency_key=headers.get("idempotency_key"),
             options=_options(body),
         )
+        service.uow.commit()
         return _created(job)
 
 
@@ -123,9 +128,11 @@ class JobRetry(MethodView):
     def post(self, headers, job_id: uuid.UUID):
         """Retry a failed or completed job as a new job linked to it"""
         requester = caller()
-        job = _service().retry_job(
+        service = _service()
+        job = service.retry_job(
             requester.tenant.id, job_id, requested_by_id=requester.user.id, idempotency_key=headers.get("idempotency_key")
         )
+        service.uow.commit()
         return _created(job)
 
 
@@ -142,5 +149,7 @@ class JobCancel(MethodView):
         its worker stops at the next step. Cancelling again answers the same way.
         """
         requester = caller()
-        job = _service().cancel_job(requester.tenant.id, job_id, requested_by_id=requester.user.id)
+        service = _service()
+        job = service.cancel_job(requester.tenant.id, job_id, requested_by_id=requester.user.id)
+        service.uow.commit()
         return {"data": job}, 202 if job.status == JobStatus.CANCELLING else 200

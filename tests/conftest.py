@@ -27,7 +27,7 @@ TESTS = Path(__file__).parent
 KIND_BY_FOLDER = {"unit": "unit", "integration": "integration", "smoke": "integration"}
 # By name, so that collecting the unit tests imports none of the integration machinery.
 PROCESS_STARTERS = {
-    "tests.stack.WorkerProcess", "tests.stack.WebProcess", "tests.stack.BeatProcess", "tests.processes.GroupProcess",
+    "tests.stack.WorkerProcess", "tests.stack.WebProcess", "tests.stack.SweeperProcess", "tests.processes.GroupProcess",
     "tests.processes.TerminalProcess", "tests.rabbitmq_node.RabbitMQNode",
 }  # fmt: skip
 UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

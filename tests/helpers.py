@@ -6,6 +6,10 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from provisioning.jobs.patience import PatientService
+from provisioning.jobs.service import ProvisioningService
 
 T = TypeVar("T")
 
@@ -71,3 +75,9 @@ class StrictClient(FlaskClient):
         if response.request.path != "/docs":
             assert response.mimetype != "text/html", (response.request.path, response.get_data(as_text=True)[:200])
         return response
+
+
+def committing(session: Session, **kwargs) -> PatientService:
+    """The service on ``session`` as the API or a worker uses it: each call committed (and a new
+    job published after its commit), so other processes and sessions see what it wrote."""
+    return PatientService(ProvisioningService(session, **kwargs), patience=0)

@@ -26,14 +26,13 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from provisioning.enums import JobStatus, JobType, StepStatus
-from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.broker import Dispatcher
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import session_factory
 from provisioning.platform.settings import load_settings
 from provisioning.sites import credentials
 from tests.factories import TenantFactory
-from tests.helpers import poll_until, wait_for
+from tests.helpers import committing, poll_until, wait_for
 from tests.stack import RABBITMQ_URL, RUN_ID, SweeperProcess, WorkerProcess, delete_queues, migrated_database
 from tests.step_counts import Attempt, StepCounts, tally_steps
 
@@ -104,7 +103,7 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
         sessions = session_factory(database_url)
         started = time.monotonic()
         with sessions() as session:
-            service = ProvisioningService(session, dispatch=dispatcher.send_job)
+            service = committing(session, dispatch=dispatcher.send_job)
             tenants = [TenantFactory(session).create(roles=()) for _ in range(jobs)]
             job_ids = [service.request_job(tenant.id, JobType.CREATE_SITE).id for tenant in tenants]
 
@@ -134,7 +133,7 @@ def soak(jobs: int, kill_every: float, step_seconds: float = 0.05, deadline: flo
                     select(ProvisioningJob).where(ProvisioningJob.id.in_(job_ids), ProvisioningJob.status == JobStatus.FAILED)
                 ).all()
                 failed_as_lost = sum("was lost" in (job.error or "") for job in failed)
-                service = ProvisioningService(session, dispatch=dispatcher.send_job)
+                service = committing(session, dispatch=dispatcher.send_job)
                 retries = [service.retry_job(job.tenant_id, job.id).id for job in failed]
             if retries:
                 wait_for(lambda: count(FINAL, retries) == len(retries), timeout=deadline, interval=0.5, what="the retries")

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from provisioning.models import AuditEntry
 from provisioning.platform.db import utcnow
-from provisioning.platform.pg_batching import execute_later
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,7 @@ def record(
 ) -> None:
     """Add an entry to the caller's transaction; it is kept only if the deed is."""
     session.flush()  # the deed's own rows first, when the ORM holds them: the entry may point at them
-    execute_later(
-        session.connection(),
+    session.connection().execute(
         INSERT_ENTRY,
         {
             "created_at": utcnow(),

@@ -7,28 +7,80 @@ import logging
 import uuid
 from typing import Callable, Sequence
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Integer, Text, bindparam, case, func, insert, select, update
 
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
-from provisioning.jobs.records import Beat, Claim, ClaimedJob, JobRecords, StepRecord, output_tail
-from provisioning.jobs.statements import (
-    CLAIM_JOB,
-    CLAIMED_COLUMNS,
-    COMPLETE_JOB,
-    INSERT_STEPS,
-    OWNED_JOB_PROGRESS,
-    SET_TENANT_STATUS_KEEPING_A_PASSWORD,
+from provisioning.jobs.records import (
+    Beat,
+    Boundary,
+    Claim,
+    ClaimedJob,
+    JobRecords,
+    StepRecord,
+    compare_and_set,
+    jobs,
+    output_tail,
+    steps,
+    tenants,
 )
+from provisioning.jobs.states import HELD_BY_A_WORKER
 from provisioning.jobs.workflows import workflow_for
-from provisioning.models import ProvisioningJob
-from provisioning.platform.db import utcnow
+from provisioning.platform.db import UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
+# What the runner of a job reads of it (ClaimedJob).
+CLAIMED_COLUMNS = ("id", "tenant_id", "job_type", "resume_from", "retry_of_id", "options", "tenant_status_before", "request_id")
+
+
+def _at_least(progress):
+    """The job's progress, raised to ``progress`` if it is lower: progress never goes back."""
+    return case((jobs.c.progress < progress, progress), else_=jobs.c.progress)
+
+
+# The writes of a step boundary, a completion and a failure, built once (see ``Boundary``). A bound
+# parameter is never named after a column of the updated table: SQLAlchemy keeps those for SET.
+HELD = jobs.c.status.in_(sorted(HELD_BY_A_WORKER))
+# Its progress, never lowered, and what it is doing now: the step starting (only while running: a
+# cancelling job starts nothing), else as it was. Returning the status, this one write is also the
+# ownership check and the cancel check.
+STEP_BOUNDARY = Boundary(
+    update(jobs)
+    .where(jobs.c.id == bindparam("moving_job"), jobs.c.worker == bindparam("claimer"), HELD)
+    .values(
+        progress=_at_least(bindparam("at_least", type_=Integer)),
+        message=case(
+            (jobs.c.status == JobStatus.RUNNING, func.coalesce(bindparam("doing", type_=Text), jobs.c.message)),
+            else_=jobs.c.message,
+        ),
+    )
+    .returning(jobs.c.id, jobs.c.status)
+)
+COMPLETION = Boundary(
+    compare_and_set(
+        bindparam("moving_job"), JobStatus.COMPLETED, conditions=[jobs.c.worker == bindparam("claimer")],
+        returning=(jobs.c.tenant_id, jobs.c.job_type),
+        values={"progress": 100, "message": "Completed", "completed_at": bindparam("now", type_=UTCDateTime)},
+    )
+)  # fmt: skip
+FAILURE = Boundary(
+    compare_and_set(
+        bindparam("moving_job"), JobStatus.FAILED, conditions=[jobs.c.worker == bindparam("claimer")],
+        returning=(jobs.c.tenant_id,),
+        values={"error": bindparam("failure", type_=Text), "message": "Failed",
+                "completed_at": bindparam("now", type_=UTCDateTime), "progress": _at_least(bindparam("at_least", type_=Integer))},
+    )
+)  # fmt: skip
+
+
+def _of_its_tenant(column):
+    return select(column).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery()
+
 
 class JobExecution(JobRecords):
-    """The writes of the worker that runs a job, each one short transaction."""
+    """The writes of the worker that runs a job, each meant as one short transaction of the
+    caller's (``PatientService`` commits each call)."""
 
     def start_job(
         self, job_id: uuid.UUID, worker: str, new_admin_password: Callable[[], str | None] = lambda: None
@@ -45,119 +97,130 @@ class JobExecution(JobRecords):
 
         Raises:
             Conflict: the tenant changed since the request (the job before this one finished in
-                between) and no longer allows this job type; the job is failed, saying so.
+                between) and no longer allows this job type; the job is failed, saying so (in
+                the transaction: the caller commits that answer, see ``PatientService``).
         """
         now = utcnow()
-        claimed = self._move(
-            CLAIM_JOB, {"job_id": job_id, "claimer": worker, "now": now}, job_id, {JobStatus.PENDING}, JobStatus.RUNNING,
-            actor=f"worker {worker}",
+        actor = f"worker {worker}"
+        claimed = self.transition(
+            job_id, JobStatus.RUNNING, record=False,
+            returning=(
+                *(jobs.c[name] for name in CLAIMED_COLUMNS),
+                _of_its_tenant(tenants.c.slug).label("slug"),
+                _of_its_tenant(tenants.c.admin_password_encrypted).label("stored_password"),
+            ),
+            worker=worker, started_at=now, heartbeat_at=now, tenant_status_before=_of_its_tenant(tenants.c.status),
         )  # fmt: skip
         if claimed is None:
-            self.session.rollback()
-            if self.session.scalar(select(ProvisioningJob.id).where(ProvisioningJob.id == job_id)) is None:
+            if self.session.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
                 raise NotFound(f"job {job_id} not found")
             return None
         job = ClaimedJob(**{name: getattr(claimed, name) for name in CLAIMED_COLUMNS})
-        slug, stored_password = claimed.slug, claimed.stored_password
         workflow = workflow_for(job.job_type)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
+        claim_event = self._event(job_id, "claimed", actor, status=JobStatus.RUNNING, at=now)
         if not workflow.allows(job.tenant_status_before):
             error = f"not started: {workflow.refusal} (it became {job.tenant_status_before.value} after the request)"
-            self._transition(
-                job_id, {JobStatus.RUNNING}, JobStatus.FAILED, actor=f"worker {worker}", detail=error,
-                error=error, message="Failed", completed_at=now,
+            self._insert_events([claim_event])
+            self.transition(
+                job_id, JobStatus.FAILED, actor=actor, detail=error, error=error, message="Failed", completed_at=now
             )  # fmt: skip
-            self.session.commit()
             raise Conflict(error)
+        # What the job is doing now: the step it starts at (the first, or the one a retry resumes).
+        self._execute(update(jobs).where(jobs.c.id == job_id).values(message=workflow.steps[first].message))
         # The step the job begins with is started with the claim (unless the job's options skip
         # it: the runner records the skip), so the job is never running without its step on record.
         starting = None if workflow.skips(workflow.steps[first], job.options) else first
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
-        self._later(
-            INSERT_STEPS,
+        self._execute(
+            insert(steps),
             [
                 {"id": uuid.uuid4(), "job_id": job_id, "position": position, "name": step.name, "output": "",
-                 "started_at": now if position == starting else None,
+                 "started_at": now if position == starting else None, "finished_at": None,
                  **({"status": StepStatus.RUNNING if position == starting else StepStatus.PENDING, "message": ""}
                     if position >= first else {"status": StepStatus.SKIPPED, "message": done_before})}
                 for position, step in enumerate(workflow.steps)
             ],
         )  # fmt: skip
+        events = [claim_event]
         if starting is not None:
-            self._record(job_id, "step_started", f"worker {worker}", workflow.steps[starting].name)
+            events.append(self._event(job_id, "step_started", actor, workflow.steps[starting].name, at=now))
+        self._insert_events(events)
         if not workflow.needs_admin_password:
             self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
-            self.session.commit()
-            return Claim(job, slug, step_started=starting)
-        # The claim read the stored password, and no other job of the tenant can store one meanwhile.
-        password = stored_password or new_admin_password()
-        self._later(
-            SET_TENANT_STATUS_KEEPING_A_PASSWORD,
-            {"tenant_id": job.tenant_id, "new_status": workflow.tenant_on_start, "now": now, "made": password},
-        )
-        self.session.commit()
-        return Claim(job, slug, password, step_started=starting)
+            return Claim(job, claimed.slug, step_started=starting)
+        # The claim read the stored password, and no other job of the tenant can store one meanwhile:
+        # an earlier attempt's stays the site's, else the new one becomes it.
+        password = claimed.stored_password
+        if password is None:
+            password = new_admin_password()
+            self._set_tenant_status(
+                job.tenant_id, workflow.tenant_on_start, admin_password_encrypted=password, admin_password_revealed_at=None
+            )
+        else:
+            self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
+        return Claim(job, claimed.slug, password, step_started=starting)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
         """Vouch that ``worker`` still runs the job; None once the job is not its running job.
 
         The answer says when a cancel was requested, so the heartbeat can enforce its grace period.
         """
-        row = self.session.execute(
-            update(ProvisioningJob)
-            .where(
-                ProvisioningJob.id == job_id,
-                ProvisioningJob.worker == worker,
-                ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
-            )
+        row = self._execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_(sorted(HELD_BY_A_WORKER)))
             .values(heartbeat_at=utcnow())
-            .returning(ProvisioningJob.cancel_requested_at)
+            .returning(jobs.c.cancel_requested_at)
         ).first()
-        self.session.commit()
         return None if row is None else Beat(cancel_requested_at=row.cancel_requested_at)
 
     def write_steps(
         self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], starting: StepRecord | None = None
     ) -> JobStatus | None:
         """Record the steps ``done`` since the last write (ended: completed or skipped) and, with
-        ``starting``, the start of the next one, in one transaction: one commit per step boundary.
+        ``starting``, the start of the next one, in the caller's transaction: one commit per step boundary.
         The job's message then says what the starting step does.
 
         Returns the job's status: ``running`` when the step may run; ``cancelling`` when a cancel
         came (the steps done are still recorded, the starting one is not started); None when the
         job is no longer this worker's (nothing is written).
         """
-        status = self._execute(
-            OWNED_JOB_PROGRESS,
-            {"job_id": job_id, "claimer": worker, "at_least": max((step.progress for step in done), default=0),
-             "starting_doing": starting.doing or None if starting else None},
-        ).scalar()  # fmt: skip
-        if status is None:
-            self.session.rollback()
+        at_least = max((step.progress for step in done), default=0)
+        doing = starting.doing or None if starting else None
+        parameters = {"moving_job": job_id, "claimer": worker, "at_least": at_least, "doing": doing}
+        moved = self._move_with_steps(STEP_BOUNDARY, parameters, worker, done, starting)
+        if moved is None:
             log.warning("job %s: no longer run by %s; its steps are not recorded", job_id, worker)
             return None
-        if starting is not None and status == JobStatus.RUNNING:
-            done = [*done, starting]
-        self._write_steps(job_id, worker, done)
-        self.session.commit()
-        return status
+        return moved.status
 
     def end_step(self, job_id: uuid.UUID, worker: str, position: int, status: StepStatus, message: str, output: str = "") -> bool:
-        """Record a step that ended other than completed (failed, cancelled), with what it printed."""
-        if not self._owns(job_id, worker):
+        """Record a step that ended other than completed (failed, cancelled), with what it printed;
+        False, with nothing written, when the job is no longer ``worker``'s.
+
+        The job's row is locked first, so the sweeper cannot fail it in the middle of this write.
+        """
+        owned = self._execute(
+            select(jobs.c.id)
+            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_(sorted(HELD_BY_A_WORKER)))
+            .with_for_update()
+        ).first()
+        if owned is None:
+            log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
             return False
-        name = self._update_step(
-            job_id, position, status=status, finished_at=utcnow(), message=message, output=output_tail(output)
-        )
+        name = self._execute(
+            update(steps)
+            .where(steps.c.job_id == job_id, steps.c.position == position)
+            .values(status=status, finished_at=utcnow(), message=message, output=output_tail(output))
+            .returning(steps.c.name)
+        ).scalar_one()
         self._record(job_id, f"step_{status.value}", f"worker {worker}", f"{name}: {message}")
-        self.session.commit()
         return True
 
     def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
-        """The job's status as committed now (ends the read's transaction, so the next one is fresh)."""
-        status = self.session.scalar(select(ProvisioningJob.status).where(ProvisioningJob.id == job_id))
-        self.session.commit()
-        return status
+        """The job's status as committed when read (the caller ends the read's transaction, so
+        the next read is fresh)."""
+        return self.session.scalar(select(jobs.c.status).where(jobs.c.id == job_id))
 
     def complete_job(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord] = ()) -> bool:
         """Record the last steps and mark the job completed, in one transaction; False when a cancel
@@ -166,18 +229,13 @@ class JobExecution(JobRecords):
         The compare-and-set comes first: naming the worker, it is also the ownership check and
         holds the job's row for the rest of the transaction.
         """
-        completed = self._move(
-            COMPLETE_JOB, {"job_id": job_id, "claimer": worker, "now": utcnow()}, job_id, {JobStatus.RUNNING},
-            JobStatus.COMPLETED, actor=f"worker {worker}", record=False,
-        )  # fmt: skip
+        completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
+        parameters = {"moving_job": job_id, "claimer": worker, "now": utcnow()}
+        completed = self._move_with_steps(COMPLETION, parameters, worker, done, then=completion)
         if completed is None:
-            self.session.rollback()
             self.write_steps(job_id, worker, done)
             return False
-        completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
-        self._write_steps(job_id, worker, done, then=completion)
         self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
-        self.session.commit()
         return True
 
     def fail_job(
@@ -188,36 +246,24 @@ class JobExecution(JobRecords):
         decided, in one transaction: the job is never on record as running with its failed step
         ended. False when the job is no longer ``worker``'s (nothing is written).
         """
-        jobs = ProvisioningJob.__table__
         at_least = max((step.progress for step in done), default=0)
-        statement = (
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
-            .values(
-                status=JobStatus.FAILED, error=error, message="Failed", completed_at=utcnow(),
-                progress=case((jobs.c.progress < at_least, at_least), else_=jobs.c.progress),
-            )
-            .returning(jobs.c.tenant_id)
-        )  # fmt: skip
-        sources = {JobStatus.RUNNING, JobStatus.CANCELLING}
-        failed = self._move(statement, {}, job_id, sources, JobStatus.FAILED, f"worker {worker}", error, record=False)
-        if failed is None:
-            self.session.rollback()
-            return False
         failure = self._event(job_id, "failed", f"worker {worker}", error, status=JobStatus.FAILED)
-        self._write_steps(job_id, worker, done, then=failure)
+        parameters = {"moving_job": job_id, "claimer": worker, "failure": error, "now": utcnow(), "at_least": at_least}
+        failed = self._move_with_steps(FAILURE, parameters, worker, done, then=failure)
+        if failed is None:
+            return False
         self._set_tenant_status(failed.tenant_id, tenant_status)
-        self.session.commit()
         return True
 
     def finish_cancel(self, job_id: uuid.UUID, tenant_status: TenantStatus | None, message: str) -> bool:
         """Settle a cancelling job as cancelled and put the tenant where the runner decided."""
-        job = self.session.get(ProvisioningJob, job_id)
-        won = self._transition(
-            job_id, {JobStatus.CANCELLING}, JobStatus.CANCELLED, actor=f"worker {job.worker}", detail=message,
+        cancelled = self.transition(
+            job_id, JobStatus.CANCELLED, returning=(jobs.c.worker, jobs.c.tenant_id), record=False,
             message=message, completed_at=utcnow(),
         )  # fmt: skip
-        if won:
-            self._set_tenant_status(job.tenant_id, tenant_status)
-        self.session.commit()
-        return won
+        if cancelled is None:
+            return False
+        self._record(job_id, "cancelled", f"worker {cancelled.worker}", message, status=JobStatus.CANCELLED)
+        self._set_tenant_status(cancelled.tenant_id, tenant_status)
+        return True
+

@@ -82,10 +82,8 @@ class Heartbeat:
 
     def ask(self) -> Beat | None:
         """Vouch for the job in a transaction of the heartbeat's own; the answer is the service's."""
-        with self.sessions() as session:
-            answer = ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
-            session.commit()
-        return answer
+        with self.sessions.begin() as session:
+            return ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
 
     def learn(self, answer: Beat | None) -> bool:
         """Record what a beat's answer says in the flags; False once the job is no longer ours."""

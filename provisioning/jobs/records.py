@@ -1,11 +1,12 @@
 """The job records every part of the service writes through: the compare-and-set of a job's
 status from the one table of allowed moves (``states``), its events, its steps, its tenant's
-status and the publishing of its task, on one caller-owned session; and the records a worker
-passes around (StepRecord, ClaimedJob, Claim, Beat).
+status and the publishing of its task, in one caller-owned unit of work; and the records a
+worker passes around (StepRecord, ClaimedJob, Claim, Beat).
 
-Every job status change is a compare-and-set ``UPDATE ... WHERE id = :id AND status IN
-(:expected)`` that must change exactly one row. Losing that race means another process (a
-duplicate delivery, a concurrent cancel) got there first: it is logged and the caller moves on.
+Every job status change is ``JobRecords.transition``: a compare-and-set ``UPDATE ... WHERE id =
+:id AND status IN (:sources)`` that must change exactly one row, its sources read from the
+table. Losing that race means another process (a duplicate delivery, a concurrent cancel) got
+there first: it is logged and the caller moves on.
 """
 
 from __future__ import annotations
@@ -14,23 +15,38 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
-from sqlalchemy import Executable, Insert, Update, select, update
+from sqlalchemy import (
+    Boolean,
+    Executable,
+    Integer,
+    Text,
+    Update,
+    bindparam,
+    cast,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.engine import CursorResult, Row
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from provisioning.accounts.audit import Origin
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.jobs.statements import FORGET_ADMIN_PASSWORD, INSERT_EVENTS, SET_TENANT_STATUS, WRITE_STEP
-from provisioning.jobs.states import can_transition
+from provisioning.jobs.states import sources_of
 from provisioning.jobs.workflows import Step
-from provisioning.models import JobStep, ProvisioningJob
-from provisioning.platform.db import utcnow
-from provisioning.platform.pg_batching import execute_later
+from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
+from provisioning.platform.db import UnitOfWork, UTCDateTime, as_text, unnested, utcnow
 
 log = logging.getLogger(__name__)
+
+jobs = ProvisioningJob.__table__
+steps = JobStep.__table__
+tenants = Tenant.__table__
 
 Dispatch = Callable[[uuid.UUID], None]
 # The event a status change is recorded as.
@@ -110,72 +126,135 @@ class Beat:
 
 DEFAULT_IDEMPOTENCY_TTL = timedelta(hours=24)
 
+# One step's state, for many steps in one executemany; a start written earlier stays (none is
+# given). No bound parameter is named after a column: SQLAlchemy keeps those for the SET clause.
+WRITE_STEP = (
+    update(steps)
+    .where(steps.c.job_id == bindparam("step_job_id"), steps.c.position == bindparam("step_position"))
+    .values(
+        {name: bindparam(f"step_{name}") for name in ("status", "finished_at", "output", "message")}
+        | {"started_at": func.coalesce(bindparam("step_started_at", type_=steps.c.started_at.type), steps.c.started_at)}
+    )
+)
+
+
+def compare_and_set(
+    job_id,
+    target: JobStatus,
+    sources: Collection[JobStatus] | None = None,
+    conditions: Sequence = (),
+    returning: Sequence = (),
+    values: dict | None = None,
+) -> Update:
+    """The compare-and-set UPDATE of a job's status (``job_id`` a value or a bound parameter),
+    returning the job's id and status and the ``returning`` columns.
+
+    Raises:
+        ValueError: ``sources`` names a state that may not move to ``target``.
+    """
+    allowed = sources_of(target)
+    sources = allowed if sources is None else frozenset(sources)
+    if not sources or not sources <= allowed:
+        raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
+    return (
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status.in_(sorted(sources)), *conditions)
+        .values(status=target, **(values or {}))
+        .returning(jobs.c.id, jobs.c.status, *returning)
+    )
+
+
+class Boundary:
+    """An UPDATE of one job's row (returning its ``id`` and ``status``, with bound parameters) and,
+    built once with it, the statement that runs it on PostgreSQL with the writes of its steps and
+    events: data-modifying CTEs that read the job's new row, the rows bound as arrays (``unnested``)."""
+
+    def __init__(self, job_update: Update):
+        self.job_update = job_update
+        moved = job_update.cte("moved")
+        running = moved.c.status == JobStatus.RUNNING
+        step_rows = unnested(
+            "written", position=Integer, status=Text, started_at=Text, finished_at=Text, output=Text, message=Text, always=Boolean
+        )
+        written = (
+            update(steps)
+            .where(steps.c.job_id == moved.c.id, steps.c.position == step_rows.c.position, or_(step_rows.c.always, running))
+            .values(
+                status=step_rows.c.status,
+                started_at=func.coalesce(cast(step_rows.c.started_at, UTCDateTime), steps.c.started_at),
+                finished_at=cast(step_rows.c.finished_at, UTCDateTime),
+                output=step_rows.c.output,
+                message=step_rows.c.message,
+            )
+            .cte("written_steps")
+        )
+        event_rows = unnested("recorded", kind=Text, actor=Text, detail=Text, created_at=Text, status=Text, always=Boolean)
+        recorded = (
+            insert(JobEvent.__table__)
+            .from_select(
+                ("job_id", "kind", "actor", "detail", "created_at", "status"),
+                select(
+                    moved.c.id, event_rows.c.kind, event_rows.c.actor, event_rows.c.detail,
+                    cast(event_rows.c.created_at, UTCDateTime), event_rows.c.status,
+                )
+                .select_from(event_rows.join(moved, true()))
+                .where(or_(event_rows.c.always, running)),
+            )
+            .cte("recorded_events")
+        )  # fmt: skip
+        self.together = select(moved).add_cte(written, recorded)
+
 
 class JobRecords:
-    """The session, the task's publisher and who asks, and the writes the parts of the service
-    share: ``JobRequests``, ``JobExecution`` and ``JobRepairs`` build on it.
+    """The unit of work, the task's publisher and who asks, and the writes the parts of the
+    service share: ``JobRequests``, ``JobExecution`` and ``JobRepairs`` build on it.
 
-    ``dispatch`` publishes a job's task; it is called only after the job's row is committed,
-    so a worker can never receive a job it cannot read. A failed publish leaves the job
-    ``pending`` with no ``dispatched_at``, for a later re-publish.
+    Given a bare session, the service makes a unit of work of it (``uow``); either way the caller
+    commits. ``dispatch`` publishes a job's task; it runs only after the job's row is committed
+    (``UnitOfWork.after_commit``), so a worker can never receive a job it cannot read.
     """
 
     def __init__(
         self,
-        session: Session,
+        work: Session | UnitOfWork,
         dispatch: Dispatch | None = None,
         idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
         origin: Origin | None = None,
     ):
-        self.session = session
+        self.uow = work if isinstance(work, UnitOfWork) else UnitOfWork(work)
+        self.session = self.uow.session
         self.dispatch = dispatch
         self.idempotency_ttl = idempotency_ttl
         # Who is asking, for the audit trail of job requests; None when it is the platform itself.
         self.origin = origin
 
-    def _transition(
+    def transition(
         self,
         job_id: uuid.UUID,
-        sources: set[JobStatus],
         target: JobStatus,
+        *,
+        sources: Collection[JobStatus] | None = None,
         conditions: Sequence = (),
-        actor: str = "system",
-        detail: str = "",
-        event: str | None = None,
-        **values,
-    ) -> bool:
-        """Compare-and-set the job's status from one of ``sources`` to ``target`` (and any further
-        ``conditions``); True if it moved, and then the move is recorded as an event by ``actor``."""
-        jobs = ProvisioningJob.__table__
-        statement = (
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status.in_(sources), *conditions)
-            .values(status=target, **values)
-            .returning(jobs.c.id)
-        )
-        return self._move(statement, {}, job_id, sources, target, actor, detail, event) is not None
-
-    def _move(
-        self,
-        statement: Update,
-        parameters: dict,
-        job_id: uuid.UUID,
-        sources: set[JobStatus],
-        target: JobStatus,
+        returning: Sequence = (),
         actor: str = "system",
         detail: str = "",
         event: str | None = None,
         record: bool = True,
+        **values,
     ) -> Row | None:
-        """Run a compare-and-set UPDATE of the job's status from one of ``sources`` to ``target``
-        (``_transition``'s, or one built once: the claim's, the completion's). If it moved, the
-        move is recorded as an event by ``actor`` (unless the caller records it later,
-        ``record=False``) and the row it returned is returned; None if it did not move."""
-        if not all(can_transition(source, target) for source in sources):
-            raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
-        moved = self._execute(statement, parameters).first()
+        """Compare-and-set the job's status to ``target`` from the states the table lets move there
+        (or the few of them given as ``sources``), under any further ``conditions``, setting
+        ``values``; the row of ``returning`` columns if it moved, else None (logged).
+
+        A move is recorded as an event by ``actor`` (``event``, else the target's), unless the
+        caller records it later with others (``record=False``).
+
+        Raises:
+            ValueError: ``sources`` names a state that may not move to ``target``.
+        """
+        moved = self._execute(compare_and_set(job_id, target, sources, conditions, returning, values)).first()
         if moved is None:
-            log.info("job %s: not moved to %s, it is no longer in %s", job_id, target.value, sorted(s.value for s in sources))
+            log.info("job %s: not moved to %s, it is no longer where it could move from", job_id, target.value)
             return None
         if record:
             self._record(job_id, event or EVENT_OF_STATUS[target], actor, detail, status=target)
@@ -186,109 +265,129 @@ class JobRecords:
         (a third of the CPU of a short statement): none of these needs ORM objects flushed first."""
         return self.session.connection().execute(statement, parameters)
 
-    def _later(self, statement: Insert | Update, parameters: dict | list[dict]) -> None:
-        """Run a statement whose result nobody reads, with the transaction's next round trip."""
-        execute_later(self.session.connection(), statement, parameters)
-
     def _record(self, job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> None:
         """Add an event to the transaction."""
         self._insert_events([self._event(job_id, kind, actor, detail, status)])
 
     @staticmethod
-    def _event(job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None) -> dict:
+    def _event(
+        job_id: uuid.UUID, kind: str, actor: str, detail: str = "", status: JobStatus | None = None, at: datetime | None = None
+    ) -> dict:
         """An event's row, for ``_insert_events``. One with the ``status`` the job moved to is
         also that change's announcement, for the event relay to publish once it is committed."""
-        return {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": utcnow(), "status": status}
+        return {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": at or utcnow(), "status": status}
 
     def _insert_events(self, rows: list[dict]) -> None:
         """One statement for all of them, in the order given."""
         if rows:
-            self._later(INSERT_EVENTS, rows)
+            self._execute(insert(JobEvent.__table__), rows)
 
-    def _update_step(self, job_id: uuid.UUID, position: int, **values) -> str:
-        """Update one step and return its name."""
-        steps = JobStep.__table__
-        return self._execute(
-            update(steps).where(steps.c.job_id == job_id, steps.c.position == position).values(**values).returning(steps.c.name)
-        ).scalar_one()
-
-    def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
-        """Move the tenant (None: leave it); a deleted site's admin password is forgotten, whichever
-        job deleted it (completed, or cancelled past its point of no return)."""
-        if status is not None:
-            self._later(SET_TENANT_STATUS, {"tenant_id": tenant_id, "new_status": status, "now": utcnow()})
+    def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None, **values) -> None:
+        """Move the tenant (None: leave it), with any further ``values``; a deleted site's admin
+        password is forgotten, whichever job deleted it (completed, or cancelled past its point
+        of no return)."""
+        if status is None:
+            return
         if status == TenantStatus.DELETED:
-            self._later(FORGET_ADMIN_PASSWORD, {"tenant_id": tenant_id, "now": utcnow()})
-
-    def _owns(self, job_id: uuid.UUID, worker: str) -> bool:
-        """Lock the job's row if ``worker`` runs it, so the sweeper cannot fail it mid-write; False,
-        with nothing held, when it does not."""
-        jobs = ProvisioningJob.__table__
-        owned = self._execute(
-            select(jobs.c.id)
-            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
-            .with_for_update()
-        ).first()
-        if owned is None:
-            self.session.rollback()
-            log.warning("job %s: no longer run by %s; its step is not recorded", job_id, worker)
-        return owned is not None
+            values |= {"admin_password_encrypted": None, "admin_password_revealed_at": None}
+        self._execute(update(tenants).where(tenants.c.id == tenant_id).values(status=status, updated_at=utcnow(), **values))
 
     def _write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], then: dict | None = None) -> None:
         """Write step states and their events, a statement each for all of them; the caller holds
-        the job's row, sets its progress and commits.
+        the job's row and sets its progress.
 
-        ``then`` is the event of the job's completion, written after the steps' events in the
-        same statement.
+        ``then`` is the event of the job's end, written after the steps' events in the same
+        statement.
         """
-        if not done:
-            self._insert_events([then] if then else [])
-            return
-        self._later(
-            WRITE_STEP,
-            [
-                {"step_job_id": job_id, "step_position": step.position, "step_status": step.status,
-                 "step_started_at": step.started_at, "step_finished_at": step.finished_at,
-                 "step_output": output_tail(step.output), "step_message": step.message}
-                for step in done
-            ],
-        )  # fmt: skip
+        if done:
+            self._execute(
+                WRITE_STEP,
+                [
+                    {"step_job_id": job_id, "step_position": step.position, "step_status": step.status,
+                     "step_started_at": step.started_at, "step_finished_at": step.finished_at,
+                     "step_output": output_tail(step.output), "step_message": step.message}
+                    for step in done
+                ],
+            )  # fmt: skip
         actor = f"worker {worker}"
-        events = [
-            {"job_id": job_id, "kind": kind, "actor": actor, "detail": detail, "created_at": at, "status": None}
-            for step in done
-            for kind, detail, at in step.events()
-        ]
+        events = [self._event(job_id, kind, actor, detail, at=at) for step in done for kind, detail, at in step.events()]
         self._insert_events(events + [then] if then else events)
 
-    def _send(self, job_id: uuid.UUID) -> bool:
-        """Publish the job's message; False (and logged) if the broker failed."""
+    def _move_with_steps(
+        self,
+        boundary: "Boundary",
+        parameters: dict,
+        worker: str,
+        done: Sequence[StepRecord],
+        starting: StepRecord | None = None,
+        then: dict | None = None,
+    ) -> Row | None:
+        """Run the ``boundary``'s UPDATE of a job's row with ``parameters`` and, if it changed the
+        row, write the steps ``done`` with their events (and then the event ``then``), and
+        ``starting`` with its event only if the job is running. None when it changed nothing (and
+        nothing is written); else the row it returned.
+
+        On PostgreSQL this is one statement (``Boundary.together``), so a step boundary costs one
+        round trip; elsewhere the statements run one after the other.
+        """
+        if self.session.connection().dialect.name != "postgresql":
+            moved = self._execute(boundary.job_update, parameters).first()
+            if moved is not None:
+                ended = [*done, starting] if starting is not None and moved.status == JobStatus.RUNNING else done
+                self._write_steps(moved.id, worker, ended, then)
+            return moved
+        # Each row says whether it is written whatever the job's status ("always"), or only while it runs.
+        written = [(step, True) for step in done] + ([(starting, False)] if starting is not None else [])
+        actor = f"worker {worker}"
+        events = [
+            (kind, actor, detail, at, None, always) for step, always in written for kind, detail, at in step.events()
+        ] + ([(then["kind"], then["actor"], then["detail"], then["created_at"], then["status"], True)] if then else [])
+        rows = {
+            "written_position": [step.position for step, _ in written],
+            "written_status": [step.status.value for step, _ in written],
+            "written_started_at": [as_text(step.started_at) for step, _ in written],
+            "written_finished_at": [as_text(step.finished_at) for step, _ in written],
+            "written_output": [output_tail(step.output) for step, _ in written],
+            "written_message": [step.message for step, _ in written],
+            "written_always": [always for _, always in written],
+            "recorded_kind": [event[0] for event in events],
+            "recorded_actor": [event[1] for event in events],
+            "recorded_detail": [event[2] for event in events],
+            "recorded_created_at": [as_text(event[3]) for event in events],
+            "recorded_status": [event[4] and event[4].value for event in events],
+            "recorded_always": [event[5] for event in events],
+        }
+        return self._execute(boundary.together, parameters | rows).first()
+
+    def _publish(self, job_id: uuid.UUID) -> datetime | None:
+        """Publish the job's message, then mark it sent (and record that) in the caller's
+        transaction; None, with nothing marked, if the broker failed.
+
+        The mark follows the publish: a crash between the two leaves a job published but
+        unmarked, which the next sweep publishes again (a harmless duplicate), never a job marked
+        but unpublished that would wait for the sweeper's long period. The mark is set only while
+        the job is pending: a worker may have claimed it already.
+        """
+        if self.dispatch is None:
+            return None
         try:
             self.dispatch(job_id)
         except Exception:
-            # The row is committed, so nothing is lost: the job stays pending for a re-publish.
+            # The row is committed, so nothing is lost: the job stays pending, unmarked, for a re-publish.
             log.exception("job %s: publishing failed; it stays pending until it is re-published", job_id)
-            return False
-        return True
-
-    def _publish(self, job_id: uuid.UUID) -> datetime | None:
-        """Publish a job's message again and record when; None if the broker failed."""
-        if self.dispatch is None or not self._send(job_id):
             return None
         dispatched_at = utcnow()
-        try:
-            self.session.execute(
-                update(ProvisioningJob)
-                .where(ProvisioningJob.id == job_id)
-                .values(dispatched_at=dispatched_at, dispatch_count=ProvisioningJob.dispatch_count + 1)
-            )
-            self._record(job_id, "dispatched", "system")
-            self.session.commit()
-        except DBAPIError:
-            # The message is out; not recording it only means a harmless duplicate later.
-            self.session.rollback()
-            log.exception("job %s: published, but recording when failed", job_id)
-            return None
+        mark = (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING)
+            .values(dispatched_at=dispatched_at, dispatch_count=jobs.c.dispatch_count + 1)
+        )
+        event = insert(JobEvent.__table__).values(self._event(job_id, "dispatched", "system"))
+        if self.session.connection().dialect.name == "postgresql":
+            self._execute(event.add_cte(mark.cte("marked")))  # one statement: one round trip
+        else:
+            self._execute(mark)
+            self._execute(event)
         return dispatched_at
 
 

@@ -24,7 +24,8 @@ MAX_REPUBLISH_DOUBLINGS = 6
 
 class JobRepairs(JobRecords):
     """What makes "nothing lost" true after crashes; every answer is a compare-and-set or a
-    harmless duplicate message, so repairs may run from many processes at once."""
+    harmless duplicate message, so repairs may run from many processes at once. The caller
+    commits after each repair (the sweeper does)."""
 
     def reap_lost_jobs(self, lost_after: timedelta) -> list[uuid.UUID]:
         """Fail as lost (``_fail_lost_jobs``) the running or cancelling jobs whose worker has not
@@ -66,9 +67,8 @@ class JobRepairs(JobRecords):
                 else "between steps"
             )  # fmt: skip
             error = f"worker {job.worker} was lost {where}: {cause(job)}"
-            won = self._transition(
+            won = self.transition(
                 job.id,
-                {JobStatus.RUNNING, JobStatus.CANCELLING},
                 JobStatus.FAILED,
                 conditions=conditions,
                 event="reaped",
@@ -88,7 +88,6 @@ class JobRepairs(JobRecords):
                 self._set_tenant_status(job.tenant_id, workflow.tenant_after_failure(step, job.tenant_status_before))
                 reaped.append(job.id)
                 log.warning("job %s: %s", job.id, error)
-            self.session.commit()
         return reaped
 
     def republish_pending(self, unclaimed_for: timedelta) -> list[uuid.UUID]:
@@ -100,6 +99,9 @@ class JobRepairs(JobRecords):
         free: a job that merely waits in a long queue would collect one per period. So the wait
         doubles with each publish of the same job (``unclaimed_for``, then twice that, ...).
         The first failed publish ends the round: the broker is down, the next sweep tries again.
+        A job is marked sent after its publish (``_publish``), in the caller's transaction; a job
+        never marked (its request's process died between its commit and its publish) is
+        published at the next sweep, whatever ``unclaimed_for``.
         """
         now = utcnow()
         candidates = self.session.execute(
@@ -110,7 +112,6 @@ class JobRepairs(JobRecords):
             )
             .order_by(ProvisioningJob.created_at)
         ).all()
-        self.session.commit()
         published = []
         for job_id, dispatched_at, dispatch_count, request_id in candidates:
             backoff = unclaimed_for * 2 ** min(max(dispatch_count - 1, 0), MAX_REPUBLISH_DOUBLINGS)
@@ -124,6 +125,4 @@ class JobRepairs(JobRecords):
 
     def prune_idempotency_keys(self) -> int:
         """Forget the idempotency keys past their expiry; returns how many."""
-        result = self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= utcnow()))
-        self.session.commit()
-        return result.rowcount
+        return self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= utcnow())).rowcount

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from provisioning.accounts import audit
 from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
-from provisioning.jobs.records import JobRecords, actor_of_user
-from provisioning.jobs.statements import INSERT_JOB_IF_ALLOWED, JOB_COLUMNS
+from provisioning.jobs.records import JobRecords, actor_of_user, jobs, tenants
 from provisioning.jobs.states import RETRYABLE_STATUSES
 from provisioning.jobs.workflows import Workflow, workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
@@ -23,10 +22,31 @@ from provisioning.platform.db import utcnow
 
 log = logging.getLogger(__name__)
 
+# What a new job's INSERT writes: every column but those only a worker or the sweeper fills in.
+JOB_COLUMNS = (
+    "id", "tenant_id", "job_type", "status", "progress", "message", "requested_by_id", "retry_of_id", "resume_from",
+    "options", "request_id", "dispatch_count", "created_at",
+)  # fmt: skip
+
+# The job's row, only if its tenant exists, is in a state the job type allows and has no active
+# job: the checks and the write in one statement. (Two requests at once can both pass the last
+# check; the partial unique index then refuses the second.)
+INSERT_JOB_IF_ALLOWED = insert(jobs).from_select(
+    JOB_COLUMNS,
+    select(*(bindparam(column, type_=jobs.c[column].type) for column in JOB_COLUMNS)).where(
+        tenants.c.id == bindparam("tenant_id"),
+        tenants.c.status.in_(bindparam("allowed_tenant_states", expanding=True)),
+        ~select(jobs.c.id)
+        .where(jobs.c.tenant_id == bindparam("tenant_id"), jobs.c.status.in_(sorted(ACTIVE_JOB_STATUSES)))
+        .exists(),
+    ),
+).returning(jobs.c.id)
+
 
 class JobRequests(JobRecords):
     """What the API and the command line ask of jobs: each request is checked against the tenant's
-    state and its active job in the same statement that records it, committed, then published."""
+    state and its active job in the same statement that records it; the caller commits it, and
+    then its message is published (``UnitOfWork.after_commit``)."""
 
     def request_job(
         self,
@@ -37,7 +57,7 @@ class JobRequests(JobRecords):
         options: dict | None = None,
         actor: str | None = None,
     ) -> ProvisioningJob:
-        """Create a pending job, commit it, then publish it.
+        """Create a pending job, to be published once the caller commits it.
 
         With an ``idempotency_key`` already used for the same request, the job that request
         made is returned instead: no second job, no second message. ``actor`` names who asks
@@ -141,23 +161,22 @@ class JobRequests(JobRecords):
         """
         job = self.get_job(tenant_id, job_id)
         # The worker may claim or finish the job between our read and our update: re-read and
-        # decide again until one compare-and-set wins or the job is settled.
+        # decide again until one compare-and-set wins or the job is settled. (The caller commits.)
         for _ in range(3):
             now = utcnow()
             if job.status == JobStatus.PENDING:
-                won = self._transition(
+                won = self.transition(
                     job_id,
-                    {JobStatus.PENDING},
                     JobStatus.CANCELLED,
+                    sources={JobStatus.PENDING},
                     actor=actor_of_user(requested_by_id),
                     message="Cancelled before it started",
                     cancel_requested_at=now,
                     completed_at=now,
                 )
             elif job.status == JobStatus.RUNNING:
-                won = self._transition(
+                won = self.transition(
                     job_id,
-                    {JobStatus.RUNNING},
                     JobStatus.CANCELLING,
                     actor=actor_of_user(requested_by_id),
                     message="Cancel requested; stopping at the next step",
@@ -169,7 +188,7 @@ class JobRequests(JobRecords):
                 raise Conflict(f"job is {job.status.value}; a finished job cannot be cancelled")
             if won and self.origin is not None:
                 audit.record(self.session, self.origin, "job.cancelled", tenant_id, f"job {job_id}", job.status.value)
-            self.session.commit()
+            # Read committed: each read sees what the worker committed meanwhile.
             job = self.get_job(tenant_id, job_id)
             if won:
                 return job
@@ -204,70 +223,96 @@ class JobRequests(JobRecords):
             resume_from=resume_from,
             options=options,
             request_id=logs.current("request_id"),
-            # Marked as sent in the same commit as the job itself: one commit, not two, per request.
-            dispatched_at=now if self.dispatch is not None else None,
-            dispatch_count=1 if self.dispatch is not None else 0,
+            # Marked as sent only once it is (``_publish``, after the commit).
+            dispatched_at=None,
+            dispatch_count=0,
             created_at=now,
         )
         try:
-            if not self._insert_if_allowed(job, workflow):
-                self.session.rollback()
-                status = self.session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
-                if status is None:
-                    raise NotFound("tenant not found")
-                if workflow.allows(status):  # it changed between the insert and this read
-                    raise Conflict(f"cannot start {job_type.value}: the tenant's state changed meanwhile; ask again")
-                raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {status.value})")
             if idempotency_key:
-                # An expired key may be used again: its old row goes in the same transaction.
-                self._execute(
-                    delete(IdempotencyKey.__table__).where(
-                        IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == idempotency_key,
-                        IdempotencyKey.expires_at <= now,
-                    )
-                )  # fmt: skip
-                self._execute(
-                    insert(IdempotencyKey.__table__),
-                    {"id": uuid.uuid4(), "tenant_id": tenant_id, "key": idempotency_key, "request_fingerprint": fingerprint,
-                     "job_id": job.id, "created_at": now, "expires_at": now + self.idempotency_ttl},
-                )  # fmt: skip
-            actor = actor or actor_of_user(requested_by_id)
-            detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
-            self._insert_events(
-                [self._event(job.id, "created", actor, detail, status=JobStatus.PENDING)]
-                + ([self._event(job.id, "dispatched", "system")] if self.dispatch is not None else [])
-                + ([self._event(retry_of_id, "retried", actor, f"retried as {job.id}")] if retry_of_id else [])
-            )
-            if self.origin is not None:
-                action = "job.retried" if retry_of_id else "job.requested"
-                audit.record(self.session, self.origin, action, tenant_id, f"job {job.id}", job_type.value)
-            self.session.commit()
+                # A savepoint: should another request hold the key, the transaction stays usable.
+                with self.session.begin_nested():
+                    inserted = self._insert_if_allowed(job, workflow)
+                    if inserted:
+                        self._record_key(tenant_id, idempotency_key, fingerprint, job.id, now)
+            else:
+                inserted = self._insert_if_allowed(job, workflow)
         except IntegrityError:
-            self.session.rollback()
             # Two requests with one key raced: the loser answers with the winner's job.
             if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
                 return earlier
-            # The partial unique index refused a second active job for this tenant.
-            active = self._active_job(tenant_id)
-            if active is None:  # it ended in the meantime: a quick job can, between our insert and this read
-                raise Conflict("the tenant had an active job when this request was made; it has ended since") from None
-            raise Conflict(
-                f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})"
-            ) from None
+            # Another request of the tenant inserted its active job between our check and our write.
+            raise Conflict("the tenant already has an active job, requested at the same moment as this one") from None
+        if not inserted:
+            # A request with the same key may have made its job since our first look: that is the answer.
+            if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
+                return earlier
+            self._refuse(tenant_id, job_type, workflow)
+        actor = actor or actor_of_user(requested_by_id)
+        detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
+        self._insert_events(
+            [self._event(job.id, "created", actor, detail, status=JobStatus.PENDING)]
+            + ([self._event(retry_of_id, "retried", actor, f"retried as {job.id}")] if retry_of_id else [])
+        )
+        if self.origin is not None:
+            action = "job.retried" if retry_of_id else "job.requested"
+            audit.record(self.session, self.origin, action, tenant_id, f"job {job.id}", job_type.value)
         log.info(
             "job %s: %s requested by %s", job.id, job_type.value, actor,
             extra={"job_id": job.id, "tenant_id": tenant_id, "job_type": job_type.value},
         )  # fmt: skip
         if self.dispatch is not None:
-            self._publish_new(job)
+            self.uow.after_commit(lambda: self._publish_new(job))
         return job
 
+    def _publish_new(self, job: ProvisioningJob) -> None:
+        """Publish a committed job and mark it sent; the job answered to the client says whether it was.
+
+        Runs after the job's commit, in a transaction of its own: in autocommit, as the mark and
+        its event need no transaction around them (one round trip, not three, per request).
+        """
+        self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        job.dispatched_at = self._publish(job.id)
+        if job.dispatched_at is None:
+            self._record(job.id, "dispatch_failed", "system", "the broker did not take the message; the sweeper will")
+        else:
+            job.dispatch_count = 1
+
+    def _record_key(self, tenant_id: uuid.UUID, key: str, fingerprint: str, job_id: uuid.UUID, now: datetime) -> None:
+        """Record the idempotency key of the job just made; an expired key may be used again: its
+        old row goes first. Raises IntegrityError when another request holds the key."""
+        keys = IdempotencyKey.__table__
+        self._execute(delete(keys).where(keys.c.tenant_id == tenant_id, keys.c.key == key, keys.c.expires_at <= now))
+        self._execute(
+            insert(keys),
+            {"id": uuid.uuid4(), "tenant_id": tenant_id, "key": key, "request_fingerprint": fingerprint,
+             "job_id": job_id, "created_at": now, "expires_at": now + self.idempotency_ttl},
+        )  # fmt: skip
+
+    def _refuse(self, tenant_id: uuid.UUID, job_type: JobType, workflow: Workflow) -> None:
+        """Say why the job's INSERT found its tenant missing, in the wrong state or busy.
+
+        Raises:
+            NotFound: no such tenant.
+            Conflict: always otherwise.
+        """
+        status = self.session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
+        if status is None:
+            raise NotFound("tenant not found")
+        if not workflow.allows(status):
+            raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {status.value})")
+        if (active := self._active_job(tenant_id)) is not None:
+            raise Conflict(f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})")
+        # The tenant's state, or its active job, changed between the insert and these reads.
+        raise Conflict(f"cannot start {job_type.value}: the tenant changed meanwhile; ask again")
+
     def _insert_if_allowed(self, job: ProvisioningJob, workflow: Workflow) -> bool:
-        """Insert the job's row only if its tenant exists and is in a state the job type allows:
-        the check and the write in one statement (``INSERT ... SELECT ... FROM tenants WHERE``)."""
+        """Insert the job's row only if its tenant exists, is in a state the job type allows and
+        has no active job: the checks and the write in one statement (``INSERT ... SELECT ... FROM
+        tenants WHERE``)."""
         values = {column: getattr(job, column) for column in JOB_COLUMNS}
         allowed = {"allowed_tenant_states": sorted(workflow.allowed_tenant_states)}
-        return self._execute(INSERT_JOB_IF_ALLOWED, values | allowed).rowcount == 1
+        return self._execute(INSERT_JOB_IF_ALLOWED, values | allowed).first() is not None
 
     def _resume_point(self, job: ProvisioningJob) -> str | None:
         """Where a retry of ``job`` starts: None (the beginning) unless it failed in a step and is
@@ -308,27 +353,3 @@ class JobRequests(JobRecords):
         return self.session.scalars(
             select(ProvisioningJob).where(ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
         ).first()
-
-    def _publish_new(self, job: ProvisioningJob) -> None:
-        """Publish a job created as dispatched (one commit for both, the common case); when the
-        broker fails, take the mark back, so the next sweep publishes it."""
-        if self._send(job.id):
-            return
-        try:
-            # Only while pending: a publish that raised may still have got through, and the job run.
-            cleared = self.session.execute(
-                update(ProvisioningJob)
-                .where(ProvisioningJob.id == job.id, ProvisioningJob.status == JobStatus.PENDING)
-                .values(dispatched_at=None, dispatch_count=0)
-            ).rowcount
-            if not cleared:
-                self.session.rollback()
-                return
-            self._record(job.id, "dispatch_failed", "system", "the broker did not take the message; the sweeper will")
-            self.session.commit()
-        except DBAPIError:
-            # Marked dispatched but not sent: the sweeper publishes it once it looks unclaimed.
-            self.session.rollback()
-            log.exception("job %s: not published, and clearing its dispatch mark failed", job.id)
-            return
-        set_committed_value(job, "dispatched_at", None)

@@ -137,10 +137,8 @@ class JobRunner:
         ):
             service = ProvisioningService(session)
             try:
-                claim = service.start_job(job_id, self.worker, self._new_admin_password)
-                session.commit()
+                claim = PatientService(service, self.database_patience).start_job(job_id, self.worker, self._new_admin_password)
             except Conflict as refusal:
-                session.commit()  # the refusal failed the job, saying why
                 log.warning("job %s: %s", job_id, refusal)
                 return
             if claim is None:
@@ -299,8 +297,7 @@ class JobRunner:
         """Fail the job at the step the runner was at (without waiting out an outage again)."""
         try:
             service.session.rollback()
-            self._fail(run, run.at, error, service=service)
-            service.session.commit()
+            self._fail(run, run.at, error, service=PatientService(service, patience=0))
         except Exception:
             log.exception("job %s: could not record the failure; the sweeper will fail it as lost", run.job.id)
 

@@ -1,4 +1,4 @@
-"""The job state machine, as data; the service applies it with compare-and-set updates.
+"""The job state machine, as data; ``JobRecords.transition`` applies it with compare-and-set updates.
 
 ::
 
@@ -33,3 +33,12 @@ RETRYABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.COMPLETED})
 
 def can_transition(current: JobStatus, target: JobStatus) -> bool:
     return target in TRANSITIONS[current]
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """The states a job may move to ``target`` from: a compare-and-set's expected states."""
+    return frozenset(status for status, targets in TRANSITIONS.items() if target in targets)
+
+
+# The states in which a job is its worker's: it runs, or it stops for a cancel.
+HELD_BY_A_WORKER = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING})

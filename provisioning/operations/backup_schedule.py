@@ -28,7 +28,9 @@ SCHEDULER = "backup schedule"
 
 
 def schedule_backups(service: ProvisioningService, every: timedelta) -> list[uuid.UUID]:
-    """Request a backup of each active tenant not backed up within ``every``; returns the new jobs' ids."""
+    """Request a backup of each active tenant not backed up within ``every``; returns the new jobs'
+    ids. Each request is committed on its own (and then published): one tenant's refusal costs
+    no other tenant its backup."""
     since = utcnow() - every
     recent_backup = (
         select(ProvisioningJob.id)
@@ -54,14 +56,16 @@ def schedule_backups(service: ProvisioningService, every: timedelta) -> list[uui
         .where(Tenant.status == TenantStatus.ACTIVE, ~recent_backup, ~recent_site)
         .order_by(Tenant.slug)
     ).all()
-    service.session.commit()
+    service.uow.commit()
     requested = []
     for tenant_id, slug in due:
         try:
             job = service.request_job(tenant_id, JobType.BACKUP_SITE, actor=SCHEDULER)
         except Conflict as busy:
+            service.uow.rollback()
             log.info("scheduled backup of %s skipped for now: %s", slug, busy)
             continue
+        service.uow.commit()
         requested.append(job.id)
     if requested:
         log.info("scheduled backups: requested %d", len(requested))

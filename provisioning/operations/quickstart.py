@@ -125,11 +125,13 @@ def _fail_interrupted_jobs(session: Session) -> None:
     could record its stop). It is failed as the sweeper fails a lost worker's job: its step
     failed, saying why, the tenant released, and a retry resuming at that step."""
     ProvisioningService(session).fail_interrupted_jobs("the quickstart was stopped while it ran", actor="quickstart")
+    session.commit()
 
 
 def _republish_pending(settings: Settings) -> None:
     with session_factory(settings.database_url)() as session:
         ProvisioningService(session, dispatch=Dispatcher(settings).send_job).republish_pending(unclaimed_for=timedelta(0))
+        session.commit()  # the marks of the jobs it published
 
 
 def run(settings: Settings) -> int:

@@ -30,7 +30,7 @@ from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.broker import Dispatcher
 from provisioning.messaging.events import EventRelay
 from provisioning.operations.backup_schedule import schedule_backups
-from provisioning.platform.db import session_factory
+from provisioning.platform.db import UnitOfWork, session_factory
 from provisioning.platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,20 @@ class SweepReport:
 
 
 def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatch) -> SweepReport:
+    """One sweep; each repair is a transaction of its own, committed before the next starts, so
+    none holds the rows it touched while the others run."""
     with sessions() as session:
-        service = ProvisioningService(session, dispatch=dispatch)
+        uow = UnitOfWork(session)
+        service = ProvisioningService(uow, dispatch=dispatch)
+
+        def committed(result):
+            uow.commit()
+            return result
+
         report = SweepReport(
-            reaped=service.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds)),
-            republished=service.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds)),
-            forgotten_keys=service.prune_idempotency_keys(),
+            reaped=committed(service.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds))),
+            republished=committed(service.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds))),
+            forgotten_keys=committed(service.prune_idempotency_keys()),
             scheduled_backups=(
                 schedule_backups(service, timedelta(hours=settings.backup_interval_hours))
                 if settings.backup_interval_hours

@@ -1,20 +1,20 @@
-"""SQLAlchemy base, engine and session factory; the caller of a session owns its transaction."""
+"""SQLAlchemy base, engine, session factory and the unit of work: the caller of a session owns its transaction."""
 
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
 from functools import lru_cache
+from typing import Callable
 
-import psycopg2
-from sqlalchemy import DateTime, MetaData, create_engine, event
+from sqlalchemy import DateTime, MetaData, bindparam, create_engine, event, func
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import TypeDecorator
 
-from provisioning.platform.pg_batching import BatchingConnection
 from provisioning.platform.quoting import first_line
 
 log = logging.getLogger(__name__)
@@ -52,30 +52,45 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
-# A pooled connection idle longer than this is checked before use (see _ping_if_idle).
-PING_AFTER_IDLE_SECONDS = 1.0
-
-
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_text(moment: datetime | None) -> str | None:
+    """A moment as text PostgreSQL reads back exactly, for ``unnested`` rows (cast back there: a
+    column of NULLs alone would have no type)."""
+    return None if moment is None else moment.isoformat()
+
+
+def unnested(name: str, **columns) -> TableValuedAlias:
+    """A table named ``name`` whose rows are given as one array per column (``column=type``), bound
+    as ``{name}_{column}`` and ``unnest``-ed (PostgreSQL): the statement's text stays the same
+    whatever the rows, so it is compiled (and prepared) once."""
+    arrays = [bindparam(f"{name}_{column}", type_=ARRAY(type_)) for column, type_ in columns.items()]
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
 
 
 @lru_cache(maxsize=None)
 def get_engine(database_url: str) -> Engine:
     """One engine (and pool) per URL per process. A forked process inherits the cached engine:
     it must ``dispose(close=False)`` it before use (Celery's pool processes do, at start), or open
-    no connection before the fork (gunicorn's master does not)."""
+    no connection before the fork (gunicorn's master does not).
+
+    A pooled connection is checked before use (``pool_pre_ping``): a restarted PostgreSQL, or a
+    killed backend, leaves dead connections in the pool, and the pool then opens a fresh one
+    instead of failing a request or a job's step. A connection that dies while in use fails its
+    transaction; whoever owns the transaction may run it again (``PatientService`` does).
+    """
     if database_url.startswith("sqlite"):
         engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
     engine = create_engine(
         database_url,
-        # An UPDATE of many rows goes in one round trip, not one per row.
-        executemany_mode="values_plus_batch",
         pool_size=5,
         max_overflow=5,
         pool_timeout=5,
+        pool_pre_ping=True,
         connect_args={
             "connect_timeout": 5,
             "application_name": "erpmax-provisioning",
@@ -86,94 +101,16 @@ def get_engine(database_url: str) -> Engine:
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
-            # BEGIN with the first statement, COMMIT with the last, statements run later in between.
-            "connection_factory": BatchingConnection,
         },
     )
-    event.listen(engine, "connect", _note_use)
-    event.listen(engine, "checkin", _note_use)
-    event.listen(engine, "checkout", _ping_if_idle)
-    event.listen(engine, "do_execute", _execute_retrying_a_dead_connection)
-    event.listen(engine, "do_execute_no_params", _execute_no_params_retrying_a_dead_connection)
+    event.listen(engine, "invalidate", _note_dead_connection)
     return engine
 
 
-def _note_use(_dbapi_connection, record) -> None:
-    record.info["used_at"] = time.monotonic()
-
-
-def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
-    """Check a pooled connection before use if it sat idle for a while: a restarted PostgreSQL
-    leaves dead connections behind, and the pool then opens a fresh one instead of failing.
-
-    SQLAlchemy's ``pool_pre_ping`` does the same at every checkout, a round trip per request and
-    two per job; a connection in steady use (or just opened) goes without: if the server closed
-    it meanwhile, its transaction's first statement runs again on a new one
-    (``_execute_retrying_a_dead_connection``).
-    """
-    if time.monotonic() - record.info.get("used_at", float("-inf")) < PING_AFTER_IDLE_SECONDS:
-        return
-    try:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SELECT 1")
-        cursor.close()
-        dbapi_connection.rollback()
-    except psycopg2.Error as error:
-        raise DisconnectionError(f"a pooled connection is dead: {error}") from error
-
-
-def _execute_retrying_a_dead_connection(cursor, statement: str, parameters, context) -> bool | None:
-    """Run the first statement of a transaction again, once, on a new connection if it met a dead one.
-
-    A connection the server closed while it sat in the pool for less than
-    ``PING_AFTER_IDLE_SECONDS`` (``pg_terminate_backend``, a PostgreSQL restart) is found dead
-    only when used: that one use would fail a request (503) or a job's step although the
-    database is up. When it is the first statement of a transaction
-    (``BatchingConnection.opens_a_transaction``), nothing of the transaction reached the server
-    before it, and whatever of it did died with the connection (the server rolls back an open
-    transaction whose connection is gone), so it is safe to send it again on a new connection.
-    Any other statement fails as before: a later statement of a transaction, whose earlier ones
-    are lost; a COMMIT, whose outcome is unknown (commits never come through here); a statement
-    sent with others deferred before it, or in autocommit. If no new connection can be made,
-    the statement's own error stands (SQLAlchemy then handles the disconnect as ever). On the
-    normal path this costs a look at the connection's state, no round trip. Returns None to let
-    SQLAlchemy execute the statement itself, True when it was executed here.
-    """
-    return _retrying(cursor, context, lambda live_cursor: live_cursor.execute(statement, parameters))
-
-
-def _execute_no_params_retrying_a_dead_connection(cursor, statement: str, context) -> bool | None:
-    return _retrying(cursor, context, lambda live_cursor: live_cursor.execute(statement))
-
-
-def _retrying(cursor, context, execute) -> bool | None:
-    dbapi_connection = cursor.connection
-    if cursor.name is not None or not (
-        isinstance(dbapi_connection, BatchingConnection) and dbapi_connection.opens_a_transaction()
-    ):
-        return None
-    try:
-        execute(cursor)
-    except psycopg2.Error as error:
-        if not context.dialect.is_disconnect(error, dbapi_connection, cursor):
-            raise
-        log.warning("a pooled database connection was dead (%s); the transaction starts again on a new one", first_line(error))
-        context.cursor = _reconnected(context.root_connection.connection, error).cursor()
-        execute(context.cursor)
-    return True
-
-
-def _reconnected(pooled, error: Exception):
-    """A new DBAPI connection in place of the dead one under a checked-out connection, as
-    SQLAlchemy's pool makes for one found dead at checkout (it has no public call for a checked-out
-    one, hence its record's)."""
-    record = pooled._connection_record
-    record.invalidate(error)
-    try:
-        pooled.dbapi_connection = record.get_connection()
-    except Exception as failure:
-        raise error from failure
-    return pooled.dbapi_connection
+def _note_dead_connection(_dbapi_connection, _record, error: BaseException | None) -> None:
+    """Say so when a pooled connection was found dead (by the check at checkout, or in use)."""
+    if error is not None:
+        log.warning("a pooled database connection was dead (%s); a new one takes its place", first_line(error))
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:
@@ -199,3 +136,38 @@ def new_session_factory(database_url: str) -> sessionmaker[Session]:
 def is_connection_failure(error: DBAPIError) -> bool:
     """True when the database could not be reached or dropped the connection: an outage, not a bug."""
     return error.connection_invalidated or isinstance(error, OperationalError)
+
+
+class UnitOfWork:
+    """A session's transaction, owned by whoever made it (an API view, a command, the sweeper, the
+    runner's call wrapper): services write into it and never commit or roll back.
+
+    What must happen only once the transaction is committed (publishing a new job's message: a
+    worker must never receive a job it cannot read) is given to ``after_commit``; ``commit`` runs
+    it right after the commit, in order, and commits what each such action wrote (its own short
+    transaction). An action that fails is logged and the rest still run: whatever it left undone
+    is repaired later (an unpublished job is published by the next sweep). ``rollback`` drops them.
+    """
+
+    def __init__(self, session: Session):
+        self.session = session
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        self._after_commit.append(action)
+
+    def commit(self) -> None:
+        self.session.commit()
+        while self._after_commit:
+            action = self._after_commit.pop(0)
+            try:
+                action()
+                self.session.commit()
+            except Exception:
+                self.session.rollback()
+                log.exception("after a commit, %s failed; it is left to the next repair", getattr(action, "__name__", action))
+
+    def rollback(self) -> None:
+        self._after_commit.clear()
+        self.session.rollback()
+

@@ -11,10 +11,9 @@ from sqlalchemy import select, update
 
 from provisioning.accounts import registry as accounts
 from provisioning.enums import JobType, Role, TenantStatus
-from provisioning.jobs.service import ProvisioningService
 from provisioning.models import ApiToken
 from provisioning.platform.db import utcnow
-from tests.helpers import StrictClient, assert_error
+from tests.helpers import StrictClient, assert_error, committing
 
 pytestmark = pytest.mark.usefixtures("rolled_back")  # nothing here needs another connection to see its rows
 
@@ -119,7 +118,7 @@ def test_a_token_works_until_it_expires(client, tenant_factory, session):
 )  # fmt: skip
 def test_every_api_endpoint_needs_a_token_and_changes_nothing_without_one(client, tenant_factory, session, method, path):
     tenant = tenant_factory.create()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     assert_unauthorized(getattr(client, method)(path.format(job=job.id), json={"job_type": "create_site"}))
     listed = client.get(JOBS, headers=tenant.headers()).json
     assert listed["meta"]["total"] == 1 and listed["data"][0]["status"] == "pending"
@@ -194,7 +193,7 @@ def test_a_user_of_several_tenants_acts_in_the_one_named_with_its_role_there(cli
     first, second = tenant_factory.create(), tenant_factory.create()
     user_token = first.tokens[Role.OWNER]
     accounts.add_membership(session, first.users[Role.OWNER], second.tenant, Role.MEMBER)
-    theirs = ProvisioningService(session).request_job(second.id, JobType.CREATE_SITE)
+    theirs = committing(session).request_job(second.id, JobType.CREATE_SITE)
     in_first, in_second = (bearer(user_token, getattr(made.tenant, ref)) for made in (first, second))
 
     assert client.get(CURRENT, headers=in_first).json["data"]["id"] == str(first.id)
@@ -216,7 +215,7 @@ def test_a_user_of_several_tenants_acts_in_the_one_named_with_its_role_there(cli
 )
 def test_naming_a_tenant_the_user_does_not_belong_to_is_forbidden(client, tenant_factory, session, name_tenant):
     ours, other = tenant_factory.create(), tenant_factory.create()
-    job = ProvisioningService(session).request_job(other.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(other.id, JobType.CREATE_SITE)
     headers = bearer(ours.tokens[Role.OWNER], name_tenant(other))
     for response in (client.get(JOBS, headers=headers), client.post(f"{JOBS}/{job.id}/cancel", headers=headers)):
         assert "X-Tenant-ID" in assert_error(response, 403)["message"]

@@ -16,11 +16,10 @@ import pytest
 from sqlalchemy import func, select
 
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
-from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import utcnow
-from tests.helpers import StrictClient, assert_error, wait_for
+from tests.helpers import StrictClient, assert_error, committing, wait_for
 
 JOBS = "/api/v1/provisioning/jobs"
 DESIGN_FIELDS = {
@@ -46,11 +45,11 @@ def client(app):
 
 def pending_job(session, tenant, job_type: JobType = JobType.CREATE_SITE) -> ProvisioningJob:
     """A pending job that is never published, so no worker will run it."""
-    return ProvisioningService(session).request_job(tenant.id, job_type)
+    return committing(session).request_job(tenant.id, job_type)
 
 
 def running_job(session, tenant, job_type: JobType = JobType.CREATE_SITE) -> ProvisioningJob:
-    return ProvisioningService(session).start_job(pending_job(session, tenant, job_type).id, "test-worker").job
+    return committing(session).start_job(pending_job(session, tenant, job_type).id, "test-worker").job
 
 
 def finished_job(

@@ -12,7 +12,6 @@ from sqlalchemy import select, update
 from provisioning.backups.book import BackupBook, Retention
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import ProvisioningService
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.operations.backup_schedule import SCHEDULER, schedule_backups
 from provisioning.platform.db import utcnow
@@ -20,7 +19,7 @@ from provisioning.sites.drivers import make_driver
 from provisioning.sites.drivers.base import BackupFile
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
-from tests.helpers import not_private, wait_for
+from tests.helpers import committing, not_private, wait_for
 from tests.records import read_job, read_steps
 from tests.stack import SweeperProcess
 
@@ -46,12 +45,12 @@ def test_each_active_tenant_due_gets_one_backup_and_asking_again_adds_none(isola
         due = [factory.create(status=TenantStatus.ACTIVE) for _ in range(2)]
         pending = factory.create()
         backed_up = factory.create(status=TenantStatus.ACTIVE)
-        ProvisioningService(session).request_job(backed_up.id, JobType.BACKUP_SITE)
+        committing(session).request_job(backed_up.id, JobType.BACKUP_SITE)
         just_created = factory.create()
-        create = ProvisioningService(session).request_job(just_created.id, JobType.CREATE_SITE)
+        create = committing(session).request_job(just_created.id, JobType.CREATE_SITE)
         JobRunner.for_settings(isolated.settings, isolated.sessions, SimulatedDriver(step_seconds=0), "w@test").run(create.id)
         assert session.get(Tenant, just_created.id, populate_existing=True).status == TenantStatus.ACTIVE
-        service = ProvisioningService(session, dispatch=sent.append)
+        service = committing(session, dispatch=sent.append)
 
         first = schedule_backups(service, DAILY)
         again = schedule_backups(service, DAILY)  # a second sweeper, or one restarted
@@ -67,7 +66,7 @@ def test_a_busy_tenant_is_skipped_and_logged_then_backed_up_once_it_is_free(isol
     caplog.set_level(logging.INFO, logger="provisioning.operations.backup_schedule")
     with isolated.session() as session:
         tenant = TenantFactory(session).create(status=TenantStatus.ACTIVE)
-        service = ProvisioningService(session)
+        service = committing(session)
         delete = service.request_job(tenant.id, JobType.DELETE_SITE)
 
         assert schedule_backups(service, DAILY) == []
@@ -131,13 +130,13 @@ def test_retention_keeps_the_newest_and_prunes_the_rest_with_their_files(session
 
 def test_retention_never_touches_a_backup_that_a_running_job_uses(session, tenant_factory, tmp_path):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
-    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     in_use = make_backup(session, tenant, tmp_path / "in-use", timedelta(days=60), job_id=job.id)
 
     assert BackupBook(session).prune(Retention(keep_last=1, max_age=timedelta(days=1)), tenant.id) == []
     assert (tmp_path / "in-use" / "database.sql.gz").exists()
 
-    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    committing(session).cancel_job(tenant.id, job.id)
     assert BackupBook(session).prune(Retention(keep_last=1, max_age=timedelta(days=1)), tenant.id) == [in_use.id]
 
 
@@ -146,7 +145,7 @@ def test_a_completed_backup_job_prunes_beyond_the_newest_kept(settings, sessions
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     worker_settings = settings.model_copy(update={"backup_path": tmp_path, "backup_keep_last": 2})
     for _ in range(3):
-        job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+        job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
         JobRunner.for_settings(worker_settings, sessions, SimulatedDriver(step_seconds=0), "w@test").run(job.id)
         assert session.get(ProvisioningJob, job.id, populate_existing=True).status == JobStatus.COMPLETED
 
@@ -158,7 +157,7 @@ def test_a_completed_backup_job_prunes_beyond_the_newest_kept(settings, sessions
 
 def test_an_unverified_backup_of_a_job_that_ended_is_discarded_with_its_files(session, tenant_factory, tmp_path):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
-    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     dump = tmp_path / "database.sql.gz"
     dump.write_bytes(GOOD_DUMP)
     backup = BackupBook(session).start(tenant.id, job.id, "site.test", [BackupFile("database", dump)])
@@ -167,7 +166,7 @@ def test_an_unverified_backup_of_a_job_that_ended_is_discarded_with_its_files(se
     BackupBook(session).prune(retention, tenant.id)
     assert session.get(SiteBackup, backup.id, populate_existing=True).status == BackupStatus.RUNNING  # its job still runs
 
-    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    committing(session).cancel_job(tenant.id, job.id)
     BackupBook(session).prune(retention, tenant.id)
     discarded = session.get(SiteBackup, backup.id, populate_existing=True)
     assert discarded.status == BackupStatus.FAILED and "ended before" in discarded.error
@@ -177,8 +176,8 @@ def test_an_unverified_backup_of_a_job_that_ended_is_discarded_with_its_files(se
 def test_what_a_failed_backup_step_left_is_removed_and_kept_backups_are_not(session, tenant_factory, tmp_path):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     kept = make_backup(session, tenant, tmp_path / tenant.tenant.slug / "kept", timedelta(hours=1))
-    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
-    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    committing(session).cancel_job(tenant.id, job.id)
     left = tmp_path / tenant.tenant.slug / str(job.id)
     left.mkdir()
     (left / "half-written-database.sql.gz").write_bytes(b"\x1f\x8b")
@@ -194,7 +193,7 @@ def test_a_tenant_whose_slug_ends_in_a_newline_gets_no_backup_folder(session, se
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     session.execute(update(Tenant).where(Tenant.id == tenant.id).values(slug=f"{tenant.tenant.slug}\n"))
     session.commit()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     backups = tmp_path / "backups"
     JobRunner.for_settings(
         settings.model_copy(update={"backup_path": backups}), sessions, SimulatedDriver(step_seconds=0), "w@test"
@@ -213,7 +212,7 @@ def test_a_backups_files_and_folders_are_readable_by_the_services_user_alone(
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     old_folder = tmp_path / tenant.tenant.slug
     old_folder.mkdir(mode=0o755)  # as a release before this one made it
-    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     JobRunner.for_settings(
         settings.model_copy(update={"backup_path": tmp_path}), sessions, SimulatedDriver(step_seconds=0), "w@test"
     ).run(job.id)
@@ -226,7 +225,7 @@ def test_a_backups_files_and_folders_are_readable_by_the_services_user_alone(
 def test_simulated_fail_step_verify_backup_fails_a_backup_job_at_that_step(settings, sessions, session, tenant_factory, tmp_path):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     told = settings.model_copy(update={"backup_path": tmp_path, "simulated_fail_step": "verify_backup"})
-    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     JobRunner.for_settings(told, sessions, make_driver(told), "w@test").run(job.id)
 
     failed = read_job(sessions, job.id)

@@ -22,7 +22,6 @@ from api import create_app
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped, StepTerminated
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.step_interruptions import TAKEN_AWAY, StopFlags
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.platform.settings import BenchSettings
@@ -30,7 +29,7 @@ from provisioning.sites.credentials import SiteCredentials
 from provisioning.sites.drivers.bench import TERMINATE_GRACE_SECONDS, BenchDriver
 from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
-from tests.helpers import StrictClient, not_private, wait_for
+from tests.helpers import StrictClient, committing, not_private, wait_for
 from tests.records import read_job, read_steps, read_tenant
 from tests.stack import WorkerProcess
 
@@ -105,7 +104,7 @@ def everything_recorded(sessions, job_id) -> str:
 
 
 def request(session, tenant, job_type=JobType.CREATE_SITE, **options) -> ProvisioningJob:
-    return ProvisioningService(session).request_job(tenant.id, job_type, options=options)
+    return committing(session).request_job(tenant.id, job_type, options=options)
 
 
 def create_site(session, sessions, tenant, run_job) -> None:
@@ -155,7 +154,7 @@ def test_a_failed_new_site_is_retried_from_where_it_failed_after_its_half_made_s
 
     monkeypatch.delenv("FAKE_BENCH_FAIL")
     calls_before = len(bench.calls())
-    retry = ProvisioningService(session).retry_job(tenant.id, failed.id)
+    retry = committing(session).retry_job(tenant.id, failed.id)
     assert retry.resume_from == "create_site"
     done = run_job(retry.id)
 
@@ -227,7 +226,7 @@ def test_a_wrong_root_password_fails_create_site_and_the_retry_cleans_the_bare_f
     assert "wrong-password" not in everything_recorded(sessions, failed.id)
     assert bench.site_dir(tenant).is_dir()
 
-    retry = ProvisioningService(session).retry_job(tenant.id, failed.id)
+    retry = committing(session).retry_job(tenant.id, failed.id)
     assert run_job(retry.id).status == JobStatus.COMPLETED
 
 
@@ -269,7 +268,7 @@ def test_a_bad_dump_fails_the_backup_even_though_bench_exited_0(
 
     # The retry takes the backup again: checking the same bad files again could never pass.
     monkeypatch.delenv(flaw)
-    retry = ProvisioningService(session).retry_job(tenant.id, job.id)
+    retry = committing(session).retry_job(tenant.id, job.id)
     assert retry.resume_from is None  # redone from run_backup, the first step: the retry starts over
     assert run_job(retry.id).status == JobStatus.COMPLETED
     assert [backup.status for backup in backups_of(sessions, tenant.id)] == [BackupStatus.FAILED, BackupStatus.COMPLETED]
@@ -343,7 +342,7 @@ def test_a_cancel_stops_a_hanging_create_kills_its_whole_process_tree_and_remove
     assert all(alive(pid) for pid in pids)
     bench.site_dir(tenant).mkdir()  # what new-site has made so far: the folder and its config
     (bench.site_dir(tenant) / "site_config.json").write_text('{"db_name": "_half_made"}')
-    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    committing(session).cancel_job(tenant.id, job.id)
     runner.join(timeout=30)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
@@ -419,7 +418,7 @@ def test_a_cancel_before_create_site_leaves_an_existing_site_alone(session, sess
 
     class CancelsInPreconditions(BenchDriver):
         def run_step(self, step, context):
-            ProvisioningService(session).cancel_job(tenant.id, running.id)
+            committing(session).cancel_job(tenant.id, running.id)
             raise StepStopped(step)
 
     run_job(running.id, driver_class=CancelsInPreconditions)

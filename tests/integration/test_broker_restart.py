@@ -9,11 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from provisioning.enums import JobStatus, JobType
-from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.broker import Dispatcher
 from provisioning.models import ProvisioningJob
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.rabbitmq_node import RabbitMQNode
 from tests.stack import SweeperProcess, WorkerProcess
 
@@ -41,7 +40,7 @@ def broker():
 def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broker, tmp_path):
     dispatcher = Dispatcher(isolated.settings.model_copy(update={"broker_url": broker.url}))
     with isolated.session() as session:
-        service = ProvisioningService(session, dispatch=dispatcher.send_job)
+        service = committing(session, dispatch=dispatcher.send_job)
         job_ids = [service.request_job(TenantFactory(session).create().id, JobType.CREATE_SITE).id for _ in range(JOBS)]
     env = {**isolated.environment, **FAST, "RABBITMQ_URL": broker.url}
     workers = [WorkerProcess(env, dispatcher, concurrency=1) for _ in range(2)]

@@ -16,7 +16,7 @@ from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.step_interruptions import GRACE_OVER, TAKEN_AWAY, StopFlags
 from provisioning.models import JobStep, ProvisioningJob, Tenant
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.records import read_job
 from tests.stack import WorkerProcess
 
@@ -66,7 +66,7 @@ def test_a_running_create_is_cancelled_its_site_undone_and_the_worker_goes_on(is
 
         # The same worker takes the next job (and lets go of it on a cancel too).
         with isolated.session() as session:
-            service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
+            service = committing(session, dispatch=isolated.dispatcher.send_job)
             later = service.request_job(other.id, JobType.CREATE_SITE)
             wait_for(
                 lambda: (job_row(isolated, later.id).worker or "").startswith(worker.name),

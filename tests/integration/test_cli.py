@@ -10,12 +10,12 @@ from sqlalchemy.exc import DataError
 from provisioning.accounts import registry as accounts
 from provisioning.cli import main
 from provisioning.enums import JobType, Role, TenantStatus
-from provisioning.jobs.service import ProvisioningService
 from provisioning.models import ApiToken, Tenant
 from provisioning.platform import migrate
 from provisioning.platform.identifiers import SLUG
 from provisioning.platform.settings import load_settings
 from provisioning.sites import credentials
+from tests.helpers import committing
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_a_duplicate_slug_is_refused(cli):
 
 def test_jobs_list_shows_a_tenants_jobs_with_their_status(cli, session, tenant_factory):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
-    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
 
     result = cli("jobs", "list", "--tenant", tenant.tenant.slug)
 

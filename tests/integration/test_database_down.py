@@ -9,14 +9,12 @@ from api import create_app
 from provisioning.backups.book import BackupSteps, retention_of
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.broker import Dispatcher
 from provisioning.models import JobStep, ProvisioningJob
-from provisioning.platform import db
 from provisioning.platform.db import get_engine
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.stack import ADMIN_DATABASE_URL, WebProcess, WorkerProcess, delete_queues
 
 pytestmark = pytest.mark.disruptive  # kills database connections and times the outage
@@ -34,7 +32,7 @@ def test_a_job_received_while_the_database_is_unreachable_runs_when_a_worker_can
     own_settings = settings.model_copy(update={"provisioning_queue_name": queue})
     dispatcher = Dispatcher(own_settings)
     tenant = tenant_factory.create()
-    job = ProvisioningService(session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
 
     cut_off = WorkerProcess({**environment, "PROVISIONING_QUEUE_NAME": queue, "DATABASE_URL": CLOSED_DATABASE}, dispatcher)
     try:
@@ -104,7 +102,7 @@ class DatabaseOutage:
 def test_a_running_job_rides_out_a_database_outage_and_the_worker_goes_on_without_a_restart(isolated):
     with isolated.session() as session:
         first, second = TenantFactory(session).create(), TenantFactory(session).create()
-        job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(first.id, JobType.CREATE_SITE)
+        job = committing(session, dispatch=isolated.dispatcher.send_job).request_job(first.id, JobType.CREATE_SITE)
     outage = DatabaseOutage(isolated.settings.database_url)
     # Steps longer than the runner's step write interval: each is on record while it runs.
     worker = WorkerProcess({**isolated.environment, "SIMULATED_STEP_SECONDS": "1.5"}, isolated.dispatcher, concurrency=1)
@@ -136,7 +134,7 @@ def test_a_running_job_rides_out_a_database_outage_and_the_worker_goes_on_withou
         assert [step.status for step in steps] == [StepStatus.COMPLETED] * 5
 
         with isolated.session() as session:
-            later = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(
+            later = committing(session, dispatch=isolated.dispatcher.send_job).request_job(
                 second.id, JobType.CREATE_SITE
             )
         wait_for(lambda: status(later.id) == JobStatus.COMPLETED, timeout=60, what="the next job, on the same worker")
@@ -165,7 +163,7 @@ def test_a_request_right_after_the_api_s_connections_were_killed_answers_normall
     jobs = f"{web.url}/api/v1/provisioning/jobs"
     statuses = []
     for _ in range(5):
-        # The connection was just used: the idle check at checkout lets it through, dead.
+        # The connection was just used, and is dead now: the check at checkout replaces it.
         assert requests.get(jobs, headers=tenant.headers(), timeout=HTTP_TIMEOUT).status_code == 200
         assert outage.kill_connections(including_the_tests=False) >= 1
         statuses.append(requests.get(jobs, headers=tenant.headers(), timeout=HTTP_TIMEOUT).status_code)
@@ -176,8 +174,8 @@ def test_a_request_right_after_the_api_s_connections_were_killed_answers_normall
 
 def test_a_job_whose_worker_s_connections_are_killed_mid_step_completes_without_waiting(isolated, caplog):
     """The runner's own connection and the pooled one the backup steps just used are dead after the
-    kill: each first statement runs again on a new connection, so no step fails and no write waits
-    out an outage."""
+    kill: the write that meets one runs again at once on a new connection, so no step fails and no
+    write waits out an outage."""
 
     class KillsConnectionsAsItVerifies(BackupSteps):
         def run(self, step, job_id, tenant_id):
@@ -187,7 +185,7 @@ def test_a_job_whose_worker_s_connections_are_killed_mid_step_completes_without_
 
     with isolated.session() as session:
         tenant = TenantFactory(session).create(status=TenantStatus.ACTIVE)
-        job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+        job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     runner = JobRunner.for_settings(isolated.settings, isolated.sessions, SimulatedDriver(0), "worker@test")
     runner.backup_steps = KillsConnectionsAsItVerifies(isolated.sessions, retention_of(isolated.settings))
 
@@ -201,14 +199,13 @@ def test_a_job_whose_worker_s_connections_are_killed_mid_step_completes_without_
     assert "database unavailable" not in caplog.text
 
 
-def test_a_pooled_connection_idle_past_the_threshold_is_checked_at_checkout_and_replaced_if_dead(isolated, monkeypatch):
+def test_a_dead_pooled_connection_is_checked_at_checkout_and_replaced(isolated):
     """As a restarted PostgreSQL leaves them: even a first round trip that could not run again
-    (a transaction of deferred writes and its COMMIT) meets a live connection."""
+    (a COMMIT) meets a live connection."""
     engine = get_engine(isolated.settings.database_url)
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
     DatabaseOutage(isolated.settings.database_url).kill_connections(including_the_tests=False)
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0)
 
     raw = engine.raw_connection()  # the driver's connection itself: nothing of SQLAlchemy's statement handling
     try:

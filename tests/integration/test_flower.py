@@ -3,9 +3,8 @@
 import requests
 
 from provisioning.enums import JobStatus, JobType
-from provisioning.jobs.service import ProvisioningService
 from provisioning.models import ProvisioningJob
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.processes import TASK_EVENTS_ON, GroupProcess, free_port, procfile_commands
 from tests.stack import process_environment
 
@@ -47,7 +46,7 @@ def test_flower_keeps_its_task_history_across_a_restart_when_given_a_path(
         first = start_flower()
         wait_for(lambda: TASK_EVENTS_ON in worker.output(), timeout=30, interval=0.3, what="Flower to turn task events on")
         tenant = tenant_factory.create()
-        job = ProvisioningService(session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+        job = committing(session, dispatch=dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
 
         def job_status():
             with sessions() as s:

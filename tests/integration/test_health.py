@@ -10,11 +10,11 @@ from sqlalchemy import text, update
 from api import create_app
 from provisioning.cli import main
 from provisioning.enums import JobType
-from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.events import EventRelay
 from provisioning.models import JobEvent
 from provisioning.platform.db import utcnow
 from tests.factories import TenantFactory
+from tests.helpers import committing
 from tests.stack import RABBITMQ_URL, WebProcess
 
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
@@ -112,7 +112,7 @@ def test_doctor_passes_when_everything_answers(environment, worker, settings, se
 def test_doctor_fails_when_announcements_wait_for_a_relay_that_does_not_run(isolated):
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
-        job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+        job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
         session.execute(update(JobEvent).where(JobEvent.job_id == job.id).values(created_at=utcnow() - timedelta(minutes=2)))
         session.commit()
 

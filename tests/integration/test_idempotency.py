@@ -12,9 +12,8 @@ from sqlalchemy import func, select, update
 
 from api import create_app
 from provisioning.enums import JobStatus, JobType, Role, TenantStatus
-from provisioning.jobs.service import ProvisioningService
 from provisioning.models import IdempotencyKey, ProvisioningJob
-from tests.helpers import StrictClient, assert_error
+from tests.helpers import StrictClient, assert_error, committing
 from tests.stack import delete_queues
 
 JOBS = "/api/v1/provisioning/jobs"
@@ -78,7 +77,7 @@ def test_a_key_belongs_to_its_tenant(client, tenant_factory):
 def test_an_expired_key_makes_a_new_job(client, tenant_factory, session):
     tenant = tenant_factory.create()
     first = client.post(JOBS, json={"job_type": "create_site"}, headers=keyed(tenant, "k-exp")).json["data"]
-    ProvisioningService(session).cancel_job(tenant.id, uuid.UUID(first["id"]))
+    committing(session).cancel_job(tenant.id, uuid.UUID(first["id"]))
     session.execute(
         update(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant.id).values(expires_at=IdempotencyKey.created_at)
     )
@@ -87,7 +86,7 @@ def test_an_expired_key_makes_a_new_job(client, tenant_factory, session):
     again = client.post(JOBS, json={"job_type": "create_site"}, headers=keyed(tenant, "k-exp"))
 
     assert again.status_code == 201 and again.json["data"]["id"] != first["id"]
-    assert ProvisioningService(session).prune_idempotency_keys() == 0, "the expired key was replaced, not kept"
+    assert committing(session).prune_idempotency_keys() == 0, "the expired key was replaced, not kept"
 
 
 def test_a_repeated_retry_with_a_key_makes_one_new_job(client, tenant_factory, session):

@@ -16,13 +16,12 @@ from api import create_app
 from celeryconfig import events_exchange
 from provisioning.enums import JobStatus, JobType, Role, TenantStatus
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.events import UNANNOUNCED, ConfirmedPublisher, EventRelay, announcement
 from provisioning.models import JobEvent, ProvisioningJob
 from provisioning.operations.quickstart import wait_until_answering
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
-from tests.helpers import StrictClient
+from tests.helpers import StrictClient, committing
 from tests.processes import GroupProcess, free_port
 from tests.stack import SweeperProcess, TcpRelay, WorkerProcess, events_heard, process_environment
 
@@ -48,7 +47,7 @@ def run(settings, sessions, job_id, fail_step: str | None = None) -> None:
 
 def test_a_completed_job_tells_its_whole_story_in_order(client, session, sessions, tenant_factory, settings):
     tenant = tenant_factory.create()
-    job = ProvisioningService(session, dispatch=lambda _id: None).request_job(
+    job = committing(session, dispatch=lambda _id: None).request_job(
         tenant.id, JobType.CREATE_SITE, tenant.users[Role.OWNER].id
     )
     run(settings, sessions, job.id)
@@ -69,7 +68,7 @@ def test_a_completed_job_tells_its_whole_story_in_order(client, session, session
 
 def test_a_failed_job_ends_with_the_failed_step_and_the_error(client, session, sessions, tenant_factory, settings):
     tenant = tenant_factory.create()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     run(settings, sessions, job.id, fail_step="install_apps")
 
     story = events(client, tenant, job.id)
@@ -81,7 +80,7 @@ def test_a_failed_job_ends_with_the_failed_step_and_the_error(client, session, s
 
 def test_a_cancelled_job_says_who_cancelled_it(client, session, tenant_factory):
     tenant = tenant_factory.create()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     assert client.post(f"{JOBS}/{job.id}/cancel", headers=tenant.headers(Role.ADMIN)).status_code == 200
 
     story = events(client, tenant, job.id)
@@ -91,7 +90,7 @@ def test_a_cancelled_job_says_who_cancelled_it(client, session, tenant_factory):
 
 def test_a_retry_is_linked_both_ways(client, session, sessions, tenant_factory, settings):
     tenant = tenant_factory.create()
-    first = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    first = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     run(settings, sessions, first.id, fail_step="create_site")
     retry = client.post(f"{JOBS}/{first.id}/retry", headers=tenant.headers(Role.OWNER)).json["data"]
 
@@ -145,7 +144,7 @@ def test_while_the_broker_is_unreachable_events_wait_and_go_out_in_order_once_it
 ):
     hear, heard = listener
     tenant = tenant_factory.create()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     run(settings, sessions, job.id)
     unreachable = EventRelay(settings.model_copy(update={"broker_url": "amqp://guest:guest@127.0.0.1:1//"}), sessions)
 
@@ -165,7 +164,7 @@ def test_an_event_published_but_not_marked_goes_out_again_with_the_same_event_id
 ):
     hear, heard = listener
     tenant = tenant_factory.create()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     created = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == "created")).one()
     publisher = ConfirmedPublisher(settings)
     publisher.publish([announcement(created)])  # then the relay stops, before it could mark the event
@@ -194,7 +193,7 @@ def test_a_batch_after_its_connection_died_goes_out_on_a_new_one(settings, liste
 
 def test_the_sweeper_process_sweeps_at_once_relays_the_events_and_stops_by_itself_on_ctrl_c(isolated, tmp_path):
     with isolated.session() as session:
-        job = ProvisioningService(session).request_job(TenantFactory(session).create().id, JobType.CREATE_SITE)
+        job = committing(session).request_job(TenantFactory(session).create().id, JobType.CREATE_SITE)
         assert job.dispatched_at is None, "created with no publisher: only a sweep sends it"
     with events_heard(isolated.settings) as (hear, heard):
         sweeper = SweeperProcess(isolated.environment, tmp_path)

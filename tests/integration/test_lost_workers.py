@@ -18,7 +18,7 @@ from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import utcnow
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.records import read_job, tenant_status
 from tests.stack import SweeperProcess, WorkerProcess
 
@@ -45,7 +45,7 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     session, sessions, tenant_factory
 ):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
     steps = workflow_for(JobType.CREATE_SITE).steps
@@ -67,7 +67,7 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
 
 def test_a_worker_lost_while_it_settled_a_cancel_is_reaped_saying_so(session, sessions, tenant_factory):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
     service.cancel_job(tenant.id, job.id)
@@ -80,7 +80,7 @@ def test_a_worker_lost_while_it_settled_a_cancel_is_reaped_saying_so(session, se
 
 def test_a_job_whose_worker_still_beats_is_left_alone(session, sessions, tenant_factory):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@alive")
     age_heartbeat(sessions, job.id, 10)
@@ -95,7 +95,7 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
     settings, session, sessions, tenant_factory
 ):
     tenant = tenant_factory.create()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     runner = JobRunner.for_settings(settings, sessions, SimulatedDriver(step_seconds=30), worker="worker@slow")
     runner.heartbeat_seconds = 0.2
     thread = threading.Thread(target=runner.run, args=(job.id,), daemon=True)
@@ -109,7 +109,7 @@ def test_a_running_job_keeps_its_heartbeat_fresh_and_a_reaped_one_is_left_by_its
         s.execute(update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(worker="worker@other"))
         s.commit()
     age_heartbeat(sessions, job.id, 120)
-    assert job.id in ProvisioningService(session).reap_lost_jobs(timedelta(seconds=60))
+    assert job.id in committing(session).reap_lost_jobs(timedelta(seconds=60))
     thread.join(timeout=10)
 
     assert not thread.is_alive(), "the slow worker must notice that the job is no longer its own"
@@ -137,7 +137,7 @@ def test_a_worker_lost_during_a_quick_step_is_reaped_naming_that_step_and_its_re
     settings, session, sessions, tenant_factory
 ):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     driver = FreezesAt("install_apps")
     runner = JobRunner.for_settings(settings, sessions, driver, worker="worker@frozen")
@@ -198,7 +198,7 @@ def slow_worker(isolated, **extra) -> WorkerProcess:
 def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(isolated, sweeper):
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
-        service = ProvisioningService(session, dispatch=isolated.dispatcher.send_job)
+        service = committing(session, dispatch=isolated.dispatcher.send_job)
         job = service.request_job(tenant.id, JobType.CREATE_SITE)
         doomed = slow_worker(isolated)
         wait_until_in_first_step(isolated.sessions, job.id)
@@ -221,7 +221,7 @@ def test_a_killed_worker_is_noticed_and_a_retry_on_the_next_worker_completes(iso
 def test_a_killed_pool_process_is_noticed_while_its_worker_lives_on(isolated, sweeper):
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
-        job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+        job = committing(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
     worker = slow_worker(isolated)
     try:
         wait_until_in_first_step(isolated.sessions, job.id)
@@ -239,7 +239,7 @@ def test_a_worker_whose_job_was_taken_away_stops_even_a_deaf_step_and_writes_not
     """As when the sweeper declared a cut-off worker lost and a retry went elsewhere."""
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
-        job = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+        job = committing(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
     worker = slow_worker(isolated, SIMULATED_IGNORE_CANCEL="true", SIMULATED_STEP_SECONDS="60")
     try:
         wait_until_in_first_step(isolated.sessions, job.id)
@@ -260,7 +260,7 @@ def test_a_worker_whose_job_was_taken_away_stops_even_a_deaf_step_and_writes_not
 def test_a_job_that_waits_unclaimed_is_published_again_with_a_doubling_wait(session, sessions, tenant_factory):
     sent: list = []
     tenant = tenant_factory.create()
-    service = ProvisioningService(session, dispatch=sent.append)
+    service = committing(session, dispatch=sent.append)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
 
     def published_minutes_ago(minutes: float) -> None:
@@ -284,3 +284,29 @@ def test_a_job_that_waits_unclaimed_is_published_again_with_a_doubling_wait(sess
     published_minutes_ago(11)
     assert republished_now()
     assert sent.count(job.id) == 3
+
+
+def test_a_job_committed_but_never_published_is_published_by_the_next_sweep(session, sessions, tenant_factory):
+    """As when the requesting process dies between its commit and its publish: the job is not
+    marked sent (the mark follows the publish), so the next sweep publishes it, not one five
+    minutes later."""
+    sent: list = []
+    tenant = tenant_factory.create()
+    job = ProvisioningService(session, dispatch=sent.append).request_job(tenant.id, JobType.CREATE_SITE)
+    session.commit()  # the transaction, but none of what follows its commit: the process is gone
+    assert sent == [] and read_job(sessions, job.id).dispatched_at is None
+
+    assert committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5)) == [job.id]
+    assert sent == [job.id]
+    assert read_job(sessions, job.id).dispatched_at is not None, "marked once it was published"
+
+
+def test_a_published_job_is_marked_sent_and_not_published_again_by_the_next_sweep(session, sessions, tenant_factory):
+    sent: list = []
+    tenant = tenant_factory.create()
+    job = committing(session, dispatch=sent.append).request_job(tenant.id, JobType.CREATE_SITE)
+    assert sent == [job.id] and job.dispatched_at is not None
+    assert read_job(sessions, job.id).dispatch_count == 1
+
+    assert committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5)) == []
+    assert sent == [job.id]

@@ -20,7 +20,7 @@ from provisioning.platform.settings import BenchSettings
 from provisioning.sites.credentials import SiteCredentials
 from provisioning.sites.drivers.bench import BenchDriver
 from provisioning.sites.drivers.simulated import SimulatedDriver
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.records import read_job, read_steps, read_tenant, tenant_status
 from tests.stack import WorkerProcess
 
@@ -42,7 +42,7 @@ def runner(settings, sessions):
 
 def unpublished_job(session, tenant_id, job_type=JobType.CREATE_SITE) -> ProvisioningJob:
     """A pending job no worker will receive, so the test's runner is the only one to run it."""
-    return ProvisioningService(session).request_job(tenant_id, job_type)
+    return committing(session).request_job(tenant_id, job_type)
 
 
 class CancelsAt(SimulatedDriver):
@@ -156,7 +156,7 @@ def test_a_retry_of_a_failed_create_is_a_new_job_that_completes_and_the_old_one_
     job = unpublished_job(session, tenant.id)
     runner(fail_step="configure_site").run(job.id)
 
-    retry = ProvisioningService(session).retry_job(tenant.id, job.id)
+    retry = committing(session).retry_job(tenant.id, job.id)
     runner().run(retry.id)
 
     assert retry.id != job.id and retry.retry_of_id == job.id
@@ -172,7 +172,7 @@ def test_the_site_password_is_stored_when_the_create_starts_and_its_retry_keeps_
     runner(fail_step="check_preconditions").run(job.id)  # failed before any step asked for the password
     first = read_tenant(sessions, tenant.id).admin_password_encrypted
 
-    retry = ProvisioningService(session).retry_job(tenant.id, job.id)
+    retry = committing(session).retry_job(tenant.id, job.id)
     runner().run(retry.id)
 
     assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
@@ -234,7 +234,7 @@ def test_a_cancel_of_a_running_create_stops_it_inside_its_step_and_puts_the_tena
     thread = run_in_background(runner(step_seconds=30, heartbeat_seconds=0.2), job.id)
     wait_for(lambda: read_job(sessions, job.id).status == JobStatus.RUNNING, what="the job to start")
 
-    answer = ProvisioningService(session).cancel_job(tenant.id, job.id)
+    answer = committing(session).cancel_job(tenant.id, job.id)
 
     assert answer.status == JobStatus.CANCELLING and answer.cancel_requested_at is not None
     cancelled = wait_for(
@@ -256,7 +256,7 @@ def test_a_cancelled_delete_puts_the_tenant_back_to_the_state_it_had(session, se
     thread = run_in_background(runner(step_seconds=30, heartbeat_seconds=0.2), job.id)
     wait_for(lambda: tenant_status(sessions, tenant.id) == TenantStatus.DELETING, what="the tenant to be deleting")
 
-    ProvisioningService(session).cancel_job(tenant.id, job.id)
+    committing(session).cancel_job(tenant.id, job.id)
 
     wait_for(lambda: read_job(sessions, job.id).status == JobStatus.CANCELLED, timeout=10, what="the cancel")
     thread.join(timeout=10)
@@ -268,7 +268,7 @@ def test_a_cancel_arriving_during_a_quick_step_stops_the_job_before_the_next_one
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    cancels = CancelsAt("create_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))
+    cancels = CancelsAt("create_site", lambda: committing(session).cancel_job(tenant.id, job.id))
     runner(driver=cancels, worker="test").run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
@@ -302,7 +302,7 @@ def test_each_step_is_on_record_as_running_while_it_runs_however_quick_and_the_j
     assert all(a.finished_at <= b.started_at for a, b in zip(steps, steps[1:]))
     finished = read_job(sessions, job.id)
     assert (finished.status, finished.progress) == (JobStatus.COMPLETED, 100)
-    kinds = [event.kind for event in ProvisioningService(session).list_job_events(tenant.id, job.id)]
+    kinds = [event.kind for event in committing(session).list_job_events(tenant.id, job.id)]
     assert kinds == ["created", "claimed", *["step_started", "step_completed"] * 5, "completed"]
 
 
@@ -322,7 +322,7 @@ def test_a_second_delivery_of_a_finished_job_runs_nothing(session, sessions, ten
 def test_a_pending_job_cancelled_before_a_worker_got_it_is_skipped(session, sessions, tenant_factory, runner):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    assert ProvisioningService(session).cancel_job(tenant.id, job.id).status == JobStatus.CANCELLED
+    assert committing(session).cancel_job(tenant.id, job.id).status == JobStatus.CANCELLED
 
     runner().run(job.id)
 
@@ -370,14 +370,14 @@ def test_no_job_is_accepted_while_the_tenant_is_changing(session, tenant_factory
     tenant = tenant_factory.create(status=status)
     for job_type in JobType:
         with pytest.raises(Conflict, match=status.value):
-            ProvisioningService(session).request_job(tenant.id, job_type)
+            committing(session).request_job(tenant.id, job_type)
 
 
 def test_a_claimed_job_says_what_the_step_it_starts_at_does(session, sessions, tenant_factory, runner):
     """The first step's message, or for a retry that resumes, its resume step's."""
     create = workflow_for(JobType.CREATE_SITE)
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = unpublished_job(session, tenant.id)
     runner(fail_step="install_apps").run(job.id)
     retry = service.retry_job(tenant.id, job.id)
@@ -395,7 +395,7 @@ def test_a_claimed_job_says_what_the_step_it_starts_at_does(session, sessions, t
 def test_a_step_write_after_a_cancel_records_the_steps_done_and_starts_nothing(session, sessions, tenant_factory):
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    service = ProvisioningService(session)
+    service = committing(session)
     steps = workflow_for(JobType.CREATE_SITE).steps
     service.start_job(job.id, "w@host")
     service.cancel_job(tenant.id, job.id)
@@ -419,7 +419,7 @@ def test_a_create_cancelled_during_its_last_step_removes_the_site_and_says_so(se
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    driver = CancelsAt("verify_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))
+    driver = CancelsAt("verify_site", lambda: committing(session).cancel_job(tenant.id, job.id))
     undoing = Undoes()
     driver.undo = undoing.undo
     runner(driver=driver).run(job.id)
@@ -429,7 +429,7 @@ def test_a_create_cancelled_during_its_last_step_removes_the_site_and_says_so(se
     assert undoing.undone == 1
     assert [step.status for step in read_steps(sessions, job.id)] == [StepStatus.COMPLETED] * 5
     assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
-    kinds = [event.kind for event in ProvisioningService(session).list_job_events(tenant.id, job.id)]
+    kinds = [event.kind for event in committing(session).list_job_events(tenant.id, job.id)]
     # Listed in the order things happened, although the last step's events were written after the cancel's.
     assert kinds[-4:] == ["step_started", "cancel_requested", "step_completed", "cancelled"]
 
@@ -452,7 +452,7 @@ def backup_cancelled_at(step: str, settings, session, sessions, tenant_factory, 
     ``step`` starts; returns the tenant and the job."""
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     job = unpublished_job(session, tenant.id, JobType.BACKUP_SITE)
-    cancel = lambda: ProvisioningService(session).cancel_job(tenant.id, job.id)  # noqa: E731
+    cancel = lambda: committing(session).cancel_job(tenant.id, job.id)  # noqa: E731
     runner(backup_steps=CancelsAtPlatformStep(sessions, settings, step, cancel)).run(job.id)
     return tenant, job
 
@@ -498,7 +498,7 @@ def test_a_delete_cancelled_during_its_last_step_says_the_site_is_gone_and_forge
 ):
     tenant = created_site(session, sessions, tenant_factory, runner)
     job = unpublished_job(session, tenant.id, JobType.DELETE_SITE)
-    runner(driver=CancelsAt("archive_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))).run(job.id)
+    runner(driver=CancelsAt("archive_site", lambda: committing(session).cancel_job(tenant.id, job.id))).run(job.id)
 
     cancelled = read_job(sessions, job.id)
     assert cancelled.status == JobStatus.CANCELLED
@@ -515,8 +515,8 @@ def test_a_delete_that_took_no_final_backup_cancelled_during_its_last_step_claim
     session, sessions, tenant_factory, runner
 ):
     tenant = created_site(session, sessions, tenant_factory, runner)
-    job = ProvisioningService(session).request_job(tenant.id, JobType.DELETE_SITE, options={SKIP_FINAL_BACKUP: True})
-    runner(driver=CancelsAt("archive_site", lambda: ProvisioningService(session).cancel_job(tenant.id, job.id))).run(job.id)
+    job = committing(session).request_job(tenant.id, JobType.DELETE_SITE, options={SKIP_FINAL_BACKUP: True})
+    runner(driver=CancelsAt("archive_site", lambda: committing(session).cancel_job(tenant.id, job.id))).run(job.id)
 
     cancelled = read_job(sessions, job.id)
     assert (cancelled.status, cancelled.message) == (
@@ -534,7 +534,7 @@ def test_a_backup_cancelled_in_its_driver_step_leaves_none_of_the_files_it_wrote
     class WritesHalfABackupThenIsCancelled(SimulatedDriver):
         def run_step(self, step, context):
             (context.backup_directory() / "half.sql.gz").write_bytes(b"\x1f\x8b")
-            ProvisioningService(session).cancel_job(tenant.id, job.id)
+            committing(session).cancel_job(tenant.id, job.id)
             raise StepStopped(step)
 
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
@@ -556,7 +556,7 @@ def test_a_delete_cancelled_while_it_drops_the_site_lets_the_drop_finish_and_say
             # drop_site takes a while and asks whether to stop all along, as bench's drop-site does.
             self.step_seconds = 1.5 if step == "drop_site" else 0
             if step == "drop_site":
-                ProvisioningService(session).cancel_job(tenant.id, job.id)
+                committing(session).cancel_job(tenant.id, job.id)
             return super().run_step(step, context)
 
     tenant = created_site(session, sessions, tenant_factory, runner)
@@ -584,7 +584,7 @@ def test_a_skipped_step_is_on_record_as_skipped_by_the_time_the_next_step_runs(s
             return super().run_step(step, context)
 
     tenant = created_site(session, sessions, tenant_factory, runner)
-    job = ProvisioningService(session).request_job(tenant.id, JobType.DELETE_SITE, options={SKIP_FINAL_BACKUP: True})
+    job = committing(session).request_job(tenant.id, JobType.DELETE_SITE, options={SKIP_FINAL_BACKUP: True})
     runner(driver=Looks(0)).run(job.id)
 
     assert seen_during_drop == {
@@ -627,4 +627,4 @@ def test_a_step_boundary_whose_write_fails_fails_the_job_at_the_next_step_with_t
         StepStatus.PENDING,
         StepStatus.PENDING,
     ]
-    assert ProvisioningService(session).retry_job(tenant.id, job.id).resume_from == "install_apps"
+    assert committing(session).retry_job(tenant.id, job.id).resume_from == "install_apps"

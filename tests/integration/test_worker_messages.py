@@ -13,13 +13,12 @@ from sqlalchemy import func, select
 from celeryconfig import RUN_JOB_TASK
 from provisioning.cli import main
 from provisioning.enums import JobStatus, JobType, TenantStatus
-from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.workflows import workflow_for
 from provisioning.messaging.dead_letters import MAX_REASON_LENGTH, REASON_HEADER, list_dead_letters
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform import logs
 from tests.factories import TenantFactory
-from tests.helpers import wait_for
+from tests.helpers import committing, wait_for
 from tests.job_messages import COMPRESSED_POISON, POISON, RawMessage, job_message
 from tests.stack import WorkerProcess
 
@@ -98,7 +97,7 @@ def test_no_malformed_message_stops_the_worker_or_is_lost_each_is_dead_lettered_
     # The same worker, never restarted, still runs a good job, and never logged a line of megabytes.
     with isolated.session() as session:
         tenant = TenantFactory(session).create()
-        good = ProvisioningService(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
+        good = committing(session, dispatch=isolated.dispatcher.send_job).request_job(tenant.id, JobType.CREATE_SITE)
     wait_for(lambda: job_status(isolated.sessions, good.id) == JobStatus.COMPLETED, timeout=30, what="a good job after poison")
     assert poison_worker.process.poll() is None
     output = poison_worker.output()
@@ -171,7 +170,7 @@ def test_an_operator_lists_replays_and_purges_dead_letters(
 
 def test_the_same_job_published_five_times_runs_its_steps_once(worker, dispatcher, session, sessions, tenant_factory):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
-    job = ProvisioningService(session).request_job(tenant.id, JobType.BACKUP_SITE)
+    job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     for _ in range(5):
         dispatcher.send_job(job.id)
 
@@ -185,7 +184,7 @@ def test_the_same_job_published_five_times_runs_its_steps_once(worker, dispatche
 
 def test_a_job_cancelled_while_its_message_waits_is_skipped_by_the_worker(worker, dispatcher, session, sessions, tenant_factory):
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.cancel_job(tenant.id, job.id)
 
@@ -201,7 +200,7 @@ def test_the_request_id_in_a_message_is_bound_in_the_worker_for_every_line_of_it
 ):
     """The header alone carries it: this job's row has no request id of its own."""
     tenant = tenant_factory.create()
-    job = ProvisioningService(session).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     request_id = f"carried-{uuid.uuid4().hex}"
     with logs.bound(request_id=request_id):
         dispatcher.send_job(job.id)

@@ -7,12 +7,13 @@ from sqlalchemy import select
 
 from provisioning.accounts import registry as accounts
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
-from provisioning.jobs.service import ProvisioningService, StepRecord
+from provisioning.jobs.service import StepRecord
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, JobStep, ProvisioningJob, Tenant
 from provisioning.operations.quickstart import DEMO_OWNER, DEMO_TENANT, _banner, _keep_credentials_key, prepare
 from provisioning.platform.db import session_factory, utcnow
 from provisioning.platform.settings import load_settings
+from tests.helpers import committing
 
 
 def test_prepare_makes_the_demo_tenant_and_a_working_token_and_is_safe_to_repeat(tmp_path):
@@ -35,7 +36,7 @@ def test_a_job_an_earlier_quickstart_left_running_is_failed_in_its_step_and_its_
     steps = workflow_for(JobType.CREATE_SITE).steps
     with session_factory(settings.database_url)() as session:
         tenant = accounts.find_tenant(session, DEMO_TENANT)
-        service = ProvisioningService(session)
+        service = committing(session)
         job = service.request_job(tenant.id, JobType.CREATE_SITE)
         service.start_job(job.id, "worker@gone")
         done = [StepRecord(n, steps[n].name, StepStatus.COMPLETED, finished_at=utcnow(), progress=20 * (n + 1)) for n in (0, 1)]
@@ -51,7 +52,7 @@ def test_a_job_an_earlier_quickstart_left_running_is_failed_in_its_step_and_its_
         step = session.scalar(select(JobStep).where(JobStep.job_id == job.id, JobStep.name == "install_apps"))
         assert (step.status, step.message) == (StepStatus.FAILED, interrupted.error)
         assert session.get(Tenant, tenant.id).status == demo.tenant_status == TenantStatus.FAILED
-        assert ProvisioningService(session).retry_job(tenant.id, job.id).resume_from == "install_apps"
+        assert committing(session).retry_job(tenant.id, job.id).resume_from == "install_apps"
 
 
 def test_on_sqlite_too_a_tenant_counts_its_jobs_however_they_were_added(tmp_path):
@@ -59,7 +60,7 @@ def test_on_sqlite_too_a_tenant_counts_its_jobs_however_they_were_added(tmp_path
     prepare(settings)
     with session_factory(settings.database_url)() as session:
         tenant = accounts.find_tenant(session, DEMO_TENANT)
-        service = ProvisioningService(session)
+        service = committing(session)
         service.cancel_job(tenant.id, service.request_job(tenant.id, JobType.CREATE_SITE).id)
         session.add(ProvisioningJob(tenant_id=tenant.id, job_type=JobType.CREATE_SITE, status=JobStatus.FAILED, progress=0))
         session.commit()
@@ -76,7 +77,7 @@ def _set_status(settings, slug: str, status: TenantStatus) -> None:
 
 def _busy_with(settings, started: bool) -> None:
     with session_factory(settings.database_url)() as session:
-        service = ProvisioningService(session)
+        service = committing(session)
         job = service.request_job(accounts.find_tenant(session, DEMO_TENANT).id, JobType.CREATE_SITE)
         if started:
             service.start_job(job.id, "worker@elsewhere pid 1")
@@ -108,7 +109,7 @@ def test_whatever_state_the_demo_tenant_is_in_the_banner_offers_what_the_service
     with session_factory(settings.database_url)() as session:
         caller = accounts.authenticate(session, demo.token, None)
         assert (caller.user.email, caller.tenant.slug, caller.role) == (demo.owner, demo.tenant, Role.OWNER)
-        service = ProvisioningService(session)
+        service = committing(session)
         if demo.offer is not None:
             assert f'-d \'{{"job_type": "{demo.offer.value}"}}\'' in banner
             service.request_job(caller.tenant.id, demo.offer)  # accepted: it raises Conflict otherwise

@@ -8,6 +8,7 @@ from provisioning.jobs.states import (
     RETRYABLE_STATUSES,
     TRANSITIONS,
     can_transition,
+    sources_of,
 )
 
 
@@ -59,3 +60,9 @@ def test_every_status_can_reach_a_final_one():
 
 def test_only_finished_successes_and_failures_can_be_retried():
     assert RETRYABLE_STATUSES == {JobStatus.COMPLETED, JobStatus.FAILED}
+
+
+def test_the_sources_of_a_move_are_read_from_the_table():
+    assert sources_of(JobStatus.FAILED) == {JobStatus.RUNNING, JobStatus.CANCELLING}
+    assert sources_of(JobStatus.CANCELLED) == {JobStatus.PENDING, JobStatus.CANCELLING}
+    assert sources_of(JobStatus.PENDING) == set()
