@@ -12,7 +12,6 @@ from sqlalchemy import select, update
 from api import create_app
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
 from provisioning.jobs.heartbeat import Heartbeat
-from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.step_interruptions import GRACE_OVER, TAKEN_AWAY, StopFlags
 from provisioning.models import JobStep, ProvisioningJob, Tenant
 from tests.factories import TenantFactory
@@ -84,7 +83,7 @@ def test_the_heartbeat_learns_a_cancel_then_the_end_of_its_grace_period_then_tha
 ):
     """The flags a running step reads, set from the database by the heartbeat alone."""
     tenant = tenant_factory.create()
-    service = ProvisioningService(session)
+    service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "w@test pid 1")
     flags = StopFlags()

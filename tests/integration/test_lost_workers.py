@@ -296,8 +296,9 @@ def test_a_job_committed_but_never_published_is_published_by_the_next_sweep(sess
     session.commit()  # the transaction, but none of what follows its commit: the process is gone
     assert sent == [] and read_job(sessions, job.id).dispatched_at is None
 
-    assert committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5)) == [job.id]
-    assert sent == [job.id]
+    # (Other tests' jobs made with no publisher may be republished too.)
+    assert job.id in committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5))
+    assert sent.count(job.id) == 1
     assert read_job(sessions, job.id).dispatched_at is not None, "marked once it was published"
 
 
