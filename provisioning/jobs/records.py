@@ -330,7 +330,7 @@ class JobRecords:
         On PostgreSQL this is one statement (``Boundary.together``), so a step boundary costs one
         round trip; elsewhere the statements run one after the other.
         """
-        if self.session.connection().dialect.name != "postgresql":
+        if self.session.get_bind().dialect.name != "postgresql":
             moved = self._execute(boundary.job_update, parameters).first()
             if moved is not None:
                 ended = [*done, starting] if starting is not None and moved.status == JobStatus.RUNNING else done
@@ -383,7 +383,7 @@ class JobRecords:
             .values(dispatched_at=dispatched_at, dispatch_count=jobs.c.dispatch_count + 1)
         )
         event = insert(JobEvent.__table__).values(self._event(job_id, "dispatched", "system"))
-        if self.session.connection().dialect.name == "postgresql":
+        if self.session.get_bind().dialect.name == "postgresql":
             self._execute(event.add_cte(mark.cte("marked")))  # one statement: one round trip
         else:
             self._execute(mark)
