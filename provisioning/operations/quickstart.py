@@ -144,11 +144,11 @@ def run(settings: Settings) -> int:
     demo = prepare(settings)
     env = _process_environment(settings)
     if not settings.site_credentials_key:
-        key = _keep_credentials_key(settings)
+        key = keep_credentials_key(settings)
         if not settings.embedded:  # only the embedded defaults read the kept key themselves
             env["SITE_CREDENTIALS_KEY"] = key
     flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
-    click.echo(_banner(settings, demo, flower_user, flower_password))
+    click.echo(banner_text(settings, demo, flower_user, flower_password))
 
     with _terminal_of_our_own(), _embedded_broker(settings, env):
         honcho = subprocess.Popen(
@@ -289,7 +289,7 @@ def _process_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _keep_credentials_key(settings: Settings) -> str:
+def keep_credentials_key(settings: Settings) -> str:
     """The quickstart's SITE_CREDENTIALS_KEY, made once and kept beside its data (the site
     passwords stored in one run must open in the next); on the embedded defaults every process
     (and ``provisioning doctor``) finds it there."""
@@ -301,7 +301,7 @@ def _keep_credentials_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def _banner(settings: Settings, demo: Demo, flower_user: str, flower_password: str) -> str:
+def banner_text(settings: Settings, demo: Demo, flower_user: str, flower_password: str) -> str:
     base = f"http://127.0.0.1:{settings.web_port}"
     jobs = f"{base}/api/v1/provisioning/jobs"
     auth = f'-H "Authorization: Bearer {demo.token}"'

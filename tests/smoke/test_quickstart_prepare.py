@@ -10,7 +10,7 @@ from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatu
 from provisioning.jobs.service import StepRecord
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, JobStep, ProvisioningJob, Tenant
-from provisioning.operations.quickstart import DEMO_OWNER, DEMO_TENANT, _banner, _keep_credentials_key, prepare
+from provisioning.operations.quickstart import DEMO_OWNER, DEMO_TENANT, banner_text, keep_credentials_key, prepare
 from provisioning.platform.db import session_factory, utcnow
 from provisioning.platform.settings import load_settings
 from tests.helpers import committing
@@ -104,7 +104,7 @@ def test_whatever_state_the_demo_tenant_is_in_the_banner_offers_what_the_service
         settings = settings.model_copy(update={"embedded": False})  # the embedded quickstart fails it as interrupted
 
     demo = prepare(settings)
-    banner = _banner(settings, demo, "admin", "secret")
+    banner = banner_text(settings, demo, "admin", "secret")
 
     with session_factory(settings.database_url)() as session:
         caller = accounts.authenticate(session, demo.token, None)
@@ -137,7 +137,7 @@ def test_after_each_deleted_demo_tenant_the_next_one_gets_its_own_owner(tmp_path
 def test_the_data_directory_the_database_and_the_kept_key_are_readable_by_their_user_alone(tmp_path):
     settings = load_settings({"DATA_DIR": str(tmp_path / "data")})
     prepare(settings)
-    _keep_credentials_key(settings)
+    keep_credentials_key(settings)
 
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
     for name in ("provisioning.sqlite3", "site-credentials.key"):
