@@ -167,11 +167,14 @@ class JobExecution(JobRecords):
         The answer says when a cancel was requested, so the heartbeat can enforce its grace period.
         """
         row = self._execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_(sorted(HELD_BY_A_WORKER)))
-            .values(heartbeat_at=utcnow())
-            .returning(jobs.c.cancel_requested_at)
+            update(jobs).where(*_held_by(job_id, worker)).values(heartbeat_at=utcnow()).returning(jobs.c.cancel_requested_at)
         ).first()
+        return None if row is None else Beat(cancel_requested_at=row.cancel_requested_at)
+
+    def look_at_job(self, job_id: uuid.UUID, worker: str) -> Beat | None:
+        """What a beat would learn, read without vouching for the job (the heartbeat's looks between
+        its beats): None once the job is not ``worker``'s running job."""
+        row = self._execute(select(jobs.c.cancel_requested_at).where(*_held_by(job_id, worker))).first()
         return None if row is None else Beat(cancel_requested_at=row.cancel_requested_at)
 
     def write_steps(
@@ -202,7 +205,7 @@ class JobExecution(JobRecords):
         """
         owned = self._execute(
             select(jobs.c.id)
-            .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status.in_(sorted(HELD_BY_A_WORKER)))
+            .where(*_held_by(job_id, worker))
             .with_for_update()
         ).first()
         if owned is None:
@@ -267,3 +270,7 @@ class JobExecution(JobRecords):
         self._set_tenant_status(cancelled.tenant_id, tenant_status)
         return True
 
+
+def _held_by(job_id: uuid.UUID, worker: str) -> tuple:
+    """The job, while ``worker`` holds it (running or cancelling)."""
+    return jobs.c.id == job_id, jobs.c.worker == worker, HELD

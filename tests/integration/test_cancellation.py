@@ -78,6 +78,26 @@ def test_a_running_create_is_cancelled_its_site_undone_and_the_worker_goes_on(is
         worker.stop()
 
 
+def test_between_its_beats_the_heartbeat_looks_so_a_long_step_learns_of_a_cancel_within_seconds(
+    session, sessions, tenant_factory
+):
+    """With the default ten-second heartbeat (here thirty), a cancel still reaches a running step in
+    about a second: the heartbeat reads the job between its beats, and vouches only at a beat."""
+    tenant = tenant_factory.create()
+    service = committing(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    service.start_job(job.id, "w@test pid 1")
+    flags = StopFlags()
+    with Heartbeat(sessions, job.id, "w@test pid 1", interval=30.0, cancel_grace=60.0, flags=flags):
+        service.cancel_job(tenant.id, job.id)
+        asked = time.monotonic()
+        wait_for(flags.should_stop, timeout=10, what="the heartbeat to learn of the cancel")
+        learnt_after = time.monotonic() - asked
+    assert learnt_after < 3
+    claimed = read_job(sessions, job.id)
+    assert claimed.heartbeat_at == claimed.started_at, "a look vouches for nothing: the claim's heartbeat stands"
+
+
 def test_the_heartbeat_learns_a_cancel_then_the_end_of_its_grace_period_then_that_the_job_was_taken_away(
     session, sessions, tenant_factory
 ):
