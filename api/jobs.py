@@ -22,7 +22,7 @@ from api.schemas import (
 )
 from api.session import db_session
 from provisioning.enums import JobStatus
-from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.requests import JobRequests
 from provisioning.jobs.workflows import SKIP_FINAL_BACKUP
 from provisioning.platform.db import UnitOfWork
 
@@ -35,11 +35,11 @@ blp = Blueprint(
 blp.before_request(authenticate_request)
 
 
-def _service() -> ProvisioningService:
+def _service() -> JobRequests:
     """The service on the request's session, as a unit of work a writing view commits
     (``service.uow.commit()``): the new job's message is published once it is committed."""
     settings = current_app.config["PROVISIONING_SETTINGS"]
-    return ProvisioningService(
+    return JobRequests(
         UnitOfWork(db_session()),
         dispatch=current_app.extensions["provisioning_dispatcher"].send_job,
         idempotency_ttl=timedelta(hours=settings.idempotency_key_hours),

@@ -67,7 +67,7 @@ def publish(celery_app: Celery, queue: str, job_id: str) -> None:
 def create_app() -> Flask:
     flask_app = Flask(__name__)
     # SQLAlchemy as anyone would set it up: psycopg2's own transactions, one round trip per
-    # statement, BEGIN and COMMIT (the service's engine batches them: provisioning/pg_batching.py).
+    # statement, BEGIN and COMMIT, as the service's engine does too.
     engine = create_engine(settings.database_url)
     with engine.begin() as connection:
         connection.execute(

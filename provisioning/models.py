@@ -176,7 +176,7 @@ class JobEvent(Base):
 
     An event that changed the job's status carries that ``status``, and is the outbox of its
     announcement to other systems: written in the same transaction as the change, published
-    by the event relay afterwards, which then sets ``announced_at`` (see provisioning/events.py).
+    by the event relay afterwards, which then sets ``announced_at`` (see provisioning/messaging/events.py).
     """
 
     __tablename__ = "job_events"

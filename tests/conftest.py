@@ -3,7 +3,7 @@
 - ``unit``: everything under ``tests/unit``: pure logic, no database, no broker, no process.
 - ``integration``: everything under ``tests/integration`` and ``tests/smoke``: the real PostgreSQL
   and RabbitMQ.
-- ``process``: an integration test that starts a real service process (worker, gunicorn, beat,
+- ``process``: an integration test that starts a real service process (worker, gunicorn, the sweeper,
   Flower, a RabbitMQ node, the quickstart). Found here, not written on each test: a test is one
   when its own code, its fixtures' code, or a helper of ours they call, names one of the classes
   that start such a process (``PROCESS_STARTERS``).

@@ -21,7 +21,7 @@ from provisioning.sites.drivers.base import BackupFile
 class JobContext:
     """Each write is a short transaction of its own, so what a step produced is on record even
     if the step fails right after: a retry then finds the backup files it must discard. The
-    site's admin password was stored with the claim (see ``ProvisioningService.start_job``).
+    site's admin password was stored with the claim (see ``JobExecution.start_job``).
 
     Whether to stop is a read of the job's StopFlags, never a query: a driver asks it every
     fraction of a second, and the heartbeat and the step writes are what read the database.

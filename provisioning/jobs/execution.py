@@ -220,11 +220,6 @@ class JobExecution(JobRecords):
         self._record(job_id, f"step_{status.value}", f"worker {worker}", f"{name}: {message}")
         return True
 
-    def get_job_status(self, job_id: uuid.UUID) -> JobStatus:
-        """The job's status as committed when read (the caller ends the read's transaction, so
-        the next read is fresh)."""
-        return self.session.scalar(select(jobs.c.status).where(jobs.c.id == job_id))
-
     def complete_job(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord] = ()) -> bool:
         """Record the last steps and mark the job completed, in one transaction; False when a cancel
         got there first (the steps are still recorded) or the job is no longer this worker's.
@@ -261,8 +256,8 @@ class JobExecution(JobRecords):
     def finish_cancel(self, job_id: uuid.UUID, tenant_status: TenantStatus | None, message: str) -> bool:
         """Settle a cancelling job as cancelled and put the tenant where the runner decided."""
         cancelled = self.transition(
-            job_id, JobStatus.CANCELLED, returning=(jobs.c.worker, jobs.c.tenant_id), record=False,
-            message=message, completed_at=utcnow(),
+            job_id, JobStatus.CANCELLED, sources={JobStatus.CANCELLING}, returning=(jobs.c.worker, jobs.c.tenant_id),
+            record=False, message=message, completed_at=utcnow(),
         )  # fmt: skip
         if cancelled is None:
             return False

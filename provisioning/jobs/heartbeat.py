@@ -12,9 +12,11 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.jobs.service import Beat, ProvisioningService
+from provisioning.jobs.execution import JobExecution
+from provisioning.jobs.records import Beat
 from provisioning.jobs.step_interruptions import StopFlags
 from provisioning.platform.db import utcnow
+from provisioning.platform.quoting import first_line
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,8 @@ class Heartbeat:
     cancel is older than ``cancel_grace``, that its grace period is over (``flags.grace_over``:
     a step that ignored the cancel must stop now). A beat that finds the job no longer its own
     (the sweeper declared this worker lost, and another worker may run its retry) sets
-    ``flags.taken_away`` and beats no more. A beat that cannot reach the database is logged and
-    tried again at the next interval.
+    ``flags.taken_away`` and beats no more. A beat that cannot reach the database is tried again
+    at the next look; the failure is logged once, not at every try.
 
     Between beats it looks (a read, every ``LOOK_SECONDS``), so a cancel reaches a running step
     within about a second whatever the heartbeat's interval, and every step boundary reads it at
@@ -67,6 +69,7 @@ class Heartbeat:
         self.beat_due = time.monotonic() + interval
         self.ended = False
         self.beating = threading.Lock()
+        self.failing = False
 
     def __enter__(self) -> "Heartbeat":
         HEARTBEATS.add(self)
@@ -86,20 +89,25 @@ class Heartbeat:
                 self.beat_due = time.monotonic() + self.interval
             else:
                 answer = self.look()
-        except Exception:
-            log.exception("job %s: heartbeat failed; trying again in %ss", self.job_id, self.interval)
+        except Exception as error:
+            if not self.failing:  # once per outage, not at every look
+                log.warning("job %s: heartbeat failed (%s); trying again each second", self.job_id, first_line(error))
+                self.failing = True
             return True
+        if self.failing:
+            log.info("job %s: heartbeat answered again", self.job_id)
+            self.failing = False
         return self.learn(answer)
 
     def ask(self) -> Beat | None:
         """Vouch for the job in a transaction of the heartbeat's own; the answer is the service's."""
         with self.sessions.begin() as session:
-            return ProvisioningService(session).beat_heartbeat(self.job_id, self.worker)
+            return JobExecution(session).beat_heartbeat(self.job_id, self.worker)
 
     def look(self) -> Beat | None:
         """Read what a beat would learn, vouching for nothing."""
         with self.sessions() as session:
-            return ProvisioningService(session).look_at_job(self.job_id, self.worker)
+            return JobExecution(session).look_at_job(self.job_id, self.worker)
 
     def learn(self, answer: Beat | None) -> bool:
         """Record what a beat's answer says in the flags; False once the job is no longer ours."""

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_chain, wait_fixed
 
 from provisioning.errors import ProvisioningError
-from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.records import JobRecords
 from provisioning.platform.db import is_connection_failure
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class PatientService:
     failed for it) is decided, so what it wrote with it is committed before it is raised.
     """
 
-    def __init__(self, service: ProvisioningService, patience: float):
+    def __init__(self, service: JobRecords, patience: float):
         self.service = service
         self.patience = patience
 

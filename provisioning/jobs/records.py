@@ -3,9 +3,10 @@ status from the one table of allowed moves (``states``), its events, its steps, 
 status and the publishing of its task, in one caller-owned unit of work; and the records a
 worker passes around (StepRecord, ClaimedJob, Claim, Beat).
 
-Every job status change is ``JobRecords.transition``: a compare-and-set ``UPDATE ... WHERE id =
-:id AND status IN (:sources)`` that must change exactly one row, its sources read from the
-table. Losing that race means another process (a duplicate delivery, a concurrent cancel) got
+Every job status change is a compare-and-set ``UPDATE ... WHERE id = :id AND status IN
+(:sources)`` that must change exactly one row, its sources read from the table: built by
+``compare_and_set``, through ``JobRecords.transition`` or, for the statements a worker runs at
+every job's end, once (``Boundary``). Losing that race means another process (a duplicate delivery, a concurrent cancel) got
 there first: it is logged and the caller moves on.
 """
 

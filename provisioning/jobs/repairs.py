@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, or_, select, update
 
 from provisioning.enums import JobStatus, StepStatus
 from provisioning.jobs.records import JobRecords
+from provisioning.jobs.states import HELD_BY_A_WORKER
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import IdempotencyKey, JobStep, ProvisioningJob
 from provisioning.platform import logs
@@ -55,7 +56,7 @@ class JobRepairs(JobRecords):
         lost = self.session.execute(
             select(ProvisioningJob, JobStep.name)
             .outerjoin(JobStep, (JobStep.job_id == ProvisioningJob.id) & (JobStep.status == StepStatus.RUNNING))
-            .where(ProvisioningJob.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]), *conditions)
+            .where(ProvisioningJob.status.in_(sorted(HELD_BY_A_WORKER)), *conditions)
         ).all()
         reaped = []
         for job, step in lost:

@@ -37,10 +37,10 @@ from provisioning.backups.book import BackupBook, BackupSteps, Retention, retent
 from provisioning.enums import JobStatus, StepStatus
 from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
 from provisioning.jobs.context import JobContext
+from provisioning.jobs.execution import JobExecution
 from provisioning.jobs.heartbeat import Heartbeat
 from provisioning.jobs.patience import PatientService
 from provisioning.jobs.records import Claim, ClaimedJob, StepRecord
-from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.step_interruptions import StopFlags, WorkerStop
 from provisioning.jobs.workflows import Step, Workflow, workflow_for
 from provisioning.platform import logs
@@ -135,7 +135,7 @@ class JobRunner:
             self.sessions.kw["bind"].connect() as connection,
             self.sessions(bind=connection) as session,
         ):
-            service = ProvisioningService(session)
+            service = JobExecution(session)
             try:
                 claim = PatientService(service, self.database_patience).start_job(job_id, self.worker, self._new_admin_password)
             except Conflict as refusal:
@@ -162,7 +162,7 @@ class JobRunner:
         except CredentialsUnavailable:
             return None
 
-    def _run_claimed(self, service: ProvisioningService, claim: Claim, stop: WorkerStop) -> None:
+    def _run_claimed(self, service: JobExecution, claim: Claim, stop: WorkerStop) -> None:
         job, tenant_slug = claim.job, claim.tenant_slug
         log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, tenant_slug, self.worker)
         workflow = workflow_for(job.job_type)
@@ -275,7 +275,7 @@ class JobRunner:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status)
 
     def _fail(
-        self, run: Run, position: int, error: str, output: str = "", service: ProvisioningService | PatientService | None = None
+        self, run: Run, position: int, error: str, output: str = "", service: JobExecution | PatientService | None = None
     ) -> None:
         """Fail the job at the step at ``position`` (in it, or about to start it): the step is
         failed with ``error``, so a retry resumes there, and the tenant released as for any
@@ -293,10 +293,10 @@ class JobRunner:
         if not recorded:
             log.warning("job %s: no longer this worker's, so its failure was not recorded", job.id)
 
-    def _fail_outside_a_step(self, run: Run, service: ProvisioningService, error: str) -> None:
+    def _fail_outside_a_step(self, run: Run, service: JobExecution, error: str) -> None:
         """Fail the job at the step the runner was at (without waiting out an outage again)."""
         try:
-            service.session.rollback()
+            service.uow.rollback()
             self._fail(run, run.at, error, service=PatientService(service, patience=0))
         except Exception:
             log.exception("job %s: could not record the failure; the sweeper will fail it as lost", run.job.id)

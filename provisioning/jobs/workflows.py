@@ -38,7 +38,7 @@ class Workflow:
     once it has completed, a cancel undoes nothing: the tenant ends as if the job had completed,
     and the job says what stands: ``cannot_undo``, and the backup it took, if it kept one. A job
     that ``needs_admin_password`` makes the site: its claim stores the site's admin password (see
-    ``ProvisioningService.start_job``).
+    ``JobExecution.start_job``).
     """
 
     job_type: JobType

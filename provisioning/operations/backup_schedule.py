@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from provisioning.enums import JobStatus, JobType, TenantStatus
 from provisioning.errors import Conflict
-from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.requests import JobRequests
 from provisioning.models import ProvisioningJob, Tenant
 from provisioning.platform.db import utcnow
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SCHEDULER = "backup schedule"
 
 
-def schedule_backups(service: ProvisioningService, every: timedelta) -> list[uuid.UUID]:
+def schedule_backups(service: JobRequests, every: timedelta) -> list[uuid.UUID]:
     """Request a backup of each active tenant not backed up within ``every``; returns the new jobs'
     ids. Each request is committed on its own (and then published): one tenant's refusal costs
     no other tenant its backup."""

@@ -30,7 +30,7 @@ from provisioning.accounts import registry as accounts
 from provisioning.backups.book import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE
 from provisioning.enums import JobType, Role, TenantStatus
 from provisioning.errors import NotFound
-from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.repairs import JobRepairs
 from provisioning.jobs.workflows import workflow_for
 from provisioning.messaging.broker import Dispatcher
 from provisioning.models import ACTIVE_JOB_STATUSES, Membership, ProvisioningJob, Tenant
@@ -124,13 +124,13 @@ def _fail_interrupted_jobs(session: Session) -> None:
     running or cancelling lost both its worker and its message (its worker was killed before it
     could record its stop). It is failed as the sweeper fails a lost worker's job: its step
     failed, saying why, the tenant released, and a retry resuming at that step."""
-    ProvisioningService(session).fail_interrupted_jobs("the quickstart was stopped while it ran", actor="quickstart")
+    JobRepairs(session).fail_interrupted_jobs("the quickstart was stopped while it ran", actor="quickstart")
     session.commit()
 
 
 def _republish_pending(settings: Settings) -> None:
     with session_factory(settings.database_url)() as session:
-        ProvisioningService(session, dispatch=Dispatcher(settings).send_job).republish_pending(unclaimed_for=timedelta(0))
+        JobRepairs(session, dispatch=Dispatcher(settings).send_job).republish_pending(unclaimed_for=timedelta(0))
         session.commit()  # the marks of the jobs it published
 
 

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BackupBook, retention_of
 from provisioning.jobs.records import Dispatch
-from provisioning.jobs.service import ProvisioningService
+from provisioning.jobs.repairs import JobRepairs
+from provisioning.jobs.requests import JobRequests
 from provisioning.messaging.broker import Dispatcher
 from provisioning.messaging.events import EventRelay
 from provisioning.operations.backup_schedule import schedule_backups
@@ -51,18 +52,18 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
     none holds the rows it touched while the others run."""
     with sessions() as session:
         uow = UnitOfWork(session)
-        service = ProvisioningService(uow, dispatch=dispatch)
+        repairs = JobRepairs(uow, dispatch=dispatch)
 
         def committed(result):
             uow.commit()
             return result
 
         report = SweepReport(
-            reaped=committed(service.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds))),
-            republished=committed(service.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds))),
-            forgotten_keys=committed(service.prune_idempotency_keys()),
+            reaped=committed(repairs.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds))),
+            republished=committed(repairs.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds))),
+            forgotten_keys=committed(repairs.prune_idempotency_keys()),
             scheduled_backups=(
-                schedule_backups(service, timedelta(hours=settings.backup_interval_hours))
+                schedule_backups(JobRequests(uow, dispatch=dispatch), timedelta(hours=settings.backup_interval_hours))
                 if settings.backup_interval_hours
                 else []
             ),

@@ -1,4 +1,4 @@
-"""One logging setup for every process (web, worker, beat, the command line): a JSON object per
+"""One logging setup for every process (web, worker, sweeper, the command line): a JSON object per
 line, or a readable line when the output is a terminal.
 
 Lines about a job carry ``job_id``, ``tenant_id``, ``job_type`` and ``step``, and lines of one

@@ -1,5 +1,5 @@
 """Each site's Administrator password: generated strong, and stored only encrypted (the once-only
-reveal to its owner is in ``site_passwords``).
+reveal to its owner is in ``sites.passwords``).
 
 The key (``SITE_CREDENTIALS_KEY``) is a Fernet key: AES in CBC mode with an HMAC, so a stored
 value that was tampered with, or a wrong key, fails loudly instead of decrypting to garbage.

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import select, update
 
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.jobs.records import StepRecord
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import ProvisioningService, StepRecord
+from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import utcnow

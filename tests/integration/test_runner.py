@@ -11,8 +11,9 @@ from sqlalchemy import select
 from provisioning.backups.book import BackupSteps, retention_of
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped
+from provisioning.jobs.records import StepRecord
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import ProvisioningService, StepRecord
+from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.workflows import SKIP_FINAL_BACKUP, workflow_for
 from provisioning.models import ProvisioningJob, SiteBackup
 from provisioning.platform.db import utcnow

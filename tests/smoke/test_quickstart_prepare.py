@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from provisioning.accounts import registry as accounts
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
-from provisioning.jobs.service import StepRecord
+from provisioning.jobs.records import StepRecord
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, JobStep, ProvisioningJob, Tenant
 from provisioning.operations.quickstart import DEMO_OWNER, DEMO_TENANT, banner_text, keep_credentials_key, prepare
