@@ -11,9 +11,9 @@ from sqlalchemy import select
 from provisioning.backups.book import BackupSteps, retention_of
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped
+from provisioning.jobs.execution import JobExecution
 from provisioning.jobs.records import StepRecord
 from provisioning.jobs.runner import JobRunner
-from provisioning.jobs.service import ProvisioningService
 from provisioning.jobs.workflows import SKIP_FINAL_BACKUP, workflow_for
 from provisioning.models import ProvisioningJob, SiteBackup
 from provisioning.platform.db import utcnow
@@ -140,7 +140,7 @@ def test_a_job_that_fails_as_it_completes_keeps_its_last_step_completed_and_says
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    monkeypatch.setattr(ProvisioningService, "complete_job", completion_fails)
+    monkeypatch.setattr(JobExecution, "complete_job", completion_fails)
     with pytest.raises(RuntimeError):
         runner().run(job.id)
 
@@ -604,7 +604,7 @@ def test_a_step_boundary_whose_write_fails_fails_the_job_at_the_next_step_with_t
     """The end of a step waits for the next write; when that write fails, the failure that follows
     records it, so the retry resumes at the step that never started, not at the one that was done."""
     writes = []
-    write_steps = ProvisioningService.write_steps
+    write_steps = JobExecution.write_steps
 
     def second_boundary_fails(service, job_id, worker, done, starting=None):
         writes.append(starting.name if starting else None)
@@ -614,7 +614,7 @@ def test_a_step_boundary_whose_write_fails_fails_the_job_at_the_next_step_with_t
 
     tenant = tenant_factory.create()
     job = unpublished_job(session, tenant.id)
-    monkeypatch.setattr(ProvisioningService, "write_steps", second_boundary_fails)
+    monkeypatch.setattr(JobExecution, "write_steps", second_boundary_fails)
     with pytest.raises(RuntimeError):
         runner().run(job.id)
 
