@@ -11,14 +11,13 @@ from sqlalchemy import Integer, Text, bindparam, case, func, insert, select, upd
 
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
+from provisioning.jobs.moves import Boundary, compare_and_set
 from provisioning.jobs.records import (
     Beat,
-    Boundary,
     Claim,
     ClaimedJob,
     JobRecords,
     StepRecord,
-    compare_and_set,
     jobs,
     output_tail,
     steps,

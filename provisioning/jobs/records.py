@@ -5,9 +5,9 @@ worker passes around (StepRecord, ClaimedJob, Claim, Beat).
 
 Every job status change is a compare-and-set ``UPDATE ... WHERE id = :id AND status IN
 (:sources)`` that must change exactly one row, its sources read from the table: built by
-``compare_and_set``, through ``JobRecords.transition`` or, for the statements a worker runs at
-every job's end, once (``Boundary``). Losing that race means another process (a duplicate delivery, a concurrent cancel) got
-there first: it is logged and the caller moves on.
+``moves.compare_and_set``, through ``JobRecords.transition`` or, for a step boundary, a completion
+and a failure, once (``moves.Boundary``). Losing that race means another process (a duplicate
+delivery, a concurrent cancel) got there first: it is logged and the caller moves on.
 """
 
 from __future__ import annotations
@@ -19,18 +19,10 @@ from datetime import datetime, timedelta
 from typing import Callable, Collection, Sequence
 
 from sqlalchemy import (
-    Boolean,
     Executable,
-    Integer,
-    Text,
-    Update,
     bindparam,
-    cast,
     func,
     insert,
-    or_,
-    select,
-    true,
     update,
 )
 from sqlalchemy.engine import CursorResult, Row
@@ -38,10 +30,10 @@ from sqlalchemy.orm import Session
 
 from provisioning.accounts.audit import Origin
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.jobs.states import sources_of
+from provisioning.jobs.moves import Boundary, compare_and_set
 from provisioning.jobs.workflows import Step
 from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
-from provisioning.platform.db import UnitOfWork, UTCDateTime, as_text, unnested, utcnow
+from provisioning.platform.db import UnitOfWork, as_text, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -137,73 +129,6 @@ WRITE_STEP = (
         | {"started_at": func.coalesce(bindparam("step_started_at", type_=steps.c.started_at.type), steps.c.started_at)}
     )
 )
-
-
-def compare_and_set(
-    job_id,
-    target: JobStatus,
-    sources: Collection[JobStatus] | None = None,
-    conditions: Sequence = (),
-    returning: Sequence = (),
-    values: dict | None = None,
-) -> Update:
-    """The compare-and-set UPDATE of a job's status (``job_id`` a value or a bound parameter),
-    returning the job's id and status and the ``returning`` columns.
-
-    Raises:
-        ValueError: ``sources`` names a state that may not move to ``target``.
-    """
-    allowed = sources_of(target)
-    sources = allowed if sources is None else frozenset(sources)
-    if not sources or not sources <= allowed:
-        raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
-    return (
-        update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status.in_(sorted(sources)), *conditions)
-        .values(status=target, **(values or {}))
-        .returning(jobs.c.id, jobs.c.status, *returning)
-    )
-
-
-class Boundary:
-    """An UPDATE of one job's row (returning its ``id`` and ``status``, with bound parameters) and,
-    built once with it, the statement that runs it on PostgreSQL with the writes of its steps and
-    events: data-modifying CTEs that read the job's new row, the rows bound as arrays (``unnested``)."""
-
-    def __init__(self, job_update: Update):
-        self.job_update = job_update
-        moved = job_update.cte("moved")
-        running = moved.c.status == JobStatus.RUNNING
-        step_rows = unnested(
-            "written", position=Integer, status=Text, started_at=Text, finished_at=Text, output=Text, message=Text, always=Boolean
-        )
-        written = (
-            update(steps)
-            .where(steps.c.job_id == moved.c.id, steps.c.position == step_rows.c.position, or_(step_rows.c.always, running))
-            .values(
-                status=step_rows.c.status,
-                started_at=func.coalesce(cast(step_rows.c.started_at, UTCDateTime), steps.c.started_at),
-                finished_at=cast(step_rows.c.finished_at, UTCDateTime),
-                output=step_rows.c.output,
-                message=step_rows.c.message,
-            )
-            .cte("written_steps")
-        )
-        event_rows = unnested("recorded", kind=Text, actor=Text, detail=Text, created_at=Text, status=Text, always=Boolean)
-        recorded = (
-            insert(JobEvent.__table__)
-            .from_select(
-                ("job_id", "kind", "actor", "detail", "created_at", "status"),
-                select(
-                    moved.c.id, event_rows.c.kind, event_rows.c.actor, event_rows.c.detail,
-                    cast(event_rows.c.created_at, UTCDateTime), event_rows.c.status,
-                )
-                .select_from(event_rows.join(moved, true()))
-                .where(or_(event_rows.c.always, running)),
-            )
-            .cte("recorded_events")
-        )  # fmt: skip
-        self.together = select(moved).add_cte(written, recorded)
 
 
 class JobRecords:
@@ -316,7 +241,7 @@ class JobRecords:
 
     def _move_with_steps(
         self,
-        boundary: "Boundary",
+        boundary: Boundary,
         parameters: dict,
         worker: str,
         done: Sequence[StepRecord],
