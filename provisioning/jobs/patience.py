@@ -3,6 +3,7 @@ database outage."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +23,15 @@ def _lost_the_connection(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and is_connection_failure(error)
 
 
+def _say_why(state: RetryCallState) -> None:
+    """Before a call runs again: the first time it is likely a connection the server dropped."""
+    call, error = state.fn.__name__, state.outcome.exception().orig
+    if state.attempt_number == 1:
+        log.info("database connection lost during %s (%s); running it again on a new one", call, error)
+    else:
+        log.warning("database unavailable during %s (%s); trying again", call, error)
+
+
 class PatientService:
     """The service as a running job uses it: each call is one unit of work (the call, then the
     commit), and one that lost its database connection (a restarted PostgreSQL, a killed backend)
@@ -36,7 +46,15 @@ class PatientService:
 
     def __init__(self, service: JobRecords, patience: float):
         self.service = service
-        self.patience = patience
+        self.retrying = Retrying(
+            retry=retry_if_exception(_lost_the_connection),
+            stop=stop_after_delay(patience),
+            # A dead connection is usually one the server dropped while the database is up: the
+            # first retry goes at once, on a new connection; then once a second.
+            wait=wait_chain(wait_fixed(0), wait_fixed(DATABASE_RETRY_SECONDS)),
+            before_sleep=_say_why,
+            reraise=True,
+        )
 
     @property
     def session(self) -> Session:
@@ -48,6 +66,7 @@ class PatientService:
             return method
         uow = self.service.uow
 
+        @functools.wraps(method)  # its name, for ``_say_why``
         def once(*args, **kwargs):
             try:
                 try:
@@ -63,23 +82,7 @@ class PatientService:
                 uow.rollback()
                 raise
 
-        def waiting(state: RetryCallState) -> None:
-            error = state.outcome.exception().orig
-            if state.attempt_number == 1:
-                log.info("database connection lost during %s (%s); running it again on a new one", name, error)
-            else:
-                log.warning("database unavailable during %s (%s); trying again", name, error)
-
         def patiently(*args, **kwargs):
-            retrying = Retrying(
-                retry=retry_if_exception(_lost_the_connection),
-                stop=stop_after_delay(self.patience),
-                # A dead connection is usually one the server dropped while the database is up: the
-                # first retry goes at once, on a new connection; then once a second.
-                wait=wait_chain(wait_fixed(0), wait_fixed(DATABASE_RETRY_SECONDS)),
-                before_sleep=waiting,
-                reraise=True,
-            )
-            return retrying(once, *args, **kwargs)
+            return self.retrying(once, *args, **kwargs)
 
         return patiently

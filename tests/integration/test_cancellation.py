@@ -78,15 +78,21 @@ def test_a_running_create_is_cancelled_its_site_undone_and_the_worker_goes_on(is
         worker.stop()
 
 
+def _a_claimed_create(session, tenant_factory):
+    """A create job claimed by ``w@test pid 1``, with the committing service that made it."""
+    tenant = tenant_factory.create()
+    service = committing(session)
+    job = service.request_job(tenant.id, JobType.CREATE_SITE)
+    service.start_job(job.id, "w@test pid 1")
+    return service, tenant, job
+
+
 def test_between_its_beats_the_heartbeat_looks_so_a_long_step_learns_of_a_cancel_within_seconds(
     session, sessions, tenant_factory
 ):
     """With the default ten-second heartbeat (here thirty), a cancel still reaches a running step in
     about a second: the heartbeat reads the job between its beats, and vouches only at a beat."""
-    tenant = tenant_factory.create()
-    service = committing(session)
-    job = service.request_job(tenant.id, JobType.CREATE_SITE)
-    service.start_job(job.id, "w@test pid 1")
+    service, tenant, job = _a_claimed_create(session, tenant_factory)
     flags = StopFlags()
     with Heartbeat(sessions, job.id, "w@test pid 1", interval=30.0, cancel_grace=60.0, flags=flags):
         service.cancel_job(tenant.id, job.id)
@@ -102,10 +108,7 @@ def test_the_heartbeat_learns_a_cancel_then_the_end_of_its_grace_period_then_tha
     session, sessions, tenant_factory
 ):
     """The flags a running step reads, set from the database by the heartbeat alone."""
-    tenant = tenant_factory.create()
-    service = committing(session)
-    job = service.request_job(tenant.id, JobType.CREATE_SITE)
-    service.start_job(job.id, "w@test pid 1")
+    service, tenant, job = _a_claimed_create(session, tenant_factory)
     flags = StopFlags()
     with Heartbeat(sessions, job.id, "w@test pid 1", interval=0.05, cancel_grace=1.0, flags=flags):
         first = wait_for(lambda: read_job(sessions, job.id).heartbeat_at, what="a beat on record")

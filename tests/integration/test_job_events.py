@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
+import threading
 import uuid
 from contextlib import contextmanager
 
@@ -19,9 +21,10 @@ from provisioning.jobs.runner import JobRunner
 from provisioning.messaging.events import UNANNOUNCED, ConfirmedPublisher, EventRelay, announcement
 from provisioning.models import JobEvent, ProvisioningJob
 from provisioning.operations.quickstart import wait_until_answering
+from provisioning.operations.sweeper import run_sweeper
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
-from tests.helpers import StrictClient, committing
+from tests.helpers import StrictClient, committing, wait_for
 from tests.processes import GroupProcess, free_port
 from tests.stack import SweeperProcess, TcpRelay, WorkerProcess, events_heard, process_environment
 
@@ -258,3 +261,25 @@ def test_on_the_embedded_broker_announcements_reach_a_bound_consumer_without_pub
     assert [(message.delivery_info["routing_key"], message.payload) for message in heard] == [
         ("job.pending", {"job_id": "first"}), ("job.completed", {"job_id": "first"}),
     ]  # fmt: skip
+
+
+def test_a_sweeper_whose_database_is_missing_says_so_at_each_sweep_and_goes_on_until_stopped(isolated, caplog):
+    """A sweep that fails (the database gone, renamed, not answering) costs only that sweep: the
+    sweeper logs it, sweeps again at the next interval, and still stops when asked."""
+    missing = isolated.settings.database_url.rsplit("/", 1)[0] + f"/provisioning_missing_{uuid.uuid4().hex[:8]}"
+    settings = isolated.settings.model_copy(update={"database_url": missing, "sweep_interval_seconds": 0.1})
+    stop = threading.Event()
+    caplog.set_level(logging.INFO, logger="provisioning.operations.sweeper")
+    sweeper = threading.Thread(target=run_sweeper, args=(settings, stop))
+    sweeper.start()
+    try:
+        wait_for(
+            lambda: sum(record.getMessage() == "the sweep failed; the next one will try again" for record in caplog.records) >= 3,
+            timeout=30, what="three failed sweeps, one after the other",
+        )  # fmt: skip
+    finally:
+        stop.set()
+        sweeper.join(timeout=30)
+    assert not sweeper.is_alive(), "the sweeper stops when asked, outage or not"
+    said = [record.getMessage() for record in caplog.records if record.name == "provisioning.operations.sweeper"]
+    assert said[-1] == "sweeper: stopped"

@@ -2,6 +2,7 @@
 what a beat's answer says (a cancel, its grace period over, the job taken away) set in the flags
 the job's step reads."""
 
+import logging
 import threading
 import uuid
 from datetime import timedelta
@@ -117,3 +118,26 @@ def test_a_beat_that_cannot_reach_the_database_changes_no_flag_and_the_next_one_
     with Unreachable() as heartbeat:
         wait_for(lambda: heartbeat.asked >= 3, timeout=10, what="beats tried again")
         assert not heartbeat.flags.should_stop(), "an outage is neither a cancel nor the job taken away"
+
+
+def test_an_outage_is_logged_once_however_many_beats_it_fails_and_its_end_once(caplog):
+    """The heartbeat tries every second per running job: one line per try would flood the log."""
+
+    class Flaky(AnsweredHeartbeat):
+        down = True
+
+        def ask(self):
+            self.asked += 1
+            if self.down:
+                raise ConnectionError("the database went away")
+            return self.answer
+
+    caplog.set_level(logging.INFO, logger="provisioning.jobs.heartbeat")
+    with Flaky() as heartbeat:
+        wait_for(lambda: heartbeat.asked >= 5, timeout=10, what="beats tried again")
+        heartbeat.down = False
+        asked = heartbeat.asked
+        wait_for(lambda: heartbeat.asked >= asked + 3, timeout=10, what="beats answered again")
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("heartbeat failed (the database went away)" in message for message in messages) == 1
+    assert sum("heartbeat answered again" in message for message in messages) == 1
