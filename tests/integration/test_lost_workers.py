@@ -310,5 +310,6 @@ def test_a_published_job_is_marked_sent_and_not_published_again_by_the_next_swee
     assert sent == [job.id] and job.dispatched_at is not None
     assert read_job(sessions, job.id).dispatch_count == 1
 
-    assert committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5)) == []
-    assert sent == [job.id]
+    # (The run's database is shared: other tests' unpublished jobs may go out with this sweep.)
+    assert job.id not in committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5))
+    assert sent.count(job.id) == 1
