@@ -6,7 +6,7 @@ its gthread worker does the same with a thread, for as long as the client stays 
 gunicorn's asyncio worker reads the request line, the headers and (``WholeBodies``) the body on
 its event loop, where a silent connection costs a socket and a little memory, and only a complete
 request reaches a thread of a pool of ``--threads`` (a2wsgi's), where the app (Flask, SQLAlchemy,
-psycopg2, all blocking) runs as under any threaded server. So the database code sees ordinary
+psycopg, all blocking) runs as under any threaded server. So the database code sees ordinary
 threads, never the event loop.
 
 What gunicorn still does not bound: a connection that never finishes its headers is never timed

@@ -27,7 +27,7 @@ from provisioning.platform.settings import Settings
 from tests.helpers import wait_for
 from tests.processes import GroupProcess, free_port, procfile_commands
 
-ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # Names this process gives its databases, queues and workers, so runs never collide. Each
 # pytest-xdist worker is a process of its own, so each has its own; its xdist name (gw0, gw1...)

@@ -27,7 +27,9 @@ DEFAULT_DATA_DIR = "var"
 LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 # Where `make run` keeps the SITE_CREDENTIALS_KEY it made, under DATA_DIR; see _kept_key.
 KEPT_CREDENTIALS_KEY_FILE = "site-credentials.key"
-DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres", "sqlite")
+DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgres", "sqlite")
+# The PostgreSQL driver installed (psycopg 3), whichever spelling a URL uses.
+POSTGRESQL_DRIVER = "postgresql+psycopg://"
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 NOT_A_FERNET_KEY = "not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
 
@@ -204,12 +206,11 @@ class Settings(RabbitMQSettings):
     @field_validator("database_url")
     @classmethod
     def _database_driver(cls, url: str) -> str:
-        """Pin the psycopg2 driver we install, and accept the ``postgres://`` spelling of hosting providers."""
+        """Pin the driver we install, and accept the ``postgres://`` spelling of hosting providers and
+        the ``postgresql+psycopg2://`` of deployments made before the driver changed."""
         _checked_url(url, DATABASE_SCHEMES)
-        for prefix in ("postgres://", "postgresql://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg2://" + url[len(prefix) :]
-        return url
+        scheme, _, rest = url.partition("://")
+        return url if scheme == "sqlite" else POSTGRESQL_DRIVER + rest
 
     @field_validator("provisioning_queue_name")
     @classmethod

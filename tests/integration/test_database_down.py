@@ -21,7 +21,7 @@ pytestmark = pytest.mark.disruptive  # kills database connections and times the 
 
 HTTP_TIMEOUT = 10
 
-CLOSED_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
+CLOSED_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
 
 
 def test_a_job_received_while_the_database_is_unreachable_runs_when_a_worker_can_reach_it(

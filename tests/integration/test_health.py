@@ -18,7 +18,7 @@ from tests.helpers import committing
 from tests.stack import RABBITMQ_URL, WebProcess
 
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
-CLOSED_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
+CLOSED_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
 ALL_READY = {"database": {"ok": True}, "migrations": {"ok": True}, "broker": {"ok": True}}
 
 

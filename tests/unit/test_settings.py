@@ -35,10 +35,12 @@ def test_names_are_case_insensitive_and_unknown_ones_are_ignored():
     assert settings.dead_letter_queue_name == "q1.dead"
 
 
-def test_postgres_urls_are_pinned_to_the_installed_driver():
-    assert (
-        load_settings({"DATABASE_URL": "postgres://a@h/d", "RABBITMQ_HOST": "mq"}).database_url == "postgresql+psycopg2://a@h/d"
-    )
+@pytest.mark.parametrize(
+    "given", ["postgres://a@h/d", "postgresql://a@h/d", "postgresql+psycopg://a@h/d", "postgresql+psycopg2://a@h/d"]
+)
+def test_postgres_urls_are_pinned_to_the_installed_driver(given):
+    """A deployment made when the driver was psycopg2, and said so in its URL, keeps working."""
+    assert load_settings({"DATABASE_URL": given, "RABBITMQ_HOST": "mq"}).database_url == "postgresql+psycopg://a@h/d"
 
 
 def test_the_broker_url_is_built_from_its_parts_with_the_password_escaped():
