@@ -41,19 +41,21 @@ def record(
 ) -> None:
     """Add an entry to the caller's transaction; it is kept only if the deed is."""
     session.flush()  # the deed's own rows first, when the ORM holds them: the entry may point at them
-    session.connection().execute(
-        INSERT_ENTRY,
-        {
-            "created_at": utcnow(),
-            "actor": origin.actor,
-            "action": action,
-            "tenant_id": tenant_id,
-            "target": target,
-            "ip": origin.ip,
-            "user_agent": (origin.user_agent or None) and origin.user_agent[:300],
-            "detail": detail,
-        },
-    )
+    session.connection().execute(INSERT_ENTRY, entry(origin, action, tenant_id, target, detail))
+
+
+def entry(origin: Origin, action: str, tenant_id: uuid.UUID | None = None, target: str = "", detail: str = "") -> dict:
+    """An entry's row, for ``record`` or for a statement that writes it with the deed."""
+    return {
+        "created_at": utcnow(),
+        "actor": origin.actor,
+        "action": action,
+        "tenant_id": tenant_id,
+        "target": target,
+        "ip": origin.ip,
+        "user_agent": (origin.user_agent or None) and origin.user_agent[:300],
+        "detail": detail,
+    }
 
 
 def entries(

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import Boolean, bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from provisioning.accounts import audit
@@ -16,11 +16,14 @@ from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.jobs.records import JobRecords, actor_of_user, jobs, tenants
 from provisioning.jobs.states import RETRYABLE_STATUSES
 from provisioning.jobs.workflows import Workflow, workflow_for
-from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
+from provisioning.models import ACTIVE_JOB_STATUSES, AuditEntry, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
 from provisioning.platform import logs
 from provisioning.platform.db import utcnow
 
 log = logging.getLogger(__name__)
+
+job_events = JobEvent.__table__
+audit_log = AuditEntry.__table__
 
 # What a new job's INSERT writes: every column but those only a worker or the sweeper fills in.
 JOB_COLUMNS = (
@@ -41,6 +44,30 @@ INSERT_JOB_IF_ALLOWED = insert(jobs).from_select(
         .exists(),
     ),
 ).returning(jobs.c.id)
+
+
+def _bound_row(table, prefix: str, columns: tuple[str, ...]) -> list:
+    """A row of ``table``'s ``columns``, bound as ``{prefix}_{column}`` (no bound parameter is
+    named after a column of the job's INSERT)."""
+    return [bindparam(f"{prefix}_{column}", type_=table.c[column].type) for column in columns]
+
+
+EVENT_COLUMNS = ("kind", "actor", "detail", "created_at", "status")
+AUDIT_COLUMNS = ("created_at", "actor", "action", "tenant_id", "target", "ip", "user_agent", "detail")
+_made = INSERT_JOB_IF_ALLOWED.cte("made")
+# On PostgreSQL, the job's checked INSERT, its ``created`` event and the request's audit entry (if
+# ``audited``) in one statement: both read the new job's id, so neither is written without it.
+MAKE_JOB = select(_made.c.id).add_cte(
+    insert(job_events)
+    .from_select(("job_id", *EVENT_COLUMNS), select(_made.c.id, *_bound_row(job_events, "event", EVENT_COLUMNS)))
+    .cte("created_event"),
+    insert(audit_log)
+    .from_select(
+        AUDIT_COLUMNS,
+        select(*_bound_row(audit_log, "audit", AUDIT_COLUMNS)).select_from(_made).where(bindparam("audited", type_=Boolean)),
+    )
+    .cte("audited"),
+)
 
 
 class JobRequests(JobRecords):
@@ -228,15 +255,22 @@ class JobRequests(JobRecords):
             dispatch_count=0,
             created_at=now,
         )
+        actor = actor or actor_of_user(requested_by_id)
+        detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
+        created = self._event(job.id, "created", actor, detail, status=JobStatus.PENDING)
+        audited = None
+        if self.origin is not None:
+            action = "job.retried" if retry_of_id else "job.requested"
+            audited = audit.entry(self.origin, action, tenant_id, f"job {job.id}", job_type.value)
         try:
             if idempotency_key:
                 # A savepoint: should another request hold the key, the transaction stays usable.
                 with self.session.begin_nested():
-                    inserted = self._insert_if_allowed(job, workflow)
+                    inserted = self._insert_if_allowed(job, workflow, created, audited)
                     if inserted:
                         self._record_key(tenant_id, idempotency_key, fingerprint, job.id, now)
             else:
-                inserted = self._insert_if_allowed(job, workflow)
+                inserted = self._insert_if_allowed(job, workflow, created, audited)
         except IntegrityError:
             # Two requests with one key raced: the loser answers with the winner's job.
             if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
@@ -248,15 +282,8 @@ class JobRequests(JobRecords):
             if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
                 return earlier
             self._refuse(tenant_id, job_type, workflow)
-        actor = actor or actor_of_user(requested_by_id)
-        detail = f"retry of {retry_of_id}" + (f", resuming at {resume_from}" if resume_from else "") if retry_of_id else ""
-        self._insert_events(
-            [self._event(job.id, "created", actor, detail, status=JobStatus.PENDING)]
-            + ([self._event(retry_of_id, "retried", actor, f"retried as {job.id}")] if retry_of_id else [])
-        )
-        if self.origin is not None:
-            action = "job.retried" if retry_of_id else "job.requested"
-            audit.record(self.session, self.origin, action, tenant_id, f"job {job.id}", job_type.value)
+        if retry_of_id:
+            self._record(retry_of_id, "retried", actor, f"retried as {job.id}")
         log.info(
             "job %s: %s requested by %s", job.id, job_type.value, actor,
             extra={"job_id": job.id, "tenant_id": tenant_id, "job_type": job_type.value},
@@ -306,13 +333,23 @@ class JobRequests(JobRecords):
         # The tenant's state, or its active job, changed between the insert and these reads.
         raise Conflict(f"cannot start {job_type.value}: the tenant changed meanwhile; ask again")
 
-    def _insert_if_allowed(self, job: ProvisioningJob, workflow: Workflow) -> bool:
+    def _insert_if_allowed(self, job: ProvisioningJob, workflow: Workflow, created: dict, audited: dict | None) -> bool:
         """Insert the job's row only if its tenant exists, is in a state the job type allows and
         has no active job: the checks and the write in one statement (``INSERT ... SELECT ... FROM
-        tenants WHERE``)."""
+        tenants WHERE``); and with it, its ``created`` event and the audit entry ``audited`` (if
+        any). On PostgreSQL, all three are one statement (``MAKE_JOB``)."""
         values = {column: getattr(job, column) for column in JOB_COLUMNS}
-        allowed = {"allowed_tenant_states": sorted(workflow.allowed_tenant_states)}
-        return self._execute(INSERT_JOB_IF_ALLOWED, values | allowed).first() is not None
+        values["allowed_tenant_states"] = sorted(workflow.allowed_tenant_states)
+        if self.session.get_bind().dialect.name != "postgresql":
+            if self._execute(INSERT_JOB_IF_ALLOWED, values).first() is None:
+                return False
+            self._insert_events([created])
+            if audited is not None:
+                self._execute(audit.INSERT_ENTRY, audited)
+            return True
+        values |= {f"event_{column}": created[column] for column in EVENT_COLUMNS}
+        values |= {f"audit_{column}": (audited or {}).get(column) for column in AUDIT_COLUMNS}
+        return self._execute(MAKE_JOB, values | {"audited": audited is not None}).first() is not None
 
     def _resume_point(self, job: ProvisioningJob) -> str | None:
         """Where a retry of ``job`` starts: None (the beginning) unless it failed in a step and is
