@@ -11,7 +11,7 @@ from sqlalchemy import Integer, Text, bindparam, case, func, insert, select, upd
 
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
-from provisioning.jobs.moves import Boundary, compare_and_set
+from provisioning.jobs.moves import LAY_OUT, TENANT_MOVE, Boundary, compare_and_set
 from provisioning.jobs.records import (
     Beat,
     Claim,
@@ -20,12 +20,14 @@ from provisioning.jobs.records import (
     StepRecord,
     jobs,
     output_tail,
+    recorded_arrays,
     steps,
+    tenant_move_parameters,
     tenants,
 )
 from provisioning.jobs.states import HELD_BY_A_WORKER
 from provisioning.jobs.workflows import workflow_for
-from provisioning.platform.db import UTCDateTime, utcnow
+from provisioning.platform.db import UTCDateTime, as_text, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,10 @@ STEP_BOUNDARY = Boundary(
 COMPLETION = Boundary(
     compare_and_set(
         bindparam("moving_job"), JobStatus.COMPLETED, conditions=[jobs.c.worker == bindparam("claimer")],
-        returning=(jobs.c.tenant_id, jobs.c.job_type),
+        returning=(jobs.c.tenant_id,),
         values={"progress": 100, "message": "Completed", "completed_at": bindparam("now", type_=UTCDateTime)},
-    )
+    ),
+    moves_tenant=True,
 )  # fmt: skip
 FAILURE = Boundary(
     compare_and_set(
@@ -69,7 +72,8 @@ FAILURE = Boundary(
         returning=(jobs.c.tenant_id,),
         values={"error": bindparam("failure", type_=Text), "message": "Failed",
                 "completed_at": bindparam("now", type_=UTCDateTime), "progress": _at_least(bindparam("at_least", type_=Integer))},
-    )
+    ),
+    moves_tenant=True,
 )  # fmt: skip
 
 
@@ -125,40 +129,50 @@ class JobExecution(JobRecords):
                 job_id, JobStatus.FAILED, actor=actor, detail=error, error=error, message="Failed", completed_at=now
             )  # fmt: skip
             raise Conflict(error)
-        # What the job is doing now: the step it starts at (the first, or the one a retry resumes).
-        self._execute(update(jobs).where(jobs.c.id == job_id).values(message=workflow.steps[first].message))
         # The step the job begins with is started with the claim (unless the job's options skip
         # it: the runner records the skip), so the job is never running without its step on record.
         starting = None if workflow.skips(workflow.steps[first], job.options) else first
         done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
-        self._execute(
-            insert(steps),
-            [
-                {"id": uuid.uuid4(), "job_id": job_id, "position": position, "name": step.name, "output": "",
-                 "started_at": now if position == starting else None, "finished_at": None,
-                 **({"status": StepStatus.RUNNING if position == starting else StepStatus.PENDING, "message": ""}
-                    if position >= first else {"status": StepStatus.SKIPPED, "message": done_before})}
-                for position, step in enumerate(workflow.steps)
-            ],
-        )  # fmt: skip
+        laid_out = [
+            {"id": uuid.uuid4(), "job_id": job_id, "position": position, "name": step.name, "output": "",
+             "started_at": now if position == starting else None, "finished_at": None,
+             **({"status": StepStatus.RUNNING if position == starting else StepStatus.PENDING, "message": ""}
+                if position >= first else {"status": StepStatus.SKIPPED, "message": done_before})}
+            for position, step in enumerate(workflow.steps)
+        ]  # fmt: skip
         events = [claim_event]
         if starting is not None:
             events.append(self._event(job_id, "step_started", actor, workflow.steps[starting].name, at=now))
-        self._insert_events(events)
-        if not workflow.needs_admin_password:
-            self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
-            return Claim(job, claimed.slug, step_started=starting)
         # The claim read the stored password, and no other job of the tenant can store one meanwhile:
-        # an earlier attempt's stays the site's, else the new one becomes it.
+        # an earlier attempt's stays the site's, else a new one becomes it.
         password = claimed.stored_password
-        if password is None:
-            password = new_admin_password()
-            self._set_tenant_status(
-                job.tenant_id, workflow.tenant_on_start, admin_password_encrypted=password, admin_password_revealed_at=None
-            )
-        else:
-            self._set_tenant_status(job.tenant_id, workflow.tenant_on_start)
-        return Claim(job, claimed.slug, password, step_started=starting)
+        new_password = new_admin_password() if workflow.needs_admin_password and password is None else None
+        tenant = tenant_move_parameters(workflow.tenant_on_start, new_password)
+        # What the job is doing now: the step it starts at (the first, or the one a retry resumes).
+        self._lay_out(job, workflow.steps[first].message, laid_out, events, tenant)
+        if not workflow.needs_admin_password:
+            return Claim(job, claimed.slug, step_started=starting)
+        return Claim(job, claimed.slug, password or new_password, step_started=starting)
+
+    def _lay_out(self, job: ClaimedJob, doing: str, laid_out: list[dict], events: list[dict], tenant: dict) -> None:
+        """Write what the claimed ``job`` is ``doing``, its steps ``laid_out``, its ``events`` and
+        its ``tenant``'s move: on PostgreSQL in one statement (``LAY_OUT``)."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            self._execute(update(jobs).where(jobs.c.id == job.id).values(message=doing))
+            self._execute(insert(steps), laid_out)
+            self._insert_events(events)
+            self._execute(TENANT_MOVE, tenant | {"moving_tenant": job.tenant_id})
+            return
+        rows = {
+            "laid_out_id": [step["id"] for step in laid_out],
+            "laid_out_position": [step["position"] for step in laid_out],
+            "laid_out_name": [step["name"] for step in laid_out],
+            "laid_out_status": [step["status"].value for step in laid_out],
+            "laid_out_started_at": [as_text(step["started_at"]) for step in laid_out],
+            "laid_out_message": [step["message"] for step in laid_out],
+        }
+        recorded = recorded_arrays([(event, True) for event in events])
+        self._execute(LAY_OUT, {"laid_out_job": job.id, "doing": doing} | rows | recorded | tenant)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
         """Vouch that ``worker`` still runs the job; None once the job is not its running job.
@@ -219,20 +233,21 @@ class JobExecution(JobRecords):
         self._record(job_id, f"step_{status.value}", f"worker {worker}", f"{name}: {message}")
         return True
 
-    def complete_job(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord] = ()) -> bool:
-        """Record the last steps and mark the job completed, in one transaction; False when a cancel
-        got there first (the steps are still recorded) or the job is no longer this worker's.
+    def complete_job(
+        self, job_id: uuid.UUID, worker: str, tenant_status: TenantStatus | None, done: Sequence[StepRecord] = ()
+    ) -> bool:
+        """Record the last steps, mark the job completed and move the tenant to ``tenant_status``,
+        in one transaction; False when a cancel got there first (the steps are still recorded) or
+        the job is no longer this worker's.
 
         The compare-and-set comes first: naming the worker, it is also the ownership check and
         holds the job's row for the rest of the transaction.
         """
         completion = self._event(job_id, "completed", f"worker {worker}", status=JobStatus.COMPLETED)
-        parameters = {"moving_job": job_id, "claimer": worker, "now": utcnow()}
-        completed = self._move_with_steps(COMPLETION, parameters, worker, done, then=completion)
-        if completed is None:
+        parameters = {"moving_job": job_id, "claimer": worker, "now": utcnow()} | tenant_move_parameters(tenant_status)
+        if self._move_with_steps(COMPLETION, parameters, worker, done, then=completion) is None:
             self.write_steps(job_id, worker, done)
             return False
-        self._set_tenant_status(completed.tenant_id, workflow_for(completed.job_type).tenant_on_success)
         return True
 
     def fail_job(
@@ -246,11 +261,8 @@ class JobExecution(JobRecords):
         at_least = max((step.progress for step in done), default=0)
         failure = self._event(job_id, "failed", f"worker {worker}", error, status=JobStatus.FAILED)
         parameters = {"moving_job": job_id, "claimer": worker, "failure": error, "now": utcnow(), "at_least": at_least}
-        failed = self._move_with_steps(FAILURE, parameters, worker, done, then=failure)
-        if failed is None:
-            return False
-        self._set_tenant_status(failed.tenant_id, tenant_status)
-        return True
+        parameters |= tenant_move_parameters(tenant_status)
+        return self._move_with_steps(FAILURE, parameters, worker, done, then=failure) is not None
 
     def finish_cancel(self, job_id: uuid.UUID, tenant_status: TenantStatus | None, message: str) -> bool:
         """Settle a cancelling job as cancelled and put the tenant where the runner decided."""

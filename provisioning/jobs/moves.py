@@ -1,20 +1,41 @@
 """The statements that move a job: the compare-and-set of its status, its sources read from the
-table of allowed moves (``states``), and the statements built once that make the move together
-with the writes of its steps and events (``Boundary``)."""
+table of allowed moves (``states``), the move of its tenant, and the statements built once that
+make the move together with the writes of its steps and events (``Boundary``, ``LAY_OUT``)."""
 
 from __future__ import annotations
 
 from typing import Collection, Sequence
 
-from sqlalchemy import Boolean, Integer, Text, Update, cast, func, insert, or_, select, true, update
+from sqlalchemy import (
+    CTE,
+    Boolean,
+    ColumnElement,
+    Integer,
+    Select,
+    Text,
+    Update,
+    Uuid,
+    bindparam,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from provisioning.enums import JobStatus
 from provisioning.jobs.states import sources_of
-from provisioning.models import JobEvent, JobStep, ProvisioningJob
+from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
 from provisioning.platform.db import UTCDateTime, unnested
 
 jobs = ProvisioningJob.__table__
 steps = JobStep.__table__
+tenants = Tenant.__table__
 
 
 def compare_and_set(
@@ -43,13 +64,54 @@ def compare_and_set(
     )
 
 
-class Boundary:
-    """An UPDATE of one job's row (returning its ``id`` and ``status``, with bound parameters) and,
-    built once with it, the statement that runs it on PostgreSQL with the writes of its steps and
-    events: data-modifying CTEs that read the job's new row, the rows bound as arrays (``unnested``)."""
+def tenant_move(tenant_id) -> Update:
+    """The UPDATE that moves a job's tenant (``tenant_id`` a column or a bound parameter) to
+    ``:tenant_status``, and does nothing when that is NULL. With ``:new_password`` the site's admin
+    password becomes it, not yet revealed; with ``:forget_password`` it is forgotten. The
+    parameters come from ``records.tenant_move_parameters``, which holds the rules."""
+    status = bindparam("tenant_status", type_=tenants.c.status.type)
+    new_password = bindparam("new_password", type_=Text)
+    forget = bindparam("forget_password", type_=Boolean)
+    # A NULL bound alone has no type PostgreSQL can tell; its IS NOT NULL gets one.
+    return (
+        update(tenants)
+        .where(tenants.c.id == tenant_id, cast(status, Text).is_not(None))
+        .values(
+            status=status,
+            updated_at=bindparam("tenant_moved_at", type_=UTCDateTime),
+            admin_password_encrypted=case(
+                (forget, null()), else_=func.coalesce(new_password, tenants.c.admin_password_encrypted)
+            ),
+            admin_password_revealed_at=case(
+                (or_(forget, cast(new_password, Text).is_not(None)), null()), else_=tenants.c.admin_password_revealed_at
+            ),
+        )
+    )
 
-    def __init__(self, job_update: Update):
+
+def _recorded_events(moved: CTE, condition: ColumnElement | None = None) -> CTE:
+    """The INSERT of the job's events, bound as arrays (``recorded_*``), for the job ``moved``
+    returned; only the rows that meet ``condition``, if given."""
+    rows = unnested("recorded", kind=Text, actor=Text, detail=Text, created_at=Text, status=Text, always=Boolean)
+    chosen = select(
+        moved.c.id, rows.c.kind, rows.c.actor, rows.c.detail, cast(rows.c.created_at, UTCDateTime), rows.c.status
+    ).select_from(rows.join(moved, true()))
+    if condition is not None:
+        chosen = chosen.where(or_(rows.c.always, condition))
+    return insert(JobEvent.__table__).from_select(("job_id", "kind", "actor", "detail", "created_at", "status"), chosen).cte(
+        "recorded_events"
+    )
+
+
+class Boundary:
+    """An UPDATE of one job's row (returning its ``id`` and ``status``, and ``tenant_id`` when it
+    ``moves_tenant``, with bound parameters) and, built once with it, the statement that runs it
+    on PostgreSQL with the writes of its steps and events (and its tenant's move): data-modifying
+    CTEs that read the job's new row, the rows bound as arrays (``unnested``)."""
+
+    def __init__(self, job_update: Update, moves_tenant: bool = False):
         self.job_update = job_update
+        self.moves_tenant = moves_tenant
         moved = job_update.cte("moved")
         running = moved.c.status == JobStatus.RUNNING
         step_rows = unnested(
@@ -67,18 +129,38 @@ class Boundary:
             )
             .cte("written_steps")
         )
-        event_rows = unnested("recorded", kind=Text, actor=Text, detail=Text, created_at=Text, status=Text, always=Boolean)
-        recorded = (
-            insert(JobEvent.__table__)
-            .from_select(
-                ("job_id", "kind", "actor", "detail", "created_at", "status"),
-                select(
-                    moved.c.id, event_rows.c.kind, event_rows.c.actor, event_rows.c.detail,
-                    cast(event_rows.c.created_at, UTCDateTime), event_rows.c.status,
-                )
-                .select_from(event_rows.join(moved, true()))
-                .where(or_(event_rows.c.always, running)),
-            )
-            .cte("recorded_events")
-        )  # fmt: skip
-        self.together = select(moved).add_cte(written, recorded)
+        writes = [written, _recorded_events(moved, running)]
+        if moves_tenant:
+            writes.append(tenant_move(moved.c.tenant_id).cte("moved_tenant"))
+        self.together = select(moved).add_cte(*writes)
+
+
+def _lay_out() -> Select:
+    """A claimed job's writes after its claim, in one statement on PostgreSQL: what the job is
+    doing now (``:doing``), its steps (``laid_out_*`` arrays), its events (``recorded_*``) and its
+    tenant's move, the job's id bound as ``:laid_out_job``."""
+    doing = (
+        update(jobs)
+        .where(jobs.c.id == bindparam("laid_out_job"))
+        .values(message=bindparam("doing", type_=Text))
+        .returning(jobs.c.id, jobs.c.tenant_id)
+        .cte("doing")
+    )
+    rows = unnested("laid_out", id=Uuid, position=Integer, name=Text, status=Text, started_at=Text, message=Text)
+    laid_out = (
+        insert(steps)
+        .from_select(
+            ("id", "job_id", "position", "name", "status", "started_at", "message", "output"),
+            select(
+                rows.c.id, doing.c.id, rows.c.position, rows.c.name, rows.c.status,
+                cast(rows.c.started_at, UTCDateTime), rows.c.message, literal(""),
+            ).select_from(rows.join(doing, true())),
+        )
+        .cte("laid_out_steps")
+    )  # fmt: skip
+    return select(doing.c.id).add_cte(laid_out, _recorded_events(doing), tenant_move(doing.c.tenant_id).cte("moved_tenant"))
+
+
+LAY_OUT = _lay_out()
+# The tenant's move alone, the tenant bound as ``:moving_tenant``.
+TENANT_MOVE = tenant_move(bindparam("moving_tenant"))

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from provisioning.accounts.audit import Origin
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.jobs.moves import Boundary, compare_and_set
+from provisioning.jobs.moves import TENANT_MOVE, Boundary, compare_and_set
 from provisioning.jobs.workflows import Step
 from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
 from provisioning.platform.db import UnitOfWork, as_text, utcnow
@@ -208,15 +208,11 @@ class JobRecords:
         if rows:
             self._execute(insert(JobEvent.__table__), rows)
 
-    def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None, **values) -> None:
-        """Move the tenant (None: leave it), with any further ``values``; a deleted site's admin
-        password is forgotten, whichever job deleted it (completed, or cancelled past its point
-        of no return)."""
-        if status is None:
-            return
-        if status == TenantStatus.DELETED:
-            values |= {"admin_password_encrypted": None, "admin_password_revealed_at": None}
-        self._execute(update(tenants).where(tenants.c.id == tenant_id).values(status=status, updated_at=utcnow(), **values))
+    def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None, new_password: str | None = None) -> None:
+        """Move the tenant (None: leave it), the site's admin password becoming ``new_password``
+        if given (see ``tenant_move_parameters``)."""
+        if status is not None:
+            self._execute(TENANT_MOVE, {"moving_tenant": tenant_id} | tenant_move_parameters(status, new_password))
 
     def _write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], then: dict | None = None) -> None:
         """Write step states and their events, a statement each for all of them; the caller holds
@@ -261,13 +257,17 @@ class JobRecords:
             if moved is not None:
                 ended = [*done, starting] if starting is not None and moved.status == JobStatus.RUNNING else done
                 self._write_steps(moved.id, worker, ended, then)
+                if boundary.moves_tenant:
+                    self._execute(TENANT_MOVE, parameters | {"moving_tenant": moved.tenant_id})
             return moved
         # Each row says whether it is written whatever the job's status ("always"), or only while it runs.
         written = [(step, True) for step in done] + ([(starting, False)] if starting is not None else [])
-        actor = f"worker {worker}"
+        job_id, actor = parameters["moving_job"], f"worker {worker}"
         events = [
-            (kind, actor, detail, at, None, always) for step, always in written for kind, detail, at in step.events()
-        ] + ([(then["kind"], then["actor"], then["detail"], then["created_at"], then["status"], True)] if then else [])
+            (self._event(job_id, kind, actor, detail, at=at), always)
+            for step, always in written
+            for kind, detail, at in step.events()
+        ] + ([(then, True)] if then else [])
         rows = {
             "written_position": [step.position for step, _ in written],
             "written_status": [step.status.value for step, _ in written],
@@ -276,14 +276,8 @@ class JobRecords:
             "written_output": [output_tail(step.output) for step, _ in written],
             "written_message": [step.message for step, _ in written],
             "written_always": [always for _, always in written],
-            "recorded_kind": [event[0] for event in events],
-            "recorded_actor": [event[1] for event in events],
-            "recorded_detail": [event[2] for event in events],
-            "recorded_created_at": [as_text(event[3]) for event in events],
-            "recorded_status": [event[4] and event[4].value for event in events],
-            "recorded_always": [event[5] for event in events],
         }
-        return self._execute(boundary.together, parameters | rows).first()
+        return self._execute(boundary.together, parameters | rows | recorded_arrays(events)).first()
 
     def _publish(self, job_id: uuid.UUID) -> datetime | None:
         """Publish the job's message, then mark it sent (and record that) in the caller's
@@ -315,6 +309,31 @@ class JobRecords:
             self._execute(mark)
             self._execute(event)
         return dispatched_at
+
+
+def tenant_move_parameters(status: TenantStatus | None, new_password: str | None = None) -> dict:
+    """The parameters of a tenant's move (``moves.tenant_move``) to ``status`` (None: it stays),
+    the site's admin password becoming ``new_password`` if given. A deleted site's admin password
+    is forgotten, whichever job deleted it (completed, or cancelled past its point of no return)."""
+    return {
+        "tenant_status": status,
+        "tenant_moved_at": utcnow(),
+        "new_password": new_password,
+        "forget_password": status == TenantStatus.DELETED,
+    }
+
+
+def recorded_arrays(events: Sequence[tuple[dict, bool]]) -> dict:
+    """Events (``JobRecords._event`` rows, each with whether it is written whatever the job's
+    status) as the ``recorded_*`` arrays the statements of ``moves`` insert them from."""
+    return {
+        "recorded_kind": [event["kind"] for event, _ in events],
+        "recorded_actor": [event["actor"] for event, _ in events],
+        "recorded_detail": [event["detail"] for event, _ in events],
+        "recorded_created_at": [as_text(event["created_at"]) for event, _ in events],
+        "recorded_status": [event["status"] and event["status"].value for event, _ in events],
+        "recorded_always": [always for _, always in events],
+    }
 
 
 def actor_of_user(user_id: uuid.UUID | None) -> str:

@@ -218,7 +218,7 @@ class JobRunner:
                 StepRecord(position, step.name, StepStatus.COMPLETED, finished_at=utcnow(), output=output, progress=progress)
             )
             run.completed.append(step.name)
-        completed = run.service.complete_job(job.id, self.worker, run.ended)
+        completed = run.service.complete_job(job.id, self.worker, workflow.tenant_on_success, run.ended)
         run.ended = []
         if completed:
             log.info("job %s: completed", job.id)

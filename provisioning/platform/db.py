@@ -63,7 +63,7 @@ def as_text(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def unnested(name: str, **columns) -> TableValuedAlias:
+def unnested(name: str, /, **columns) -> TableValuedAlias:
     """A table named ``name`` whose rows are given as one array per column (``column=type``), bound
     as ``{name}_{column}`` and ``unnest``-ed (PostgreSQL): the statement's text stays the same
     whatever the rows, so it is compiled (and prepared) once."""
