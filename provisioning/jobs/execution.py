@@ -143,15 +143,13 @@ class JobExecution(JobRecords):
         events = [claim_event]
         if starting is not None:
             events.append(self._event(job_id, "step_started", actor, workflow.steps[starting].name, at=now))
-        # The claim read the stored password, and no other job of the tenant can store one meanwhile:
-        # an earlier attempt's stays the site's, else a new one becomes it.
-        password = claimed.stored_password
+        # A job that makes the site: the claim read the stored password, and no other job of the
+        # tenant can store one meanwhile: an earlier attempt's stays the site's, else a new one becomes it.
+        password = claimed.stored_password if workflow.needs_admin_password else None
         new_password = new_admin_password() if workflow.needs_admin_password and password is None else None
         tenant = tenant_move_parameters(workflow.tenant_on_start, new_password)
         # What the job is doing now: the step it starts at (the first, or the one a retry resumes).
         self._lay_out(job, workflow.steps[first].message, laid_out, events, tenant)
-        if not workflow.needs_admin_password:
-            return Claim(job, claimed.slug, step_started=starting)
         return Claim(job, claimed.slug, password or new_password, step_started=starting)
 
     def _lay_out(self, job: ClaimedJob, doing: str, laid_out: list[dict], events: list[dict], tenant: dict) -> None:
