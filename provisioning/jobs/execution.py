@@ -20,7 +20,7 @@ from provisioning.jobs.records import (
     StepRecord,
     jobs,
     output_tail,
-    recorded_arrays,
+    recorded_rows,
     steps,
     tenant_move_parameters,
     tenants,
@@ -161,16 +161,13 @@ class JobExecution(JobRecords):
             self._insert_events(events)
             self._execute(TENANT_MOVE, tenant | {"moving_tenant": job.tenant_id})
             return
-        rows = {
-            "laid_out_id": [step["id"] for step in laid_out],
-            "laid_out_position": [step["position"] for step in laid_out],
-            "laid_out_name": [step["name"] for step in laid_out],
-            "laid_out_status": [step["status"].value for step in laid_out],
-            "laid_out_started_at": [as_text(step["started_at"]) for step in laid_out],
-            "laid_out_message": [step["message"] for step in laid_out],
-        }
-        recorded = recorded_arrays([(event, True) for event in events])
-        self._execute(LAY_OUT, {"laid_out_job": job.id, "doing": doing} | rows | recorded | tenant)
+        rows = [
+            {"id": str(step["id"]), "position": step["position"], "name": step["name"], "status": step["status"].value,
+             "started_at": as_text(step["started_at"]), "message": step["message"]}
+            for step in laid_out
+        ]  # fmt: skip
+        recorded = recorded_rows([(event, True) for event in events])
+        self._execute(LAY_OUT, {"laid_out_job": job.id, "doing": doing, "laid_out": rows, "recorded": recorded} | tenant)
 
     def beat_heartbeat(self, job_id: uuid.UUID, worker: str) -> Beat | None:
         """Vouch that ``worker`` still runs the job; None once the job is not its running job.

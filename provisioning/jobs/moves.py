@@ -31,7 +31,7 @@ from sqlalchemy import (
 from provisioning.enums import JobStatus
 from provisioning.jobs.states import sources_of
 from provisioning.models import JobEvent, JobStep, ProvisioningJob, Tenant
-from provisioning.platform.db import UTCDateTime, unnested
+from provisioning.platform.db import UTCDateTime, json_rows
 
 jobs = ProvisioningJob.__table__
 steps = JobStep.__table__
@@ -90,12 +90,12 @@ def tenant_move(tenant_id) -> Update:
 
 
 def _recorded_events(moved: CTE, condition: ColumnElement | None = None) -> CTE:
-    """The INSERT of the job's events, bound as arrays (``recorded_*``), for the job ``moved``
-    returned; only the rows that meet ``condition``, if given."""
-    rows = unnested("recorded", kind=Text, actor=Text, detail=Text, created_at=Text, status=Text, always=Boolean)
-    chosen = select(
-        moved.c.id, rows.c.kind, rows.c.actor, rows.c.detail, cast(rows.c.created_at, UTCDateTime), rows.c.status
-    ).select_from(rows.join(moved, true()))
+    """The INSERT of the job's events, bound as JSON rows (``:recorded``), for the job ``moved``
+    returned; only the rows that are written ``always`` or meet ``condition``, if given."""
+    rows = json_rows("recorded", kind=Text, actor=Text, detail=Text, created_at=UTCDateTime, status=Text, always=Boolean)
+    chosen = select(moved.c.id, rows.c.kind, rows.c.actor, rows.c.detail, rows.c.created_at, rows.c.status).select_from(
+        rows.join(moved, true())
+    )
     if condition is not None:
         chosen = chosen.where(or_(rows.c.always, condition))
     return insert(JobEvent.__table__).from_select(("job_id", "kind", "actor", "detail", "created_at", "status"), chosen).cte(
@@ -107,23 +107,24 @@ class Boundary:
     """An UPDATE of one job's row (returning its ``id`` and ``status``, and ``tenant_id`` when it
     ``moves_tenant``, with bound parameters) and, built once with it, the statement that runs it
     on PostgreSQL with the writes of its steps and events (and its tenant's move): data-modifying
-    CTEs that read the job's new row, the rows bound as arrays (``unnested``)."""
+    CTEs that read the job's new row, the rows bound as JSON (``json_rows``)."""
 
     def __init__(self, job_update: Update, moves_tenant: bool = False):
         self.job_update = job_update
         self.moves_tenant = moves_tenant
         moved = job_update.cte("moved")
         running = moved.c.status == JobStatus.RUNNING
-        step_rows = unnested(
-            "written", position=Integer, status=Text, started_at=Text, finished_at=Text, output=Text, message=Text, always=Boolean
-        )
+        step_rows = json_rows(
+            "written", position=Integer, status=Text, started_at=UTCDateTime, finished_at=UTCDateTime, output=Text, message=Text,
+            always=Boolean,
+        )  # fmt: skip
         written = (
             update(steps)
             .where(steps.c.job_id == moved.c.id, steps.c.position == step_rows.c.position, or_(step_rows.c.always, running))
             .values(
                 status=step_rows.c.status,
-                started_at=func.coalesce(cast(step_rows.c.started_at, UTCDateTime), steps.c.started_at),
-                finished_at=cast(step_rows.c.finished_at, UTCDateTime),
+                started_at=func.coalesce(step_rows.c.started_at, steps.c.started_at),
+                finished_at=step_rows.c.finished_at,
                 output=step_rows.c.output,
                 message=step_rows.c.message,
             )
@@ -137,7 +138,7 @@ class Boundary:
 
 def _lay_out() -> Select:
     """A claimed job's writes after its claim, in one statement on PostgreSQL: what the job is
-    doing now (``:doing``), its steps (``laid_out_*`` arrays), its events (``recorded_*``) and its
+    doing now (``:doing``), its steps (``:laid_out``), its events (``:recorded``) and its
     tenant's move, the job's id bound as ``:laid_out_job``."""
     doing = (
         update(jobs)
@@ -146,14 +147,14 @@ def _lay_out() -> Select:
         .returning(jobs.c.id, jobs.c.tenant_id)
         .cte("doing")
     )
-    rows = unnested("laid_out", id=Uuid, position=Integer, name=Text, status=Text, started_at=Text, message=Text)
+    rows = json_rows("laid_out", id=Uuid, position=Integer, name=Text, status=Text, started_at=UTCDateTime, message=Text)
     laid_out = (
         insert(steps)
         .from_select(
             ("id", "job_id", "position", "name", "status", "started_at", "message", "output"),
             select(
-                rows.c.id, doing.c.id, rows.c.position, rows.c.name, rows.c.status,
-                cast(rows.c.started_at, UTCDateTime), rows.c.message, literal(""),
+                rows.c.id, doing.c.id, rows.c.position, rows.c.name, rows.c.status, rows.c.started_at, rows.c.message,
+                literal(""),
             ).select_from(rows.join(doing, true())),
         )
         .cte("laid_out_steps")

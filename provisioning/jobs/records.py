@@ -268,16 +268,13 @@ class JobRecords:
             for step, always in written
             for kind, detail, at in step.events()
         ] + ([(then, True)] if then else [])
-        rows = {
-            "written_position": [step.position for step, _ in written],
-            "written_status": [step.status.value for step, _ in written],
-            "written_started_at": [as_text(step.started_at) for step, _ in written],
-            "written_finished_at": [as_text(step.finished_at) for step, _ in written],
-            "written_output": [output_tail(step.output) for step, _ in written],
-            "written_message": [step.message for step, _ in written],
-            "written_always": [always for _, always in written],
-        }
-        return self._execute(boundary.together, parameters | rows | recorded_arrays(events)).first()
+        rows = [
+            {"position": step.position, "status": step.status.value, "started_at": as_text(step.started_at),
+             "finished_at": as_text(step.finished_at), "output": output_tail(step.output), "message": step.message,
+             "always": always}
+            for step, always in written
+        ]  # fmt: skip
+        return self._execute(boundary.together, parameters | {"written": rows, "recorded": recorded_rows(events)}).first()
 
     def _publish(self, job_id: uuid.UUID) -> datetime | None:
         """Publish the job's message, then mark it sent (and record that) in the caller's
@@ -323,17 +320,14 @@ def tenant_move_parameters(status: TenantStatus | None, new_password: str | None
     }
 
 
-def recorded_arrays(events: Sequence[tuple[dict, bool]]) -> dict:
+def recorded_rows(events: Sequence[tuple[dict, bool]]) -> list[dict]:
     """Events (``JobRecords._event`` rows, each with whether it is written whatever the job's
-    status) as the ``recorded_*`` arrays the statements of ``moves`` insert them from."""
-    return {
-        "recorded_kind": [event["kind"] for event, _ in events],
-        "recorded_actor": [event["actor"] for event, _ in events],
-        "recorded_detail": [event["detail"] for event, _ in events],
-        "recorded_created_at": [as_text(event["created_at"]) for event, _ in events],
-        "recorded_status": [event["status"] and event["status"].value for event, _ in events],
-        "recorded_always": [always for _, always in events],
-    }
+    status) as the JSON rows (``:recorded``) the statements of ``moves`` insert them from."""
+    return [
+        {"kind": event["kind"], "actor": event["actor"], "detail": event["detail"], "created_at": as_text(event["created_at"]),
+         "status": event["status"] and event["status"].value, "always": always}
+        for event, always in events
+    ]  # fmt: skip
 
 
 def actor_of_user(user_id: uuid.UUID | None) -> str:

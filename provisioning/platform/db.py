@@ -8,8 +8,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Callable
 
-from sqlalchemy import DateTime, MetaData, bindparam, create_engine, event, func
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import JSON, DateTime, MetaData, bindparam, column, create_engine, event, func
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -58,17 +57,20 @@ def utcnow() -> datetime:
 
 
 def as_text(moment: datetime | None) -> str | None:
-    """A moment as text PostgreSQL reads back exactly, for ``unnested`` rows (cast back there: a
-    column of NULLs alone would have no type)."""
+    """A moment as text PostgreSQL reads back exactly, for ``json_rows``."""
     return None if moment is None else moment.isoformat()
 
 
-def unnested(name: str, /, **columns) -> TableValuedAlias:
-    """A table named ``name`` whose rows are given as one array per column (``column=type``), bound
-    as ``{name}_{column}`` and ``unnest``-ed (PostgreSQL): the statement's text stays the same
-    whatever the rows, so it is compiled (and prepared) once."""
-    arrays = [bindparam(f"{name}_{column}", type_=ARRAY(type_)) for column, type_ in columns.items()]
-    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+def json_rows(name: str, /, **columns) -> TableValuedAlias:
+    """A table named ``name`` of the ``columns`` (``column=type``) whose rows are bound as one JSON
+    list of objects, ``:{name}``, and read by ``json_to_recordset`` (PostgreSQL). The statement's
+    text stays the same whatever the rows, so it is compiled (and prepared) once; and the rows
+    cost the driver one parameter to send, not an array per column."""
+    return (
+        func.json_to_recordset(bindparam(name, type_=JSON))
+        .table_valued(*(column(column_name, type_) for column_name, type_ in columns.items()))
+        .render_derived(name=name, with_types=True)
+    )
 
 
 @lru_cache(maxsize=None)
