@@ -10,12 +10,19 @@ from provisioning.jobs.states import (
     can_transition,
     sources_of,
 )
+from provisioning.models import ACTIVE_JOB_STATUSES
 
 
 def test_completed_failed_and_cancelled_are_final_and_nothing_leaves_them():
     assert FINAL_STATUSES == {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
     for final in FINAL_STATUSES:
         assert not any(can_transition(final, target) for target in JobStatus)
+
+
+def test_the_active_statuses_of_the_schema_are_those_the_table_of_moves_lets_a_job_leave():
+    """The partial unique index (one active job per tenant) is built from ``ACTIVE_JOB_STATUSES``
+    in the models, below the jobs package: a status added to the table must be added there too."""
+    assert set(ACTIVE_JOB_STATUSES) == set(JobStatus) - FINAL_STATUSES
 
 
 @pytest.mark.parametrize(
