@@ -208,11 +208,10 @@ class JobRecords:
         if rows:
             self._execute(insert(JobEvent.__table__), rows)
 
-    def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None, new_password: str | None = None) -> None:
-        """Move the tenant (None: leave it), the site's admin password becoming ``new_password``
-        if given (see ``tenant_move_parameters``)."""
+    def _set_tenant_status(self, tenant_id: uuid.UUID, status: TenantStatus | None) -> None:
+        """Move the tenant (None: leave it), as ``tenant_move_parameters`` says."""
         if status is not None:
-            self._execute(TENANT_MOVE, {"moving_tenant": tenant_id} | tenant_move_parameters(status, new_password))
+            self._execute(TENANT_MOVE, {"moving_tenant": tenant_id} | tenant_move_parameters(status))
 
     def _write_steps(self, job_id: uuid.UUID, worker: str, done: Sequence[StepRecord], then: dict | None = None) -> None:
         """Write step states and their events, a statement each for all of them; the caller holds
