@@ -11,7 +11,7 @@ from sqlalchemy import Integer, Text, bindparam, case, func, insert, select, upd
 
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
-from provisioning.jobs.moves import LAY_OUT, TENANT_MOVE, Boundary, compare_and_set
+from provisioning.jobs.moves import LAY_OUT, TENANT_MOVE, Boundary, compare_and_set, status_in
 from provisioning.jobs.records import (
     Beat,
     Claim,
@@ -40,9 +40,24 @@ def _at_least(progress):
     return case((jobs.c.progress < progress, progress), else_=jobs.c.progress)
 
 
-# The writes of a step boundary, a completion and a failure, built once (see ``Boundary``). A bound
-# parameter is never named after a column of the updated table: SQLAlchemy keeps those for SET.
-HELD = jobs.c.status.in_(sorted(HELD_BY_A_WORKER))
+def _of_its_tenant(column):
+    return select(column).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery()
+
+
+# The claim, and the writes of a step boundary, a completion and a failure, built once (see
+# ``Boundary``). A bound parameter is never named after a column of the updated table: SQLAlchemy
+# keeps those for SET.
+CLAIM = compare_and_set(
+    bindparam("claimed_job"), JobStatus.RUNNING,
+    returning=(
+        *(jobs.c[name] for name in CLAIMED_COLUMNS),
+        _of_its_tenant(tenants.c.slug).label("slug"),
+        _of_its_tenant(tenants.c.admin_password_encrypted).label("stored_password"),
+    ),
+    values={"worker": bindparam("claimer", type_=Text), "started_at": bindparam("now", type_=UTCDateTime),
+            "heartbeat_at": bindparam("now", type_=UTCDateTime), "tenant_status_before": _of_its_tenant(tenants.c.status)},
+)  # fmt: skip
+HELD = status_in(HELD_BY_A_WORKER)
 # Its progress, never lowered, and what it is doing now: the step starting (only while running: a
 # cancelling job starts nothing), else as it was. Returning the status, this one write is also the
 # ownership check and the cancel check.
@@ -77,10 +92,6 @@ FAILURE = Boundary(
 )  # fmt: skip
 
 
-def _of_its_tenant(column):
-    return select(column).where(tenants.c.id == jobs.c.tenant_id).scalar_subquery()
-
-
 class JobExecution(JobRecords):
     """The writes of the worker that runs a job, each meant as one short transaction of the
     caller's (``PatientService`` commits each call)."""
@@ -105,15 +116,7 @@ class JobExecution(JobRecords):
         """
         now = utcnow()
         actor = f"worker {worker}"
-        claimed = self.transition(
-            job_id, JobStatus.RUNNING, record=False,
-            returning=(
-                *(jobs.c[name] for name in CLAIMED_COLUMNS),
-                _of_its_tenant(tenants.c.slug).label("slug"),
-                _of_its_tenant(tenants.c.admin_password_encrypted).label("stored_password"),
-            ),
-            worker=worker, started_at=now, heartbeat_at=now, tenant_status_before=_of_its_tenant(tenants.c.status),
-        )  # fmt: skip
+        claimed = self._execute(CLAIM, {"claimed_job": job_id, "claimer": worker, "now": now}).first()
         if claimed is None:
             if self.session.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
                 raise NotFound(f"job {job_id} not found")

@@ -58,10 +58,16 @@ def compare_and_set(
         raise ValueError(f"the state machine has no move from {sorted(sources)} to {target}")
     return (
         update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status.in_(sorted(sources)), *conditions)
+        .where(jobs.c.id == job_id, status_in(sources), *conditions)
         .values(status=target, **(values or {}))
         .returning(jobs.c.id, jobs.c.status, *returning)
     )
+
+
+def status_in(statuses: Collection[JobStatus]) -> ColumnElement:
+    """``status IN (...)`` of a fixed set of states, each a bound parameter of its own: an IN of a
+    list would be one "expanding" parameter, which SQLAlchemy rewrites into the SQL at every run."""
+    return jobs.c.status.in_([literal(status, jobs.c.status.type) for status in sorted(statuses)])
 
 
 def tenant_move(tenant_id) -> Update:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from provisioning.accounts import audit
 from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
+from provisioning.jobs.moves import status_in
 from provisioning.jobs.records import JobRecords, actor_of_user, jobs, tenants
 from provisioning.jobs.states import RETRYABLE_STATUSES
 from provisioning.jobs.workflows import Workflow, workflow_for
@@ -40,7 +41,7 @@ INSERT_JOB_IF_ALLOWED = insert(jobs).from_select(
         tenants.c.id == bindparam("tenant_id"),
         tenants.c.status.in_(bindparam("allowed_tenant_states", expanding=True)),
         ~select(jobs.c.id)
-        .where(jobs.c.tenant_id == bindparam("tenant_id"), jobs.c.status.in_(sorted(ACTIVE_JOB_STATUSES)))
+        .where(jobs.c.tenant_id == bindparam("tenant_id"), status_in(ACTIVE_JOB_STATUSES))
         .exists(),
     ),
 ).returning(jobs.c.id)
