@@ -4,12 +4,18 @@ Every step looks at what already exists before acting, so a step run twice (a re
 redelivered job) does no harm: ``bench new-site`` leaves its folder and database behind when
 it fails without a terminal (frappe/frappe#25671), and the retry would then fail on "already
 exists". Commands are argument lists, never shell strings; each runs in a process group of its
-own, so a cancel or a timeout stops the whole tree (bench, mariadb-dump, gzip...). The root and
-admin passwords given on the command line are redacted from every output we keep or log.
+own, so a cancel or a timeout stops the whole tree (bench, mariadb-dump, gzip...).
+
+The root and admin passwords are never on bench's command line, where every user of the host
+sees them in ``ps`` and bench writes them to its ``logs/bench.log``: left out, they are asked for
+by frappe's own prompts, which read them from bench's stdin (Python's getpass falls back to stdin
+in a process without a terminal, and each command runs in a new session, without one). They are
+also redacted from every output we keep or log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -105,13 +111,18 @@ class Command:
     """One bench command: runs it in its own process group, keeps the tail of its output with
     secrets redacted, and stops the group on a cancel, a timeout or any interruption."""
 
-    def __init__(self, config: BenchConfig, args: list[str], secrets: list[str], context: StepContext, deadline: float):
+    def __init__(
+        self, config: BenchConfig, args: list[str], answers: list[str], context: StepContext, deadline: float
+    ):
         self.config = config
         self.args = args
-        self.secrets = [secret for secret in secrets if secret]
+        # The lines bench's password prompts read from stdin, in the order it asks.
+        self.answers = answers
+        self.secrets = [secret for secret in [config.db_root_password, *answers] if secret]
         self.context = context
         self.deadline = deadline
-        self.lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self.lines: deque[str] = deque(maxlen=KEPT_LINES)  # stdout and stderr, as they came
+        self.stdout: list[str] = []  # stdout alone, for a command whose answer is read
         self.exit_code: int | None = None
 
     @property
@@ -139,15 +150,23 @@ class Command:
         process = subprocess.Popen(
             [*DIE_WITH_PARENT, self.config.executable, *self.args],
             cwd=self.config.bench_path,
-            stdin=subprocess.DEVNULL,  # bench prompts for what is missing; without a terminal it must fail, not wait
+            # What bench asks for it reads from here; anything more it asks for meets the end of
+            # the input and fails, rather than wait for a terminal there is none of.
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
             errors="replace",
             start_new_session=True,
         )
-        reader = threading.Thread(target=self._read, args=(process,), daemon=True)
-        reader.start()
+        process.stdin.write("".join(f"{answer}\n" for answer in self.answers))
+        process.stdin.close()
+        readers = [
+            threading.Thread(target=self._read, args=(process.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._read, args=(process.stderr, None), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         try:
             while process.poll() is None:
                 # Asked every POLL_SECONDS: a read of flags the heartbeat sets, no query.
@@ -168,7 +187,8 @@ class Command:
                 self._stop_group(process)
             _signal_group(process.pid, signal.SIGKILL)  # children that outlived bench, had it exited by itself
             process.wait()
-            reader.join(timeout=TERMINATE_GRACE_SECONDS)
+            for reader in readers:
+                reader.join(timeout=TERMINATE_GRACE_SECONDS)
         self.exit_code = process.returncode
         if check and self.exit_code != 0:
             raise StepFailed(self.failure(self.exit_code), output=self.output)
@@ -178,9 +198,13 @@ class Command:
         last = self.redact("\n".join(list(self.lines)[-ERROR_LINES:]))
         return f"`{self.shown}` exited with {exit_code}:\n{last}"
 
-    def _read(self, process: subprocess.Popen) -> None:
-        for line in process.stdout:
-            self.lines.append(line.rstrip("\n"))
+    def _read(self, stream, kept: list[str] | None) -> None:
+        """Keep the stream's lines for the output shown (both streams), and in ``kept`` (stdout)."""
+        for line in stream:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if kept is not None and len(kept) < KEPT_LINES:
+                kept.append(line)
 
     def _stop_group(self, process: subprocess.Popen) -> None:
         """SIGTERM the whole group, give it a grace period, then SIGKILL what is left (once: a
@@ -216,6 +240,8 @@ class BenchDriver:
         work = _SiteWork(BenchConfig.check(self.settings), context)
         if step == "create_site":
             return work.remove_half_made_site()
+        if step == "install_apps":
+            return work.install_apps_again()
         if step == "drop_site" and work.site_dir.exists():
             work.drop(work.config.archive_path, force=True)
             return work.output(f"finished the interrupted drop of {work.site}")
@@ -242,12 +268,9 @@ class _SiteWork:
         self.deadline = time.monotonic() + config.step_timeout
         self._outputs: list[str] = []
 
-    @property
-    def root_credentials(self) -> tuple[str, ...]:
-        return ("--db-root-username", self.config.db_root_username, "--db-root-password", self.config.db_root_password)
-
-    def bench(self, *args: str, check: bool = True, secrets: tuple[str, ...] = ()) -> Command:
-        command = Command(self.config, list(args), [self.config.db_root_password, *secrets], self.context, self.deadline)
+    def bench(self, *args: str, check: bool = True, answers: tuple[str, ...] = ()) -> Command:
+        """Run bench with ``args``, its password prompts answered with ``answers`` on stdin."""
+        command = Command(self.config, list(args), list(answers), self.context, self.deadline)
         try:
             command.run(check=check)
         finally:
@@ -257,20 +280,34 @@ class _SiteWork:
     def drop(self, archive: Path, force: bool = False) -> None:
         """``bench drop-site`` into ``archive``, never with bench's own backup: ours was taken and
         verified (or declined) in final_backup. ``force`` goes on past a database already gone."""
-        self.bench("drop-site", self.site, *self.root_credentials, "--archived-sites-path", str(archive), "--no-backup",
-                   *(["--force"] if force else []))  # fmt: skip
+        self.bench(
+            "drop-site", self.site, "--db-root-username", self.config.db_root_username, "--archived-sites-path", str(archive),
+            "--no-backup", *(["--force"] if force else []), answers=(self.config.db_root_password,),
+        )  # fmt: skip
 
     def output(self, summary: str) -> str:
         return "\n".join([*self._outputs, summary])
 
     def installed_apps(self) -> set[str] | None:
-        """The site's apps, or None when the site does not answer (missing, or half made)."""
+        """The site's apps as ``list-apps -f json`` lists them on stdout (a warning on stderr is
+        never read as an app), or None when the site does not answer: missing, or half made. On a
+        half-installed site list-apps exits 0 with nothing or a partial list: a site whose list
+        lacks frappe itself is half made."""
         if not (self.site_dir / "site_config.json").is_file():
             return None
-        command = self.bench("--site", self.site, "list-apps", check=False)
+        command = self.bench("--site", self.site, "list-apps", "-f", "json", check=False)
         if command.exit_code != 0:
             return None
-        return {line.split()[0] for line in command.lines if line.strip()}
+        try:
+            apps = json.loads("\n".join(command.stdout) or "{}").get(self.site)
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        if not isinstance(apps, list) or "frappe" not in apps:
+            return None
+        return {app for app in apps if isinstance(app, str)}
+
+    def missing_apps(self, installed: set[str]) -> list[str]:
+        return [app for app in ("frappe", *self.config.apps) if app not in installed]
 
     # create_site
 
@@ -284,20 +321,32 @@ class _SiteWork:
         return self.output(f"bench {version.output.strip()}; apps {', '.join(self.config.apps)} present; {self.site} is free")
 
     def create_site(self) -> str:
-        if self.installed_apps() is not None:
-            return self.output(f"{self.site} already exists and answers; nothing to do")
+        # check_preconditions found the name free, so a site here is one an earlier attempt of this
+        # job made, and its listing cannot tell a finished site from one whose app install failed
+        # (frappe lists an app before its after_install hooks run): it is dropped and made again.
         cleaned = self.remove_half_made_site() if self.site_dir.exists() else ""
         password = self.context.admin_password()
         apps = [arg for app in self.config.apps for arg in ("--install-app", app)]
-        self.bench("new-site", self.site, *self.root_credentials, "--admin-password", password, *apps, secrets=(password,))
+        # Asked in this order: the root password (to make the database), then the admin password, twice.
+        root = self.config.db_root_password
+        self.bench("new-site", self.site, "--db-root-username", self.config.db_root_username, *apps,
+                   answers=(root, password, password))  # fmt: skip
         return self.output(f"{cleaned}created {self.site}".strip())
 
     def install_apps(self) -> str:
-        installed = self._require_site()
-        missing = [app for app in self.config.apps if app not in installed]
+        missing = self.missing_apps(self._require_site())
         if missing:
             self.bench("--site", self.site, "install-app", *missing)
         return self.output(f"installed: {', '.join(missing) or 'nothing, all were'}; apps: {', '.join(self.config.apps)}")
+
+    def install_apps_again(self) -> str:
+        """After an install that failed or was cut short: every app of SITE_APPS installed again,
+        its hooks included (``--force``). frappe lists an app before its after_install hooks
+        run, so a listing cannot say whether an install finished; an exit code can."""
+        self._require_site()
+        if self.config.apps:
+            self.bench("--site", self.site, "install-app", "--force", *self.config.apps)
+        return self.output(f"installed again: {', '.join(self.config.apps) or 'nothing, no SITE_APPS'}")
 
     def configure_site(self) -> str:
         self._require_site()
@@ -307,8 +356,7 @@ class _SiteWork:
 
     def verify_site(self) -> str:
         installed = self._require_site()
-        missing = [app for app in self.config.apps if app not in installed]
-        if missing:
+        if missing := self.missing_apps(installed):
             raise StepFailed(f"{self.site} answers but lacks {', '.join(missing)}", output=self.output(""))
         return self.output(f"{self.site} answers with apps {', '.join(sorted(installed))}")
 
@@ -377,5 +425,8 @@ class _SiteWork:
     def _require_site(self) -> set[str]:
         installed = self.installed_apps()
         if installed is None:
-            raise StepFailed(f"site {self.site} is not in the bench or does not answer `bench --site {self.site} list-apps`")
+            raise StepFailed(
+                f"site {self.site} is not in the bench, does not answer `bench --site {self.site} list-apps`, or is half made "
+                "(frappe itself is not installed)"
+            )
         return installed
