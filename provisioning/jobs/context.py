@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy as _copy
+import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -78,15 +79,25 @@ class JobContext:
         except CredentialsUnavailable as unavailable:
             raise StepFailed(str(unavailable)) from None
 
-    def backup_directory(self) -> Path:
-        """``BACKUP_PATH/<slug>/<job id>/``, each folder below BACKUP_PATH private to the service's user."""
+    @property
+    def backup_root(self) -> Path:
+        return self._backup_root
+
+    def backup_directory(self, owner: tuple[int, int] | None = None) -> Path:
+        """``BACKUP_PATH/<slug>/<job id>/``, each folder below BACKUP_PATH private to the service's
+        user, or handed to ``owner`` (uid, gid): the user bench writes as, when it is not ours."""
         # The slug becomes a folder name: one that is not a slug (a tenant made before slugs were
         # checked whole) must not make a folder elsewhere, or one whose name ends in a newline.
         if problem := SLUG.problem("tenant slug", self.tenant_slug):
             raise StepFailed(f"no backup folder for this tenant: {problem}")
         # BACKUP_PATH itself is made private when this makes it; once it exists, its mode is the operator's.
         self._backup_root.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
-        return private_directory(private_directory(self._backup_root / self.tenant_slug) / str(self.job_id))
+        tenant_folder = private_directory(self._backup_root / self.tenant_slug)
+        job_folder = private_directory(tenant_folder / str(self.job_id))
+        if owner is not None:
+            for folder in (tenant_folder, job_folder):
+                os.chown(folder, *owner)
+        return job_folder
 
     def remove_backup_directory(self) -> None:
         """Delete this job's folder under BACKUP_PATH, with whatever a backup step wrote there

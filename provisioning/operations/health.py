@@ -19,7 +19,7 @@ from provisioning.platform import migrate
 from provisioning.platform.db import get_engine, session_factory, utcnow
 from provisioning.platform.quoting import first_line
 from provisioning.platform.settings import Settings
-from provisioning.sites.drivers.bench import BenchConfig
+from provisioning.sites.drivers.bench_config import BenchConfig
 
 START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 # The relay publishes within a second; an announcement waiting longer than this means it does not run.

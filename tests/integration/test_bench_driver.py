@@ -26,7 +26,8 @@ from provisioning.jobs.step_interruptions import TAKEN_AWAY, StopFlags
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.credentials import SiteCredentials
-from provisioning.sites.drivers.bench import TERMINATE_GRACE_SECONDS, BenchDriver
+from provisioning.sites.drivers.bench import BenchDriver
+from provisioning.sites.drivers.bench_command import TERMINATE_GRACE_SECONDS
 from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
 from tests.helpers import StrictClient, committing, not_private, wait_for
@@ -280,12 +281,17 @@ def test_a_tenant_whose_slug_ends_in_a_newline_gets_no_site_and_no_bench_command
     assert [path.name for path in (bench.path / "sites").iterdir() if "\n" in path.name] == []
 
 
-def test_a_wrong_root_password_fails_create_site_and_the_retry_cleans_the_bare_folder(
+def test_a_wrong_root_password_fails_create_site_in_one_clear_line_and_the_retry_cleans_the_bare_folder(
     session, sessions, tenant_factory, run_job, bench
 ):
     tenant = tenant_factory.create()
     failed = run_job(request(session, tenant).id, db_root_password="wrong-password")
-    assert failed.status == JobStatus.FAILED and "Access denied" in failed.error
+    assert failed.status == JobStatus.FAILED
+    assert failed.error == (
+        "step create_site failed: the database refused the root login of `bench new-site`: "
+        "check DB_ROOT_USERNAME (root) and DB_ROOT_PASSWORD"
+    )
+    assert "Access denied" in read_steps(sessions, failed.id)[1].output  # bench's own words, for the operator
     assert "wrong-password" not in everything_recorded(sessions, failed.id)
     assert bench.site_dir(tenant).is_dir()
 

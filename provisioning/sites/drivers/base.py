@@ -39,8 +39,13 @@ class StepContext(Protocol):
     def admin_password(self) -> str:
         """The site's Administrator password: stored encrypted when the job started, the same on a retry."""
 
-    def backup_directory(self) -> Path:
-        """An empty directory of this job's own for the files of a backup (created)."""
+    @property
+    def backup_root(self) -> Path:
+        """BACKUP_PATH, where backup_directory makes its folders."""
+
+    def backup_directory(self, owner: tuple[int, int] | None = None) -> Path:
+        """An empty directory of this job's own for the files of a backup (created), private to
+        the service's user or handed to ``owner`` (uid, gid)."""
 
     def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
         """Hand the files a backup produced to the platform, which describes and later verifies them."""

@@ -16,213 +16,24 @@ also redacted from every output we keep or log.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
 import shutil
-import signal
-import subprocess
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioning.enums import JobType
-from provisioning.errors import StepFailed, StepStopped, StepTerminated
-from provisioning.platform.identifiers import APP_NAME, SITE_NAME
+from provisioning.errors import StepFailed
+from provisioning.platform.identifiers import SITE_NAME
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.drivers.base import BackupFile, StepContext
+from provisioning.sites.drivers.bench_command import Command
+from provisioning.sites.drivers.bench_config import BenchConfig
 
-log = logging.getLogger(__name__)
-
-REDACTED = "********"
-POLL_SECONDS = 0.2
-TERMINATE_GRACE_SECONDS = 5.0
-ERROR_LINES = 8
-KEPT_LINES = 2000
-# bench is killed if the worker process dies (SIGKILL, OOM) before it could stop it: util-linux's
-# setpriv sets that up and then runs bench in its place (a preexec_fn could deadlock in a process
-# with threads).
-DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--") if shutil.which("setpriv") else ()
 # "Database: ./acme.example.com/private/backups/20261130_010203-acme_example_com-database.sql.gz 1.3KiB"
 BACKUP_LINE = re.compile(r"^(Config|Database|Public|Private)\s*:\s*(\S.*?)\s+\S+$")
 BACKUP_KINDS = {"Config": "config", "Database": "database", "Public": "public_files", "Private": "private_files"}
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """The bench settings, checked; built once per step so a fixed setting needs no worker restart."""
-
-    bench_path: Path
-    executable: str
-    site_domain: str
-    db_root_username: str
-    db_root_password: str = field(repr=False)
-    apps: tuple[str, ...]
-    step_timeout: float
-    archive_path: Path
-
-    @classmethod
-    def check(cls, settings: BenchSettings, need_apps: bool = False) -> "BenchConfig":
-        """Raises StepFailed naming the setting that is missing or wrong."""
-        if not settings.bench_path:
-            raise StepFailed("BENCH_PATH is not set: it must name the bench directory (the one with sites/ and apps/)")
-        bench_path = Path(settings.bench_path).expanduser().resolve()
-        if not (bench_path / "sites").is_dir() or not (bench_path / "apps").is_dir():
-            raise StepFailed(f"BENCH_PATH: {bench_path} is not a bench directory (it needs sites/ and apps/)")
-        executable = shutil.which(settings.executable, path=os.environ.get("PATH"))
-        if executable is None:
-            raise StepFailed(f"BENCH_EXECUTABLE: {settings.executable!r} is not an executable file or on PATH")
-        domain = settings.site_domain.lower()
-        if not SITE_NAME.is_valid(f"site.{domain}"):
-            raise StepFailed(
-                f"SITE_DOMAIN: {settings.site_domain!r} is not a domain name (sites are <tenant slug>.<SITE_DOMAIN>)"
-            )
-        if not settings.db_root_password:
-            raise StepFailed("DB_ROOT_PASSWORD is not set: bench would stop and prompt for it")
-        apps = tuple(app for app in re.split(r"[,\s]+", settings.apps) if app)
-        # Each goes to bench as an argument (`--install-app <app>`) and names a folder under apps/.
-        if not_apps := [app for app in apps if not APP_NAME.is_valid(app)]:
-            raise StepFailed(f"SITE_APPS: {', '.join(map(repr, not_apps))} must be {APP_NAME.rule}")
-        missing = [app for app in apps if not (bench_path / "apps" / app).is_dir()] if need_apps else []
-        if missing:
-            raise StepFailed(f"SITE_APPS: {', '.join(missing)} not in {bench_path / 'apps'} (get them with `bench get-app`)")
-        try:
-            step_timeout = float(settings.step_timeout_seconds)
-        except ValueError:
-            step_timeout = 0
-        if step_timeout <= 0:
-            raise StepFailed(f"BENCH_STEP_TIMEOUT_SECONDS: {settings.step_timeout_seconds!r} is not a positive number of seconds")
-        archive = Path(settings.archive_path).expanduser() if settings.archive_path else Path("archived/sites")
-        return cls(
-            bench_path=bench_path,
-            executable=executable,
-            site_domain=domain,
-            db_root_username=settings.db_root_username,
-            db_root_password=settings.db_root_password,
-            apps=apps,
-            step_timeout=step_timeout,
-            archive_path=archive if archive.is_absolute() else bench_path / archive,
-        )
-
-
-class Command:
-    """One bench command: runs it in its own process group, keeps the tail of its output with
-    secrets redacted, and stops the group on a cancel, a timeout or any interruption."""
-
-    def __init__(
-        self, config: BenchConfig, args: list[str], answers: list[str], context: StepContext, deadline: float
-    ):
-        self.config = config
-        self.args = args
-        # The lines bench's password prompts read from stdin, in the order it asks.
-        self.answers = answers
-        self.secrets = [secret for secret in [config.db_root_password, *answers] if secret]
-        self.context = context
-        self.deadline = deadline
-        self.lines: deque[str] = deque(maxlen=KEPT_LINES)  # stdout and stderr, as they came
-        self.stdout: list[str] = []  # stdout alone, for a command whose answer is read
-        self.exit_code: int | None = None
-
-    @property
-    def shown(self) -> str:
-        return self.redact("bench " + " ".join(self.args))
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-
-    @property
-    def output(self) -> str:
-        return self.redact("\n".join(self.lines))
-
-    def run(self, check: bool = True) -> int:
-        """Run to the end; returns the exit code.
-
-        Raises:
-            StepFailed: with ``check``, a non-zero exit, naming the code and the last lines; or a timeout.
-            StepStopped: the job asked the step to stop (a cancel): the command's group is stopped.
-            StepTerminated: the step must end now (see ``StepContext.must_stop``): the same, saying why.
-        """
-        log.info("job %s: running %s", self.context.job_id, self.shown)
-        process = subprocess.Popen(
-            [*DIE_WITH_PARENT, self.config.executable, *self.args],
-            cwd=self.config.bench_path,
-            # What bench asks for it reads from here; anything more it asks for meets the end of
-            # the input and fails, rather than wait for a terminal there is none of.
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        process.stdin.write("".join(f"{answer}\n" for answer in self.answers))
-        process.stdin.close()
-        readers = [
-            threading.Thread(target=self._read, args=(process.stdout, self.stdout), daemon=True),
-            threading.Thread(target=self._read, args=(process.stderr, None), daemon=True),
-        ]
-        for reader in readers:
-            reader.start()
-        try:
-            while process.poll() is None:
-                # Asked every POLL_SECONDS: a read of flags the heartbeat sets, no query.
-                if self.context.should_stop():
-                    self._stop_group(process)
-                    if reason := self.context.must_stop():
-                        raise StepTerminated(reason)
-                    raise StepStopped(f"{self.shown} was stopped")
-                if time.monotonic() >= self.deadline:
-                    self._stop_group(process)
-                    raise StepFailed(
-                        f"`{self.shown}` timed out after {self.config.step_timeout:g}s (BENCH_STEP_TIMEOUT_SECONDS)",
-                        output=self.output,
-                    )
-                time.sleep(POLL_SECONDS)
-        finally:
-            if process.poll() is None:  # interrupted from outside (Celery's soft time limit)
-                self._stop_group(process)
-            _signal_group(process.pid, signal.SIGKILL)  # children that outlived bench, had it exited by itself
-            process.wait()
-            for reader in readers:
-                reader.join(timeout=TERMINATE_GRACE_SECONDS)
-        self.exit_code = process.returncode
-        if check and self.exit_code != 0:
-            raise StepFailed(self.failure(self.exit_code), output=self.output)
-        return self.exit_code
-
-    def failure(self, exit_code: int) -> str:
-        last = self.redact("\n".join(list(self.lines)[-ERROR_LINES:]))
-        return f"`{self.shown}` exited with {exit_code}:\n{last}"
-
-    def _read(self, stream, kept: list[str] | None) -> None:
-        """Keep the stream's lines for the output shown (both streams), and in ``kept`` (stdout)."""
-        for line in stream:
-            line = line.rstrip("\n")
-            self.lines.append(line)
-            if kept is not None and len(kept) < KEPT_LINES:
-                kept.append(line)
-
-    def _stop_group(self, process: subprocess.Popen) -> None:
-        """SIGTERM the whole group, give it a grace period, then SIGKILL what is left (once: a
-        command that ignores SIGTERM costs one grace period, not one per place that stops it)."""
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=TERMINATE_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
+# MariaDB's answer to a wrong password, as pymysql raises it in bench's traceback.
+LOGIN_REFUSED = re.compile(r"\(1045, .Access denied for user")
 
 
 class BenchDriver:
@@ -277,13 +88,34 @@ class _SiteWork:
             self._outputs.append(f"$ {command.shown}\n{command.output}".rstrip())
         return command
 
+    def bench_as_root(self, *args: str, answers: tuple[str, ...] = ()) -> Command:
+        """A bench command that logs in to the database as DB_ROOT_USERNAME, the root password
+        its first answer; a refused login fails the step saying so in one line, not with
+        pymysql's traceback (which stays in the step's output)."""
+        try:
+            return self.bench(*args, "--db-root-username", self.config.db_root_username,
+                              answers=(self.config.db_root_password, *answers))  # fmt: skip
+        except StepFailed as failure:
+            if any(LOGIN_REFUSED.search(line) for line in failure.output.splitlines()):
+                raise StepFailed(
+                    f"the database refused the root login of `bench {args[0]}`: check DB_ROOT_USERNAME "
+                    f"({self.config.db_root_username}) and DB_ROOT_PASSWORD",
+                    output=failure.output,
+                ) from None
+            raise
+
     def drop(self, archive: Path, force: bool = False) -> None:
         """``bench drop-site`` into ``archive``, never with bench's own backup: ours was taken and
-        verified (or declined) in final_backup. ``force`` goes on past a database already gone."""
-        self.bench(
-            "drop-site", self.site, "--db-root-username", self.config.db_root_username, "--archived-sites-path", str(archive),
-            "--no-backup", *(["--force"] if force else []), answers=(self.config.db_root_password,),
-        )  # fmt: skip
+        verified (or declined) in final_backup. ``force`` goes on past a database already gone.
+
+        The archive folder is checked first: bench drops the database and its user before it
+        moves the site's folder, and a folder it cannot write would leave the site half dropped.
+        """
+        if refusal := self.config.user.cannot_write(archive, "the archive folder"):
+            raise refusal
+        self.bench_as_root(
+            "drop-site", self.site, "--archived-sites-path", str(archive), "--no-backup", *(["--force"] if force else [])
+        )
 
     def output(self, summary: str) -> str:
         return "\n".join([*self._outputs, summary])
@@ -313,12 +145,19 @@ class _SiteWork:
 
     def check_preconditions(self) -> str:
         version = self.bench("--version")
+        user = self.config.user
+        for folder, what in ((self.context.backup_root, "BACKUP_PATH"), (self.config.archive_path, "the archive folder")):
+            if refusal := user.cannot_write(folder, what):
+                raise refusal
         if self.site_dir.exists():
             raise StepFailed(
                 f"site {self.site} already exists in {self.config.bench_path / 'sites'}; a create never overwrites a "
                 "site: delete it, or retry the failed create that made it (a retry cleans up and resumes)"
             )
-        return self.output(f"bench {version.output.strip()}; apps {', '.join(self.config.apps)} present; {self.site} is free")
+        return self.output(
+            f"bench {version.output.strip()}, running as {user.described}, can write BACKUP_PATH and the archive folder; "
+            f"apps {', '.join(self.config.apps)} present; {self.site} is free"
+        )
 
     def create_site(self) -> str:
         # check_preconditions found the name free, so a site here is one an earlier attempt of this
@@ -328,9 +167,7 @@ class _SiteWork:
         password = self.context.admin_password()
         apps = [arg for app in self.config.apps for arg in ("--install-app", app)]
         # Asked in this order: the root password (to make the database), then the admin password, twice.
-        root = self.config.db_root_password
-        self.bench("new-site", self.site, "--db-root-username", self.config.db_root_username, *apps,
-                   answers=(root, password, password))  # fmt: skip
+        self.bench_as_root("new-site", self.site, *apps, answers=(password, password))
         return self.output(f"{cleaned}created {self.site}".strip())
 
     def install_apps(self) -> str:
@@ -402,7 +239,9 @@ class _SiteWork:
 
     def run_backup(self) -> str:
         self._require_site()
-        directory = self.context.backup_directory()
+        directory = self.context.backup_directory(owner=self.config.user.ids)
+        if refusal := self.config.user.cannot_write(directory, "its backup folder"):
+            raise refusal
         command = self.bench("--site", self.site, "backup", "--with-files", "--compress", "--backup-path", str(directory))
         files = self._backup_files(command)
         self.context.record_backup(self.site, files)
