@@ -87,7 +87,10 @@ def check_site_driver(settings: Settings) -> Check:
     except StepFailed as wrong:
         return Check("site driver", False, f"bench: {wrong}", "fix the setting it names, on every worker")
     return Check(
-        "site driver", True, f"bench in {config.bench_path}, sites <slug>.{config.site_domain}, apps {', '.join(config.apps)}"
+        "site driver",
+        True,
+        f"bench in {config.bench_path} running as {config.user.described}, sites <slug>.{config.site_domain}, "
+        f"apps {', '.join(config.apps)}",
     )
 
 
