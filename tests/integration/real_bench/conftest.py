@@ -1,0 +1,114 @@
+"""A real Frappe 15 + ERPNext bench for the real suite, stood up by ``../shared/realbench``.
+
+The scripts are found at ``REALBENCH_SCRIPTS``, else at ``../shared/realbench`` beside the
+checkout. If they are missing, or the bench cannot be set up, the suite fails saying why: it is
+never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.stack import RUN_ID
+
+SETUP_TIMEOUT_SECONDS = 20 * 60
+
+
+def realbench_scripts() -> Path:
+    given = os.environ.get("REALBENCH_SCRIPTS")
+    return Path(given) if given else Path(__file__).resolve().parents[3].parent / "shared" / "realbench"
+
+
+@dataclass(frozen=True)
+class RealBench:
+    """What setup.sh printed (``export NAME=value``), as a real bench's caller needs it."""
+
+    exports: dict[str, str]
+
+    @property
+    def path(self) -> Path:
+        return Path(self.exports["REALBENCH_BENCH_DIR"])
+
+    @property
+    def executable(self) -> str:
+        return self.exports["REALBENCH_BENCH_EXE"]
+
+    @property
+    def user(self) -> pwd.struct_passwd:
+        return pwd.getpwnam(self.exports["REALBENCH_FRAPPE_USER"])
+
+    @property
+    def root_password(self) -> str:
+        return self.exports["REALBENCH_DB_ROOT_PASSWORD"]
+
+    def sql(self, query: str) -> list[str]:
+        """Rows of a query to the bench's MariaDB as root, a line each (the password on stdin's
+        behalf: in the environment of the mariadb client, never in its arguments)."""
+        command = ["mariadb", "-h", self.exports["REALBENCH_DB_HOST"], "-P", self.exports["REALBENCH_DB_PORT"], "-u",
+                   self.exports["REALBENCH_DB_ROOT_USERNAME"], "--batch", "--skip-column-names", "-e", query]  # fmt: skip
+        done = subprocess.run(command, env={**os.environ, "MYSQL_PWD": self.root_password}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    def bench(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([self.executable, *args], cwd=self.path, input=stdin, capture_output=True, text=True,
+                              start_new_session=True, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def realbench() -> RealBench:
+    scripts = realbench_scripts()
+    if not (scripts / "setup.sh").is_file():
+        pytest.fail(f"no realbench scripts at {scripts}: set REALBENCH_SCRIPTS to the folder with setup.sh", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("realbench's setup.sh runs as root: run the real suite as root", pytrace=False)
+    try:
+        done = subprocess.run(["bash", str(scripts / "setup.sh")], capture_output=True, text=True, timeout=SETUP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"realbench's setup.sh did not finish in {SETUP_TIMEOUT_SECONDS} s", pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(f"realbench's setup.sh failed ({done.returncode}):\n{done.stderr[-3000:]}", pytrace=False)
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines() if line.startswith("export "))
+    return RealBench({name: value.strip().strip("'\"") for name, value in exports.items()})
+
+
+@pytest.fixture
+def bench_folders(realbench):
+    """BACKUP_PATH and the archive folder, the bench user's own (0700), in a folder it can pass through."""
+    outside = Path(tempfile.mkdtemp(prefix=f"realbench-{RUN_ID}-"))
+    outside.chmod(0o711)
+    folders = {}
+    for name in ("backups", "archive"):
+        folder = outside / name
+        folder.mkdir(mode=0o700)
+        os.chown(folder, realbench.user.pw_uid, realbench.user.pw_gid)
+        folders[name] = folder
+    yield folders
+    shutil.rmtree(outside, ignore_errors=True)
+
+
+@pytest.fixture
+def real_environment(isolated, realbench, bench_folders) -> dict[str, str]:
+    """A worker's settings for the real bench, its sites under a domain of this test's own."""
+    return {
+        **isolated.environment,
+        "SITE_DRIVER": "bench",
+        "BENCH_PATH": str(realbench.path),
+        "BENCH_EXECUTABLE": realbench.executable,
+        "SITE_DOMAIN": f"t{uuid.uuid4().hex[:8]}.real.test",
+        "DB_ROOT_USERNAME": realbench.exports["REALBENCH_DB_ROOT_USERNAME"],
+        "DB_ROOT_PASSWORD": realbench.root_password,
+        "BACKUP_PATH": str(bench_folders["backups"]),
+        "BENCH_ARCHIVE_PATH": str(bench_folders["archive"]),
+        "BENCH_STEP_TIMEOUT_SECONDS": "600",
+        "SITE_APPS": "frappe",  # frappe alone (about 25 s a site); the test that needs ERPNext says so
+    }
