@@ -130,8 +130,11 @@ class _SiteWork:
         command = self.bench("--site", self.site, "list-apps", "-f", "json", check=False)
         if command.exit_code != 0:
             return None
+        # The JSON document (indented, over several lines) from its first line on: anything bench
+        # printed before it is not part of it.
+        start = next((number for number, line in enumerate(command.stdout) if line.startswith("{")), len(command.stdout))
         try:
-            apps = json.loads("\n".join(command.stdout) or "{}").get(self.site)
+            apps = json.loads("\n".join(command.stdout[start:]) or "{}").get(self.site)
         except (json.JSONDecodeError, AttributeError):
             return None
         if not isinstance(apps, list) or "frappe" not in apps:

@@ -79,6 +79,9 @@ class Command:
             text=True,
             errors="replace",
             start_new_session=True,
+            # frappe's progress bars: a line of dots per bar with CI set, else a line per update
+            # (about 1,100 a new-site), which would push what matters out of the output kept.
+            env={**os.environ, "CI": "1"},
         )
         process.stdin.write("".join(f"{answer}\n" for answer in self.answers))
         process.stdin.close()

@@ -51,8 +51,8 @@ class RealBench:
         return self.exports["REALBENCH_DB_ROOT_PASSWORD"]
 
     def sql(self, query: str) -> list[str]:
-        """Rows of a query to the bench's MariaDB as root, a line each (the password on stdin's
-        behalf: in the environment of the mariadb client, never in its arguments)."""
+        """Rows of a query to the bench's MariaDB as root, a line each (the password in the
+        client's environment, MYSQL_PWD, never in its arguments)."""
         command = ["mariadb", "-h", self.exports["REALBENCH_DB_HOST"], "-P", self.exports["REALBENCH_DB_PORT"], "-u",
                    self.exports["REALBENCH_DB_ROOT_USERNAME"], "--batch", "--skip-column-names", "-e", query]  # fmt: skip
         done = subprocess.run(command, env={**os.environ, "MYSQL_PWD": self.root_password}, capture_output=True, text=True)

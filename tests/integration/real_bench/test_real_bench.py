@@ -5,6 +5,7 @@ what only a real bench can prove. A few sites, each frappe alone unless the test
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 
@@ -228,3 +229,27 @@ def test_a_cancel_during_new_site_leaves_no_site_database_or_user_and_a_create_a
 
     done = service.wait(service.ask("create_site"))
     assert done["status"] == "completed", done
+
+
+def test_a_drop_into_an_archive_the_bench_user_cannot_write_is_refused_before_anything_is_dropped_and_its_retry_finishes(
+    service, realbench, bench_folders
+):
+    """Real bench would drop the database and its user, then fail to move the site's folder."""
+    service.start_worker()
+    assert service.wait(service.ask("create_site"))["status"] == "completed"
+    database = json.loads((realbench.path / "sites" / service.site / "site_config.json").read_text())["db_name"]
+    archive = bench_folders["archive"]
+    os.chown(archive, 0, 0)  # root's alone: the bench's user cannot enter it
+
+    failed = service.wait(service.ask("delete_site", skip_final_backup=True))
+    assert failed["status"] == "failed"
+    assert failed["error"] == (
+        f"step drop_site failed: bench runs as {realbench.user.pw_name} (the bench's frappe_user: the worker is root), "
+        f"which cannot write the archive folder {archive}: make it writable by {realbench.user.pw_name}"
+    )
+    assert database in databases_and_users(realbench)[0] and (realbench.path / "sites" / service.site).is_dir()
+
+    os.chown(archive, realbench.user.pw_uid, realbench.user.pw_gid)
+    done = service.wait(service.retry(failed["id"]))
+    assert done["status"] == "completed", done
+    assert database not in databases_and_users(realbench)[0] and (archive / service.site).is_dir()
