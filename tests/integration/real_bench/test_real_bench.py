@@ -1,6 +1,6 @@
 """The service on a real Frappe 15 + ERPNext bench: the API, a worker with SITE_DRIVER=bench, and
 what only a real bench can prove. A few sites, each frappe alone unless the test needs ERPNext.
-(`make test-real`; about five minutes.)"""
+(`make test-real`; about four minutes.)"""
 
 from __future__ import annotations
 
