@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --ignore=$(REAL_SUITE)
 
 # The suite on a real Frappe + ERPNext bench that ../shared/realbench stands up (as root; about
-# four minutes, the bench's first setup one or two more). Not yet part of `make test` (README).
+# five minutes, the bench's first setup one or two more). Not yet part of `make test` (README).
 REAL_SUITE := tests/integration/real_bench
 test-real: $(STAMP)
 	$(VENV)/bin/pytest $(REAL_SUITE)

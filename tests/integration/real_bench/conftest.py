@@ -112,3 +112,40 @@ def real_environment(isolated, realbench, bench_folders) -> dict[str, str]:
         "BENCH_STEP_TIMEOUT_SECONDS": "600",
         "SITE_APPS": "frappe",  # frappe alone (about 25 s a site); the test that needs ERPNext says so
     }
+
+
+BROKEN_APP = "broken_app"
+BROKEN_APP_FILES = {
+    "__init__.py": '__version__ = "0.0.1"\n',
+    "hooks.py": "\n".join([f'app_name = "{BROKEN_APP}"', 'app_title = "Broken App"', 'app_description = "Fails its install"',
+                           'app_publisher = "tests"', 'app_email = "tests@example.test"', 'app_license = "MIT"',
+                           f'after_install = "{BROKEN_APP}.install.after_install"', ""]),
+    "install.py": 'def after_install():\n    raise RuntimeError("broken_app fails its after_install on purpose")\n',
+    "modules.txt": "Broken App\n",
+    "patches.txt": "",
+}
+
+
+@pytest.fixture
+def broken_app(realbench):
+    """An app in the bench whose after_install hook always fails, as ERPNext's did once on the
+    reference bench; taken out of the bench again afterwards."""
+    package = realbench.path / "apps" / BROKEN_APP / BROKEN_APP
+    package.mkdir(parents=True)
+    for name, text in BROKEN_APP_FILES.items():
+        (package / name).write_text(text)
+    (package / "broken_app").mkdir()  # the module folder modules.txt names
+    (package / "broken_app" / "__init__.py").write_text("")
+    site_packages = next((realbench.path / "env" / "lib").glob("python3*/site-packages"))
+    path_file = site_packages / f"{BROKEN_APP}.pth"
+    path_file.write_text(f"{package.parent}\n")
+    apps_txt = realbench.path / "sites" / "apps.txt"
+    listed = apps_txt.read_text()
+    apps_txt.write_text(listed.rstrip("\n") + f"\n{BROKEN_APP}")
+    subprocess.run(["chown", "-R", f"{realbench.user.pw_uid}:{realbench.user.pw_gid}", str(package.parent)], check=True)
+    try:
+        yield BROKEN_APP
+    finally:
+        apps_txt.write_text(listed)
+        path_file.unlink()
+        shutil.rmtree(package.parent)

@@ -1,6 +1,6 @@
 """The service on a real Frappe 15 + ERPNext bench: the API, a worker with SITE_DRIVER=bench, and
 what only a real bench can prove. A few sites, each frappe alone unless the test needs ERPNext.
-(`make test-real`; about four minutes.)"""
+(`make test-real`; about five minutes.)"""
 
 from __future__ import annotations
 
@@ -253,3 +253,22 @@ def test_a_drop_into_an_archive_the_bench_user_cannot_write_is_refused_before_an
     done = service.wait(service.retry(failed["id"]))
     assert done["status"] == "completed", done
     assert database not in databases_and_users(realbench)[0] and (archive / service.site).is_dir()
+
+
+def test_an_app_whose_install_fails_is_never_counted_as_installed(service, realbench, broken_app):
+    """frappe lists an app before its after_install hooks run: after the failure list-apps names it."""
+    service.start_worker(SITE_APPS=broken_app)
+    failed = service.wait(service.ask("create_site"))
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("step create_site failed: `bench new-site")
+    assert "after_install on purpose" in failed["error"]
+    listed = realbench.bench("--site", service.site, "list-apps", "-f", "json")
+    assert broken_app in json.loads(listed.stdout[listed.stdout.index("{"):])[service.site]  # the hazard itself
+
+    retried = service.wait(service.retry(failed["id"]))
+    assert retried["status"] == "failed" and "after_install on purpose" in retried["error"]  # made again, failed again
+    assert [step["status"] for step in service.steps(retried["id"])][-1] == "pending"  # verify_site never ran
+    removed = realbench.bench("drop-site", service.site, "--db-root-username", "root", "--no-backup", "--force",
+                              "--archived-sites-path", str(realbench.path / "archived" / "sites"),
+                              stdin=f"{realbench.root_password}\n")  # fmt: skip
+    assert removed.returncode == 0, removed.stderr[-2000:]
