@@ -27,7 +27,8 @@ from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.credentials import SiteCredentials
 from provisioning.sites.drivers.bench import BenchDriver
-from provisioning.sites.drivers.bench_command import TERMINATE_GRACE_SECONDS
+from provisioning.sites.drivers.bench_command import TERMINATE_GRACE_SECONDS, Command
+from provisioning.sites.drivers.bench_config import BenchConfig
 from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
 from tests.helpers import StrictClient, committing, not_private, wait_for
@@ -479,6 +480,15 @@ def test_a_step_stopped_by_its_flags_kills_its_commands_whole_process_group_and_
     assert type(error) is stopped_by
     assert stopped_by is StepStopped or str(error) == TAKEN_AWAY
     assert not any(alive(pid) for pid in pids), "no process of the command is left behind"
+
+
+def test_a_bench_that_ends_without_reading_its_answers_is_judged_by_its_exit_code_not_the_broken_pipe(bench_settings):
+    """More than a pipe holds, to a command that reads none of it: the write meets a closed pipe."""
+    config = BenchConfig.check(bench_settings)
+    command = Command(config, ["--version"], ["x" * 200_000], Flagged(), time.monotonic() + 30)
+
+    assert command.run() == 0
+    assert command.stdout == ["5.31.1"]
 
 
 def test_a_cancel_before_create_site_leaves_an_existing_site_alone(session, sessions, tenant_factory, run_job, bench):

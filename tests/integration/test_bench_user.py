@@ -30,7 +30,7 @@ ROOT_PASSWORD = "Root-Secret-5d1c"
 
 
 @pytest.fixture
-def outside(tmp_path):
+def outside():
     """A folder other users can pass through (pytest's own are root's alone), removed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="bench-user-"))
     folder.chmod(0o711)
@@ -45,7 +45,7 @@ def handed_to_the_bench_user(folder: Path) -> Path:
 
 
 @pytest.fixture
-def run_job(settings, sessions, tmp_path, outside, monkeypatch):
+def run_job(settings, sessions, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_BENCH_DB_ROOT_PASSWORD", ROOT_PASSWORD)
     bench = make_bench(tmp_path / "bench", frappe_user=BENCH_USER.pw_name)
 

@@ -4,6 +4,7 @@ timeout or any interruption."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -83,8 +84,6 @@ class Command:
             # (about 1,100 a new-site), which would push what matters out of the output kept.
             env={**os.environ, "CI": "1"},
         )
-        process.stdin.write("".join(f"{answer}\n" for answer in self.answers))
-        process.stdin.close()
         readers = [
             threading.Thread(target=self._read, args=(process.stdout, self.stdout), daemon=True),
             threading.Thread(target=self._read, args=(process.stderr, None), daemon=True),
@@ -92,6 +91,7 @@ class Command:
         for reader in readers:
             reader.start()
         try:
+            self._answer(process)
             while process.poll() is None:
                 # Asked every POLL_SECONDS: a read of flags the heartbeat sets, no query.
                 if self.context.should_stop():
@@ -117,6 +117,16 @@ class Command:
         if check and self.exit_code != 0:
             raise StepFailed(self.failure(self.exit_code), output=self.output)
         return self.exit_code
+
+    def _answer(self, process: subprocess.Popen) -> None:
+        """Write the answers to bench's stdin and close it. A bench that ended without reading
+        them (it failed at once) closed its end: its exit code and what it printed say why, not
+        the broken pipe."""
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write("".join(f"{answer}\n" for answer in self.answers))
+            process.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
 
     def failure(self, exit_code: int) -> str:
         last = self.redact("\n".join(list(self.lines)[-ERROR_LINES:]))

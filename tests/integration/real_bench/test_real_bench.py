@@ -68,9 +68,10 @@ class Service:
 
     def remove_site(self) -> None:
         """Drop the test's site, if any, as the service does it (no final backup)."""
-        if self.worker is not None and self.client.get("/api/v1/tenants/current", headers=self.tenant.headers()).json[
-            "data"
-        ]["status"] == "active":
+        if self.worker is None:
+            return
+        tenant = self.client.get("/api/v1/tenants/current", headers=self.tenant.headers()).json["data"]
+        if tenant["status"] == "active":
             self.wait(self.ask("delete_site", skip_final_backup=True))
 
 
