@@ -21,9 +21,10 @@ from api.schemas import (
     page_meta,
 )
 from api.session import db_session
+from provisioning.backups.book import BACKUP_ID
 from provisioning.enums import JobStatus
 from provisioning.jobs.requests import JobRequests
-from provisioning.jobs.workflows import SKIP_FINAL_BACKUP
+from provisioning.jobs.workflows import SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP
 from provisioning.platform.db import UnitOfWork
 
 blp = Blueprint(
@@ -49,7 +50,8 @@ def _service() -> JobRequests:
 
 def _options(body: dict) -> dict:
     """Only the options that are on: a job without any keeps ``{}``, and so its idempotency fingerprint."""
-    return {SKIP_FINAL_BACKUP: True} if body.get("skip_final_backup") else {}
+    switches = {name: True for name in (SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP) if body.get(name)}
+    return switches | ({BACKUP_ID: str(body["backup_id"])} if body.get("backup_id") else {})
 
 
 def _created(job):
@@ -75,12 +77,18 @@ class Jobs(MethodView):
     @blp.alt_response(
         409, schema=ErrorSchema, description="The tenant has an active job, or its state does not allow this job type"
     )
+    @blp.alt_response(404, schema=ErrorSchema, description="The tenant has no backup `backup_id`")
     def post(self, body, headers):
         """Request a job for the tenant's site
 
         The job is stored, then queued; `queued` is false if the broker could not be reached
         (the job stays pending until it is published again). Needs the owner or admin role.
         `"skip_final_backup": true` (delete_site only) drops the site without a final backup.
+        `restore_site` restores the completed backup `backup_id` into the site, after a safety
+        backup of the site as it is (`"skip_safety_backup": true` goes without); if the restore
+        fails, the site is put back from the safety backup. `restore_drill` restores a backup
+        (`backup_id`, or the newest) into a scratch site, checks it, and drops it. A `backup_id`
+        the tenant does not have is a 404; one that is not completed a 409.
         """
         requester = caller()
         service = _service()

@@ -6,6 +6,7 @@ from flask_smorest.error_handler import ErrorSchema
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.jobs.workflows import RESTORES
 from provisioning.platform.identifiers import IDEMPOTENCY_KEY, Identifier
 
 MAX_PAGE_SIZE = 100
@@ -79,13 +80,31 @@ class JobCreateSchema(Schema):
     skip_final_backup = JsonBoolean(
         metadata={"description": "delete_site only: drop the site without taking a final backup first", "default": False},
     )
+    backup_id = fields.UUID(
+        allow_none=True,
+        metadata={
+            "default": None,
+            "description": "restore_site: the completed backup to restore (required); restore_drill: the one to drill "
+            "(default: the newest)"
+        },
+    )
+    skip_safety_backup = JsonBoolean(
+        metadata={"description": "restore_site only: restore without a safety backup of the site first", "default": False},
+    )
 
     @validates_schema
     def options_fit_the_job_type(self, data, **_kwargs):
         # `false` is the default, harmless on any job (Swagger UI's "Try it out" sends it); only
-        # asking to skip the backup is meaningless, and so refused, outside a delete.
-        if data.get("skip_final_backup") and data.get("job_type") != JobType.DELETE_SITE:
+        # asking to skip a backup is meaningless, and so refused, outside the job that takes it.
+        job_type = data.get("job_type")
+        if data.get("skip_final_backup") and job_type != JobType.DELETE_SITE:
             raise ValidationError("only a delete_site job can skip its final backup", "skip_final_backup")
+        if data.get("skip_safety_backup") and job_type != JobType.RESTORE_SITE:
+            raise ValidationError("only a restore_site job can skip its safety backup", "skip_safety_backup")
+        if data.get("backup_id") and job_type not in RESTORES:
+            raise ValidationError("only restore_site and restore_drill restore a backup", "backup_id")
+        if job_type == JobType.RESTORE_SITE and not data.get("backup_id"):
+            raise ValidationError("restore_site needs the id of the backup to restore", "backup_id")
 
 
 # The request bodies the docs offer, each one a request the API accepts (the tenant's state decides the rest).
@@ -93,6 +112,11 @@ JOB_CREATE_EXAMPLES = {
     "create_site": {"summary": "Create the tenant's site", "value": {"job_type": "create_site"}},
     "backup_site": {"summary": "Back the site up", "value": {"job_type": "backup_site"}},
     "delete_site": {"summary": "Delete the site, after a final backup", "value": {"job_type": "delete_site"}},
+    "restore_site": {
+        "summary": "Restore a backup into the site, after a safety backup",
+        "value": {"job_type": "restore_site", "backup_id": "7d4f3c2e-5b1a-4e8f-9c6d-2a1b0e9f8d7c"},
+    },
+    "restore_drill": {"summary": "Prove the newest backup restores, in a scratch site", "value": {"job_type": "restore_drill"}},
 }
 
 
@@ -167,6 +191,14 @@ class BackupSchema(Schema):
     created_at = fields.DateTime()
     completed_at = fields.DateTime(allow_none=True)
     pruned_at = fields.DateTime(allow_none=True)
+    restore_proven_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "When it last restored into a site that answered (a restore_site or a restore_drill)"},
+    )
+    drill_failed_at = fields.DateTime(
+        allow_none=True, metadata={"description": "When a restore of it last failed; it counts until a later one proves it"}
+    )
+    drill_error = fields.String(allow_none=True, metadata={"description": "Why that restore failed"})
 
 
 class AdminPasswordSchema(Schema):

@@ -7,6 +7,7 @@ class TenantStatus(str, enum.Enum):
     PENDING = "pending"
     PROVISIONING = "provisioning"
     ACTIVE = "active"
+    RESTORING = "restoring"
     DELETING = "deleting"
     DELETED = "deleted"
     FAILED = "failed"
@@ -22,6 +23,8 @@ class JobType(str, enum.Enum):
     CREATE_SITE = "create_site"
     DELETE_SITE = "delete_site"
     BACKUP_SITE = "backup_site"
+    RESTORE_SITE = "restore_site"
+    RESTORE_DRILL = "restore_drill"
 
 
 class JobStatus(str, enum.Enum):

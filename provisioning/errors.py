@@ -30,6 +30,12 @@ class StepFailed(Exception):
         self.output = output
 
 
+class BackupUnrestorable(StepFailed):
+    """The backup itself cannot be restored (its files are gone or changed, or bench could not
+    restore its dump, or the site it made lacks tables): a step's failure that also counts
+    against the backup (``backups.proofs``)."""
+
+
 class StepStopped(Exception):
     """A driver step stopped early because it was asked to (a cancel, or the job was taken away)."""
 

@@ -241,6 +241,8 @@ class SiteBackup(Base):
 
     ``files`` is a list of ``{"kind", "path", "size", "sha256"}``; a backup is ``completed`` only
     once every file was checked. Pruning deletes the files and keeps the record, as ``pruned``.
+    ``restore_proven_at`` is when it last restored into a site that then answered (a restore or a
+    restore drill); ``drill_failed_at`` and ``drill_error`` say when and why one last failed to.
     """
 
     __tablename__ = "site_backups"
@@ -257,3 +259,6 @@ class SiteBackup(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    restore_proven_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    drill_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    drill_error: Mapped[str | None] = mapped_column(Text)

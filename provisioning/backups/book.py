@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Sequence
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from provisioning.enums import BackupStatus
-from provisioning.errors import NotFound, StepFailed
+from provisioning.errors import NotFound
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, SiteBackup
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
@@ -46,6 +46,8 @@ STRAY_AFTER = timedelta(minutes=10)
 # A backup holds a site's whole database and its site config (the database password in it): only
 # the service's own user may read it, whatever umask the program that wrote it had.
 PRIVATE_FILE_MODE, PRIVATE_DIRECTORY_MODE = 0o600, 0o700
+# The job option that names the backup a restore or a restore drill uses.
+BACKUP_ID = "backup_id"
 
 
 class BackupInvalid(Exception):
@@ -89,6 +91,11 @@ def describe(files: Sequence[BackupFile]) -> list[dict]:
         size, digest = _measure(file.path)
         described.append({"kind": file.kind, "path": str(file.path), "size": size, "sha256": digest})
     return described
+
+
+def files_of(backup: SiteBackup) -> list[BackupFile]:
+    """A recorded backup's files, as a driver is given them to restore."""
+    return [BackupFile(file["kind"], Path(file["path"])) for file in backup.files]
 
 
 def verify(files: Sequence[dict]) -> None:
@@ -219,7 +226,8 @@ class BackupBook:
 
     def prune(self, retention: Retention, tenant_id: uuid.UUID | None = None) -> list[uuid.UUID]:
         """Delete the files of completed backups beyond the newest ``keep_last`` of each tenant or
-        older than ``max_age``, and mark them pruned; a backup whose job is still active is kept.
+        older than ``max_age``, and mark them pruned; a backup whose job is still active is kept,
+        and so is one an active job restores (its option ``backup_id``).
 
         Unverified backups whose job ended anyway (cancelled, its worker lost) are discarded too:
         nothing would ever verify them.
@@ -233,10 +241,20 @@ class BackupBook:
             .subquery()
         )
         in_use = select(ProvisioningJob.id).where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
+        being_restored = [
+            uuid.UUID(backup_id)
+            for backup_id in self.session.scalars(
+                select(ProvisioningJob.options[BACKUP_ID].as_string()).where(
+                    ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES),
+                    ProvisioningJob.options[BACKUP_ID].as_string().is_not(None),
+                )
+            )
+        ]
         expired = self.session.scalars(
             select(ranked.c.id).where(
                 (ranked.c.rank > retention.keep_last) | (ranked.c.created_at < utcnow() - retention.max_age),
                 ranked.c.job_id.is_(None) | ranked.c.job_id.not_in(in_use),
+                ranked.c.id.not_in(being_restored),
             )
         ).all()
         pruned = []
@@ -340,29 +358,3 @@ def _delete_files(files: Sequence[dict]) -> None:
             path.parent.rmdir()  # the job's own directory, once it is empty
         except OSError:
             pass
-
-
-class BackupSteps:
-    """The steps of backup jobs that are the platform's own: checking what the driver produced,
-    and keeping only what the retention policy keeps."""
-
-    def __init__(self, sessions: sessionmaker[Session], retention: Retention):
-        self.sessions = sessions
-        self.retention = retention
-
-    def run(self, step: str, job_id: uuid.UUID, tenant_id: uuid.UUID) -> str:
-        with self.sessions() as session:
-            book = BackupBook(session)
-            backup = book.of_job(job_id)
-            if backup is None:
-                raise StepFailed("the backup step reported no backup files")
-            if step == "verify_backup":
-                try:
-                    book.verify(backup)
-                except BackupInvalid as invalid:
-                    raise StepFailed(f"the backup is not usable: {invalid}") from None
-                return f"backup {backup.id}: {len(backup.files)} file(s), {backup.size} bytes, sizes, sha256 and dump checked"
-            if step == "record_backup":
-                pruned = book.prune(self.retention, tenant_id)
-                return f"backup {backup.id} recorded; {len(pruned)} older backup(s) pruned by retention"
-        raise ValueError(f"{step} is not a step of the platform")

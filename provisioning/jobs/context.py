@@ -5,15 +5,18 @@ from __future__ import annotations
 import copy as _copy
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.backups.book import PRIVATE_DIRECTORY_MODE, BackupBook, make_private, private_directory
+from provisioning.backups.book import BACKUP_ID, PRIVATE_DIRECTORY_MODE, BackupBook, files_of, make_private, private_directory
+from provisioning.enums import BackupStatus
 from provisioning.errors import StepFailed
 from provisioning.jobs.records import Claim
 from provisioning.jobs.step_interruptions import StopFlags
+from provisioning.models import SiteBackup
 from provisioning.platform.identifiers import SLUG
 from provisioning.sites.credentials import CredentialsUnavailable, SiteCredentials
 from provisioning.sites.drivers.base import BackupFile
@@ -98,6 +101,18 @@ class JobContext:
             for folder in (tenant_folder, job_folder):
                 os.chown(folder, *owner)
         return job_folder
+
+    def backup_to_restore(self) -> list[BackupFile]:
+        """The files of the backup the job restores (its option ``backup_id``), as recorded."""
+        with self._sessions() as session:
+            backup = session.get(SiteBackup, uuid.UUID(str(self.options[BACKUP_ID])))
+            return files_of(backup)
+
+    def safety_backup(self) -> list[BackupFile] | None:
+        """The files of the verified backup this job took before it changed the site; None if it took none."""
+        with self._sessions() as session:
+            backup = BackupBook(session).of_job(self.job_id)
+            return files_of(backup) if backup is not None and backup.status == BackupStatus.COMPLETED else None
 
     def remove_backup_directory(self) -> None:
         """Delete this job's folder under BACKUP_PATH, with whatever a backup step wrote there

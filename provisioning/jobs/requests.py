@@ -11,12 +11,14 @@ from sqlalchemy import Boolean, bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from provisioning.accounts import audit
+from provisioning.backups.book import BACKUP_ID
+from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.jobs.moves import status_in
 from provisioning.jobs.records import JobRecords, actor_of_user, jobs, tenants
 from provisioning.jobs.states import RETRYABLE_STATUSES
-from provisioning.jobs.workflows import Workflow, workflow_for
+from provisioning.jobs.workflows import RESTORES, Workflow, workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, AuditEntry, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
 from provisioning.platform import logs
 from provisioning.platform.db import utcnow
@@ -91,16 +93,35 @@ class JobRequests(JobRecords):
         made is returned instead: no second job, no second message. ``actor`` names who asks
         when it is not a user (the backup schedule, say).
 
+        A restore (``RESTORES``) names one of the tenant's completed backups in its option
+        ``backup_id``; a restore drill without one drills the newest.
+
         Raises:
             NotFound: no such tenant.
-            Conflict: the tenant's state does not allow this job type, or it has an active job.
+            Conflict: the tenant's state does not allow this job type, or it has an active job;
+                the backup to restore is not completed, or there is none to drill.
+            NotFound: the tenant has no backup ``backup_id`` (another tenant's looks the same).
             IdempotencyKeyReused: the key was used for another request.
         """
         options = options or {}
         fingerprint = " ".join([job_type.value, *(f"{name}={value}" for name, value in sorted(options.items()))])
         if idempotency_key and (earlier := self._replay(tenant_id, idempotency_key, fingerprint)) is not None:
             return earlier
+        if job_type in RESTORES:
+            options = {**options, BACKUP_ID: str(self._backup_to_restore(tenant_id, job_type, options.get(BACKUP_ID)))}
         return self._create_job(tenant_id, job_type, requested_by_id, idempotency_key, fingerprint, options=options, actor=actor)
+
+    def _backup_to_restore(self, tenant_id: uuid.UUID, job_type: JobType, backup_id: object) -> uuid.UUID:
+        proofs = RestoreProofs(self.session)
+        if backup_id is None:
+            if job_type == JobType.RESTORE_DRILL and (newest := proofs.newest(tenant_id)) is not None:
+                return newest.id
+            # The tenant's state, if it refuses the job, is the first reason to give.
+            workflow = workflow_for(job_type)
+            if not workflow.allows(self.session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))):
+                self._refuse(tenant_id, job_type, workflow)
+            raise Conflict(f"cannot start {job_type.value}: the tenant has no completed backup to restore")
+        return proofs.restorable(tenant_id, uuid.UUID(str(backup_id))).id
 
     def list_jobs(
         self,

@@ -33,9 +33,11 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.backups.book import BackupBook, BackupSteps, Retention, retention_of
-from provisioning.enums import JobStatus, StepStatus
-from provisioning.errors import Conflict, StepFailed, StepStopped, StepTerminated
+from provisioning.backups.book import BACKUP_ID, BackupBook, Retention, retention_of
+from provisioning.backups.proofs import RestoreProofs
+from provisioning.backups.steps import BackupSteps
+from provisioning.enums import JobStatus, StepStatus, TenantStatus
+from provisioning.errors import BackupUnrestorable, Conflict, StepFailed, StepStopped, StepTerminated
 from provisioning.jobs.context import JobContext
 from provisioning.jobs.execution import JobExecution
 from provisioning.jobs.heartbeat import Heartbeat
@@ -207,12 +209,14 @@ class JobRunner:
             except (StepStopped, StepTerminated) as stopped:
                 return self._stopped_in_step(run, position, stopped)
             except StepFailed as failure:
-                return self._fail(run, position, f"step {step.name} failed: {failure}", failure.output)
+                if isinstance(failure, BackupUnrestorable):
+                    self._disprove(job, str(failure))
+                return self._fail_in_step(run, position, f"step {step.name} failed: {failure}", failure.output)
             except SoftTimeLimitExceeded:
-                return self._fail(run, position, f"step {step.name} exceeded the task's soft time limit")
+                return self._fail_in_step(run, position, f"step {step.name} exceeded the task's soft time limit")
             except Exception as error:  # a driver bug must still end the job, never leave it running
                 log.exception("job %s: step %s raised", job.id, step.name)
-                return self._fail(run, position, f"step {step.name} failed: {type(error).__name__}: {error}")
+                return self._fail_in_step(run, position, f"step {step.name} failed: {type(error).__name__}: {error}")
             progress = workflow.progress_after(position + 1)
             run.ended.append(
                 StepRecord(position, step.name, StepStatus.COMPLETED, finished_at=utcnow(), output=output, progress=progress)
@@ -249,7 +253,7 @@ class JobRunner:
             if not step.by_platform:
                 cleaned = self.driver.clean_up(step.name, context) + "\n"
         if step.by_platform:
-            return cleaned + self.backup_steps.run(step.name, job.id, job.tenant_id)
+            return cleaned + self.backup_steps.run(step.name, job.id, job.tenant_id, job.options)
         return cleaned + self.driver.run_step(step.name, context)
 
     def _stopped_in_step(self, run: Run, position: int, stopped: StepStopped | StepTerminated) -> None:
@@ -274,20 +278,49 @@ class JobRunner:
         else:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status)
 
+    def _disprove(self, job: ClaimedJob, error: str) -> None:
+        """Record on the backup the job restores that it could not be restored."""
+        with self.sessions() as session:
+            RestoreProofs(session).disprove(job.tenant_id, uuid.UUID(str(job.options[BACKUP_ID])), error)
+
+    def _fail_in_step(self, run: Run, position: int, error: str, output: str = "") -> None:
+        """Fail the job at a step that failed; a job that ``undoes_failures`` first has the driver
+        undo what it changed (a restore puts the site back from its safety backup), and the tenant
+        then goes back to where it was; if that fails too, the error says so and the tenant is
+        failed. A retry starts again where the workflow says (``Step.redo_from``)."""
+        workflow = run.workflow
+        if not (workflow.undoes_failures and workflow.changed_the_site(run.reached)):
+            return self._fail(run, position, error, output)
+        try:
+            undone = self.driver.undo(run.context.unstoppable())
+        except Exception as undo_error:
+            log.exception("job %s: undoing the failed step failed", run.job.id)
+            return self._fail(run, position, f"{error}; putting the site back failed too: {undo_error}", output)
+        output = f"{output}\n{undone}".strip()
+        back = run.job.tenant_status_before
+        self._fail(run, position, f"{error}; the site was put back as it was before the job", output, tenant_status=back)
+
     def _fail(
-        self, run: Run, position: int, error: str, output: str = "", service: JobExecution | PatientService | None = None
+        self,
+        run: Run,
+        position: int,
+        error: str,
+        output: str = "",
+        service: JobExecution | PatientService | None = None,
+        tenant_status: TenantStatus | None = None,
     ) -> None:
         """Fail the job at the step at ``position`` (in it, or about to start it): the step is
         failed with ``error``, so a retry resumes there, and the tenant released as for any
         failure there, in the one transaction that fails the job with the step ends not yet on
-        record. A step that had completed (the job failed after its last step, completing it)
-        stays completed: it is not run again."""
+        record (or put in ``tenant_status``, when the failure was undone). A step that had
+        completed (the job failed after its last step, completing it) stays completed: it is not
+        run again."""
         job, workflow, step = run.job, run.workflow, run.workflow.steps[position]
         log.warning("job %s: %s", job.id, error, extra={"step": step.name})
         failed = [] if step.name in run.completed else [
             StepRecord(position, step.name, StepStatus.FAILED, finished_at=utcnow(), output=output, message=error)
         ]  # fmt: skip
-        tenant_status = workflow.tenant_after_failure(step.name, job.tenant_status_before)
+        tenant_status = tenant_status or workflow.tenant_after_failure(step.name, job.tenant_status_before)
         recorded = (service or run.service).fail_job(job.id, self.worker, error, tenant_status, [*run.ended, *failed])
         run.ended = []
         if not recorded:
@@ -304,10 +337,11 @@ class JobRunner:
     def _settle_cancel(self, run: Run) -> None:
         """End a cancelled job, undoing what it made unless it already passed its point of no return.
 
-        Undoing discards the backups the job took, recorded or not (a cancelled job leaves none
-        behind), and has the driver remove what the job made of the site. A job stopped before ``changes_from``
-        made nothing there, so the driver undoes nothing: what is there (a failed tenant's site,
-        say) is not this job's to remove.
+        Undoing has the driver undo what the job changed of the site (remove what a create made, put
+        back a restored site from its safety backup), then discards the backups the job took,
+        recorded or not (a cancelled job leaves none behind). A job stopped before
+        ``changes_from`` changed nothing there, so the driver undoes nothing: what is there (a
+        failed tenant's site, say) is not this job's to remove.
         """
         service, job, workflow = run.service, run.job, run.workflow
         if (past := workflow.point_of_no_return) in run.completed:
@@ -318,15 +352,16 @@ class JobRunner:
             message = f"Cancelled after {past} had completed; that cannot be undone: {'; '.join(stands)}"
         else:
             try:
+                if not workflow.changed_the_site(run.reached):
+                    message = "Cancelled before it changed anything"
+                else:
+                    # The clean-up must run to its end although the job is cancelling; it may use the
+                    # backup the job took (a restore's safety backup), so that is discarded after it.
+                    self.driver.undo(run.context.unstoppable())
+                    message = "Cancelled; its partial work was undone"
                 with self.sessions() as session:
                     BackupBook(session).discard_of_job(job.id, f"discarded: job {job.id} was cancelled")
                 run.context.remove_backup_directory()  # what a backup step wrote before it was recorded
-                if workflow.changes_from is not None and workflow.changes_from not in run.reached:
-                    message = "Cancelled before it changed anything"
-                else:
-                    # The clean-up must run to its end although the job is cancelling.
-                    self.driver.undo(run.context.unstoppable())
-                    message = "Cancelled; its partial work was undone"
             except Exception as error:
                 log.exception("job %s: clean-up after cancel failed", job.id)
                 error_text = f"cancelled, but cleaning up failed: {type(error).__name__}: {error}"

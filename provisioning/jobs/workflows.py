@@ -38,7 +38,9 @@ class Workflow:
     once it has completed, a cancel undoes nothing: the tenant ends as if the job had completed,
     and the job says what stands: ``cannot_undo``, and the backup it took, if it kept one. A job
     that ``needs_admin_password`` makes the site: its claim stores the site's admin password (see
-    ``JobExecution.start_job``).
+    ``JobExecution.start_job``). A job that ``undoes_failures`` has the driver undo what it changed
+    when it fails from ``changes_from`` on, as when it is cancelled: a restore puts the site back
+    from its safety backup, and the tenant goes back to where it was.
     """
 
     job_type: JobType
@@ -53,6 +55,7 @@ class Workflow:
     point_of_no_return: str | None = None
     cannot_undo: str = ""
     needs_admin_password: bool = False
+    undoes_failures: bool = False
 
     @property
     def step_names(self) -> tuple[str, ...]:
@@ -88,6 +91,10 @@ class Workflow:
                 return before
         return self.tenant_on_failure
 
+    def changed_the_site(self, reached: list[str]) -> bool:
+        """Whether a job that started ``reached`` steps may have changed the site."""
+        return self.changes_from is None or self.changes_from in reached
+
     def tenant_after_cancel(self, completed_steps: list[str], before: TenantStatus | None) -> TenantStatus | None:
         """Where the tenant goes when a cancel stops the job after ``completed_steps``."""
         if self.point_of_no_return in completed_steps:
@@ -97,6 +104,8 @@ class Workflow:
 
 # The delete_site option that drops the site without taking a final backup first.
 SKIP_FINAL_BACKUP = "skip_final_backup"
+# The restore_site option that restores without a safety backup of the site as it is.
+SKIP_SAFETY_BACKUP = "skip_safety_backup"
 # The platform's check of a backup's files (the simulated driver can be told to make it fail).
 VERIFY_BACKUP = "verify_backup"
 
@@ -155,7 +164,50 @@ WORKFLOWS: dict[JobType, Workflow] = {
         # Retention prunes older backups on the strength of the new one: it can no longer be discarded.
         point_of_no_return="record_backup",
     ),
+    JobType.RESTORE_SITE: Workflow(
+        job_type=JobType.RESTORE_SITE,
+        steps=(
+            Step("check_backup", "Checking the backup to restore", by_platform=True),
+            Step("safety_backup", "Taking a safety backup of the site as it is", skipped_when=SKIP_SAFETY_BACKUP),
+            Step(
+                VERIFY_BACKUP,
+                "Verifying the safety backup",
+                by_platform=True,
+                skipped_when=SKIP_SAFETY_BACKUP,
+                redo_from="safety_backup",
+            ),
+            Step("restore_site", "Restoring the database and files"),
+            # A failure from here on put the site back as it was: its retry restores again.
+            Step("migrate_site", "Migrating the restored site to the bench's apps", redo_from="restore_site"),
+            Step("verify_site", "Checking that the site answers", redo_from="restore_site"),
+            Step("prove_backup", "Recording that the backup restores", by_platform=True),
+        ),
+        allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),
+        refusal="the tenant has no active site to restore into; restore_site needs an active tenant",
+        tenant_on_start=TenantStatus.RESTORING,
+        tenant_on_success=TenantStatus.ACTIVE,
+        tenant_on_failure=TenantStatus.FAILED,
+        changes_from="restore_site",
+        point_of_no_return="prove_backup",
+        cannot_undo="the backup is restored",
+        undoes_failures=True,
+    ),
+    JobType.RESTORE_DRILL: Workflow(
+        job_type=JobType.RESTORE_DRILL,
+        steps=(
+            Step("check_backup", "Checking the backup to restore", by_platform=True),
+            Step("restore_scratch", "Restoring the backup into a scratch site, checking it, dropping it"),
+            Step("prove_backup", "Recording that the backup restores", by_platform=True),
+        ),
+        allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),
+        refusal="the tenant has no active site whose backups to drill; restore_drill needs an active tenant",
+        # The tenant's own site is never touched: only a scratch site of the drill's own.
+        changes_from="restore_scratch",
+    ),
 }
+
+# The job types that restore one of the tenant's completed backups, named by ``backups.book.BACKUP_ID``.
+RESTORES = frozenset({JobType.RESTORE_SITE, JobType.RESTORE_DRILL})
 
 
 def workflow_for(job_type: JobType) -> Workflow:

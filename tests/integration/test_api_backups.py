@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("rolled_back")  # nothing here needs anothe
 BACKUPS = "/api/v1/provisioning/backups"
 # Where the platform keeps backup files: it must never show in an answer.
 SERVER_ROOT = "/srv/erpmax/backups"
-FIELDS = {"id", "job_id", "site", "status", "size", "files", "error", "created_at", "completed_at", "pruned_at"}
+FIELDS = {"id", "job_id", "site", "status", "size", "files", "error", "created_at", "completed_at", "pruned_at",
+          "restore_proven_at", "drill_failed_at", "drill_error"}  # fmt: skip
 
 
 @pytest.fixture

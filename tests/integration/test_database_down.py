@@ -6,7 +6,8 @@ from sqlalchemy import create_engine, pool, select, text
 from sqlalchemy.exc import OperationalError
 
 from api import create_app
-from provisioning.backups.book import BackupSteps, retention_of
+from provisioning.backups.book import retention_of
+from provisioning.backups.steps import BackupSteps
 from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.jobs.runner import JobRunner
 from provisioning.messaging.broker import Dispatcher
@@ -178,10 +179,10 @@ def test_a_job_whose_worker_s_connections_are_killed_mid_step_completes_without_
     write waits out an outage."""
 
     class KillsConnectionsAsItVerifies(BackupSteps):
-        def run(self, step, job_id, tenant_id):
+        def run(self, step, job_id, tenant_id, options):
             if step == "verify_backup":
                 assert DatabaseOutage(isolated.settings.database_url).kill_connections(including_the_tests=False) >= 1
-            return super().run(step, job_id, tenant_id)
+            return super().run(step, job_id, tenant_id, options)
 
     with isolated.session() as session:
         tenant = TenantFactory(session).create(status=TenantStatus.ACTIVE)

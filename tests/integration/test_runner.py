@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from provisioning.backups.book import BackupSteps, retention_of
+from provisioning.backups.book import retention_of
+from provisioning.backups.steps import BackupSteps
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped
 from provisioning.jobs.execution import JobExecution
@@ -67,10 +68,10 @@ class CancelsAtPlatformStep(BackupSteps):
         super().__init__(sessions, retention_of(settings))
         self.step, self.cancel = step, cancel
 
-    def run(self, step, job_id, tenant_id):
+    def run(self, step, job_id, tenant_id, options):
         if step == self.step:
             self.cancel()
-        return super().run(step, job_id, tenant_id)
+        return super().run(step, job_id, tenant_id, options)
 
 
 class Undoes(SimulatedDriver):

@@ -50,6 +50,12 @@ class StepContext(Protocol):
     def record_backup(self, site: str, files: Sequence[BackupFile]) -> None:
         """Hand the files a backup produced to the platform, which describes and later verifies them."""
 
+    def backup_to_restore(self) -> Sequence[BackupFile]:
+        """The files of the backup a restore or a restore drill restores (checked by the platform)."""
+
+    def safety_backup(self) -> Sequence[BackupFile] | None:
+        """The files of the verified backup the job took before it changed the site; None if it took none."""
+
 
 class SiteDriver(Protocol):
     def run_step(self, step: str, context: StepContext) -> str:

@@ -15,16 +15,19 @@ also redacted from every output we keep or log.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
 from provisioning.enums import JobType
-from provisioning.errors import StepFailed
+from provisioning.errors import BackupUnrestorable, StepFailed
 from provisioning.platform.identifiers import SITE_NAME
 from provisioning.platform.settings import BenchSettings
+from provisioning.sites.credentials import generate_password
 from provisioning.sites.drivers.base import BackupFile, StepContext
 from provisioning.sites.drivers.bench_command import Command
 from provisioning.sites.drivers.bench_config import BenchConfig
@@ -34,10 +37,22 @@ BACKUP_LINE = re.compile(r"^(Config|Database|Public|Private)\s*:\s*(\S.*?)\s+\S+
 BACKUP_KINDS = {"Config": "config", "Database": "database", "Public": "public_files", "Private": "private_files"}
 # MariaDB's answer to a wrong password, as pymysql raises it in bench's traceback.
 LOGIN_REFUSED = re.compile(r"\(1045, .Access denied for user")
+# "CREATE TABLE `tabUser` (" in a mariadb-dump.
+CREATE_TABLE = re.compile(rb"^CREATE TABLE `([^`]+)`")
+
+
+class RootLoginRefused(StepFailed):
+    """The database refused bench's root login: the settings are wrong, not the site or the backup."""
+
+
+def dump_tables(path: Path) -> set[str]:
+    """The tables a gzip SQL dump makes."""
+    with gzip.open(path, "rb") as stream:
+        return {match.group(1).decode() for line in stream if (match := CREATE_TABLE.match(line))}
 
 
 class BenchDriver:
-    """Runs each step of the three job types with bench; see the module docstring."""
+    """Runs each step of every job type with bench; see the module docstring."""
 
     def __init__(self, settings: BenchSettings):
         self.settings = settings
@@ -59,9 +74,14 @@ class BenchDriver:
         return f"{step}: nothing to clean up; the step checks what exists before acting"
 
     def undo(self, context: StepContext) -> str:
-        if context.job_type != JobType.CREATE_SITE:
-            return f"{context.job_type.value}: nothing to undo"
-        return _SiteWork(BenchConfig.check(self.settings), context).remove_half_made_site()
+        work = _SiteWork(BenchConfig.check(self.settings), context)
+        if context.job_type == JobType.CREATE_SITE:
+            return work.remove_half_made_site()
+        if context.job_type == JobType.RESTORE_SITE:
+            return work.put_back()
+        if context.job_type == JobType.RESTORE_DRILL:
+            return work.drop_scratch()
+        return f"{context.job_type.value}: nothing to undo"
 
 
 class _SiteWork:
@@ -97,14 +117,14 @@ class _SiteWork:
                               answers=(self.config.db_root_password, *answers))  # fmt: skip
         except StepFailed as failure:
             if any(LOGIN_REFUSED.search(line) for line in failure.output.splitlines()):
-                raise StepFailed(
+                raise RootLoginRefused(
                     f"the database refused the root login of `bench {args[0]}`: check DB_ROOT_USERNAME "
                     f"({self.config.db_root_username}) and DB_ROOT_PASSWORD",
                     output=failure.output,
                 ) from None
             raise
 
-    def drop(self, archive: Path, force: bool = False) -> None:
+    def drop(self, archive: Path, force: bool = False, site: str | None = None) -> None:
         """``bench drop-site`` into ``archive``, never with bench's own backup: ours was taken and
         verified (or declined) in final_backup. ``force`` goes on past a database already gone.
 
@@ -114,27 +134,28 @@ class _SiteWork:
         if refusal := self.config.user.cannot_write(archive, "the archive folder"):
             raise refusal
         self.bench_as_root(
-            "drop-site", self.site, "--archived-sites-path", str(archive), "--no-backup", *(["--force"] if force else [])
+            "drop-site", site or self.site, "--archived-sites-path", str(archive), "--no-backup", *(["--force"] if force else [])
         )
 
     def output(self, summary: str) -> str:
         return "\n".join([*self._outputs, summary])
 
-    def installed_apps(self) -> set[str] | None:
-        """The site's apps as ``list-apps -f json`` lists them on stdout (a warning on stderr is
-        never read as an app), or None when the site does not answer: missing, or half made. On a
-        half-installed site list-apps exits 0 with nothing or a partial list: a site whose list
-        lacks frappe itself is half made."""
-        if not (self.site_dir / "site_config.json").is_file():
+    def installed_apps(self, site: str | None = None) -> set[str] | None:
+        """The apps of the site (this job's, or ``site``) as ``list-apps -f json`` lists them on
+        stdout (a warning on stderr is never read as an app), or None when the site does not
+        answer: missing, or half made. On a half-installed site list-apps exits 0 with nothing or
+        a partial list: a site whose list lacks frappe itself is half made."""
+        site = site or self.site
+        if not (self.config.bench_path / "sites" / site / "site_config.json").is_file():
             return None
-        command = self.bench("--site", self.site, "list-apps", "-f", "json", check=False)
+        command = self.bench("--site", site, "list-apps", "-f", "json", check=False)
         if command.exit_code != 0:
             return None
         # The JSON document (indented, over several lines) from its first line on: anything bench
         # printed before it is not part of it.
         start = next((number for number, line in enumerate(command.stdout) if line.startswith("{")), len(command.stdout))
         try:
-            apps = json.loads("\n".join(command.stdout[start:]) or "{}").get(self.site)
+            apps = json.loads("\n".join(command.stdout[start:]) or "{}").get(site)
         except (json.JSONDecodeError, AttributeError):
             return None
         if not isinstance(apps, list) or "frappe" not in apps:
@@ -237,6 +258,94 @@ class _SiteWork:
         archived = sorted(self.config.archive_path.glob(f"{self.site}*")) if self.config.archive_path.is_dir() else []
         where = ", ".join(str(path) for path in archived) or "no archived copy (the site was not in the bench)"
         return self.output(f"{self.site} archived: {where}")
+
+    # restore_site
+
+    def safety_backup(self) -> str:
+        return self.run_backup()
+
+    def restore_site(self) -> str:
+        self._require_site()
+        self.restore(self.site, self.context.backup_to_restore())
+        return self.output(f"restored {self.site}")
+
+    def migrate_site(self) -> str:
+        self._require_site()
+        self.bench("--site", self.site, "migrate")
+        return self.output(f"{self.site} migrated")
+
+    def restore(self, site: str, files: Sequence[BackupFile]) -> None:
+        """``bench --site <site> restore`` of a backup's database and files (the root password on
+        stdin): frappe drops the site's database, makes it again from the dump, and unpacks the files."""
+        paths = {file.kind: str(file.path) for file in files}
+        public = ["--with-public-files", paths["public_files"]] if "public_files" in paths else []
+        private = ["--with-private-files", paths["private_files"]] if "private_files" in paths else []
+        try:
+            self.bench_as_root("--site", site, "restore", paths["database"], *public, *private)
+        except RootLoginRefused:
+            raise
+        except StepFailed as failure:
+            raise BackupUnrestorable(f"bench could not restore the backup into {site}: {failure}", failure.output) from None
+
+    def put_back(self) -> str:
+        """Undo a restore: the site restored from the safety backup the job took first, and migrated."""
+        files = self.context.safety_backup()
+        if files is None:
+            raise StepFailed(f"no safety backup of {self.site} was taken (skip_safety_backup): it stays as the restore left it")
+        self.restore(self.site, files)
+        self.bench("--site", self.site, "migrate")
+        return self.output(f"{self.site} put back from its safety backup")
+
+    # restore_drill
+
+    @property
+    def scratch(self) -> str:
+        """The drill's scratch site: its own sub-domain, so no tenant's site can have its name."""
+        return f"{self.context.tenant_slug}.drill.{self.config.site_domain}"
+
+    def restore_scratch(self) -> str:
+        """The backup restored into a scratch site, which must answer with every table of the dump;
+        the scratch site is dropped whatever happens (a drill never leaves a copy of the
+        tenant's data behind)."""
+        if problem := SITE_NAME.problem("scratch site name", self.scratch):
+            raise StepFailed(f"no scratch site for this tenant's drill: {problem}")
+        files = self.context.backup_to_restore()
+        self.drop_scratch()  # left by an earlier attempt that was cut short
+        password = generate_password()
+        try:
+            self.bench_as_root("new-site", self.scratch, answers=(password, password))
+            self.restore(self.scratch, files)
+            tables = self._check_scratch(files)
+        finally:
+            self.drop_scratch()
+        return self.output(f"the backup restored into {self.scratch}, which answered with all {tables} tables of the dump")
+
+    def drop_scratch(self) -> str:
+        scratch_dir = self.config.bench_path / "sites" / self.scratch
+        drills = self.config.archive_path / "drills"
+        if scratch_dir.exists():
+            self.drop(drills, force=True, site=self.scratch)
+        for archived in drills.glob(f"{self.scratch}*") if drills.is_dir() else []:
+            shutil.rmtree(archived)
+        return self.output(f"{self.scratch}: dropped")
+
+    def _check_scratch(self, files: Sequence[BackupFile]) -> int:
+        database = next(file.path for file in files if file.kind == "database")
+        if self.installed_apps(self.scratch) is None:
+            raise BackupUnrestorable(f"the backup restored into {self.scratch}, which then did not answer", self.output(""))
+        listed = self.bench("--site", self.scratch, "execute", "frappe.db.get_tables")
+        start = next((number for number, line in enumerate(listed.stdout) if line.startswith("[")), len(listed.stdout))
+        try:
+            restored = set(json.loads("\n".join(listed.stdout[start:]) or "[]"))
+        except json.JSONDecodeError:
+            raise StepFailed(f"`execute frappe.db.get_tables` on {self.scratch} printed no list of tables", self.output(""))
+        dumped = dump_tables(database)
+        if missing := sorted(dumped - restored):
+            raise BackupUnrestorable(
+                f"{len(missing)} of the dump's {len(dumped)} tables are missing after the restore: {', '.join(missing[:5])}",
+                self.output(""),
+            )
+        return len(dumped)
 
     # backup_site
 

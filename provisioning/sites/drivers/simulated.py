@@ -4,11 +4,13 @@ import gzip
 import json
 import time
 
+from provisioning.enums import JobType
 from provisioning.errors import StepFailed, StepStopped, StepTerminated
 from provisioning.sites.drivers.base import BackupFile, StepContext
 
 CANCEL_POLL_SECONDS = 0.05
-BACKUP_STEPS = frozenset({"run_backup", "final_backup"})
+BACKUP_STEPS = frozenset({"run_backup", "final_backup", "safety_backup"})
+RESTORE_STEPS = frozenset({"restore_site", "restore_scratch"})
 # The platform's check after a backup step (``jobs.workflows.VERIFY_BACKUP``), failed on request
 # with a dump cut short.
 VERIFY_BACKUP = "verify_backup"
@@ -42,6 +44,9 @@ class SimulatedDriver:
             raise StepFailed(f"simulated failure of step {step} (SIMULATED_FAIL_STEP)", output=f"{step}: failing on request")
         if step == "create_site":
             context.admin_password()  # read as the bench driver does: it fails without a key
+        if step in RESTORE_STEPS:
+            restored = context.backup_to_restore()
+            return f"{step}: simulated for {context.tenant_slug} from {', '.join(file.path.name for file in restored)}"
         if step in BACKUP_STEPS:
             cut_short = self.fail_step == VERIFY_BACKUP
             self._write_backup(context, complete=not cut_short)
@@ -53,6 +58,11 @@ class SimulatedDriver:
         return f"{step}: nothing half-done to clean up (simulated)"
 
     def undo(self, context: StepContext) -> str:
+        if context.job_type == JobType.RESTORE_SITE:
+            if context.safety_backup() is None:
+                raise StepFailed(f"no safety backup of {context.tenant_slug} was taken (skip_safety_backup): "
+                                 "it stays as the restore left it")  # fmt: skip
+            return f"{context.tenant_slug} put back from its safety backup (simulated)"
         return f"{context.job_type.value}: simulated clean-up for {context.tenant_slug}"
 
     @staticmethod
