@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from api.errors import http_error
 from api.forwarded import parse_address
 from api.session import require_current_schema
+from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import JobStatus
 from provisioning.jobs.states import FINAL_STATUSES
 from provisioning.messaging import events
@@ -101,6 +102,7 @@ class JobFigures:
             yield from self._job_durations(session)
             yield from self._active_jobs(session)
             yield from self._waiting_events(session)
+            yield from self._restore_proofs(session)
         yield from self._queue_depths()
 
     def _job_counts(self, session: Session):
@@ -162,6 +164,15 @@ class JobFigures:
         age = (utcnow() - oldest).total_seconds() if oldest else 0.0
         yield GaugeMetricFamily(
             "erpmax_oldest_waiting_job_event_age_seconds", "How long the oldest of them has waited for the relay", value=age
+        )
+
+    def _restore_proofs(self, session: Session):
+        proven, failing = RestoreProofs(session).counts()
+        yield GaugeMetricFamily(
+            "erpmax_backups_proven", "Completed backups proven to restore by a restore or a restore drill", value=proven
+        )
+        yield GaugeMetricFamily(
+            "erpmax_backups_failing_restore", "Completed backups whose last restore or restore drill failed", value=failing
         )
 
     def _queue_depths(self):

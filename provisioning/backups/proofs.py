@@ -8,6 +8,7 @@ restore that found the backup unusable records when and why (``drill_failed_at``
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Sequence
 
 from sqlalchemy import func, select, update
@@ -54,16 +55,22 @@ class RestoreProofs:
         self._record(tenant_id, backup_id, drill_failed_at=utcnow(), drill_error=error)
 
     def disproven(self) -> Sequence[SiteBackup]:
-        """The completed backups whose last restore failed (no later one proved them), oldest first."""
+        """The completed backups whose last restore failed (no later one proved them), newest failure first."""
         return self.session.scalars(
             select(SiteBackup)
             .where(SiteBackup.status == BackupStatus.COMPLETED, self._last_failed())
-            .order_by(SiteBackup.drill_failed_at)
+            .order_by(SiteBackup.drill_failed_at.desc())
         ).all()
 
-    def count_disproven(self) -> int:
-        condition = (SiteBackup.status == BackupStatus.COMPLETED, self._last_failed())
-        return self.session.scalar(select(func.count()).select_from(SiteBackup).where(*condition)) or 0
+    def counts(self) -> tuple[int, int]:
+        """How many completed backups are proven to restore, and how many failed their last restore."""
+        completed = SiteBackup.status == BackupStatus.COMPLETED
+        proven = func.count().filter(SiteBackup.restore_proven_at.is_not(None), ~self._last_failed())
+        failing = func.count().filter(self._last_failed())
+        return tuple(self.session.execute(select(proven, failing).where(completed)).one())
+
+    def newest_proof(self) -> datetime | None:
+        return self.session.scalar(select(func.max(SiteBackup.restore_proven_at)))
 
     @staticmethod
     def _last_failed():

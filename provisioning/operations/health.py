@@ -12,6 +12,7 @@ from kombu import Connection
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from provisioning.backups.proofs import RestoreProofs
 from provisioning.errors import StepFailed
 from provisioning.messaging import events
 from provisioning.messaging.broker import Dispatcher, queue_depths
@@ -68,6 +69,7 @@ def doctor(settings: Settings) -> list[Check]:
         check_queues(settings),
         check_workers(settings),
         check_event_relay(settings),
+        check_restore_proofs(settings),
     ]
 
 
@@ -212,6 +214,29 @@ def check_event_relay(settings: Settings) -> Check:
             "start the sweeper (provisioning sweeper), which relays them, and check the broker",
         )  # fmt: skip
     return Check("job events", True, f"{count} wait to be announced" + (f", the oldest for {age:.1f} s" if count else ""))
+
+
+def check_restore_proofs(settings: Settings) -> Check:
+    """Backups whose last restore (a restore_site or a restore drill) failed: a backup that does not
+    restore is no backup, and its tenant may not know."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            failing = RestoreProofs(session).disproven()
+            proven = RestoreProofs(session).newest_proof()
+    except Exception as error:
+        return Check("restore drills", False, f"cannot read them: {first_line(error)}", "fix the database first")
+    if failing:
+        shown = "; ".join(f"{backup.site} backup {backup.id}: {first_line(backup.drill_error or '')}" for backup in failing[:3])
+        return Check(
+            "restore drills", False, f"{len(failing)} backup(s) failed their last restore: {shown}",
+            "read the drill's job for why; take a new backup (backup_site) and drill it (restore_drill)",
+        )  # fmt: skip
+    schedule = (
+        f"every {settings.restore_drill_interval_hours:g} h" if settings.restore_drill_interval_hours
+        else "off (RESTORE_DRILL_INTERVAL_HOURS=0)"
+    )  # fmt: skip
+    last = f"the last proof {proven:%Y-%m-%d %H:%M} UTC" if proven else "no backup proven yet"
+    return Check("restore drills", True, f"{schedule}; no backup failed its last restore; {last}")
 
 
 def _safe_url(database_url: str) -> str:

@@ -9,8 +9,8 @@ compare-and-set or a harmless duplicate message:
 - Which pending jobs were never published, or published long ago and never claimed? Publish
   them again; the claim lets only one delivery run a job.
 
-It also forgets idempotency keys past their expiry, requests the scheduled backups that are
-due (see backup_schedule) and prunes backups by the retention policy.
+It also forgets idempotency keys past their expiry, requests the scheduled backups and restore
+drills that are due (see schedules) and prunes backups by the retention policy.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from provisioning.jobs.repairs import JobRepairs
 from provisioning.jobs.requests import JobRequests
 from provisioning.messaging.broker import Dispatcher
 from provisioning.messaging.events import EventRelay
-from provisioning.operations.backup_schedule import schedule_backups
+from provisioning.operations.schedules import schedule_backups, schedule_drills
 from provisioning.platform.db import UnitOfWork, session_factory
 from provisioning.platform.settings import Settings
 
@@ -43,6 +43,7 @@ class SweepReport:
     republished: list[uuid.UUID]
     forgotten_keys: int
     scheduled_backups: list[uuid.UUID]
+    scheduled_drills: list[uuid.UUID]
     pruned_backups: list[uuid.UUID]
     stray_backup_directories: list[Path]
 
@@ -67,17 +68,23 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
                 if settings.backup_interval_hours
                 else []
             ),
+            scheduled_drills=(
+                schedule_drills(JobRequests(uow, dispatch=dispatch), timedelta(hours=settings.restore_drill_interval_hours))
+                if settings.restore_drill_interval_hours
+                else []
+            ),
             pruned_backups=BackupBook(session).prune(retention_of(settings)),
             stray_backup_directories=BackupBook(session).remove_strays(settings.backup_path),
         )
-    if report.reaped or report.republished or report.scheduled_backups or report.pruned_backups:
+    if report.reaped or report.republished or report.scheduled_backups or report.scheduled_drills or report.pruned_backups:
         log.info(
             "sweep: failed %d lost job(s), published %d pending job(s) again, forgot %d idempotency key(s), "
-            "requested %d scheduled backup(s), pruned %d backup(s)",
+            "requested %d scheduled backup(s) and %d restore drill(s), pruned %d backup(s)",
             len(report.reaped),
             len(report.republished),
             report.forgotten_keys,
             len(report.scheduled_backups),
+            len(report.scheduled_drills),
             len(report.pruned_backups),
         )
     return report

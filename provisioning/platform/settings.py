@@ -170,6 +170,8 @@ class Settings(RabbitMQSettings):
     backup_keep_last: PositiveInt = 7
     backup_max_age_days: PositiveFloat = 30.0
     backup_interval_hours: NonNegativeFloat = 24.0
+    # How often each tenant's newest backup is restored into a scratch site to prove it; 0: never.
+    restore_drill_interval_hours: NonNegativeFloat = 0.0
     log_format: Annotated[Literal["auto", "json", "console"], Lowercase] = "auto"
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)

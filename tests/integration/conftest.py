@@ -17,10 +17,12 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioning.jobs.runner import JobRunner
 from provisioning.messaging.broker import Dispatcher
 from provisioning.platform.db import get_engine, session_factory
 from provisioning.platform.settings import Settings, load_settings
 from provisioning.sites import credentials
+from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests import factories
 from tests.stack import (
     ADMIN_DATABASE_URL,
@@ -206,3 +208,18 @@ def web(environment: dict[str, str], tmp_path_factory) -> WebProcess:
 def listener(settings):
     with events_heard(settings) as heard:
         yield heard
+
+
+@pytest.fixture
+def runner(settings, sessions):
+    """Makes runners as the worker does, on the simulated driver (or the one given)."""
+
+    def make(
+        step_seconds: float = 0, fail_step: str | None = None, driver=None, worker="test-runner@localhost", **options
+    ) -> JobRunner:
+        job_runner = JobRunner.for_settings(settings, sessions, driver or SimulatedDriver(step_seconds, fail_step), worker)
+        for name, value in options.items():
+            setattr(job_runner, name, value)
+        return job_runner
+
+    return make

@@ -13,7 +13,7 @@ from provisioning.backups.book import BackupBook, Retention
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.jobs.runner import JobRunner
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
-from provisioning.operations.backup_schedule import SCHEDULER, schedule_backups
+from provisioning.operations.schedules import SCHEDULER, schedule_backups
 from provisioning.platform.db import utcnow
 from provisioning.sites.drivers import make_driver
 from provisioning.sites.drivers.base import BackupFile
@@ -63,14 +63,14 @@ def test_each_active_tenant_due_gets_one_backup_and_asking_again_adds_none(isola
 
 
 def test_a_busy_tenant_is_skipped_and_logged_then_backed_up_once_it_is_free(isolated, caplog):
-    caplog.set_level(logging.INFO, logger="provisioning.operations.backup_schedule")
+    caplog.set_level(logging.INFO, logger="provisioning.operations.schedules")
     with isolated.session() as session:
         tenant = TenantFactory(session).create(status=TenantStatus.ACTIVE)
         service = committing(session)
         delete = service.request_job(tenant.id, JobType.DELETE_SITE)
 
         assert schedule_backups(service, DAILY) == []
-        assert f"scheduled backup of {tenant.tenant.slug} skipped for now" in caplog.text
+        assert f"scheduled backup_site of {tenant.tenant.slug} skipped for now" in caplog.text
         assert "already has an active job" in caplog.text
 
         service.cancel_job(tenant.id, delete.id)

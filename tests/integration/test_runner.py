@@ -27,21 +27,6 @@ from tests.records import read_job, read_steps, read_tenant, tenant_status
 from tests.stack import WorkerProcess
 
 
-@pytest.fixture
-def runner(settings, sessions):
-    """Makes runners as the worker does, on the simulated driver (or the one given)."""
-
-    def make(
-        step_seconds: float = 0, fail_step: str | None = None, driver=None, worker="test-runner@localhost", **options
-    ) -> JobRunner:
-        job_runner = JobRunner.for_settings(settings, sessions, driver or SimulatedDriver(step_seconds, fail_step), worker)
-        for name, value in options.items():
-            setattr(job_runner, name, value)
-        return job_runner
-
-    return make
-
-
 def unpublished_job(session, tenant_id, job_type=JobType.CREATE_SITE) -> ProvisioningJob:
     """A pending job no worker will receive, so the test's runner is the only one to run it."""
     return committing(session).request_job(tenant_id, job_type)

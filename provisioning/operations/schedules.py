@@ -1,0 +1,83 @@
+"""Scheduled backups and restore drills, requested by the sweeper as ordinary jobs.
+
+Every active tenant gets a backup_site job once per BACKUP_INTERVAL_HOURS, counted from its last
+backup, or from the creation of its site (a new site has nothing to keep yet); and, once per
+RESTORE_DRILL_INTERVAL_HOURS, a restore_drill of its newest completed backup, counted from its
+last drill (a tenant without a completed backup has nothing to drill).
+
+Whether a tenant is due is read from the jobs table (no job of the type created within the
+interval), not from a schedule file: so a restarted sweeper, a second one, or a sweep at a
+worker's start never asks twice, and a tenant whose backup was asked for by hand is not backed
+up again right after it. A tenant busy with another job is skipped, and logged; the next sweep
+asks again, so its job follows as soon as it is free.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from provisioning.enums import BackupStatus, JobStatus, JobType, TenantStatus
+from provisioning.errors import Conflict
+from provisioning.jobs.requests import JobRequests
+from provisioning.models import ProvisioningJob, SiteBackup, Tenant
+from provisioning.platform.db import utcnow
+
+log = logging.getLogger(__name__)
+
+SCHEDULER = "backup schedule"
+DRILL_SCHEDULER = "restore drill schedule"
+
+
+def _has_job(job_type: JobType, *conditions):
+    """Whether the tenant has had a job of ``job_type`` that meets ``conditions``."""
+    return (
+        select(ProvisioningJob.id)
+        .where(ProvisioningJob.tenant_id == Tenant.id, ProvisioningJob.job_type == job_type, *conditions)
+        .exists()
+    )
+
+
+def schedule_backups(service: JobRequests, every: timedelta) -> list[uuid.UUID]:
+    """Request a backup of each active tenant not backed up within ``every``; returns the new jobs' ids."""
+    since = utcnow() - every
+    recent_backup = _has_job(JobType.BACKUP_SITE, ProvisioningJob.created_at >= since)
+    recent_site = _has_job(
+        JobType.CREATE_SITE, ProvisioningJob.status == JobStatus.COMPLETED, ProvisioningJob.completed_at >= since
+    )
+    return _request_for_each(service, JobType.BACKUP_SITE, SCHEDULER, ~recent_backup, ~recent_site)
+
+
+def schedule_drills(service: JobRequests, every: timedelta) -> list[uuid.UUID]:
+    """Request a restore drill of each active tenant with a completed backup and no drill within
+    ``every``; returns the new jobs' ids."""
+    has_backup = (
+        select(SiteBackup.id).where(SiteBackup.tenant_id == Tenant.id, SiteBackup.status == BackupStatus.COMPLETED).exists()
+    )
+    recent_drill = _has_job(JobType.RESTORE_DRILL, ProvisioningJob.created_at >= utcnow() - every)
+    return _request_for_each(service, JobType.RESTORE_DRILL, DRILL_SCHEDULER, has_backup, ~recent_drill)
+
+
+def _request_for_each(service: JobRequests, job_type: JobType, actor: str, *due) -> list[uuid.UUID]:
+    """Request ``job_type`` for each active tenant that meets the ``due`` conditions. Each request
+    is committed on its own (and then published): one tenant's refusal costs no other tenant its job."""
+    tenants = service.session.execute(
+        select(Tenant.id, Tenant.slug).where(Tenant.status == TenantStatus.ACTIVE, *due).order_by(Tenant.slug)
+    ).all()
+    service.uow.commit()
+    requested = []
+    for tenant_id, slug in tenants:
+        try:
+            job = service.request_job(tenant_id, job_type, actor=actor)
+        except Conflict as busy:
+            service.uow.rollback()
+            log.info("scheduled %s of %s skipped for now: %s", job_type.value, slug, busy)
+            continue
+        service.uow.commit()
+        requested.append(job.id)
+    if requested:
+        log.info("scheduled: requested %d %s job(s)", len(requested), job_type.value)
+    return requested
