@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from provisioning.accounts import registry as accounts
+from provisioning.backups.book import BackupBook
 from provisioning.enums import Role, TenantStatus
-from provisioning.models import Tenant, User
+from provisioning.models import SiteBackup, Tenant, User
+from provisioning.platform.db import utcnow
+from provisioning.sites.drivers.base import BackupFile
 
 
 @dataclass
@@ -48,3 +54,19 @@ class TenantFactory:
         self.session.execute(update(Tenant).where(Tenant.id == tenant.id).values(status=status))
         self.session.commit()
         self.session.refresh(tenant)
+
+
+GOOD_DUMP = gzip.compress(b"CREATE TABLE t (x int);\n-- Dump completed on 2026-11-30 01:02:03\n")
+
+
+def make_backup(session, tenant, directory: Path, age: timedelta, job_id=None) -> SiteBackup:
+    """A completed backup with a real dump file, made ``age`` ago."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dump = directory / "database.sql.gz"
+    dump.write_bytes(GOOD_DUMP)
+    book = BackupBook(session)
+    backup = book.start(tenant.id, job_id, "site.test", [BackupFile("database", dump)])
+    book.verify(backup)
+    backup.created_at = utcnow() - age
+    session.commit()
+    return backup

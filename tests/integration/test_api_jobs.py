@@ -15,10 +15,12 @@ from html.parser import HTMLParser
 import pytest
 from sqlalchemy import func, select
 
+from provisioning.backups.book import BackupBook, Retention
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import utcnow
+from tests.factories import make_backup
 from tests.helpers import StrictClient, assert_error, committing, wait_for
 
 JOBS = "/api/v1/provisioning/jobs"
@@ -521,3 +523,58 @@ def test_twenty_concurrent_creates_for_one_tenant_give_exactly_one_job(app, tena
 
     assert sorted(statuses) == [201] + [409] * 19
     assert session.scalar(select(func.count()).select_from(ProvisioningJob).where(ProvisioningJob.tenant_id == tenant.id)) == 1
+
+
+def test_an_owner_asks_to_restore_a_completed_backup_with_or_without_a_safety_backup(client, session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    backup = make_backup(session, tenant, tmp_path, timedelta(hours=1))
+    body = {"job_type": "restore_site", "backup_id": str(backup.id), "skip_safety_backup": True}
+
+    assert_error(client.post(JOBS, json=body, headers=tenant.headers(Role.MEMBER)), 403)
+    response = client.post(JOBS, json=body, headers=tenant.headers())
+
+    assert response.status_code == 201, response.json
+    assert response.json["data"]["options"] == {"backup_id": str(backup.id), "skip_safety_backup": True}
+
+
+def test_a_drill_without_a_backup_id_drills_the_newest_backup(client, session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    make_backup(session, tenant, tmp_path / "old", timedelta(days=2))
+    newest = make_backup(session, tenant, tmp_path / "new", timedelta(hours=1))
+
+    response = client.post(JOBS, json={"job_type": "restore_drill"}, headers=tenant.headers(Role.ADMIN))
+
+    assert response.status_code == 201, response.json
+    assert response.json["data"]["options"] == {"backup_id": str(newest.id)}
+
+
+@pytest.mark.parametrize(
+    "body, option",
+    [
+        ({"job_type": "restore_site"}, "backup_id"),
+        ({"job_type": "restore_site", "backup_id": "last-tuesday"}, "backup_id"),
+        ({"job_type": "backup_site", "backup_id": "7d4f3c2e-5b1a-4e8f-9c6d-2a1b0e9f8d7c"}, "backup_id"),
+        ({"job_type": "restore_drill", "skip_safety_backup": True}, "skip_safety_backup"),
+        ({"job_type": "delete_site", "skip_safety_backup": True}, "skip_safety_backup"),
+    ],
+    ids=["restore-without-backup", "not-a-uuid", "backup-with-backup-id", "drill-skipping", "delete-skipping"],
+)
+def test_restore_options_that_do_not_fit_the_job_are_refused_naming_them(client, tenant_factory, body, option):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    answer = assert_error(client.post(JOBS, json=body, headers=tenant.headers()), 422)
+    assert option in answer["errors"]["json"], answer
+    assert client.get(JOBS, headers=tenant.headers()).json["meta"]["total"] == 0
+
+
+def test_a_restore_of_a_backup_the_tenant_does_not_have_or_that_was_pruned_is_refused(
+    client, session, tenant_factory, tmp_path
+):
+    tenant, other = (tenant_factory.create(status=TenantStatus.ACTIVE) for _ in range(2))
+    theirs = make_backup(session, other, tmp_path / "theirs", timedelta(hours=1))
+    pruned = make_backup(session, tenant, tmp_path / "pruned", timedelta(days=90))
+    BackupBook(session).prune(Retention(keep_last=0, max_age=timedelta(days=30)), tenant.id)
+
+    for backup_id, status, said in [(theirs.id, 404, "not found"), (uuid.uuid4(), 404, "not found"), (pruned.id, 409, "pruned")]:
+        body = {"job_type": "restore_site", "backup_id": str(backup_id)}
+        assert said in assert_error(client.post(JOBS, json=body, headers=tenant.headers()), status)["message"]
+    assert client.get(JOBS, headers=tenant.headers()).json["meta"]["total"] == 0

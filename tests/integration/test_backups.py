@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -14,17 +13,15 @@ from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, Ten
 from provisioning.jobs.runner import JobRunner
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.operations.schedules import SCHEDULER, schedule_backups
-from provisioning.platform.db import utcnow
 from provisioning.sites.drivers import make_driver
 from provisioning.sites.drivers.base import BackupFile
 from provisioning.sites.drivers.simulated import SimulatedDriver
-from tests.factories import TenantFactory
+from tests.factories import GOOD_DUMP, TenantFactory, make_backup
 from tests.helpers import committing, not_private, wait_for
 from tests.records import read_job, read_steps
 from tests.stack import SweeperProcess
 
 DAILY = timedelta(hours=24)
-GOOD_DUMP = gzip.compress(b"CREATE TABLE t (x int);\n-- Dump completed on 2026-11-30 01:02:03\n")
 
 
 def backup_jobs(sessions, tenant_id) -> list[ProvisioningJob]:
@@ -96,19 +93,6 @@ def test_a_restarted_sweeper_does_not_back_a_tenant_up_twice(isolated, tmp_path)
         finally:
             log = sweeper.stop()
         assert len(backup_jobs(isolated.sessions, first.id)) == 1, log
-
-
-def make_backup(session, tenant, directory: Path, age: timedelta, job_id=None) -> SiteBackup:
-    """A completed backup with a real dump file, made ``age`` ago."""
-    directory.mkdir(parents=True, exist_ok=True)
-    dump = directory / "database.sql.gz"
-    dump.write_bytes(GOOD_DUMP)
-    book = BackupBook(session)
-    backup = book.start(tenant.id, job_id, "site.test", [BackupFile("database", dump)])
-    book.verify(backup)
-    backup.created_at = utcnow() - age
-    session.commit()
-    return backup
 
 
 def test_retention_keeps_the_newest_and_prunes_the_rest_with_their_files(session, tenant_factory, tmp_path):
