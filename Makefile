@@ -15,17 +15,17 @@ run: $(STAMP)
 	$(VENV)/bin/provisioning quickstart
 
 # Every test, in TEST_WORKERS pytest-xdist processes, each with its own database, queues and ports;
-# the disruptive tests one after another on one of them, the quickstart's (default ports) on one.
+# the disruptive tests one after another on one of them, the quickstart's (default ports) on one,
+# and the real-bench suite (tests/integration/real_bench) on one, on the Frappe + ERPNext bench
+# that ../shared/realbench stands up (as root).
 TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --ignore=$(REAL_SUITE)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
-# The suite on a real Frappe + ERPNext bench that ../shared/realbench stands up (as root; about
-# five minutes, the bench's first setup one or two more). Not yet part of `make test` (README).
-REAL_SUITE := tests/integration/real_bench
+# The real-bench suite alone.
 test-real: $(STAMP)
-	$(VENV)/bin/pytest $(REAL_SUITE)
+	$(VENV)/bin/pytest tests/integration/real_bench
 
 # Figures beside their bare baselines (README, Performance); BENCH_ARGS=--full for the large sizes.
 bench: $(STAMP)

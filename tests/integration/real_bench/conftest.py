@@ -1,8 +1,10 @@
 """A real Frappe 15 + ERPNext bench for the real suite, stood up by ``../shared/realbench``.
 
 The scripts are found at ``REALBENCH_SCRIPTS``, else at ``../shared/realbench`` beside the
-checkout. If they are missing, or the bench cannot be set up, the suite fails saying why: it is
-never skipped.
+checkout or beside the repository it was cloned from. If they are missing, or the bench cannot be
+set up, the suite fails saying why: it is never skipped. Its tests run one after another, on one
+xdist worker (group ``real_bench``): bench's ``new-site`` holds a lock that a second one waits
+for one second at most.
 """
 
 from __future__ import annotations
@@ -21,11 +23,21 @@ import pytest
 from tests.stack import RUN_ID
 
 SETUP_TIMEOUT_SECONDS = 20 * 60
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 def realbench_scripts() -> Path:
-    given = os.environ.get("REALBENCH_SCRIPTS")
-    return Path(given) if given else Path(__file__).resolve().parents[3].parent / "shared" / "realbench"
+    """``REALBENCH_SCRIPTS``, else ``../shared/realbench`` beside this checkout, else beside the
+    repository it was cloned from (CI tests a fresh clone, made wherever CI likes)."""
+    if given := os.environ.get("REALBENCH_SCRIPTS"):
+        return Path(given)
+    beside = [PROJECT_ROOT.parent]
+    origin = subprocess.run(["git", "-C", str(PROJECT_ROOT), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    if origin and Path(origin).is_dir():  # a clone of a repository on this machine
+        beside.append(Path(origin).resolve().parent)
+    candidates = [folder / "shared" / "realbench" for folder in beside]
+    return next((folder for folder in candidates if (folder / "setup.sh").is_file()), candidates[0])
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,30 @@
 """The service on a real Frappe 15 + ERPNext bench: the API, a worker with SITE_DRIVER=bench, and
 what only a real bench can prove. A few sites, each frappe alone unless the test needs ERPNext.
-(`make test-real`; about five minutes.)"""
+(Part of `make test`; `make test-real` runs it alone.)"""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import pwd
 import subprocess
 import threading
+import uuid
+from pathlib import Path
 
 import pytest
 import requests
 
 from api import create_app
+from provisioning.backups.book import BackupBook
+from provisioning.sites.drivers.base import BackupFile
 from tests.factories import TenantFactory
 from tests.helpers import StrictClient, wait_for
 from tests.processes import free_port
 from tests.stack import WorkerProcess
 
-pytestmark = [pytest.mark.process]
+pytestmark = [pytest.mark.process, pytest.mark.xdist_group("real_bench")]
 
 JOB_SECONDS = 600
 
@@ -61,6 +67,29 @@ class Service:
     def steps(self, job_id: str) -> list[dict]:
         return self.client.get(f"/api/v1/provisioning/jobs/{job_id}/steps", headers=self.tenant.headers()).json["data"]
 
+    def backups(self) -> list[dict]:
+        return self.client.get("/api/v1/provisioning/backups", headers=self.tenant.headers()).json["data"]
+
+    def backup(self, backup_id: str) -> dict:
+        return self.client.get(f"/api/v1/provisioning/backups/{backup_id}", headers=self.tenant.headers()).json["data"]
+
+    def tenant_status(self) -> str:
+        return self.client.get("/api/v1/tenants/current", headers=self.tenant.headers()).json["data"]["status"]
+
+    def record_backup(self, root: Path, owner: pwd.struct_passwd, dump: bytes) -> uuid.UUID:
+        """A completed backup of the tenant's site made of ``dump`` alone, as if a backup job had taken it."""
+        folder = root / self.tenant.tenant.slug / "by-hand"
+        folder.mkdir(parents=True)
+        path = folder / "database.sql.gz"
+        path.write_bytes(gzip.compress(dump))
+        for made in (folder.parent, folder, path):
+            os.chown(made, owner.pw_uid, owner.pw_gid)
+        with self.isolated.session() as session:
+            book = BackupBook(session)
+            backup = book.start(self.tenant.id, None, self.site, [BackupFile("database", path)])
+            book.verify(backup)
+            return backup.id
+
     def retry(self, job_id: str) -> str:
         response = self.client.post(f"/api/v1/provisioning/jobs/{job_id}/retry", headers=self.tenant.headers())
         assert response.status_code == 201, response.json
@@ -70,8 +99,7 @@ class Service:
         """Drop the test's site, if any, as the service does it (no final backup)."""
         if self.worker is None:
             return
-        tenant = self.client.get("/api/v1/tenants/current", headers=self.tenant.headers()).json["data"]
-        if tenant["status"] == "active":
+        if self.tenant_status() == "active":
             self.wait(self.ask("delete_site", skip_final_backup=True))
 
 
@@ -160,7 +188,15 @@ def test_a_site_with_erpnext_answers_its_owner_logs_in_no_password_shows_its_bac
 
     backed_up = service.wait(service.ask("backup_site"))
     assert backed_up["status"] == "completed", backed_up
-    assert_the_backup_restores(service, realbench, bench_folders, backed_up["id"])
+    [backup] = [backup for backup in service.backups() if backup["job_id"] == backed_up["id"]]
+    before_the_drill = databases_and_users(realbench)
+    drilled = service.wait(service.ask("restore_drill"))
+    assert drilled["status"] == "completed", drilled
+    assert "tables of the dump" in service.steps(drilled["id"])[1]["output"]
+    assert service.backup(backup["id"])["restore_proven_at"] is not None
+    assert databases_and_users(realbench) == before_the_drill  # the scratch site's database and user dropped
+    assert not [path for path in (realbench.path / "sites").iterdir() if ".drill." in path.name]
+    assert not any((bench_folders["archive"] / "drills").iterdir())  # nor a copy of the tenant's data kept
 
     database = json.loads((realbench.path / "sites" / service.site / "site_config.json").read_text())["db_name"]
     deleted = service.wait(service.ask("delete_site"))
@@ -169,31 +205,46 @@ def test_a_site_with_erpnext_answers_its_owner_logs_in_no_password_shows_its_bac
     assert database not in databases and database not in users
     assert not (realbench.path / "sites" / service.site).exists()
     assert (bench_folders["archive"] / service.site).is_dir()
-    backups = service.client.get("/api/v1/provisioning/backups", headers=service.tenant.headers()).json["data"]
-    assert [backup["status"] for backup in backups] == ["completed", "completed"]  # the final one too, as the bench's user
+    assert [backup["status"] for backup in service.backups()] == ["completed", "completed"]  # the final one too
 
 
-def assert_the_backup_restores(service, realbench, bench_folders, job_id: str) -> None:
-    """The backup's dump and files, restored by bench into a scratch site, make ERPNext's tables there."""
-    [backup] = [backup for backup in service.client.get("/api/v1/provisioning/backups", headers=service.tenant.headers())
-                .json["data"] if backup["job_id"] == job_id]  # fmt: skip
-    folder = bench_folders["backups"] / service.tenant.tenant.slug / job_id
-    files = {file["kind"]: str(folder / file["name"]) for file in backup["files"]}
-    scratch = f"scratch-{job_id[:8]}.real.test"
-    root, admin = realbench.root_password, "Scratch-Admin-7q"
-    made = realbench.bench("new-site", scratch, "--db-root-username", "root", stdin=f"{root}\n{admin}\n{admin}\n")
-    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
-    try:
-        restored = realbench.bench(
-            "--site", scratch, "restore", files["database"], "--with-public-files", files["public_files"],
-            "--with-private-files", files["private_files"], "--db-root-username", "root", stdin=f"{root}\n{admin}\n{admin}\n",
-        )  # fmt: skip
-        assert restored.returncode == 0, restored.stdout[-2000:] + restored.stderr[-2000:]
-        database = json.loads((realbench.path / "sites" / scratch / "site_config.json").read_text())["db_name"]
-        assert realbench.sql(f"SHOW TABLES FROM `{database}` LIKE 'tabSales Invoice'") == ["tabSales Invoice"]
-    finally:
-        realbench.bench("drop-site", scratch, "--db-root-username", "root", "--archived-sites-path",
-                        str(bench_folders["archive"]), "--no-backup", "--force", stdin=f"{root}\n")  # fmt: skip
+def test_a_restore_brings_the_backup_back_and_one_that_fails_half_way_puts_the_site_back_from_its_safety_backup(
+    service, realbench, bench_folders, isolated
+):
+    service.start_worker()
+    assert service.wait(service.ask("create_site"))["status"] == "completed"
+    backed_up = service.wait(service.ask("backup_site"))
+    [backup] = [backup for backup in service.backups() if backup["job_id"] == backed_up["id"]]
+    database = json.loads((realbench.path / "sites" / service.site / "site_config.json").read_text())["db_name"]
+    realbench.sql(f"CREATE TABLE `{database}`.after_the_backup (x int)")
+
+    restored = service.wait(service.ask("restore_site", backup_id=backup["id"]))
+    assert restored["status"] == "completed", restored
+    assert realbench.sql(f"SHOW TABLES FROM `{database}` LIKE 'after_the_backup'") == []
+    assert service.backup(backup["id"])["restore_proven_at"] is not None
+
+    # A dump our checks pass (gzip, SQL, complete) but whose import fails half-way: real bench has
+    # then dropped the site's database and made it again, and the site no longer answers.
+    realbench.sql(f"CREATE TABLE `{database}`.after_the_restore (x int)")
+    broken = service.record_backup(bench_folders["backups"], realbench.user, BROKEN_DUMP)
+    failed = service.wait(service.ask("restore_site", backup_id=str(broken)))
+
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith(f"step restore_site failed: bench could not restore the backup into {service.site}")
+    assert failed["error"].endswith("; the site was put back as it was before the job")
+    assert realbench.sql(f"SHOW TABLES FROM `{database}` LIKE 'after_the_restore'") == ["after_the_restore"]
+    assert service.tenant_status() == "active"
+    assert service.backup(str(broken))["drill_failed_at"] is not None
+    listed = realbench.bench("--site", service.site, "list-apps", "-f", "json")
+    assert listed.returncode == 0 and "frappe" in listed.stdout
+
+
+# Passes the platform's checks of a dump (gzip, SQL, its trailer, and frappe's: __Auth), fails its import.
+BROKEN_DUMP = b"""-- MariaDB dump 10.19
+CREATE TABLE `__Auth` (`name` varchar(140));
+THIS IS NOT SQL;
+-- Dump completed on 2026-12-06  1:02:03
+"""
 
 
 def test_a_wrong_root_password_fails_the_create_in_one_clear_line_and_its_retry_after_the_fix_resumes(service):
