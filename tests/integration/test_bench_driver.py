@@ -47,10 +47,13 @@ class Bench:
     def site_dir(self, tenant) -> Path:
         return self.path / "sites" / f"{tenant.tenant.slug}.{DOMAIN}"
 
+    def database(self, tenant) -> Path:
+        """The fake MariaDB's folder for the tenant's site."""
+        return self.path / "fake-mariadb" / json.loads((self.site_dir(tenant) / "site_config.json").read_text())["db_name"]
+
     def administrator_password(self, tenant) -> str:
         """The Administrator password the fake's new-site was given for the tenant's site."""
-        database = json.loads((self.site_dir(tenant) / "site_config.json").read_text())["db_name"]
-        return (self.path / "fake-mariadb" / database / "administrator_password").read_text()
+        return (self.database(tenant) / "administrator_password").read_text()
 
     def calls(self) -> list[list[str]]:
         """Every bench command run so far, without the program's path."""
@@ -129,7 +132,8 @@ def test_a_create_makes_the_site_with_its_apps_and_keeps_the_admin_password_only
     assert job.status == JobStatus.COMPLETED, job.error
     assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
     config = json.loads((bench.site_dir(tenant) / "site_config.json").read_text())
-    assert config["host_name"] == f"https://{bench.site_dir(tenant).name}" and config["pause_scheduler"] == 0
+    assert config["host_name"] == f"https://{bench.site_dir(tenant).name}"
+    assert (bench.database(tenant) / "scheduler_enabled").exists()  # System Settings, in the database
     commands = [call[0] if call[0] != "--site" else call[2] for call in bench.calls()]
     assert commands == ["--version", "new-site", "list-apps", "list-apps", "set-config", "enable-scheduler", "list-apps"]
     new_site = next(call for call in bench.calls() if call[0] == "new-site")
