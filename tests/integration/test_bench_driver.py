@@ -9,6 +9,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -589,3 +591,87 @@ def test_a_backups_files_and_folders_are_readable_by_the_services_user_alone_wha
     assert job.status == JobStatus.COMPLETED, job.error
     assert len(backups_of(sessions, tenant.id)[0].files) == 4
     assert not_private(worker_settings.backup_path) == {}
+
+
+def run_bench(bench: Bench, *args: str, answers: str = "") -> subprocess.CompletedProcess:
+    """The fake run as the driver runs bench: in the bench, with CI set, its passwords on stdin."""
+    return subprocess.run(
+        [str(FAKE_BENCH), *args], cwd=bench.path, input=answers, capture_output=True, text=True, env={**os.environ, "CI": "1"}
+    )
+
+
+def new_site(bench: Bench, site: str, *apps: str) -> None:
+    made = run_bench(bench, "new-site", site, *[arg for app in apps for arg in ("--install-app", app)],
+                     answers=f"{ROOT_PASSWORD}\nAdmin-1\nAdmin-1\n")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+
+def site_backup(bench: Bench, site: str, folder: Path) -> dict[str, Path]:
+    """A backup with files of ``site`` into ``folder``: its files as its summary names them ("Public  : <path> 1.0KiB")."""
+    taken = run_bench(bench, "--site", site, "backup", "--with-files", "--compress", "--backup-path", str(folder))
+    assert taken.returncode == 0, taken.stderr
+    named = [line.split(":", 1) for line in taken.stdout.splitlines() if ":" in line and not line.startswith("Backup")]
+    return {label.strip(): Path(rest.split()[0]) for label, rest in named}
+
+
+def tables_of(bench: Bench, site: str) -> list[str]:
+    listed = run_bench(bench, "--site", site, "execute", "frappe.db.get_tables")
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)
+
+
+def test_the_fakes_get_tables_lists_the_tables_its_dump_creates(bench, tmp_path):
+    """What a restore is checked against: the tables a site had when its dump was taken."""
+    new_site(bench, "source.test", "erpnext")
+    dump = site_backup(bench, "source.test", tmp_path / "backup")["Database"]
+
+    lines = gzip.decompress(dump.read_bytes()).decode().splitlines()
+    created = [line.split("`")[1] for line in lines if line.startswith("CREATE TABLE")]
+    assert sorted(tables_of(bench, "source.test")) == created
+    assert {"tabInstalled Application", "__Auth", "tabCompany"} <= set(created)
+
+
+def test_the_fakes_restore_makes_the_sites_database_again_from_the_dump_and_unpacks_its_files(bench, tmp_path):
+    """A restore job will judge a restored site by what it then lists: the dump's apps and tables,
+    not the ones the site had, and the files of the tars in the site's folder."""
+    new_site(bench, "source.test", "erpnext")
+    (bench.path / "sites" / "source.test" / "public" / "files").mkdir(parents=True)
+    (bench.path / "sites" / "source.test" / "public" / "files" / "logo.png").write_text("png")
+    backup = site_backup(bench, "source.test", tmp_path / "backup")
+    new_site(bench, "target.test")  # frappe alone
+    assert run_bench(bench, "--site", "target.test", "enable-scheduler").returncode == 0
+
+    files = ["--with-public-files", str(backup["Public"]), "--with-private-files", str(backup["Private"])]
+    restored = run_bench(bench, "--site", "target.test", "restore", str(backup["Database"]), *files,
+                         "--db-root-username", "root", answers=f"{ROOT_PASSWORD}\n")  # fmt: skip
+
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout.splitlines() == [
+        MARIADB_WARNING, "App frappe already installed",
+        "*** Scheduler is enabled ***",  # as the site had it before, whatever the dump's site had
+        "Site target.test has been restored with files",
+    ]  # fmt: skip
+    assert restored.stderr.endswith("MySQL root password: ")  # asked on stdin, not given
+    listed = run_bench(bench, "--site", "target.test", "list-apps", "-f", "json")
+    assert json.loads(listed.stdout) == {"target.test": ["frappe", "erpnext"]}
+    assert tables_of(bench, "target.test") == sorted(tables_of(bench, "source.test"))  # in the dump's order
+    assert (bench.path / "sites" / "target.test" / "public" / "files" / "logo.png").read_text() == "png"
+    assert not list((bench.path / "sites" / "target.test").glob("*.tgz"))  # the tars' copies are removed
+
+
+def test_the_fakes_restore_that_dies_during_the_import_leaves_a_half_restored_site(bench, tmp_path, monkeypatch):
+    """As a real import that dies: the site's database was already dropped and made again, with
+    only part of the dump in it, so the site no longer answers list-apps."""
+    new_site(bench, "source.test", "erpnext")
+    dump = site_backup(bench, "source.test", tmp_path / "backup")["Database"]
+    new_site(bench, "target.test")
+    monkeypatch.setenv("FAKE_BENCH_FAIL", "restore")
+
+    failed = run_bench(bench, "--site", "target.test", "restore", str(dump), answers=f"{ROOT_PASSWORD}\n")
+
+    assert failed.returncode == 1
+    assert failed.stdout.splitlines()[-1] == "Command failed" and "Lost connection" in failed.stdout
+    half = tables_of(bench, "target.test")
+    assert 0 < len(half) < len(tables_of(bench, "source.test"))
+    listed = run_bench(bench, "--site", "target.test", "list-apps", "-f", "json")
+    assert listed.returncode == 1 and "tabSingles' doesn't exist" in listed.stderr and listed.stdout == ""
