@@ -675,3 +675,119 @@ def test_the_fakes_restore_that_dies_during_the_import_leaves_a_half_restored_si
     assert 0 < len(half) < len(tables_of(bench, "source.test"))
     listed = run_bench(bench, "--site", "target.test", "list-apps", "-f", "json")
     assert listed.returncode == 1 and "tabSingles' doesn't exist" in listed.stderr and listed.stdout == ""
+
+
+def installed(bench: Bench, tenant) -> list[str]:
+    listed = run_bench(bench, "--site", bench.site_dir(tenant).name, "list-apps", "-f", "json")
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)[bench.site_dir(tenant).name]
+
+
+def add_table(bench: Bench, tenant, table: str) -> None:
+    """A table made in the site's database (by its users, say), as the fake keeps its tables."""
+    tables = bench.database(tenant) / "tables.json"
+    tables.write_text(json.dumps([*json.loads(tables.read_text()), table]))
+
+
+def tables_of_site(bench: Bench, tenant) -> list[str]:
+    return tables_of(bench, bench.site_dir(tenant).name)
+
+
+def backed_up(session, sessions, tenant, run_job, bench: Bench) -> SiteBackup:
+    """A site, backed up, with a table made after the backup (what a restore undoes)."""
+    create_site(session, sessions, tenant, run_job)
+    job = run_job(request(session, tenant, JobType.BACKUP_SITE).id)
+    assert job.status == JobStatus.COMPLETED, job.error
+    add_table(bench, tenant, "after_the_backup")
+    [backup] = backups_of(sessions, tenant.id)
+    return backup
+
+
+def test_a_restore_on_bench_brings_the_backup_back_after_a_safety_backup_with_the_root_password_on_stdin_only(
+    session, sessions, tenant_factory, run_job, bench
+):
+    tenant = tenant_factory.create()
+    backup = backed_up(session, sessions, tenant, run_job, bench)
+
+    job = run_job(request(session, tenant, JobType.RESTORE_SITE, backup_id=str(backup.id)).id)
+
+    assert job.status == JobStatus.COMPLETED, job.error
+    assert "after_the_backup" not in tables_of_site(bench, tenant)  # as it was backed up
+    assert installed(bench, tenant) == ["frappe", "erpnext"]
+    restore_call = next(call for call in bench.calls() if "restore" in call)
+    assert restore_call[3] == next(file["path"] for file in backup.files if file["kind"] == "database")
+    assert {"--with-public-files", "--with-private-files"} <= set(restore_call)
+    assert any("migrate" in call for call in bench.calls())
+    assert not any(ROOT_PASSWORD in argument for call in bench.calls() for argument in call)
+    safety = [found for found in backups_of(sessions, tenant.id) if found.job_id == job.id]
+    assert [found.status for found in safety] == [BackupStatus.COMPLETED]
+
+
+def test_a_restore_whose_import_dies_half_way_puts_the_site_back_from_its_safety_backup(
+    session, sessions, tenant_factory, run_job, bench, monkeypatch
+):
+    tenant = tenant_factory.create()
+    backup = backed_up(session, sessions, tenant, run_job, bench)
+    monkeypatch.setenv("FAKE_BENCH_FAIL", "restore")
+
+    class ThenRestoresWell(BenchDriver):
+        """The failure is the backup's: putting the site back from the safety backup works."""
+
+        def undo(self, context):
+            monkeypatch.delenv("FAKE_BENCH_FAIL")
+            return super().undo(context)
+
+    job = run_job(request(session, tenant, JobType.RESTORE_SITE, backup_id=str(backup.id)).id, driver_class=ThenRestoresWell)
+
+    assert job.status == JobStatus.FAILED
+    assert job.error.startswith("step restore_site failed: bench could not restore the backup into")
+    assert job.error.endswith("; the site was put back as it was before the job")
+    assert "after_the_backup" in tables_of_site(bench, tenant)  # as it was before the job, answering
+    assert installed(bench, tenant) == ["frappe", "erpnext"]
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+    with sessions() as reading:
+        failing = reading.get(SiteBackup, backup.id)
+    assert failing.drill_failed_at is not None and "could not restore" in failing.drill_error
+
+
+def test_a_drill_on_bench_proves_the_backup_in_a_scratch_site_and_leaves_nothing_of_it(
+    session, sessions, tenant_factory, run_job, bench
+):
+    tenant = tenant_factory.create()
+    backup = backed_up(session, sessions, tenant, run_job, bench)
+    databases = set((bench.path / "fake-mariadb").iterdir())
+
+    job = run_job(request(session, tenant, JobType.RESTORE_DRILL).id)
+
+    assert job.status == JobStatus.COMPLETED, job.error
+    scratch = f"{tenant.tenant.slug}.drill.{DOMAIN}"
+    assert [call[:2] for call in bench.calls() if scratch in call][:2] == [["new-site", scratch], ["--site", scratch]]
+    assert ["--site", scratch, "execute", "frappe.db.get_tables"] in bench.calls()
+    assert f"answered with all {len(tables_of_dump(backup))} tables of the dump" in read_steps(sessions, job.id)[1].output
+    assert not (bench.path / "sites" / scratch).exists() and set((bench.path / "fake-mariadb").iterdir()) == databases
+    assert not any((bench.path / "archived" / "sites" / "drills").iterdir())
+    with sessions() as reading:
+        assert reading.get(SiteBackup, backup.id).restore_proven_at is not None
+    assert "after_the_backup" in tables_of_site(bench, tenant)  # the tenant's own site untouched
+
+
+def test_a_drill_whose_restore_dies_marks_the_backup_and_still_drops_its_scratch_site(
+    session, sessions, tenant_factory, run_job, bench, monkeypatch
+):
+    tenant = tenant_factory.create()
+    backup = backed_up(session, sessions, tenant, run_job, bench)
+    monkeypatch.setenv("FAKE_BENCH_FAIL", "restore")
+
+    job = run_job(request(session, tenant, JobType.RESTORE_DRILL).id)
+
+    assert job.status == JobStatus.FAILED and "bench could not restore the backup" in job.error
+    assert not (bench.path / "sites" / f"{tenant.tenant.slug}.drill.{DOMAIN}").exists()
+    with sessions() as reading:
+        assert reading.get(SiteBackup, backup.id).drill_failed_at is not None
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+
+
+def tables_of_dump(backup: SiteBackup) -> list[str]:
+    dump = next(Path(file["path"]) for file in backup.files if file["kind"] == "database")
+    lines = gzip.decompress(dump.read_bytes()).decode().splitlines()
+    return [line.split("`")[1] for line in lines if line.startswith("CREATE TABLE")]
