@@ -97,10 +97,10 @@ class JobRequests(JobRecords):
         ``backup_id``; a restore drill without one drills the newest.
 
         Raises:
-            NotFound: no such tenant.
+            NotFound: no such tenant, or the tenant has no backup ``backup_id`` (another
+                tenant's looks the same).
             Conflict: the tenant's state does not allow this job type, or it has an active job;
                 the backup to restore is not completed, or there is none to drill.
-            NotFound: the tenant has no backup ``backup_id`` (another tenant's looks the same).
             IdempotencyKeyReused: the key was used for another request.
         """
         options = options or {}
@@ -112,6 +112,7 @@ class JobRequests(JobRecords):
         return self._create_job(tenant_id, job_type, requested_by_id, idempotency_key, fingerprint, options=options, actor=actor)
 
     def _backup_to_restore(self, tenant_id: uuid.UUID, job_type: JobType, backup_id: object) -> uuid.UUID:
+        """The id of the completed backup a restore asks for (a drill: by default, the newest)."""
         proofs = RestoreProofs(self.session)
         if backup_id is None:
             if job_type == JobType.RESTORE_DRILL and (newest := proofs.newest(tenant_id)) is not None:

@@ -212,8 +212,8 @@ class JobRunner:
                 if isinstance(failure, BackupUnrestorable):
                     self._disprove(job, str(failure))
                 return self._fail_in_step(run, position, f"step {step.name} failed: {failure}", failure.output)
-            except SoftTimeLimitExceeded:
-                return self._fail_in_step(run, position, f"step {step.name} exceeded the task's soft time limit")
+            except SoftTimeLimitExceeded:  # no time left to undo anything: a retry resumes
+                return self._fail(run, position, f"step {step.name} exceeded the task's soft time limit")
             except Exception as error:  # a driver bug must still end the job, never leave it running
                 log.exception("job %s: step %s raised", job.id, step.name)
                 return self._fail_in_step(run, position, f"step {step.name} failed: {type(error).__name__}: {error}")

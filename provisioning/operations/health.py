@@ -226,7 +226,8 @@ def check_restore_proofs(settings: Settings) -> Check:
     except Exception as error:
         return Check("restore drills", False, f"cannot read them: {first_line(error)}", "fix the database first")
     if failing:
-        shown = "; ".join(f"{backup.site} backup {backup.id}: {first_line(backup.drill_error or '')}" for backup in failing[:3])
+        shown = "; ".join(f"{backup.site} backup {backup.id}: {first_line(backup.drill_error or '')[:160]}"
+                          for backup in failing[:3])  # fmt: skip
         return Check(
             "restore drills", False, f"{len(failing)} backup(s) failed their last restore: {shown}",
             "read the drill's job for why; take a new backup (backup_site) and drill it (restore_drill)",

@@ -3,8 +3,8 @@
 The scripts are found at ``REALBENCH_SCRIPTS``, else at ``../shared/realbench`` beside the
 checkout or beside the repository it was cloned from. If they are missing, or the bench cannot be
 set up, the suite fails saying why: it is never skipped. Its tests run one after another, on one
-xdist worker (group ``real_bench``): bench's ``new-site`` holds a lock that a second one waits
-for one second at most.
+xdist worker (group ``real_bench``): they judge what a job left by the bench's whole MariaDB (its
+databases and users) and by every command line on the host, which another test's site would change.
 """
 
 from __future__ import annotations

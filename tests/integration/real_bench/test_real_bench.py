@@ -22,7 +22,7 @@ from provisioning.sites.drivers.base import BackupFile
 from tests.factories import TenantFactory
 from tests.helpers import StrictClient, wait_for
 from tests.processes import free_port
-from tests.stack import WorkerProcess
+from tests.stack import SweeperProcess, WorkerProcess
 
 pytestmark = [pytest.mark.process, pytest.mark.xdist_group("real_bench")]
 
@@ -89,6 +89,19 @@ class Service:
             backup = book.start(self.tenant.id, None, self.site, [BackupFile("database", path)])
             book.verify(backup)
             return backup.id
+
+    def scheduled_drill(self, directory: Path) -> str:
+        """The id of the restore drill the sweeper asks for, with drills on, as the schedule has it."""
+        sweeper = SweeperProcess({**self.environment, "SWEEP_INTERVAL_SECONDS": "1", "RESTORE_DRILL_INTERVAL_HOURS": "24"},
+                                 directory)  # fmt: skip
+        try:
+            return wait_for(lambda: self.jobs_of("restore_drill"), timeout=60, what="the scheduled restore drill")[0]["id"]
+        finally:
+            sweeper.stop()
+
+    def jobs_of(self, job_type: str) -> list[dict]:
+        listed = self.client.get(f"/api/v1/provisioning/jobs?job_type={job_type}", headers=self.tenant.headers())
+        return listed.json["data"]
 
     def retry(self, job_id: str) -> str:
         response = self.client.post(f"/api/v1/provisioning/jobs/{job_id}/retry", headers=self.tenant.headers())
@@ -157,7 +170,7 @@ def databases_and_users(realbench) -> tuple[set[str], set[str]]:
 
 
 def test_a_site_with_erpnext_answers_its_owner_logs_in_no_password_shows_its_backup_restores_and_its_delete_leaves_no_database(
-    service, realbench, bench_folders
+    service, realbench, bench_folders, tmp_path
 ):
     service.start_worker(SITE_APPS="erpnext")
     bench_log = realbench.path / "logs" / "bench.log"
@@ -190,7 +203,7 @@ def test_a_site_with_erpnext_answers_its_owner_logs_in_no_password_shows_its_bac
     assert backed_up["status"] == "completed", backed_up
     [backup] = [backup for backup in service.backups() if backup["job_id"] == backed_up["id"]]
     before_the_drill = databases_and_users(realbench)
-    drilled = service.wait(service.ask("restore_drill"))
+    drilled = service.wait(service.scheduled_drill(tmp_path))
     assert drilled["status"] == "completed", drilled
     assert "tables of the dump" in service.steps(drilled["id"])[1]["output"]
     assert service.backup(backup["id"])["restore_proven_at"] is not None
