@@ -195,10 +195,10 @@ class BackupSchema(Schema):
         allow_none=True,
         metadata={"description": "When it last restored into a site that answered (a restore_site or a restore_drill)"},
     )
-    drill_failed_at = fields.DateTime(
+    restore_failed_at = fields.DateTime(
         allow_none=True, metadata={"description": "When a restore of it last failed; it counts until a later one proves it"}
     )
-    drill_error = fields.String(allow_none=True, metadata={"description": "Why that restore failed"})
+    restore_error = fields.String(allow_none=True, metadata={"description": "Why that restore failed"})
 
 
 class AdminPasswordSchema(Schema):

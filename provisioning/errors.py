@@ -36,6 +36,11 @@ class BackupUnrestorable(StepFailed):
     against the backup (``backups.proofs``)."""
 
 
+class SiteUnchanged(StepFailed):
+    """A step failed before it changed anything of the site (bench's root login refused, say): the
+    tenant goes back to where it was, and nothing is undone."""
+
+
 class StepStopped(Exception):
     """A driver step stopped early because it was asked to (a cancel, or the job was taken away)."""
 

@@ -242,7 +242,7 @@ class SiteBackup(Base):
     ``files`` is a list of ``{"kind", "path", "size", "sha256"}``; a backup is ``completed`` only
     once every file was checked. Pruning deletes the files and keeps the record, as ``pruned``.
     ``restore_proven_at`` is when it last restored into a site that then answered (a restore or a
-    restore drill); ``drill_failed_at`` and ``drill_error`` say when and why one last failed to.
+    restore drill); ``restore_failed_at`` and ``restore_error`` say when and why one last failed to.
     """
 
     __tablename__ = "site_backups"
@@ -260,5 +260,5 @@ class SiteBackup(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     restore_proven_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    drill_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    drill_error: Mapped[str | None] = mapped_column(Text)
+    restore_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    restore_error: Mapped[str | None] = mapped_column(Text)

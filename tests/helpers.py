@@ -1,9 +1,12 @@
 """Test helpers: waiting on conditions with a deadline (never sleeping and hoping), and checking API answers."""
 
+import fcntl
 import stat
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
@@ -81,3 +84,21 @@ def committing(session: Session, **kwargs) -> PatientService:
     """The service on ``session`` as the API or a worker uses it: each call committed (and a new
     job published after its commit), so other processes and sessions see what it wrote."""
     return PatientService(ProvisioningService(session, **kwargs), patience=0)
+
+
+@contextmanager
+def machine_lock(name: str, waiting_for: str, timeout: float = 600) -> Iterator[None]:
+    """Held by one test run of this machine at a time: ``<temp dir>/<name>.lock``, waited for up to
+    ``timeout`` seconds, the wait said to be for ``waiting_for``."""
+    path = Path(tempfile.gettempdir()) / f"{name}.lock"
+    with path.open("a") as lock:
+
+        def locked() -> bool:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        wait_for(locked, timeout=timeout, interval=1, what=f"{waiting_for} (lock {path})")
+        yield

@@ -18,12 +18,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("site_backups") as batch:
         batch.add_column(sa.Column("restore_proven_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("drill_failed_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("drill_error", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("restore_failed_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("restore_error", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("site_backups") as batch:
-        batch.drop_column("drill_error")
-        batch.drop_column("drill_failed_at")
+        batch.drop_column("restore_error")
+        batch.drop_column("restore_failed_at")
         batch.drop_column("restore_proven_at")

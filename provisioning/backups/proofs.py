@@ -1,8 +1,8 @@
 """Whether a backup restores: a backup counts once it has been restored into a site that answered.
 
 Restores and restore drills record it on the backup (``restore_proven_at``); a drill or a
-restore that found the backup unusable records when and why (``drill_failed_at``,
-``drill_error``), for the metrics and ``doctor`` to report until a later one proves it again.
+restore that found the backup unusable records when and why (``restore_failed_at``,
+``restore_error``), for the metrics and ``doctor`` to report until a later one proves it again.
 """
 
 from __future__ import annotations
@@ -52,14 +52,14 @@ class RestoreProofs:
         self._record(tenant_id, backup_id, restore_proven_at=utcnow())
 
     def disprove(self, tenant_id: uuid.UUID, backup_id: uuid.UUID, error: str) -> None:
-        self._record(tenant_id, backup_id, drill_failed_at=utcnow(), drill_error=error)
+        self._record(tenant_id, backup_id, restore_failed_at=utcnow(), restore_error=error)
 
     def disproven(self) -> Sequence[SiteBackup]:
         """The completed backups whose last restore failed (no later one proved them), newest failure first."""
         return self.session.scalars(
             select(SiteBackup)
             .where(SiteBackup.status == BackupStatus.COMPLETED, self._last_failed())
-            .order_by(SiteBackup.drill_failed_at.desc())
+            .order_by(SiteBackup.restore_failed_at.desc())
         ).all()
 
     def counts(self) -> tuple[int, int]:
@@ -74,8 +74,8 @@ class RestoreProofs:
 
     @staticmethod
     def _last_failed():
-        return SiteBackup.drill_failed_at.is_not(None) & (
-            SiteBackup.restore_proven_at.is_(None) | (SiteBackup.restore_proven_at < SiteBackup.drill_failed_at)
+        return SiteBackup.restore_failed_at.is_not(None) & (
+            SiteBackup.restore_proven_at.is_(None) | (SiteBackup.restore_proven_at < SiteBackup.restore_failed_at)
         )
 
     def _record(self, tenant_id: uuid.UUID, backup_id: uuid.UUID, **values) -> None:

@@ -103,9 +103,12 @@ class JobContext:
         return job_folder
 
     def backup_to_restore(self) -> list[BackupFile]:
-        """The files of the backup the job restores (its option ``backup_id``), as recorded."""
+        """The files of the backup the job restores (its option ``backup_id``), as recorded; a retry
+        that resumes past check_backup finds out here whether retention pruned it meanwhile."""
         with self._sessions() as session:
             backup = session.get(SiteBackup, uuid.UUID(str(self.options[BACKUP_ID])))
+            if backup.status != BackupStatus.COMPLETED:
+                raise StepFailed(f"backup {backup.id} is {backup.status.value}: only a completed backup can be restored")
             return files_of(backup)
 
     def safety_backup(self) -> list[BackupFile] | None:

@@ -376,9 +376,20 @@ class JobRequests(JobRecords):
 
     def _resume_point(self, job: ProvisioningJob) -> str | None:
         """Where a retry of ``job`` starts: None (the beginning) unless it failed in a step and is
-        still the tenant's latest job."""
+        still the tenant's latest job.
+
+        A job that undoes its failures (a restore) starts over unless its tenant is failed: its
+        failure was undone, or came before it changed anything, and the site has been in use
+        since, so what it did before (a safety backup) is out of date. A failed tenant's site was
+        left half done (its worker stopped or was lost): the retry resumes there.
+        """
         if job.status != JobStatus.FAILED:
             return None
+        workflow = workflow_for(job.job_type)
+        if workflow.undoes_failures:
+            tenant_status = self.session.scalar(select(Tenant.status).where(Tenant.id == job.tenant_id))
+            if tenant_status != workflow.tenant_on_failure:
+                return None
         failed_step = self.session.scalar(
             select(JobStep.name).where(JobStep.job_id == job.id, JobStep.status == StepStatus.FAILED)
         )
@@ -389,8 +400,8 @@ class JobRequests(JobRecords):
         )
         if failed_step is None or newer is not None:
             return None
-        resume_from = workflow_for(job.job_type).resume_point(failed_step)
-        return None if resume_from == workflow_for(job.job_type).step_names[0] else resume_from
+        resume_from = workflow.resume_point(failed_step)
+        return None if resume_from == workflow.step_names[0] else resume_from
 
     def _replay(self, tenant_id: uuid.UUID, idempotency_key: str, fingerprint: str) -> ProvisioningJob | None:
         """The job an earlier request with this key made, if the key is known and unexpired."""

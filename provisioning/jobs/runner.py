@@ -37,7 +37,7 @@ from provisioning.backups.book import BACKUP_ID, BackupBook, Retention, retentio
 from provisioning.backups.proofs import RestoreProofs
 from provisioning.backups.steps import BackupSteps
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
-from provisioning.errors import BackupUnrestorable, Conflict, StepFailed, StepStopped, StepTerminated
+from provisioning.errors import BackupUnrestorable, Conflict, SiteUnchanged, StepFailed, StepStopped, StepTerminated
 from provisioning.jobs.context import JobContext
 from provisioning.jobs.execution import JobExecution
 from provisioning.jobs.heartbeat import Heartbeat
@@ -211,7 +211,10 @@ class JobRunner:
             except StepFailed as failure:
                 if isinstance(failure, BackupUnrestorable):
                     self._disprove(job, str(failure))
-                return self._fail_in_step(run, position, f"step {step.name} failed: {failure}", failure.output)
+                error = f"step {step.name} failed: {failure}"
+                if isinstance(failure, SiteUnchanged):
+                    return self._fail(run, position, error, failure.output, tenant_status=job.tenant_status_before)
+                return self._fail_in_step(run, position, error, failure.output)
             except SoftTimeLimitExceeded:  # no time left to undo anything: a retry resumes
                 return self._fail(run, position, f"step {step.name} exceeded the task's soft time limit")
             except Exception as error:  # a driver bug must still end the job, never leave it running
@@ -284,21 +287,22 @@ class JobRunner:
             RestoreProofs(session).disprove(job.tenant_id, uuid.UUID(str(job.options[BACKUP_ID])), error)
 
     def _fail_in_step(self, run: Run, position: int, error: str, output: str = "") -> None:
-        """Fail the job at a step that failed; a job that ``undoes_failures`` first has the driver
-        undo what it changed (a restore puts the site back from its safety backup), and the tenant
-        then goes back to where it was; if that fails too, the error says so and the tenant is
-        failed. A retry starts again where the workflow says (``Step.redo_from``)."""
-        workflow = run.workflow
-        if not (workflow.undoes_failures and workflow.changed_the_site(run.reached)):
+        """Fail the job at a driver's step that failed; a job that ``undoes_failures`` first has the
+        driver undo what it changed (a restore puts the site back from its safety backup), and the
+        tenant goes where a success would have put it, the site being whole; if that fails too,
+        the error says so and the tenant goes where a failure puts it. A platform step's failure
+        (recording a proof, say) undoes nothing: the site is as the job meant it to be."""
+        workflow, step = run.workflow, run.workflow.steps[position]
+        if step.by_platform or not (workflow.undoes_failures and workflow.changed_the_site(run.reached)):
             return self._fail(run, position, error, output)
         try:
             undone = self.driver.undo(run.context.unstoppable())
         except Exception as undo_error:
             log.exception("job %s: undoing the failed step failed", run.job.id)
-            return self._fail(run, position, f"{error}; putting the site back failed too: {undo_error}", output)
+            return self._fail(run, position, f"{error}; undoing it failed too: {undo_error}", output)
         output = f"{output}\n{undone}".strip()
-        back = run.job.tenant_status_before
-        self._fail(run, position, f"{error}; the site was put back as it was before the job", output, tenant_status=back)
+        whole = workflow.tenant_on_success
+        self._fail(run, position, f"{error}; {workflow.undoes_failures}", output, tenant_status=whole)
 
     def _fail(
         self,

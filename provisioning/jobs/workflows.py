@@ -39,8 +39,10 @@ class Workflow:
     and the job says what stands: ``cannot_undo``, and the backup it took, if it kept one. A job
     that ``needs_admin_password`` makes the site: its claim stores the site's admin password (see
     ``JobExecution.start_job``). A job that ``undoes_failures`` has the driver undo what it changed
-    when it fails from ``changes_from`` on, as when it is cancelled: a restore puts the site back
-    from its safety backup, and the tenant goes back to where it was.
+    when a driver's step fails from ``changes_from`` on, as when it is cancelled (a restore puts
+    the site back from its safety backup, a drill drops its scratch site); the text says what that
+    leaves, for the job's error. The site is then whole again: the tenant goes where a success
+    would have put it. Its retry starts over (see ``JobRequests._resume_point``).
     """
 
     job_type: JobType
@@ -55,7 +57,7 @@ class Workflow:
     point_of_no_return: str | None = None
     cannot_undo: str = ""
     needs_admin_password: bool = False
-    undoes_failures: bool = False
+    undoes_failures: str = ""
 
     @property
     def step_names(self) -> tuple[str, ...]:
@@ -177,20 +179,23 @@ WORKFLOWS: dict[JobType, Workflow] = {
                 redo_from="safety_backup",
             ),
             Step("restore_site", "Restoring the database and files"),
-            # A failure from here on put the site back as it was: its retry restores again.
+            # A failure here that could not be undone (or a worker lost here) left the site half
+            # restored: its retry restores again, from the safety backup it kept.
             Step("migrate_site", "Migrating the restored site to the bench's apps", redo_from="restore_site"),
             Step("verify_site", "Checking that the site answers", redo_from="restore_site"),
             Step("prove_backup", "Recording that the backup restores", by_platform=True),
         ),
-        allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),
-        refusal="the tenant has no active site to restore into; restore_site needs an active tenant",
+        # A failed tenant too: a restore cut short (its worker stopped or lost) left its site half
+        # restored, and its retry, or another restore, is what brings it back.
+        allowed_tenant_states=frozenset({TenantStatus.ACTIVE, TenantStatus.FAILED}),
+        refusal="the tenant has no site to restore into; restore_site needs an active or failed tenant",
         tenant_on_start=TenantStatus.RESTORING,
         tenant_on_success=TenantStatus.ACTIVE,
         tenant_on_failure=TenantStatus.FAILED,
         changes_from="restore_site",
         point_of_no_return="prove_backup",
         cannot_undo="the backup is restored",
-        undoes_failures=True,
+        undoes_failures="the site was put back as it was before the job",
     ),
     JobType.RESTORE_DRILL: Workflow(
         job_type=JobType.RESTORE_DRILL,
@@ -203,6 +208,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         refusal="the tenant has no active site whose backups to drill; restore_drill needs an active tenant",
         # The tenant's own site is never touched: only a scratch site of the drill's own.
         changes_from="restore_scratch",
+        undoes_failures="its scratch site was dropped",
     ),
 }
 

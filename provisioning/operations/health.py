@@ -226,11 +226,12 @@ def check_restore_proofs(settings: Settings) -> Check:
     except Exception as error:
         return Check("restore drills", False, f"cannot read them: {first_line(error)}", "fix the database first")
     if failing:
-        shown = "; ".join(f"{backup.site} backup {backup.id}: {first_line(backup.drill_error or '')[:160]}"
+        shown = "; ".join(f"{backup.site} backup {backup.id}: {first_line(backup.restore_error or '')[:160]}"
                           for backup in failing[:3])  # fmt: skip
         return Check(
             "restore drills", False, f"{len(failing)} backup(s) failed their last restore: {shown}",
-            "read the drill's job for why; take a new backup (backup_site) and drill it (restore_drill)",
+            "read the failed job for why; take a new backup (backup_site); each stays listed until a restore_drill "
+            "with its backup_id proves it or retention prunes it",
         )  # fmt: skip
     schedule = (
         f"every {settings.restore_drill_interval_hours:g} h" if settings.restore_drill_interval_hours

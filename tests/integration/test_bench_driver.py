@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import select, update
 
 from api import create_app
+from provisioning.backups.book import BackupBook
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import StepStopped, StepTerminated
 from provisioning.jobs.runner import JobRunner
@@ -28,6 +29,7 @@ from provisioning.jobs.step_interruptions import TAKEN_AWAY, StopFlags
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.credentials import SiteCredentials
+from provisioning.sites.drivers.base import BackupFile
 from provisioning.sites.drivers.bench import BenchDriver
 from provisioning.sites.drivers.bench_command import TERMINATE_GRACE_SECONDS, Command
 from provisioning.sites.drivers.bench_config import BenchConfig
@@ -723,15 +725,15 @@ def test_a_restore_on_bench_brings_the_backup_back_after_a_safety_backup_with_th
     assert [found.status for found in safety] == [BackupStatus.COMPLETED]
 
 
-def test_a_restore_whose_import_dies_half_way_puts_the_site_back_from_its_safety_backup(
+def test_a_restore_whose_import_dies_half_way_puts_the_site_back_and_a_lost_connection_is_not_the_backups_fault(
     session, sessions, tenant_factory, run_job, bench, monkeypatch
 ):
     tenant = tenant_factory.create()
     backup = backed_up(session, sessions, tenant, run_job, bench)
-    monkeypatch.setenv("FAKE_BENCH_FAIL", "restore")
+    monkeypatch.setenv("FAKE_BENCH_FAIL", "restore")  # the import dies: "Lost connection to server during query"
 
     class ThenRestoresWell(BenchDriver):
-        """The failure is the backup's: putting the site back from the safety backup works."""
+        """The database is back: putting the site back from the safety backup works."""
 
         def undo(self, context):
             monkeypatch.delenv("FAKE_BENCH_FAIL")
@@ -740,14 +742,28 @@ def test_a_restore_whose_import_dies_half_way_puts_the_site_back_from_its_safety
     job = run_job(request(session, tenant, JobType.RESTORE_SITE, backup_id=str(backup.id)).id, driver_class=ThenRestoresWell)
 
     assert job.status == JobStatus.FAILED
-    assert job.error.startswith("step restore_site failed: bench could not restore the backup into")
+    assert job.error.startswith("step restore_site failed: `bench --site") and "Lost connection" in job.error
     assert job.error.endswith("; the site was put back as it was before the job")
     assert "after_the_backup" in tables_of_site(bench, tenant)  # as it was before the job, answering
     assert installed(bench, tenant) == ["frappe", "erpnext"]
     assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
     with sessions() as reading:
-        failing = reading.get(SiteBackup, backup.id)
-    assert failing.drill_failed_at is not None and "could not restore" in failing.drill_error
+        assert reading.get(SiteBackup, backup.id).restore_failed_at is None
+
+
+def written_wrong(session, tenant, backup: SiteBackup, folder: Path) -> SiteBackup:
+    """A completed backup of the tenant whose dump passes the platform's checks (gzip, SQL, its end)
+    but has a line that is no SQL, after its first table: its import fails half-way."""
+    dump = next(Path(file["path"]) for file in backup.files if file["kind"] == "database")
+    lines = gzip.decompress(dump.read_bytes()).decode().splitlines(keepends=True)
+    first_table = next(number for number, line in enumerate(lines) if line.startswith("CREATE TABLE"))
+    lines.insert(first_table + 1, "THIS IS NOT SQL;\n")
+    folder.mkdir(parents=True)
+    (folder / dump.name).write_bytes(gzip.compress("".join(lines).encode()))
+    book = BackupBook(session)
+    wrong = book.start(tenant.id, None, backup.site, [BackupFile("database", folder / dump.name)])
+    book.verify(wrong)
+    return wrong
 
 
 def test_a_drill_on_bench_proves_the_backup_in_a_scratch_site_and_leaves_nothing_of_it(
@@ -771,20 +787,36 @@ def test_a_drill_on_bench_proves_the_backup_in_a_scratch_site_and_leaves_nothing
     assert "after_the_backup" in tables_of_site(bench, tenant)  # the tenant's own site untouched
 
 
-def test_a_drill_whose_restore_dies_marks_the_backup_and_still_drops_its_scratch_site(
+def test_a_drill_of_a_dump_the_import_refuses_marks_the_backup_and_still_drops_its_scratch_site(
+    session, sessions, tenant_factory, run_job, bench, tmp_path
+):
+    tenant = tenant_factory.create()
+    wrong = written_wrong(session, tenant, backed_up(session, sessions, tenant, run_job, bench), tmp_path / "wrong")
+
+    job = run_job(request(session, tenant, JobType.RESTORE_DRILL, backup_id=str(wrong.id)).id)
+
+    assert job.status == JobStatus.FAILED and "bench could not restore the backup" in job.error and "ERROR 1064" in job.error
+    assert job.error.endswith("; its scratch site was dropped")
+    assert not (bench.path / "sites" / f"{tenant.tenant.slug}.drill.{DOMAIN}").exists()
+    with sessions() as reading:
+        assert "ERROR 1064" in reading.get(SiteBackup, wrong.id).restore_error
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+
+
+def test_a_drill_that_runs_out_of_time_drops_its_scratch_site_all_the_same_and_does_not_blame_the_backup(
     session, sessions, tenant_factory, run_job, bench, monkeypatch
 ):
     tenant = tenant_factory.create()
     backup = backed_up(session, sessions, tenant, run_job, bench)
-    monkeypatch.setenv("FAKE_BENCH_FAIL", "restore")
+    monkeypatch.setenv("FAKE_BENCH_HANG", "restore")
 
-    job = run_job(request(session, tenant, JobType.RESTORE_DRILL).id)
+    job = run_job(request(session, tenant, JobType.RESTORE_DRILL).id, step_timeout_seconds="3")
 
-    assert job.status == JobStatus.FAILED and "bench could not restore the backup" in job.error
+    assert job.status == JobStatus.FAILED and "timed out after 3s (BENCH_STEP_TIMEOUT_SECONDS)" in job.error, job.error
     assert not (bench.path / "sites" / f"{tenant.tenant.slug}.drill.{DOMAIN}").exists()
+    assert not any((bench.path / "archived" / "sites" / "drills").iterdir())
     with sessions() as reading:
-        assert reading.get(SiteBackup, backup.id).drill_failed_at is not None
-    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+        assert reading.get(SiteBackup, backup.id).restore_failed_at is None
 
 
 def tables_of_dump(backup: SiteBackup) -> list[str]:

@@ -8,16 +8,21 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
-from provisioning.backups.book import BackupBook, Retention
+from provisioning.backups.book import BackupBook, Retention, retention_of
+from provisioning.backups.proofs import RestoreProofs
+from provisioning.backups.steps import BackupSteps
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
-from provisioning.errors import Conflict, NotFound
+from provisioning.errors import Conflict, NotFound, SiteUnchanged
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobEvent, SiteBackup
 from provisioning.operations.health import check_restore_proofs
 from provisioning.operations.schedules import DRILL_SCHEDULER, schedule_drills
 from provisioning.sites.drivers.simulated import SimulatedDriver
+from tests.factories import TenantFactory, make_backup
 from tests.helpers import committing, wait_for
 from tests.records import read_job, read_steps, tenant_status
 
@@ -35,6 +40,11 @@ def backup_of(session, sessions, runner, tenant) -> SiteBackup:
 
 def restore(session, tenant, backup, **options):
     return committing(session).request_job(tenant.id, JobType.RESTORE_SITE, options={"backup_id": str(backup.id), **options})
+
+
+def failing_backups(sessions) -> list:
+    with sessions() as session:
+        return [backup.id for backup in RestoreProofs(session).disproven()]
 
 
 def read_backup(sessions, backup_id) -> SiteBackup:
@@ -80,7 +90,7 @@ def test_a_restore_that_skips_its_safety_backup_takes_none(session, sessions, ru
         assert BackupBook(reading).of_job(job.id) is None
 
 
-def test_a_restore_failing_after_it_changed_the_site_puts_it_back_and_its_retry_restores_again(
+def test_a_restore_failing_after_it_changed_the_site_puts_it_back_and_its_retry_starts_over(
     session, sessions, runner, active
 ):
     backup = backup_of(session, sessions, runner, active)
@@ -94,22 +104,101 @@ def test_a_restore_failing_after_it_changed_the_site_puts_it_back_and_its_retry_
     assert "put back from its safety backup" in read_steps(sessions, job.id)[4].output
     assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE  # served as it was, and open to a retry
 
+    # The site was in use since it was put back: the first safety backup is out of date.
     retry = committing(session).retry_job(active.id, job.id)
-    assert retry.resume_from == "restore_site"  # the put-back undid the restore: it is done again
+    assert retry.resume_from is None
     runner().run(retry.id)
     assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
     assert read_backup(sessions, backup.id).restore_proven_at is not None
 
 
-def test_a_failed_restore_without_a_safety_backup_says_the_site_could_not_be_put_back(session, sessions, runner, active):
+def test_a_failed_restore_without_a_safety_backup_says_the_site_could_not_be_put_back_and_its_retry_resumes(
+    session, sessions, runner, active
+):
     backup = backup_of(session, sessions, runner, active)
     job = restore(session, active, backup, skip_safety_backup=True)
 
     runner(fail_step="restore_site").run(job.id)
 
     error = read_job(sessions, job.id).error
-    assert "putting the site back failed too" in error and "skip_safety_backup" in error
+    assert "undoing it failed too" in error and "skip_safety_backup" in error
     assert tenant_status(sessions, active.id) == TenantStatus.FAILED
+    retry = committing(session).retry_job(active.id, job.id)  # a failed tenant's restore is what brings it back
+    assert retry.resume_from == "restore_site"
+    runner().run(retry.id)
+    assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
+    assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE
+
+
+def test_a_restore_cut_short_by_the_task_s_time_limit_is_not_undone_and_its_retry_restores_again(
+    session, sessions, runner, active
+):
+    backup = backup_of(session, sessions, runner, active)
+    job = restore(session, active, backup)
+
+    class OutOfTime(SimulatedDriver):
+        def run_step(self, step, context):
+            if step == "migrate_site":
+                raise SoftTimeLimitExceeded()
+            return super().run_step(step, context)
+
+    runner(driver=OutOfTime(0)).run(job.id)
+
+    assert "soft time limit" in read_job(sessions, job.id).error
+    assert tenant_status(sessions, active.id) == TenantStatus.FAILED  # half restored: no time was left to undo
+    retry = committing(session).retry_job(active.id, job.id)
+    assert retry.resume_from == "restore_site"  # restored again, with the safety backup it kept
+    runner().run(retry.id)
+    assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
+    with sessions() as reading:
+        assert BackupBook(reading).kept_of_job(retry.id) == 1
+
+
+def test_a_restore_refused_before_it_changed_anything_is_not_undone_and_the_tenant_stays_active(
+    session, sessions, runner, active
+):
+    backup = backup_of(session, sessions, runner, active)
+    job = restore(session, active, backup)
+
+    class RootRefused(SimulatedDriver):
+        def run_step(self, step, context):
+            if step == "restore_site":
+                raise SiteUnchanged("the database refused the root login of `bench restore`")
+            return super().run_step(step, context)
+
+        def undo(self, context):
+            raise AssertionError("nothing to undo")
+
+    runner(driver=RootRefused(0)).run(job.id)
+
+    assert read_job(sessions, job.id).error == "step restore_site failed: the database refused the root login of `bench restore`"
+    assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE
+
+
+def test_a_restore_whose_proof_cannot_be_recorded_keeps_the_restored_site_and_its_retry_records_it(
+    session, sessions, runner, active, settings
+):
+    backup = backup_of(session, sessions, runner, active)
+    job = restore(session, active, backup)
+    undone = []
+
+    class Records(SimulatedDriver):
+        def undo(self, context):
+            undone.append(context.job_id)
+            return super().undo(context)
+
+    class DatabaseBlip(BackupSteps):
+        def prove_backup(self, session, tenant_id, backup_id):
+            raise OperationalError("UPDATE site_backups", {}, Exception("server closed the connection"))
+
+    runner(driver=Records(0), backup_steps=DatabaseBlip(sessions, retention_of(settings))).run(job.id)
+
+    assert read_job(sessions, job.id).status == JobStatus.FAILED and undone == []
+    retry = committing(session).retry_job(active.id, job.id)
+    assert retry.resume_from == "prove_backup"
+    runner().run(retry.id)
+    assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
+    assert read_backup(sessions, backup.id).restore_proven_at is not None
 
 
 def test_a_restore_failing_before_it_changed_the_site_leaves_the_tenant_as_it_was(session, sessions, runner, active):
@@ -137,16 +226,30 @@ def test_a_backup_whose_files_changed_is_not_restored_and_counts_as_failing_unti
     assert failed.status == JobStatus.FAILED and "check_backup failed" in failed.error and "changed since" in failed.error
     assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE
     marked = read_backup(sessions, backup.id)
-    assert marked.drill_failed_at is not None and "changed since it was written" in marked.drill_error
-    doctor = check_restore_proofs(settings)
-    assert not doctor.ok and str(backup.id) in doctor.detail
+    assert marked.restore_failed_at is not None and "changed since it was written" in marked.restore_error
+    assert backup.id in failing_backups(sessions)
 
     dump.write_bytes(intact)  # put back, say, from the operator's own copy
-    drill = committing(session).request_job(active.id, JobType.RESTORE_DRILL)
+    drill = committing(session).request_job(active.id, JobType.RESTORE_DRILL, options={"backup_id": str(backup.id)})
     runner().run(drill.id)
 
     assert read_job(sessions, drill.id).status == JobStatus.COMPLETED
-    assert str(backup.id) not in check_restore_proofs(settings).detail
+    assert backup.id not in failing_backups(sessions)
+
+
+def test_doctor_and_the_metrics_name_a_backup_that_failed_its_last_restore(isolated, tmp_path):
+    with isolated.session() as session:
+        tenant = TenantFactory(session).create(status=TenantStatus.ACTIVE)
+        backup = make_backup(session, tenant, tmp_path, timedelta(hours=1))
+        assert check_restore_proofs(isolated.settings).ok
+
+        RestoreProofs(session).disprove(tenant.id, backup.id, "bench could not restore the backup: ERROR 1064")
+        doctor = check_restore_proofs(isolated.settings)
+        assert not doctor.ok and str(backup.id) in doctor.detail and "ERROR 1064" in doctor.detail
+        assert RestoreProofs(session).counts() == (0, 1)
+
+        RestoreProofs(session).prove(tenant.id, backup.id)
+        assert check_restore_proofs(isolated.settings).ok and RestoreProofs(session).counts() == (1, 0)
 
 
 def test_a_restore_names_a_completed_backup_of_the_tenant_or_is_refused(session, sessions, runner, active, tenant_factory):
@@ -218,22 +321,23 @@ def test_a_drill_failing_for_the_driver_s_own_reasons_does_not_count_against_the
 
     assert read_job(sessions, failing.id).status == JobStatus.FAILED
     assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE  # the tenant's own site was never touched
-    assert read_backup(sessions, backup.id).drill_failed_at is None
+    assert read_backup(sessions, backup.id).restore_failed_at is None
 
 
-def test_drills_are_scheduled_once_per_interval_for_tenants_with_a_backup(session, sessions, runner, tenant_factory):
-    with_backup = tenant_factory.create(status=TenantStatus.ACTIVE)
-    backup_of(session, sessions, runner, with_backup)
-    without = tenant_factory.create(status=TenantStatus.ACTIVE)
-    service = committing(session)
+def test_drills_are_scheduled_once_per_interval_for_tenants_with_a_backup(isolated, tmp_path):
+    with isolated.session() as session:
+        factory = TenantFactory(session)
+        with_backup = factory.create(status=TenantStatus.ACTIVE)
+        factory.create(status=TenantStatus.ACTIVE)  # without a backup: nothing to drill
+        backup = make_backup(session, with_backup, tmp_path, timedelta(hours=1))
+        service = committing(session)
 
-    first = schedule_drills(service, DAILY)
-    again = schedule_drills(service, DAILY)
+        first = schedule_drills(service, DAILY)
+        again = schedule_drills(service, DAILY)
 
-    drills = [read_job(sessions, job_id) for job_id in first]
-    assert [drill.tenant_id for drill in drills if drill.tenant_id in (with_backup.id, without.id)] == [with_backup.id]
-    assert all(drill.job_type == JobType.RESTORE_DRILL for drill in drills)
-    assert with_backup.id not in [read_job(sessions, job_id).tenant_id for job_id in again]
-    with sessions() as reading:
-        actors = reading.scalars(select(JobEvent.actor).where(JobEvent.job_id.in_(first), JobEvent.kind == "created")).all()
-    assert set(actors) == {DRILL_SCHEDULER}
+        [drill] = [read_job(isolated.sessions, job_id) for job_id in first]
+        assert (drill.tenant_id, drill.job_type) == (with_backup.id, JobType.RESTORE_DRILL)
+        assert drill.options == {"backup_id": str(backup.id)}
+        assert again == []
+        actor = session.scalar(select(JobEvent.actor).where(JobEvent.job_id == drill.id, JobEvent.kind == "created"))
+        assert actor == DRILL_SCHEDULER

@@ -9,7 +9,6 @@ machine from overlapping.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import pytest
 import requests
 
 from provisioning.operations.quickstart import port_is_free
-from tests.helpers import not_private, wait_for
+from tests.helpers import machine_lock, not_private, wait_for
 from tests.processes import (
     PROJECT_ROOT,
     TAG_VARIABLE,
@@ -43,7 +41,6 @@ pytestmark = pytest.mark.xdist_group("default_ports")
 
 HTTP_TIMEOUT = 10
 DEFAULT_PORTS = {"PORT": 8000, "FLOWER_PORT": 5555, "EMBEDDED_BROKER_PORT": 6399}
-LOCK_PATH = Path(tempfile.gettempdir()) / "erpmax-quickstart-default-ports.lock"
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 CURL_LINE = re.compile(r"^\s+(curl .*)$", re.MULTILINE)
 TOKEN_LINE = re.compile(r"^\s+(erpx_\S+)\s*$", re.MULTILINE)
@@ -81,16 +78,7 @@ class Run:
 def default_ports():
     """The machine's default ports, for this test alone: wait for any other run's quickstart
     test to finish, then fail, saying which, if something else holds one."""
-    with LOCK_PATH.open("a") as lock:
-
-        def locked() -> bool:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
-
-        wait_for(locked, timeout=600, interval=1, what=f"another test run's quickstart to finish (lock {LOCK_PATH})")
+    with machine_lock("erpmax-quickstart-default-ports", "another test run's quickstart to finish"):
         for name, port in DEFAULT_PORTS.items():
             if not port_is_free(port):
                 pytest.fail(

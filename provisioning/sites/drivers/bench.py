@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from provisioning.enums import JobType
-from provisioning.errors import BackupUnrestorable, StepFailed
+from provisioning.errors import BackupUnrestorable, SiteUnchanged, StepFailed
 from provisioning.platform.identifiers import SITE_NAME
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.credentials import generate_password
@@ -39,6 +39,13 @@ BACKUP_KINDS = {"Config": "config", "Database": "database", "Public": "public_fi
 LOGIN_REFUSED = re.compile(r"\(1045, .Access denied for user")
 # "CREATE TABLE `tabUser` (" in a mariadb-dump.
 CREATE_TABLE = re.compile(rb"^CREATE TABLE `([^`]+)`")
+# What `bench restore` says when the dump itself is bad, as real frappe 15 says it: refused before
+# the import (no __Auth table, empty, not gzip), or an SQL error of the import (the mariadb client's
+# 1xxx errors; its 2xxx ones, a lost connection say, are the database's, not the dump's).
+BAD_DUMP = re.compile(
+    r"Table `__Auth` not found in file|is an empty file!|Not a gzipped file|unexpected end of file"
+    r"|ERROR 1\d{3} \(\w+\) at line \d+"
+)
 
 
 class RootLoginRefused(StepFailed):
@@ -117,8 +124,9 @@ class _SiteWork:
                               answers=(self.config.db_root_password, *answers))  # fmt: skip
         except StepFailed as failure:
             if any(LOGIN_REFUSED.search(line) for line in failure.output.splitlines()):
+                command = args[2] if args[0] == "--site" else args[0]
                 raise RootLoginRefused(
-                    f"the database refused the root login of `bench {args[0]}`: check DB_ROOT_USERNAME "
+                    f"the database refused the root login of `bench {command}`: check DB_ROOT_USERNAME "
                     f"({self.config.db_root_username}) and DB_ROOT_PASSWORD",
                     output=failure.output,
                 ) from None
@@ -247,6 +255,7 @@ class _SiteWork:
         return self.run_backup()
 
     def drop_site(self) -> str:
+        self.drop_scratch()  # a drill cut short (its worker lost) left it: no copy outlives the site
         if not self.site_dir.exists():
             return self.output(f"{self.site} is not in the bench any more; nothing to drop")
         self.drop(self.config.archive_path)
@@ -265,7 +274,9 @@ class _SiteWork:
         return self.run_backup()
 
     def restore_site(self) -> str:
-        self._require_site()
+        # The site need not answer: one a restore left half done (a retry's) is restored again.
+        if not (self.site_dir / "site_config.json").is_file():
+            raise StepFailed(f"site {self.site} is not in the bench: there is nothing to restore into")
         self.restore(self.site, self.context.backup_to_restore())
         return self.output(f"restored {self.site}")
 
@@ -276,16 +287,24 @@ class _SiteWork:
 
     def restore(self, site: str, files: Sequence[BackupFile]) -> None:
         """``bench --site <site> restore`` of a backup's database and files (the root password on
-        stdin): frappe drops the site's database, makes it again from the dump, and unpacks the files."""
+        stdin): frappe drops the site's database, makes it again from the dump, and unpacks the files.
+
+        Raises:
+            SiteUnchanged: the root login was refused, which frappe asks for before it drops anything.
+            BackupUnrestorable: bench said the dump itself is bad (``BAD_DUMP``).
+            StepFailed: any other failure (a timeout, the database down): not the backup's fault.
+        """
         paths = {file.kind: str(file.path) for file in files}
         public = ["--with-public-files", paths["public_files"]] if "public_files" in paths else []
         private = ["--with-private-files", paths["private_files"]] if "private_files" in paths else []
         try:
             self.bench_as_root("--site", site, "restore", paths["database"], *public, *private)
-        except RootLoginRefused:
-            raise
+        except RootLoginRefused as refused:
+            raise SiteUnchanged(str(refused), refused.output) from None
         except StepFailed as failure:
-            raise BackupUnrestorable(f"bench could not restore the backup into {site}: {failure}", failure.output) from None
+            if BAD_DUMP.search(failure.output):
+                raise BackupUnrestorable(f"bench could not restore the backup into {site}: {failure}", failure.output) from None
+            raise
 
     def put_back(self) -> str:
         """Undo a restore: the site restored from the safety backup the job took first, and migrated."""
@@ -317,7 +336,9 @@ class _SiteWork:
             self.restore(self.scratch, files)
             tables = self._check_scratch(files)
         finally:
-            self.drop_scratch()
+            # With a deadline of its own, and past a cancel or a worker stopping: what made this
+            # step end (its timeout, say) must not stop the drop too.
+            _SiteWork(self.config, self.context.unstoppable()).drop_scratch()
         return self.output(f"the backup restored into {self.scratch}, which answered with all {tables} tables of the dump")
 
     def drop_scratch(self) -> str:

@@ -17,9 +17,11 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from tests.helpers import machine_lock
 from tests.stack import RUN_ID
 
 SETUP_TIMEOUT_SECONDS = 20 * 60
@@ -77,7 +79,13 @@ class RealBench:
 
 
 @pytest.fixture(scope="session")
-def realbench() -> RealBench:
+def realbench() -> Iterator[RealBench]:
+    """The bench, for this test run alone: another run on this machine waits for its turn."""
+    with machine_lock("erpmax-realbench", "another test run's real-bench suite to finish", timeout=1800):
+        yield set_up_realbench()
+
+
+def set_up_realbench() -> RealBench:
     scripts = realbench_scripts()
     if not (scripts / "setup.sh").is_file():
         pytest.fail(f"no realbench scripts at {scripts}: set REALBENCH_SCRIPTS to the folder with setup.sh", pytrace=False)

@@ -247,7 +247,7 @@ def test_a_restore_brings_the_backup_back_and_one_that_fails_half_way_puts_the_s
     assert failed["error"].endswith("; the site was put back as it was before the job")
     assert realbench.sql(f"SHOW TABLES FROM `{database}` LIKE 'after_the_restore'") == ["after_the_restore"]
     assert service.tenant_status() == "active"
-    assert service.backup(str(broken))["drill_failed_at"] is not None
+    assert service.backup(str(broken))["restore_failed_at"] is not None
     listed = realbench.bench("--site", service.site, "list-apps", "-f", "json")
     assert listed.returncode == 0 and "frappe" in listed.stdout
 
