@@ -751,6 +751,26 @@ def test_a_restore_whose_import_dies_half_way_puts_the_site_back_and_a_lost_conn
         assert reading.get(SiteBackup, backup.id).restore_failed_at is None
 
 
+def test_a_restore_refused_the_root_login_changed_nothing_and_leaves_the_tenant_active(
+    session, sessions, tenant_factory, run_job, bench
+):
+    """frappe asks the root password before it drops anything: nothing to put back, nothing to blame the backup for."""
+    tenant = tenant_factory.create()
+    backup = backed_up(session, sessions, tenant, run_job, bench)
+
+    job = run_job(request(session, tenant, JobType.RESTORE_SITE, backup_id=str(backup.id)).id, db_root_password="wrong-password")
+
+    assert job.error == (
+        "step restore_site failed: the database refused the root login of `bench restore`: "
+        "check DB_ROOT_USERNAME (root) and DB_ROOT_PASSWORD"
+    )
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
+    assert "after_the_backup" in tables_of_site(bench, tenant)
+    assert sum("restore" in call for call in bench.calls()) == 1  # no put-back
+    with sessions() as reading:
+        assert reading.get(SiteBackup, backup.id).restore_failed_at is None
+
+
 def written_wrong(session, tenant, backup: SiteBackup, folder: Path) -> SiteBackup:
     """A completed backup of the tenant whose dump passes the platform's checks (gzip, SQL, its end)
     but has a line that is no SQL, after its first table: its import fails half-way."""
