@@ -241,30 +241,26 @@ class BackupBook:
             .subquery()
         )
         in_use = select(ProvisioningJob.id).where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
-        being_restored = [
-            uuid.UUID(backup_id)
-            for backup_id in self.session.scalars(
-                select(ProvisioningJob.options[BACKUP_ID].as_string()).where(
-                    ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES),
-                    ProvisioningJob.options[BACKUP_ID].as_string().is_not(None),
-                )
-            )
-        ]
         expired = self.session.scalars(
             select(ranked.c.id).where(
                 (ranked.c.rank > retention.keep_last) | (ranked.c.created_at < utcnow() - retention.max_age),
                 ranked.c.job_id.is_(None) | ranked.c.job_id.not_in(in_use),
-                ranked.c.id.not_in(being_restored),
+                ranked.c.id.not_in(self._being_restored()),
             )
         ).all()
         pruned = []
         for backup_id in expired:
             # Claimed first, so two pruners never both delete (and one never deletes a kept backup).
+            # The claim waits for a restore being asked for it (``RestoreProofs.restorable`` locks
+            # the row until that request commits), then asks again whether a restore uses it.
             claimed = self.session.execute(
                 update(SiteBackup)
                 .where(SiteBackup.id == backup_id, SiteBackup.status == BackupStatus.COMPLETED)
                 .values(status=BackupStatus.PRUNED, pruned_at=utcnow())
             ).rowcount
+            if claimed and backup_id in self._being_restored():
+                self.session.rollback()
+                continue
             self.session.commit()
             if claimed:
                 _delete_files(self.session.get(SiteBackup, backup_id).files)
@@ -274,6 +270,12 @@ class BackupBook:
                 "backups: pruned %d by retention (keep %d, at most %s old)", len(pruned), retention.keep_last, retention.max_age
             )
         return pruned
+
+    def _being_restored(self) -> list[uuid.UUID]:
+        """The backups an active job restores (its option ``backup_id``)."""
+        named = ProvisioningJob.options[BACKUP_ID].as_string()
+        active = ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)
+        return [uuid.UUID(backup_id) for backup_id in self.session.scalars(select(named).where(active, named.is_not(None)))]
 
     def remove_strays(self, root: Path, settle: timedelta = STRAY_AFTER) -> list[Path]:
         """Delete the job directories under ``root`` (``<slug>/<job id>``) that no job still

@@ -27,13 +27,15 @@ class RestoreProofs:
         self.session = session
 
     def restorable(self, tenant_id: uuid.UUID, backup_id: uuid.UUID) -> SiteBackup:
-        """The tenant's backup ``backup_id``, if it is completed.
+        """The tenant's backup ``backup_id``, if it is completed; locked (for share) until the caller's
+        transaction ends, so retention cannot prune it before the restore that asks for it is on
+        record (``BackupBook.prune``).
 
         Raises:
             NotFound: the tenant has no such backup (another tenant's looks the same).
             Conflict: the backup is not completed (failed, pruned, or still being made).
         """
-        backup = self.session.get(SiteBackup, backup_id)
+        backup = self.session.get(SiteBackup, backup_id, with_for_update={"read": True}, populate_existing=True)
         if backup is None or backup.tenant_id != tenant_id:
             raise NotFound(f"backup {backup_id} not found")
         if backup.status != BackupStatus.COMPLETED:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
 from provisioning.backups.book import BackupBook, Retention, retention_of
@@ -17,6 +17,7 @@ from provisioning.backups.proofs import RestoreProofs
 from provisioning.backups.steps import BackupSteps
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound, SiteUnchanged
+from provisioning.jobs.requests import JobRequests
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobEvent, SiteBackup
 from provisioning.operations.health import check_restore_proofs
@@ -341,3 +342,33 @@ def test_drills_are_scheduled_once_per_interval_for_tenants_with_a_backup(isolat
         assert again == []
         actor = session.scalar(select(JobEvent.actor).where(JobEvent.job_id == drill.id, JobEvent.kind == "created"))
         assert actor == DRILL_SCHEDULER
+
+
+def waiting_on_a_lock(sessions) -> int:
+    """How many of the database's connections wait on a lock now (a transaction of its own: the
+    statistics views keep what they first showed for the rest of a transaction)."""
+    with sessions() as watching:
+        return watching.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+        )
+
+
+def test_retention_waits_for_a_restore_being_asked_for_and_then_keeps_its_backup(sessions, active, tmp_path):
+    """The request locks the backup until it commits; a prune meanwhile waits, then sees the restore."""
+    with sessions() as setup:
+        backup = make_backup(setup, active, tmp_path, timedelta(days=90))
+    pruned = []
+
+    def prune() -> None:
+        with sessions() as pruning:
+            pruned.extend(BackupBook(pruning).prune(Retention(keep_last=0, max_age=timedelta(days=30)), active.id))
+
+    with sessions() as asking:
+        JobRequests(asking).request_job(active.id, JobType.RESTORE_SITE, options={"backup_id": str(backup.id)})
+        pruner = threading.Thread(target=prune)
+        pruner.start()
+        wait_for(lambda: waiting_on_a_lock(sessions) >= 1, what="the prune to wait for the restore's request")
+        asking.commit()
+    pruner.join(timeout=30)
+
+    assert pruned == [] and read_backup(sessions, backup.id).status == BackupStatus.COMPLETED
