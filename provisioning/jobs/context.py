@@ -38,6 +38,7 @@ class JobContext:
         flags: StopFlags,
         credentials: SiteCredentials,
         backup_root: Path,
+        reached: list[str],
     ):
         job = claim.job
         self.job_id = job.id
@@ -51,6 +52,7 @@ class JobContext:
         self._stops_for_a_cancel = True
         self._credentials = credentials
         self._backup_root = backup_root
+        self._reached = reached  # the runner's own list, kept up to date as steps start
 
     def should_stop(self) -> bool:
         return self._flags.should_stop(self._stops_for_a_cancel)
@@ -71,6 +73,9 @@ class JobContext:
         copy = _copy.copy(self)
         copy.__dict__.update(changes)
         return copy
+
+    def reached(self, step: str) -> bool:
+        return step in self._reached
 
     def admin_password(self) -> str:
         """The site's admin password, as the claim stored it: a retry's earlier attempt's, or a new one."""

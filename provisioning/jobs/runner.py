@@ -170,10 +170,11 @@ class JobRunner:
         workflow = workflow_for(job.job_type)
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         done_before = list(workflow.step_names[:first])
+        reached = list(done_before)
         run = Run(
             PatientService(service, self.database_patience), job, workflow,
-            JobContext(self.sessions, claim, stop.flags, self.credentials, self.backup_root), stop,
-            first=first, started_by_claim=claim.step_started, at=first, completed=done_before, reached=list(done_before),
+            JobContext(self.sessions, claim, stop.flags, self.credentials, self.backup_root, reached), stop,
+            first=first, started_by_claim=claim.step_started, at=first, completed=done_before, reached=reached,
         )  # fmt: skip
         with Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, stop.flags):
             try:

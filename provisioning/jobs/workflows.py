@@ -170,6 +170,8 @@ WORKFLOWS: dict[JobType, Workflow] = {
         job_type=JobType.RESTORE_SITE,
         steps=(
             Step("check_backup", "Checking the backup to restore", by_platform=True),
+            # Closed first: what users write after the safety backup would be lost with a put-back.
+            Step("close_site", "Closing the site to its users (maintenance mode)"),
             Step("safety_backup", "Taking a safety backup of the site as it is", skipped_when=SKIP_SAFETY_BACKUP),
             Step(
                 VERIFY_BACKUP,
@@ -183,6 +185,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
             # restored: its retry restores again, from the safety backup it kept.
             Step("migrate_site", "Migrating the restored site to the bench's apps", redo_from="restore_site"),
             Step("verify_site", "Checking that the site answers", redo_from="restore_site"),
+            Step("reopen_site", "Opening the site to its users again"),
             Step("prove_backup", "Recording that the backup restores", by_platform=True),
         ),
         # A failed tenant too: a restore cut short (its worker stopped or lost) left its site half
@@ -192,7 +195,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         tenant_on_start=TenantStatus.RESTORING,
         tenant_on_success=TenantStatus.ACTIVE,
         tenant_on_failure=TenantStatus.FAILED,
-        changes_from="restore_site",
+        changes_from="close_site",
         point_of_no_return="prove_backup",
         cannot_undo="the backup is restored",
         undoes_failures="the site was put back as it was before the job",

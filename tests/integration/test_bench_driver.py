@@ -691,6 +691,10 @@ def add_table(bench: Bench, tenant, table: str) -> None:
     tables.write_text(json.dumps([*json.loads(tables.read_text()), table]))
 
 
+def maintenance_mode(bench: Bench, tenant) -> int:
+    return json.loads((bench.site_dir(tenant) / "site_config.json").read_text()).get("maintenance_mode", 0)
+
+
 def tables_of_site(bench: Bench, tenant) -> list[str]:
     return tables_of(bench, bench.site_dir(tenant).name)
 
@@ -716,6 +720,12 @@ def test_a_restore_on_bench_brings_the_backup_back_after_a_safety_backup_with_th
     assert job.status == JobStatus.COMPLETED, job.error
     assert "after_the_backup" not in tables_of_site(bench, tenant)  # as it was backed up
     assert installed(bench, tenant) == ["frappe", "erpnext"]
+    commands = [" ".join(call[2:4]) for call in bench.calls() if call[:2] == ["--site", bench.site_dir(tenant).name]]
+    closed = commands.index("set-maintenance-mode on")
+    after = commands[closed:]  # the restore job's, in order
+    names = [command.split()[0] for command in after]
+    assert names.index("backup") < names.index("restore") < names.index("migrate") < after.index("set-maintenance-mode off")
+    assert maintenance_mode(bench, tenant) == 0
     restore_call = next(call for call in bench.calls() if "restore" in call)
     assert restore_call[3] == next(file["path"] for file in backup.files if file["kind"] == "database")
     assert {"--with-public-files", "--with-private-files"} <= set(restore_call)
@@ -745,7 +755,7 @@ def test_a_restore_whose_import_dies_half_way_puts_the_site_back_and_a_lost_conn
     assert job.error.startswith("step restore_site failed: `bench --site") and "Lost connection" in job.error
     assert job.error.endswith("; the site was put back as it was before the job")
     assert "after_the_backup" in tables_of_site(bench, tenant)  # as it was before the job, answering
-    assert installed(bench, tenant) == ["frappe", "erpnext"]
+    assert installed(bench, tenant) == ["frappe", "erpnext"] and maintenance_mode(bench, tenant) == 0
     assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
     with sessions() as reading:
         assert reading.get(SiteBackup, backup.id).restore_failed_at is None
@@ -765,7 +775,7 @@ def test_a_restore_refused_the_root_login_changed_nothing_and_leaves_the_tenant_
         "check DB_ROOT_USERNAME (root) and DB_ROOT_PASSWORD"
     )
     assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE
-    assert "after_the_backup" in tables_of_site(bench, tenant)
+    assert "after_the_backup" in tables_of_site(bench, tenant) and maintenance_mode(bench, tenant) == 0
     assert sum("restore" in call for call in bench.calls()) == 1  # no put-back
     with sessions() as reading:
         assert reading.get(SiteBackup, backup.id).restore_failed_at is None

@@ -53,6 +53,10 @@ def read_backup(sessions, backup_id) -> SiteBackup:
         return session.get(SiteBackup, backup_id)
 
 
+def step_output(sessions, job_id, name: str) -> str:
+    return next(step.output for step in read_steps(sessions, job_id) if step.name == name)
+
+
 def steps_by_name(sessions, job_id) -> dict[str, StepStatus]:
     return {step.name: step.status for step in read_steps(sessions, job_id)}
 
@@ -102,7 +106,7 @@ def test_a_restore_failing_after_it_changed_the_site_puts_it_back_and_its_retry_
     failed = read_job(sessions, job.id)
     assert failed.status == JobStatus.FAILED
     assert "migrate_site failed" in failed.error and "the site was put back as it was before the job" in failed.error
-    assert "put back from its safety backup" in read_steps(sessions, job.id)[4].output
+    assert "put back from its safety backup" in step_output(sessions, job.id, "migrate_site")
     assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE  # served as it was, and open to a retry
 
     # The site was in use since it was put back: the first safety backup is out of date.
@@ -202,14 +206,27 @@ def test_a_restore_whose_proof_cannot_be_recorded_keeps_the_restored_site_and_it
     assert read_backup(sessions, backup.id).restore_proven_at is not None
 
 
-def test_a_restore_failing_before_it_changed_the_site_leaves_the_tenant_as_it_was(session, sessions, runner, active):
+def test_a_restore_failing_before_it_restored_only_opens_the_site_again(session, sessions, runner, active):
     backup = backup_of(session, sessions, runner, active)
     job = restore(session, active, backup)
 
     runner(fail_step="safety_backup").run(job.id)
 
-    assert "put back" not in read_job(sessions, job.id).error
+    assert read_job(sessions, job.id).error.endswith("; the site was put back as it was before the job")
+    assert "opened again, unchanged" in step_output(sessions, job.id, "safety_backup")
     assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE
+
+
+def test_a_restore_closes_the_site_before_its_safety_backup_and_opens_it_after_it_answers(session, sessions, runner, active):
+    """What users write after the safety backup would be lost if the site were put back from it."""
+    backup = backup_of(session, sessions, runner, active)
+    job = restore(session, active, backup)
+
+    runner().run(job.id)
+
+    names = [step.name for step in read_steps(sessions, job.id)]
+    assert names.index("close_site") < names.index("safety_backup") < names.index("restore_site")
+    assert names.index("verify_site") < names.index("reopen_site")
 
 
 def test_a_backup_whose_files_changed_is_not_restored_and_counts_as_failing_until_a_drill_proves_it(

@@ -36,6 +36,9 @@ class StepContext(Protocol):
         period is over, the job is no longer this worker's, the worker is stopping), else None.
         Whatever waits on outside work (a command, a sleep) asks it and raises StepTerminated."""
 
+    def reached(self, step: str) -> bool:
+        """Whether the job (or the failed one it resumes) started ``step``: what an undo has to undo."""
+
     def unstoppable(self) -> "StepContext":
         """The same context for work that must run to its end even though the job is stopping
         (its cancel's clean-up, dropping a drill's scratch site)."""

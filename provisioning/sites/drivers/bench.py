@@ -270,15 +270,31 @@ class _SiteWork:
 
     # restore_site
 
+    def close_site(self) -> str:
+        self._require_site_folder()
+        self.bench("--site", self.site, "set-maintenance-mode", "on")
+        return self.output(f"{self.site} is in maintenance mode")
+
     def safety_backup(self) -> str:
         return self.run_backup()
 
     def restore_site(self) -> str:
-        # The site need not answer: one a restore left half done (a retry's) is restored again.
+        self._require_site_folder()
+        try:
+            self.restore(self.site, self.context.backup_to_restore())
+        except SiteUnchanged:
+            self.reopen_site()  # nothing else to undo
+            raise
+        return self.output(f"restored {self.site}")
+
+    def reopen_site(self) -> str:
+        self.bench("--site", self.site, "set-maintenance-mode", "off")
+        return self.output(f"{self.site} is open to its users")
+
+    def _require_site_folder(self) -> None:
+        """The site need not answer: one a restore left half done (a retry's) is restored again."""
         if not (self.site_dir / "site_config.json").is_file():
             raise StepFailed(f"site {self.site} is not in the bench: there is nothing to restore into")
-        self.restore(self.site, self.context.backup_to_restore())
-        return self.output(f"restored {self.site}")
 
     def migrate_site(self) -> str:
         self._require_site()
@@ -307,13 +323,19 @@ class _SiteWork:
             raise
 
     def put_back(self) -> str:
-        """Undo a restore: the site restored from the safety backup the job took first, and migrated."""
-        files = self.context.safety_backup()
-        if files is None:
-            raise StepFailed(f"no safety backup of {self.site} was taken (skip_safety_backup): it stays as the restore left it")
-        self.restore(self.site, files)
-        self.bench("--site", self.site, "migrate")
-        return self.output(f"{self.site} put back from its safety backup")
+        """Undo a restore: once the restore started, the site restored from the safety backup the job
+        took first, and migrated; then open to its users again."""
+        if self.context.reached("restore_site"):
+            files = self.context.safety_backup()
+            if files is None:
+                raise StepFailed(
+                    f"no safety backup of {self.site} was taken (skip_safety_backup): it stays as the restore left it, "
+                    "in maintenance mode"
+                )
+            self.restore(self.site, files)
+            self.bench("--site", self.site, "migrate")
+        self.reopen_site()
+        return self.output(f"{self.site} put back as it was before the restore")
 
     # restore_drill
 

@@ -59,6 +59,8 @@ class SimulatedDriver:
 
     def undo(self, context: StepContext) -> str:
         if context.job_type == JobType.RESTORE_SITE:
+            if not context.reached("restore_site"):
+                return f"{context.tenant_slug} opened again, unchanged (simulated)"
             if context.safety_backup() is None:
                 raise StepFailed(f"no safety backup of {context.tenant_slug} was taken (skip_safety_backup): "
                                  "it stays as the restore left it")  # fmt: skip

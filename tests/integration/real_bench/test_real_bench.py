@@ -41,6 +41,7 @@ class Service:
         with isolated.session() as session:
             self.tenant = TenantFactory(session).create()
         self.site = f"{self.tenant.tenant.slug}.{environment['SITE_DOMAIN']}"
+        self.bench_path = Path(environment["BENCH_PATH"])
         self.worker = None
 
     def start_worker(self, **changes: str) -> None:
@@ -72,6 +73,9 @@ class Service:
 
     def backup(self, backup_id: str) -> dict:
         return self.client.get(f"/api/v1/provisioning/backups/{backup_id}", headers=self.tenant.headers()).json["data"]
+
+    def site_config(self) -> dict:
+        return json.loads((self.bench_path / "sites" / self.site / "site_config.json").read_text())
 
     def tenant_status(self) -> str:
         return self.client.get("/api/v1/tenants/current", headers=self.tenant.headers()).json["data"]["status"]
@@ -235,6 +239,7 @@ def test_a_restore_brings_the_backup_back_and_one_that_fails_half_way_puts_the_s
     assert restored["status"] == "completed", restored
     assert realbench.sql(f"SHOW TABLES FROM `{database}` LIKE 'after_the_backup'") == []
     assert service.backup(backup["id"])["restore_proven_at"] is not None
+    assert service.site_config().get("maintenance_mode") == 0  # closed during the restore, open again
 
     # A dump our checks pass (gzip, SQL, complete) but whose import fails half-way: real bench has
     # then dropped the site's database and made it again, and the site no longer answers.
@@ -246,7 +251,7 @@ def test_a_restore_brings_the_backup_back_and_one_that_fails_half_way_puts_the_s
     assert failed["error"].startswith(f"step restore_site failed: bench could not restore the backup into {service.site}")
     assert failed["error"].endswith("; the site was put back as it was before the job")
     assert realbench.sql(f"SHOW TABLES FROM `{database}` LIKE 'after_the_restore'") == ["after_the_restore"]
-    assert service.tenant_status() == "active"
+    assert service.tenant_status() == "active" and service.site_config().get("maintenance_mode") == 0
     assert service.backup(str(broken))["restore_failed_at"] is not None
     listed = realbench.bench("--site", service.site, "list-apps", "-f", "json")
     assert listed.returncode == 0 and "frappe" in listed.stdout
