@@ -39,6 +39,23 @@ def backup_of(session, sessions, runner, tenant) -> SiteBackup:
         return BackupBook(reading).of_job(job.id)
 
 
+class RaisesAt(SimulatedDriver):
+    """Quick steps; the one named ``step`` raises ``error``; counts the undos asked of it."""
+
+    def __init__(self, step: str, error: BaseException):
+        super().__init__(step_seconds=0)
+        self.step, self.error, self.undone = step, error, 0
+
+    def run_step(self, step, context):
+        if step == self.step:
+            raise self.error
+        return super().run_step(step, context)
+
+    def undo(self, context):
+        self.undone += 1
+        return super().undo(context)
+
+
 def restore(session, tenant, backup, **options):
     return committing(session).request_job(tenant.id, JobType.RESTORE_SITE, options={"backup_id": str(backup.id), **options})
 
@@ -141,13 +158,7 @@ def test_a_restore_cut_short_by_the_task_s_time_limit_is_not_undone_and_its_retr
     backup = backup_of(session, sessions, runner, active)
     job = restore(session, active, backup)
 
-    class OutOfTime(SimulatedDriver):
-        def run_step(self, step, context):
-            if step == "migrate_site":
-                raise SoftTimeLimitExceeded()
-            return super().run_step(step, context)
-
-    runner(driver=OutOfTime(0)).run(job.id)
+    runner(driver=RaisesAt("migrate_site", SoftTimeLimitExceeded())).run(job.id)
 
     assert "soft time limit" in read_job(sessions, job.id).error
     assert tenant_status(sessions, active.id) == TenantStatus.FAILED  # half restored: no time was left to undo
@@ -165,19 +176,12 @@ def test_a_restore_refused_before_it_changed_anything_is_not_undone_and_the_tena
     backup = backup_of(session, sessions, runner, active)
     job = restore(session, active, backup)
 
-    class RootRefused(SimulatedDriver):
-        def run_step(self, step, context):
-            if step == "restore_site":
-                raise SiteUnchanged("the database refused the root login of `bench restore`")
-            return super().run_step(step, context)
+    refused = RaisesAt("restore_site", SiteUnchanged("the database refused the root login of `bench restore`"))
 
-        def undo(self, context):
-            raise AssertionError("nothing to undo")
-
-    runner(driver=RootRefused(0)).run(job.id)
+    runner(driver=refused).run(job.id)
 
     assert read_job(sessions, job.id).error == "step restore_site failed: the database refused the root login of `bench restore`"
-    assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE
+    assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE and refused.undone == 0
 
 
 def test_a_restore_whose_proof_cannot_be_recorded_keeps_the_restored_site_and_its_retry_records_it(
