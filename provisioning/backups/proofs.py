@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from provisioning.enums import BackupStatus
-from provisioning.errors import Conflict, NotFound
+from provisioning.errors import Conflict, NotFound, StepFailed
 from provisioning.models import SiteBackup
 from provisioning.platform.db import utcnow
 
@@ -41,6 +41,18 @@ class RestoreProofs:
         if backup.status != BackupStatus.COMPLETED:
             raise Conflict(f"backup {backup_id} is {backup.status.value}: only a completed backup can be restored")
         return backup
+
+    def to_restore(self, tenant_id: uuid.UUID, backup_id: uuid.UUID) -> SiteBackup:
+        """``restorable``, as a running job's step asks it: retention or a person may have
+        removed the backup since the job was asked for.
+
+        Raises:
+            StepFailed: the backup is gone or not completed; the message says which.
+        """
+        try:
+            return self.restorable(tenant_id, backup_id)
+        except (NotFound, Conflict) as gone:
+            raise StepFailed(str(gone)) from None
 
     def newest(self, tenant_id: uuid.UUID) -> SiteBackup | None:
         """The tenant's newest completed backup."""

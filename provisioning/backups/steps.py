@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BACKUP_ID, BackupBook, BackupInvalid, Retention, verify
 from provisioning.backups.proofs import RestoreProofs
-from provisioning.errors import BackupUnrestorable, Conflict, NotFound, StepFailed
+from provisioning.errors import BackupUnrestorable, StepFailed
 
 
 class BackupSteps:
@@ -44,10 +44,7 @@ class BackupSteps:
     def check_backup(session: Session, tenant_id: uuid.UUID, backup_id: uuid.UUID) -> str:
         """The backup a restore uses is still completed, and its files are still what was written:
         retention or a person may have deleted them since it was asked for."""
-        try:
-            backup = RestoreProofs(session).restorable(tenant_id, backup_id)
-        except (NotFound, Conflict) as gone:
-            raise StepFailed(str(gone)) from None
+        backup = RestoreProofs(session).to_restore(tenant_id, backup_id)
         try:
             verify(backup.files)
         except BackupInvalid as invalid:

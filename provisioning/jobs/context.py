@@ -12,11 +12,11 @@ from typing import Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BACKUP_ID, PRIVATE_DIRECTORY_MODE, BackupBook, files_of, make_private, private_directory
+from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import BackupStatus
 from provisioning.errors import StepFailed
 from provisioning.jobs.records import Claim
 from provisioning.jobs.step_interruptions import StopFlags
-from provisioning.models import SiteBackup
 from provisioning.platform.identifiers import SLUG
 from provisioning.sites.credentials import CredentialsUnavailable, SiteCredentials
 from provisioning.sites.drivers.base import BackupFile
@@ -111,10 +111,7 @@ class JobContext:
         """The files of the backup the job restores (its option ``backup_id``), as recorded; a retry
         that resumes past check_backup finds out here whether retention pruned it meanwhile."""
         with self._sessions() as session:
-            backup = session.get(SiteBackup, uuid.UUID(str(self.options[BACKUP_ID])))
-            if backup.status != BackupStatus.COMPLETED:
-                raise StepFailed(f"backup {backup.id} is {backup.status.value}: only a completed backup can be restored")
-            return files_of(backup)
+            return files_of(RestoreProofs(session).to_restore(self._tenant_id, uuid.UUID(str(self.options[BACKUP_ID]))))
 
     def safety_backup(self) -> list[BackupFile] | None:
         """The files of the verified backup this job took before it changed the site; None if it took none."""

@@ -849,6 +849,30 @@ def test_a_drill_that_runs_out_of_time_drops_its_scratch_site_all_the_same_and_d
         assert reading.get(SiteBackup, backup.id).restore_failed_at is None
 
 
+def test_a_drill_cancelled_during_its_restore_stops_it_and_leaves_no_scratch_site_or_copy(
+    session, sessions, tenant_factory, run_job, bench, monkeypatch, tmp_path
+):
+    tenant = tenant_factory.create()
+    backup = backed_up(session, sessions, tenant, run_job, bench)
+    pid_file = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_BENCH_HANG", "restore")
+    monkeypatch.setenv("FAKE_BENCH_PID_FILE", str(pid_file))
+    job = request(session, tenant, JobType.RESTORE_DRILL)
+    runner = threading.Thread(target=run_job, args=(job.id,), daemon=True)
+    runner.start()
+
+    pids = wait_for(lambda: hanging_pids(pid_file), timeout=30, what="the drill's restore to start")
+    committing(session).cancel_job(tenant.id, job.id)
+    runner.join(timeout=60)
+
+    assert read_job(sessions, job.id).status == JobStatus.CANCELLED
+    assert not any(alive(pid) for pid in pids)
+    assert not (bench.path / "sites" / f"{tenant.tenant.slug}.drill.{DOMAIN}").exists()
+    assert not any((bench.path / "archived" / "sites" / "drills").iterdir())
+    with sessions() as reading:
+        assert reading.get(SiteBackup, backup.id).restore_failed_at is None  # a cancel is nobody's verdict
+
+
 def tables_of_dump(backup: SiteBackup) -> list[str]:
     dump = next(Path(file["path"]) for file in backup.files if file["kind"] == "database")
     lines = gzip.decompress(dump.read_bytes()).decode().splitlines()

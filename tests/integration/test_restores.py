@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError
 
 from provisioning.backups.book import BackupBook, Retention, retention_of
@@ -17,11 +17,13 @@ from provisioning.backups.proofs import RestoreProofs
 from provisioning.backups.steps import BackupSteps
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound, SiteUnchanged
+from provisioning.jobs.records import StepRecord
 from provisioning.jobs.requests import JobRequests
 from provisioning.jobs.workflows import workflow_for
-from provisioning.models import JobEvent, SiteBackup
+from provisioning.models import JobEvent, ProvisioningJob, SiteBackup
 from provisioning.operations.health import check_restore_proofs
 from provisioning.operations.schedules import DRILL_SCHEDULER, schedule_drills
+from provisioning.platform.db import utcnow
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory, make_backup
 from tests.helpers import committing, wait_for
@@ -393,3 +395,31 @@ def test_retention_waits_for_a_restore_being_asked_for_and_then_keeps_its_backup
     pruner.join(timeout=30)
 
     assert pruned == [] and read_backup(sessions, backup.id).status == BackupStatus.COMPLETED
+
+
+def test_a_restore_whose_worker_was_lost_mid_restore_leaves_the_tenant_failed_and_its_retry_restores_again(
+    session, sessions, runner, active
+):
+    """Nothing undoes what a dead worker left: the site may be half restored, and the retry is what brings it back."""
+    backup = backup_of(session, sessions, runner, active)
+    job = restore(session, active, backup)
+    service = committing(session)
+    service.start_job(job.id, "worker@crashed-host")
+    workflow = workflow_for(JobType.RESTORE_SITE)
+    for position in range(1, workflow.position_of("restore_site") + 1):  # each step done, up to restore_site begun
+        done = StepRecord(position - 1, workflow.steps[position - 1].name, StepStatus.COMPLETED, finished_at=utcnow())
+        service.write_steps(job.id, "worker@crashed-host", [done], StepRecord.started(position, workflow.steps[position]))
+    with sessions() as aging:
+        silent_since = utcnow() - timedelta(minutes=5)
+        aging.execute(update(ProvisioningJob).where(ProvisioningJob.id == job.id).values(heartbeat_at=silent_since))
+        aging.commit()
+
+    assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
+
+    assert "worker@crashed-host" in read_job(sessions, job.id).error
+    assert tenant_status(sessions, active.id) == TenantStatus.FAILED
+    retry = service.retry_job(active.id, job.id)
+    assert retry.resume_from == "restore_site"
+    runner().run(retry.id)
+    assert read_job(sessions, retry.id).status == JobStatus.COMPLETED
+    assert tenant_status(sessions, active.id) == TenantStatus.ACTIVE
