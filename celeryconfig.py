@@ -21,27 +21,40 @@ PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 
 PUBLISH_CONFIRM_TIMEOUT = 5.0
 
 
-def provisioning_queues(settings: Settings) -> tuple[Queue, Queue]:
-    """The job queue, which dead-letters rejected messages, and its dead-letter queue."""
-    dead = Queue(settings.dead_letter_queue_name, routing_key=settings.dead_letter_queue_name, durable=True)
-    jobs = Queue(
-        settings.provisioning_queue_name,
-        routing_key=settings.provisioning_queue_name,
+def job_queue(name: str, settings: Settings) -> Queue:
+    """A bench server's job queue (``Settings.queue_of_server``), which dead-letters rejected
+    messages into the deployment's one dead-letter queue."""
+    return Queue(
+        name,
+        routing_key=name,
         durable=True,
         queue_arguments={
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": settings.dead_letter_queue_name,
         },
     )
-    return jobs, dead
+
+
+def provisioning_queues(settings: Settings) -> tuple[Queue, Queue]:
+    """This process's server's job queue (SERVER_NAME; PROVISIONING_QUEUE_NAME for the default
+    server) and the dead-letter queue."""
+    dead = Queue(settings.dead_letter_queue_name, routing_key=settings.dead_letter_queue_name, durable=True)
+    return job_queue(settings.worker_queue_name, settings), dead
+
+
+def is_job_queue(name: str, settings: Settings) -> bool:
+    """Whether ``name`` is the job queue of a server of this deployment, whether it exists or not."""
+    default = settings.provisioning_queue_name
+    return name == default or (name.startswith(f"{default}.server.") and name.count(".") == default.count(".") + 2)
 
 
 def queue_named(name: str, settings: Settings) -> Queue:
     """Our queues as they are declared (RabbitMQ refuses a redeclaration with other arguments);
     any other name is a plain durable queue."""
-    for queue in provisioning_queues(settings):
-        if queue.name == name:
-            return queue
+    if is_job_queue(name, settings):
+        return job_queue(name, settings)
+    if name == settings.dead_letter_queue_name:
+        return provisioning_queues(settings)[1]
     return Queue(name, routing_key=name, durable=True)
 
 
@@ -70,8 +83,8 @@ def build(settings: Settings) -> dict:
         # Publisher confirms: a publish returns only once RabbitMQ has taken the message.
         "broker_transport_options": {"confirm_publish": True},
         "task_queues": (jobs_queue,),
-        "task_default_queue": settings.provisioning_queue_name,
-        "task_routes": {RUN_JOB_TASK: {"queue": settings.provisioning_queue_name}},
+        "task_default_queue": settings.worker_queue_name,
+        "task_routes": {RUN_JOB_TASK: {"queue": settings.worker_queue_name}},
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_serializer": "json",
         "accept_content": ["json"],

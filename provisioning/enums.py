@@ -45,6 +45,15 @@ class StepStatus(str, enum.Enum):
     SKIPPED = "skipped"
 
 
+class ServerStatus(str, enum.Enum):
+    """A bench server's status: ``active`` takes new sites; ``draining`` keeps its sites and runs
+    their jobs but takes no new ones; ``down`` holds its jobs until it is active again."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"
+    DOWN = "down"
+
+
 class BackupStatus(str, enum.Enum):
     RUNNING = "running"
     COMPLETED = "completed"

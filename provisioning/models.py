@@ -1,4 +1,4 @@
-"""The tables: tenants, users and their memberships, API tokens, jobs and job steps.
+"""The tables: bench servers, tenants, users and their memberships, API tokens, jobs and job steps.
 
 Models never commit; the service and the callers own the transactions.
 """
@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.enums import BackupStatus, JobStatus, JobType, Role, ServerStatus, StepStatus, TenantStatus
 from provisioning.platform.db import Base, UTCDateTime, utcnow
 
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELLING)
@@ -43,8 +43,30 @@ def _enum_column(enum_class: type[enum.Enum]) -> Enum:
     )
 
 
+class Server(Base):
+    """A bench server: the sites placed on it. Its workers take its jobs from the queue its name
+    gives (``Settings.queue_of_server``).
+
+    ``site_count`` is how many tenants are placed on it, kept by a trigger on ``tenants``
+    (migration 0012), so placement can compare it with ``capacity`` without counting rows.
+    """
+
+    __tablename__ = "servers"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    status: Mapped[ServerStatus] = mapped_column(_enum_column(ServerStatus), default=ServerStatus.ACTIVE)
+    capacity: Mapped[int] = mapped_column(Integer)
+    # Free-form placement labels, such as {"region": "eu", "plan": "large"}.
+    labels: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
+    site_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 class Tenant(Base):
-    """One customer and its one ERPNext site."""
+    """One customer and its one ERPNext site, on the server it is placed on (None: not placed
+    yet, or its site was deleted)."""
 
     __tablename__ = "tenants"
 
@@ -57,6 +79,7 @@ class Tenant(Base):
     admin_password_revealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # How many jobs it has ever had; kept by a trigger on provisioning_jobs (migration 0009).
     job_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    server_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("servers.id", ondelete="RESTRICT"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
 from provisioning.errors import NotFound
+from provisioning.jobs.routing import JobRouting
 from provisioning.jobs.runner import JobRunner
 from provisioning.jobs.workflows import check_simulated_fail_step
 from provisioning.messaging.broker import Dispatcher
@@ -53,7 +54,9 @@ def worker_dispatcher() -> Dispatcher:
 
 @app.task(name=celeryconfig.RUN_JOB_TASK, bind=True, max_retries=None)
 def run_job(self, job_id: str) -> None:
-    """Run one provisioning job; the message carries nothing but ``{"job_id": "<uuid>"}``.
+    """Run one provisioning job; the message carries nothing but ``{"job_id": "<uuid>"}``. A job
+    of another server's tenant is sent to that server's queue, one of a server that is down is
+    held (``JobRouting``).
 
     The worker's consumer has checked the message's shape (``tasks.job_message``) before it got
     here. A job id that names no job can never succeed, so it goes to the dead-letter queue with
@@ -63,16 +66,19 @@ def run_job(self, job_id: str) -> None:
     """
     parsed_id = uuid.UUID(job_id)
     settings = worker_settings()
+    sessions = session_factory(settings.database_url)
+    routing = JobRouting(sessions, settings.server_name, worker_dispatcher().send_job)
     runner = JobRunner.for_settings(
         settings,
-        session_factory(settings.database_url),
+        sessions,
         make_driver(settings),
         worker=worker_identity(self.request.hostname, os.getpid()),
         fails_its_job_on_sigterm=IN_A_POOL_PROCESS,
     )
     try:
         with logs.bound(request_id=self.request.get(celeryconfig.REQUEST_ID_HEADER), job_id=parsed_id):
-            runner.run(parsed_id)
+            if routing.runs_here(parsed_id):
+                runner.run(parsed_id)
     except NotFound:
         return _dead_letter(self, f"job {parsed_id} does not exist")
     except DBAPIError as error:

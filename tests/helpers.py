@@ -4,6 +4,7 @@ import fcntl
 import stat
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -102,3 +103,8 @@ def machine_lock(name: str, waiting_for: str, timeout: float = 600) -> Iterator[
 
         wait_for(locked, timeout=timeout, interval=1, what=f"{waiting_for} (lock {path})")
         yield
+
+
+def recording(sent: list) -> Callable[[uuid.UUID, str], None]:
+    """A dispatch that sends nothing and notes the id of each job it was given, in ``sent``."""
+    return lambda job_id, _server_name: sent.append(job_id)

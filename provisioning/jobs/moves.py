@@ -73,11 +73,13 @@ def status_in(statuses: Collection[JobStatus]) -> ColumnElement:
 def tenant_move(tenant_id) -> Update:
     """The UPDATE that moves a job's tenant (``tenant_id`` a column or a bound parameter) to
     ``:tenant_status``, and does nothing when that is NULL. With ``:new_password`` the site's admin
-    password becomes it, not yet revealed; with ``:forget_password`` it is forgotten. The
-    parameters come from ``records.tenant_move_parameters``, which holds the rules."""
+    password becomes it, not yet revealed; with ``:forget_password`` it is forgotten; with
+    ``:leave_server`` the tenant leaves its server. The parameters come from
+    ``records.tenant_move_parameters``, which holds the rules."""
     status = bindparam("tenant_status", type_=tenants.c.status.type)
     new_password = bindparam("new_password", type_=Text)
     forget = bindparam("forget_password", type_=Boolean)
+    leave_server = bindparam("leave_server", type_=Boolean)
     # A NULL bound alone has no type PostgreSQL can tell; its IS NOT NULL gets one.
     return (
         update(tenants)
@@ -91,6 +93,7 @@ def tenant_move(tenant_id) -> Update:
             admin_password_revealed_at=case(
                 (or_(forget, cast(new_password, Text).is_not(None)), null()), else_=tenants.c.admin_password_revealed_at
             ),
+            server_id=case((leave_server, null()), else_=tenants.c.server_id),
         )
     )
 

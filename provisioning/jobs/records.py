@@ -41,7 +41,10 @@ jobs = ProvisioningJob.__table__
 steps = JobStep.__table__
 tenants = Tenant.__table__
 
-Dispatch = Callable[[uuid.UUID], None]
+# Sends a job's message to the queue of a server, by name: (job id, server name).
+Dispatch = Callable[[uuid.UUID, str], None]
+# A pending job's message once it is sent (until then it may say why it is held).
+WAITING = "Waiting for a worker"
 # The event a status change is recorded as.
 EVENT_OF_STATUS = {
     JobStatus.RUNNING: "claimed",
@@ -275,8 +278,8 @@ class JobRecords:
         ]  # fmt: skip
         return self._execute(boundary.together, parameters | {"written": rows, "recorded": recorded_rows(events)}).first()
 
-    def _publish(self, job_id: uuid.UUID) -> datetime | None:
-        """Publish the job's message, then mark it sent (and record that) in the caller's
+    def _publish(self, job_id: uuid.UUID, server_name: str) -> datetime | None:
+        """Publish the job's message to its server's queue, then mark it sent (and record that) in the caller's
         transaction; None, with nothing marked, if the broker failed.
 
         The mark follows the publish: a crash between the two leaves a job published but
@@ -287,7 +290,7 @@ class JobRecords:
         if self.dispatch is None:
             return None
         try:
-            self.dispatch(job_id)
+            self.dispatch(job_id, server_name)
         except Exception:
             # The row is committed, so nothing is lost: the job stays pending, unmarked, for a re-publish.
             log.exception("job %s: publishing failed; it stays pending until it is re-published", job_id)
@@ -296,7 +299,7 @@ class JobRecords:
         mark = (
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING)
-            .values(dispatched_at=dispatched_at, dispatch_count=jobs.c.dispatch_count + 1)
+            .values(dispatched_at=dispatched_at, dispatch_count=jobs.c.dispatch_count + 1, message=WAITING)
         )
         event = insert(JobEvent.__table__).values(self._event(job_id, "dispatched", "system"))
         if self.session.get_bind().dialect.name == "postgresql":
@@ -310,12 +313,15 @@ class JobRecords:
 def tenant_move_parameters(status: TenantStatus | None, new_password: str | None = None) -> dict:
     """The parameters of a tenant's move (``moves.tenant_move``) to ``status`` (None: it stays),
     the site's admin password becoming ``new_password`` if given. A deleted site's admin password
-    is forgotten, whichever job deleted it (completed, or cancelled past its point of no return)."""
+    is forgotten, whichever job deleted it (completed, or cancelled past its point of no return).
+    A tenant left without a site (deleted, or back to pending: its create was cancelled) leaves its
+    server, whose room it took (see ``servers.placement``)."""
     return {
         "tenant_status": status,
         "tenant_moved_at": utcnow(),
         "new_password": new_password,
         "forget_password": status == TenantStatus.DELETED,
+        "leave_server": status in (TenantStatus.DELETED, TenantStatus.PENDING),
     }
 
 

@@ -1,5 +1,5 @@
 """Job repairs, as the sweeper (and the quickstart as it starts) makes them: jobs whose worker was
-lost, pending jobs whose message was lost, expired idempotency keys."""
+lost, pending jobs whose message was lost or whose server is down, expired idempotency keys."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from typing import Callable, Sequence
 
 from sqlalchemy import delete, func, or_, select, update
 
-from provisioning.enums import JobStatus, StepStatus
+from provisioning.enums import JobStatus, ServerStatus, StepStatus
 from provisioning.jobs.records import JobRecords
 from provisioning.jobs.states import HELD_BY_A_WORKER
 from provisioning.jobs.workflows import workflow_for
-from provisioning.models import IdempotencyKey, JobStep, ProvisioningJob
+from provisioning.models import IdempotencyKey, JobStep, ProvisioningJob, Server, Tenant
 from provisioning.platform import logs
 from provisioning.platform.db import utcnow
+from provisioning.servers.placement import Seat
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +103,69 @@ class JobRepairs(JobRecords):
         The first failed publish ends the round: the broker is down, the next sweep tries again.
         A job is marked sent after its publish (``_publish``), in the caller's transaction; a job
         never marked (its request's process died between its commit and its publish) is
-        published at the next sweep, whatever ``unclaimed_for``.
+        published at the next sweep, whatever ``unclaimed_for``. Each goes to its server's queue;
+        the jobs of a server that is down are held instead (``hold_jobs_of_down_servers``), and
+        published by the first sweep after it is active again.
         """
         now = utcnow()
         candidates = self.session.execute(
-            select(ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count, ProvisioningJob.request_id)
+            select(
+                ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count,
+                ProvisioningJob.request_id, Server.name,
+            )
+            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
+            .join(Server, Server.id == Tenant.server_id)
             .where(
                 ProvisioningJob.status == JobStatus.PENDING,
+                Server.status != ServerStatus.DOWN,
                 or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < now - unclaimed_for),
             )
             .order_by(ProvisioningJob.created_at)
-        ).all()
+        ).all()  # fmt: skip
         published = []
-        for job_id, dispatched_at, dispatch_count, request_id in candidates:
+        for job_id, dispatched_at, dispatch_count, request_id, server_name in candidates:
             backoff = unclaimed_for * 2 ** min(max(dispatch_count - 1, 0), MAX_REPUBLISH_DOUBLINGS)
             if dispatched_at is not None and dispatched_at >= now - backoff:
                 continue
             with logs.bound(request_id=request_id, job_id=job_id):  # the message carries the request's id again
-                if self._publish(job_id) is None:
+                if self._publish(job_id, server_name) is None:
                     break
             published.append(job_id)
         return published
+
+    def hold_jobs_of_down_servers(self) -> list[uuid.UUID]:
+        """Say on each pending job of a server that is down that it is held, and why, and mark it
+        unsent, so the first sweep after the server is active again publishes it at once; returns
+        the ids of the jobs newly held."""
+        held = (
+            select(ProvisioningJob.id, Server.name)
+            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
+            .join(Server, Server.id == Tenant.server_id)
+            .where(ProvisioningJob.status == JobStatus.PENDING, Server.status == ServerStatus.DOWN)
+        )
+        newly = []
+        for job_id, server_name in self.session.execute(held).all():
+            if self.hold(job_id, Seat(server_name, ServerStatus.DOWN)):
+                newly.append(job_id)
+        return newly
+
+    def hold(self, job_id: uuid.UUID, seat: Seat) -> bool:
+        """Hold one pending job of the down server ``seat``; False if it was held already or is
+        no longer pending."""
+        message = seat.hold_message()
+        held = self.session.execute(
+            update(ProvisioningJob.__table__)
+            .where(
+                ProvisioningJob.id == job_id,
+                ProvisioningJob.status == JobStatus.PENDING,
+                or_(ProvisioningJob.message != message, ProvisioningJob.dispatched_at.is_not(None)),
+            )
+            .values(message=message, dispatched_at=None)
+        )
+        if held.rowcount:
+            self._record(job_id, "held", "system", message)
+            log.info("job %s: %s", job_id, message)
+        return bool(held.rowcount)
 
     def prune_idempotency_keys(self) -> int:
         """Forget the idempotency keys past their expiry; returns how many."""

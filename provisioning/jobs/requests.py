@@ -16,12 +16,18 @@ from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.jobs.job_inserts import AUDIT_COLUMNS, EVENT_COLUMNS, INSERT_JOB_IF_ALLOWED, JOB_COLUMNS, MAKE_JOB
-from provisioning.jobs.records import JobRecords, actor_of_user
+from provisioning.jobs.records import WAITING, JobRecords, actor_of_user
 from provisioning.jobs.states import RETRYABLE_STATUSES
 from provisioning.jobs.workflows import RESTORES, Workflow, workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
 from provisioning.platform import logs
 from provisioning.platform.db import utcnow
+from provisioning.servers.placement import Placement, Seat
+
+# The create_site options that say where a tenant with no server is placed: labels the server
+# must have ({"region": "eu"}), or the name of the server (operators only, checked by the API).
+PLACEMENT_LABELS = "labels"
+PINNED_SERVER = "server"
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +52,16 @@ class JobRequests(JobRecords):
         when it is not a user (the backup schedule, say).
 
         A restore (``RESTORES``) names one of the tenant's completed backups in its option
-        ``backup_id``; a restore drill without one drills the newest.
+        ``backup_id``; a restore drill without one drills the newest. A tenant on no server yet
+        is placed on one (``servers.placement``; options ``labels`` and ``server``). A job of a
+        server that is down is held: it waits, pending and unsent, until the server is active.
 
         Raises:
             NotFound: no such tenant, or the tenant has no backup ``backup_id`` (another
                 tenant's looks the same).
             Conflict: the tenant's state does not allow this job type, or it has an active job;
-                the backup to restore is not completed, or there is none to drill.
+                the backup to restore is not completed, or there is none to drill; no server
+                has room for the tenant.
             IdempotencyKeyReused: the key was used for another request.
         """
         options = options or {}
@@ -210,6 +219,7 @@ class JobRequests(JobRecords):
     ) -> ProvisioningJob:
         retry_of_id = retry_of.id if retry_of else None
         workflow = workflow_for(job_type)
+        seat = self._seat(tenant_id, options)
         now = utcnow()
         # Written with plain INSERTs, not the ORM's unit of work: this is the hottest write path.
         job = ProvisioningJob(
@@ -218,7 +228,7 @@ class JobRequests(JobRecords):
             job_type=job_type,
             status=JobStatus.PENDING,
             progress=0,
-            message="Waiting for a worker",
+            message=seat.hold_message() if seat.held else WAITING,
             error=None,
             requested_by_id=requested_by_id,
             retry_of_id=retry_of_id,
@@ -263,18 +273,32 @@ class JobRequests(JobRecords):
             "job %s: %s requested by %s", job.id, job_type.value, actor,
             extra={"job_id": job.id, "tenant_id": tenant_id, "job_type": job_type.value},
         )  # fmt: skip
-        if self.dispatch is not None:
-            self.uow.after_commit(lambda: self._publish_new(job))
+        if self.dispatch is not None and not seat.held:
+            self.uow.after_commit(lambda: self._publish_new(job, seat.name))
         return job
 
-    def _publish_new(self, job: ProvisioningJob) -> None:
+    def _seat(self, tenant_id: uuid.UUID, options: dict) -> Seat:
+        """The tenant's server, where it is placed now if it has none.
+
+        Raises:
+            NotFound: no such tenant, or no server the option ``server`` names.
+            Conflict: no server has room (``Placement.place``).
+        """
+        placement = Placement(self.session)
+        if (seat := placement.seat_of(tenant_id)) is not None:
+            return seat
+        if self.session.scalar(select(Tenant.id).where(Tenant.id == tenant_id)) is None:
+            raise NotFound("tenant not found")
+        return placement.place(tenant_id, options.get(PLACEMENT_LABELS), options.get(PINNED_SERVER))
+
+    def _publish_new(self, job: ProvisioningJob, server_name: str) -> None:
         """Publish a committed job and mark it sent; the job answered to the client says whether it was.
 
         Runs after the job's commit, in a transaction of its own: in autocommit, as the mark and
         its event need no transaction around them (one round trip, not three, per request).
         """
         self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        job.dispatched_at = self._publish(job.id)
+        job.dispatched_at = self._publish(job.id, server_name)
         if job.dispatched_at is None:
             self._record(job.id, "dispatch_failed", "system", "the broker did not take the message; the sweeper will")
         else:

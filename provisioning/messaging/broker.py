@@ -112,7 +112,7 @@ class Dispatcher:
         self.pause_after_failure = pause_after_failure
         self._app: Celery | None = None
         self._paused_until = 0.0
-        self._declared = False
+        self._declared: set[str] = set()
 
     @property
     def app(self) -> Celery:
@@ -122,9 +122,10 @@ class Dispatcher:
             self._app = app
         return self._app
 
-    def send_job(self, job_id: uuid.UUID) -> None:
-        """Publish the job's message; before the first one, and again after a failure, declare
-        both queues (RabbitMQ confirms a message no queue takes, and drops it).
+    def send_job(self, job_id: uuid.UUID, server_name: str) -> None:
+        """Publish the job's message to the queue of ``server_name``, the server its tenant is on;
+        before the first one there, and again after a failure, declare that queue, the dead-letter
+        queue and the events exchange (RabbitMQ confirms a message no queue takes, and drops it).
 
         Raises:
             BrokerUnreachable: a publish failed less than ``pause_after_failure`` seconds ago.
@@ -132,14 +133,15 @@ class Dispatcher:
         """
         if time.monotonic() < self._paused_until:
             raise BrokerUnreachable("the broker failed a moment ago; not trying again yet")
+        queue_name = self.settings.queue_of_server(server_name)
         try:
-            if not self._declared:
-                self._declare_queues()
+            if queue_name not in self._declared:
+                self._declare_queues(queue_name)
             self.app.send_task(
                 celeryconfig.RUN_JOB_TASK,
                 kwargs={"job_id": str(job_id)},
                 task_id=str(job_id),
-                queue=self.settings.provisioning_queue_name,
+                queue=queue_name,
                 retry=True,
                 retry_policy=celeryconfig.PUBLISH_RETRY_POLICY,
                 confirm_timeout=celeryconfig.PUBLISH_CONFIRM_TIMEOUT,
@@ -147,13 +149,18 @@ class Dispatcher:
                 headers={celeryconfig.REQUEST_ID_HEADER: request_id} if (request_id := logs.current("request_id")) else None,
             )
         except Exception:
-            self._declared = False
+            self._declared.clear()
             self._paused_until = time.monotonic() + self.pause_after_failure
             raise
 
-    def _declare_queues(self) -> None:
-        """Once, not with every message: passing them to each publish (kombu's ``declare``) cost
-        about a tenth of a create request's CPU, even when kombu knew them declared."""
+    def _declare_queues(self, queue_name: str) -> None:
+        """Once per queue, not with every message: passing them to each publish (kombu's
+        ``declare``) cost about a tenth of a create request's CPU, even when kombu knew them declared."""
+        queue = celeryconfig.job_queue(queue_name, self.settings)
+        # Celery declares the queue it sends to, as its app knows it: a name it does not know is a
+        # plain queue, which RabbitMQ refuses to declare again without our dead-letter arguments.
+        self.app.amqp.queues.setdefault(queue_name, queue)
         with self.app.producer_or_acquire() as producer:
             celeryconfig.declare_queues(producer.channel, self.settings)
-        self._declared = True
+            queue(producer.channel).declare()
+        self._declared.add(queue_name)

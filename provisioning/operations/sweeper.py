@@ -7,7 +7,8 @@ compare-and-set or a harmless duplicate message:
 - Which running jobs lost their worker? Their heartbeat is older than the deadline: fail them,
   naming the worker and the step, and release the tenant.
 - Which pending jobs were never published, or published long ago and never claimed? Publish
-  them again; the claim lets only one delivery run a job.
+  them again, each to its server's queue; the claim lets only one delivery run a job. The jobs
+  of a server that is down are held instead, and published by the first sweep after it is up.
 
 It also forgets idempotency keys past their expiry, requests the scheduled backups and restore
 drills that are due (see schedules) and prunes backups by the retention policy.
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SweepReport:
     reaped: list[uuid.UUID]
+    held: list[uuid.UUID]
     republished: list[uuid.UUID]
     forgotten_keys: int
     scheduled_backups: list[uuid.UUID]
@@ -61,6 +63,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
 
         report = SweepReport(
             reaped=committed(repairs.reap_lost_jobs(timedelta(seconds=settings.lost_job_after_seconds))),
+            held=committed(repairs.hold_jobs_of_down_servers()),
             republished=committed(repairs.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds))),
             forgotten_keys=committed(repairs.prune_idempotency_keys()),
             scheduled_backups=(
@@ -76,11 +79,14 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
             pruned_backups=BackupBook(session).prune(retention_of(settings)),
             stray_backup_directories=BackupBook(session).remove_strays(settings.backup_path),
         )
-    if report.reaped or report.republished or report.scheduled_backups or report.scheduled_drills or report.pruned_backups:
+    done = (report.reaped, report.held, report.republished, report.scheduled_backups, report.scheduled_drills)
+    if any(done) or report.pruned_backups:
         log.info(
-            "sweep: failed %d lost job(s), published %d pending job(s) again, forgot %d idempotency key(s), "
+            "sweep: failed %d lost job(s), held %d job(s) of down servers, published %d pending job(s) again, "
+            "forgot %d idempotency key(s), "
             "requested %d scheduled backup(s) and %d restore drill(s), pruned %d backup(s)",
             len(report.reaped),
+            len(report.held),
             len(report.republished),
             report.forgotten_keys,
             len(report.scheduled_backups),

@@ -19,9 +19,12 @@ from cryptography.fernet import Fernet
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
-from provisioning.platform.identifiers import QUEUE_NAME
+from provisioning.platform.identifiers import QUEUE_NAME, SLUG
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
+# The server a deployment of one bench server has (migration 0012 makes it): its queue is
+# PROVISIONING_QUEUE_NAME itself, and a worker with no SERVER_NAME works for it.
+DEFAULT_SERVER_NAME = "default"
 DEFAULT_DATA_DIR = "var"
 # Where a reverse proxy usually runs: on the API's own machine.
 LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -136,6 +139,8 @@ class Settings(RabbitMQSettings):
     database_url: str
     broker_url: str
     provisioning_queue_name: str = DEFAULT_QUEUE_NAME
+    # The bench server this process's worker works for (see queue_of_server).
+    server_name: Annotated[str, Lowercase] = DEFAULT_SERVER_NAME
     embedded_broker_port: Port = 6399
     simulated_step_seconds: NonNegativeFloat = 1.0
     # Which steps it may name is the worker's check as it starts (jobs.workflows knows the steps).
@@ -213,6 +218,13 @@ class Settings(RabbitMQSettings):
         _checked_url(url, DATABASE_SCHEMES)
         scheme, _, rest = url.partition("://")
         return url if scheme == "sqlite" else POSTGRESQL_DRIVER + rest
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, name: str) -> str:
+        if problem := SLUG.problem("server name", name):
+            raise ValueError(problem)
+        return name
 
     @field_validator("provisioning_queue_name")
     @classmethod
@@ -292,6 +304,18 @@ class Settings(RabbitMQSettings):
             step_timeout_seconds=self.bench_step_timeout_seconds,
             archive_path=self.bench_archive_path,
         )
+
+    def queue_of_server(self, server_name: str) -> str:
+        """The job queue of a bench server: PROVISIONING_QUEUE_NAME for the default one, so a
+        deployment of one server keeps its queue; ``<that>.server.<name>`` for the others."""
+        if server_name == DEFAULT_SERVER_NAME:
+            return self.provisioning_queue_name
+        return f"{self.provisioning_queue_name}.server.{server_name}"
+
+    @property
+    def worker_queue_name(self) -> str:
+        """The queue of this process's server (SERVER_NAME): where its worker takes jobs from."""
+        return self.queue_of_server(self.server_name)
 
     @property
     def dead_letter_queue_name(self) -> str:

@@ -17,7 +17,7 @@ from provisioning.sites.drivers import make_driver
 from provisioning.sites.drivers.base import BackupFile
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import GOOD_DUMP, TenantFactory, make_backup
-from tests.helpers import committing, not_private, wait_for
+from tests.helpers import committing, not_private, recording, wait_for
 from tests.records import read_job, read_steps
 from tests.stack import SweeperProcess
 
@@ -47,7 +47,7 @@ def test_each_active_tenant_due_gets_one_backup_and_asking_again_adds_none(isola
         create = committing(session).request_job(just_created.id, JobType.CREATE_SITE)
         JobRunner.for_settings(isolated.settings, isolated.sessions, SimulatedDriver(step_seconds=0), "w@test").run(create.id)
         assert session.get(Tenant, just_created.id, populate_existing=True).status == TenantStatus.ACTIVE
-        service = committing(session, dispatch=sent.append)
+        service = committing(session, dispatch=recording(sent))
 
         first = schedule_backups(service, DAILY)
         again = schedule_backups(service, DAILY)  # a second sweeper, or one restarted

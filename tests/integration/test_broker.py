@@ -7,6 +7,7 @@ import pytest
 from kombu import Connection
 
 from provisioning.messaging.broker import Dispatcher, publish_json
+from provisioning.platform.settings import DEFAULT_SERVER_NAME
 from tests.stack import delete_queues
 
 
@@ -35,7 +36,7 @@ def test_publish_json_declares_a_job_queue_as_the_dispatcher_does(settings):
     )
     try:
         publish_json(queue_settings.provisioning_queue_name, {"hello": "queue"}, queue_settings)
-        Dispatcher(queue_settings).send_job(uuid.uuid4())
+        Dispatcher(queue_settings).send_job(uuid.uuid4(), DEFAULT_SERVER_NAME)
 
         with Connection(settings.broker_url) as connection:
             _name, waiting, _consumers = connection.default_channel.queue_declare(
@@ -67,8 +68,8 @@ def waiting(settings) -> list[int]:
 def test_a_dispatchers_first_message_finds_both_queues_declared(own_queues):
     """RabbitMQ confirms a message that no queue takes, and drops it: the queues must exist first."""
     dispatcher = Dispatcher(own_queues)
-    dispatcher.send_job(uuid.uuid4())
-    dispatcher.send_job(uuid.uuid4())
+    dispatcher.send_job(uuid.uuid4(), DEFAULT_SERVER_NAME)
+    dispatcher.send_job(uuid.uuid4(), DEFAULT_SERVER_NAME)
 
     assert waiting(own_queues) == [2, 0]
 
@@ -76,14 +77,14 @@ def test_a_dispatchers_first_message_finds_both_queues_declared(own_queues):
 def test_after_a_failed_publish_the_dispatcher_declares_its_queues_again(own_queues, monkeypatch):
     """A broker that failed may come back without our queues (a new node): the next publish declares them."""
     dispatcher = Dispatcher(own_queues, pause_after_failure=0)
-    dispatcher.send_job(uuid.uuid4())
+    dispatcher.send_job(uuid.uuid4(), DEFAULT_SERVER_NAME)
     delete_queues(own_queues.provisioning_queue_name)  # as a broker that came back empty would have them
     send_task = dispatcher.app.send_task
     monkeypatch.setattr(dispatcher.app, "send_task", mock.Mock(side_effect=ConnectionResetError("the broker went away")))
     with pytest.raises(ConnectionResetError):
-        dispatcher.send_job(uuid.uuid4())
+        dispatcher.send_job(uuid.uuid4(), DEFAULT_SERVER_NAME)
     monkeypatch.setattr(dispatcher.app, "send_task", send_task)
 
-    dispatcher.send_job(uuid.uuid4())
+    dispatcher.send_job(uuid.uuid4(), DEFAULT_SERVER_NAME)
 
     assert waiting(own_queues) == [1, 0]

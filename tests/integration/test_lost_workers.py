@@ -19,7 +19,7 @@ from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform.db import utcnow
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
-from tests.helpers import committing, wait_for
+from tests.helpers import committing, recording, wait_for
 from tests.records import read_job, tenant_status
 from tests.stack import SweeperProcess, WorkerProcess
 
@@ -261,7 +261,7 @@ def test_a_worker_whose_job_was_taken_away_stops_even_a_deaf_step_and_writes_not
 def test_a_job_that_waits_unclaimed_is_published_again_with_a_doubling_wait(session, sessions, tenant_factory):
     sent: list = []
     tenant = tenant_factory.create()
-    service = committing(session, dispatch=sent.append)
+    service = committing(session, dispatch=recording(sent))
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
 
     def published_minutes_ago(minutes: float) -> None:
@@ -293,12 +293,12 @@ def test_a_job_committed_but_never_published_is_published_by_the_next_sweep(sess
     minutes later."""
     sent: list = []
     tenant = tenant_factory.create()
-    job = ProvisioningService(session, dispatch=sent.append).request_job(tenant.id, JobType.CREATE_SITE)
+    job = ProvisioningService(session, dispatch=recording(sent)).request_job(tenant.id, JobType.CREATE_SITE)
     session.commit()  # the transaction, but none of what follows its commit: the process is gone
     assert sent == [] and read_job(sessions, job.id).dispatched_at is None
 
     # (Other tests' jobs made with no publisher may be republished too.)
-    assert job.id in committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5))
+    assert job.id in committing(session, dispatch=recording(sent)).republish_pending(timedelta(minutes=5))
     assert sent.count(job.id) == 1
     assert read_job(sessions, job.id).dispatched_at is not None, "marked once it was published"
 
@@ -306,10 +306,10 @@ def test_a_job_committed_but_never_published_is_published_by_the_next_sweep(sess
 def test_a_published_job_is_marked_sent_and_not_published_again_by_the_next_sweep(session, sessions, tenant_factory):
     sent: list = []
     tenant = tenant_factory.create()
-    job = committing(session, dispatch=sent.append).request_job(tenant.id, JobType.CREATE_SITE)
+    job = committing(session, dispatch=recording(sent)).request_job(tenant.id, JobType.CREATE_SITE)
     assert sent == [job.id] and job.dispatched_at is not None
     assert read_job(sessions, job.id).dispatch_count == 1
 
     # (The run's database is shared: other tests' unpublished jobs may go out with this sweep.)
-    assert job.id not in committing(session, dispatch=sent.append).republish_pending(timedelta(minutes=5))
+    assert job.id not in committing(session, dispatch=recording(sent)).republish_pending(timedelta(minutes=5))
     assert sent.count(job.id) == 1

@@ -17,6 +17,7 @@ from provisioning.jobs.workflows import workflow_for
 from provisioning.messaging.dead_letters import MAX_REASON_LENGTH, REASON_HEADER, list_dead_letters
 from provisioning.models import JobStep, ProvisioningJob
 from provisioning.platform import logs
+from provisioning.platform.settings import DEFAULT_SERVER_NAME
 from tests.factories import TenantFactory
 from tests.helpers import committing, wait_for
 from tests.job_messages import COMPRESSED_POISON, POISON, RawMessage, job_message
@@ -172,7 +173,7 @@ def test_the_same_job_published_five_times_runs_its_steps_once(worker, dispatche
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     for _ in range(5):
-        dispatcher.send_job(job.id)
+        dispatcher.send_job(job.id, DEFAULT_SERVER_NAME)
 
     # The duplicates may all be turned away while the first delivery still runs the steps.
     wait_for(lambda: job_status(sessions, job.id) == JobStatus.COMPLETED, timeout=30, what="the job to complete")
@@ -188,7 +189,7 @@ def test_a_job_cancelled_while_its_message_waits_is_skipped_by_the_worker(worker
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.cancel_job(tenant.id, job.id)
 
-    dispatcher.send_job(job.id)
+    dispatcher.send_job(job.id, DEFAULT_SERVER_NAME)
 
     wait_for(lambda: duplicates_ignored(worker, job.id) == 1, timeout=30, what="the worker to skip the job")
     assert job_status(sessions, job.id) == JobStatus.CANCELLED
@@ -203,7 +204,7 @@ def test_the_request_id_in_a_message_is_bound_in_the_worker_for_every_line_of_it
     job = committing(session).request_job(tenant.id, JobType.CREATE_SITE)
     request_id = f"carried-{uuid.uuid4().hex}"
     with logs.bound(request_id=request_id):
-        dispatcher.send_job(job.id)
+        dispatcher.send_job(job.id, DEFAULT_SERVER_NAME)
     wait_for(lambda: job_status(sessions, job.id) == JobStatus.COMPLETED, timeout=30, what="the job to complete")
 
     lines = [json.loads(line) for line in worker.output().splitlines() if f'"job_id": "{job.id}"' in line]

@@ -23,7 +23,7 @@ LAYERS = [
     {"platform"},
     {"models", "enums", "errors"},
     {"accounts"},
-    {"sites"},
+    {"sites", "servers"},
     {"backups", "messaging"},
     {"jobs"},
     {"operations"},

@@ -1,0 +1,125 @@
+"""Where a tenant's site lives: placing a tenant on a bench server when its first job is asked for,
+and which server a job runs on. Placement is race-free: a server's row is locked while a tenant
+is placed on it, and its count of sites (kept by the database, migration 0012) is checked under
+that lock, so two requests at once never put more sites on a server than its capacity.
+
+A tenant leaves its server when its site is deleted, or when the create that placed it is
+cancelled (``records.tenant_move_parameters``); its next create places it again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Mapping
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from provisioning.enums import JobStatus, ServerStatus
+from provisioning.errors import Conflict, NotFound
+from provisioning.models import ProvisioningJob, Server, Tenant
+
+# How many of the emptiest servers a placement without labels tries before it looks at all of them.
+FIRST_CANDIDATES = 10
+
+
+@dataclass(frozen=True)
+class Seat:
+    """The server a tenant's jobs run on: its name (which gives its queue) and status."""
+
+    name: str
+    status: ServerStatus
+
+    @property
+    def held(self) -> bool:
+        """A down server's jobs wait, pending, until it is active again."""
+        return self.status == ServerStatus.DOWN
+
+    def hold_message(self) -> str:
+        return f"Held: server {self.name} is down; the job is sent when the server is active again"
+
+
+@dataclass(frozen=True)
+class JobRoute:
+    """What a worker needs to know of a job before it claims it."""
+
+    status: JobStatus
+    seat: Seat | None
+
+
+class Placement:
+    """Places tenants and answers where their jobs run; writes in the caller's transaction."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def seat_of(self, tenant_id: uuid.UUID) -> Seat | None:
+        """The tenant's server, None when it is not placed (or does not exist)."""
+        row = self.session.execute(
+            select(Server.name, Server.status).join(Tenant, Tenant.server_id == Server.id).where(Tenant.id == tenant_id)
+        ).first()
+        return Seat(*row) if row else None
+
+    def route_of(self, job_id: uuid.UUID) -> JobRoute | None:
+        """The job's status and its tenant's server; None for no such job."""
+        row = self.session.execute(
+            select(ProvisioningJob.status, Server.name, Server.status)
+            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
+            .outerjoin(Server, Server.id == Tenant.server_id)
+            .where(ProvisioningJob.id == job_id)
+        ).first()
+        if row is None:
+            return None
+        status, name, server_status = row
+        return JobRoute(status, Seat(name, server_status) if name else None)
+
+    def place(self, tenant_id: uuid.UUID, labels: Mapping[str, str] | None = None, pin: str | None = None) -> Seat:
+        """Place the unplaced tenant on the active server with room and the fewest sites, among
+        those whose labels include all of ``labels``; or on the server ``pin`` (an operator's
+        choice), if it is active and has room.
+
+        Raises:
+            NotFound: no server named ``pin``.
+            Conflict: no server fits (the message says why), or another request placed the
+                tenant at the same moment.
+        """
+        labels = dict(labels or {})
+        query = select(Server.id, Server.name, Server.labels).where(
+            Server.status == ServerStatus.ACTIVE, Server.site_count < Server.capacity
+        )
+        if pin is not None:
+            self._check_pin(pin)
+            query = query.where(Server.name == pin)
+        ordered = query.order_by(Server.site_count, Server.name)
+        for limit in ((FIRST_CANDIDATES, None) if not labels and pin is None else (None,)):
+            for server_id, name, server_labels in self.session.execute(ordered.limit(limit)):
+                if labels.items() <= (server_labels or {}).items() and self._seat(tenant_id, server_id):
+                    return Seat(name, ServerStatus.ACTIVE)
+        if pin is not None:
+            raise Conflict(f"server {pin!r} is full or not active; it cannot take this site now")
+        wanted = f" with labels {', '.join(f'{k}={v}' for k, v in sorted(labels.items()))}" if labels else ""
+        raise Conflict(f"no active server{wanted} has room for another site; add a server or raise a capacity")
+
+    def _seat(self, tenant_id: uuid.UUID, server_id: uuid.UUID) -> bool:
+        """Lock the server's row, and place the tenant there if it is still active with room: a
+        request that placed a tenant there meanwhile has committed by the time the lock is ours,
+        and PostgreSQL checks the condition again on the row as that request left it."""
+        locked = self.session.scalar(
+            select(Server.id)
+            .where(Server.id == server_id, Server.status == ServerStatus.ACTIVE, Server.site_count < Server.capacity)
+            .with_for_update()
+        )
+        if locked is None:
+            return False
+        tenants = Tenant.__table__
+        placed = self.session.execute(
+            update(tenants).where(tenants.c.id == tenant_id, tenants.c.server_id.is_(None)).values(server_id=server_id)
+        )
+        if placed.rowcount != 1:
+            raise Conflict("the tenant was placed by another request at the same moment; ask again")
+        return True
+
+    def _check_pin(self, pin: str) -> None:
+        if self.session.scalar(select(Server.id).where(Server.name == pin)) is None:
+            raise NotFound(f"no server named {pin!r}")

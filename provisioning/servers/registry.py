@@ -1,0 +1,166 @@
+"""The registry of bench servers, as operators keep it: add, list, drain, activate, mark down,
+change and remove servers; every change audited in the caller's transaction (the caller commits)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from provisioning.accounts import audit
+from provisioning.accounts.audit import Origin
+from provisioning.enums import ServerStatus
+from provisioning.errors import Conflict, InvalidRequest, NotFound
+from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, Tenant
+from provisioning.platform.identifiers import SLUG
+
+DEFAULT_CAPACITY = 100
+MAX_LABELS = 20
+MAX_LABEL_LENGTH = 63
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """A server as operators see it: its row, and the jobs its sites have under way."""
+
+    server: Server
+    active_jobs: int
+
+
+def checked_labels(labels: Mapping[str, object]) -> dict[str, str]:
+    """Labels as stored: short lowercase names and values, such as ``region=eu``.
+
+    Raises:
+        InvalidRequest: too many, or a name or value that is not a short lowercase word.
+    """
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequest(f"at most {MAX_LABELS} labels")
+    for name, value in labels.items():
+        for what, text in (("label name", name), ("label value", value)):
+            if problem := SLUG.problem(what, text):
+                raise InvalidRequest(problem)
+    return {str(name): str(value) for name, value in labels.items()}
+
+
+class ServerRegistry:
+    """Operators' view and changes of the bench servers; ``origin`` is who asks, for the audit trail."""
+
+    def __init__(self, session: Session, origin: Origin):
+        self.session = session
+        self.origin = origin
+
+    def add(self, name: str, capacity: int = DEFAULT_CAPACITY, labels: Mapping[str, object] | None = None) -> Server:
+        """A new active server.
+
+        Raises:
+            InvalidRequest: a name that is not a DNS label, a capacity below 1, bad labels.
+            Conflict: a server of that name exists.
+        """
+        if problem := SLUG.problem("server name", name):
+            raise InvalidRequest(problem)
+        server = Server(
+            id=uuid.uuid4(), name=name, status=ServerStatus.ACTIVE, capacity=_checked_capacity(capacity),
+            labels=checked_labels(labels or {}), site_count=0,
+        )  # fmt: skip
+        try:
+            with self.session.begin_nested():
+                self.session.add(server)
+        except IntegrityError:
+            raise Conflict(f"a server named {name!r} exists already") from None
+        self._audit("server.added", server, f"capacity {server.capacity}, labels {server.labels}")
+        return server
+
+    def get(self, name: str) -> Server:
+        """Raises NotFound."""
+        server = self.session.scalar(select(Server).where(Server.name == name))
+        if server is None:
+            raise NotFound(f"no server named {name!r}")
+        return server
+
+    def list(self, page: int = 1, size: int = 20, status: ServerStatus | None = None) -> tuple[list[ServerView], int]:
+        """One page of servers by name, with their active jobs, and how many there are."""
+        conditions = [Server.status == status] if status is not None else []
+        total = self.session.scalar(select(func.count()).select_from(Server).where(*conditions)) or 0
+        servers = self.session.scalars(
+            select(Server).where(*conditions).order_by(Server.name).limit(size).offset((page - 1) * size)
+        ).all()
+        busy = self.active_jobs([server.id for server in servers])
+        return [ServerView(server, busy.get(server.id, 0)) for server in servers], total
+
+    def view(self, name: str) -> ServerView:
+        server = self.get(name)
+        return ServerView(server, self.active_jobs([server.id]).get(server.id, 0))
+
+    def active_jobs(self, server_ids: Sequence[uuid.UUID] | None = None) -> dict[uuid.UUID, int]:
+        """How many pending, running or cancelling jobs the tenants of each server have."""
+        query = (
+            select(Tenant.server_id, func.count())
+            .join(ProvisioningJob, ProvisioningJob.tenant_id == Tenant.id)
+            .where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES), Tenant.server_id.is_not(None))
+            .group_by(Tenant.server_id)
+        )
+        if server_ids is not None:
+            query = query.where(Tenant.server_id.in_(server_ids))
+        return dict(self.session.execute(query).tuples().all())
+
+    def set_status(self, name: str, status: ServerStatus) -> Server:
+        """Drain, activate or mark down a server; setting the status it has changes nothing.
+
+        Jobs held for a server that was down are sent by the next sweep once it is active again
+        (``JobRepairs.republish_pending``); the caller may send them at once.
+        """
+        server = self._locked(name)
+        if server.status != status:
+            before, server.status = server.status, status
+            self._audit(f"server.{status.value}", server, f"was {before.value}")
+        return server
+
+    def update(self, name: str, capacity: int | None = None, labels: Mapping[str, object] | None = None) -> Server:
+        """Change a server's capacity or labels. A capacity below its sites is allowed (it takes no
+        new ones until it is below again): that is how an operator stops a full server growing.
+
+        Raises:
+            InvalidRequest: a capacity below 1, bad labels.
+        """
+        server = self._locked(name)
+        changes = []
+        if capacity is not None:
+            server.capacity = _checked_capacity(capacity)
+            changes.append(f"capacity {server.capacity}")
+        if labels is not None:
+            server.labels = checked_labels(labels)
+            changes.append(f"labels {server.labels}")
+        if changes:
+            self._audit("server.updated", server, ", ".join(changes))
+        return server
+
+    def remove(self, name: str) -> None:
+        """Raises Conflict while any tenant is placed on the server: move or delete its sites first."""
+        server = self._locked(name)
+        if server.site_count:
+            raise Conflict(f"server {name!r} still holds {server.site_count} site(s); drain it and move them first")
+        self._audit("server.removed", server, "")
+        self.session.delete(server)
+        self.session.flush()
+
+    def _locked(self, name: str) -> Server:
+        """The server, its row locked until the caller commits: against a placement at the same moment."""
+        server = self.session.scalar(
+            select(Server).where(Server.name == name).with_for_update().execution_options(populate_existing=True)
+        )
+        if server is None:
+            raise NotFound(f"no server named {name!r}")
+        return server
+
+    def _audit(self, action: str, server: Server, detail: str) -> None:
+        audit.record(self.session, self.origin, action, None, f"server {server.name}", detail)
+
+
+def _checked_capacity(capacity: int) -> int:
+    if not isinstance(capacity, int) or capacity < 1:
+        raise InvalidRequest(f"capacity must be a whole number of sites, at least 1 (not {capacity!r})")
+    return capacity
