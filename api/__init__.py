@@ -5,7 +5,7 @@ from __future__ import annotations
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from api import backups, errors, health, jobs, tenants
+from api import backups, errors, health, jobs, servers, tenants
 from api.auth import TENANT_HEADER, TENANT_HEADER_DOC
 from api.errors import ProvisioningApi
 from api.forwarded import TrustedProxies
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.spec.components.parameter(TENANT_HEADER, "header", TENANT_HEADER_DOC)
     for acting_for_a_tenant in (jobs.blp, backups.blp, tenants.blp):
         api.register_blueprint(acting_for_a_tenant, parameters=[TENANT_HEADER])
+    api.register_blueprint(servers.blp)
     api.register_blueprint(health.blp)
     errors.register(app, api)
 

@@ -7,7 +7,7 @@ from flask import g, request
 from api.errors import error_for
 from api.session import db_session, require_current_schema, write_token_use
 from provisioning.accounts.audit import Origin
-from provisioning.accounts.registry import Caller, authenticate
+from provisioning.accounts.registry import Caller, authenticate, authenticate_operator
 from provisioning.errors import Forbidden, ProvisioningError
 from provisioning.platform.identifiers import SLUG, UUID
 
@@ -33,6 +33,19 @@ def authenticate_request() -> None:
         write_token_use(g.caller.token_to_mark)
 
 
+def authenticate_operator_request() -> None:
+    """Runs before every view of the platform's own resources (servers): only platform operators
+    pass, acting for no tenant; sets ``g.operator`` or answers 401/403 (503 while the schema is
+    not migrated)."""
+    require_current_schema()
+    try:
+        g.operator, token_to_mark = authenticate_operator(db_session(), _bearer_token())
+    except ProvisioningError as error:
+        raise error_for(error) from None
+    if token_to_mark is not None:
+        write_token_use(token_to_mark)
+
+
 def caller() -> Caller:
     return g.caller
 
@@ -40,7 +53,8 @@ def caller() -> Caller:
 def request_origin() -> Origin:
     """The caller and where the request came from, as the audit trail records them (an address
     always fits its column: ``TrustedProxies`` leaves only valid ones in ``remote_addr``)."""
-    return Origin(actor=f"user {caller().user.id}", ip=request.remote_addr, user_agent=request.user_agent.string)
+    user = g.caller.user if "caller" in g else g.operator
+    return Origin(actor=f"user {user.id}", ip=request.remote_addr, user_agent=request.user_agent.string)
 
 
 def writers_only(view):

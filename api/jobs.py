@@ -8,6 +8,7 @@ from flask.views import MethodView
 from flask_smorest.error_handler import ErrorSchema
 
 from api.auth import authenticate_request, caller, request_origin, writers_only
+from api.errors import error_for
 from api.parsing import Blueprint
 from api.schemas import (
     JOB_CREATE_EXAMPLES,
@@ -23,7 +24,8 @@ from api.schemas import (
 from api.session import db_session
 from provisioning.backups.book import BACKUP_ID
 from provisioning.enums import JobStatus
-from provisioning.jobs.requests import JobRequests
+from provisioning.errors import Forbidden
+from provisioning.jobs.requests import PINNED_SERVER, PLACEMENT_LABELS, JobRequests
 from provisioning.jobs.workflows import SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP
 from provisioning.platform.db import UnitOfWork
 
@@ -49,9 +51,16 @@ def _service() -> JobRequests:
 
 
 def _options(body: dict) -> dict:
-    """Only the options that are on: a job without any keeps ``{}``, and so its idempotency fingerprint."""
+    """Only the options that are on: a job without any keeps ``{}``, and so its idempotency fingerprint.
+
+    Raises:
+        HTTPException 403: a caller who is not a platform operator chose the server.
+    """
+    if body.get(PINNED_SERVER) and not caller().user.is_superuser:
+        raise error_for(Forbidden("only platform operators may choose the server a site is placed on"))
     switches = {name: True for name in (SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP) if body.get(name)}
-    return switches | ({BACKUP_ID: str(body["backup_id"])} if body.get("backup_id") else {})
+    given = {name: body[name] for name in (PLACEMENT_LABELS, PINNED_SERVER) if body.get(name)}
+    return switches | given | ({BACKUP_ID: str(body["backup_id"])} if body.get("backup_id") else {})
 
 
 def _created(job):
@@ -75,9 +84,11 @@ class Jobs(MethodView):
     @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, JobResponseSchema)
     @blp.alt_response(
-        409, schema=ErrorSchema, description="The tenant has an active job, or its state does not allow this job type"
+        409,
+        schema=ErrorSchema,
+        description="The tenant has an active job, or its state does not allow this job type, or no server has room",
     )
-    @blp.alt_response(404, schema=ErrorSchema, description="The tenant has no backup `backup_id`")
+    @blp.alt_response(404, schema=ErrorSchema, description="The tenant has no backup `backup_id`, or no server `server`")
     def post(self, body, headers):
         """Request a job for the tenant's site
 
@@ -89,6 +100,11 @@ class Jobs(MethodView):
         fails, the site is put back from the safety backup. `restore_drill` restores a backup
         (`backup_id`, or the newest) into a scratch site, checks it, and drops it. A `backup_id`
         the tenant does not have is a 404; one that is not completed a 409.
+
+        A tenant on no server yet is placed by its `create_site`: on the active server with
+        room and the fewest sites, among those with all the `labels` asked for, or on the
+        `server` a platform operator names. No room is a 409. The jobs of a server that is down
+        are held, pending, until it is active again (the job's `message` says so).
         """
         requester = caller()
         service = _service()

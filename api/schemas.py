@@ -5,13 +5,16 @@ from pathlib import PurePath
 from flask_smorest.error_handler import ErrorSchema
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from provisioning.enums import BackupStatus, JobStatus, JobType, Role, StepStatus, TenantStatus
+from provisioning.enums import BackupStatus, JobStatus, JobType, Role, ServerStatus, StepStatus, TenantStatus
 from provisioning.jobs.workflows import RESTORES
-from provisioning.platform.identifiers import IDEMPOTENCY_KEY, Identifier
+from provisioning.platform.identifiers import IDEMPOTENCY_KEY, SLUG, Identifier
+from provisioning.servers.registry import DEFAULT_CAPACITY, MAX_LABELS
 
 MAX_PAGE_SIZE = 100
 # The row offset, (page - 1) * size, must fit PostgreSQL's bigint: a larger page was a 500.
 MAX_PAGE = 1_000_000_000
+# A server's capacity must fit PostgreSQL's integer.
+MAX_CAPACITY = 1_000_000
 
 
 class JobSchema(Schema):
@@ -75,6 +78,19 @@ class FullMatch(validate.Regexp):
         return value
 
 
+def placement_labels(description: str) -> fields.Dict:
+    """Labels of a server (``{"region": "eu"}``): short lowercase names and values."""
+    return fields.Dict(
+        keys=fields.String(validate=FullMatch(SLUG)),
+        values=fields.String(validate=FullMatch(SLUG)),
+        validate=validate.Length(max=MAX_LABELS),
+        metadata={"description": description, "example": {"region": "eu"}},
+    )
+
+
+LABELS = placement_labels("Placement labels, such as region or plan")
+
+
 class JobCreateSchema(Schema):
     job_type = fields.Enum(JobType, by_value=True, required=True)
     skip_final_backup = JsonBoolean(
@@ -91,6 +107,13 @@ class JobCreateSchema(Schema):
     skip_safety_backup = JsonBoolean(
         metadata={"description": "restore_site only: restore without a safety backup of the site first", "default": False},
     )
+    labels = placement_labels(
+        "create_site of a tenant on no server yet: place it on a server with all these labels (a region, a plan)"
+    )
+    server = fields.String(
+        validate=FullMatch(SLUG),
+        metadata={"description": "create_site, platform operators only: place the tenant on this server"},
+    )
 
     @validates_schema
     def options_fit_the_job_type(self, data, **_kwargs):
@@ -105,6 +128,9 @@ class JobCreateSchema(Schema):
             raise ValidationError("only restore_site and restore_drill restore a backup", "backup_id")
         if job_type == JobType.RESTORE_SITE and not data.get("backup_id"):
             raise ValidationError("restore_site needs the id of the backup to restore", "backup_id")
+        for placement in ("labels", "server"):
+            if data.get(placement) and job_type != JobType.CREATE_SITE:
+                raise ValidationError("only a create_site job places a tenant on a server", placement)
 
 
 # The request bodies the docs offer, each one a request the API accepts (the tenant's state decides the rest).
@@ -215,6 +241,37 @@ class TenantSchema(Schema):
     role = fields.Enum(Role, by_value=True, allow_none=True, metadata={"description": "None for a platform operator"})
 
 
+class ServerSchema(Schema):
+    id = fields.UUID()
+    name = fields.String(metadata={"example": "bench-eu-1"})
+    status = fields.Enum(ServerStatus, by_value=True, metadata={"description": "active, draining or down"})
+    capacity = fields.Integer(metadata={"description": "Most sites it takes"})
+    labels = fields.Dict(keys=fields.String(), values=fields.String())
+    site_count = fields.Integer(metadata={"description": "Tenants placed on it"})
+    active_jobs = fields.Integer(metadata={"description": "Pending, running or cancelling jobs of its tenants"})
+    queue = fields.String(metadata={"description": "The queue its workers take jobs from"})
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class ServerCreateSchema(Schema):
+    name = fields.String(required=True, validate=FullMatch(SLUG), metadata={"example": "bench-eu-1"})
+    capacity = fields.Integer(load_default=DEFAULT_CAPACITY, validate=validate.Range(min=1, max=MAX_CAPACITY))
+    labels = LABELS
+
+
+class ServerUpdateSchema(Schema):
+    capacity = fields.Integer(validate=validate.Range(min=1, max=MAX_CAPACITY))
+    labels = LABELS
+    status = fields.Enum(
+        ServerStatus, by_value=True, metadata={"description": "draining: no new sites; down: its jobs are held; active"}
+    )
+
+
+class ServerQueryArgsSchema(PageArgsSchema):
+    status = fields.Enum(ServerStatus, by_value=True)
+
+
 class HealthSchema(Schema):
     status = fields.String(metadata={"example": "ok"})
 
@@ -269,6 +326,8 @@ JobEventListResponseSchema = list_response(JobEventSchema, "JobEventListResponse
 BackupResponseSchema = single_response(BackupSchema, "BackupResponse")
 BackupListResponseSchema = list_response(BackupSchema, "BackupListResponse")
 AdminPasswordResponseSchema = single_response(AdminPasswordSchema, "AdminPasswordResponse")
+ServerResponseSchema = single_response(ServerSchema, "ServerResponse")
+ServerListResponseSchema = list_response(ServerSchema, "ServerListResponse")
 
 
 def page_meta(page: int, size: int, total: int) -> dict:

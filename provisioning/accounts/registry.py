@@ -211,6 +211,28 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
             header is not a plausible tenant reference.
         Forbidden: the named tenant is not one of the user's.
     """
+    user, rows, token_to_mark = _user_of_token(session, plain_token)
+    memberships = [(ActingTenant(*row[_TENANT_AT]), row.role) for row in rows if row[_TENANT_AT.start] is not None]
+    tenant, role = _choose_tenant(session, user, memberships, tenant_ref)
+    return Caller(user=user, tenant=tenant, role=role, token_to_mark=token_to_mark)
+
+
+def authenticate_operator(session: Session, plain_token: str | None) -> tuple[CallingUser, uuid.UUID | None]:
+    """Resolve a bearer token into a platform operator (a superuser), acting for no tenant, and
+    the token whose use to record (as ``authenticate``'s ``token_to_mark``).
+
+    Raises:
+        AuthenticationFailed: no token, or one that is unknown, expired or revoked.
+        Forbidden: the user is not a platform operator.
+    """
+    user, _rows, token_to_mark = _user_of_token(session, plain_token)
+    if not user.is_superuser:
+        raise Forbidden("only platform operators may do this")
+    return user, token_to_mark
+
+
+def _user_of_token(session: Session, plain_token: str | None) -> tuple[CallingUser, list, uuid.UUID | None]:
+    """The token's user, the rows of its memberships, and the token's id if its use is to be recorded."""
     if not plain_token:
         raise MissingCredentials("missing bearer token")
     rows = session.connection().execute(CALLER_OF_TOKEN, {"token_hash": hash_token(plain_token)}).all()
@@ -220,11 +242,8 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     now = utcnow()
     if (refusal := token_refusal(revoked_at, expires_at, now)) is not None:
         raise AuthenticationFailed(refusal)
-    user = CallingUser(*rows[0][_USER_AT])
-    memberships = [(ActingTenant(*row[_TENANT_AT]), row.role) for row in rows if row[_TENANT_AT.start] is not None]
-    tenant, role = _choose_tenant(session, user, memberships, tenant_ref)
     stale = last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION
-    return Caller(user=user, tenant=tenant, role=role, token_to_mark=token_id if stale else None)
+    return CallingUser(*rows[0][_USER_AT]), rows, token_id if stale else None
 
 
 def record_token_use(session: Session, token_id: uuid.UUID) -> None:

@@ -81,8 +81,7 @@ class Placement:
 
         Raises:
             NotFound: no server named ``pin``.
-            Conflict: no server fits (the message says why), or another request placed the
-                tenant at the same moment.
+            Conflict: no server fits (the message says why).
         """
         labels = dict(labels or {})
         query = select(Server.id, Server.name, Server.labels).where(
@@ -94,31 +93,37 @@ class Placement:
         ordered = query.order_by(Server.site_count, Server.name)
         for limit in ((FIRST_CANDIDATES, None) if not labels and pin is None else (None,)):
             for server_id, name, server_labels in self.session.execute(ordered.limit(limit)):
-                if labels.items() <= (server_labels or {}).items() and self._seat(tenant_id, server_id):
-                    return Seat(name, ServerStatus.ACTIVE)
+                if labels.items() <= (server_labels or {}).items() and self._has_room(server_id):
+                    return self._place_on(tenant_id, server_id, name)
         if pin is not None:
             raise Conflict(f"server {pin!r} is full or not active; it cannot take this site now")
         wanted = f" with labels {', '.join(f'{k}={v}' for k, v in sorted(labels.items()))}" if labels else ""
         raise Conflict(f"no active server{wanted} has room for another site; add a server or raise a capacity")
 
-    def _seat(self, tenant_id: uuid.UUID, server_id: uuid.UUID) -> bool:
-        """Lock the server's row, and place the tenant there if it is still active with room: a
-        request that placed a tenant there meanwhile has committed by the time the lock is ours,
-        and PostgreSQL checks the condition again on the row as that request left it."""
+    def _has_room(self, server_id: uuid.UUID) -> bool:
+        """Lock the server's row, and say whether it is still active with room: a request that
+        placed a tenant there meanwhile has committed by the time the lock is ours, and PostgreSQL
+        checks the condition again on the row as that request left it."""
         locked = self.session.scalar(
             select(Server.id)
             .where(Server.id == server_id, Server.status == ServerStatus.ACTIVE, Server.site_count < Server.capacity)
             .with_for_update()
         )
-        if locked is None:
-            return False
+        return locked is not None
+
+    def _place_on(self, tenant_id: uuid.UUID, server_id: uuid.UUID, name: str) -> Seat:
+        """Place the tenant on the server whose row we hold; if another request placed it first
+        (a request of the same tenant at the same moment), where that one did."""
         tenants = Tenant.__table__
         placed = self.session.execute(
             update(tenants).where(tenants.c.id == tenant_id, tenants.c.server_id.is_(None)).values(server_id=server_id)
         )
-        if placed.rowcount != 1:
-            raise Conflict("the tenant was placed by another request at the same moment; ask again")
-        return True
+        if placed.rowcount == 1:
+            return Seat(name, ServerStatus.ACTIVE)
+        seat = self.seat_of(tenant_id)
+        if seat is None:
+            raise NotFound("tenant not found")
+        return seat
 
     def _check_pin(self, pin: str) -> None:
         if self.session.scalar(select(Server.id).where(Server.name == pin)) is None:

@@ -50,7 +50,7 @@ def run(settings, sessions, job_id, fail_step: str | None = None) -> None:
 
 def test_a_completed_job_tells_its_whole_story_in_order(client, session, sessions, tenant_factory, settings):
     tenant = tenant_factory.create()
-    job = committing(session, dispatch=lambda _id: None).request_job(
+    job = committing(session, dispatch=lambda _id, _server: None).request_job(
         tenant.id, JobType.CREATE_SITE, tenant.users[Role.OWNER].id
     )
     run(settings, sessions, job.id)

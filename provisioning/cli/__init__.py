@@ -1,4 +1,5 @@
-"""The ``provisioning`` operator command line: schema, tenants, users, tokens, jobs, the sweeper, quickstart."""
+"""The ``provisioning`` operator command line: schema, tenants, users, tokens, jobs, bench servers
+(``cli.servers``), the sweeper, quickstart."""
 
 from __future__ import annotations
 
@@ -367,5 +368,7 @@ def embedded_broker() -> None:
         raise click.ClickException(f"cannot listen on 127.0.0.1:{port} (EMBEDDED_BROKER_PORT): {error.strerror}") from None
 
 
-if __name__ == "__main__":
-    main()
+# Last: its commands use this module's helpers.
+from provisioning.cli.servers import server  # noqa: E402
+
+main.add_command(server)
