@@ -29,14 +29,16 @@ from sqlalchemy.orm import Session
 from api.errors import http_error
 from api.forwarded import parse_address
 from api.session import require_current_schema
+from provisioning.accounts.audit import SYSTEM
 from provisioning.backups.proofs import RestoreProofs
-from provisioning.enums import JobStatus
+from provisioning.enums import JobStatus, ServerStatus
 from provisioning.jobs.states import FINAL_STATUSES
 from provisioning.messaging import events
 from provisioning.messaging.broker import queue_depths
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
+from provisioning.servers.registry import ServerFigures, ServerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,9 @@ class JobFigures:
             yield from self._active_jobs(session)
             yield from self._waiting_events(session)
             yield from self._restore_proofs(session)
-        yield from self._queue_depths()
+            servers = ServerRegistry(session, SYSTEM).figures()
+        yield from self._servers(servers)
+        yield from self._queue_depths([server.name for server in servers])
 
     def _job_counts(self, session: Session):
         created = CounterMetricFamily("erpmax_jobs_created", "Jobs requested, by type", labels=["job_type"])
@@ -175,13 +179,40 @@ class JobFigures:
             "erpmax_backups_failing_restore", "Completed backups whose last restore or restore drill failed", value=failing
         )
 
-    def _queue_depths(self):
+    @staticmethod
+    def _servers(servers: list[ServerFigures]):
+        """Per bench server: its sites and capacity, its tenants' jobs, and its status (1 on the
+        series of the status it has)."""
+        families = {
+            "sites": GaugeMetricFamily("erpmax_server_sites", "Tenants placed on the server", labels=["server"]),
+            "capacity": GaugeMetricFamily("erpmax_server_capacity", "Most sites the server takes", labels=["server"]),
+            "active": GaugeMetricFamily(
+                "erpmax_server_active_jobs", "Pending, running or cancelling jobs of the server's tenants", labels=["server"]
+            ),
+            "pending": GaugeMetricFamily(
+                "erpmax_server_pending_jobs", "Jobs of the server's tenants waiting (held, if it is down)", labels=["server"]
+            ),
+        }
+        status = GaugeMetricFamily(
+            "erpmax_server_status", "The server's status: 1 on the one it has", labels=["server", "status"]
+        )
+        for server in servers:
+            families["sites"].add_metric([server.name], server.site_count)
+            families["capacity"].add_metric([server.name], server.capacity)
+            families["active"].add_metric([server.name], server.active_jobs)
+            families["pending"].add_metric([server.name], server.pending_jobs)
+            for each in ServerStatus:
+                status.add_metric([server.name, each.value], int(each == server.status))
+        yield from families.values()
+        yield status
+
+    def _queue_depths(self, server_names: list[str]):
         depths = GaugeMetricFamily(
-            "erpmax_queue_messages", "Messages waiting in the job queue and its dead-letter queue", labels=["queue"]
+            "erpmax_queue_messages", "Messages waiting in each server's job queue and the dead-letter queue", labels=["queue"]
         )
         up = 1
         try:
-            for name, depth in queue_depths(self.settings).items():
+            for name, depth in queue_depths(self.settings, server_names).items():
                 # A queue not declared yet (no worker has started, no job was sent) holds nothing.
                 depths.add_metric([name], depth or 0)
         except Exception as error:

@@ -256,12 +256,14 @@ class ServerSchema(Schema):
 
 class ServerCreateSchema(Schema):
     name = fields.String(required=True, validate=FullMatch(SLUG), metadata={"example": "bench-eu-1"})
-    capacity = fields.Integer(load_default=DEFAULT_CAPACITY, validate=validate.Range(min=1, max=MAX_CAPACITY))
+    capacity = fields.Integer(
+        load_default=DEFAULT_CAPACITY, validate=validate.Range(min=1, max=MAX_CAPACITY), metadata={"example": 200}
+    )
     labels = LABELS
 
 
 class ServerUpdateSchema(Schema):
-    capacity = fields.Integer(validate=validate.Range(min=1, max=MAX_CAPACITY))
+    capacity = fields.Integer(validate=validate.Range(min=1, max=MAX_CAPACITY), metadata={"example": 250})
     labels = LABELS
     status = fields.Enum(
         ServerStatus, by_value=True, metadata={"description": "draining: no new sites; down: its jobs are held; active"}

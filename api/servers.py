@@ -99,13 +99,16 @@ class ServerByName(MethodView):
             _send_held_jobs()
         return {"data": _shown(registry.view(name))}
 
-    @blp.response(204)
+    @blp.response(200, ServerResponseSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such server")
     @blp.alt_response(409, schema=ErrorSchema, description="The server still holds sites")
     def delete(self, name: str):
-        """Remove a server that holds no site"""
-        _registry().remove(name)
+        """Remove a server that holds no site; the answer is the server as it was"""
+        registry = _registry()
+        removed = _shown(registry.view(name))
+        registry.remove(name)
         db_session().commit()
+        return {"data": removed}
 
 
 def _send_held_jobs() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 from functools import lru_cache
 
@@ -42,9 +43,17 @@ def worker_settings() -> Settings:
 
 
 @celeryd_init.connect
-def _check_settings(**_kwargs) -> None:
-    """A worker with a setting its jobs cannot use stops as it starts, with one line naming it."""
+def _check_settings(options: dict | None = None, **_kwargs) -> None:
+    """A worker with a setting its jobs cannot use stops as it starts, with one line naming it;
+    so does one told to take jobs (-Q) from a queue that is not its server's (SERVER_NAME)."""
     checked_or_exit(SETTINGS, [check_simulated_fail_step])
+    queues = (options or {}).get("queues") or []
+    named = sorted(set(queues.split(",") if isinstance(queues, str) else queues))
+    if named and named != [SETTINGS.worker_queue_name]:
+        sys.exit(
+            f"configuration error: -Q {','.join(named)} is not the queue of server {SETTINGS.server_name} (SERVER_NAME), "
+            f"which is {SETTINGS.worker_queue_name}; start it with -Q \"$(provisioning server queue)\""
+        )
 
 
 @lru_cache(maxsize=1)

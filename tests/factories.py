@@ -8,14 +8,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from provisioning.accounts import registry as accounts
 from provisioning.backups.book import BackupBook
-from provisioning.enums import Role, TenantStatus
-from provisioning.models import SiteBackup, Tenant, User
+from provisioning.enums import Role, ServerStatus, TenantStatus
+from provisioning.models import Server, SiteBackup, Tenant, User
 from provisioning.platform.db import utcnow
+from provisioning.platform.settings import DEFAULT_SERVER_NAME
 from provisioning.sites.drivers.base import BackupFile
 
 
@@ -54,6 +55,24 @@ class TenantFactory:
         self.session.execute(update(Tenant).where(Tenant.id == tenant.id).values(status=status))
         self.session.commit()
         self.session.refresh(tenant)
+
+
+def operator_headers(session: Session) -> dict[str, str]:
+    """The headers of a new platform operator (a superuser with no tenant)."""
+    user = accounts.create_user(session, f"operator-{uuid.uuid4().hex[:10]}@example.test", is_superuser=True)
+    return {"Authorization": f"Bearer {accounts.issue_token(session, user, name='test')[1]}"}
+
+
+def remove_servers_but_the_default(session: Session) -> None:
+    """Undo what a test did to the registry of the run's shared database: the tenants of other
+    servers go back to the default one (it is made active), and the other servers go. An extra
+    active server there would take the placements of later tests, whose workers never see its queue."""
+    default = session.scalar(select(Server.id).where(Server.name == DEFAULT_SERVER_NAME))
+    others = select(Server.id).where(Server.id != default)
+    session.execute(update(Tenant).where(Tenant.server_id.in_(others)).values(server_id=default))
+    session.execute(delete(Server).where(Server.id != default))
+    session.execute(update(Server).where(Server.id == default).values(status=ServerStatus.ACTIVE))
+    session.commit()
 
 
 GOOD_DUMP = gzip.compress(b"CREATE TABLE t (x int);\n-- Dump completed on 2026-11-30 01:02:03\n")

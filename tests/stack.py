@@ -23,7 +23,7 @@ from celeryconfig import events_exchange
 from provisioning.messaging.broker import Dispatcher
 from provisioning.platform import migrate
 from provisioning.platform.db import get_engine
-from provisioning.platform.settings import Settings
+from provisioning.platform.settings import Settings, load_settings
 from tests.helpers import wait_for
 from tests.processes import GroupProcess, free_port, procfile_commands
 
@@ -125,7 +125,7 @@ class WorkerProcess:
         self.dispatcher = dispatcher
         command = [
             sys.executable, "-m", "celery", "-A", app, "worker",
-            "-Q", environment["PROVISIONING_QUEUE_NAME"], "-n", self.name,
+            "-Q", load_settings(environment).worker_queue_name, "-n", self.name,
             "-c", str(concurrency), "-P", "prefork", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         log_path = Path(tempfile.gettempdir()) / f"{self.name.split('@')[0]}.log"

@@ -47,6 +47,12 @@ def server_add(name: str, capacity: int, labels: dict[str, str] | None) -> None:
         click.echo(f"server {added.name} added; its workers take jobs from {_settings().queue_of_server(added.name)}")
 
 
+@server.command("queue")
+def server_queue() -> None:
+    """Print the job queue of this machine's server (SERVER_NAME): what its worker's -Q names."""
+    click.echo(_settings().worker_queue_name)
+
+
 @server.command("list")
 @click.option("--status", type=click.Choice([status.value for status in ServerStatus]))
 def server_list(status: str | None) -> None:

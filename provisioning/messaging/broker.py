@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from functools import partial
-from typing import Any
+from typing import Any, Iterable
 
 from amqp.exceptions import NotFound
 from celery import Celery
@@ -75,9 +75,10 @@ def _refuse_to_expand(content_type: str, _body: bytes) -> bytes:
     raise CompressedBodyRefused(f"compressed body ({content_type}) refused: no publisher of ours compresses")
 
 
-def queue_depths(settings: Settings) -> dict[str, int | None]:
-    """How many messages wait in the job queue and in its dead-letter queue; None for a queue
-    nobody has declared yet (a worker or the API's first publish does).
+def queue_depths(settings: Settings, server_names: Iterable[str] = ()) -> dict[str, int | None]:
+    """How many messages wait in the job queue of each server named (by default, this process's
+    own, SERVER_NAME) and in the dead-letter queue; None for a queue nobody has declared yet (a
+    worker or the first publish to it does).
 
     RabbitMQ is asked with a passive declare, which makes nothing. The embedded broker (Redis)
     keeps no trace of an empty queue, so a passive declare would call it missing even once a
@@ -86,9 +87,11 @@ def queue_depths(settings: Settings) -> dict[str, int | None]:
     Raises:
         kombu / socket errors: the broker cannot be reached.
     """
+    jobs, dead = celeryconfig.provisioning_queues(settings)
+    queues = [celeryconfig.job_queue(settings.queue_of_server(name), settings) for name in server_names] or [jobs]
     depths: dict[str, int | None] = {}
     with Connection(settings.broker_url, connect_timeout=settings.broker_connect_timeout) as connection:
-        for queue in celeryconfig.provisioning_queues(settings):
+        for queue in [*queues, dead]:
             # A channel each: RabbitMQ closes the channel of a passive declare that found nothing.
             with connection.channel() as channel:
                 try:

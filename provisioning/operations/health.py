@@ -12,7 +12,9 @@ from kombu import Connection
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from provisioning.accounts.audit import SYSTEM
 from provisioning.backups.proofs import RestoreProofs
+from provisioning.enums import ServerStatus
 from provisioning.errors import StepFailed
 from provisioning.messaging import events
 from provisioning.messaging.broker import Dispatcher, queue_depths
@@ -20,6 +22,7 @@ from provisioning.platform import migrate
 from provisioning.platform.db import get_engine, session_factory, utcnow
 from provisioning.platform.quoting import first_line
 from provisioning.platform.settings import Settings
+from provisioning.servers.registry import ServerFigures, ServerRegistry
 from provisioning.sites.drivers.bench_config import BenchConfig
 
 START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -66,6 +69,7 @@ def doctor(settings: Settings) -> list[Check]:
         check_configuration(settings),
         *job_settings(settings),
         *readiness(settings, ahead_is_ok=False),
+        check_servers(settings),
         check_queues(settings),
         check_workers(settings),
         check_event_relay(settings),
@@ -172,33 +176,75 @@ def _broker_remedy(settings: Settings, reason: str) -> str:
     return "start it (rabbitmq-server -detached) or fix RABBITMQ_URL"
 
 
+def server_figures(settings: Settings) -> list[ServerFigures]:
+    """Every bench server's figures (``ServerRegistry.figures``).
+
+    Raises:
+        SQLAlchemy errors: the database cannot be read.
+    """
+    with session_factory(settings.database_url)() as session:
+        return ServerRegistry(session, SYSTEM).figures()
+
+
+def check_servers(settings: Settings) -> Check:
+    """Servers that are down (their jobs are held) or full (they take no new site)."""
+    try:
+        servers = server_figures(settings)
+    except Exception as error:
+        return Check("servers", False, f"cannot read them: {first_line(error)}", "fix the database first")
+    if not servers:
+        return Check("servers", False, "none is registered: no site can be placed", "add one: provisioning server add NAME")
+    down = [f"{server.name} ({server.pending_jobs} job(s) held)" for server in servers if server.status == ServerStatus.DOWN]
+    usable = [server for server in servers if server.status == ServerStatus.ACTIVE]
+    room = sum(max(server.capacity - server.site_count, 0) for server in usable)
+    summary = f"{len(servers)} server(s), {len(usable)} active, room for {room} more site(s)"
+    if down:
+        return Check(
+            "servers", False, f"{summary}; down: {', '.join(down)}",
+            "bring each back and run: provisioning server activate NAME (its held jobs are sent then)",
+        )  # fmt: skip
+    if not room:
+        return Check("servers", False, f"{summary}: a new site gets a 409", "add a server or raise a capacity")
+    return Check("servers", True, summary)
+
+
 def check_queues(settings: Settings) -> Check:
     try:
-        depths = queue_depths(settings)
+        depths = queue_depths(settings, [server.name for server in server_figures(settings)])
     except Exception as error:
-        return Check("queues", False, f"cannot read them: {first_line(error)}", "fix the broker first")
+        return Check("queues", False, f"cannot read them: {first_line(error)}", "fix the broker and the database first")
     missing = [name for name, depth in depths.items() if depth is None]
     if missing:
-        return Check("queues", False, f"not declared yet: {', '.join(missing)}", "start a worker (it declares them)")
+        return Check("queues", False, f"not declared yet: {', '.join(missing)}", "start each server's worker (it declares them)")
     return Check("queues", True, ", ".join(f"{name}: {depth} waiting" for name, depth in depths.items()))
 
 
 def check_workers(settings: Settings) -> Check:
-    """The workers that consume our queue: others on the same broker (another deployment's, or
-    one started with another -Q) answer too, but take none of our jobs."""
+    """The workers that consume each server's queue: others on the same broker (another
+    deployment's, or one started with another -Q) answer too, but take none of our jobs. A server
+    that is down is expected to have none."""
     try:
         answers = Dispatcher(settings).app.control.inspect(timeout=2.0).active_queues() or {}
+        servers = [server.name for server in server_figures(settings) if server.status != ServerStatus.DOWN]
     except Exception as error:
-        return Check("workers", False, f"cannot ask: {first_line(error)}", "fix the broker first")
-    queue = settings.provisioning_queue_name
-    ours = sorted(name for name, queues in answers.items() if any(consumed.get("name") == queue for consumed in queues or ()))
+        return Check("workers", False, f"cannot ask: {first_line(error)}", "fix the broker and the database first")
+    consumers = {
+        name: {consumed.get("name") for consumed in queues or ()} for name, queues in answers.items()
+    }
+    served = {
+        server: sorted(worker for worker, queues in consumers.items() if settings.queue_of_server(server) in queues)
+        for server in servers
+    }
+    ours = {worker for workers in served.values() for worker in workers}
     others = f"; {len(answers) - len(ours)} other(s) consume other queues" if len(answers) > len(ours) else ""
-    if not ours:
+    unserved = [server for server, workers in served.items() if not workers]
+    if unserved:
         return Check(
-            "workers", False, f"none consumes {queue} (asked for 2 s){others}",
-            f"start one: celery -A tasks worker -Q {queue}",
+            "workers", False, f"no worker consumes the queue of server(s) {', '.join(unserved)} (asked for 2 s){others}",
+            "start one on each: SERVER_NAME=<name> celery -A tasks worker -Q \"$(provisioning server queue)\"",
         )  # fmt: skip
-    return Check("workers", True, f"{len(ours)} consume {queue}: {', '.join(ours)}{others}")
+    shown = "; ".join(f"{server}: {', '.join(workers)}" for server, workers in served.items())
+    return Check("workers", True, f"{len(ours)} serve {len(served)} server(s): {shown}{others}")
 
 
 def check_event_relay(settings: Settings) -> Check:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from provisioning.accounts import audit
 from provisioning.accounts.audit import Origin
-from provisioning.enums import ServerStatus
+from provisioning.enums import JobStatus, ServerStatus
 from provisioning.errors import Conflict, InvalidRequest, NotFound
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, Tenant
 from provisioning.platform.identifiers import SLUG
@@ -29,6 +29,18 @@ class ServerView:
 
     server: Server
     active_jobs: int
+
+
+@dataclass(frozen=True)
+class ServerFigures:
+    """What metrics and the doctor show of one server."""
+
+    name: str
+    status: ServerStatus
+    site_count: int
+    capacity: int
+    active_jobs: int
+    pending_jobs: int
 
 
 def checked_labels(labels: Mapping[str, object]) -> dict[str, str]:
@@ -97,15 +109,34 @@ class ServerRegistry:
 
     def active_jobs(self, server_ids: Sequence[uuid.UUID] | None = None) -> dict[uuid.UUID, int]:
         """How many pending, running or cancelling jobs the tenants of each server have."""
+        return {server_id: sum(counts.values()) for server_id, counts in self._job_counts(server_ids).items()}
+
+    def _job_counts(self, server_ids: Sequence[uuid.UUID] | None = None) -> dict[uuid.UUID, dict[JobStatus, int]]:
+        """Each server's active jobs, by status (of the servers given, or all)."""
         query = (
-            select(Tenant.server_id, func.count())
+            select(Tenant.server_id, ProvisioningJob.status, func.count())
             .join(ProvisioningJob, ProvisioningJob.tenant_id == Tenant.id)
             .where(ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES), Tenant.server_id.is_not(None))
-            .group_by(Tenant.server_id)
+            .group_by(Tenant.server_id, ProvisioningJob.status)
         )
         if server_ids is not None:
             query = query.where(Tenant.server_id.in_(server_ids))
-        return dict(self.session.execute(query).tuples().all())
+        counts: dict[uuid.UUID, dict[JobStatus, int]] = {}
+        for server_id, status, count in self.session.execute(query):
+            counts.setdefault(server_id, {})[status] = count
+        return counts
+
+    def figures(self) -> list[ServerFigures]:
+        """Every server's figures, by name: two queries, whatever the number of servers."""
+        counts = self._job_counts()
+        return [
+            ServerFigures(
+                server.name, server.status, server.site_count, server.capacity,
+                active_jobs=sum(counts.get(server.id, {}).values()),
+                pending_jobs=counts.get(server.id, {}).get(JobStatus.PENDING, 0),
+            )
+            for server in self.session.scalars(select(Server).order_by(Server.name))
+        ]  # fmt: skip
 
     def set_status(self, name: str, status: ServerStatus) -> Server:
         """Drain, activate or mark down a server; setting the status it has changes nothing.

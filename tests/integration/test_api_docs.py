@@ -11,6 +11,7 @@ from openapi_spec_validator import validate as validate_spec
 
 from provisioning.enums import JobStatus, TenantStatus
 from provisioning.platform.db import utcnow
+from tests.factories import operator_headers, remove_servers_but_the_default
 from tests.integration.test_api_backups import backup_row
 from tests.integration.test_api_jobs import finished_job
 
@@ -19,6 +20,21 @@ METHODS = ("get", "post", "put", "patch", "delete")
 # What Swagger UI fills in for a value whose schema gives no example, default or enum.
 SAMPLE_BY_TYPE = {"string": "string", "integer": 0, "number": 0, "boolean": True}
 UNAUTHENTICATED_PATHS = {"/healthz", "/readyz"}
+# The platform's own resources: for operators, acting for no tenant.
+OPERATOR_PATHS = ("/api/v1/servers",)
+# The server the operations on /servers/{name} are tried on: the one the docs' example adds.
+SERVER_NAME = "bench-eu-1"
+
+
+@pytest.fixture
+def operator(session) -> dict[str, str]:
+    """An operator's headers; the servers its requests add are gone afterwards."""
+    yield operator_headers(session)
+    remove_servers_but_the_default(session)
+
+
+def for_operators(path: str) -> bool:
+    return path.startswith(OPERATOR_PATHS)
 
 
 @pytest.fixture(scope="module")
@@ -129,37 +145,41 @@ def test_only_the_health_checks_need_no_token_and_every_tenant_operation_documen
     for path, method, operation, parameters in operations(spec):
         if path in UNAUTHENTICATED_PATHS:
             assert operation.get("security") == [], (method, path)
-        else:
-            assert "security" not in operation, (method, path)  # the spec-wide bearer token
-            assert ("header", "X-Tenant-ID") in {(p["in"], p["name"]) for p in parameters}, (method, path)
+            continue
+        assert "security" not in operation, (method, path)  # the spec-wide bearer token
+        tenant_header = ("header", "X-Tenant-ID") in {(p["in"], p["name"]) for p in parameters}
+        assert tenant_header != for_operators(path), (method, path)
 
 
-def test_every_request_body_the_docs_offer_is_accepted(web, spec, tenant_factory):
+def test_every_request_body_the_docs_offer_is_accepted(web, spec, tenant_factory, operator):
     tried = 0
     for path, method, operation, parameters in operations(spec):
         if "requestBody" not in operation:
             continue
         for body in offered_bodies(operation):
             tenant = tenant_factory.create()  # each body on a tenant of its own: no job of another is in its way
-            response = try_it_out(web, path, method, parameters, body, tenant.headers(), {})
+            headers = operator if for_operators(path) else tenant.headers()
+            response = try_it_out(web, path, method, parameters, body, headers, {"name": SERVER_NAME})
             assert_answered_as_documented(operation, method, f"{path} {body}", response)
             tried += 1
     assert tried >= 4  # the three examples of POST /jobs, and the body made from its schema
 
 
-def test_every_operation_tried_out_as_the_docs_offer_it_answers_as_documented(web, spec, tenant_factory, session):
+def test_every_operation_tried_out_as_the_docs_offer_it_answers_as_documented(web, spec, tenant_factory, session, operator):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     ids = {
         "job_id": finished_job(session, tenant, JobStatus.FAILED).id,
         "backup_id": backup_row(session, tenant, utcnow()).id,
+        "name": SERVER_NAME,
     }
     for path, method, operation, parameters in operations(spec):
         for body in offered_bodies(operation):
-            response = try_it_out(web, path, method, parameters, body, tenant.headers(), ids)
+            headers = operator if for_operators(path) else tenant.headers()
+            response = try_it_out(web, path, method, parameters, body, headers, ids)
             assert_answered_as_documented(operation, method, path, response)
 
 
-def test_every_query_argument_left_empty_means_not_given(web, spec, tenant_factory, session):
+def test_every_query_argument_left_empty_means_not_given(web, spec, tenant_factory, session, operator):
     """``?status=&job_type=`` is what a client sends when it fills the README's blanks with nothing."""
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     finished_job(session, tenant, JobStatus.COMPLETED)
@@ -170,10 +190,11 @@ def test_every_query_argument_left_empty_means_not_given(web, spec, tenant_facto
         if not names:
             continue
         url = web.url + path
-        plain = requests.request(method, url, headers=tenant.headers(), timeout=HTTP_TIMEOUT)
-        blank = requests.request(method, url, params=dict.fromkeys(names, ""), headers=tenant.headers(), timeout=HTTP_TIMEOUT)
+        headers = operator if for_operators(path) else tenant.headers()
+        plain = requests.request(method, url, headers=headers, timeout=HTTP_TIMEOUT)
+        blank = requests.request(method, url, params=dict.fromkeys(names, ""), headers=headers, timeout=HTTP_TIMEOUT)
         assert plain.status_code == 200, plain.text
         assert (blank.status_code, blank.json()) == (200, plain.json()), (path, names, blank.text)
         assert_answered_as_documented(operation, method, path, blank)
         listed += 1
-    assert listed >= 2  # jobs and backups
+    assert listed >= 3  # jobs, backups and servers

@@ -102,12 +102,13 @@ def test_doctor_passes_when_everything_answers(isolated):
             "ok   database",
             "ok   migrations",
             "ok   broker",
+            "ok   servers",
             "ok   queues",
             "ok   workers",
             "ok   job events",
             "ok   restore drills",
         ]
-        assert worker.name in lines[7]
+        assert worker.name in lines[8]
     finally:
         worker.stop()
 
@@ -146,7 +147,7 @@ def test_doctor_counts_only_the_workers_that_consume_its_queue(isolated, worker)
     # The run's worker answers on the same broker but consumes another queue: another deployment's, for this one.
     result = CliRunner().invoke(main, ["doctor"], env=isolated.environment)
     workers = next(line for line in result.stdout.splitlines() if " workers:" in line)
-    assert workers.startswith(f"FAIL workers: none consumes {isolated.settings.provisioning_queue_name}"), workers
+    assert workers.startswith("FAIL workers: no worker consumes the queue of server(s) default"), workers
     assert "other(s) consume other queues" in workers and worker.name not in workers
     assert result.exit_code == 1
 

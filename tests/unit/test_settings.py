@@ -206,9 +206,13 @@ def test_the_default_worker_name_is_its_queue_at_its_host_so_deployments_on_one_
     stub.chmod(0o755)
 
     def worker_name(**environ: str) -> str:
-        env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", **environ}
+        # The real `provisioning server queue` next, which names the queue.
+        path = os.pathsep.join([str(tmp_path), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+        env = {"PATH": path, "DATA_DIR": str(tmp_path), **environ}
         return subprocess.run(["sh", "-c", procfile_commands()["worker"]], env=env, capture_output=True, text=True).stdout.strip()
 
     assert worker_name() == "erpmax.provisioning@%h"  # Celery puts the host name in for %h
     assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning") == "acme.provisioning@%h"
     assert worker_name(PROVISIONING_QUEUE_NAME="acme.provisioning", WORKER_NAME="w2@%h") == "w2@%h"
+    # A worker of another bench server than the default one is named after that server's queue.
+    assert worker_name(SERVER_NAME="eu-1") == "erpmax.provisioning.server.eu-1@%h"
