@@ -1,0 +1,77 @@
+"""Several bench servers on one machine for tests: each registered, with a fake bench directory of
+its own and a real worker process started with its SERVER_NAME, on a test's own database and queues."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from kombu import Connection
+
+from provisioning.accounts.audit import SYSTEM
+from provisioning.enums import ServerStatus
+from provisioning.platform.settings import DEFAULT_SERVER_NAME
+from provisioning.servers.registry import ServerRegistry
+from tests.fake_bench import FAKE_BENCH, make_bench
+from tests.stack import RABBITMQ_URL, WorkerProcess
+
+DOMAIN = "erp.example.test"
+ROOT_PASSWORD = "Root-Secret-7f3a9"
+
+
+@dataclass
+class BenchServer:
+    """One server of the fleet: its name, its bench and its worker."""
+
+    name: str
+    bench: Path
+    worker: WorkerProcess | None = None
+
+    def site_dir(self, slug: str) -> Path:
+        return self.bench / "sites" / f"{slug}.{DOMAIN}"
+
+    def holds(self, slug: str) -> bool:
+        return self.site_dir(slug).is_dir()
+
+
+def bench_environment(isolated, server_name: str, bench: Path, backups: Path) -> dict[str, str]:
+    """A worker's settings for one server: its name, and its own fake bench and backup folder."""
+    return {
+        **isolated.environment,
+        "SERVER_NAME": server_name,
+        "SITE_DRIVER": "bench",
+        "BENCH_PATH": str(bench),
+        "BENCH_EXECUTABLE": str(FAKE_BENCH),
+        "SITE_DOMAIN": DOMAIN,
+        "DB_ROOT_PASSWORD": ROOT_PASSWORD,
+        "FAKE_BENCH_DB_ROOT_PASSWORD": ROOT_PASSWORD,
+        "BACKUP_PATH": str(backups),
+        "JOB_HEARTBEAT_SECONDS": "0.5",
+    }
+
+
+@contextlib.contextmanager
+def fleet(isolated, root: Path, names: tuple[str, ...], capacity: int = 2, extra: dict[str, str] | None = None):
+    """Register ``names`` as active servers (the default one drained: no worker serves it here),
+    start a worker for each, and yield them by name; stop the workers and delete the servers'
+    queues afterwards."""
+    with isolated.session() as session:
+        registry = ServerRegistry(session, SYSTEM)
+        registry.set_status(DEFAULT_SERVER_NAME, ServerStatus.DRAINING)
+        for name in names:
+            registry.add(name, capacity)
+        session.commit()
+    servers = {name: BenchServer(name, make_bench(root / name / "bench")) for name in names}
+    try:
+        for server in servers.values():
+            environment = bench_environment(isolated, server.name, server.bench, root / server.name / "backups")
+            server.worker = WorkerProcess({**environment, **(extra or {})}, isolated.dispatcher, concurrency=1)
+        yield servers
+    finally:
+        for server in servers.values():
+            if server.worker is not None:
+                server.worker.stop()
+        with Connection(RABBITMQ_URL) as connection:
+            for name in names:
+                connection.default_channel.queue_delete(isolated.settings.queue_of_server(name))
