@@ -23,9 +23,10 @@ from api.schemas import (
 )
 from api.session import db_session
 from provisioning.backups.book import BACKUP_ID
-from provisioning.enums import JobStatus
+from provisioning.enums import JobStatus, JobType
 from provisioning.errors import Forbidden
-from provisioning.jobs.requests import PINNED_SERVER, PLACEMENT_LABELS, JobRequests
+from provisioning.jobs.requests import JobRequests
+from provisioning.jobs.seats import PINNED_SERVER, PLACEMENT_LABELS
 from provisioning.jobs.workflows import SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP
 from provisioning.platform.db import UnitOfWork
 
@@ -56,8 +57,8 @@ def _options(body: dict) -> dict:
     Raises:
         HTTPException 403: a caller who is not a platform operator chose the server.
     """
-    if body.get(PINNED_SERVER) and not caller().user.is_superuser:
-        raise error_for(Forbidden("only platform operators may choose the server a site is placed on"))
+    if (body.get(PINNED_SERVER) or body["job_type"] == JobType.MOVE_SITE) and not caller().user.is_superuser:
+        raise error_for(Forbidden("only platform operators may choose the server a site is on, or move it"))
     switches = {name: True for name in (SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP) if body.get(name)}
     given = {name: body[name] for name in (PLACEMENT_LABELS, PINNED_SERVER) if body.get(name)}
     return switches | given | ({BACKUP_ID: str(body["backup_id"])} if body.get("backup_id") else {})
@@ -105,6 +106,12 @@ class Jobs(MethodView):
         room and the fewest sites, among those with all the `labels` asked for, or on the
         `server` a platform operator names. No room is a 409. The jobs of a server that is down
         are held, pending, until it is active again (the job's `message` says so).
+
+        `move_site` (platform operators only) moves the site to the server `server` (default:
+        the active one with room and the fewest sites): the site is closed and backed up on its
+        server, the backup copied offsite and restored on the new one, checked, the tenant
+        switched there, and the old copy dropped. It cannot be cancelled once it has handed its
+        work to the new server; a failure leaves the site on one server, and the retry finishes.
         """
         requester = caller()
         service = _service()

@@ -112,7 +112,10 @@ class JobCreateSchema(Schema):
     )
     server = fields.String(
         validate=FullMatch(SLUG),
-        metadata={"description": "create_site, platform operators only: place the tenant on this server"},
+        metadata={
+            "description": "Platform operators only. create_site: place the tenant on this server; move_site: move "
+            "the site to this server (default: the active one with room and the fewest sites)"
+        },
     )
 
     @validates_schema
@@ -128,9 +131,10 @@ class JobCreateSchema(Schema):
             raise ValidationError("only restore_site and restore_drill restore a backup", "backup_id")
         if job_type == JobType.RESTORE_SITE and not data.get("backup_id"):
             raise ValidationError("restore_site needs the id of the backup to restore", "backup_id")
-        for placement in ("labels", "server"):
-            if data.get(placement) and job_type != JobType.CREATE_SITE:
-                raise ValidationError("only a create_site job places a tenant on a server", placement)
+        if data.get("labels") and job_type != JobType.CREATE_SITE:
+            raise ValidationError("only a create_site job places a tenant on a server", "labels")
+        if data.get("server") and job_type not in (JobType.CREATE_SITE, JobType.MOVE_SITE):
+            raise ValidationError("only create_site and move_site name a server", "server")
 
 
 # The request bodies the docs offer, each one a request the API accepts (the tenant's state decides the rest).
@@ -143,6 +147,10 @@ JOB_CREATE_EXAMPLES = {
         "value": {"job_type": "restore_site", "backup_id": "7d4f3c2e-5b1a-4e8f-9c6d-2a1b0e9f8d7c"},
     },
     "restore_drill": {"summary": "Prove the newest backup restores, in a scratch site", "value": {"job_type": "restore_drill"}},
+    "move_site": {
+        "summary": "Move the site to another server (platform operators only)",
+        "value": {"job_type": "move_site", "server": "bench-eu-2"},
+    },
 }
 
 

@@ -8,6 +8,7 @@ class TenantStatus(str, enum.Enum):
     PROVISIONING = "provisioning"
     ACTIVE = "active"
     RESTORING = "restoring"
+    MOVING = "moving"
     DELETING = "deleting"
     DELETED = "deleted"
     FAILED = "failed"
@@ -25,6 +26,7 @@ class JobType(str, enum.Enum):
     BACKUP_SITE = "backup_site"
     RESTORE_SITE = "restore_site"
     RESTORE_DRILL = "restore_drill"
+    MOVE_SITE = "move_site"
 
 
 class JobStatus(str, enum.Enum):

@@ -47,8 +47,8 @@ class Server(Base):
     """A bench server: the sites placed on it. Its workers take its jobs from the queue its name
     gives (``Settings.queue_of_server``).
 
-    ``site_count`` is how many tenants are placed on it, kept by a trigger on ``tenants``
-    (migration 0012), so placement can compare it with ``capacity`` without counting rows.
+    ``site_count`` is how many tenants are placed on it or being moved to it, kept by a trigger
+    on ``tenants`` (migration 0012), so placement can compare it with ``capacity`` without counting rows.
     """
 
     __tablename__ = "servers"
@@ -80,6 +80,8 @@ class Tenant(Base):
     # How many jobs it has ever had; kept by a trigger on provisioning_jobs (migration 0009).
     job_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     server_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("servers.id", ondelete="RESTRICT"), index=True)
+    # The server a move_site job is moving the site to; it has room kept for it until the move ends.
+    target_server_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("servers.id", ondelete="RESTRICT"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -163,6 +165,9 @@ class ProvisioningJob(Base):
     # The X-Request-ID of the request that asked for it: the key to its log lines, API to worker.
     request_id: Mapped[str | None] = mapped_column(String(128))
     worker: Mapped[str | None] = mapped_column(String(255))
+    # A job that runs on several servers (a move), between two steps: the server whose worker is to
+    # take it on. It is running then, held by no worker.
+    handed_to: Mapped[str | None] = mapped_column(String(63))
     tenant_status_before: Mapped[TenantStatus | None] = mapped_column(_enum_column(TenantStatus))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -83,6 +83,7 @@ def run_job(self, job_id: str) -> None:
         make_driver(settings),
         worker=worker_identity(self.request.hostname, os.getpid()),
         fails_its_job_on_sigterm=IN_A_POOL_PROCESS,
+        dispatch=worker_dispatcher().send_job,
     )
     try:
         with logs.bound(request_id=self.request.get(celeryconfig.REQUEST_ID_HEADER), job_id=parsed_id):

@@ -5,8 +5,12 @@ the one the deployment already uses (PROVISIONING_QUEUE_NAME, see ``Settings.que
 and places every tenant that has or is getting a site on it. Nothing about the deployment's
 configuration changes.
 
-A trigger keeps ``servers.site_count`` (the tenants placed on each server) exact whichever code
-places, moves or releases a tenant, so placement compares it with ``capacity`` without counting.
+A trigger keeps ``servers.site_count`` (the tenants placed on each server, and those being moved
+to it: a moving site takes room on both) exact whichever code places, moves or releases a tenant,
+so placement compares it with ``capacity`` without counting.
+
+A job that runs on several servers (a move) is handed from one server's worker to another's
+between two steps: ``handed_to`` names the server whose worker is to take it.
 
 Revision ID: 0012
 Revises: 0011
@@ -30,14 +34,15 @@ SERVER_STATUS = sa.Enum("active", "draining", "down", name="serverstatus", nativ
 # The first server holds every site the deployment has, and room for this many at least.
 FIRST_SERVER_CAPACITY = 100
 
+# Each of a tenant's two server columns counts on its server: where it is, where it is moving to.
 POSTGRESQL_FUNCTION = """
 CREATE FUNCTION count_server_sites() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.server_id IS NOT NULL THEN
-    UPDATE servers SET site_count = site_count - 1 WHERE id = OLD.server_id;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    UPDATE servers SET site_count = site_count - 1 WHERE id IN (OLD.server_id, OLD.target_server_id);
   END IF;
-  IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.server_id IS NOT NULL THEN
-    UPDATE servers SET site_count = site_count + 1 WHERE id = NEW.server_id;
+  IF TG_OP IN ('UPDATE', 'INSERT') THEN
+    UPDATE servers SET site_count = site_count + 1 WHERE id IN (NEW.server_id, NEW.target_server_id);
   END IF;
   RETURN NULL;
 END
@@ -45,17 +50,17 @@ $$
 """
 POSTGRESQL_TRIGGERS = (
     "CREATE TRIGGER tenants_placed AFTER INSERT OR DELETE ON tenants FOR EACH ROW EXECUTE FUNCTION count_server_sites()",
-    "CREATE TRIGGER tenants_moved AFTER UPDATE OF server_id ON tenants FOR EACH ROW "
-    "WHEN (OLD.server_id IS DISTINCT FROM NEW.server_id) EXECUTE FUNCTION count_server_sites()",
+    "CREATE TRIGGER tenants_moved AFTER UPDATE OF server_id, target_server_id ON tenants FOR EACH ROW "
+    "WHEN (OLD.server_id IS DISTINCT FROM NEW.server_id OR OLD.target_server_id IS DISTINCT FROM NEW.target_server_id) "
+    "EXECUTE FUNCTION count_server_sites()",
 )
+_SQLITE_COUNT = "UPDATE servers SET site_count = site_count {sign} 1 WHERE id IN ({row}.server_id, {row}.target_server_id);"
 SQLITE_TRIGGERS = (
-    "CREATE TRIGGER tenants_placed AFTER INSERT ON tenants WHEN NEW.server_id IS NOT NULL "
-    "BEGIN UPDATE servers SET site_count = site_count + 1 WHERE id = NEW.server_id; END",
-    "CREATE TRIGGER tenants_unplaced AFTER DELETE ON tenants WHEN OLD.server_id IS NOT NULL "
-    "BEGIN UPDATE servers SET site_count = site_count - 1 WHERE id = OLD.server_id; END",
-    "CREATE TRIGGER tenants_moved AFTER UPDATE OF server_id ON tenants WHEN OLD.server_id IS NOT NEW.server_id "
-    "BEGIN UPDATE servers SET site_count = site_count - 1 WHERE id = OLD.server_id; "
-    "UPDATE servers SET site_count = site_count + 1 WHERE id = NEW.server_id; END",
+    f"CREATE TRIGGER tenants_placed AFTER INSERT ON tenants BEGIN {_SQLITE_COUNT.format(sign='+', row='NEW')} END",
+    f"CREATE TRIGGER tenants_unplaced AFTER DELETE ON tenants BEGIN {_SQLITE_COUNT.format(sign='-', row='OLD')} END",
+    "CREATE TRIGGER tenants_moved AFTER UPDATE OF server_id, target_server_id ON tenants "
+    "WHEN OLD.server_id IS NOT NEW.server_id OR OLD.target_server_id IS NOT NEW.target_server_id "
+    f"BEGIN {_SQLITE_COUNT.format(sign='-', row='OLD')} {_SQLITE_COUNT.format(sign='+', row='NEW')} END",
 )
 
 
@@ -75,14 +80,17 @@ def upgrade() -> None:
     )
     # Added in place, not by batch's copy of the table, which SQLite refuses while the trigger of
     # migration 0009 names the table; SQLite adds a column's reference only with the column.
-    if op.get_bind().dialect.name == "postgresql":
-        op.add_column("tenants", sa.Column("server_id", sa.Uuid(), nullable=True))
-        op.create_foreign_key(
-            op.f("fk_tenants_server_id_servers"), "tenants", "servers", ["server_id"], ["id"], ondelete="RESTRICT"
-        )
-    else:
-        op.execute("ALTER TABLE tenants ADD COLUMN server_id CHAR(32) REFERENCES servers (id) ON DELETE RESTRICT")
-    op.create_index(op.f("ix_tenants_server_id"), "tenants", ["server_id"], unique=False)
+    for column in ("server_id", "target_server_id"):
+        if op.get_bind().dialect.name == "postgresql":
+            op.add_column("tenants", sa.Column(column, sa.Uuid(), nullable=True))
+            op.create_foreign_key(
+                op.f(f"fk_tenants_{column}_servers"), "tenants", "servers", [column], ["id"], ondelete="RESTRICT"
+            )
+        else:
+            op.execute(f"ALTER TABLE tenants ADD COLUMN {column} CHAR(32) REFERENCES servers (id) ON DELETE RESTRICT")
+        op.create_index(op.f(f"ix_tenants_{column}"), "tenants", [column], unique=False)
+    with op.batch_alter_table("provisioning_jobs") as batch:
+        batch.add_column(sa.Column("handed_to", sa.String(length=63), nullable=True))
     _make_the_first_server()
     if op.get_bind().dialect.name == "postgresql":
         op.execute(POSTGRESQL_FUNCTION)
@@ -125,8 +133,11 @@ def downgrade() -> None:
     else:
         for trigger in ("tenants_moved", "tenants_unplaced", "tenants_placed"):
             op.execute(f"DROP TRIGGER {trigger}")
-    op.drop_index(op.f("ix_tenants_server_id"), table_name="tenants")
-    if op.get_bind().dialect.name == "postgresql":
-        op.drop_constraint(op.f("fk_tenants_server_id_servers"), "tenants", type_="foreignkey")
-    op.drop_column("tenants", "server_id")
+    with op.batch_alter_table("provisioning_jobs") as batch:
+        batch.drop_column("handed_to")
+    for column in ("target_server_id", "server_id"):
+        op.drop_index(op.f(f"ix_tenants_{column}"), table_name="tenants")
+        if op.get_bind().dialect.name == "postgresql":
+            op.drop_constraint(op.f(f"fk_tenants_{column}_servers"), "tenants", type_="foreignkey")
+        op.drop_column("tenants", column)
     op.drop_table("servers")

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BACKUP_ID, PRIVATE_DIRECTORY_MODE, BackupBook, files_of, make_private, private_directory
 from provisioning.backups.proofs import RestoreProofs
-from provisioning.enums import BackupStatus
+from provisioning.enums import BackupStatus, JobType
 from provisioning.errors import StepFailed
 from provisioning.jobs.records import Claim
 from provisioning.jobs.step_interruptions import StopFlags
@@ -108,9 +108,15 @@ class JobContext:
         return job_folder
 
     def backup_to_restore(self) -> list[BackupFile]:
-        """The files of the backup the job restores (its option ``backup_id``), as recorded; a retry
-        that resumes past check_backup finds out here whether retention pruned it meanwhile."""
+        """The files of the backup the job restores (its option ``backup_id``; a move's own), as
+        recorded; a retry that resumes past check_backup finds out here whether retention pruned it
+        meanwhile."""
         with self._sessions() as session:
+            if self.job_type == JobType.MOVE_SITE:
+                backup = BackupBook(session).of_job(self.job_id)
+                if backup is None or backup.status != BackupStatus.COMPLETED:
+                    raise StepFailed("the move has no verified backup to restore; its retry takes one again")
+                return files_of(backup)
             return files_of(RestoreProofs(session).to_restore(self._tenant_id, uuid.UUID(str(self.options[BACKUP_ID]))))
 
     def safety_backup(self) -> list[BackupFile] | None:

@@ -92,6 +92,26 @@ FAILURE = Boundary(
 )  # fmt: skip
 
 
+# A job that spans servers, between two steps: given up by the worker of one server for the worker
+# of the next step's server to take over (``handed_to``), still running, held by no worker.
+HAND_OVER = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("moving_job"), jobs.c.worker == bindparam("claimer"), jobs.c.status == JobStatus.RUNNING)
+    .values(worker=None, handed_to=bindparam("to_server", type_=Text), message=bindparam("doing", type_=Text),
+            heartbeat_at=bindparam("now", type_=UTCDateTime))
+    .returning(jobs.c.id)
+)  # fmt: skip
+TAKE_OVER = (
+    update(jobs)
+    .where(
+        jobs.c.id == bindparam("moving_job"), jobs.c.status == JobStatus.RUNNING, jobs.c.worker.is_(None),
+        jobs.c.handed_to == bindparam("server", type_=Text),
+    )
+    .values(worker=bindparam("claimer", type_=Text), handed_to=None, heartbeat_at=bindparam("now", type_=UTCDateTime))
+    .returning(*(jobs.c[name] for name in CLAIMED_COLUMNS), _of_its_tenant(tenants.c.slug).label("slug"))
+)  # fmt: skip
+
+
 class JobExecution(JobRecords):
     """The writes of the worker that runs a job, each meant as one short transaction of the
     caller's (``PatientService`` commits each call)."""
@@ -154,6 +174,34 @@ class JobExecution(JobRecords):
         # What the job is doing now: the step it starts at (the first, or the one a retry resumes).
         self._lay_out(job, workflow.steps[first].message, laid_out, events, tenant)
         return Claim(job, claimed.slug, password or new_password, step_started=starting)
+
+    def hand_over(self, job_id: uuid.UUID, worker: str, to_server: str, step_name: str) -> bool:
+        """Give the running job up for its next step, ``step_name``, which the worker of
+        ``to_server`` runs: no worker holds it until that one takes it over; False if it is not
+        ``worker``'s running job any more (a cancel came: the caller settles it)."""
+        doing = f"Handed over to server {to_server} for step {step_name}"
+        parameters = {"moving_job": job_id, "claimer": worker, "to_server": to_server, "doing": doing, "now": utcnow()}
+        if self._execute(HAND_OVER, parameters).first() is None:
+            return False
+        self._record(job_id, "handed_over", f"worker {worker}", doing)
+        return True
+
+    def take_over(self, job_id: uuid.UUID, worker: str, server_name: str) -> Claim | None:
+        """Take over the job another server's worker handed to ``server_name``'s; None if it was not
+        handed here (a duplicate message, or another worker of this server was first). The claim
+        goes on at the first step not done."""
+        row = self._execute(TAKE_OVER, {"moving_job": job_id, "claimer": worker, "server": server_name, "now": utcnow()}).first()
+        if row is None:
+            return None
+        # Not a retry's take-over of a failed job's work: that was done by the worker that claimed it.
+        job = ClaimedJob(**{name: getattr(row, name) for name in CLAIMED_COLUMNS} | {"resume_from": None})
+        done = self.session.scalar(
+            select(func.count()).select_from(steps).where(
+                steps.c.job_id == job_id, steps.c.status.in_([StepStatus.COMPLETED, StepStatus.SKIPPED])
+            )
+        )
+        self._record(job_id, "taken_over", f"worker {worker}", f"on server {server_name}")
+        return Claim(job, row.slug, continues_at=done)
 
     def _lay_out(self, job: ClaimedJob, doing: str, laid_out: list[dict], events: list[dict], tenant: dict) -> None:
         """Write what the claimed ``job`` is ``doing``, its steps ``laid_out``, its ``events`` and

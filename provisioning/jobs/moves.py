@@ -74,12 +74,14 @@ def tenant_move(tenant_id) -> Update:
     """The UPDATE that moves a job's tenant (``tenant_id`` a column or a bound parameter) to
     ``:tenant_status``, and does nothing when that is NULL. With ``:new_password`` the site's admin
     password becomes it, not yet revealed; with ``:forget_password`` it is forgotten; with
-    ``:leave_server`` the tenant leaves its server. The parameters come from
+    ``:leave_server`` the tenant leaves its server, with ``:leave_target`` the room a move kept for
+    it on another. The parameters come from
     ``records.tenant_move_parameters``, which holds the rules."""
     status = bindparam("tenant_status", type_=tenants.c.status.type)
     new_password = bindparam("new_password", type_=Text)
     forget = bindparam("forget_password", type_=Boolean)
     leave_server = bindparam("leave_server", type_=Boolean)
+    leave_target = bindparam("leave_target", type_=Boolean)
     # A NULL bound alone has no type PostgreSQL can tell; its IS NOT NULL gets one.
     return (
         update(tenants)
@@ -94,6 +96,7 @@ def tenant_move(tenant_id) -> Update:
                 (or_(forget, cast(new_password, Text).is_not(None)), null()), else_=tenants.c.admin_password_revealed_at
             ),
             server_id=case((leave_server, null()), else_=tenants.c.server_id),
+            target_server_id=case((leave_target, null()), else_=tenants.c.target_server_id),
         )
     )
 

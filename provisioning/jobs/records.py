@@ -104,13 +104,15 @@ class ClaimedJob:
 class Claim:
     """A job as its claim wrote it, its tenant's slug, for a job that makes the site, the site's
     admin password (encrypted; None without a key), and the position of the step whose start the
-    claim wrote (None: the job's options skip the step it begins with): what a runner needs to
-    start it."""
+    claim wrote (None: the job's options skip the step it begins with, or it was taken over):
+    what a runner needs to start it."""
 
     job: ClaimedJob
     tenant_slug: str
     admin_password_encrypted: str | None = field(default=None, repr=False)
     step_started: int | None = None
+    # A job taken over from another server's worker (``JobExecution.take_over``): the step it goes on at.
+    continues_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -315,13 +317,15 @@ def tenant_move_parameters(status: TenantStatus | None, new_password: str | None
     the site's admin password becoming ``new_password`` if given. A deleted site's admin password
     is forgotten, whichever job deleted it (completed, or cancelled past its point of no return).
     A tenant left without a site (deleted, or back to pending: its create was cancelled) leaves its
-    server, whose room it took (see ``servers.placement``)."""
+    server, whose room it took (see ``servers.placement``); one that settles anywhere but moving or
+    failed (a move's retry finishes it there) gives up the room a move kept for it elsewhere."""
     return {
         "tenant_status": status,
         "tenant_moved_at": utcnow(),
         "new_password": new_password,
         "forget_password": status == TenantStatus.DELETED,
         "leave_server": status in (TenantStatus.DELETED, TenantStatus.PENDING),
+        "leave_target": status not in (None, TenantStatus.MOVING, TenantStatus.FAILED),
     }
 
 

@@ -68,7 +68,10 @@ class JobRepairs(JobRecords):
                 else "while it settled a cancel" if job.status == JobStatus.CANCELLING
                 else "between steps"
             )  # fmt: skip
-            error = f"worker {job.worker} was lost {where}: {cause(job)}"
+            if job.worker is None and job.handed_to:
+                error = f"no worker of server {job.handed_to} took over the job handed to it {where}: {cause(job)}"
+            else:
+                error = f"worker {job.worker} was lost {where}: {cause(job)}"
             won = self.transition(
                 job.id,
                 JobStatus.FAILED,

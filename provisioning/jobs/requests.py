@@ -17,17 +17,12 @@ from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.jobs.job_inserts import AUDIT_COLUMNS, EVENT_COLUMNS, INSERT_JOB_IF_ALLOWED, JOB_COLUMNS, MAKE_JOB
 from provisioning.jobs.records import WAITING, JobRecords, actor_of_user
+from provisioning.jobs.seats import check_cancellable, move_options, seat_of_job
 from provisioning.jobs.states import RETRYABLE_STATUSES
 from provisioning.jobs.workflows import RESTORES, Workflow, workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
 from provisioning.platform import logs
 from provisioning.platform.db import utcnow
-from provisioning.servers.placement import Placement, Seat
-
-# The create_site options that say where a tenant with no server is placed: labels the server
-# must have ({"region": "eu"}), or the name of the server (operators only, checked by the API).
-PLACEMENT_LABELS = "labels"
-PINNED_SERVER = "server"
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +47,9 @@ class JobRequests(JobRecords):
         when it is not a user (the backup schedule, say).
 
         A restore (``RESTORES``) names one of the tenant's completed backups in its option
-        ``backup_id``; a restore drill without one drills the newest. A tenant on no server yet
+        ``backup_id``; a restore drill without one drills the newest. A move keeps room on the
+        server it moves to (its option ``server``; by default the emptiest other one), and
+        records the one it moves from. A tenant on no server yet
         is placed on one (``servers.placement``; options ``labels`` and ``server``). A job of a
         server that is down is held: it waits, pending and unsent, until the server is active.
 
@@ -70,6 +67,12 @@ class JobRequests(JobRecords):
             return earlier
         if job_type in RESTORES:
             options = {**options, BACKUP_ID: str(self._backup_to_restore(tenant_id, job_type, options.get(BACKUP_ID)))}
+        if job_type == JobType.MOVE_SITE:
+            # The tenant's state, if it refuses the job, is the first reason to give.
+            workflow = workflow_for(job_type)
+            if not workflow.allows(self.session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))):
+                self._refuse(tenant_id, job_type, workflow)
+            options = move_options(self.session, tenant_id, options)
         return self._create_job(tenant_id, job_type, requested_by_id, idempotency_key, fingerprint, options=options, actor=actor)
 
     def _backup_to_restore(self, tenant_id: uuid.UUID, job_type: JobType, backup_id: object) -> uuid.UUID:
@@ -186,6 +189,7 @@ class JobRequests(JobRecords):
                     completed_at=now,
                 )
             elif job.status == JobStatus.RUNNING:
+                check_cancellable(self.session, job)
                 won = self.transition(
                     job_id,
                     JobStatus.CANCELLING,
@@ -219,7 +223,7 @@ class JobRequests(JobRecords):
     ) -> ProvisioningJob:
         retry_of_id = retry_of.id if retry_of else None
         workflow = workflow_for(job_type)
-        seat = self._seat(tenant_id, options)
+        seat = seat_of_job(self.session, tenant_id, options)
         now = utcnow()
         # Written with plain INSERTs, not the ORM's unit of work: this is the hottest write path.
         job = ProvisioningJob(
@@ -276,20 +280,6 @@ class JobRequests(JobRecords):
         if self.dispatch is not None and not seat.held:
             self.uow.after_commit(lambda: self._publish_new(job, seat.name))
         return job
-
-    def _seat(self, tenant_id: uuid.UUID, options: dict) -> Seat:
-        """The tenant's server, where it is placed now if it has none.
-
-        Raises:
-            NotFound: no such tenant, or no server the option ``server`` names.
-            Conflict: no server has room (``Placement.place``).
-        """
-        placement = Placement(self.session)
-        if (seat := placement.seat_of(tenant_id)) is not None:
-            return seat
-        if self.session.scalar(select(Tenant.id).where(Tenant.id == tenant_id)) is None:
-            raise NotFound("tenant not found")
-        return placement.place(tenant_id, options.get(PLACEMENT_LABELS), options.get(PINNED_SERVER))
 
     def _publish_new(self, job: ProvisioningJob, server_name: str) -> None:
         """Publish a committed job and mark it sent; the job answered to the client says whether it was.

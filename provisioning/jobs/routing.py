@@ -1,10 +1,12 @@
 """What a worker does with a job's message before it claims the job: run it, send it on to the
-queue of the server its tenant is on, or hold it while that server is down.
+queue of the server it is to run on, or hold it while that server is down.
 
 A message can reach the wrong server's worker: a dead letter replayed, a message published
-before the tenant moved, one sent by hand. Its job is re-routed, never run on a bench that does
-not hold the site, and never failed or dead-lettered for it. Only a pending job is routed: the
-claim is what decides any other message (a duplicate, or a late one).
+before the tenant moved, one sent by hand, the retry of a move that resumes on the new server. Its
+job is re-routed, never run on a bench that does not hold the site, and never failed or
+dead-lettered for it. A pending job runs on its tenant's server, or on the server of the step it
+starts at (a move's); a running job that another server's worker handed over (``handed_to``) on
+that one. Any other message is for the claim to decide (a duplicate, or a late one).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 import logging
 import uuid
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.enums import JobStatus
+from provisioning.enums import JobStatus, ServerStatus
 from provisioning.jobs.records import Dispatch
 from provisioning.jobs.repairs import JobRepairs
+from provisioning.jobs.workflows import server_of, workflow_for
+from provisioning.models import ProvisioningJob, Server, Tenant
 from provisioning.platform.db import UnitOfWork
-from provisioning.servers.placement import Placement
+from provisioning.servers.placement import Seat
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +37,48 @@ class JobRouting:
         self.dispatch = dispatch
 
     def runs_here(self, job_id: uuid.UUID) -> bool:
-        """Whether this worker should go on to claim the job: False once it has been sent to its
-        server's queue, or held because its server is down.
+        """Whether this worker should go on to claim (or take over) the job: False once it has been
+        sent to the queue of the server it is to run on, or held because that server is down.
 
         Raises:
             kombu / socket errors: the broker could not take the re-routed message (the caller's
                 message is then not acknowledged as handled: it is retried).
         """
         with self.sessions() as session:
-            route = Placement(session).route_of(job_id)
-            if route is None or route.status != JobStatus.PENDING or route.seat is None:
+            seat = self._seat_of_job(session, job_id)
+            if seat is None or seat.name == self.server_name and not seat.held:
                 return True
-            seat = route.seat
             if seat.held:
                 uow = UnitOfWork(session)
                 JobRepairs(uow).hold(job_id, seat)
                 uow.commit()
                 return False
-            if seat.name == self.server_name:
-                return True
-        log.warning("job %s: its tenant is on server %s, not %s; sent to its queue", job_id, seat.name, self.server_name)
+        log.warning("job %s: it runs on server %s, not %s; sent to its queue", job_id, seat.name, self.server_name)
         self.dispatch(job_id, seat.name)
         return False
+
+    @staticmethod
+    def _seat_of_job(session: Session, job_id: uuid.UUID) -> Seat | None:
+        """The server the job is to run on next; None when the claim decides (no such job, or one
+        neither pending nor handed over)."""
+        row = session.execute(
+            select(ProvisioningJob, Server.name, Server.status)
+            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
+            .outerjoin(Server, Server.id == Tenant.server_id)
+            .where(ProvisioningJob.id == job_id)
+        ).first()
+        if row is None:
+            return None
+        job, tenant_server, tenant_server_status = row
+        if job.status == JobStatus.RUNNING and job.worker is None and job.handed_to:
+            name = job.handed_to
+        elif job.status == JobStatus.PENDING and tenant_server is not None:
+            workflow = workflow_for(job.job_type)
+            first = workflow.steps[workflow.position_of(job.resume_from) if job.resume_from else 0]
+            name = server_of(first, job.options or {}) or tenant_server
+        else:
+            return None
+        if name == tenant_server:
+            return Seat(name, tenant_server_status)
+        status = session.scalar(select(Server.status).where(Server.name == name))
+        return Seat(name, status or ServerStatus.ACTIVE)

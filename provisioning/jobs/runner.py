@@ -33,8 +33,7 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.backups.book import BACKUP_ID, BackupBook, Retention, retention_of
-from provisioning.backups.proofs import RestoreProofs
+from provisioning.backups.book import BackupBook, Retention, retention_of
 from provisioning.backups.steps import BackupSteps
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
 from provisioning.errors import BackupUnrestorable, Conflict, SiteUnchanged, StepFailed, StepStopped, StepTerminated
@@ -42,12 +41,13 @@ from provisioning.jobs.context import JobContext
 from provisioning.jobs.execution import JobExecution
 from provisioning.jobs.heartbeat import Heartbeat
 from provisioning.jobs.patience import PatientService
-from provisioning.jobs.records import Claim, ClaimedJob, StepRecord
+from provisioning.jobs.platform_steps import PlatformSteps
+from provisioning.jobs.records import Claim, ClaimedJob, Dispatch, StepRecord
 from provisioning.jobs.step_interruptions import StopFlags, WorkerStop
-from provisioning.jobs.workflows import Step, Workflow, workflow_for
+from provisioning.jobs.workflows import Step, Workflow, server_of, workflow_for
 from provisioning.platform import logs
 from provisioning.platform.db import utcnow
-from provisioning.platform.settings import Settings
+from provisioning.platform.settings import DEFAULT_SERVER_NAME, Settings
 from provisioning.sites.credentials import CredentialsUnavailable, SiteCredentials, generate_password
 from provisioning.sites.drivers import SiteDriver
 
@@ -100,9 +100,12 @@ class JobRunner:
     retention: Retention = DEFAULT_RETENTION
     # In a worker's pool process: SIGTERM fails the running job at its step (see WorkerStop).
     fails_its_job_on_sigterm: bool = False
+    # The server whose worker this is, and how it hands a job to another server's worker.
+    server_name: str = DEFAULT_SERVER_NAME
+    dispatch: Dispatch | None = None
 
     def __post_init__(self):
-        self.backup_steps = BackupSteps(self.sessions, self.retention)
+        self.platform_steps = PlatformSteps(self.sessions, BackupSteps(self.sessions, self.retention))
 
     @classmethod
     def for_settings(
@@ -112,6 +115,7 @@ class JobRunner:
         driver: SiteDriver,
         worker: str,
         fails_its_job_on_sigterm: bool = False,
+        dispatch: Dispatch | None = None,
     ) -> "JobRunner":
         return cls(
             sessions,
@@ -124,10 +128,13 @@ class JobRunner:
             backup_root=settings.backup_path,
             retention=retention_of(settings),
             fails_its_job_on_sigterm=fails_its_job_on_sigterm,
+            server_name=settings.server_name,
+            dispatch=dispatch,
         )
 
     def run(self, job_id: uuid.UUID) -> None:
-        """Run the job if it is still pending; a duplicate or late message does nothing.
+        """Run the job if it is still pending, or go on with it if another server's worker handed
+        it to this one's; a duplicate or late message does nothing.
 
         The job's writes are transactions on one connection, kept for the whole job: taking one
         from the pool and giving it back for each cost more than a quick step's write.
@@ -143,6 +150,8 @@ class JobRunner:
             except Conflict as refusal:
                 log.warning("job %s: %s", job_id, refusal)
                 return
+            if claim is None:
+                claim = PatientService(service, self.database_patience).take_over(job_id, self.worker, self.server_name)
             if claim is None:
                 log.info("job %s: not pending any more; message ignored as a duplicate", job_id)
                 return
@@ -168,7 +177,9 @@ class JobRunner:
         job, tenant_slug = claim.job, claim.tenant_slug
         log.info("job %s: %s started for tenant %s on %s", job.id, job.job_type.value, tenant_slug, self.worker)
         workflow = workflow_for(job.job_type)
-        first = workflow.position_of(job.resume_from) if job.resume_from else 0
+        first = claim.continues_at
+        if first is None:
+            first = workflow.position_of(job.resume_from) if job.resume_from else 0
         done_before = list(workflow.step_names[:first])
         reached = list(done_before)
         run = Run(
@@ -196,6 +207,8 @@ class JobRunner:
                 continue
             if run.stop.requested:
                 return self._fail(run, position, run.stop.reason(f"before step {step.name}"))
+            if (server := server_of(step, job.options)) not in (None, self.server_name):
+                return self._hand_over(run, step, server)
             if position != run.started_by_claim:
                 status = self._write_steps(run, StepRecord.started(position, step))
                 if status != JobStatus.RUNNING:
@@ -211,7 +224,7 @@ class JobRunner:
                 return self._stopped_in_step(run, position, stopped)
             except StepFailed as failure:
                 if isinstance(failure, BackupUnrestorable):
-                    self._disprove(job, str(failure))
+                    self.platform_steps.disprove(job, str(failure))
                 error = f"step {step.name} failed: {failure}"
                 if isinstance(failure, SiteUnchanged):
                     return self._fail(run, position, error, failure.output, tenant_status=job.tenant_status_before)
@@ -235,6 +248,17 @@ class JobRunner:
             # ends are on record all the same), or the job is no longer this worker's.
             self._stop(run, self._write_steps(run))
 
+    def _hand_over(self, run: Run, step: Step, server: str) -> None:
+        """Give the job to the worker of ``server``, whose step is next: the steps done are written,
+        the job is released and sent to that server's queue. A cancel that came first is settled here."""
+        status = self._write_steps(run)
+        if status == JobStatus.RUNNING and run.service.hand_over(run.job.id, self.worker, server, step.name):
+            log.info("job %s: handed over to server %s for step %s", run.job.id, server, step.name)
+            # Unsent (the broker down), the job waits for no one: it is reaped as lost, and its retry resumes here.
+            self.dispatch(run.job.id, server)
+            return
+        self._stop(run, status if status != JobStatus.RUNNING else self._write_steps(run))
+
     def _write_steps(self, run: Run, starting: StepRecord | None = None) -> JobStatus | None:
         """Write the step ends waiting in ``run.ended`` and, with ``starting``, the next step's
         start, in one transaction; returns the job's status as that write read it (``running``:
@@ -257,7 +281,7 @@ class JobRunner:
             if not step.by_platform:
                 cleaned = self.driver.clean_up(step.name, context) + "\n"
         if step.by_platform:
-            return cleaned + self.backup_steps.run(step.name, job.id, job.tenant_id, job.options)
+            return cleaned + self.platform_steps.run(step.name, job)
         return cleaned + self.driver.run_step(step.name, context)
 
     def _stopped_in_step(self, run: Run, position: int, stopped: StepStopped | StepTerminated) -> None:
@@ -281,11 +305,6 @@ class JobRunner:
             self._settle_cancel(run)
         else:
             log.warning("job %s: is %s now, no longer this worker's to run; stopping without writing", run.job.id, status)
-
-    def _disprove(self, job: ClaimedJob, error: str) -> None:
-        """Record on the backup the job restores that it could not be restored."""
-        with self.sessions() as session:
-            RestoreProofs(session).disprove(job.tenant_id, uuid.UUID(str(job.options[BACKUP_ID])), error)
 
     def _fail_in_step(self, run: Run, position: int, error: str, output: str = "") -> None:
         """Fail the job at a driver's step that failed; a job that ``undoes_failures`` first has the

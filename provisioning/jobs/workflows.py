@@ -14,7 +14,9 @@ class Step:
     """One named step. ``by_platform`` steps are the service's own work (checking and keeping
     backups), the rest are the site driver's. ``skipped_when`` names a job option that, when
     true, skips the step. A retry of a job that failed here starts again at ``redo_from`` when
-    set: a failed check cannot be fixed by checking the same files again.
+    set: a failed check cannot be fixed by checking the same files again. A step of a job that
+    spans servers (a move) ``runs_on`` one of them (``SOURCE`` or ``TARGET``, see ``server_of``),
+    and only that server's worker runs it; other steps run wherever the job is.
     """
 
     name: str
@@ -22,6 +24,7 @@ class Step:
     by_platform: bool = False
     skipped_when: str | None = None
     redo_from: str | None = None
+    runs_on: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,9 @@ class Workflow:
     when a driver's step fails from ``changes_from`` on, as when it is cancelled (a restore puts
     the site back from its safety backup, a drill drops its scratch site); the text says what that
     leaves, for the job's error. The site is then whole again: the tenant goes where a success
-    would have put it. Its retry starts over (see ``JobRequests._resume_point``).
+    would have put it. Its retry starts over (see ``JobRequests._resume_point``). From
+    ``no_cancel_from`` on, a cancel is refused: the job has handed its work to another server, whose
+    part is undone by going on, not back.
     """
 
     job_type: JobType
@@ -58,6 +63,7 @@ class Workflow:
     cannot_undo: str = ""
     needs_admin_password: bool = False
     undoes_failures: str = ""
+    no_cancel_from: str | None = None
 
     @property
     def step_names(self) -> tuple[str, ...]:
@@ -104,12 +110,27 @@ class Workflow:
         return self.tenant_on_cancel or before
 
 
+# Where a move's steps run: the server the site is on when the move is asked for, and the one it
+# moves to, named by the job's options (``server_of``).
+SOURCE, TARGET = "from_server", "server"
+# The move_site steps that are the site driver's, as the drivers know them.
+MOVE_RESTORE, MOVE_DROP = "restore_target", "drop_source"
+
+
+def server_of(step: Step, options: Mapping[str, object]) -> str | None:
+    """The name of the server whose worker runs ``step`` of a job with ``options``; None: any."""
+    return str(options[step.runs_on]) if step.runs_on else None
+
+
 # The delete_site option that drops the site without taking a final backup first.
 SKIP_FINAL_BACKUP = "skip_final_backup"
 # The restore_site option that restores without a safety backup of the site as it is.
 SKIP_SAFETY_BACKUP = "skip_safety_backup"
 # The platform's check of a backup's files (the simulated driver can be told to make it fail).
 VERIFY_BACKUP = "verify_backup"
+# The platform's copy of a backup to offsite storage, and a move's switch of the tenant's server.
+COPY_OFFSITE = "copy_offsite"
+SWITCH_SERVER = "switch_server"
 
 WORKFLOWS: dict[JobType, Workflow] = {
     JobType.CREATE_SITE: Workflow(
@@ -212,6 +233,30 @@ WORKFLOWS: dict[JobType, Workflow] = {
         # The tenant's own site is never touched: only a scratch site of the drill's own.
         changes_from="restore_scratch",
         undoes_failures="its scratch site was dropped",
+    ),
+    JobType.MOVE_SITE: Workflow(
+        job_type=JobType.MOVE_SITE,
+        steps=(
+            # Closed first: what users write after the backup would not reach the new server.
+            Step("close_site", "Closing the site to its users on its server", runs_on=SOURCE),
+            Step("move_backup", "Backing up the site on its server", runs_on=SOURCE),
+            Step(VERIFY_BACKUP, "Verifying the backup", by_platform=True, redo_from="move_backup"),
+            Step(COPY_OFFSITE, "Copying the backup to offsite storage", by_platform=True),
+            Step(MOVE_RESTORE, "Restoring the site on the new server from the offsite copy", runs_on=TARGET),
+            Step("verify_target", "Checking that the site answers on the new server", runs_on=TARGET),
+            Step(SWITCH_SERVER, "Switching the tenant to the new server", by_platform=True),
+            Step(MOVE_DROP, "Dropping the site from its old server", runs_on=SOURCE),
+        ),
+        # A failed tenant too: a move that failed part-way is finished by its retry.
+        allowed_tenant_states=frozenset({TenantStatus.ACTIVE, TenantStatus.FAILED}),
+        refusal="the tenant has no site to move; move_site needs an active or failed tenant",
+        tenant_on_start=TenantStatus.MOVING,
+        tenant_on_success=TenantStatus.ACTIVE,
+        tenant_on_failure=TenantStatus.FAILED,
+        changes_from="close_site",
+        point_of_no_return=SWITCH_SERVER,
+        cannot_undo="the site moved",
+        no_cancel_from=MOVE_RESTORE,
     ),
 }
 

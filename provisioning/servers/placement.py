@@ -1,10 +1,12 @@
 """Where a tenant's site lives: placing a tenant on a bench server when its first job is asked for,
-and which server a job runs on. Placement is race-free: a server's row is locked while a tenant
+moving it to another. Placement is race-free: a server's row is locked while a tenant
 is placed on it, and its count of sites (kept by the database, migration 0012) is checked under
 that lock, so two requests at once never put more sites on a server than its capacity.
 
 A tenant leaves its server when its site is deleted, or when the create that placed it is
-cancelled (``records.tenant_move_parameters``); its next create places it again.
+cancelled (``records.tenant_move_parameters``); its next create places it again. A move keeps
+room on the server it moves to (``reserve_move``) until it switches the tenant there (``switch``)
+or is cancelled.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Mapping
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from provisioning.enums import JobStatus, ServerStatus
+from provisioning.enums import ServerStatus
 from provisioning.errors import Conflict, NotFound
-from provisioning.models import ProvisioningJob, Server, Tenant
+from provisioning.models import Server, Tenant
 
 # How many of the emptiest servers a placement without labels tries before it looks at all of them.
 FIRST_CANDIDATES = 10
@@ -40,14 +42,6 @@ class Seat:
         return f"Held: server {self.name} is down; the job is sent when the server is active again"
 
 
-@dataclass(frozen=True)
-class JobRoute:
-    """What a worker needs to know of a job before it claims it."""
-
-    status: JobStatus
-    seat: Seat | None
-
-
 class Placement:
     """Places tenants and answers where their jobs run; writes in the caller's transaction."""
 
@@ -60,19 +54,6 @@ class Placement:
             select(Server.name, Server.status).join(Tenant, Tenant.server_id == Server.id).where(Tenant.id == tenant_id)
         ).first()
         return Seat(*row) if row else None
-
-    def route_of(self, job_id: uuid.UUID) -> JobRoute | None:
-        """The job's status and its tenant's server; None for no such job."""
-        row = self.session.execute(
-            select(ProvisioningJob.status, Server.name, Server.status)
-            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
-            .outerjoin(Server, Server.id == Tenant.server_id)
-            .where(ProvisioningJob.id == job_id)
-        ).first()
-        if row is None:
-            return None
-        status, name, server_status = row
-        return JobRoute(status, Seat(name, server_status) if name else None)
 
     def place(self, tenant_id: uuid.UUID, labels: Mapping[str, str] | None = None, pin: str | None = None) -> Seat:
         """Place the unplaced tenant on the active server with room and the fewest sites, among
@@ -99,6 +80,53 @@ class Placement:
             raise Conflict(f"server {pin!r} is full or not active; it cannot take this site now")
         wanted = f" with labels {', '.join(f'{k}={v}' for k, v in sorted(labels.items()))}" if labels else ""
         raise Conflict(f"no active server{wanted} has room for another site; add a server or raise a capacity")
+
+    def reserve_move(self, tenant_id: uuid.UUID, target: str | None) -> tuple[Seat, Seat]:
+        """Keep room for the tenant's site on the server ``target`` (None: the active server with
+        room and the fewest sites, other than its own), as for a placement; returns the tenant's
+        server and that one. A move asked for again (its retry, or a new move of a tenant whose
+        move failed) keeps the room it had, or gives it up for the new target.
+
+        Raises:
+            NotFound: no such tenant, or no server named ``target``.
+            Conflict: the tenant is on no server, or on ``target`` already; no server fits.
+        """
+        source = self.seat_of(tenant_id)
+        if source is None:
+            raise Conflict("the tenant is on no server: it has no site to move")
+        if target == source.name:
+            raise Conflict(f"the site is on server {target} already")
+        tenants = Tenant.__table__
+        self.session.execute(update(tenants).where(tenants.c.id == tenant_id).values(target_server_id=None))
+        query = select(Server.id, Server.name).where(
+            Server.status == ServerStatus.ACTIVE, Server.site_count < Server.capacity, Server.name != source.name
+        )
+        if target is not None:
+            self._check_pin(target)
+            query = query.where(Server.name == target)
+        for server_id, name in self.session.execute(query.order_by(Server.site_count, Server.name)).all():
+            if self._has_room(server_id):
+                self.session.execute(update(tenants).where(tenants.c.id == tenant_id).values(target_server_id=server_id))
+                return source, Seat(name, ServerStatus.ACTIVE)
+        if target is not None:
+            raise Conflict(f"server {target!r} is full or not active; it cannot take this site now")
+        raise Conflict("no other active server has room for this site; add a server or raise a capacity")
+
+    def switch(self, tenant_id: uuid.UUID, target: str) -> bool:
+        """Make the server ``target`` the tenant's, from the room its move kept there; False if it
+        is the tenant's already (a step run again). From here the site is served from there."""
+        tenants = Tenant.__table__
+        target_id = select(Server.id).where(Server.name == target).scalar_subquery()
+        switched = self.session.execute(
+            update(tenants)
+            .where(tenants.c.id == tenant_id, tenants.c.target_server_id == target_id)
+            .values(server_id=tenants.c.target_server_id, target_server_id=None)
+        )
+        if switched.rowcount:
+            return True
+        if (seat := self.seat_of(tenant_id)) is None or seat.name != target:
+            raise Conflict(f"the tenant has no room kept on server {target}: its move cannot switch there")
+        return False
 
     def _has_room(self, server_id: uuid.UUID) -> bool:
         """Lock the server's row, and say whether it is still active with room: a request that

@@ -219,7 +219,8 @@ def runner(settings, sessions):
     ) -> JobRunner:
         job_runner = JobRunner.for_settings(settings, sessions, driver or SimulatedDriver(step_seconds, fail_step), worker)
         for name, value in options.items():
-            setattr(job_runner, name, value)
+            # The platform's backup steps are its platform steps' (``PlatformSteps``).
+            setattr(job_runner.platform_steps if name == "backup_steps" else job_runner, name, value)
         return job_runner
 
     return make

@@ -188,7 +188,7 @@ def test_a_job_whose_worker_s_connections_are_killed_mid_step_completes_without_
         tenant = TenantFactory(session).create(status=TenantStatus.ACTIVE)
         job = committing(session).request_job(tenant.id, JobType.BACKUP_SITE)
     runner = JobRunner.for_settings(isolated.settings, isolated.sessions, SimulatedDriver(0), "worker@test")
-    runner.backup_steps = KillsConnectionsAsItVerifies(isolated.sessions, retention_of(isolated.settings))
+    runner.platform_steps.backup_steps = KillsConnectionsAsItVerifies(isolated.sessions, retention_of(isolated.settings))
 
     runner.run(job.id)
 

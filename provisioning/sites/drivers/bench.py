@@ -22,6 +22,7 @@ from provisioning.errors import StepFailed
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.drivers.base import StepContext
 from provisioning.sites.drivers.bench_config import BenchConfig
+from provisioning.sites.drivers.bench_move import MoveSteps
 from provisioning.sites.drivers.bench_restore import RestoreSteps
 from provisioning.sites.drivers.bench_site import SiteWork
 
@@ -38,6 +39,8 @@ class BenchDriver:
 
     @staticmethod
     def _steps_of(context: StepContext) -> type[SiteWork]:
+        if context.job_type == JobType.MOVE_SITE:
+            return MoveSteps
         return RestoreSteps if context.job_type in (JobType.RESTORE_SITE, JobType.RESTORE_DRILL) else SiteSteps
 
     def clean_up(self, step: str, context: StepContext) -> str:
@@ -59,6 +62,9 @@ class BenchDriver:
             return work.put_back()
         if context.job_type == JobType.RESTORE_DRILL:
             return work.drop_scratch()
+        if context.job_type == JobType.MOVE_SITE:
+            # Cancelled before it went to the new server (a move cannot be stopped after): open the site again.
+            return work.reopen_site()
         return f"{context.job_type.value}: nothing to undo"
 
 

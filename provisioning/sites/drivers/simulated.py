@@ -9,8 +9,8 @@ from provisioning.errors import StepFailed, StepStopped, StepTerminated
 from provisioning.sites.drivers.base import BackupFile, StepContext
 
 CANCEL_POLL_SECONDS = 0.05
-BACKUP_STEPS = frozenset({"run_backup", "final_backup", "safety_backup"})
-RESTORE_STEPS = frozenset({"restore_site", "restore_scratch"})
+BACKUP_STEPS = frozenset({"run_backup", "final_backup", "safety_backup", "move_backup"})
+RESTORE_STEPS = frozenset({"restore_site", "restore_scratch", "restore_target"})
 # The platform's check after a backup step (``jobs.workflows.VERIFY_BACKUP``), failed on request
 # with a dump cut short.
 VERIFY_BACKUP = "verify_backup"
@@ -65,6 +65,8 @@ class SimulatedDriver:
                 raise StepFailed(f"no safety backup of {context.tenant_slug} was taken (skip_safety_backup): "
                                  "it stays as the restore left it")  # fmt: skip
             return f"{context.tenant_slug} put back from its safety backup (simulated)"
+        if context.job_type == JobType.MOVE_SITE:
+            return f"{context.tenant_slug} opened again on its server (simulated)"
         return f"{context.job_type.value}: simulated clean-up for {context.tenant_slug}"
 
     @staticmethod

@@ -1,0 +1,68 @@
+"""Where a requested job runs: on its tenant's server, which a tenant with none gets now
+(``servers.placement``), and for a move, from the tenant's server to the one it keeps room on;
+and why a job that went on to another server cannot be cancelled."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from provisioning.enums import StepStatus
+from provisioning.errors import Conflict, NotFound
+from provisioning.jobs.workflows import SOURCE, TARGET, workflow_for
+from provisioning.models import JobStep, ProvisioningJob, Tenant
+from provisioning.servers.placement import Placement, Seat
+
+# The create_site options that say where a tenant with no server is placed: labels the server
+# must have ({"region": "eu"}), or the name of the server (operators only, checked by the API).
+PLACEMENT_LABELS = "labels"
+PINNED_SERVER = TARGET
+
+
+def seat_of_job(session: Session, tenant_id: uuid.UUID, options: dict) -> Seat:
+    """The tenant's server, where it is placed now if it has none.
+
+    Raises:
+        NotFound: no such tenant, or no server the option ``server`` names.
+        Conflict: no server has room (``Placement.place``).
+    """
+    placement = Placement(session)
+    if (seat := placement.seat_of(tenant_id)) is not None:
+        return seat
+    if session.scalar(select(Tenant.id).where(Tenant.id == tenant_id)) is None:
+        raise NotFound("tenant not found")
+    return placement.place(tenant_id, options.get(PLACEMENT_LABELS), options.get(PINNED_SERVER))
+
+
+def move_options(session: Session, tenant_id: uuid.UUID, options: dict) -> dict:
+    """A move's options with the two servers it runs on: the tenant's (``from_server``), and the
+    one it keeps room on (``server``: the one asked for, or the emptiest other one).
+
+    Raises:
+        NotFound / Conflict: as ``Placement.reserve_move``.
+    """
+    source, target = Placement(session).reserve_move(tenant_id, options.get(TARGET))
+    return {**options, TARGET: target.name, SOURCE: source.name}
+
+
+def check_cancellable(session: Session, job: ProvisioningJob) -> None:
+    """Raises Conflict once the running job has reached its ``no_cancel_from`` step, or finished the
+    step before it (it may be handing its work to another server's worker): it finishes instead."""
+    workflow = workflow_for(job.job_type)
+    if workflow.no_cancel_from is None:
+        return
+    at = workflow.position_of(workflow.no_cancel_from)
+    started = session.scalar(
+        select(func.count()).select_from(JobStep).where(
+            JobStep.job_id == job.id,
+            ((JobStep.position >= at) & (JobStep.status != StepStatus.PENDING))
+            | ((JobStep.position == at - 1) & (JobStep.status == StepStatus.COMPLETED)),
+        )
+    )
+    if started:
+        raise Conflict(
+            f"job is past {workflow.steps[at - 1].name}: a {job.job_type.value} cannot be stopped once it hands its "
+            "work to the new server; it finishes (a failure there is finished by its retry)"
+        )
