@@ -36,8 +36,9 @@ MAX_ID_LENGTH = 64
 
 
 def reason_headers(reason: str, settings: Settings) -> dict[str, str]:
-    """The headers that tell why a message was dead-lettered, and from which queue."""
-    return {REASON_HEADER: shortened(reason, MAX_REASON_LENGTH), QUEUE_HEADER: settings.provisioning_queue_name}
+    """The headers that tell why a message was dead-lettered, and from which queue (this process's
+    server's)."""
+    return {REASON_HEADER: shortened(reason, MAX_REASON_LENGTH), QUEUE_HEADER: settings.worker_queue_name}
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,13 @@ def list_dead_letters(settings: Settings, limit: int = 100) -> list[DeadLetter]:
 
 
 def replay(settings: Settings, dead_letter_id: str) -> bool:
-    """Send one dead letter back to the job queue as it was; False if no such id is waiting.
+    """Send one dead letter back to the job queue it came from, as it was; False if no such id is
+    waiting.
 
-    Always to this deployment's job queue, whose dead letters these are, never to a queue a
-    letter's own header names: anyone who can publish can write that header.
+    Always to a job queue of this deployment's servers, whose dead letters these are: the one the
+    letter's header names if it is one (a worker there sends the job on if it is another server's),
+    else the default server's. Never to any other queue a header names: anyone who can publish can
+    write that header.
 
     Raises:
         BrokerUnreachable: the broker did not answer, or refused us.
@@ -98,7 +102,9 @@ def replay(settings: Settings, dead_letter_id: str) -> bool:
         for message in _peek(connection, settings):
             if message_id(message) == dead_letter_id:
                 headers = {k: v for k, v in (message.headers or {}).items() if k not in (REASON_HEADER, QUEUE_HEADER)}
-                jobs_queue = celeryconfig.queue_named(settings.provisioning_queue_name, settings)
+                came_from = (message.headers or {}).get(QUEUE_HEADER)
+                ours = isinstance(came_from, str) and celeryconfig.is_job_queue(came_from, settings)
+                jobs_queue = celeryconfig.job_queue(came_from if ours else settings.provisioning_queue_name, settings)
                 publish_copy(connection.Producer(), message, jobs_queue, headers)
                 message.ack()
                 return True
