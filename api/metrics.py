@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from api.errors import http_error
 from api.forwarded import parse_address
 from api.session import require_current_schema
+from provisioning.backups.offsite import offsite_counts
 from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import JobStatus
 from provisioning.jobs.states import FINAL_STATUSES
@@ -103,6 +104,7 @@ class JobFigures:
             yield from self._active_jobs(session)
             yield from self._waiting_events(session)
             yield from self._restore_proofs(session)
+            yield from self._offsite_copies(session)
         yield from self._queue_depths()
 
     def _job_counts(self, session: Session):
@@ -173,6 +175,16 @@ class JobFigures:
         )
         yield GaugeMetricFamily(
             "erpmax_backups_failing_restore", "Completed backups whose last restore or restore drill failed", value=failing
+        )
+
+    def _offsite_copies(self, session: Session):
+        copied, missing, to_delete = offsite_counts(session)
+        yield GaugeMetricFamily("erpmax_backups_offsite", "Completed backups with a checked offsite copy", value=copied)
+        yield GaugeMetricFamily(
+            "erpmax_backups_offsite_missing", "Completed backups without an offsite copy (all, when it is off)", value=missing
+        )
+        yield GaugeMetricFamily(
+            "erpmax_backups_offsite_to_delete", "Unkept backups whose offsite objects wait to be deleted", value=to_delete
         )
 
     def _queue_depths(self):

@@ -34,6 +34,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BACKUP_ID, BackupBook, Retention, retention_of
+from provisioning.backups.offsite import OffsiteStore
 from provisioning.backups.proofs import RestoreProofs
 from provisioning.backups.steps import BackupSteps
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
@@ -98,11 +99,12 @@ class JobRunner:
     credentials: SiteCredentials = field(default_factory=lambda: SiteCredentials(None))
     backup_root: Path = Path("var/backups")
     retention: Retention = DEFAULT_RETENTION
+    offsite: OffsiteStore | None = None  # None: backups are kept on this server only
     # In a worker's pool process: SIGTERM fails the running job at its step (see WorkerStop).
     fails_its_job_on_sigterm: bool = False
 
     def __post_init__(self):
-        self.backup_steps = BackupSteps(self.sessions, self.retention)
+        self.backup_steps = BackupSteps(self.sessions, self.retention, self.offsite, self.backup_root)
 
     @classmethod
     def for_settings(
@@ -123,6 +125,7 @@ class JobRunner:
             credentials=SiteCredentials(settings.site_credentials_key),
             backup_root=settings.backup_path,
             retention=retention_of(settings),
+            offsite=OffsiteStore.from_settings(settings),
             fails_its_job_on_sigterm=fails_its_job_on_sigterm,
         )
 
@@ -173,7 +176,7 @@ class JobRunner:
         reached = list(done_before)
         run = Run(
             PatientService(service, self.database_patience), job, workflow,
-            JobContext(self.sessions, claim, stop.flags, self.credentials, self.backup_root, reached), stop,
+            JobContext(self.sessions, claim, stop.flags, self.credentials, self.backup_root, reached, self.offsite), stop,
             first=first, started_by_claim=claim.step_started, at=first, completed=done_before, reached=reached,
         )  # fmt: skip
         with Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, stop.flags):

@@ -159,6 +159,8 @@ WORKFLOWS: dict[JobType, Workflow] = {
         steps=(
             Step("run_backup", "Backing up the database and files"),
             Step(VERIFY_BACKUP, "Verifying the backup", by_platform=True, redo_from="run_backup"),
+            # Off (no OFFSITE_S3_BUCKET), it completes saying the backup is kept on this server only.
+            Step("copy_offsite", "Copying the backup to offsite storage", by_platform=True),
             Step("record_backup", "Recording the backup and pruning old ones", by_platform=True),
         ),
         allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),

@@ -25,6 +25,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BackupBook, retention_of
+from provisioning.backups.offsite import OffsiteStore
 from provisioning.jobs.records import Dispatch
 from provisioning.jobs.repairs import JobRepairs
 from provisioning.jobs.requests import JobRequests
@@ -73,7 +74,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
                 if settings.restore_drill_interval_hours
                 else []
             ),
-            pruned_backups=BackupBook(session).prune(retention_of(settings)),
+            pruned_backups=BackupBook(session).prune(retention_of(settings), offsite=OffsiteStore.from_settings(settings)),
             stray_backup_directories=BackupBook(session).remove_strays(settings.backup_path),
         )
     if report.reaped or report.republished or report.scheduled_backups or report.scheduled_drills or report.pruned_backups:

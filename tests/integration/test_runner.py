@@ -455,6 +455,7 @@ def test_a_backup_cancelled_while_it_is_verified_starts_no_further_step_and_disc
     assert statuses == {
         "run_backup": StepStatus.COMPLETED,
         "verify_backup": StepStatus.COMPLETED,
+        "copy_offsite": StepStatus.PENDING,
         "record_backup": StepStatus.PENDING,
     }
     [backup] = job_backups(sessions, job.id)
