@@ -65,8 +65,8 @@ class BackupSteps:
             raise BackupUnrestorable(f"backup {backup_id} cannot be restored: {invalid}") from None
         except OffsiteError as error:
             raise StepFailed(f"backup {backup_id}: {error}") from None
-        source = ", fetched from its offsite copy" if copy.fetched else ""
-        return f"backup {backup_id} of {backup.created_at:%Y-%m-%d %H:%M} UTC: {len(copy.files)} file(s){source} checked"
+        how = "fetched from its offsite copy and checked" if copy.fetched else "checked"
+        return f"backup {backup_id} of {backup.created_at:%Y-%m-%d %H:%M} UTC: {len(copy.files)} file(s) {how}"
 
     @staticmethod
     def prove_backup(session: Session, tenant_id: uuid.UUID, backup_id: uuid.UUID) -> str:

@@ -26,6 +26,8 @@ from provisioning.sites.drivers.base import BackupFile
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import GOOD_DUMP, TenantFactory
 from tests.helpers import committing, not_private, wait_for
+from tests.integration.test_metrics import scrape, value
+from tests.processes import free_port
 from tests.records import read_job, read_steps
 from tests.s3_server import SECRET_ACCESS_KEY, S3Server
 from tests.stack import WorkerProcess
@@ -174,22 +176,50 @@ def test_a_changed_or_missing_offsite_object_is_caught_on_fetch_and_replaces_not
         store.fetch(backup, tmp_path / "once-more")
 
 
-def test_a_backup_whose_local_copy_is_gone_restores_from_its_offsite_copy(offsite_settings, sessions, session, tenant_factory):
+@pytest.mark.parametrize(
+    "job_type, damage",
+    [(JobType.RESTORE_SITE, "deleted"), (JobType.RESTORE_DRILL, "changed")],
+    ids=["restore-deleted", "drill-changed"],
+)
+def test_a_backup_whose_local_copy_is_gone_or_changed_restores_from_its_offsite_copy(
+    offsite_settings, sessions, session, tenant_factory, job_type, damage
+):
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     backup = backed_up(offsite_settings, sessions, session, tenant)
-    folder = Path(backup.files[0]["path"]).parent
-    shutil.rmtree(folder)  # the server's disk lost it
+    if damage == "deleted":
+        shutil.rmtree(Path(backup.files[0]["path"]).parent)  # the server's disk lost it
+    else:
+        Path(backup.files[0]["path"]).write_bytes(b"not the dump any more")
 
-    restore = committing(session).request_job(tenant.id, JobType.RESTORE_SITE, options={"backup_id": str(backup.id)})
+    restore = committing(session).request_job(tenant.id, job_type, options={"backup_id": str(backup.id)})
     run_job(offsite_settings, sessions, restore.id)
 
     assert read_job(sessions, restore.id).status == JobStatus.COMPLETED, read_job(sessions, restore.id).error
-    assert "fetched from its offsite copy" in step(sessions, restore.id, "check_backup").output
+    assert "fetched from its offsite copy and checked" in step(sessions, restore.id, "check_backup").output
     assert read_backup(sessions, backup.id).restore_proven_at is not None
     for file in backup.files:
         path = Path(file["path"])
         assert (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()) == (file["size"], file["sha256"])
     assert not_private(offsite_settings.backup_path) == {}
+
+
+def test_a_restore_whose_local_copy_is_gone_and_whose_store_is_down_fails_without_blaming_the_backup(
+    offsite_settings, sessions, session, tenant_factory
+):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    backup = backed_up(offsite_settings, sessions, session, tenant)
+    shutil.rmtree(Path(backup.files[0]["path"]).parent)
+    closed = f"http://127.0.0.1:{free_port()}"
+    store_down = offsite_settings.model_copy(update={"offsite_s3_endpoint_url": closed})
+
+    restore = committing(session).request_job(tenant.id, JobType.RESTORE_SITE, options={"backup_id": str(backup.id)})
+    run_job(store_down, sessions, restore.id)
+
+    failed = read_job(sessions, restore.id)
+    assert failed.status == JobStatus.FAILED
+    assert "step check_backup failed" in failed.error and "is missing, and its offsite copy could not be fetched" in failed.error
+    assert f"{closed} bucket" in failed.error and "did not answer" in failed.error, failed.error
+    assert read_backup(sessions, backup.id).restore_failed_at is None  # the backup is not to blame
 
 
 def test_a_move_fetches_a_backup_onto_a_server_whose_backup_path_is_elsewhere(
@@ -316,8 +346,6 @@ def test_a_store_that_is_down_fails_copy_offsite_naming_it_and_a_retry_completes
 
 
 def test_metrics_count_backups_with_and_without_an_offsite_copy(client, offsite_settings, session, tenant_factory, tmp_path):
-    from tests.integration.test_metrics import scrape, value
-
     before = scrape(client)
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     copied = recorded_backup(session, tenant, tmp_path / "a", {"database": GOOD_DUMP})
