@@ -110,6 +110,8 @@ SKIP_FINAL_BACKUP = "skip_final_backup"
 SKIP_SAFETY_BACKUP = "skip_safety_backup"
 # The platform's check of a backup's files (the simulated driver can be told to make it fail).
 VERIFY_BACKUP = "verify_backup"
+# The platform's copy of a verified backup to offsite storage (backups/offsite.py).
+COPY_OFFSITE = "copy_offsite"
 
 WORKFLOWS: dict[JobType, Workflow] = {
     JobType.CREATE_SITE: Workflow(
@@ -142,6 +144,8 @@ WORKFLOWS: dict[JobType, Workflow] = {
                 skipped_when=SKIP_FINAL_BACKUP,
                 redo_from="final_backup",
             ),
+            # Before the site is dropped: its final backup must not depend on one server's disk.
+            Step(COPY_OFFSITE, "Copying the final backup to offsite storage", by_platform=True, skipped_when=SKIP_FINAL_BACKUP),
             Step("drop_site", "Dropping the site and its database"),
             Step("archive_site", "Checking that the site is archived"),
         ),
@@ -160,7 +164,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
             Step("run_backup", "Backing up the database and files"),
             Step(VERIFY_BACKUP, "Verifying the backup", by_platform=True, redo_from="run_backup"),
             # Off (no OFFSITE_S3_BUCKET), it completes saying the backup is kept on this server only.
-            Step("copy_offsite", "Copying the backup to offsite storage", by_platform=True),
+            Step(COPY_OFFSITE, "Copying the backup to offsite storage", by_platform=True),
             Step("record_backup", "Recording the backup and pruning old ones", by_platform=True),
         ),
         allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),

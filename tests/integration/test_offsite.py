@@ -28,7 +28,7 @@ from tests.factories import GOOD_DUMP, TenantFactory
 from tests.helpers import committing, not_private, wait_for
 from tests.integration.test_metrics import scrape, value
 from tests.processes import free_port
-from tests.records import read_job, read_steps
+from tests.records import read_job, read_steps, read_tenant
 from tests.s3_server import SECRET_ACCESS_KEY, S3Server
 from tests.stack import WorkerProcess
 
@@ -355,3 +355,24 @@ def test_metrics_count_backups_with_and_without_an_offsite_copy(client, offsite_
     after = scrape(client)
     assert value(after, "erpmax_backups_offsite") - value(before, "erpmax_backups_offsite") == 1
     assert value(after, "erpmax_backups_offsite_missing") - value(before, "erpmax_backups_offsite_missing") == 1
+
+
+def test_a_delete_copies_its_final_backup_offsite_before_it_drops_the_site_and_keeps_the_site_if_it_cannot(
+    offsite_settings, s3, sessions, session, tenant_factory
+):
+    store_down = offsite_settings.model_copy(update={"offsite_s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    refused = committing(session).request_job(tenant.id, JobType.DELETE_SITE)
+    run_job(store_down, sessions, refused.id)
+
+    assert read_job(sessions, refused.id).status == JobStatus.FAILED
+    assert step(sessions, refused.id, "copy_offsite").status == StepStatus.FAILED
+    assert step(sessions, refused.id, "drop_site").status == StepStatus.PENDING
+    assert read_tenant(sessions, tenant.id).status == TenantStatus.ACTIVE  # nothing was dropped
+
+    deleted = committing(session).request_job(tenant.id, JobType.DELETE_SITE)
+    run_job(offsite_settings, sessions, deleted.id)
+
+    assert read_job(sessions, deleted.id).status == JobStatus.COMPLETED, read_job(sessions, deleted.id).error
+    final = backup_of_job(sessions, deleted.id)
+    assert final.offsite_copied_at is not None and len(s3.objects(final.offsite_key + "/")) == len(final.files)
