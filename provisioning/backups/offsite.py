@@ -178,7 +178,7 @@ class OffsiteStore:
             name = Path(file["path"]).name
             target, partial = directory / name, directory / f".{name}.offsite-partial"
             try:
-                with self._asking(f"downloading {name}"), _private_file(partial) as stream:
+                with self._asking(f"downloading {name}", fetching=True), _private_file(partial) as stream:
                     self.client.download_fileobj(bucket, f"{key}/{name}", stream, Config=self.transfer)
                 size, digest = measure(partial)
                 if (size, digest) != (file["size"], file["sha256"]):
@@ -229,14 +229,18 @@ class OffsiteStore:
         return deleted
 
     @contextmanager
-    def _asking(self, what: str):
+    def _asking(self, what: str, fetching: bool = False):
+        """Turn boto3's errors into ours; a missing object is the backup's problem only when fetched
+        (a missing bucket, or an object gone right after its upload, is the store's)."""
         try:
             yield
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            if fetching and error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 raise BackupInvalid(f"{what}: {self.where} has no such object ({first_line(error)})") from None
             raise OffsiteError(f"{what}: {self.where} refused: {first_line(error)}") from None
-        except (BotoCoreError, Boto3Error) as error:  # boto3's: an upload's failure, as S3UploadFailedError
+        except Boto3Error as error:  # an upload the store refused (S3UploadFailedError wraps its ClientError)
+            raise OffsiteError(f"{what}: {self.where} refused: {first_line(error)}") from None
+        except BotoCoreError as error:  # no connection, a timeout: after botocore's retries
             raise OffsiteError(f"{what}: {self.where} did not answer: {first_line(error)}") from None
 
 

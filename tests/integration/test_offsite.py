@@ -18,6 +18,7 @@ from provisioning.backups.book import BackupBook, BackupInvalid, Retention, rete
 from provisioning.backups.offsite import NOT_COPIED, OffsiteError, OffsiteStore, copy_offsite, local_copy
 from provisioning.backups.steps import BackupSteps
 from provisioning.enums import BackupStatus, JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.errors import StepFailed
 from provisioning.jobs.runner import JobRunner
 from provisioning.models import SiteBackup
 from provisioning.operations.health import check_offsite
@@ -376,3 +377,17 @@ def test_a_delete_copies_its_final_backup_offsite_before_it_drops_the_site_and_k
     assert read_job(sessions, deleted.id).status == JobStatus.COMPLETED, read_job(sessions, deleted.id).error
     final = backup_of_job(sessions, deleted.id)
     assert final.offsite_copied_at is not None and len(s3.objects(final.offsite_key + "/")) == len(final.files)
+
+
+def test_a_bucket_that_does_not_exist_fails_the_copy_and_doctor_saying_the_store_refused(
+    environment, s3, sessions, session, tenant_factory, tmp_path
+):
+    settings = load_settings({**environment, **s3.environment(), "OFFSITE_S3_BUCKET": "erpmax-no-such-bucket"})
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    backup = recorded_backup(session, tenant, tmp_path / "b", {"database": GOOD_DUMP})
+
+    with pytest.raises(StepFailed, match="uploading database.bin: .* bucket erpmax-no-such-bucket refused: .*NoSuchBucket"):
+        copy_offsite(session, OffsiteStore.from_settings(settings), backup)
+    assert "NoSuchBucket" in read_backup(sessions, backup.id).offsite_error
+    doctor = check_offsite(settings)
+    assert not doctor.ok and "reaching the bucket" in doctor.detail and "refused" in doctor.detail, doctor.detail
