@@ -391,3 +391,16 @@ def test_a_bucket_that_does_not_exist_fails_the_copy_and_doctor_saying_the_store
     assert "NoSuchBucket" in read_backup(sessions, backup.id).offsite_error
     doctor = check_offsite(settings)
     assert not doctor.ok and "reaching the bucket" in doctor.detail and "refused" in doctor.detail, doctor.detail
+
+
+def test_the_backups_api_shows_when_a_backup_was_copied_offsite(client, offsite_settings, session, tenant_factory, tmp_path):
+    tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
+    backup = recorded_backup(session, tenant, tmp_path / "b", {"database": GOOD_DUMP})
+    url = f"/api/v1/provisioning/backups/{backup.id}"
+    assert client.get(url, headers=tenant.headers()).json["data"]["offsite_copied_at"] is None
+
+    copy_offsite(session, OffsiteStore.from_settings(offsite_settings), backup)
+
+    shown = client.get(url, headers=tenant.headers()).json["data"]
+    assert shown["offsite_copied_at"] == backup.offsite_copied_at.isoformat() and shown["offsite_deleted_at"] is None
+    assert "offsite_key" not in shown  # where the platform keeps its copies is none of the client's business
