@@ -30,6 +30,7 @@ from api.errors import http_error
 from api.forwarded import parse_address
 from api.session import require_current_schema
 from provisioning.accounts.audit import SYSTEM
+from provisioning.backups.offsite import offsite_counts
 from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import JobStatus, ServerStatus
 from provisioning.jobs.states import FINAL_STATUSES
@@ -105,6 +106,7 @@ class JobFigures:
             yield from self._active_jobs(session)
             yield from self._waiting_events(session)
             yield from self._restore_proofs(session)
+            yield from self._offsite_copies(session)
             servers = ServerRegistry(session, SYSTEM).figures()
         yield from self._servers(servers)
         yield from self._queue_depths([server.name for server in servers])
@@ -205,6 +207,16 @@ class JobFigures:
                 status.add_metric([server.name, each.value], int(each == server.status))
         yield from families.values()
         yield status
+
+    def _offsite_copies(self, session: Session):
+        copied, missing, to_delete = offsite_counts(session)
+        yield GaugeMetricFamily("erpmax_backups_offsite", "Completed backups with a checked offsite copy", value=copied)
+        yield GaugeMetricFamily(
+            "erpmax_backups_offsite_missing", "Completed backups without an offsite copy (all, when it is off)", value=missing
+        )
+        yield GaugeMetricFamily(
+            "erpmax_backups_offsite_to_delete", "Unkept backups whose offsite objects wait to be deleted", value=to_delete
+        )
 
     def _queue_depths(self, server_names: list[str]):
         depths = GaugeMetricFamily(

@@ -233,6 +233,13 @@ class BackupSchema(Schema):
         allow_none=True, metadata={"description": "When a restore of it last failed; it counts until a later one proves it"}
     )
     restore_error = fields.String(allow_none=True, metadata={"description": "Why that restore failed"})
+    offsite_copied_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "When every file was copied to offsite storage and its checksum checked; null: not copied"},
+    )
+    offsite_deleted_at = fields.DateTime(
+        allow_none=True, metadata={"description": "When its offsite copy was deleted (it was pruned or discarded)"}
+    )
 
 
 class AdminPasswordSchema(Schema):

@@ -271,6 +271,12 @@ class SiteBackup(Base):
     once every file was checked. Pruning deletes the files and keeps the record, as ``pruned``.
     ``restore_proven_at`` is when it last restored into a site that then answered (a restore or a
     restore drill); ``restore_failed_at`` and ``restore_error`` say when and why one last failed to.
+
+    Offsite (backups/offsite.py): ``offsite_bucket`` and ``offsite_key`` (the key prefix of its files)
+    are written before the first upload, so objects a cut-short copy left are found and deleted
+    too; ``offsite_copied_at`` is when every file was copied and checked; ``offsite_deleted_at``
+    when its objects were deleted (pruned or discarded: until then the next prune tries again);
+    ``offsite_error`` is the last copy's or delete's failure.
     """
 
     __tablename__ = "site_backups"
@@ -290,3 +296,8 @@ class SiteBackup(Base):
     restore_proven_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     restore_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     restore_error: Mapped[str | None] = mapped_column(Text)
+    offsite_bucket: Mapped[str | None] = mapped_column(String(63))
+    offsite_key: Mapped[str | None] = mapped_column(String(1024))
+    offsite_copied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    offsite_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    offsite_error: Mapped[str | None] = mapped_column(Text)

@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -30,6 +30,9 @@ from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, SiteBackup
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.sites.drivers.base import BackupFile
+
+if TYPE_CHECKING:  # offsite.py builds on this module
+    from provisioning.backups.offsite import OffsiteStore
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def describe(files: Sequence[BackupFile]) -> list[dict]:
     for file in files:
         if file.kind not in FILE_KINDS:
             raise ValueError(f"unknown backup file kind {file.kind!r}")
-        size, digest = _measure(file.path)
+        size, digest = measure(file.path)
         described.append({"kind": file.kind, "path": str(file.path), "size": size, "sha256": digest})
     return described
 
@@ -111,7 +114,7 @@ def verify(files: Sequence[dict]) -> None:
         path = Path(file["path"])
         if not path.is_file():
             raise BackupInvalid(f"{file['kind']} file {path.name} is missing")
-        size, digest = _measure(path)
+        size, digest = measure(path)
         if size != file["size"] or digest != file["sha256"]:
             raise BackupInvalid(
                 f"{file['kind']} file {path.name} changed since it was written ({size} bytes now, {file['size']} then)"
@@ -138,7 +141,8 @@ def _check_dump(path: Path) -> None:
         raise BackupInvalid(f"the database dump {path.name} stops before its end ('{DUMP_TRAILER.decode()}' is missing)")
 
 
-def _measure(path: Path) -> tuple[int, str]:
+def measure(path: Path) -> tuple[int, str]:
+    """A file's size and sha256 (hex), read in chunks."""
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as stream:
@@ -224,10 +228,14 @@ class BackupBook:
         self.session.commit()
         return len(backups)
 
-    def prune(self, retention: Retention, tenant_id: uuid.UUID | None = None) -> list[uuid.UUID]:
+    def prune(
+        self, retention: Retention, tenant_id: uuid.UUID | None = None, offsite: OffsiteStore | None = None
+    ) -> list[uuid.UUID]:
         """Delete the files of completed backups beyond the newest ``keep_last`` of each tenant or
         older than ``max_age``, and mark them pruned; a backup whose job is still active is kept,
-        and so is one an active job restores (its option ``backup_id``).
+        and so is one an active job restores (its option ``backup_id``). With an ``offsite`` store,
+        the offsite copies of backups no longer kept go too (``OffsiteStore.delete_unkept``: one
+        that fails is tried again by the next prune).
 
         Unverified backups whose job ended anyway (cancelled, its worker lost) are discarded too:
         nothing would ever verify them.
@@ -269,6 +277,8 @@ class BackupBook:
             log.info(
                 "backups: pruned %d by retention (keep %d, at most %s old)", len(pruned), retention.keep_last, retention.max_age
             )
+        if offsite is not None:
+            offsite.delete_unkept(self.session, tenant_id)
         return pruned
 
     def _being_restored(self) -> list[uuid.UUID]:

@@ -11,7 +11,16 @@ from typing import Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioning.backups.book import BACKUP_ID, PRIVATE_DIRECTORY_MODE, BackupBook, files_of, make_private, private_directory
+from provisioning.backups.book import (
+    BACKUP_ID,
+    PRIVATE_DIRECTORY_MODE,
+    BackupBook,
+    BackupInvalid,
+    files_of,
+    make_private,
+    private_directory,
+)
+from provisioning.backups.offsite import OffsiteError, OffsiteStore, local_copy
 from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import BackupStatus, JobType
 from provisioning.errors import StepFailed
@@ -39,6 +48,7 @@ class JobContext:
         credentials: SiteCredentials,
         backup_root: Path,
         reached: list[str],
+        offsite: OffsiteStore | None = None,
     ):
         job = claim.job
         self.job_id = job.id
@@ -53,6 +63,7 @@ class JobContext:
         self._credentials = credentials
         self._backup_root = backup_root
         self._reached = reached  # the runner's own list, kept up to date as steps start
+        self._offsite = offsite
 
     def should_stop(self) -> bool:
         return self._flags.should_stop(self._stops_for_a_cancel)
@@ -108,16 +119,22 @@ class JobContext:
         return job_folder
 
     def backup_to_restore(self) -> list[BackupFile]:
-        """The files of the backup the job restores (its option ``backup_id``; a move's own), as
-        recorded; a retry that resumes past check_backup finds out here whether retention pruned it
-        meanwhile."""
+        """The files of the backup the job restores (its option ``backup_id``; a move's own, taken on
+        the server it leaves), on this server: fetched from offsite if check_backup did not leave
+        them here (a move's always are), and checked then; a retry that resumes past check_backup
+        finds out here whether retention pruned it meanwhile."""
         with self._sessions() as session:
             if self.job_type == JobType.MOVE_SITE:
                 backup = BackupBook(session).of_job(self.job_id)
                 if backup is None or backup.status != BackupStatus.COMPLETED:
                     raise StepFailed("the move has no verified backup to restore; its retry takes one again")
-                return files_of(backup)
-            return files_of(RestoreProofs(session).to_restore(self._tenant_id, uuid.UUID(str(self.options[BACKUP_ID]))))
+            else:
+                backup = RestoreProofs(session).to_restore(self._tenant_id, uuid.UUID(str(self.options[BACKUP_ID])))
+            moved = self.job_type == JobType.MOVE_SITE
+            try:
+                return local_copy(backup, self._backup_root, self._offsite, check=moved, recorded_here=not moved).files
+            except (BackupInvalid, OffsiteError) as error:
+                raise StepFailed(f"backup {backup.id} cannot be restored: {error}") from None
 
     def safety_backup(self) -> list[BackupFile] | None:
         """The files of the verified backup this job took before it changed the site; None if it took none."""

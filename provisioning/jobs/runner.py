@@ -34,6 +34,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BackupBook, Retention, retention_of
+from provisioning.backups.offsite import OffsiteStore
 from provisioning.backups.steps import BackupSteps
 from provisioning.enums import JobStatus, StepStatus, TenantStatus
 from provisioning.errors import BackupUnrestorable, Conflict, SiteUnchanged, StepFailed, StepStopped, StepTerminated
@@ -98,6 +99,7 @@ class JobRunner:
     credentials: SiteCredentials = field(default_factory=lambda: SiteCredentials(None))
     backup_root: Path = Path("var/backups")
     retention: Retention = DEFAULT_RETENTION
+    offsite: OffsiteStore | None = None  # None: backups are kept on this server only
     # In a worker's pool process: SIGTERM fails the running job at its step (see WorkerStop).
     fails_its_job_on_sigterm: bool = False
     # The server whose worker this is, and how it hands a job to another server's worker.
@@ -105,7 +107,8 @@ class JobRunner:
     dispatch: Dispatch | None = None
 
     def __post_init__(self):
-        self.platform_steps = PlatformSteps(self.sessions, BackupSteps(self.sessions, self.retention))
+        backup_steps = BackupSteps(self.sessions, self.retention, self.offsite, self.backup_root)
+        self.platform_steps = PlatformSteps(self.sessions, backup_steps)
 
     @classmethod
     def for_settings(
@@ -127,6 +130,7 @@ class JobRunner:
             credentials=SiteCredentials(settings.site_credentials_key),
             backup_root=settings.backup_path,
             retention=retention_of(settings),
+            offsite=OffsiteStore.from_settings(settings),
             fails_its_job_on_sigterm=fails_its_job_on_sigterm,
             server_name=settings.server_name,
             dispatch=dispatch,
@@ -184,7 +188,7 @@ class JobRunner:
         reached = list(done_before)
         run = Run(
             PatientService(service, self.database_patience), job, workflow,
-            JobContext(self.sessions, claim, stop.flags, self.credentials, self.backup_root, reached), stop,
+            JobContext(self.sessions, claim, stop.flags, self.credentials, self.backup_root, reached, self.offsite), stop,
             first=first, started_by_claim=claim.step_started, at=first, completed=done_before, reached=reached,
         )  # fmt: skip
         with Heartbeat(self.sessions, job.id, self.worker, self.heartbeat_seconds, self.cancel_grace, stop.flags):

@@ -128,7 +128,8 @@ SKIP_FINAL_BACKUP = "skip_final_backup"
 SKIP_SAFETY_BACKUP = "skip_safety_backup"
 # The platform's check of a backup's files (the simulated driver can be told to make it fail).
 VERIFY_BACKUP = "verify_backup"
-# The platform's copy of a backup to offsite storage, and a move's switch of the tenant's server.
+# The platform's copy of a verified backup to offsite storage (backups/offsite.py), and a move's
+# switch of the tenant to its new server.
 COPY_OFFSITE = "copy_offsite"
 SWITCH_SERVER = "switch_server"
 
@@ -163,6 +164,8 @@ WORKFLOWS: dict[JobType, Workflow] = {
                 skipped_when=SKIP_FINAL_BACKUP,
                 redo_from="final_backup",
             ),
+            # Before the site is dropped: its final backup must not depend on one server's disk.
+            Step(COPY_OFFSITE, "Copying the final backup to offsite storage", by_platform=True, skipped_when=SKIP_FINAL_BACKUP),
             Step("drop_site", "Dropping the site and its database"),
             Step("archive_site", "Checking that the site is archived"),
         ),
@@ -180,6 +183,8 @@ WORKFLOWS: dict[JobType, Workflow] = {
         steps=(
             Step("run_backup", "Backing up the database and files"),
             Step(VERIFY_BACKUP, "Verifying the backup", by_platform=True, redo_from="run_backup"),
+            # Off (no OFFSITE_S3_BUCKET), it completes saying the backup is kept on this server only.
+            Step(COPY_OFFSITE, "Copying the backup to offsite storage", by_platform=True),
             Step("record_backup", "Recording the backup and pruning old ones", by_platform=True),
         ),
         allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from provisioning.accounts.audit import SYSTEM
+from provisioning.backups.offsite import OffsiteError, OffsiteStore, offsite_counts
 from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import ServerStatus
 from provisioning.errors import StepFailed
@@ -74,6 +75,7 @@ def doctor(settings: Settings) -> list[Check]:
         check_workers(settings),
         check_event_relay(settings),
         check_restore_proofs(settings),
+        check_offsite(settings),
     ]
 
 
@@ -285,6 +287,26 @@ def check_restore_proofs(settings: Settings) -> Check:
     )  # fmt: skip
     last = f"the last proof {proven:%Y-%m-%d %H:%M} UTC" if proven else "no backup proven yet"
     return Check("restore drills", True, f"{schedule}; no backup failed its last restore; {last}")
+
+
+def check_offsite(settings: Settings) -> Check:
+    """The offsite store answers (``head_bucket``), and how many backups have no offsite copy yet."""
+    store = OffsiteStore.from_settings(settings)
+    if store is None:
+        return Check("offsite backups", True, "off: each backup is kept on the server that took it only (OFFSITE_S3_BUCKET)")
+    try:
+        answer = store.check()
+    except OffsiteError as error:
+        return Check(
+            "offsite backups", False, str(error),
+            "start the store or fix OFFSITE_S3_ENDPOINT_URL, OFFSITE_S3_BUCKET and the keys; backups fail at copy_offsite",
+        )  # fmt: skip
+    try:
+        with session_factory(settings.database_url)() as session:
+            _, missing, to_delete = offsite_counts(session)
+    except Exception as error:
+        return Check("offsite backups", False, f"{answer}; cannot read backups: {first_line(error)}", "fix the database first")
+    return Check("offsite backups", True, f"{answer}; {missing} completed backup(s) without a copy, {to_delete} to delete")
 
 
 def _safe_url(database_url: str) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.backups.book import BackupBook, retention_of
+from provisioning.backups.offsite import OffsiteStore
 from provisioning.jobs.records import Dispatch
 from provisioning.jobs.repairs import JobRepairs
 from provisioning.jobs.requests import JobRequests
@@ -76,7 +77,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
                 if settings.restore_drill_interval_hours
                 else []
             ),
-            pruned_backups=BackupBook(session).prune(retention_of(settings)),
+            pruned_backups=BackupBook(session).prune(retention_of(settings), offsite=OffsiteStore.from_settings(settings)),
             stray_backup_directories=BackupBook(session).remove_strays(settings.backup_path),
         )
     done = (report.reaped, report.held, report.republished, report.scheduled_backups, report.scheduled_drills)

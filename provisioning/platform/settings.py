@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Iterable, Literal, Mapping, TypeVar
 from urllib.parse import quote, urlsplit
 
 from cryptography.fernet import Fernet
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from provisioning.platform.identifiers import QUEUE_NAME, SLUG
@@ -57,6 +57,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Lowercase = BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+HttpURL = Annotated[str | None, BeforeValidator(lambda url: _checked_url(url, ("http", "https")) if url else url)]
 
 
 class SettingsError(ValueError):
@@ -177,6 +178,12 @@ class Settings(RabbitMQSettings):
     backup_interval_hours: NonNegativeFloat = 24.0
     # How often each tenant's newest backup is restored into a scratch site to prove it; 0: never.
     restore_drill_interval_hours: NonNegativeFloat = 0.0
+    offsite_s3_bucket: str | None = None  # each backup copied to S3 (backups/offsite.py); None: kept locally only
+    offsite_s3_prefix: Annotated[str, BeforeValidator(lambda prefix: str(prefix).strip("/"))] = "erpmax/backups"
+    offsite_s3_endpoint_url: HttpURL = None
+    offsite_s3_region: str | None = None
+    offsite_s3_access_key_id: str | None = None
+    offsite_s3_secret_access_key: SecretStr | None = None
     log_format: Annotated[Literal["auto", "json", "console"], Lowercase] = "auto"
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)
@@ -288,6 +295,9 @@ class Settings(RabbitMQSettings):
                 f"LOST_JOB_AFTER_SECONDS: {self.lost_job_after_seconds:g} must be at least three heartbeats "
                 f"(JOB_HEARTBEAT_SECONDS={self.job_heartbeat_seconds:g})"
             )
+        if bool(key_id := self.offsite_s3_access_key_id) != bool(self.offsite_s3_secret_access_key):
+            given, missing = ("OFFSITE_S3_ACCESS_KEY_ID", "OFFSITE_S3_SECRET_ACCESS_KEY")[:: 1 if key_id else -1]
+            raise SettingsError(f"{given}: set, but {missing} is not; set both, or neither")
         if "trusted_proxies" in self.model_fields_set and not self.proxy_count:
             raise SettingsError("TRUSTED_PROXIES: set, but PROXY_COUNT is 0, so no X-Forwarded-For would be believed; set both")
         return self

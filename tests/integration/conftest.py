@@ -24,6 +24,7 @@ from provisioning.platform.settings import Settings, load_settings
 from provisioning.sites import credentials
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests import factories
+from tests.s3_server import S3Server
 from tests.stack import (
     ADMIN_DATABASE_URL,
     RABBITMQ_URL,
@@ -224,3 +225,17 @@ def runner(settings, sessions):
         return job_runner
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3() -> S3Server:
+    """A real S3 endpoint on loopback (moto's server) with a bucket of this run's own."""
+    server = S3Server(f"erpmax-test-{uuid.uuid4().hex[:12]}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def offsite_settings(environment: dict[str, str], s3: S3Server, tmp_path) -> Settings:
+    """The run's settings with offsite copies to ``s3`` on, and a BACKUP_PATH of the test's own."""
+    return load_settings({**environment, **s3.environment(), "BACKUP_PATH": str(tmp_path / "backups")})

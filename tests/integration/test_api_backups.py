@@ -22,7 +22,7 @@ BACKUPS = "/api/v1/provisioning/backups"
 # Where the platform keeps backup files: it must never show in an answer.
 SERVER_ROOT = "/srv/erpmax/backups"
 FIELDS = {"id", "job_id", "site", "status", "size", "files", "error", "created_at", "completed_at", "pruned_at",
-          "restore_proven_at", "restore_failed_at", "restore_error"}  # fmt: skip
+          "restore_proven_at", "restore_failed_at", "restore_error", "offsite_copied_at", "offsite_deleted_at"}  # fmt: skip
 
 
 @pytest.fixture

@@ -215,5 +215,6 @@ def test_simulated_fail_step_verify_backup_fails_a_backup_job_at_that_step(setti
     failed = read_job(sessions, job.id)
     assert failed.status == JobStatus.FAILED and "stops before its end" in failed.error, failed.error
     assert [(step.name, step.status) for step in read_steps(sessions, job.id)] == [
-        ("run_backup", StepStatus.COMPLETED), ("verify_backup", StepStatus.FAILED), ("record_backup", StepStatus.PENDING),
+        ("run_backup", StepStatus.COMPLETED), ("verify_backup", StepStatus.FAILED),
+        ("copy_offsite", StepStatus.PENDING), ("record_backup", StepStatus.PENDING),
     ]  # fmt: skip

@@ -372,7 +372,7 @@ def test_a_delete_asked_for_no_final_backup_skips_it(session, sessions, tenant_f
 
     assert job.status == JobStatus.COMPLETED, job.error
     steps = {step.name: step.status for step in read_steps(sessions, job.id)}
-    assert steps["final_backup"] == steps["verify_backup"] == StepStatus.SKIPPED
+    assert steps["final_backup"] == steps["verify_backup"] == steps["copy_offsite"] == StepStatus.SKIPPED
     assert backups_of(sessions, tenant.id) == []
     assert not bench.site_dir(tenant).exists()
 

@@ -196,7 +196,7 @@ def test_a_job_whose_worker_s_connections_are_killed_mid_step_completes_without_
         finished = session.get(ProvisioningJob, job.id)
         steps = session.scalars(select(JobStep).where(JobStep.job_id == job.id)).all()
     assert (finished.status, finished.error) == (JobStatus.COMPLETED, None)
-    assert [step.status for step in steps] == [StepStatus.COMPLETED] * 3
+    assert [step.status for step in steps] == [StepStatus.COMPLETED] * 4
     assert "database unavailable" not in caplog.text
 
 

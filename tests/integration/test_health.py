@@ -107,6 +107,7 @@ def test_doctor_passes_when_everything_answers(isolated):
             "ok   workers",
             "ok   job events",
             "ok   restore drills",
+            "ok   offsite backups",
         ]
         assert worker.name in lines[8]
     finally:

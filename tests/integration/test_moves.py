@@ -12,7 +12,7 @@ from provisioning.servers.placement import Placement
 from tests.factories import TenantFactory
 from tests.fleet import fleet
 from tests.helpers import committing, wait_for
-from tests.records import read_job, read_tenant
+from tests.records import read_job, read_steps, read_tenant
 
 
 def finished(isolated, job_id, timeout: float = 60):
@@ -41,8 +41,8 @@ def events_of(isolated, job_id) -> list[tuple[str, str, str]]:
     return [tuple(row) for row in rows]
 
 
-def test_a_move_runs_each_step_on_its_server_and_leaves_the_site_on_the_new_one_alone(isolated, tmp_path):
-    with fleet(isolated, tmp_path, ("a", "b"), capacity=3) as servers, isolated.session() as session:
+def test_a_move_runs_each_step_on_its_server_and_leaves_the_site_on_the_new_one_alone(isolated, s3, tmp_path):
+    with fleet(isolated, tmp_path, ("a", "b"), capacity=3, extra=s3.environment()) as servers, isolated.session() as session:
         tenant = TenantFactory(session).create()
         site_on(isolated, session, tenant, "a")
         slug = tenant.tenant.slug
@@ -67,6 +67,10 @@ def test_a_move_runs_each_step_on_its_server_and_leaves_the_site_on_the_new_one_
         assert "server b for step restore_target" in handed[0][2]
         assert handed[1][1].startswith(f"worker {servers['b'].worker.name}")
         assert "server a for step drop_source" in handed[2][2]
+        # The new server restored the copy it fetched from offsite storage into its own BACKUP_PATH.
+        restore = next(step for step in read_steps(isolated.sessions, move.id) if step.name == "restore_target")
+        assert "restored the moved backup" in restore.output
+        assert list((tmp_path / "b" / "backups" / slug / str(move.id)).iterdir())
         # The site's later jobs run on the new server.
         backup = request(isolated, session, tenant, JobType.BACKUP_SITE)
         assert finished(isolated, backup.id).worker.startswith(servers["b"].worker.name)

@@ -455,6 +455,7 @@ def test_a_backup_cancelled_while_it_is_verified_starts_no_further_step_and_disc
     assert statuses == {
         "run_backup": StepStatus.COMPLETED,
         "verify_backup": StepStatus.COMPLETED,
+        "copy_offsite": StepStatus.PENDING,
         "record_backup": StepStatus.PENDING,
     }
     [backup] = job_backups(sessions, job.id)
@@ -557,7 +558,7 @@ def test_a_delete_cancelled_while_it_drops_the_site_lets_the_drop_finish_and_say
         "Cancelled after drop_site had completed; that cannot be undone: the site is dropped; the backup it took is kept",
     )
     statuses = [step.status for step in read_steps(sessions, job.id)]
-    assert statuses == [StepStatus.COMPLETED] * 4 + [StepStatus.PENDING]
+    assert statuses == [StepStatus.COMPLETED] * 5 + [StepStatus.PENDING]
     assert tenant_status(sessions, tenant.id) == TenantStatus.DELETED
 
 
@@ -578,6 +579,7 @@ def test_a_skipped_step_is_on_record_as_skipped_by_the_time_the_next_step_runs(s
         "check_site": StepStatus.COMPLETED,
         "final_backup": StepStatus.SKIPPED,
         "verify_backup": StepStatus.SKIPPED,
+        "copy_offsite": StepStatus.SKIPPED,
         "drop_site": StepStatus.RUNNING,
         "archive_site": StepStatus.PENDING,
     }

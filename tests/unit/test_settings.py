@@ -92,6 +92,9 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"PROXY_COUNT": "1", "TRUSTED_PROXIES": "10.0.0.5, nginx.internal"}, "TRUSTED_PROXIES"),
         ({"PROXY_COUNT": "1", "TRUSTED_PROXIES": "10.0.0.5/8"}, "TRUSTED_PROXIES"),  # host bits set: a typo?
         ({"TRUSTED_PROXIES": "10.0.0.5"}, "TRUSTED_PROXIES"),  # without PROXY_COUNT nothing would be believed
+        ({"OFFSITE_S3_ENDPOINT_URL": "s3.example.test:9000"}, "OFFSITE_S3_ENDPOINT_URL"),  # no scheme
+        ({"OFFSITE_S3_ENDPOINT_URL": "https://s3.example.test:port"}, "OFFSITE_S3_ENDPOINT_URL"),
+        ({"OFFSITE_S3_ACCESS_KEY_ID": "AKIA123"}, "OFFSITE_S3_ACCESS_KEY_ID"),  # its secret missing
     ],
 )
 def test_a_malformed_value_is_refused_naming_the_variable(environ, variable):
@@ -126,9 +129,22 @@ def test_a_process_started_with_a_bad_setting_stops_with_one_line_naming_it(proc
 
 
 def test_secrets_never_show_in_the_settings_repr():
-    settings = load_settings({"DB_ROOT_PASSWORD": "root-pw-123", "METRICS_TOKEN": "scrape-tok", "SITE_CREDENTIALS_KEY": KEY})
+    settings = load_settings(
+        {
+            "DB_ROOT_PASSWORD": "root-pw-123", "METRICS_TOKEN": "scrape-tok", "SITE_CREDENTIALS_KEY": KEY,
+            "OFFSITE_S3_ACCESS_KEY_ID": "AKIA123", "OFFSITE_S3_SECRET_ACCESS_KEY": "s3-secret-456",
+        }
+    )  # fmt: skip
     assert settings.bench.db_root_password == "root-pw-123" and settings.metrics_token == "scrape-tok"
-    assert not [secret for secret in ("root-pw-123", "scrape-tok", KEY) if secret in repr(settings)]
+    assert settings.offsite_s3_secret_access_key.get_secret_value() == "s3-secret-456"
+    assert not [secret for secret in ("root-pw-123", "scrape-tok", KEY, "s3-secret-456") if secret in repr(settings)]
+    assert "s3-secret-456" not in str(settings.model_dump())  # a SecretStr, even dumped
+
+
+def test_offsite_copies_are_off_unless_a_bucket_is_set_and_the_prefix_is_kept_without_slashes():
+    assert load_settings({}).offsite_s3_bucket is None and load_settings({}).offsite_s3_prefix == "erpmax/backups"
+    settings = load_settings({"OFFSITE_S3_BUCKET": "backups", "OFFSITE_S3_PREFIX": "/fleet/eu/"})
+    assert (settings.offsite_s3_bucket, settings.offsite_s3_prefix) == ("backups", "fleet/eu")
 
 
 def test_the_web_and_flower_ports_are_those_the_procfile_uses_when_unset(tmp_path):
