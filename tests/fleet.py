@@ -4,7 +4,8 @@ its own and a real worker process started with its SERVER_NAME, on a test's own 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kombu import Connection
@@ -26,6 +27,7 @@ class BenchServer:
 
     name: str
     bench: Path
+    environment: dict[str, str] = field(default_factory=dict)
     worker: WorkerProcess | None = None
 
     def site_dir(self, slug: str) -> Path:
@@ -33,6 +35,15 @@ class BenchServer:
 
     def holds(self, slug: str) -> bool:
         return self.site_dir(slug).is_dir()
+
+    def site_config(self, slug: str) -> dict:
+        return json.loads((self.site_dir(slug) / "site_config.json").read_text())
+
+    def start_worker(self, dispatcher, **changes: str) -> WorkerProcess:
+        """A worker of this server (after its last one was stopped or killed), with settings changed
+        (``FAKE_BENCH_HANG="backup"``: its bench hangs in every backup)."""
+        self.worker = WorkerProcess({**self.environment, **changes}, dispatcher, concurrency=1)
+        return self.worker
 
 
 def bench_environment(isolated, server_name: str, bench: Path, backups: Path) -> dict[str, str]:
@@ -52,10 +63,17 @@ def bench_environment(isolated, server_name: str, bench: Path, backups: Path) ->
 
 
 @contextlib.contextmanager
-def fleet(isolated, root: Path, names: tuple[str, ...], capacity: int = 2, extra: dict[str, str] | None = None):
+def fleet(
+    isolated,
+    root: Path,
+    names: tuple[str, ...],
+    capacity: int = 2,
+    extra: dict[str, str] | None = None,
+    extra_of: dict[str, dict[str, str]] | None = None,
+):
     """Register ``names`` as active servers (the default one drained: no worker serves it here),
-    start a worker for each, and yield them by name; stop the workers and delete the servers'
-    queues afterwards."""
+    start a worker for each (with the settings ``extra``, and ``extra_of`` its name), and yield
+    them by name; stop the workers and delete the servers' queues afterwards."""
     with isolated.session() as session:
         registry = ServerRegistry(session, SYSTEM)
         registry.set_status(DEFAULT_SERVER_NAME, ServerStatus.DRAINING)
@@ -65,13 +83,15 @@ def fleet(isolated, root: Path, names: tuple[str, ...], capacity: int = 2, extra
     servers = {name: BenchServer(name, make_bench(root / name / "bench")) for name in names}
     try:
         for server in servers.values():
-            environment = bench_environment(isolated, server.name, server.bench, root / server.name / "backups")
-            server.worker = WorkerProcess({**environment, **(extra or {})}, isolated.dispatcher, concurrency=1)
+            server.environment = {
+                **bench_environment(isolated, server.name, server.bench, root / server.name / "backups"), **(extra or {})
+            }
+            server.start_worker(isolated.dispatcher, **(extra_of or {}).get(server.name, {}))
         yield servers
     finally:
         for server in servers.values():
             if server.worker is not None:
-                server.worker.stop()
+                server.worker.kill()
         with Connection(RABBITMQ_URL) as connection:
             for name in names:
                 connection.default_channel.queue_delete(isolated.settings.queue_of_server(name))

@@ -4,10 +4,16 @@ served by exactly one server, nothing is lost, and the retry finishes the move."
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import pytest
 from sqlalchemy import select
 
-from provisioning.enums import JobStatus, JobType, TenantStatus
+from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.errors import Conflict
+from provisioning.jobs.repairs import JobRepairs
 from provisioning.models import JobEvent, Server
+from provisioning.platform.db import UnitOfWork
 from provisioning.servers.placement import Placement
 from tests.factories import TenantFactory
 from tests.fleet import fleet
@@ -42,7 +48,10 @@ def events_of(isolated, job_id) -> list[tuple[str, str, str]]:
 
 
 def test_a_move_runs_each_step_on_its_server_and_leaves_the_site_on_the_new_one_alone(isolated, s3, tmp_path):
-    with fleet(isolated, tmp_path, ("a", "b"), capacity=3, extra=s3.environment()) as servers, isolated.session() as session:
+    with (
+        fleet(isolated, tmp_path, ("a", "b"), capacity=3, extra=s3.environment()) as servers,
+        isolated.session() as session,
+    ):
         tenant = TenantFactory(session).create()
         site_on(isolated, session, tenant, "a")
         slug = tenant.tenant.slug
@@ -74,3 +83,118 @@ def test_a_move_runs_each_step_on_its_server_and_leaves_the_site_on_the_new_one_
         # The site's later jobs run on the new server.
         backup = request(isolated, session, tenant, JobType.BACKUP_SITE)
         assert finished(isolated, backup.id).worker.startswith(servers["b"].worker.name)
+
+
+def reaped(isolated, job_id):
+    """The job, once the sweeper's repair found its worker lost (its heartbeat stopped)."""
+
+    def failed():
+        with isolated.session() as session:
+            JobRepairs(UnitOfWork(session)).reap_lost_jobs(timedelta(seconds=1))
+            session.commit()
+        job = read_job(isolated.sessions, job_id)
+        return job.status == JobStatus.FAILED and job
+
+    return wait_for(failed, timeout=30, what=f"job {job_id} to be failed as lost")
+
+
+def retried(isolated, session, job_id):
+    service = committing(session, dispatch=isolated.dispatcher.send_job)
+    return service.retry_job(read_job(isolated.sessions, job_id).tenant_id, job_id)
+
+
+def test_a_move_whose_old_servers_worker_is_killed_leaves_the_site_there_and_its_retry_finishes(
+    isolated, s3, tmp_path
+):
+    hanging = {"a": {"FAKE_BENCH_HANG": "backup"}}
+    with (
+        fleet(isolated, tmp_path, ("a", "b"), extra=s3.environment(), extra_of=hanging) as servers,
+        isolated.session() as session,
+    ):
+        tenant = TenantFactory(session).create()
+        slug = tenant.tenant.slug
+        site_on(isolated, session, tenant, "a")  # a create takes no backup: it does not hang
+        move = request(isolated, session, tenant, JobType.MOVE_SITE, server="b")
+        wait_for(lambda: any(step.name == "move_backup" and step.status == StepStatus.RUNNING
+                             for step in read_steps(isolated.sessions, move.id)), timeout=30)  # fmt: skip
+        servers["a"].worker.kill()
+
+        failed = reaped(isolated, move.id)
+        assert "during step move_backup" in failed.error
+        # Served by its old server alone: the new one holds nothing of it.
+        assert Placement(session).seat_of(tenant.id).name == "a"
+        assert servers["a"].holds(slug) and not servers["b"].holds(slug)
+        assert read_tenant(isolated.sessions, tenant.id).status == TenantStatus.FAILED
+
+        servers["a"].start_worker(isolated.dispatcher, FAKE_BENCH_HANG="")
+        retry = retried(isolated, session, move.id)
+        assert retry.resume_from == "move_backup"
+        done = finished(isolated, retry.id)
+        assert done.status == JobStatus.COMPLETED, done.error
+        assert Placement(session).seat_of(tenant.id).name == "b"
+        assert servers["b"].holds(slug) and not servers["a"].holds(slug)
+        assert servers["b"].site_config(slug).get("maintenance_mode", 0) == 0
+
+
+def test_a_move_whose_new_servers_worker_is_killed_in_the_restore_is_finished_there_by_its_retry(
+    isolated, s3, tmp_path
+):
+    hanging = {"b": {"FAKE_BENCH_HANG": "restore"}}
+    with (
+        fleet(isolated, tmp_path, ("a", "b"), extra=s3.environment(), extra_of=hanging) as servers,
+        isolated.session() as session,
+    ):
+        tenant = TenantFactory(session).create()
+        slug = tenant.tenant.slug
+        site_on(isolated, session, tenant, "a")
+        move = request(isolated, session, tenant, JobType.MOVE_SITE, server="b")
+        wait_for(lambda: any(step.name == "restore_target" and step.status == StepStatus.RUNNING
+                             for step in read_steps(isolated.sessions, move.id)), timeout=30)  # fmt: skip
+        # Once its work went to the new server, a move cannot be cancelled: it finishes.
+        refused = committing(session)
+        with pytest.raises(Conflict, match="cannot be stopped once it hands its work to the new server"):
+            refused.cancel_job(tenant.id, move.id)
+        servers["b"].worker.kill()
+
+        failed = reaped(isolated, move.id)
+        assert "during step restore_target" in failed.error
+        assert Placement(session).seat_of(tenant.id).name == "a"  # the switch never came
+        assert servers["a"].site_config(slug)["maintenance_mode"] == 1  # closed, so nothing written is lost
+
+        servers["b"].start_worker(isolated.dispatcher, FAKE_BENCH_HANG="")
+        retry = retried(isolated, session, move.id)
+        assert retry.resume_from == "restore_target"
+        done = finished(isolated, retry.id)
+        assert done.status == JobStatus.COMPLETED, done.error
+        assert Placement(session).seat_of(tenant.id).name == "b"
+        assert servers["b"].holds(slug) and not servers["a"].holds(slug)
+        session.expire_all()
+        counts = dict(session.execute(select(Server.name, Server.site_count).where(Server.name.in_(servers))).all())
+        assert counts == {"a": 0, "b": 1}
+
+
+def test_a_move_cancelled_before_it_leaves_its_server_opens_the_site_again_and_keeps_no_room_elsewhere(
+    isolated, s3, tmp_path
+):
+    hanging = {"a": {"FAKE_BENCH_HANG": "backup"}}
+    with (
+        fleet(isolated, tmp_path, ("a", "b"), extra=s3.environment(), extra_of=hanging) as servers,
+        isolated.session() as session,
+    ):
+        tenant = TenantFactory(session).create()
+        slug = tenant.tenant.slug
+        site_on(isolated, session, tenant, "a")
+        move = request(isolated, session, tenant, JobType.MOVE_SITE, server="b")
+        wait_for(lambda: any(step.name == "move_backup" and step.status == StepStatus.RUNNING
+                             for step in read_steps(isolated.sessions, move.id)), timeout=30)  # fmt: skip
+        assert servers["a"].site_config(slug)["maintenance_mode"] == 1
+        committing(session).cancel_job(tenant.id, move.id)
+
+        done = finished(isolated, move.id)
+        assert done.status == JobStatus.CANCELLED, done.error
+        assert servers["a"].site_config(slug)["maintenance_mode"] == 0
+        assert read_tenant(isolated.sessions, tenant.id).status == TenantStatus.ACTIVE
+        assert Placement(session).seat_of(tenant.id).name == "a"
+        session.expire_all()
+        counts = dict(session.execute(select(Server.name, Server.site_count).where(Server.name.in_(servers))).all())
+        assert counts == {"a": 1, "b": 0}
