@@ -7,13 +7,13 @@ import uuid
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from provisioning.accounts import audit
 from provisioning.backups.book import BACKUP_ID
 from provisioning.backups.proofs import RestoreProofs
-from provisioning.enums import JobStatus, JobType, StepStatus
+from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.jobs.job_inserts import AUDIT_COLUMNS, EVENT_COLUMNS, INSERT_JOB_IF_ALLOWED, JOB_COLUMNS, MAKE_JOB
 from provisioning.jobs.records import WAITING, JobRecords, actor_of_user
@@ -185,6 +185,8 @@ class JobRequests(JobRecords):
                     cancel_requested_at=now,
                     completed_at=now,
                 )
+                if won:
+                    self._release_siteless_tenant(tenant_id)
             elif job.status == JobStatus.RUNNING:
                 won = self.transition(
                     job_id,
@@ -204,6 +206,16 @@ class JobRequests(JobRecords):
             if won:
                 return job
         return job
+
+    def _release_siteless_tenant(self, tenant_id: uuid.UUID) -> None:
+        """A tenant still pending when its create is cancelled before it started never had a site:
+        it leaves the server its create placed it on, whose room it took, as it does when a create
+        is cancelled while it runs (``records.tenant_move_parameters``). A failed tenant keeps its
+        server, which holds what its failed create left."""
+        tenants = Tenant.__table__
+        self._execute(
+            update(tenants).where(tenants.c.id == tenant_id, tenants.c.status == TenantStatus.PENDING).values(server_id=None)
+        )
 
     def _create_job(
         self,
