@@ -231,7 +231,7 @@ class JobRequests(JobRecords):
     ) -> ProvisioningJob:
         retry_of_id = retry_of.id if retry_of else None
         workflow = workflow_for(job_type)
-        seat = self._seat(tenant_id, options)
+        seat = self._seat(tenant_id, job_type, workflow, options)
         now = utcnow()
         # Written with plain INSERTs, not the ORM's unit of work: this is the hottest write path.
         job = ProvisioningJob(
@@ -289,18 +289,22 @@ class JobRequests(JobRecords):
             self.uow.after_commit(lambda: self._publish_new(job, seat.name))
         return job
 
-    def _seat(self, tenant_id: uuid.UUID, options: dict) -> Seat:
+    def _seat(self, tenant_id: uuid.UUID, job_type: JobType, workflow: Workflow, options: dict) -> Seat:
         """The tenant's server, where it is placed now if it has none.
+
+        A tenant on no server whose state refuses the job (a job other than a create of a
+        pending tenant) is refused for that reason first: the client learns why, not that no
+        server has room, and no server's row is locked for a job that cannot be.
 
         Raises:
             NotFound: no such tenant, or no server the option ``server`` names.
-            Conflict: no server has room (``Placement.place``).
+            Conflict: the tenant's state does not allow the job; no server has room (``Placement.place``).
         """
         placement = Placement(self.session)
         if (seat := placement.seat_of(tenant_id)) is not None:
             return seat
-        if self.session.scalar(select(Tenant.id).where(Tenant.id == tenant_id)) is None:
-            raise NotFound("tenant not found")
+        if not workflow.allows(self.session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))):
+            self._refuse(tenant_id, job_type, workflow)
         return placement.place(tenant_id, options.get(PLACEMENT_LABELS), options.get(PINNED_SERVER))
 
     def _publish_new(self, job: ProvisioningJob, server_name: str) -> None:
