@@ -305,7 +305,8 @@ def test_activating_a_down_server_sends_its_held_jobs_at_once(client, session, s
 
     patch(client, operator, DEFAULT_SERVER_NAME, status="active")
 
-    assert client.get(f"{JOBS}/{job['id']}", headers=tenant.headers(Role.OWNER)).json["data"]["queued"] is True
+    sent = client.get(f"{JOBS}/{job['id']}", headers=tenant.headers(Role.OWNER)).json["data"]
+    assert sent["queued"] is True and not sent["message"].startswith("Held"), sent
     assert queue_depths(stack.settings)[stack.settings.provisioning_queue_name] == 1
 
 
