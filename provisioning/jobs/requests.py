@@ -17,7 +17,7 @@ from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.jobs.job_inserts import AUDIT_COLUMNS, EVENT_COLUMNS, INSERT_JOB_IF_ALLOWED, JOB_COLUMNS, MAKE_JOB
 from provisioning.jobs.records import WAITING, JobRecords, actor_of_user
-from provisioning.jobs.seats import check_cancellable, move_options, seat_of_job
+from provisioning.jobs.seats import check_cancellable, move_options, release_siteless_tenant, seat_of_job
 from provisioning.jobs.states import RETRYABLE_STATUSES
 from provisioning.jobs.workflows import RESTORES, Workflow, workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
@@ -188,6 +188,8 @@ class JobRequests(JobRecords):
                     cancel_requested_at=now,
                     completed_at=now,
                 )
+                if won:
+                    release_siteless_tenant(self.session, tenant_id)
             elif job.status == JobStatus.RUNNING:
                 check_cancellable(self.session, job)
                 won = self.transition(
@@ -223,7 +225,7 @@ class JobRequests(JobRecords):
     ) -> ProvisioningJob:
         retry_of_id = retry_of.id if retry_of else None
         workflow = workflow_for(job_type)
-        seat = seat_of_job(self.session, tenant_id, options)
+        seat = seat_of_job(self.session, tenant_id, workflow, options, refuse=lambda: self._refuse(tenant_id, job_type, workflow))
         now = utcnow()
         # Written with plain INSERTs, not the ORM's unit of work: this is the hottest write path.
         job = ProvisioningJob(

@@ -5,13 +5,14 @@ and why a job that went on to another server cannot be cancelled."""
 from __future__ import annotations
 
 import uuid
+from typing import Callable, NoReturn
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from provisioning.enums import StepStatus
+from provisioning.enums import StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
-from provisioning.jobs.workflows import SOURCE, TARGET, workflow_for
+from provisioning.jobs.workflows import SOURCE, TARGET, Workflow, workflow_for
 from provisioning.models import JobStep, ProvisioningJob, Tenant
 from provisioning.servers.placement import Placement, Seat
 
@@ -21,19 +22,39 @@ PLACEMENT_LABELS = "labels"
 PINNED_SERVER = TARGET
 
 
-def seat_of_job(session: Session, tenant_id: uuid.UUID, options: dict) -> Seat:
+def seat_of_job(
+    session: Session, tenant_id: uuid.UUID, workflow: Workflow, options: dict, refuse: Callable[[], NoReturn]
+) -> Seat:
     """The tenant's server, where it is placed now if it has none.
+
+    A tenant on no server whose state refuses the job (a job other than a create of a pending
+    tenant) is refused for that reason first (``refuse`` raises it): the client learns why, not
+    that no server has room, and no server's row is locked for a job that cannot be.
 
     Raises:
         NotFound: no such tenant, or no server the option ``server`` names.
-        Conflict: no server has room (``Placement.place``).
+        Conflict: what ``refuse`` raises; no server has room (``Placement.place``).
     """
     placement = Placement(session)
     if (seat := placement.seat_of(tenant_id)) is not None:
         return seat
-    if session.scalar(select(Tenant.id).where(Tenant.id == tenant_id)) is None:
+    status = session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
+    if status is None:
         raise NotFound("tenant not found")
+    if not workflow.allows(status):
+        refuse()
     return placement.place(tenant_id, options.get(PLACEMENT_LABELS), options.get(PINNED_SERVER))
+
+
+def release_siteless_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+    """A tenant still pending when its create is cancelled before it started never had a site: it
+    leaves the server its create placed it on, whose room it took, as it does when a create is
+    cancelled while it runs (``records.tenant_move_parameters``). A failed tenant keeps its
+    server, which holds what its failed create left."""
+    tenants = Tenant.__table__
+    session.execute(
+        update(tenants).where(tenants.c.id == tenant_id, tenants.c.status == TenantStatus.PENDING).values(server_id=None)
+    )
 
 
 def move_options(session: Session, tenant_id: uuid.UUID, options: dict) -> dict:
