@@ -83,7 +83,7 @@ def test_a_message_that_reaches_another_servers_worker_is_sent_on_to_its_own_and
         assert done.status == JobStatus.COMPLETED, done.error
         assert done.worker.startswith(servers["a"].worker.name)
         assert servers["a"].holds(tenant.tenant.slug) and not servers["b"].holds(tenant.tenant.slug)
-        wait_for(lambda: "its tenant is on server a, not b; sent to its queue" in servers["b"].worker.output(), timeout=10)
+        wait_for(lambda: "it runs on server a, not b; sent to its queue" in servers["b"].worker.output(), timeout=10)
 
 
 def test_a_down_servers_jobs_are_held_pending_saying_why_and_sent_when_it_is_active_again(isolated, client, tmp_path):

@@ -271,7 +271,8 @@ def test_a_backup_discarded_by_a_cancel_after_its_copy_loses_its_offsite_copy_at
             return output
 
     runner = JobRunner.for_settings(offsite_settings, sessions, SimulatedDriver(step_seconds=0), "offsite@test")
-    runner.backup_steps = CancelledOnceCopied(sessions, retention_of(offsite_settings), store, offsite_settings.backup_path)
+    steps = CancelledOnceCopied(sessions, retention_of(offsite_settings), store, offsite_settings.backup_path)
+    runner.platform_steps.backup_steps = steps
     runner.run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED

@@ -67,7 +67,7 @@ def test_a_job_reaching_another_servers_worker_is_sent_on_or_held_and_runs_only_
             assert queue_depths(settings, ["bench-b"])[bench_b] == 1
         finally:
             default_worker.stop()
-        assert "its tenant is on server bench-b, not default; sent to its queue" in default_worker.output()
+        assert "it runs on server bench-b, not default; sent to its queue" in default_worker.output()
 
         registry.set_status("bench-b", ServerStatus.ACTIVE)
         session.commit()

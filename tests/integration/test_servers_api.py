@@ -330,8 +330,16 @@ def test_an_operator_pins_a_site_to_a_server_and_a_tenant_owner_may_not(client, 
     assert server_of(session, tenant) == "bench-b"
 
 
-@pytest.mark.parametrize("job_type", [job_type for job_type in JobType if job_type != JobType.CREATE_SITE])
-@pytest.mark.parametrize("placement", [{"labels": {"region": "eu"}}, {"server": "bench-a"}])
+# Labels on any job but a create; a server on any job but a create or a move (which names where to).
+PLACEMENTS_THAT_FIT_NOT = [
+    (job_type, placement)
+    for placement in ({"labels": {"region": "eu"}}, {"server": "bench-a"})
+    for job_type in JobType
+    if job_type != JobType.CREATE_SITE and not (job_type == JobType.MOVE_SITE and "server" in placement)
+]
+
+
+@pytest.mark.parametrize(("job_type", "placement"), PLACEMENTS_THAT_FIT_NOT)
 def test_placement_options_on_a_job_that_places_nothing_are_refused(client, tenant_factory, operator, job_type, placement):
     tenant = tenant_factory.create(TenantStatus.ACTIVE)
     body = {"job_type": job_type.value, **placement}
