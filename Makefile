@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-real bench clean
+.PHONY: run test test-real bench bench-fleet clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-real: $(STAMP)
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
+
+# A fleet of simulated servers (README, Performance): placement, and jobs through 1, 2 and 4 servers' workers.
+bench-fleet: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.fleet $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var
