@@ -9,12 +9,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from provisioning.enums import JobStatus, JobType, StepStatus, TenantStatus
+from provisioning.accounts.audit import SYSTEM
+from provisioning.enums import JobStatus, JobType, ServerStatus, StepStatus, TenantStatus
 from provisioning.errors import Conflict
 from provisioning.jobs.repairs import JobRepairs
 from provisioning.models import JobEvent, Server
 from provisioning.platform.db import UnitOfWork
 from provisioning.servers.placement import Placement
+from provisioning.servers.registry import ServerRegistry
 from tests.factories import TenantFactory
 from tests.fleet import fleet
 from tests.helpers import committing, wait_for
@@ -198,3 +200,26 @@ def test_a_move_cancelled_before_it_leaves_its_server_opens_the_site_again_and_k
         session.expire_all()
         counts = dict(session.execute(select(Server.name, Server.site_count).where(Server.name.in_(servers))).all())
         assert counts == {"a": 1, "b": 0}
+
+
+def test_a_drained_server_is_emptied_by_moving_its_sites_and_then_removed(isolated, s3, tmp_path):
+    with (
+        fleet(isolated, tmp_path, ("a", "b", "c"), capacity=2, extra=s3.environment()) as servers,
+        isolated.session() as session,
+    ):
+        tenants = [TenantFactory(session).create() for _ in range(2)]
+        for tenant in tenants:
+            site_on(isolated, session, tenant, "a")
+        registry = ServerRegistry(session, SYSTEM)
+        registry.set_status("a", ServerStatus.DRAINING)
+        session.commit()
+        # No server named: each goes to the emptiest other active one, never back to the drained one.
+        moves = [request(isolated, session, tenant, JobType.MOVE_SITE) for tenant in tenants]
+        assert sorted(move.options["server"] for move in moves) == ["b", "c"]
+        for move in moves:
+            assert finished(isolated, move.id, timeout=90).status == JobStatus.COMPLETED
+
+        assert not any(servers["a"].holds(tenant.tenant.slug) for tenant in tenants)
+        registry.remove("a")
+        session.commit()
+        assert [server.name for server in registry.figures()] == ["b", "c", "default"]
