@@ -11,10 +11,14 @@ from pathlib import Path
 from kombu import Connection
 
 from provisioning.accounts.audit import SYSTEM
-from provisioning.enums import ServerStatus
+from provisioning.enums import JobType, ServerStatus, TenantStatus
+from provisioning.jobs.runner import JobRunner
 from provisioning.platform.settings import DEFAULT_SERVER_NAME
 from provisioning.servers.registry import ServerRegistry
+from provisioning.sites.drivers.simulated import SimulatedDriver
+from tests.factories import TenantFactory
 from tests.fake_bench import FAKE_BENCH, make_bench
+from tests.helpers import committing
 from tests.stack import RABBITMQ_URL, WorkerProcess
 
 DOMAIN = "erp.example.test"
@@ -44,6 +48,16 @@ class BenchServer:
         (``FAKE_BENCH_HANG="backup"``: its bench hangs in every backup)."""
         self.worker = WorkerProcess({**self.environment, **changes}, dispatcher, concurrency=1)
         return self.worker
+
+
+def simulated_site_on(stack, session, server: str):
+    """A tenant whose site was created on ``server`` by the simulated driver, run in this process."""
+    tenant = TenantFactory(session).create()
+    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE, options={"server": server})
+    JobRunner.for_settings(stack.settings, stack.sessions, SimulatedDriver(0), "test-runner@localhost").run(job.id)
+    session.refresh(tenant.tenant)
+    assert tenant.tenant.status == TenantStatus.ACTIVE
+    return tenant
 
 
 def bench_environment(isolated, server_name: str, bench: Path, backups: Path) -> dict[str, str]:

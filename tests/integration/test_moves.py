@@ -41,6 +41,26 @@ def site_on(isolated, session, tenant, server: str):
     assert finished(isolated, job.id).status == JobStatus.COMPLETED
 
 
+def site_counts(session, servers) -> dict[str, int]:
+    session.expire_all()
+    return dict(session.execute(select(Server.name, Server.site_count).where(Server.name.in_(servers))).all())
+
+
+def moving(isolated, session, **options):
+    """A tenant with a site on server a, and its move (to b, unless ``options`` say otherwise)."""
+    tenant = TenantFactory(session).create()
+    site_on(isolated, session, tenant, "a")
+    return tenant, request(isolated, session, tenant, JobType.MOVE_SITE, **({"server": "b"} | options))
+
+
+def in_step(isolated, job_id, step: str) -> None:
+    """Wait until the job runs ``step``."""
+    wait_for(
+        lambda: any(row.name == step and row.status == StepStatus.RUNNING for row in read_steps(isolated.sessions, job_id)),
+        timeout=30, what=f"job {job_id} to run {step}",
+    )  # fmt: skip
+
+
 def events_of(isolated, job_id) -> list[tuple[str, str, str]]:
     with isolated.session() as session:
         rows = session.execute(
@@ -54,24 +74,18 @@ def test_a_move_runs_each_step_on_its_server_and_leaves_the_site_on_the_new_one_
         fleet(isolated, tmp_path, ("a", "b"), capacity=3, extra=s3.environment()) as servers,
         isolated.session() as session,
     ):
-        tenant = TenantFactory(session).create()
-        site_on(isolated, session, tenant, "a")
+        tenant, move = moving(isolated, session)
         slug = tenant.tenant.slug
-
-        move = request(isolated, session, tenant, JobType.MOVE_SITE, server="b")
         assert move.options == {"server": "b", "from_server": "a"}
         # While it moves, the site takes room on both servers.
-        counts = dict(session.execute(select(Server.name, Server.site_count).where(Server.name.in_(servers))).all())
-        assert counts == {"a": 1, "b": 1}
+        assert site_counts(session, servers) == {"a": 1, "b": 1}
         done = finished(isolated, move.id)
 
         assert done.status == JobStatus.COMPLETED, done.error
         assert servers["b"].holds(slug) and not servers["a"].holds(slug)
         assert read_tenant(isolated.sessions, tenant.id).status == TenantStatus.ACTIVE
         assert Placement(session).seat_of(tenant.id).name == "b"
-        session.expire_all()
-        counts = dict(session.execute(select(Server.name, Server.site_count).where(Server.name.in_(servers))).all())
-        assert counts == {"a": 0, "b": 1}
+        assert site_counts(session, servers) == {"a": 0, "b": 1}
         handed = [(kind, actor, detail) for kind, actor, detail in events_of(isolated, move.id) if kind.endswith("_over")]
         assert [kind for kind, _, _ in handed] == ["handed_over", "taken_over", "handed_over", "taken_over"]
         assert handed[0][1].startswith(f"worker {servers['a'].worker.name}")
@@ -113,12 +127,9 @@ def test_a_move_whose_old_servers_worker_is_killed_leaves_the_site_there_and_its
         fleet(isolated, tmp_path, ("a", "b"), extra=s3.environment(), extra_of=hanging) as servers,
         isolated.session() as session,
     ):
-        tenant = TenantFactory(session).create()
+        tenant, move = moving(isolated, session)  # a create takes no backup: it does not hang
         slug = tenant.tenant.slug
-        site_on(isolated, session, tenant, "a")  # a create takes no backup: it does not hang
-        move = request(isolated, session, tenant, JobType.MOVE_SITE, server="b")
-        wait_for(lambda: any(step.name == "move_backup" and step.status == StepStatus.RUNNING
-                             for step in read_steps(isolated.sessions, move.id)), timeout=30)  # fmt: skip
+        in_step(isolated, move.id, "move_backup")
         servers["a"].worker.kill()
 
         failed = reaped(isolated, move.id)
@@ -146,12 +157,9 @@ def test_a_move_whose_new_servers_worker_is_killed_in_the_restore_is_finished_th
         fleet(isolated, tmp_path, ("a", "b"), extra=s3.environment(), extra_of=hanging) as servers,
         isolated.session() as session,
     ):
-        tenant = TenantFactory(session).create()
+        tenant, move = moving(isolated, session)
         slug = tenant.tenant.slug
-        site_on(isolated, session, tenant, "a")
-        move = request(isolated, session, tenant, JobType.MOVE_SITE, server="b")
-        wait_for(lambda: any(step.name == "restore_target" and step.status == StepStatus.RUNNING
-                             for step in read_steps(isolated.sessions, move.id)), timeout=30)  # fmt: skip
+        in_step(isolated, move.id, "restore_target")
         # Once its work went to the new server, a move cannot be cancelled: it finishes.
         refused = committing(session)
         with pytest.raises(Conflict, match="cannot be stopped once it hands its work to the new server"):
@@ -170,9 +178,7 @@ def test_a_move_whose_new_servers_worker_is_killed_in_the_restore_is_finished_th
         assert done.status == JobStatus.COMPLETED, done.error
         assert Placement(session).seat_of(tenant.id).name == "b"
         assert servers["b"].holds(slug) and not servers["a"].holds(slug)
-        session.expire_all()
-        counts = dict(session.execute(select(Server.name, Server.site_count).where(Server.name.in_(servers))).all())
-        assert counts == {"a": 0, "b": 1}
+        assert site_counts(session, servers) == {"a": 0, "b": 1}
 
 
 def test_a_move_cancelled_before_it_leaves_its_server_opens_the_site_again_and_keeps_no_room_elsewhere(
@@ -183,12 +189,9 @@ def test_a_move_cancelled_before_it_leaves_its_server_opens_the_site_again_and_k
         fleet(isolated, tmp_path, ("a", "b"), extra=s3.environment(), extra_of=hanging) as servers,
         isolated.session() as session,
     ):
-        tenant = TenantFactory(session).create()
+        tenant, move = moving(isolated, session)
         slug = tenant.tenant.slug
-        site_on(isolated, session, tenant, "a")
-        move = request(isolated, session, tenant, JobType.MOVE_SITE, server="b")
-        wait_for(lambda: any(step.name == "move_backup" and step.status == StepStatus.RUNNING
-                             for step in read_steps(isolated.sessions, move.id)), timeout=30)  # fmt: skip
+        in_step(isolated, move.id, "move_backup")
         assert servers["a"].site_config(slug)["maintenance_mode"] == 1
         committing(session).cancel_job(tenant.id, move.id)
 
@@ -197,9 +200,7 @@ def test_a_move_cancelled_before_it_leaves_its_server_opens_the_site_again_and_k
         assert servers["a"].site_config(slug)["maintenance_mode"] == 0
         assert read_tenant(isolated.sessions, tenant.id).status == TenantStatus.ACTIVE
         assert Placement(session).seat_of(tenant.id).name == "a"
-        session.expire_all()
-        counts = dict(session.execute(select(Server.name, Server.site_count).where(Server.name.in_(servers))).all())
-        assert counts == {"a": 1, "b": 0}
+        assert site_counts(session, servers) == {"a": 1, "b": 0}
 
 
 def test_a_drained_server_is_emptied_by_moving_its_sites_and_then_removed(isolated, s3, tmp_path):

@@ -9,13 +9,12 @@ from sqlalchemy import select
 
 from provisioning.accounts import audit
 from provisioning.cli import main
-from provisioning.enums import JobStatus, JobType, TenantStatus
-from provisioning.jobs.runner import JobRunner
+from provisioning.enums import JobStatus, JobType
 from provisioning.messaging.broker import queue_depths
 from provisioning.models import ProvisioningJob, Server
 from provisioning.platform.settings import DEFAULT_SERVER_NAME
-from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
+from tests.fleet import simulated_site_on
 from tests.helpers import committing, wait_for
 from tests.stack import WorkerProcess, delete_queues
 
@@ -46,16 +45,6 @@ def cli(stack):
 def rows(result) -> dict[str, list[str]]:
     """``server list``'s rows (standard output), by server name."""
     return {line.split("\t")[0]: line.split("\t")[1:] for line in result.stdout.splitlines()}
-
-
-def site_on(stack, session, server: str):
-    """A tenant whose site was created, by the simulated driver, on ``server``."""
-    tenant = TenantFactory(session).create()
-    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE, options={"server": server})
-    JobRunner.for_settings(stack.settings, stack.sessions, SimulatedDriver(0), "test-runner@localhost").run(job.id)
-    session.refresh(tenant.tenant)
-    assert tenant.tenant.status == TenantStatus.ACTIVE
-    return tenant
 
 
 def test_an_operator_adds_lists_changes_and_removes_a_server_at_the_console(cli, stack, session):
@@ -149,7 +138,7 @@ def test_a_server_holding_sites_is_not_removed(cli, stack, session):
 
 def test_activate_sends_the_jobs_held_while_the_server_was_down_and_its_worker_runs_them(cli, stack, session):
     assert cli("add", "bench-a").exit_code == 0
-    tenant = site_on(stack, session, "bench-a")
+    tenant = simulated_site_on(stack, session, "bench-a")
     assert cli("down", "bench-a").exit_code == 0
     service = committing(session, dispatch=stack.dispatcher.send_job)
 

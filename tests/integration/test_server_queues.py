@@ -9,13 +9,11 @@ from datetime import timedelta
 import pytest
 
 from provisioning.accounts.audit import SYSTEM
-from provisioning.enums import JobStatus, JobType, ServerStatus, TenantStatus
-from provisioning.jobs.runner import JobRunner
+from provisioning.enums import JobStatus, JobType, ServerStatus
 from provisioning.messaging.broker import queue_depths
 from provisioning.models import ProvisioningJob
 from provisioning.servers.registry import ServerRegistry
-from provisioning.sites.drivers.simulated import SimulatedDriver
-from tests.factories import TenantFactory
+from tests.fleet import simulated_site_on
 from tests.helpers import committing, recording, wait_for
 from tests.stack import WorkerProcess, delete_queues
 
@@ -26,15 +24,6 @@ def stack(isolated):
     delete_queues(isolated.settings.queue_of_server("bench-b"))
 
 
-def site_on(stack, session, server: str):
-    tenant = TenantFactory(session).create()
-    job = committing(session).request_job(tenant.id, JobType.CREATE_SITE, options={"server": server})
-    JobRunner.for_settings(stack.settings, stack.sessions, SimulatedDriver(0), "test-runner@localhost").run(job.id)
-    session.refresh(tenant.tenant)
-    assert tenant.tenant.status == TenantStatus.ACTIVE
-    return tenant
-
-
 def test_a_job_reaching_another_servers_worker_is_sent_on_or_held_and_runs_only_on_its_own(stack):
     settings, dispatcher = stack.settings, stack.dispatcher
     bench_b = settings.queue_of_server("bench-b")
@@ -42,7 +31,7 @@ def test_a_job_reaching_another_servers_worker_is_sent_on_or_held_and_runs_only_
         registry = ServerRegistry(session, SYSTEM)
         registry.add("bench-b", 10)
         session.commit()
-        moved, waiting = site_on(stack, session, "bench-b"), site_on(stack, session, "bench-b")
+        moved, waiting = simulated_site_on(stack, session, "bench-b"), simulated_site_on(stack, session, "bench-b")
         # Jobs asked for and not sent (``recording``); their messages then reach the default
         # server's queue by mistake (a dead letter replayed, say).
         unsent = committing(session, dispatch=recording([]))
