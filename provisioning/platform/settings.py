@@ -20,6 +20,7 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, Validat
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from provisioning.platform.identifiers import QUEUE_NAME, SLUG
+from provisioning.platform.setting_problems import first_problem
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
 # The server a deployment of one bench server has (migration 0012 makes it): its queue is
@@ -35,19 +36,6 @@ DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2", "
 POSTGRESQL_DRIVER = "postgresql+psycopg://"
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 NOT_A_FERNET_KEY = "not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
-
-# What pydantic's own checks say, in the words of the old messages: "PORT: 'abc' is not a whole number".
-PROBLEMS = {
-    "int_parsing": "{input!r} is not a whole number",
-    "int_from_float": "{input!r} is not a whole number",
-    "float_parsing": "{input!r} is not a number",
-    "finite_number": "{input!r} is not a finite number",
-    "greater_than_equal": "{input} must be at least {ge}",
-    "greater_than": "{input} must be more than {gt:g}",
-    "less_than_equal": "{input} must be at most {le}",
-    "literal_error": "{input!r} is not one of {expected}",
-    "bool_parsing": "{input!r} is not one of true, false, 1, 0, yes, no, on, off",
-}
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -318,9 +306,8 @@ class Settings(RabbitMQSettings):
     def queue_of_server(self, server_name: str) -> str:
         """The job queue of a bench server: PROVISIONING_QUEUE_NAME for the default one, so a
         deployment of one server keeps its queue; ``<that>.server.<name>`` for the others."""
-        if server_name == DEFAULT_SERVER_NAME:
-            return self.provisioning_queue_name
-        return f"{self.provisioning_queue_name}.server.{server_name}"
+        default = server_name == DEFAULT_SERVER_NAME
+        return self.provisioning_queue_name if default else f"{self.provisioning_queue_name}.server.{server_name}"
 
     @property
     def worker_queue_name(self) -> str:
@@ -386,18 +373,7 @@ def _read(settings_class: type[SettingsClass], environ: Mapping[str, str] | None
     try:
         return settings_class(_build_sources=((source,), {}))
     except ValidationError as invalid:
-        raise SettingsError(_first_problem(invalid)) from None
-
-
-def _first_problem(invalid: ValidationError) -> str:
-    """``VARIABLE: what is wrong``, for the first of pydantic's errors."""
-    error = invalid.errors(include_url=False)[0]
-    if error["type"] == "value_error":
-        problem = str(error["ctx"]["error"])
-    else:
-        problem = PROBLEMS.get(error["type"], "{msg}").format(input=error["input"], msg=error["msg"], **error.get("ctx", {}))
-    # A check of the whole (a model validator: loc empty) names its variables itself.
-    return f"{str(error['loc'][0]).upper()}: {problem}" if error["loc"] else problem
+        raise SettingsError(first_problem(invalid)) from None
 
 
 def _kept_key(path: Path) -> dict[str, Any]:
