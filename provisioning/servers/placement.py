@@ -15,15 +15,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Mapping
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from provisioning.enums import ServerStatus
 from provisioning.errors import Conflict, NotFound
 from provisioning.models import Server, Tenant
-
-# How many of the emptiest servers a placement without labels tries before it looks at all of them.
-FIRST_CANDIDATES = 10
 
 
 @dataclass(frozen=True)
@@ -65,17 +62,10 @@ class Placement:
             Conflict: no server fits (the message says why).
         """
         labels = dict(labels or {})
-        query = select(Server.id, Server.name, Server.labels).where(
-            Server.status == ServerStatus.ACTIVE, Server.site_count < Server.capacity
-        )
         if pin is not None:
             self._check_pin(pin)
-            query = query.where(Server.name == pin)
-        ordered = query.order_by(Server.site_count, Server.name)
-        for limit in ((FIRST_CANDIDATES, None) if not labels and pin is None else (None,)):
-            for server_id, name, server_labels in self.session.execute(ordered.limit(limit)):
-                if labels.items() <= (server_labels or {}).items() and self._has_room(server_id):
-                    return self._place_on(tenant_id, server_id, name)
+        if (found := self._first_with_room(self._candidates(pin), labels)) is not None:
+            return self._place_on(tenant_id, *found)
         if pin is not None:
             raise Conflict(f"server {pin!r} is full or not active; it cannot take this site now")
         wanted = f" with labels {', '.join(f'{k}={v}' for k, v in sorted(labels.items()))}" if labels else ""
@@ -98,16 +88,12 @@ class Placement:
             raise Conflict(f"the site is on server {target} already")
         tenants = Tenant.__table__
         self.session.execute(update(tenants).where(tenants.c.id == tenant_id).values(target_server_id=None))
-        query = select(Server.id, Server.name).where(
-            Server.status == ServerStatus.ACTIVE, Server.site_count < Server.capacity, Server.name != source.name
-        )
         if target is not None:
             self._check_pin(target)
-            query = query.where(Server.name == target)
-        for server_id, name in self.session.execute(query.order_by(Server.site_count, Server.name)).all():
-            if self._has_room(server_id):
-                self.session.execute(update(tenants).where(tenants.c.id == tenant_id).values(target_server_id=server_id))
-                return source, Seat(name, ServerStatus.ACTIVE)
+        if (found := self._first_with_room(self._candidates(target).where(Server.name != source.name))) is not None:
+            server_id, name = found
+            self.session.execute(update(tenants).where(tenants.c.id == tenant_id).values(target_server_id=server_id))
+            return source, Seat(name, ServerStatus.ACTIVE)
         if target is not None:
             raise Conflict(f"server {target!r} is full or not active; it cannot take this site now")
         raise Conflict("no other active server has room for this site; add a server or raise a capacity")
@@ -127,6 +113,24 @@ class Placement:
         if (seat := self.seat_of(tenant_id)) is None or seat.name != target:
             raise Conflict(f"the tenant has no room kept on server {target}: its move cannot switch there")
         return False
+
+    @staticmethod
+    def _candidates(named: str | None) -> Select:
+        """The active servers with room (of them, the one ``named``, if given), the emptiest first."""
+        query = select(Server.id, Server.name, Server.labels).where(
+            Server.status == ServerStatus.ACTIVE, Server.site_count < Server.capacity
+        )
+        if named is not None:
+            query = query.where(Server.name == named)
+        return query.order_by(Server.site_count, Server.name)
+
+    def _first_with_room(self, candidates: Select, labels: Mapping[str, str] | None = None) -> tuple[uuid.UUID, str] | None:
+        """The first candidate with every label of ``labels`` that still has room once its row is
+        ours (``_has_room``): its id and name, its row locked until the caller commits."""
+        for server_id, name, server_labels in self.session.execute(candidates).all():
+            if (labels or {}).items() <= (server_labels or {}).items() and self._has_room(server_id):
+                return server_id, name
+        return None
 
     def _has_room(self, server_id: uuid.UUID) -> bool:
         """Lock the server's row, and say whether it is still active with room: a request that
