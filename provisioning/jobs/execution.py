@@ -98,7 +98,7 @@ HAND_OVER = (
     update(jobs)
     .where(jobs.c.id == bindparam("moving_job"), jobs.c.worker == bindparam("claimer"), jobs.c.status == JobStatus.RUNNING)
     .values(worker=None, handed_to=bindparam("to_server", type_=Text), message=bindparam("doing", type_=Text),
-            heartbeat_at=bindparam("now", type_=UTCDateTime))
+            heartbeat_at=bindparam("now", type_=UTCDateTime), dispatched_at=None, dispatch_count=0)
     .returning(jobs.c.id)
 )  # fmt: skip
 TAKE_OVER = (
@@ -178,13 +178,19 @@ class JobExecution(JobRecords):
     def hand_over(self, job_id: uuid.UUID, worker: str, to_server: str, step_name: str) -> bool:
         """Give the running job up for its next step, ``step_name``, which the worker of
         ``to_server`` runs: no worker holds it until that one takes it over; False if it is not
-        ``worker``'s running job any more (a cancel came: the caller settles it)."""
+        ``worker``'s running job any more (a cancel came: the caller settles it). Marked unsent,
+        as a new job is until its publish (``_publish``), which the caller makes next."""
         doing = f"Handed over to server {to_server} for step {step_name}"
         parameters = {"moving_job": job_id, "claimer": worker, "to_server": to_server, "doing": doing, "now": utcnow()}
         if self._execute(HAND_OVER, parameters).first() is None:
             return False
         self._record(job_id, "handed_over", f"worker {worker}", doing)
         return True
+
+    def send_handed_over(self, job_id: uuid.UUID, to_server: str) -> bool:
+        """Publish the job handed to ``to_server`` to its queue, once the hand-over is committed,
+        and mark it sent; False if the broker did not take it (the sweeper sends it later)."""
+        return self._publish(job_id, to_server) is not None
 
     def take_over(self, job_id: uuid.UUID, worker: str, server_name: str) -> Claim | None:
         """Take over the job another server's worker handed to ``server_name``'s; None if it was not

@@ -21,6 +21,7 @@ from typing import Callable, Collection, Sequence
 from sqlalchemy import (
     Executable,
     bindparam,
+    case,
     func,
     insert,
     update,
@@ -45,6 +46,8 @@ tenants = Tenant.__table__
 Dispatch = Callable[[uuid.UUID, str], None]
 # A pending job's message once it is sent (until then it may say why it is held).
 WAITING = "Waiting for a worker"
+# A running job between two steps that one server's worker gave up for another's (``handed_to``).
+HANDED_OVER = (jobs.c.status == JobStatus.RUNNING) & jobs.c.worker.is_(None) & jobs.c.handed_to.is_not(None)
 # The event a status change is recorded as.
 EVENT_OF_STATUS = {
     JobStatus.RUNNING: "claimed",
@@ -287,7 +290,7 @@ class JobRecords:
         The mark follows the publish: a crash between the two leaves a job published but
         unmarked, which the next sweep publishes again (a harmless duplicate), never a job marked
         but unpublished that would wait for the sweeper's long period. The mark is set only while
-        the job is pending: a worker may have claimed it already.
+        the job is pending (or handed over): a worker may have claimed it already.
         """
         if self.dispatch is None:
             return None
@@ -300,8 +303,12 @@ class JobRecords:
         dispatched_at = utcnow()
         mark = (
             update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING)
-            .values(dispatched_at=dispatched_at, dispatch_count=jobs.c.dispatch_count + 1, message=WAITING)
+            .where(jobs.c.id == job_id, (jobs.c.status == JobStatus.PENDING) | HANDED_OVER)
+            .values(
+                dispatched_at=dispatched_at,
+                dispatch_count=jobs.c.dispatch_count + 1,
+                message=case((jobs.c.status == JobStatus.PENDING, WAITING), else_=jobs.c.message),
+            )
         )
         event = insert(JobEvent.__table__).values(self._event(job_id, "dispatched", "system"))
         if self.session.get_bind().dialect.name == "postgresql":

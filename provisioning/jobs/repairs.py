@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from sqlalchemy import delete, func, or_, select, update
 
 from provisioning.enums import JobStatus, ServerStatus, StepStatus
-from provisioning.jobs.records import JobRecords
+from provisioning.jobs.records import HANDED_OVER, JobRecords
 from provisioning.jobs.states import HELD_BY_A_WORKER
 from provisioning.jobs.workflows import workflow_for
 from provisioning.models import IdempotencyKey, JobStep, ProvisioningJob, Server, Tenant
@@ -36,8 +36,9 @@ class JobRepairs(JobRecords):
         cutoff = utcnow() - lost_after
         # A job claimed before heartbeats existed has none: its start stands in for one.
         last_sign_of_life = func.coalesce(ProvisioningJob.heartbeat_at, ProvisioningJob.started_at)
+        # A job handed to another server's worker has no worker to lose: it waits (``republish_pending``).
         return self._fail_lost_jobs(
-            [last_sign_of_life < cutoff],
+            [last_sign_of_life < cutoff, ~HANDED_OVER],
             "sweeper",
             lambda job: f"no heartbeat since {job.heartbeat_at or job.started_at:%Y-%m-%d %H:%M:%S} UTC",
         )
@@ -68,10 +69,7 @@ class JobRepairs(JobRecords):
                 else "while it settled a cancel" if job.status == JobStatus.CANCELLING
                 else "between steps"
             )  # fmt: skip
-            if job.worker is None and job.handed_to:
-                error = f"no worker of server {job.handed_to} took over the job handed to it {where}: {cause(job)}"
-            else:
-                error = f"worker {job.worker} was lost {where}: {cause(job)}"
+            error = f"worker {job.worker} was lost {where}: {cause(job)}"
             won = self.transition(
                 job.id,
                 JobStatus.FAILED,
@@ -109,24 +107,30 @@ class JobRepairs(JobRecords):
         published at the next sweep, whatever ``unclaimed_for``. Each goes to its server's queue;
         the jobs of a server that is down are held instead (``hold_jobs_of_down_servers``), and
         published by the first sweep after it is active again.
+
+        A job handed to another server's worker between two steps (a move's, ``handed_to``) waits
+        for that worker as a pending job waits for a claim: however long the server's queue, it is
+        never failed for waiting, and a hand-over whose message was lost is sent again the same way.
         """
         now = utcnow()
-        candidates = self.session.execute(
-            select(
-                ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count,
-                ProvisioningJob.request_id, Server.name,
-            )
+        columns = (ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count, ProvisioningJob.request_id)
+        unclaimed = or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < now - unclaimed_for)
+        pending = (
+            select(*columns, Server.name, ProvisioningJob.created_at)
             .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
             .join(Server, Server.id == Tenant.server_id)
-            .where(
-                ProvisioningJob.status == JobStatus.PENDING,
-                Server.status != ServerStatus.DOWN,
-                or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < now - unclaimed_for),
-            )
-            .order_by(ProvisioningJob.created_at)
-        ).all()  # fmt: skip
+            .where(ProvisioningJob.status == JobStatus.PENDING, Server.status != ServerStatus.DOWN, unclaimed)
+        )
+        handed_over = (
+            select(*columns, Server.name, ProvisioningJob.created_at)
+            .join(Server, Server.name == ProvisioningJob.handed_to)
+            .where(HANDED_OVER, Server.status != ServerStatus.DOWN, unclaimed)
+        )
+        candidates = sorted(
+            [*self.session.execute(pending).all(), *self.session.execute(handed_over).all()], key=lambda row: row.created_at
+        )
         published = []
-        for job_id, dispatched_at, dispatch_count, request_id, server_name in candidates:
+        for job_id, dispatched_at, dispatch_count, request_id, server_name, _created_at in candidates:
             backoff = unclaimed_for * 2 ** min(max(dispatch_count - 1, 0), MAX_REPUBLISH_DOUBLINGS)
             if dispatched_at is not None and dispatched_at >= now - backoff:
                 continue

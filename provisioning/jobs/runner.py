@@ -148,7 +148,7 @@ class JobRunner:
             self.sessions.kw["bind"].connect() as connection,
             self.sessions(bind=connection) as session,
         ):
-            service = JobExecution(session)
+            service = JobExecution(session, dispatch=self.dispatch)
             try:
                 claim = PatientService(service, self.database_patience).start_job(job_id, self.worker, self._new_admin_password)
             except Conflict as refusal:
@@ -258,8 +258,8 @@ class JobRunner:
         status = self._write_steps(run)
         if status == JobStatus.RUNNING and run.service.hand_over(run.job.id, self.worker, server, step.name):
             log.info("job %s: handed over to server %s for step %s", run.job.id, server, step.name)
-            # Unsent (the broker down), the job waits for no one: it is reaped as lost, and its retry resumes here.
-            self.dispatch(run.job.id, server)
+            # Unsent (the broker down, no dispatch), the sweeper sends it (``JobRepairs.republish_pending``).
+            run.service.send_handed_over(run.job.id, server)
             return
         self._stop(run, status if status != JobStatus.RUNNING else self._write_steps(run))
 
