@@ -8,6 +8,7 @@ scratch site of its own, checks that every table of the dump is there, and drops
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -80,6 +81,7 @@ class RestoreSteps(SiteWork):
             BackupUnrestorable: bench said the dump itself is bad (``BAD_DUMP``).
             StepFailed: any other failure (a timeout, the database down): not the backup's fault.
         """
+        self._readable_by_bench(files)
         paths = {file.kind: str(file.path) for file in files}
         public = ["--with-public-files", paths["public_files"]] if "public_files" in paths else []
         private = ["--with-private-files", paths["private_files"]] if "private_files" in paths else []
@@ -91,6 +93,21 @@ class RestoreSteps(SiteWork):
             if BAD_DUMP.search(failure.output):
                 raise BackupUnrestorable(f"bench could not restore the backup into {site}: {failure}", failure.output) from None
             raise
+
+    def _readable_by_bench(self, files: Sequence[BackupFile]) -> None:
+        """Hand the backup's files, and their folders below BACKUP_PATH, to the user bench runs as,
+        when that is not the worker's: a backup fetched from offsite storage (or copied by hand) is
+        the service's user's alone (0600 in 0700 folders), and bench could not read it."""
+        owner = self.config.user.ids
+        if owner is None:
+            return
+        root = self.context.backup_root.resolve()
+        for file in files:
+            path = file.path.resolve()
+            if root not in path.parents:
+                continue  # not ours to hand over; bench says so if it cannot read it
+            for made in (path, *path.parents[: len(path.relative_to(root).parts) - 1]):
+                os.chown(made, *owner)
 
     def put_back(self) -> str:
         """Undo a restore: once the restore started, the site restored from the safety backup the job

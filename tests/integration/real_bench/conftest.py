@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -85,14 +86,17 @@ def realbench() -> Iterator[RealBench]:
         yield set_up_realbench()
 
 
-def set_up_realbench() -> RealBench:
+def set_up_realbench(settings: dict[str, str] | None = None) -> RealBench:
+    """The bench setup.sh stands up (or finds up already), with its settings (REALBENCH_DIR, ports...)
+    changed by ``settings``."""
     scripts = realbench_scripts()
     if not (scripts / "setup.sh").is_file():
         pytest.fail(f"no realbench scripts at {scripts}: set REALBENCH_SCRIPTS to the folder with setup.sh", pytrace=False)
     if os.geteuid() != 0:
         pytest.fail("realbench's setup.sh runs as root: run the real suite as root", pytrace=False)
     try:
-        done = subprocess.run(["bash", str(scripts / "setup.sh")], capture_output=True, text=True, timeout=SETUP_TIMEOUT_SECONDS)
+        done = subprocess.run(["bash", str(scripts / "setup.sh")], capture_output=True, text=True, timeout=SETUP_TIMEOUT_SECONDS,
+                              env={**os.environ, **(settings or {})})  # fmt: skip
     except subprocess.TimeoutExpired:
         pytest.fail(f"realbench's setup.sh did not finish in {SETUP_TIMEOUT_SECONDS} s", pytrace=False)
     if done.returncode != 0:
@@ -101,9 +105,22 @@ def set_up_realbench() -> RealBench:
     return RealBench({name: value.strip().strip("'\"") for name, value in exports.items()})
 
 
-@pytest.fixture
-def bench_folders(realbench):
-    """BACKUP_PATH and the archive folder, the bench user's own (0700), in a folder it can pass through."""
+@pytest.fixture(scope="session")
+def second_realbench(realbench) -> RealBench:
+    """A second bench, for a second bench server on this machine: a folder, a MariaDB and two Redis
+    of its own, beside the first's (its folder and ports, each one further on)."""
+    first = realbench.exports
+    return set_up_realbench({
+        "REALBENCH_DIR": f"{first['REALBENCH_DIR']}-second",
+        **{name: str(int(first[name]) + 1)
+           for name in ("REALBENCH_DB_PORT", "REALBENCH_REDIS_CACHE_PORT", "REALBENCH_REDIS_QUEUE_PORT")},
+    })  # fmt: skip
+
+
+@contextmanager
+def folders_of_bench_user(realbench: RealBench) -> Iterator[dict[str, Path]]:
+    """BACKUP_PATH and the archive folder, the bench user's own (0700), in a folder it can pass
+    through; removed afterwards."""
     outside = Path(tempfile.mkdtemp(prefix=f"realbench-{RUN_ID}-"))
     outside.chmod(0o711)
     folders = {}
@@ -117,18 +134,28 @@ def bench_folders(realbench):
 
 
 @pytest.fixture
+def bench_folders(realbench):
+    with folders_of_bench_user(realbench) as folders:
+        yield folders
+
+
+@pytest.fixture
 def real_environment(isolated, realbench, bench_folders) -> dict[str, str]:
     """A worker's settings for the real bench, its sites under a domain of this test's own."""
+    return environment_of_bench(isolated, realbench, bench_folders, f"t{uuid.uuid4().hex[:8]}.real.test")
+
+
+def environment_of_bench(isolated, realbench: RealBench, folders: dict[str, Path], domain: str) -> dict[str, str]:
     return {
         **isolated.environment,
         "SITE_DRIVER": "bench",
         "BENCH_PATH": str(realbench.path),
         "BENCH_EXECUTABLE": realbench.executable,
-        "SITE_DOMAIN": f"t{uuid.uuid4().hex[:8]}.real.test",
+        "SITE_DOMAIN": domain,
         "DB_ROOT_USERNAME": realbench.exports["REALBENCH_DB_ROOT_USERNAME"],
         "DB_ROOT_PASSWORD": realbench.root_password,
-        "BACKUP_PATH": str(bench_folders["backups"]),
-        "BENCH_ARCHIVE_PATH": str(bench_folders["archive"]),
+        "BACKUP_PATH": str(folders["backups"]),
+        "BENCH_ARCHIVE_PATH": str(folders["archive"]),
         "BENCH_STEP_TIMEOUT_SECONDS": "600",
         "SITE_APPS": "frappe",  # frappe alone (about 25 s a site); the test that needs ERPNext says so
     }
