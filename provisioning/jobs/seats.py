@@ -10,7 +10,7 @@ from typing import Callable, NoReturn
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from provisioning.enums import StepStatus, TenantStatus
+from provisioning.enums import JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
 from provisioning.jobs.workflows import SOURCE, TARGET, Workflow, workflow_for
 from provisioning.models import JobStep, ProvisioningJob, Tenant
@@ -27,16 +27,21 @@ def seat_of_job(
 ) -> Seat:
     """The tenant's server, where it is placed now if it has none.
 
-    A tenant on no server whose state refuses the job (a job other than a create of a pending
-    tenant) is refused for that reason first (``refuse`` raises it): the client learns why, not
-    that no server has room, and no server's row is locked for a job that cannot be.
+    A create that names another server than the one the tenant is on (a failed tenant's) is
+    refused: what its failed create left is on its server. A tenant on no server whose state
+    refuses the job (a job other than a create of a pending tenant) is refused for that reason
+    first (``refuse`` raises it): the client learns why, not that no server has room, and no
+    server's row is locked for a job that cannot be.
 
     Raises:
         NotFound: no such tenant, or no server the option ``server`` names.
-        Conflict: what ``refuse`` raises; no server has room (``Placement.place``).
+        Conflict: what ``refuse`` raises; a create pinned elsewhere; no server has room (``Placement.place``).
     """
     placement = Placement(session)
     if (seat := placement.seat_of(tenant_id)) is not None:
+        pinned = options.get(PINNED_SERVER)
+        if workflow.job_type == JobType.CREATE_SITE and pinned not in (None, seat.name):
+            raise Conflict(f"the tenant is on server {seat.name} already (its failed site is there); move_site moves it")
         return seat
     status = session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
     if status is None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api import create_app
 from provisioning.accounts import audit
 from provisioning.accounts import registry as accounts
-from provisioning.enums import JobType, Role, TenantStatus
+from provisioning.enums import JobStatus, JobType, Role, TenantStatus
 from provisioning.jobs.runner import JobRunner
 from provisioning.jobs.service import ProvisioningService
 from provisioning.messaging.broker import queue_depths
@@ -328,6 +328,25 @@ def test_an_operator_pins_a_site_to_a_server_and_a_tenant_owner_may_not(client, 
     pinned = client.post(JOBS, json={"job_type": "create_site", "server": "bench-b"}, headers=operator.acting_for(tenant))
     assert pinned.status_code == 201, pinned.json
     assert server_of(session, tenant) == "bench-b"
+
+
+def test_a_create_pinned_to_another_server_than_the_failed_tenants_own_is_refused(client, session, tenant_factory, operator):
+    add(client, operator, "bench-a")
+    add(client, operator, "bench-b")
+    tenant = tenant_factory.create()
+    created = client.post(JOBS, json={"job_type": "create_site", "server": "bench-a"}, headers=operator.acting_for(tenant))
+    assert created.status_code == 201, created.json
+    session.execute(update(ProvisioningJob).where(ProvisioningJob.id == created.json["data"]["id"]).values(
+        status=JobStatus.FAILED))  # fmt: skip
+    session.execute(update(Tenant).where(Tenant.id == tenant.id).values(status=TenantStatus.FAILED))
+    session.commit()
+
+    refused = assert_error(
+        client.post(JOBS, json={"job_type": "create_site", "server": "bench-b"}, headers=operator.acting_for(tenant)), 409
+    )
+    assert "is on server bench-a already" in refused["message"] and "move_site moves it" in refused["message"]
+    again = client.post(JOBS, json={"job_type": "create_site", "server": "bench-a"}, headers=operator.acting_for(tenant))
+    assert again.status_code == 201, again.json
 
 
 # Labels on any job but a create; a server on any job but a create or a move (which names where to).
