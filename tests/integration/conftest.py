@@ -24,6 +24,7 @@ from provisioning.platform.settings import Settings, load_settings
 from provisioning.sites import credentials
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests import factories
+from tests.rabbitmq_node import RabbitMQNode
 from tests.s3_server import S3Server
 from tests.stack import (
     ADMIN_DATABASE_URL,
@@ -187,6 +188,26 @@ def isolated(environment: dict[str, str], settings: Settings):
         env = {**environment, "DATABASE_URL": database_url, "PROVISIONING_QUEUE_NAME": queue}
         yield IsolatedStack(env, own, Dispatcher(own), session_factory(database_url))
         delete_queues(queue)
+
+
+@pytest.fixture
+def broker():
+    """A RabbitMQ node of the test's own (never the machine's), ended whatever happens in the test."""
+    node = RabbitMQNode()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, isolated):
+    """``isolated``, for tests that add bench servers: afterwards, the job queues of the servers its
+    module names in ``SERVER_NAMES`` are deleted too (a server removed in a test has no row left
+    to find them by)."""
+    yield isolated
+    for name in getattr(request.module, "SERVER_NAMES", ()):
+        delete_queues(isolated.settings.queue_of_server(name))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from provisioning.messaging.broker import Dispatcher
 from provisioning.models import ProvisioningJob
 from tests.factories import TenantFactory
 from tests.helpers import committing, wait_for
-from tests.rabbitmq_node import RabbitMQNode
 from tests.stack import SweeperProcess, WorkerProcess
 
 pytestmark = pytest.mark.disruptive  # stops and starts a RabbitMQ node of its own
@@ -25,16 +24,6 @@ FAST = {
     "SIMULATED_STEP_SECONDS": "0.3",
 }
 JOBS = 12
-
-
-@pytest.fixture
-def broker():
-    """A RabbitMQ node of the test's own, ended whatever happens in the test."""
-    node = RabbitMQNode()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def test_every_job_reaches_a_final_state_across_a_broker_restart(isolated, broker, tmp_path):

@@ -16,7 +16,6 @@ from tests.factories import TenantFactory
 from tests.fleet import fleet
 from tests.helpers import committing, wait_for
 from tests.integration.test_moves import finished
-from tests.rabbitmq_node import RabbitMQNode
 from tests.records import read_tenant
 from tests.stack import SweeperProcess
 
@@ -26,15 +25,6 @@ SLOW_STEPS = {
     "SITE_DRIVER": "simulated", "SIMULATED_STEP_SECONDS": "0.5", "LOST_JOB_AFTER_SECONDS": "5",
     "SWEEP_INTERVAL_SECONDS": "1", "UNCLAIMED_JOB_AFTER_SECONDS": "3",
 }  # fmt: skip
-
-
-@pytest.fixture
-def broker():
-    node = RabbitMQNode()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def test_a_move_across_a_broker_restart_at_its_hand_over_ends_on_the_new_server_alone(isolated, broker, tmp_path):

@@ -16,16 +16,9 @@ from provisioning.platform.settings import DEFAULT_SERVER_NAME
 from tests.factories import TenantFactory
 from tests.fleet import simulated_site_on
 from tests.helpers import committing, wait_for
-from tests.stack import WorkerProcess, delete_queues
+from tests.stack import WorkerProcess
 
-NAMES = ("bench-a", "bench-eu")
-
-
-@pytest.fixture
-def stack(isolated):
-    yield isolated
-    for name in NAMES:
-        delete_queues(isolated.settings.queue_of_server(name))
+SERVER_NAMES = ("bench-a", "bench-eu")
 
 
 @pytest.fixture

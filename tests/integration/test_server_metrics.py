@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from api import create_app
 from provisioning.platform.settings import DEFAULT_SERVER_NAME
 from tests.factories import TenantFactory, operator_headers
-from tests.stack import delete_queues
 
 SERVERS = "/api/v1/servers"
 JOBS = "/api/v1/provisioning/jobs"
 SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+# The servers these tests add: their queues are deleted after each test.
+SERVER_NAMES = ("bench-b",)
 
 
 def scrape(client) -> dict[tuple[str, frozenset], float]:
@@ -31,12 +31,6 @@ def scrape(client) -> dict[tuple[str, frozenset], float]:
 def of(samples, name: str, **labels: str) -> float | None:
     """The sample's value; None when the scrape has no such sample."""
     return samples.get((name, frozenset(labels.items())))
-
-
-@pytest.fixture
-def stack(isolated):
-    yield isolated
-    delete_queues(isolated.settings.queue_of_server("bench-b"))
 
 
 def test_each_server_shows_its_sites_jobs_status_and_queue(stack):

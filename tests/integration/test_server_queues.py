@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from provisioning.accounts.audit import SYSTEM
 from provisioning.enums import JobStatus, JobType, ServerStatus
 from provisioning.messaging.broker import queue_depths
@@ -15,13 +13,10 @@ from provisioning.models import ProvisioningJob
 from provisioning.servers.registry import ServerRegistry
 from tests.fleet import simulated_site_on
 from tests.helpers import committing, recording, wait_for
-from tests.stack import WorkerProcess, delete_queues
+from tests.stack import WorkerProcess
 
-
-@pytest.fixture
-def stack(isolated):
-    yield isolated
-    delete_queues(isolated.settings.queue_of_server("bench-b"))
+# The servers these tests add: their queues are deleted after each test.
+SERVER_NAMES = ("bench-b",)
 
 
 def test_a_job_reaching_another_servers_worker_is_sent_on_or_held_and_runs_only_on_its_own(stack):

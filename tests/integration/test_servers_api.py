@@ -22,20 +22,12 @@ from provisioning.platform.settings import DEFAULT_SERVER_NAME
 from provisioning.servers.registry import MAX_LABELS
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.helpers import StrictClient, assert_error
-from tests.stack import delete_queues
 
 SERVERS = "/api/v1/servers"
 JOBS = "/api/v1/provisioning/jobs"
 # Every server these tests add: their queues are deleted after each test.
-NAMES = ("bench-a", "bench-b", "bench-c", "bench-eu", "bench-us")
+SERVER_NAMES = ("bench-a", "bench-b", "bench-c", "bench-eu", "bench-us")
 SERVER_FIELDS = {"id", "name", "status", "capacity", "labels", "site_count", "active_jobs", "queue", "created_at", "updated_at"}
-
-
-@pytest.fixture
-def stack(isolated):
-    yield isolated
-    for name in NAMES:
-        delete_queues(isolated.settings.queue_of_server(name))
 
 
 @pytest.fixture
