@@ -141,30 +141,35 @@ class JobRepairs(JobRecords):
         return published
 
     def hold_jobs_of_down_servers(self) -> list[uuid.UUID]:
-        """Say on each pending job of a server that is down that it is held, and why, and mark it
-        unsent, so the first sweep after the server is active again publishes it at once; returns
-        the ids of the jobs newly held."""
-        held = (
+        """Say on each pending job of a server that is down (and each job handed to one) that it is
+        held, and why, and mark it unsent, so the first sweep after the server is active again
+        publishes it at once; returns the ids of the jobs newly held."""
+        pending = (
             select(ProvisioningJob.id, Server.name)
             .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
             .join(Server, Server.id == Tenant.server_id)
             .where(ProvisioningJob.status == JobStatus.PENDING, Server.status == ServerStatus.DOWN)
         )
+        handed_over = (
+            select(ProvisioningJob.id, Server.name)
+            .join(Server, Server.name == ProvisioningJob.handed_to)
+            .where(HANDED_OVER, Server.status == ServerStatus.DOWN)
+        )
         newly = []
-        for job_id, server_name in self.session.execute(held).all():
+        for job_id, server_name in [*self.session.execute(pending).all(), *self.session.execute(handed_over).all()]:
             if self.hold(job_id, Seat(server_name, ServerStatus.DOWN)):
                 newly.append(job_id)
         return newly
 
     def hold(self, job_id: uuid.UUID, seat: Seat) -> bool:
-        """Hold one pending job of the down server ``seat``; False if it was held already or is
-        no longer pending."""
+        """Hold one pending (or handed-over) job of the down server ``seat``; False if it was held
+        already or waits no more."""
         message = seat.hold_message()
         held = self.session.execute(
             update(ProvisioningJob.__table__)
             .where(
                 ProvisioningJob.id == job_id,
-                ProvisioningJob.status == JobStatus.PENDING,
+                (ProvisioningJob.status == JobStatus.PENDING) | HANDED_OVER,
                 or_(ProvisioningJob.message != message, ProvisioningJob.dispatched_at.is_not(None)),
             )
             .values(message=message, dispatched_at=None)

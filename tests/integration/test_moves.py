@@ -224,3 +224,31 @@ def test_a_drained_server_is_emptied_by_moving_its_sites_and_then_removed(isolat
         registry.remove("a")
         session.commit()
         assert [server.name for server in registry.figures()] == ["b", "c", "default"]
+
+
+def test_a_move_handed_to_a_server_that_is_down_waits_held_and_goes_on_once_it_is_active(isolated, tmp_path):
+    # The simulated driver's steps take a second each: the server goes down well before the hand-over.
+    simulated = {"SITE_DRIVER": "simulated", "SIMULATED_STEP_SECONDS": "1", "BACKUP_PATH": str(tmp_path / "backups")}
+    with fleet(isolated, tmp_path, ("a", "b"), extra=simulated) as servers, isolated.session() as session:
+        tenant, move = moving(isolated, session)
+        registry = ServerRegistry(session, SYSTEM)
+        registry.set_status("b", ServerStatus.DOWN)
+        session.commit()
+
+        def held():
+            job = read_job(isolated.sessions, move.id)
+            return job.message.startswith("Held: server b is down") and job
+
+        waiting = wait_for(held, timeout=30, what="the move to wait, held, for server b")
+        assert (waiting.status, waiting.worker, waiting.handed_to) == (JobStatus.RUNNING, None, "b")
+        assert Placement(session).seat_of(tenant.id).name == "a"
+
+        registry.set_status("b", ServerStatus.ACTIVE)
+        session.commit()
+        uow = UnitOfWork(session)
+        assert move.id in JobRepairs(uow, dispatch=isolated.dispatcher.send_job).republish_pending(timedelta(minutes=5))
+        uow.commit()
+        done = finished(isolated, move.id)
+        assert done.status == JobStatus.COMPLETED, done.error
+        assert Placement(session).seat_of(tenant.id).name == "b"
+        assert site_counts(session, servers) == {"a": 0, "b": 1}
