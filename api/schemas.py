@@ -8,13 +8,11 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate, val
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, ServerStatus, StepStatus, TenantStatus
 from provisioning.jobs.workflows import RESTORES
 from provisioning.platform.identifiers import IDEMPOTENCY_KEY, SLUG, Identifier
-from provisioning.servers.registry import DEFAULT_CAPACITY, MAX_LABELS
+from provisioning.servers.registry import DEFAULT_CAPACITY, MAX_CAPACITY, MAX_LABELS
 
 MAX_PAGE_SIZE = 100
 # The row offset, (page - 1) * size, must fit PostgreSQL's bigint: a larger page was a 500.
 MAX_PAGE = 1_000_000_000
-# A server's capacity must fit PostgreSQL's integer.
-MAX_CAPACITY = 1_000_000
 
 
 class JobSchema(Schema):

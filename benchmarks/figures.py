@@ -31,7 +31,7 @@ from benchmarks.parts import (
     wrk,
 )
 from provisioning.messaging.broker import Dispatcher
-from provisioning.platform.settings import load_settings
+from provisioning.platform.settings import DEFAULT_SERVER_NAME, load_settings
 from tests.helpers import wait_for
 from tests.stack import SweeperProcess, WorkerProcess
 
@@ -183,7 +183,7 @@ class JobTurns:
         """Seconds from the first publish of the next ``count`` jobs until all are finished."""
         started = time.monotonic()
         for job_id in self.job_ids[self.done : self.done + count]:
-            self.dispatcher.send_job(job_id)
+            self.dispatcher.send_job(job_id, DEFAULT_SERVER_NAME)  # the seeded tenants are on no server: any takes them
         self.done += count
         waiting = len(self.job_ids) - self.done  # the later turns' jobs, pending and not yet published
         wait_for(lambda: _active(self.stack) == waiting, timeout=600, interval=0.1, what=f"{count} jobs to finish")

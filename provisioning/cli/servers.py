@@ -11,7 +11,7 @@ from provisioning.enums import ServerStatus
 from provisioning.jobs.repairs import JobRepairs
 from provisioning.messaging.broker import Dispatcher
 from provisioning.platform.db import UnitOfWork
-from provisioning.servers.registry import DEFAULT_CAPACITY, ServerRegistry, ServerView
+from provisioning.servers.registry import DEFAULT_CAPACITY, MAX_CAPACITY, ServerRegistry, ServerView
 
 
 def _labels(_ctx, _param, given: tuple[str, ...]) -> dict[str, str] | None:
@@ -27,6 +27,7 @@ def _labels(_ctx, _param, given: tuple[str, ...]) -> dict[str, str] | None:
     return labels
 
 
+CAPACITY = click.IntRange(min=1, max=MAX_CAPACITY)
 LABELS = click.option("--label", "labels", multiple=True, callback=_labels, help="NAME=VALUE, such as region=eu; repeatable.")
 
 
@@ -37,7 +38,7 @@ def server() -> None:
 
 @server.command("add")
 @click.argument("name")
-@click.option("--capacity", default=DEFAULT_CAPACITY, show_default=True, type=click.IntRange(min=1), help="Most sites.")
+@click.option("--capacity", default=DEFAULT_CAPACITY, show_default=True, type=CAPACITY, help="Most sites.")
 @LABELS
 def server_add(name: str, capacity: int, labels: dict[str, str] | None) -> None:
     """Add the active server NAME; start its workers with SERVER_NAME=NAME."""
@@ -66,7 +67,7 @@ def server_list(status: str | None) -> None:
 
 @server.command("update")
 @click.argument("name")
-@click.option("--capacity", type=click.IntRange(min=1), help="Most sites.")
+@click.option("--capacity", type=CAPACITY, help="Most sites.")
 @LABELS
 def server_update(name: str, capacity: int | None, labels: dict[str, str] | None) -> None:
     """Change the capacity or the labels (all of them) of server NAME."""

@@ -19,6 +19,8 @@ from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, Te
 from provisioning.platform.identifiers import SLUG
 
 DEFAULT_CAPACITY = 100
+# More sites than any bench server holds; well inside PostgreSQL's integer.
+MAX_CAPACITY = 1_000_000
 MAX_LABELS = 20
 MAX_LABEL_LENGTH = 63
 
@@ -192,6 +194,6 @@ class ServerRegistry:
 
 
 def _checked_capacity(capacity: int) -> int:
-    if not isinstance(capacity, int) or capacity < 1:
-        raise InvalidRequest(f"capacity must be a whole number of sites, at least 1 (not {capacity!r})")
+    if not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+        raise InvalidRequest(f"capacity must be a whole number of sites, from 1 to {MAX_CAPACITY:,} (not {capacity!r})")
     return capacity
