@@ -15,7 +15,6 @@ from sqlalchemy.exc import DBAPIError
 
 import celeryconfig
 from provisioning.errors import NotFound
-from provisioning.jobs.routing import JobRouting
 from provisioning.jobs.runner import JobRunner
 from provisioning.jobs.workflows import check_simulated_fail_step
 from provisioning.messaging.broker import Dispatcher
@@ -65,7 +64,7 @@ def worker_dispatcher() -> Dispatcher:
 def run_job(self, job_id: str) -> None:
     """Run one provisioning job; the message carries nothing but ``{"job_id": "<uuid>"}``. A job
     of another server's tenant is sent to that server's queue, one of a server that is down is
-    held (``JobRouting``).
+    held (the runner's ``JobRouting``).
 
     The worker's consumer has checked the message's shape (``tasks.job_message``) before it got
     here. A job id that names no job can never succeed, so it goes to the dead-letter queue with
@@ -75,11 +74,9 @@ def run_job(self, job_id: str) -> None:
     """
     parsed_id = uuid.UUID(job_id)
     settings = worker_settings()
-    sessions = session_factory(settings.database_url)
-    routing = JobRouting(sessions, settings.server_name, worker_dispatcher().send_job)
     runner = JobRunner.for_settings(
         settings,
-        sessions,
+        session_factory(settings.database_url),
         make_driver(settings),
         worker=worker_identity(self.request.hostname, os.getpid()),
         fails_its_job_on_sigterm=IN_A_POOL_PROCESS,
@@ -87,8 +84,7 @@ def run_job(self, job_id: str) -> None:
     )
     try:
         with logs.bound(request_id=self.request.get(celeryconfig.REQUEST_ID_HEADER), job_id=parsed_id):
-            if routing.runs_here(parsed_id):
-                runner.run(parsed_id)
+            runner.run(parsed_id)
     except NotFound:
         return _dead_letter(self, f"job {parsed_id} does not exist")
     except DBAPIError as error:

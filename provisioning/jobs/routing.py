@@ -15,70 +15,71 @@ import logging
 import uuid
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from provisioning.enums import JobStatus, ServerStatus
 from provisioning.jobs.records import Dispatch
 from provisioning.jobs.repairs import JobRepairs
 from provisioning.jobs.workflows import server_of, workflow_for
 from provisioning.models import ProvisioningJob, Server, Tenant
-from provisioning.platform.db import UnitOfWork
 from provisioning.servers.placement import Seat
 
 log = logging.getLogger(__name__)
 
 
 class JobRouting:
-    """Routes the job messages of the worker of server ``server_name``."""
+    """Routes the job messages of the worker of server ``server_name``, in the worker's own session
+    (the runner's connection, before its claim): no connection or transaction of its own."""
 
-    def __init__(self, sessions: sessionmaker[Session], server_name: str, dispatch: Dispatch):
-        self.sessions = sessions
+    def __init__(self, session: Session, server_name: str, dispatch: Dispatch):
+        self.session = session
         self.server_name = server_name
         self.dispatch = dispatch
 
     def runs_here(self, job_id: uuid.UUID) -> bool:
         """Whether this worker should go on to claim (or take over) the job: False once it has been
-        sent to the queue of the server it is to run on, or held because that server is down.
+        sent to the queue of the server it is to run on, or held because that server is down. The
+        read's transaction is left open for the claim when the job runs here.
 
         Raises:
             kombu / socket errors: the broker could not take the re-routed message (the caller's
                 message is then not acknowledged as handled: it is retried).
         """
-        with self.sessions() as session:
-            seat = self._seat_of_job(session, job_id)
-            if seat is None or seat.name == self.server_name and not seat.held:
-                return True
-            if seat.held:
-                uow = UnitOfWork(session)
-                JobRepairs(uow).hold(job_id, seat)
-                uow.commit()
-                return False
+        seat = self._seat_of_job(job_id)
+        if seat is None or seat.name == self.server_name and not seat.held:
+            return True
+        if seat.held:
+            JobRepairs(self.session).hold(job_id, seat)
+            self.session.commit()
+            return False
+        self.session.rollback()
         log.warning("job %s: it runs on server %s, not %s; sent to its queue", job_id, seat.name, self.server_name)
         self.dispatch(job_id, seat.name)
         return False
 
-    @staticmethod
-    def _seat_of_job(session: Session, job_id: uuid.UUID) -> Seat | None:
+    def _seat_of_job(self, job_id: uuid.UUID) -> Seat | None:
         """The server the job is to run on next; None when the claim decides (no such job, or one
         neither pending nor handed over)."""
-        row = session.execute(
-            select(ProvisioningJob, Server.name, Server.status)
-            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
+        jobs = ProvisioningJob
+        row = self.session.execute(
+            select(jobs.status, jobs.worker, jobs.handed_to, jobs.job_type, jobs.resume_from, jobs.options,
+                   Server.name, Server.status)
+            .join(Tenant, Tenant.id == jobs.tenant_id)
             .outerjoin(Server, Server.id == Tenant.server_id)
-            .where(ProvisioningJob.id == job_id)
-        ).first()
+            .where(jobs.id == job_id)
+        ).first()  # fmt: skip
         if row is None:
             return None
-        job, tenant_server, tenant_server_status = row
-        if job.status == JobStatus.RUNNING and job.worker is None and job.handed_to:
-            name = job.handed_to
-        elif job.status == JobStatus.PENDING and tenant_server is not None:
-            workflow = workflow_for(job.job_type)
-            first = workflow.steps[workflow.position_of(job.resume_from) if job.resume_from else 0]
-            name = server_of(first, job.options or {}) or tenant_server
+        status, worker, handed_to, job_type, resume_from, options, tenant_server, tenant_server_status = row
+        if status == JobStatus.RUNNING and worker is None and handed_to:
+            name = handed_to
+        elif status == JobStatus.PENDING and tenant_server is not None:
+            workflow = workflow_for(job_type)
+            first = workflow.steps[workflow.position_of(resume_from) if resume_from else 0]
+            name = server_of(first, options or {}) or tenant_server
         else:
             return None
         if name == tenant_server:
             return Seat(name, tenant_server_status)
-        status = session.scalar(select(Server.status).where(Server.name == name))
+        status = self.session.scalar(select(Server.status).where(Server.name == name))
         return Seat(name, status or ServerStatus.ACTIVE)

@@ -44,6 +44,7 @@ from provisioning.jobs.heartbeat import Heartbeat
 from provisioning.jobs.patience import PatientService
 from provisioning.jobs.platform_steps import PlatformSteps
 from provisioning.jobs.records import Claim, ClaimedJob, Dispatch, StepRecord
+from provisioning.jobs.routing import JobRouting
 from provisioning.jobs.step_interruptions import StopFlags, WorkerStop
 from provisioning.jobs.workflows import Step, Workflow, server_of, workflow_for
 from provisioning.platform import logs
@@ -102,7 +103,8 @@ class JobRunner:
     offsite: OffsiteStore | None = None  # None: backups are kept on this server only
     # In a worker's pool process: SIGTERM fails the running job at its step (see WorkerStop).
     fails_its_job_on_sigterm: bool = False
-    # The server whose worker this is, and how it hands a job to another server's worker.
+    # The server whose worker this is, and how it sends a job to another server's worker: a runner
+    # with one routes each job first (``JobRouting``); one without runs the job it is given.
     server_name: str = DEFAULT_SERVER_NAME
     dispatch: Dispatch | None = None
 
@@ -148,25 +150,23 @@ class JobRunner:
             self.sessions.kw["bind"].connect() as connection,
             self.sessions(bind=connection) as session,
         ):
+            if self.dispatch is not None and not JobRouting(session, self.server_name, self.dispatch).runs_here(job_id):
+                return
             service = JobExecution(session, dispatch=self.dispatch)
+            patient = PatientService(service, self.database_patience)
             try:
-                claim = PatientService(service, self.database_patience).start_job(job_id, self.worker, self._new_admin_password)
+                claim = patient.start_job(job_id, self.worker, self._new_admin_password)
             except Conflict as refusal:
                 log.warning("job %s: %s", job_id, refusal)
                 return
             if claim is None:
-                claim = PatientService(service, self.database_patience).take_over(job_id, self.worker, self.server_name)
+                claim = patient.take_over(job_id, self.worker, self.server_name)
             if claim is None:
                 log.info("job %s: not pending any more; message ignored as a duplicate", job_id)
                 return
             job = claim.job
-            job_fields = logs.bound(
-                request_id=logs.current("request_id") or job.request_id,
-                job_id=job.id,
-                tenant_id=job.tenant_id,
-                job_type=job.job_type.value,
-            )
-            with job_fields:
+            request_id = logs.current("request_id") or job.request_id
+            with logs.bound(request_id=request_id, job_id=job.id, tenant_id=job.tenant_id, job_type=job.job_type.value):
                 self._run_claimed(service, claim, stop)
 
     def _new_admin_password(self) -> str | None:
