@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from provisioning.enums import JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
 from provisioning.jobs.workflows import SOURCE, TARGET, Workflow, workflow_for
-from provisioning.models import JobStep, ProvisioningJob, Tenant
+from provisioning.models import JobStep, ProvisioningJob, Server, Tenant
 from provisioning.servers.placement import Placement, Seat
 
 # The create_site options that say where a tenant with no server is placed: labels the server
@@ -37,18 +37,23 @@ def seat_of_job(
         NotFound: no such tenant, or no server the option ``server`` names.
         Conflict: what ``refuse`` raises; a create pinned elsewhere; no server has room (``Placement.place``).
     """
-    placement = Placement(session)
-    if (seat := placement.seat_of(tenant_id)) is not None:
-        pinned = options.get(PINNED_SERVER)
-        if workflow.job_type == JobType.CREATE_SITE and pinned not in (None, seat.name):
-            raise Conflict(f"the tenant is on server {seat.name} already (its failed site is there); move_site moves it")
-        return seat
-    status = session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
-    if status is None:
+    # One read for both questions: where is it, and may it have the job.
+    row = session.execute(
+        select(Tenant.status, Server.name, Server.status)
+        .outerjoin(Server, Server.id == Tenant.server_id)
+        .where(Tenant.id == tenant_id)
+    ).first()
+    if row is None:
         raise NotFound("tenant not found")
-    if not workflow.allows(status):
+    tenant_status, server_name, server_status = row
+    if server_name is not None:
+        pinned = options.get(PINNED_SERVER)
+        if workflow.job_type == JobType.CREATE_SITE and pinned not in (None, server_name):
+            raise Conflict(f"the tenant is on server {server_name} already (its failed site is there); move_site moves it")
+        return Seat(server_name, server_status)
+    if not workflow.allows(tenant_status):
         refuse()
-    return placement.place(tenant_id, options.get(PLACEMENT_LABELS), options.get(PINNED_SERVER))
+    return Placement(session).place(tenant_id, options.get(PLACEMENT_LABELS), options.get(PINNED_SERVER))
 
 
 def release_siteless_tenant(session: Session, tenant_id: uuid.UUID) -> None:
