@@ -113,24 +113,17 @@ class JobRepairs(JobRecords):
         never failed for waiting, and a hand-over whose message was lost is sent again the same way.
         """
         now = utcnow()
-        columns = (ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count, ProvisioningJob.request_id)
         unclaimed = or_(ProvisioningJob.dispatched_at.is_(None), ProvisioningJob.dispatched_at < now - unclaimed_for)
-        pending = (
-            select(*columns, Server.name, ProvisioningJob.created_at)
-            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
-            .join(Server, Server.id == Tenant.server_id)
-            .where(ProvisioningJob.status == JobStatus.PENDING, Server.status != ServerStatus.DOWN, unclaimed)
-        )
-        handed_over = (
-            select(*columns, Server.name, ProvisioningJob.created_at)
-            .join(Server, Server.name == ProvisioningJob.handed_to)
-            .where(HANDED_OVER, Server.status != ServerStatus.DOWN, unclaimed)
-        )
         candidates = sorted(
-            [*self.session.execute(pending).all(), *self.session.execute(handed_over).all()], key=lambda row: row.created_at
-        )
+            self._waiting_jobs(
+                (ProvisioningJob.id, ProvisioningJob.dispatched_at, ProvisioningJob.dispatch_count,
+                 ProvisioningJob.request_id, ProvisioningJob.created_at),
+                Server.status != ServerStatus.DOWN, unclaimed,
+            ),
+            key=lambda row: row.created_at,
+        )  # fmt: skip
         published = []
-        for job_id, dispatched_at, dispatch_count, request_id, server_name, _created_at in candidates:
+        for job_id, dispatched_at, dispatch_count, request_id, _created_at, server_name in candidates:
             backoff = unclaimed_for * 2 ** min(max(dispatch_count - 1, 0), MAX_REPUBLISH_DOUBLINGS)
             if dispatched_at is not None and dispatched_at >= now - backoff:
                 continue
@@ -144,22 +137,24 @@ class JobRepairs(JobRecords):
         """Say on each pending job of a server that is down (and each job handed to one) that it is
         held, and why, and mark it unsent, so the first sweep after the server is active again
         publishes it at once; returns the ids of the jobs newly held."""
-        pending = (
-            select(ProvisioningJob.id, Server.name)
-            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
-            .join(Server, Server.id == Tenant.server_id)
-            .where(ProvisioningJob.status == JobStatus.PENDING, Server.status == ServerStatus.DOWN)
-        )
-        handed_over = (
-            select(ProvisioningJob.id, Server.name)
-            .join(Server, Server.name == ProvisioningJob.handed_to)
-            .where(HANDED_OVER, Server.status == ServerStatus.DOWN)
-        )
         newly = []
-        for job_id, server_name in [*self.session.execute(pending).all(), *self.session.execute(handed_over).all()]:
+        for job_id, server_name in self._waiting_jobs((ProvisioningJob.id,), Server.status == ServerStatus.DOWN):
             if self.hold(job_id, Seat(server_name, ServerStatus.DOWN)):
                 newly.append(job_id)
         return newly
+
+    def _waiting_jobs(self, columns: Sequence, *conditions) -> list:
+        """The jobs that wait for a server's worker, each row ``columns`` and that server's name: the
+        pending ones (their tenant's server) and the handed-over ones (the server handed to), that
+        meet ``conditions`` (on the job and on ``Server``)."""
+        pending = (
+            select(*columns, Server.name)
+            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
+            .join(Server, Server.id == Tenant.server_id)
+            .where(ProvisioningJob.status == JobStatus.PENDING, *conditions)
+        )
+        handed_over = select(*columns, Server.name).join(Server, Server.name == ProvisioningJob.handed_to)
+        return [*self.session.execute(pending).all(), *self.session.execute(handed_over.where(HANDED_OVER, *conditions)).all()]
 
     def hold(self, job_id: uuid.UUID, seat: Seat) -> bool:
         """Hold one pending (or handed-over) job of the down server ``seat``; False if it was held
