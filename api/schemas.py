@@ -8,6 +8,7 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate, val
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, ServerStatus, StepStatus, TenantStatus
 from provisioning.jobs.workflows import RESTORES
 from provisioning.platform.identifiers import IDEMPOTENCY_KEY, SLUG, Identifier
+from provisioning.servers.standby import MAX_BATCH, MAX_POOL_SIZE
 from provisioning.servers.registry import DEFAULT_CAPACITY, MAX_CAPACITY, MAX_LABELS
 
 MAX_PAGE_SIZE = 100
@@ -260,8 +261,12 @@ class ServerSchema(Schema):
     status = fields.Enum(ServerStatus, by_value=True, metadata={"description": "active, draining or down"})
     capacity = fields.Integer(metadata={"description": "Most sites it takes"})
     labels = fields.Dict(keys=fields.String(), values=fields.String())
-    site_count = fields.Integer(metadata={"description": "Tenants placed on it"})
-    active_jobs = fields.Integer(metadata={"description": "Pending, running or cancelling jobs of its tenants"})
+    site_count = fields.Integer(metadata={"description": "Sites that take room on it: its tenants', and standby sites not yet claimed"})
+    active_jobs = fields.Integer(metadata={"description": "Pending, running or cancelling jobs of its tenants and its standby pool"})
+    standby_pool_size = fields.Integer(metadata={"description": "Ready standby sites it keeps for new tenants (0: no pool)"})
+    standby_batch = fields.Integer(metadata={"description": "Most standby sites one pool job makes"})
+    standby_ready = fields.Integer(metadata={"description": "Standby sites ready to be claimed"})
+    standby_making = fields.Integer(metadata={"description": "Standby sites being made"})
     queue = fields.String(metadata={"description": "The queue its workers take jobs from"})
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
@@ -277,6 +282,10 @@ class ServerCreateSchema(Schema):
 
 class ServerUpdateSchema(Schema):
     capacity = fields.Integer(validate=validate.Range(min=1, max=MAX_CAPACITY), metadata={"example": 250})
+    standby_pool_size = fields.Integer(
+        validate=validate.Range(min=0, max=MAX_POOL_SIZE), metadata={"example": 3, "description": "0 turns the pool off"}
+    )
+    standby_batch = fields.Integer(validate=validate.Range(min=1, max=MAX_BATCH), metadata={"example": 1})
     labels = LABELS
     status = fields.Enum(
         ServerStatus, by_value=True, metadata={"description": "draining: no new sites; down: its jobs are held; active"}

@@ -41,6 +41,8 @@ def _shown(view: ServerView) -> dict:
     return {
         "id": server.id, "name": server.name, "status": server.status, "capacity": server.capacity,
         "labels": server.labels, "site_count": server.site_count, "active_jobs": view.active_jobs,
+        "standby_pool_size": server.standby_pool_size, "standby_batch": server.standby_batch,
+        "standby_ready": view.standby_ready, "standby_making": view.standby_making,
         "queue": settings.queue_of_server(server.name), "created_at": server.created_at, "updated_at": server.updated_at,
     }  # fmt: skip
 
@@ -84,14 +86,18 @@ class ServerByName(MethodView):
     @blp.response(200, ServerResponseSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such server")
     def patch(self, body, name: str):
-        """Change a server's capacity, labels or status
+        """Change a server's capacity, labels, standby pool or status
 
-        `draining` takes no new sites (its sites stay; move them to empty it); `down` holds its
-        tenants' jobs, pending, until it is `active` again, when the held jobs are sent at once.
+        `draining` takes no new sites (its sites stay; move them to empty it; its pool drops its
+        standby sites); `down` holds its tenants' jobs, pending, until it is `active` again, when
+        the held jobs are sent at once. `standby_pool_size` ready sites are kept for new tenants,
+        made `standby_batch` at most per pool job.
         """
         registry = _registry()
-        if "capacity" in body or "labels" in body:
-            registry.update(name, body.get("capacity"), body.get("labels"))
+        if body.keys() - {"status"}:
+            registry.update(
+                name, body.get("capacity"), body.get("labels"), body.get("standby_pool_size"), body.get("standby_batch")
+            )
         if "status" in body:
             registry.set_status(name, body["status"])
         db_session().commit()

@@ -12,6 +12,9 @@ class TenantStatus(str, enum.Enum):
     DELETING = "deleting"
     DELETED = "deleted"
     FAILED = "failed"
+    # Not a customer: the holder of a bench server's standby pool, whose jobs make and drop its
+    # standby sites (``servers.standby``). Never backed up, moved or given a site of its own.
+    POOL = "pool"
 
 
 class Role(str, enum.Enum):
@@ -27,6 +30,7 @@ class JobType(str, enum.Enum):
     RESTORE_SITE = "restore_site"
     RESTORE_DRILL = "restore_drill"
     MOVE_SITE = "move_site"
+    REFILL_POOL = "refill_pool"
 
 
 class JobStatus(str, enum.Enum):
@@ -54,6 +58,22 @@ class ServerStatus(str, enum.Enum):
     ACTIVE = "active"
     DRAINING = "draining"
     DOWN = "down"
+
+
+class StandbyStatus(str, enum.Enum):
+    """A standby site's life: ``making`` (a pool job is making it), ``ready``, ``reserved`` (for a
+    tenant whose create_site is asked for), ``claiming`` (that create is renaming it), ``claimed``
+    (it is the tenant's site now), ``discarded`` (stale, half made or a failed claim: to be
+    dropped), ``dropped``. Making, ready and discarded ones take room on their server; a reserved or
+    claimed one is counted as its tenant's site."""
+
+    MAKING = "making"
+    READY = "ready"
+    RESERVED = "reserved"
+    CLAIMING = "claiming"
+    CLAIMED = "claimed"
+    DISCARDED = "discarded"
+    DROPPED = "dropped"
 
 
 class BackupStatus(str, enum.Enum):

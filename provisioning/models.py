@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from provisioning.enums import BackupStatus, JobStatus, JobType, Role, ServerStatus, StepStatus, TenantStatus
+from provisioning.enums import BackupStatus, JobStatus, JobType, Role, ServerStatus, StandbyStatus, StepStatus, TenantStatus
 from provisioning.platform.db import Base, UTCDateTime, utcnow
 
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELLING)
@@ -47,8 +47,12 @@ class Server(Base):
     """A bench server: the sites placed on it. Its workers take its jobs from the queue its name
     gives (``Settings.queue_of_server``).
 
-    ``site_count`` is how many tenants are placed on it or being moved to it, kept by a trigger
-    on ``tenants`` (migration 0012), so placement can compare it with ``capacity`` without counting rows.
+    ``site_count`` is how many tenants are placed on it or being moved to it, and how many of its
+    standby sites take room (``StandbyStatus``), kept by triggers on ``tenants`` and ``standby_sites``
+    (migrations 0012 and 0014), so placement can compare it with ``capacity`` without counting rows.
+
+    ``standby_pool_size`` is how many ready standby sites it keeps (0: no pool), ``standby_batch``
+    how many one pool job makes at most (``servers.standby``).
     """
 
     __tablename__ = "servers"
@@ -60,8 +64,34 @@ class Server(Base):
     # Free-form placement labels, such as {"region": "eu", "plan": "large"}.
     labels: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     site_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    standby_pool_size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    standby_batch: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class StandbySite(Base):
+    """A site made ahead of time on a server, under a placeholder name (``label``), for a tenant's
+    create_site to claim and rename (``servers.standby``). ``fingerprint`` says what it was made
+    with (SITE_APPS, the bench's app versions, the site domain): one that differs from the bench's
+    now is stale, never handed out. ``job_id`` is the job making, claiming or having claimed it;
+    ``tenant_id`` the tenant it is reserved for or was claimed by."""
+
+    __tablename__ = "standby_sites"
+    __table_args__ = (Index("ix_standby_sites_server_status", "server_id", "status"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(63), unique=True)
+    status: Mapped[StandbyStatus] = mapped_column(_enum_column(StandbyStatus), default=StandbyStatus.MAKING)
+    fingerprint: Mapped[str | None] = mapped_column(String(500))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("provisioning_jobs.id", ondelete="SET NULL"), index=True)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="SET NULL"), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dropped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Tenant(Base):

@@ -12,6 +12,7 @@ from provisioning.jobs.repairs import JobRepairs
 from provisioning.messaging.broker import Dispatcher
 from provisioning.platform.db import UnitOfWork
 from provisioning.servers.registry import DEFAULT_CAPACITY, MAX_CAPACITY, ServerRegistry, ServerView
+from provisioning.servers.standby import MAX_BATCH, MAX_POOL_SIZE
 
 
 def _labels(_ctx, _param, given: tuple[str, ...]) -> dict[str, str] | None:
@@ -69,12 +70,19 @@ def server_list(status: str | None) -> None:
 @click.argument("name")
 @click.option("--capacity", type=CAPACITY, help="Most sites.")
 @LABELS
-def server_update(name: str, capacity: int | None, labels: dict[str, str] | None) -> None:
-    """Change the capacity or the labels (all of them) of server NAME."""
+@click.option("--standby-pool", type=click.IntRange(0, MAX_POOL_SIZE), help="Ready standby sites to keep; 0: none.")
+@click.option("--standby-batch", type=click.IntRange(1, MAX_BATCH), help="Most standby sites one pool job makes.")
+def server_update(
+    name: str, capacity: int | None, labels: dict[str, str] | None, standby_pool: int | None, standby_batch: int | None
+) -> None:
+    """Change the capacity, the labels (all of them) or the standby pool of server NAME."""
     with _session() as session:
-        updated = ServerRegistry(session, CONSOLE).update(name, capacity, labels)
+        updated = ServerRegistry(session, CONSOLE).update(name, capacity, labels, standby_pool, standby_batch)
         session.commit()
-        click.echo(f"server {updated.name}: capacity {updated.capacity}, labels {_labels_text(updated.labels)}")
+        click.echo(
+            f"server {updated.name}: capacity {updated.capacity}, labels {_labels_text(updated.labels)}, "
+            f"standby pool {updated.standby_pool_size} (batch {updated.standby_batch})"
+        )
 
 
 def _status_command(status: ServerStatus, help_text: str):
@@ -118,6 +126,7 @@ def _row(view: ServerView) -> str:
     row = view.server
     return (
         f"{row.name}\t{row.status.value}\t{row.site_count}/{row.capacity} sites\t{view.active_jobs} active job(s)\t"
+        f"standby {view.standby_ready} ready, {view.standby_making} making of {row.standby_pool_size}\t"
         f"{_settings().queue_of_server(row.name)}\t{_labels_text(row.labels)}"
     )
 

@@ -25,6 +25,7 @@ from provisioning.backups.proofs import RestoreProofs
 from provisioning.enums import BackupStatus, JobType
 from provisioning.errors import StepFailed
 from provisioning.jobs.records import Claim
+from provisioning.jobs.standby_book import JobStandbyBook
 from provisioning.jobs.step_interruptions import StopFlags
 from provisioning.platform.identifiers import SLUG
 from provisioning.sites.credentials import CredentialsUnavailable, SiteCredentials
@@ -64,6 +65,7 @@ class JobContext:
         self._backup_root = backup_root
         self._reached = reached  # the runner's own list, kept up to date as steps start
         self._offsite = offsite
+        self.standby = JobStandbyBook(sessions, job.id, job.tenant_id, self.options)
 
     def should_stop(self) -> bool:
         return self._flags.should_stop(self._stops_for_a_cancel)

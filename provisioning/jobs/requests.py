@@ -17,7 +17,7 @@ from provisioning.enums import JobStatus, JobType, StepStatus
 from provisioning.errors import Conflict, IdempotencyKeyReused, NotFound
 from provisioning.jobs.job_inserts import AUDIT_COLUMNS, EVENT_COLUMNS, INSERT_JOB_IF_ALLOWED, JOB_COLUMNS, MAKE_JOB
 from provisioning.jobs.records import WAITING, JobRecords, actor_of_user
-from provisioning.jobs.seats import check_cancellable, move_options, release_siteless_tenant, seat_of_job
+from provisioning.jobs.seats import check_cancellable, move_options, release_siteless_tenant, reserve_standby, seat_of_job
 from provisioning.jobs.states import RETRYABLE_STATUSES
 from provisioning.jobs.workflows import RESTORES, Workflow, workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, IdempotencyKey, JobEvent, JobStep, ProvisioningJob, Tenant
@@ -226,6 +226,8 @@ class JobRequests(JobRecords):
         retry_of_id = retry_of.id if retry_of else None
         workflow = workflow_for(job_type)
         seat = seat_of_job(self.session, tenant_id, workflow, options, refuse=lambda: self._refuse(tenant_id, job_type, workflow))
+        if job_type == JobType.CREATE_SITE and retry_of is None:
+            options = reserve_standby(self.session, tenant_id, seat, options)
         now = utcnow()
         # Written with plain INSERTs, not the ORM's unit of work: this is the hottest write path.
         job = ProvisioningJob(

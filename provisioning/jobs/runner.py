@@ -205,8 +205,9 @@ class JobRunner:
         job, workflow = run.job, run.workflow
         for position, step in enumerate(workflow.steps[run.first :], start=run.first):
             run.at = position
-            if workflow.skips(step, job.options):
-                message = f"Skipped: the job asked for {step.skipped_when}"
+            # The context's options: a step may change them (a failed claim of a standby site).
+            if reason := workflow.skips(step, run.context.options):
+                message = f"Skipped: {reason}"
                 run.ended.append(StepRecord(position, step.name, StepStatus.SKIPPED, finished_at=utcnow(), message=message))
                 continue
             if run.stop.requested:

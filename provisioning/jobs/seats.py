@@ -1,6 +1,7 @@
 """Where a requested job runs: on its tenant's server, which a tenant with none gets now
 (``servers.placement``), and for a move, from the tenant's server to the one it keeps room on;
-and why a job that went on to another server cannot be cancelled."""
+the standby site a create claims there; and why a job that went on to another server cannot be
+cancelled."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from sqlalchemy.orm import Session
 
 from provisioning.enums import JobType, StepStatus, TenantStatus
 from provisioning.errors import Conflict, NotFound
-from provisioning.jobs.workflows import SOURCE, TARGET, Workflow, workflow_for
+from provisioning.jobs.workflows import SOURCE, STANDBY, TARGET, Workflow, workflow_for
 from provisioning.models import JobStep, ProvisioningJob, Server, Tenant
 from provisioning.servers.placement import Placement, Seat
+from provisioning.servers.standby import StandbyPool
 
 # The create_site options that say where a tenant with no server is placed: labels the server
 # must have ({"region": "eu"}), or the name of the server (operators only, checked by the API).
@@ -56,11 +58,20 @@ def seat_of_job(
     return Placement(session).place(tenant_id, options.get(PLACEMENT_LABELS), options.get(PINNED_SERVER))
 
 
+def reserve_standby(session: Session, tenant_id: uuid.UUID, seat: Seat, options: dict) -> dict:
+    """A create's options, with the standby site it reserved on the tenant's server (``STANDBY``),
+    if one is ready: its claim makes the site in seconds. Reserved in the request's transaction:
+    two creates never get the same one, and a request that fails reserves nothing."""
+    label = StandbyPool(session).reserve(tenant_id, seat.name)
+    return {**options, STANDBY: label} if label else options
+
+
 def release_siteless_tenant(session: Session, tenant_id: uuid.UUID) -> None:
     """A tenant still pending when its create is cancelled before it started never had a site: it
     leaves the server its create placed it on, whose room it took, as it does when a create is
-    cancelled while it runs (``records.tenant_move_parameters``). A failed tenant keeps its
-    server, which holds what its failed create left."""
+    cancelled while it runs (``records.tenant_move_parameters``), and gives back the standby site
+    it reserved. A failed tenant keeps its server, which holds what its failed create left."""
+    StandbyPool(session).release(tenant_id)
     tenants = Tenant.__table__
     session.execute(
         update(tenants).where(tenants.c.id == tenant_id, tenants.c.status == TenantStatus.PENDING).values(server_id=None)

@@ -13,7 +13,7 @@ from provisioning.platform.settings import Settings, SettingsError
 class Step:
     """One named step. ``by_platform`` steps are the service's own work (checking and keeping
     backups), the rest are the site driver's. ``skipped_when`` names a job option that, when
-    true, skips the step. A retry of a job that failed here starts again at ``redo_from`` when
+    true, skips the step, ``skipped_unless`` one that, when missing, does. A retry of a job that failed here starts again at ``redo_from`` when
     set: a failed check cannot be fixed by checking the same files again. A step of a job that
     spans servers (a move) ``runs_on`` one of them (``SOURCE`` or ``TARGET``, see ``server_of``),
     and only that server's worker runs it; other steps run wherever the job is.
@@ -23,6 +23,7 @@ class Step:
     message: str
     by_platform: bool = False
     skipped_when: str | None = None
+    skipped_unless: str | None = None
     redo_from: str | None = None
     runs_on: str | None = None
 
@@ -80,9 +81,13 @@ class Workflow:
         return tenant_status in self.allowed_tenant_states
 
     @staticmethod
-    def skips(step: Step, options: Mapping[str, object]) -> bool:
-        """Whether a job with these options skips the step (``Step.skipped_when``)."""
-        return bool(step.skipped_when and options.get(step.skipped_when))
+    def skips(step: Step, options: Mapping[str, object]) -> str | None:
+        """Why a job with these options skips the step (``Step.skipped_when``, ``skipped_unless``); None: it runs it."""
+        if step.skipped_when and options.get(step.skipped_when):
+            return SKIP_REASONS.get(step.skipped_when, f"the job asked for {step.skipped_when}")
+        if step.skipped_unless and not options.get(step.skipped_unless):
+            return SKIP_REASONS_UNLESS[step.skipped_unless]
+        return None
 
     def progress_after(self, completed_steps: int) -> int:
         """Whole percent done once ``completed_steps`` steps have finished."""
@@ -126,6 +131,12 @@ def server_of(step: Step, options: Mapping[str, object]) -> str | None:
 SKIP_FINAL_BACKUP = "skip_final_backup"
 # The restore_site option that restores without a safety backup of the site as it is.
 SKIP_SAFETY_BACKUP = "skip_safety_backup"
+# The create_site option naming the standby site reserved for it (``servers.standby``): its claim
+# replaces the steps that make a site. A claim that fails removes it, and those steps run.
+STANDBY = "standby"
+CLAIM_STANDBY = "claim_standby"
+SKIP_REASONS = {STANDBY: "the site is the standby site claimed by claim_standby"}
+SKIP_REASONS_UNLESS = {STANDBY: "no standby site to claim (none was ready, or its claim failed): the site is made"}
 # The platform's check of a backup's files (the simulated driver can be told to make it fail).
 VERIFY_BACKUP = "verify_backup"
 # The platform's copy of a verified backup to offsite storage (backups/offsite.py), and a move's
@@ -138,10 +149,12 @@ WORKFLOWS: dict[JobType, Workflow] = {
         job_type=JobType.CREATE_SITE,
         steps=(
             Step("check_preconditions", "Checking that the site can be created"),
-            Step("create_site", "Creating the site and its database"),
-            Step("install_apps", "Installing ERPNext"),
-            Step("configure_site", "Configuring the site"),
-            Step("verify_site", "Checking that the site answers"),
+            # A ready standby site, renamed to the tenant's: seconds, where the four steps after it take a minute.
+            Step(CLAIM_STANDBY, "Claiming a ready standby site", skipped_unless=STANDBY),
+            Step("create_site", "Creating the site and its database", skipped_when=STANDBY),
+            Step("install_apps", "Installing ERPNext", skipped_when=STANDBY),
+            Step("configure_site", "Configuring the site", skipped_when=STANDBY),
+            Step("verify_site", "Checking that the site answers", skipped_when=STANDBY),
         ),
         allowed_tenant_states=frozenset({TenantStatus.PENDING, TenantStatus.FAILED}),
         refusal="the tenant already has a site or is being changed; create_site needs a pending or failed tenant",
@@ -262,6 +275,15 @@ WORKFLOWS: dict[JobType, Workflow] = {
         point_of_no_return=SWITCH_SERVER,
         cannot_undo="the site moved",
         no_cancel_from=MOVE_RESTORE,
+    ),
+    JobType.REFILL_POOL: Workflow(
+        job_type=JobType.REFILL_POOL,
+        steps=(
+            Step("drop_standbys", "Dropping stale, half-made and surplus standby sites"),
+            Step("make_standbys", "Making standby sites"),
+        ),
+        allowed_tenant_states=frozenset({TenantStatus.POOL}),
+        refusal="refill_pool is a job of a server's standby pool, asked for by the sweeper",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Scheduled backups and restore drills, requested by the sweeper as ordinary jobs.
+"""Scheduled backups, restore drills and standby pool refills, requested by the sweeper as ordinary jobs.
 
 Every active tenant gets a backup_site job once per BACKUP_INTERVAL_HOURS, counted from its last
 backup, or from the creation of its site (a new site has nothing to keep yet); and, once per
@@ -10,6 +10,10 @@ interval), not from a schedule file: so a restarted sweeper, a second one, or a 
 worker's start never asks twice, and a tenant whose backup was asked for by hand is not backed
 up again right after it. A tenant busy with another job is skipped, and logged; the next sweep
 asks again, so its job follows as soon as it is free.
+
+A server's standby pool gets a refill_pool job whenever it lacks ready sites (and has room for
+one more beyond the last free one), or holds sites to drop (``StandbyPool.wants_a_job``); one at
+a time, as its pool tenant has one active job at most.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from sqlalchemy import select
 from provisioning.enums import BackupStatus, JobStatus, JobType, TenantStatus
 from provisioning.errors import Conflict
 from provisioning.jobs.requests import JobRequests
-from provisioning.models import ProvisioningJob, SiteBackup, Tenant
+from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, SiteBackup, Tenant
 from provisioning.platform.db import utcnow
+from provisioning.servers.standby import StandbyPool
 
 log = logging.getLogger(__name__)
 
 SCHEDULER = "backup schedule"
 DRILL_SCHEDULER = "restore drill schedule"
+POOL_KEEPER = "standby pool"
 
 
 def _has_job(job_type: JobType, *conditions):
@@ -59,6 +65,25 @@ def schedule_drills(service: JobRequests, every: timedelta) -> list[uuid.UUID]:
     )
     recent_drill = _has_job(JobType.RESTORE_DRILL, ProvisioningJob.created_at >= utcnow() - every)
     return _request_for_each(service, JobType.RESTORE_DRILL, DRILL_SCHEDULER, has_backup, ~recent_drill)
+
+
+def schedule_pool_refills(service: JobRequests) -> list[uuid.UUID]:
+    """Request a refill_pool job for each server whose pool wants one and has none under way."""
+    pool = StandbyPool(service.session)
+    busy = select(ProvisioningJob.id).where(ProvisioningJob.tenant_id == Tenant.id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
+    pools_at_work = select(Tenant.server_id).where(Tenant.status == TenantStatus.POOL, busy.exists())
+    servers = service.session.scalars(pool.wants_a_job().where(Server.id.not_in(pools_at_work))).all()
+    requested = []
+    for server in servers:
+        try:
+            job = service.request_job(pool.pool_tenant(server), JobType.REFILL_POOL, actor=POOL_KEEPER)
+        except Conflict as busy_now:
+            service.uow.rollback()
+            log.info("refill of the standby pool of %s skipped for now: %s", server.name, busy_now)
+            continue
+        service.uow.commit()
+        requested.append(job.id)
+    return requested
 
 
 def _request_for_each(service: JobRequests, job_type: JobType, actor: str, *due) -> list[uuid.UUID]:

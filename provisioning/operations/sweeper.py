@@ -11,7 +11,8 @@ compare-and-set or a harmless duplicate message:
   of a server that is down are held instead, and published by the first sweep after it is up.
 
 It also forgets idempotency keys past their expiry, requests the scheduled backups and restore
-drills that are due (see schedules) and prunes backups by the retention policy.
+drills that are due and the refills the standby pools need (see schedules), and prunes backups
+by the retention policy.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from provisioning.jobs.repairs import JobRepairs
 from provisioning.jobs.requests import JobRequests
 from provisioning.messaging.broker import Dispatcher
 from provisioning.messaging.events import EventRelay
-from provisioning.operations.schedules import schedule_backups, schedule_drills
+from provisioning.operations.schedules import schedule_backups, schedule_drills, schedule_pool_refills
 from provisioning.platform.db import UnitOfWork, session_factory
 from provisioning.platform.settings import Settings
 
@@ -47,6 +48,7 @@ class SweepReport:
     forgotten_keys: int
     scheduled_backups: list[uuid.UUID]
     scheduled_drills: list[uuid.UUID]
+    pool_refills: list[uuid.UUID]
     pruned_backups: list[uuid.UUID]
     stray_backup_directories: list[Path]
 
@@ -77,21 +79,23 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
                 if settings.restore_drill_interval_hours
                 else []
             ),
+            pool_refills=schedule_pool_refills(JobRequests(uow, dispatch=dispatch)),
             pruned_backups=BackupBook(session).prune(retention_of(settings), offsite=OffsiteStore.from_settings(settings)),
             stray_backup_directories=BackupBook(session).remove_strays(settings.backup_path),
         )
-    done = (report.reaped, report.held, report.republished, report.scheduled_backups, report.scheduled_drills)
+    done = (report.reaped, report.held, report.republished, report.scheduled_backups, report.scheduled_drills, report.pool_refills)
     if any(done) or report.pruned_backups:
         log.info(
             "sweep: failed %d lost job(s), held %d job(s) of down servers, published %d pending job(s) again, "
             "forgot %d idempotency key(s), "
-            "requested %d scheduled backup(s) and %d restore drill(s), pruned %d backup(s)",
+            "requested %d scheduled backup(s), %d restore drill(s) and %d standby pool refill(s), pruned %d backup(s)",
             len(report.reaped),
             len(report.held),
             len(report.republished),
             report.forgotten_keys,
             len(report.scheduled_backups),
             len(report.scheduled_drills),
+            len(report.pool_refills),
             len(report.pruned_backups),
         )
     return report

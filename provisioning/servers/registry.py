@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 
 from provisioning.accounts import audit
 from provisioning.accounts.audit import Origin
-from provisioning.enums import JobStatus, ServerStatus
+from provisioning.enums import JobStatus, ServerStatus, StandbyStatus, TenantStatus
 from provisioning.errors import Conflict, InvalidRequest, NotFound
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, Tenant
 from provisioning.platform.identifiers import SLUG
+from provisioning.servers.standby import MAX_BATCH, MAX_POOL_SIZE, StandbyPool
 
 DEFAULT_CAPACITY = 100
 # More sites than any bench server holds; well inside PostgreSQL's integer.
@@ -27,10 +28,13 @@ MAX_LABEL_LENGTH = 63
 
 @dataclass(frozen=True)
 class ServerView:
-    """A server as operators see it: its row, and the jobs its sites have under way."""
+    """A server as operators see it: its row, the jobs its sites (and its pool) have under way,
+    and its standby sites ready and being made."""
 
     server: Server
     active_jobs: int
+    standby_ready: int = 0
+    standby_making: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,12 +106,22 @@ class ServerRegistry:
         servers = self.session.scalars(
             select(Server).where(*conditions).order_by(Server.name).limit(size).offset((page - 1) * size)
         ).all()
-        busy = self.active_jobs([server.id for server in servers])
-        return [ServerView(server, busy.get(server.id, 0)) for server in servers], total
+        return self._views(servers), total
 
     def view(self, name: str) -> ServerView:
-        server = self.get(name)
-        return ServerView(server, self.active_jobs([server.id]).get(server.id, 0))
+        return self._views([self.get(name)])[0]
+
+    def _views(self, servers: Sequence[Server]) -> list[ServerView]:
+        ids = [server.id for server in servers]
+        busy, pools = self.active_jobs(ids), StandbyPool(self.session).counts(ids)
+        return [
+            ServerView(
+                server, busy.get(server.id, 0),
+                standby_ready=pools.get(server.id, {}).get(StandbyStatus.READY, 0),
+                standby_making=pools.get(server.id, {}).get(StandbyStatus.MAKING, 0),
+            )
+            for server in servers
+        ]  # fmt: skip
 
     def active_jobs(self, server_ids: Sequence[uuid.UUID] | None = None) -> dict[uuid.UUID, int]:
         """How many pending, running or cancelling jobs the tenants of each server have."""
@@ -152,12 +166,20 @@ class ServerRegistry:
             self._audit(f"server.{status.value}", server, f"was {before.value}")
         return server
 
-    def update(self, name: str, capacity: int | None = None, labels: Mapping[str, object] | None = None) -> Server:
-        """Change a server's capacity or labels. A capacity below its sites is allowed (it takes no
-        new ones until it is below again): that is how an operator stops a full server growing.
+    def update(
+        self,
+        name: str,
+        capacity: int | None = None,
+        labels: Mapping[str, object] | None = None,
+        standby_pool_size: int | None = None,
+        standby_batch: int | None = None,
+    ) -> Server:
+        """Change a server's capacity, labels or standby pool (its size, 0 for none, and how many
+        sites one pool job makes at most). A capacity below its sites is allowed (it takes no new
+        ones until it is below again): that is how an operator stops a full server growing.
 
         Raises:
-            InvalidRequest: a capacity below 1, bad labels.
+            InvalidRequest: a capacity below 1, bad labels, a pool size or batch out of range.
         """
         server = self._locked(name)
         changes = []
@@ -167,15 +189,34 @@ class ServerRegistry:
         if labels is not None:
             server.labels = checked_labels(labels)
             changes.append(f"labels {server.labels}")
+        if standby_pool_size is not None:
+            server.standby_pool_size = _checked_count(standby_pool_size, "standby pool size", 0, MAX_POOL_SIZE)
+            changes.append(f"standby pool size {server.standby_pool_size}")
+        if standby_batch is not None:
+            server.standby_batch = _checked_count(standby_batch, "standby batch", 1, MAX_BATCH)
+            changes.append(f"standby batch {server.standby_batch}")
         if changes:
             self._audit("server.updated", server, ", ".join(changes))
         return server
 
     def remove(self, name: str) -> None:
-        """Raises Conflict while any tenant is placed on the server: move or delete its sites first."""
+        """Remove the server, and its standby pool's tenant with the pool's job history.
+
+        Raises:
+            Conflict: a tenant is placed on the server (move or delete its sites first), it holds
+                standby sites (a drained server's pool drops them), or its pool has a job under way.
+        """
         server = self._locked(name)
         if server.site_count:
-            raise Conflict(f"server {name!r} still holds {server.site_count} site(s); drain it and move them first")
+            raise Conflict(
+                f"server {name!r} still holds {server.site_count} site(s), standby sites included; "
+                "drain it (its pool drops its standby sites) and move its tenants' sites first"
+            )
+        pool = self.session.scalar(select(Tenant).where(Tenant.server_id == server.id, Tenant.status == TenantStatus.POOL))
+        if pool is not None:
+            if self.active_jobs([server.id]):
+                raise Conflict(f"server {name!r} has a standby pool job under way; remove it once that job ends")
+            self.session.delete(pool)
         self._audit("server.removed", server, "")
         self.session.delete(server)
         self.session.flush()
@@ -191,6 +232,12 @@ class ServerRegistry:
 
     def _audit(self, action: str, server: Server, detail: str) -> None:
         audit.record(self.session, self.origin, action, None, f"server {server.name}", detail)
+
+
+def _checked_count(count: int, what: str, least: int, most: int) -> int:
+    if not isinstance(count, int) or not least <= count <= most:
+        raise InvalidRequest(f"{what} must be a whole number from {least} to {most:,} (not {count!r})")
+    return count
 
 
 def _checked_capacity(capacity: int) -> int:

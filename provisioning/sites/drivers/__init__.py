@@ -13,6 +13,7 @@ def make_driver(settings: Settings) -> SiteDriver:
         step_seconds=settings.simulated_step_seconds,
         fail_step=settings.simulated_fail_step,
         ignore_cancel=settings.simulated_ignore_cancel,
+        apps=settings.bench.apps,
     )
 
 

@@ -18,6 +18,35 @@ class BackupFile:
     path: Path
 
 
+class StandbyBook(Protocol):
+    """The platform's record of standby sites (``servers.standby``), as a step that claims, drops or
+    makes them sees it; sites are named by their label (the driver makes a site name of it)."""
+
+    def to_claim(self) -> tuple[str, str | None] | None:
+        """The label and fingerprint of the standby site this create is to claim; None: none any more."""
+
+    def claimed(self, label: str) -> None:
+        """The standby site is the tenant's site now."""
+
+    def give_up(self, label: str | None, reason: str) -> None:
+        """No claim (of ``label``, put back under its own name): the job's next steps make the site."""
+
+    def to_drop(self, fingerprint: str) -> dict[str, str]:
+        """The pool's sites to drop, each with why, given what the bench makes sites with now."""
+
+    def dropped(self, label: str) -> None: ...
+
+    def to_make(self, made: int) -> str | None:
+        """The label of the next standby site to make (recorded as being made), having made ``made``; None: enough."""
+
+    def made(self, label: str, fingerprint: str) -> None: ...
+
+    def failed_to_make(self, label: str, reason: str) -> None: ...
+
+    def making(self) -> list[str]:
+        """The sites this pool job began to make and did not finish (a cancel drops them)."""
+
+
 class StepContext(Protocol):
     """What a driver knows of the job whose step it runs, and how it reports back."""
 
@@ -25,6 +54,7 @@ class StepContext(Protocol):
     job_type: JobType
     tenant_slug: str
     options: Mapping[str, object]
+    standby: StandbyBook
 
     def should_stop(self) -> bool:
         """True once the step should stop early (its job is being cancelled, is no longer this

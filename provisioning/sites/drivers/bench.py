@@ -25,6 +25,10 @@ from provisioning.sites.drivers.bench_config import BenchConfig
 from provisioning.sites.drivers.bench_move import MoveSteps
 from provisioning.sites.drivers.bench_restore import RestoreSteps
 from provisioning.sites.drivers.bench_site import SiteWork
+from provisioning.sites.drivers.bench_standby import BenchStandbySites
+
+# The job types whose sites get every app of SITE_APPS: a missing one fails their first step.
+MAKE_SITES = frozenset({JobType.CREATE_SITE, JobType.REFILL_POOL})
 
 
 class BenchDriver:
@@ -34,13 +38,15 @@ class BenchDriver:
         self.settings = settings
 
     def run_step(self, step: str, context: StepContext) -> str:
-        config = BenchConfig.check(self.settings, need_apps=context.job_type == JobType.CREATE_SITE)
+        config = BenchConfig.check(self.settings, need_apps=context.job_type in MAKE_SITES)
         return getattr(self._steps_of(context)(config, context), step)()
 
     @staticmethod
     def _steps_of(context: StepContext) -> type[SiteWork]:
         if context.job_type == JobType.MOVE_SITE:
             return MoveSteps
+        if context.job_type == JobType.REFILL_POOL:
+            return BenchStandbySites
         return RestoreSteps if context.job_type in (JobType.RESTORE_SITE, JobType.RESTORE_DRILL) else SiteSteps
 
     def clean_up(self, step: str, context: StepContext) -> str:
@@ -65,11 +71,14 @@ class BenchDriver:
         if context.job_type == JobType.MOVE_SITE:
             # Cancelled before it went to the new server (a move cannot be stopped after): open the site again.
             return work.reopen_site()
+        if context.job_type == JobType.REFILL_POOL:
+            return work.undo_pool_job()
         return f"{context.job_type.value}: nothing to undo"
 
 
-class SiteSteps(SiteWork):
-    """The steps of create_site, delete_site and backup_site, each method named after its step."""
+class SiteSteps(BenchStandbySites):
+    """The steps of create_site (its claim of a standby site among them), delete_site and
+    backup_site, each method named after its step."""
 
     # create_site
 

@@ -6,6 +6,7 @@ import time
 
 from provisioning.enums import JobType
 from provisioning.errors import StepFailed, StepStopped, StepTerminated
+from provisioning.sites import standby_steps
 from provisioning.sites.drivers.base import BackupFile, StepContext
 
 CANCEL_POLL_SECONDS = 0.05
@@ -14,6 +15,11 @@ RESTORE_STEPS = frozenset({"restore_site", "restore_scratch", "restore_target"})
 # The platform's check after a backup step (``jobs.workflows.VERIFY_BACKUP``), failed on request
 # with a dump cut short.
 VERIFY_BACKUP = "verify_backup"
+STANDBY_STEPS = {
+    "claim_standby": standby_steps.claim_standby,
+    "drop_standbys": standby_steps.drop_standbys,
+    "make_standbys": standby_steps.make_standbys,
+}
 
 
 class SimulatedDriver:
@@ -24,22 +30,21 @@ class SimulatedDriver:
     The platform's ``verify_backup`` is failed the way bench makes it fail: with a dump cut short.
 
     Backups are real, if tiny, files (a gzip SQL dump and the site config), so the platform's
-    checks, records and retention work the same as with a real site.
+    checks, records and retention work the same as with a real site. Standby sites take
+    ``step_seconds`` each to make and to claim, and are made "with" ``apps`` (SITE_APPS): a change
+    makes them stale; a ``fail_step`` of claim_standby makes claims fail, and creates fall back.
     """
 
-    def __init__(self, step_seconds: float, fail_step: str | None = None, ignore_cancel: bool = False):
+    def __init__(self, step_seconds: float, fail_step: str | None = None, ignore_cancel: bool = False, apps: str = ""):
         self.step_seconds = step_seconds
         self.fail_step = fail_step
         self.ignore_cancel = ignore_cancel
+        self.apps = apps
 
     def run_step(self, step: str, context: StepContext) -> str:
-        deadline = time.monotonic() + self.step_seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            if reason := context.must_stop():
-                raise StepTerminated(reason)
-            if not self.ignore_cancel and context.should_stop():
-                raise StepStopped(step)
-            time.sleep(min(remaining, CANCEL_POLL_SECONDS))
+        if step in STANDBY_STEPS:
+            return STANDBY_STEPS[step](SimulatedStandbySites(self, context), context)
+        self.take_time(step, context)
         if step == self.fail_step:
             raise StepFailed(f"simulated failure of step {step} (SIMULATED_FAIL_STEP)", output=f"{step}: failing on request")
         if step == "create_site":
@@ -54,6 +59,16 @@ class SimulatedDriver:
                 return f"{step}: simulated for {context.tenant_slug}, its dump cut short for {VERIFY_BACKUP} to fail on request"
         return f"{step}: simulated for {context.tenant_slug} in {self.step_seconds:g}s"
 
+    def take_time(self, step: str, context: StepContext) -> None:
+        """``step_seconds``, stopping as a command would for a cancel (unless ``ignore_cancel``) or when it must."""
+        deadline = time.monotonic() + self.step_seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if reason := context.must_stop():
+                raise StepTerminated(reason)
+            if not self.ignore_cancel and context.should_stop():
+                raise StepStopped(step)
+            time.sleep(min(remaining, CANCEL_POLL_SECONDS))
+
     def clean_up(self, step: str, context: StepContext) -> str:
         return f"{step}: nothing half-done to clean up (simulated)"
 
@@ -67,6 +82,8 @@ class SimulatedDriver:
             return f"{context.tenant_slug} put back from its safety backup (simulated)"
         if context.job_type == JobType.MOVE_SITE:
             return f"{context.tenant_slug} opened again on its server (simulated)"
+        if context.job_type == JobType.REFILL_POOL:
+            return standby_steps.undo_pool_job(SimulatedStandbySites(self, context), context)
         return f"{context.job_type.value}: simulated clean-up for {context.tenant_slug}"
 
     @staticmethod
@@ -81,3 +98,27 @@ class SimulatedDriver:
         config = directory / f"{context.tenant_slug}-site_config_backup.json"
         config.write_text(json.dumps({"site": context.tenant_slug, "simulated": True}))
         context.record_backup(context.tenant_slug, [BackupFile("database", dump), BackupFile("config", config)])
+
+
+class SimulatedStandbySites:
+    """Standby sites that only take time (``standby_steps.StandbySites``)."""
+
+    def __init__(self, driver: SimulatedDriver, context: StepContext):
+        self.driver = driver
+        self.context = context
+
+    def fingerprint(self) -> str:
+        return f"simulated; apps={self.driver.apps}"
+
+    def make_standby(self, label: str) -> str:
+        self.driver.take_time("make_standbys", self.context)
+        return f"made {label} (simulated)"
+
+    def drop_standby(self, label: str) -> str:
+        return f"dropped {label} (simulated)"
+
+    def rename_standby(self, label: str) -> str:
+        self.driver.take_time("claim_standby", self.context)
+        if self.driver.fail_step == "claim_standby":
+            raise StepFailed("simulated failure of step claim_standby (SIMULATED_FAIL_STEP)")
+        return f"{label} is now the site of {self.context.tenant_slug} (simulated)"
