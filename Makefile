@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-real bench bench-fleet clean
+.PHONY: run test test-real bench bench-fleet bench-standby clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 # A fleet of simulated servers (README, Performance): placement, and jobs through 1, 2 and 4 servers' workers.
 bench-fleet: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.fleet $(BENCH_ARGS)
+
+# On the real bench of ../shared/realbench (made by its setup.sh if need be): about 20 minutes.
+bench-standby: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.standby $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

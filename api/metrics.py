@@ -40,6 +40,7 @@ from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.servers.registry import ServerFigures, ServerRegistry
+from provisioning.servers.standby import PoolFigures, StandbyPool
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ class JobFigures:
             yield from self._restore_proofs(session)
             yield from self._offsite_copies(session)
             servers = ServerRegistry(session, SYSTEM).figures()
+            pools = StandbyPool(session).figures()
         yield from self._servers(servers)
+        yield from self._standby_pools(pools)
         yield from self._queue_depths([server.name for server in servers])
 
     def _job_counts(self, session: Session):
@@ -186,7 +189,11 @@ class JobFigures:
         """Per bench server: its sites and capacity, its tenants' jobs, and its status (1 on the
         series of the status it has)."""
         families = {
-            "sites": GaugeMetricFamily("erpmax_server_sites", "Tenants placed on the server", labels=["server"]),
+            "sites": GaugeMetricFamily(
+                "erpmax_server_sites",
+                "Sites that take room on the server: its tenants', and unclaimed standby sites",
+                labels=["server"],
+            ),
             "capacity": GaugeMetricFamily("erpmax_server_capacity", "Most sites the server takes", labels=["server"]),
             "active": GaugeMetricFamily(
                 "erpmax_server_active_jobs", "Pending, running or cancelling jobs of the server's tenants", labels=["server"]
@@ -207,6 +214,26 @@ class JobFigures:
                 status.add_metric([server.name, each.value], int(each == server.status))
         yield from families.values()
         yield status
+
+    @staticmethod
+    def _standby_pools(pools: list[PoolFigures]):
+        """Per server: its standby sites ready, being made and waiting to be dropped, the pool's
+        size, and the claims of the last hour (how fast new tenants use the pool up)."""
+        sites = GaugeMetricFamily(
+            "erpmax_standby_sites",
+            "Standby sites by status: ready, making, discarded (to be dropped)",
+            labels=["server", "status"],
+        )
+        size = GaugeMetricFamily("erpmax_standby_pool_size", "Ready standby sites the server keeps", labels=["server"])
+        claims = GaugeMetricFamily(
+            "erpmax_standby_claims_last_hour", "Standby sites claimed by new tenants in the last hour", labels=["server"]
+        )
+        for pool in pools:
+            for status, count in (("ready", pool.ready), ("making", pool.making), ("discarded", pool.discarded)):
+                sites.add_metric([pool.server, status], count)
+            size.add_metric([pool.server], pool.pool_size)
+            claims.add_metric([pool.server], pool.claimed_last_hour)
+        yield from (sites, size, claims)
 
     def _offsite_copies(self, session: Session):
         copied, missing, to_delete = offsite_counts(session)

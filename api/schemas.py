@@ -8,8 +8,8 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate, val
 from provisioning.enums import BackupStatus, JobStatus, JobType, Role, ServerStatus, StepStatus, TenantStatus
 from provisioning.jobs.workflows import RESTORES
 from provisioning.platform.identifiers import IDEMPOTENCY_KEY, SLUG, Identifier
-from provisioning.servers.standby import MAX_BATCH, MAX_POOL_SIZE
 from provisioning.servers.registry import DEFAULT_CAPACITY, MAX_CAPACITY, MAX_LABELS
+from provisioning.servers.standby import MAX_BATCH, MAX_POOL_SIZE
 
 MAX_PAGE_SIZE = 100
 # The row offset, (page - 1) * size, must fit PostgreSQL's bigint: a larger page was a 500.
@@ -91,7 +91,13 @@ LABELS = placement_labels("Placement labels, such as region or plan")
 
 
 class JobCreateSchema(Schema):
-    job_type = fields.Enum(JobType, by_value=True, required=True)
+    job_type = fields.Enum(
+        JobType,
+        by_value=True,
+        required=True,
+        validate=validate.NoneOf([JobType.REFILL_POOL], error="refill_pool jobs are the sweeper's, for standby pools"),
+        metadata={"description": "refill_pool is not asked for: the sweeper asks for it"},
+    )
     skip_final_backup = JsonBoolean(
         metadata={"description": "delete_site only: drop the site without taking a final backup first", "default": False},
     )
@@ -261,8 +267,12 @@ class ServerSchema(Schema):
     status = fields.Enum(ServerStatus, by_value=True, metadata={"description": "active, draining or down"})
     capacity = fields.Integer(metadata={"description": "Most sites it takes"})
     labels = fields.Dict(keys=fields.String(), values=fields.String())
-    site_count = fields.Integer(metadata={"description": "Sites that take room on it: its tenants', and standby sites not yet claimed"})
-    active_jobs = fields.Integer(metadata={"description": "Pending, running or cancelling jobs of its tenants and its standby pool"})
+    site_count = fields.Integer(
+        metadata={"description": "Sites that take room on it: its tenants', and standby sites not yet claimed"}
+    )
+    active_jobs = fields.Integer(
+        metadata={"description": "Pending, running or cancelling jobs of its tenants and its standby pool"}
+    )
     standby_pool_size = fields.Integer(metadata={"description": "Ready standby sites it keeps for new tenants (0: no pool)"})
     standby_batch = fields.Integer(metadata={"description": "Most standby sites one pool job makes"})
     standby_ready = fields.Integer(metadata={"description": "Standby sites ready to be claimed"})

@@ -106,11 +106,15 @@ def upgrade() -> None:
         sa.Column("ready_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("dropped_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["server_id"], ["servers.id"], name=op.f("fk_standby_sites_server_id_servers"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["server_id"], ["servers.id"], name=op.f("fk_standby_sites_server_id_servers"), ondelete="CASCADE"
+        ),
         sa.ForeignKeyConstraint(
             ["job_id"], ["provisioning_jobs.id"], name=op.f("fk_standby_sites_job_id_provisioning_jobs"), ondelete="SET NULL"
         ),
-        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_standby_sites_tenant_id_tenants"), ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_standby_sites_tenant_id_tenants"), ondelete="SET NULL"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_standby_sites")),
         sa.UniqueConstraint("label", name=op.f("uq_standby_sites_label")),
     )

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from provisioning.accounts import audit
 from provisioning.accounts import registry as accounts
-from provisioning.enums import JobStatus, Role
+from provisioning.enums import JobStatus, JobType, Role
 from provisioning.errors import ProvisioningError
 from provisioning.messaging import dead_letters
 from provisioning.messaging.broker import Dispatcher
@@ -224,15 +224,18 @@ def jobs() -> None:
 @jobs.command("list")
 @click.option("--tenant", "tenant_slug", help="Only this tenant's jobs.")
 @click.option("--status", type=click.Choice([status.value for status in JobStatus]))
+@click.option("--type", "job_type", type=click.Choice([job_type.value for job_type in JobType]), help="Such as refill_pool.")
 @click.option("--limit", default=50, show_default=True, type=LIMIT)
-def jobs_list(tenant_slug: str | None, status: str | None, limit: int) -> None:
-    """List jobs, newest first."""
+def jobs_list(tenant_slug: str | None, status: str | None, job_type: str | None, limit: int) -> None:
+    """List jobs, newest first (the standby pools' too: their tenants are pool.<server id>)."""
     with _session() as session:
         query = select(ProvisioningJob, Tenant.slug).join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
         if tenant_slug is not None:  # an empty one names no tenant: it must not list them all
             query = query.where(ProvisioningJob.tenant_id == accounts.find_tenant(session, tenant_slug).id)
         if status:
             query = query.where(ProvisioningJob.status == JobStatus(status))
+        if job_type:
+            query = query.where(ProvisioningJob.job_type == JobType(job_type))
         listed = session.execute(query.order_by(ProvisioningJob.created_at.desc()).limit(limit)).all()
     for job, slug in listed:
         click.echo(

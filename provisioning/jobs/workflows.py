@@ -13,8 +13,9 @@ from provisioning.platform.settings import Settings, SettingsError
 class Step:
     """One named step. ``by_platform`` steps are the service's own work (checking and keeping
     backups), the rest are the site driver's. ``skipped_when`` names a job option that, when
-    true, skips the step, ``skipped_unless`` one that, when missing, does. A retry of a job that failed here starts again at ``redo_from`` when
-    set: a failed check cannot be fixed by checking the same files again. A step of a job that
+    true, skips the step, ``skipped_unless`` one that, when missing, does. A retry of a job that
+    failed here starts again at ``redo_from`` when set: a failed check cannot be fixed by checking
+    the same files again. A step of a job that
     spans servers (a move) ``runs_on`` one of them (``SOURCE`` or ``TARGET``, see ``server_of``),
     and only that server's worker runs it; other steps run wherever the job is.
     """
@@ -82,7 +83,8 @@ class Workflow:
 
     @staticmethod
     def skips(step: Step, options: Mapping[str, object]) -> str | None:
-        """Why a job with these options skips the step (``Step.skipped_when``, ``skipped_unless``); None: it runs it."""
+        """Why a job with these options skips the step (``Step.skipped_when``, ``skipped_unless``);
+        None: it runs it."""
         if step.skipped_when and options.get(step.skipped_when):
             return SKIP_REASONS.get(step.skipped_when, f"the job asked for {step.skipped_when}")
         if step.skipped_unless and not options.get(step.skipped_unless):
@@ -162,7 +164,8 @@ WORKFLOWS: dict[JobType, Workflow] = {
         tenant_on_success=TenantStatus.ACTIVE,
         tenant_on_failure=TenantStatus.FAILED,
         tenant_on_cancel=TenantStatus.PENDING,
-        changes_from="create_site",
+        # A claim renames a standby site to the tenant's: cut short, the tenant may have half a site.
+        changes_from=CLAIM_STANDBY,
         needs_admin_password=True,
     ),
     JobType.DELETE_SITE: Workflow(

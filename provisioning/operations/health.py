@@ -24,6 +24,7 @@ from provisioning.platform.db import get_engine, session_factory, utcnow
 from provisioning.platform.quoting import first_line
 from provisioning.platform.settings import Settings
 from provisioning.servers.registry import ServerFigures, ServerRegistry
+from provisioning.servers.standby import StandbyPool
 from provisioning.sites.drivers.bench_config import BenchConfig
 
 START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -71,6 +72,7 @@ def doctor(settings: Settings) -> list[Check]:
         *job_settings(settings),
         *readiness(settings, ahead_is_ok=False),
         check_servers(settings),
+        check_standby_pools(settings),
         check_queues(settings),
         check_workers(settings),
         check_event_relay(settings),
@@ -208,6 +210,33 @@ def check_servers(settings: Settings) -> Check:
     if not room:
         return Check("servers", False, f"{summary}: a new site gets a 409", "add a server or raise a capacity")
     return Check("servers", True, summary)
+
+
+def check_standby_pools(settings: Settings) -> Check:
+    """Each pool's ready, making and to-drop sites and its claims of the last hour; a pool with no
+    site ready and none being made is not being refilled: new tenants wait a minute for new-site."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            pools = [pool for pool in StandbyPool(session).figures() if pool.pool_size or pool.ready or pool.discarded]
+    except Exception as error:
+        return Check("standby pools", False, f"cannot read them: {first_line(error)}", "fix the database first")
+    if not pools:
+        return Check(
+            "standby pools", True, "none: every new site is made with new-site (provisioning server update NAME --standby-pool N)"
+        )
+    summary = "; ".join(
+        f"{pool.server}: {pool.ready}/{pool.pool_size} ready, {pool.making} making, {pool.discarded} to drop, "
+        f"{pool.claimed_last_hour} claimed in the last hour"
+        for pool in pools
+    )
+    empty = [pool.server for pool in pools if pool.pool_size and not pool.ready and not pool.making]
+    if empty:
+        return Check(
+            "standby pools", False, f"{summary}; not being refilled: {', '.join(empty)}",
+            "the sweeper asks for refill_pool jobs and the server's worker runs them: check both, the server's room, "
+            "and the pools' last jobs (provisioning jobs list --type refill_pool)",
+        )  # fmt: skip
+    return Check("standby pools", True, summary)
 
 
 def check_queues(settings: Settings) -> Check:

@@ -27,20 +27,24 @@ from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from provisioning.accounts import registry as accounts
+from provisioning.accounts.audit import Origin
 from provisioning.backups.book import PRIVATE_DIRECTORY_MODE, PRIVATE_FILE_MODE
 from provisioning.enums import JobType, Role, TenantStatus
 from provisioning.errors import NotFound
 from provisioning.jobs.repairs import JobRepairs
 from provisioning.jobs.workflows import workflow_for
 from provisioning.messaging.broker import Dispatcher
-from provisioning.models import ACTIVE_JOB_STATUSES, Membership, ProvisioningJob, Tenant
+from provisioning.models import ACTIVE_JOB_STATUSES, Membership, ProvisioningJob, Server, Tenant
 from provisioning.platform import migrate
 from provisioning.platform.db import session_factory
 from provisioning.platform.migrate import PROJECT_ROOT
-from provisioning.platform.settings import Settings
+from provisioning.platform.settings import DEFAULT_SERVER_NAME, Settings
+from provisioning.servers.registry import ServerRegistry
 from provisioning.sites import credentials
 
 DEMO_TENANT = "demo"
+# The standby sites the quickstart's server keeps ready, the first time (``_demo_standby_pool``).
+DEMO_STANDBY_POOL = 2
 # Honcho gives the first of these PORT and the next ones PORT+100, +200...: web must come first.
 PROCESSES = ("web", "worker", "sweeper", "flower")
 # The jobs the banner offers, the first the demo tenant's state allows, and what it calls them.
@@ -76,6 +80,7 @@ def prepare(settings: Settings) -> Demo:
     with session_factory(settings.database_url)() as session:
         if settings.embedded:
             _fail_interrupted_jobs(session)
+            _demo_standby_pool(session)
         tenant = _demo_tenant(session)
         owner_email = demo_owner(tenant.slug)
         try:
@@ -104,6 +109,16 @@ def _demo_tenant(session: Session) -> Tenant:
             return accounts.create_tenant(session, slug, "Demo tenant")
         if tenant.status != TenantStatus.DELETED:
             return tenant
+
+
+def _demo_standby_pool(session: Session) -> None:
+    """The first time, the server keeps a pool of standby sites: the demo's create claims one,
+    as a create does in production. An operator's later change of it (to 0, say) is kept."""
+    server = session.scalar(select(Server).where(Server.name == DEFAULT_SERVER_NAME))
+    pool_used = session.scalar(select(Tenant.id).where(Tenant.status == TenantStatus.POOL).limit(1))
+    if server is not None and not server.standby_pool_size and pool_used is None:
+        ServerRegistry(session, Origin(actor="quickstart")).update(server.name, standby_pool_size=DEMO_STANDBY_POOL)
+        session.commit()
 
 
 def _private_data_dir(settings: Settings) -> None:

@@ -13,7 +13,9 @@ asks again, so its job follows as soon as it is free.
 
 A server's standby pool gets a refill_pool job whenever it lacks ready sites (and has room for
 one more beyond the last free one), or holds sites to drop (``StandbyPool.wants_a_job``); one at
-a time, as its pool tenant has one active job at most.
+a time, as its pool tenant has one active job at most. After a pool job failed, its pool waits
+POOL_RETRY_AFTER before the next: a bench that cannot make sites (an app missing) would fail one
+every sweep otherwise. ``provisioning doctor`` says the pool is not being refilled.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 SCHEDULER = "backup schedule"
 DRILL_SCHEDULER = "restore drill schedule"
 POOL_KEEPER = "standby pool"
+POOL_RETRY_AFTER = timedelta(minutes=10)
 
 
 def _has_job(job_type: JobType, *conditions):
@@ -68,11 +71,19 @@ def schedule_drills(service: JobRequests, every: timedelta) -> list[uuid.UUID]:
 
 
 def schedule_pool_refills(service: JobRequests) -> list[uuid.UUID]:
-    """Request a refill_pool job for each server whose pool wants one and has none under way."""
+    """Request a refill_pool job for each server whose pool wants one, has none under way and had
+    none fail within POOL_RETRY_AFTER."""
     pool = StandbyPool(service.session)
-    busy = select(ProvisioningJob.id).where(ProvisioningJob.tenant_id == Tenant.id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
-    pools_at_work = select(Tenant.server_id).where(Tenant.status == TenantStatus.POOL, busy.exists())
-    servers = service.session.scalars(pool.wants_a_job().where(Server.id.not_in(pools_at_work))).all()
+    busy = select(ProvisioningJob.id).where(
+        ProvisioningJob.tenant_id == Tenant.id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)
+    )
+    failed_lately = select(ProvisioningJob.id).where(
+        ProvisioningJob.tenant_id == Tenant.id,
+        ProvisioningJob.status == JobStatus.FAILED,
+        ProvisioningJob.completed_at >= utcnow() - POOL_RETRY_AFTER,
+    )
+    not_now = select(Tenant.server_id).where(Tenant.status == TenantStatus.POOL, busy.exists() | failed_lately.exists())
+    servers = service.session.scalars(pool.wants_a_job().where(Server.id.not_in(not_now))).all()
     requested = []
     for server in servers:
         try:

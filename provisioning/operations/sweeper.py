@@ -83,7 +83,9 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
             pruned_backups=BackupBook(session).prune(retention_of(settings), offsite=OffsiteStore.from_settings(settings)),
             stray_backup_directories=BackupBook(session).remove_strays(settings.backup_path),
         )
-    done = (report.reaped, report.held, report.republished, report.scheduled_backups, report.scheduled_drills, report.pool_refills)
+    done = (
+        report.reaped, report.held, report.republished, report.scheduled_backups, report.scheduled_drills, report.pool_refills
+    )  # fmt: skip
     if any(done) or report.pruned_backups:
         log.info(
             "sweep: failed %d lost job(s), held %d job(s) of down servers, published %d pending job(s) again, "

@@ -113,10 +113,10 @@ class StandbyPool:
         """The standby site reserved for the tenant (or being claimed by a job of its that was cut
         short), now this job's to rename; None when there is none any more."""
         site = self.session.scalar(
-            select(StandbySite).where(
-                StandbySite.tenant_id == tenant_id,
-                StandbySite.status.in_((StandbyStatus.RESERVED, StandbyStatus.CLAIMING)),
-            )
+            select(StandbySite)
+            .where(StandbySite.tenant_id == tenant_id, StandbySite.status.in_((StandbyStatus.RESERVED, StandbyStatus.CLAIMING)))
+            .order_by(StandbySite.status == StandbyStatus.RESERVED)  # a claim cut short is finished first
+            .limit(1)
         )
         if site is None or not self._move(site.id, site.status, StandbyStatus.CLAIMING, job_id=job_id):
             return None
@@ -152,7 +152,8 @@ class StandbyPool:
             "half made by a pool job that ended": and_(standbys.c.status == StandbyStatus.MAKING, standbys.c.job_id != job_id),
             "a claim of it was cut short and not resumed": and_(standbys.c.status == StandbyStatus.CLAIMING, ~tenant_busy),
             "stale: made with other apps, app versions or site domain": and_(
-                standbys.c.status == StandbyStatus.READY, or_(standbys.c.fingerprint.is_(None), standbys.c.fingerprint != fingerprint)
+                standbys.c.status == StandbyStatus.READY,
+                or_(standbys.c.fingerprint.is_(None), standbys.c.fingerprint != fingerprint),
             ),
         }
         for reason, condition in reasons.items():
@@ -239,14 +240,18 @@ class StandbyPool:
         )  # fmt: skip
         to_drop = select(standbys.c.id).where(standbys.c.server_id == Server.id, standbys.c.status == StandbyStatus.DISCARDED)
         active = Server.status == ServerStatus.ACTIVE
-        return select(Server).where(
-            or_(
-                and_(active, in_pool < Server.standby_pool_size, Server.site_count + 1 < Server.capacity),
-                to_drop.exists(),
-                and_(active, ready > Server.standby_pool_size),
-                and_(~active, ready > 0),
+        return (
+            select(Server)
+            .where(
+                or_(
+                    and_(active, in_pool < Server.standby_pool_size, Server.site_count + 1 < Server.capacity),
+                    to_drop.exists(),
+                    and_(active, ready > Server.standby_pool_size),
+                    and_(~active, ready > 0),
+                )
             )
-        ).order_by(Server.name)
+            .order_by(Server.name)
+        )
 
     def counts(self, server_ids: Sequence[uuid.UUID] | None = None) -> dict[uuid.UUID, dict[StandbyStatus, int]]:
         """How many standby sites each server has ready, being made and to drop."""

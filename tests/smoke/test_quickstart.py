@@ -184,10 +184,14 @@ def assert_every_signal_is_green(run: Run, data_dir: Path) -> None:
         text = requests.get(f"{base}/metrics", timeout=HTTP_TIMEOUT).text
         return {name: float(value) for name, _, value in (line.rpartition(" ") for line in text.splitlines()) if name[:1] != "#"}
 
+    # The relay has announced every job event, and the server's standby pool is full (make run keeps two ready).
+    ready_standbys = 'erpmax_standby_sites{server="default",status="ready"}'
     figures = wait_for(
-        lambda: (found := metrics())["erpmax_job_events_waiting"] == 0 and found,
-        timeout=30, interval=0.2, what="the sweeper's relay to announce every job event",
+        lambda: (found := metrics())["erpmax_job_events_waiting"] == 0 and found[ready_standbys] == 2 and found,
+        # A claimed standby site is made up for at the next sweep: SWEEP_INTERVAL_SECONDS is 30.
+        timeout=75, interval=0.2, what="the sweeper's relay to announce every job event, and the standby pool to fill",
     )  # fmt: skip
+    assert figures['erpmax_standby_pool_size{server="default"}'] == 2
     assert figures["erpmax_broker_up"] == 1
     assert figures['erpmax_queue_messages{queue="erpmax.provisioning"}'] == 0
 
@@ -196,7 +200,7 @@ def assert_every_signal_is_green(run: Run, data_dir: Path) -> None:
         env=newcomer_environment(data_dir), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     lines = doctor.stdout.strip().splitlines()
-    assert doctor.returncode == 0 and len(lines) == 12 and all(line.startswith("ok   ") for line in lines), doctor.stdout
+    assert doctor.returncode == 0 and len(lines) == 13 and all(line.startswith("ok   ") for line in lines), doctor.stdout
 
 
 def assert_only_its_user_can_read_its_data(data_dir: Path) -> None:

@@ -39,8 +39,11 @@ def test_a_job_an_earlier_quickstart_left_running_is_failed_in_its_step_and_its_
         service = committing(session)
         job = service.request_job(tenant.id, JobType.CREATE_SITE)
         service.start_job(job.id, "worker@gone")
-        done = [StepRecord(n, steps[n].name, StepStatus.COMPLETED, finished_at=utcnow(), progress=20 * (n + 1)) for n in (0, 1)]
-        service.write_steps(job.id, "worker@gone", done, StepRecord.started(2, steps[2]))
+        done = [
+            StepRecord(n, steps[n].name, StepStatus.COMPLETED, finished_at=utcnow(), progress=100 * (n + 1) // len(steps))
+            for n in (0, 1, 2)
+        ]
+        service.write_steps(job.id, "worker@gone", done, StepRecord.started(3, steps[3]))
 
     demo = prepare(settings)
 

@@ -37,7 +37,7 @@ class BenchStandbySites(SiteWork):
         """SITE_APPS, the version of frappe and of each of them (``__version__``, as ``bench version``
         shows it), and the site domain: read from files, in milliseconds, as a claim reads it."""
         versions = []
-        for app in ("frappe", *self.config.apps):
+        for app in dict.fromkeys(("frappe", *self.config.apps)):
             source = self.config.bench_path / "apps" / app / app / "__init__.py"
             found = VERSION_LINE.search(source.read_text()) if source.is_file() else None
             versions.append(f"{app} {found.group(1) if found else 'unknown'}")
@@ -74,9 +74,9 @@ class BenchStandbySites(SiteWork):
         elif standby_dir.exists() or not self.site_dir.is_dir():
             raise StepFailed(f"cannot rename {standby_dir.name}: it is missing, or {self.site} exists already")
         installed = self.installed_apps()
-        if installed is None or (missing := self.missing_apps(installed)):
+        if missing := self.missing_apps(installed) if installed is not None else ["frappe"]:
             self.site_dir.rename(standby_dir)
-            raise StepFailed(f"{self.site} does not answer with every app of SITE_APPS under its new name", output=self.output(""))
+            raise StepFailed(f"{self.site} does not answer under its new name with {', '.join(missing)}", output=self.output(""))
         return f"{standby_dir.name} is now {self.site}, answering with apps {', '.join(sorted(installed))}"
 
     def _write_config(self, path: Path, **values: object) -> None:

@@ -8,10 +8,13 @@ import gzip
 import json
 import os
 import pwd
+import signal
 import subprocess
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -152,8 +155,10 @@ class ProcessWatch:
         self._thread.join()
 
 
-def served(realbench, site: str):
-    """``bench serve`` on a free port, for ``site`` by its Host header; the process and its URL."""
+@contextmanager
+def serving(realbench, site: str) -> Iterator[tuple[str, object]]:
+    """``bench serve`` on a free port: its URL, and ``site``'s answer to ping by its Host header once
+    it answers. Stopped afterwards with the reloader's child it starts (its process group)."""
     port = free_port()
     process = subprocess.Popen([realbench.executable, "serve", "--port", str(port)], cwd=realbench.path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -162,11 +167,15 @@ def served(realbench, site: str):
     def pong():
         try:
             answer = requests.get(f"{url}/api/method/ping", headers={"Host": site}, timeout=5)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy starting
             return False
         return answer.status_code == 200 and answer.json()
 
-    return process, url, wait_for(pong, timeout=60, interval=0.5, what=f"{site} to answer ping")
+    try:
+        yield url, wait_for(pong, timeout=60, interval=0.5, what=f"{site} to answer ping")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 def databases_and_users(realbench) -> tuple[set[str], set[str]]:
@@ -185,8 +194,7 @@ def test_a_site_with_erpnext_answers_its_owner_logs_in_no_password_shows_its_bac
     password = service.client.post("/api/v1/tenants/current/admin-password", headers=service.tenant.headers()).json["data"]
     password = password["password"]
 
-    process, url, pong = served(realbench, service.site)
-    try:
+    with serving(realbench, service.site) as (url, pong):
         assert pong == {"message": "pong"}
         login = requests.post(f"{url}/api/method/login", headers={"Host": service.site}, timeout=30,
                               data={"usr": "Administrator", "pwd": password})  # fmt: skip
@@ -194,9 +202,6 @@ def test_a_site_with_erpnext_answers_its_owner_logs_in_no_password_shows_its_bac
         apps = requests.get(f"{url}/api/method/frappe.utils.change_log.get_versions", headers={"Host": service.site},
                             cookies=login.cookies, timeout=30).json()["message"]  # fmt: skip
         assert {"frappe", "erpnext"} <= set(apps)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
     written_by_bench = bench_log.read_bytes()[log_before:].decode(errors="replace")
     for secret in (password, realbench.root_password):

@@ -20,7 +20,7 @@ from provisioning.servers.registry import ServerRegistry
 from tests.factories import TenantFactory
 from tests.helpers import StrictClient, committing, wait_for
 from tests.integration.real_bench.conftest import environment_of_bench, folders_of_bench_user
-from tests.integration.real_bench.test_real_bench import JOB_SECONDS, databases_and_users, served
+from tests.integration.real_bench.test_real_bench import JOB_SECONDS, databases_and_users, serving
 from tests.records import read_job
 from tests.stack import WorkerProcess
 
@@ -87,15 +87,11 @@ def moved_with_its_data(isolated, first, second, domain: str) -> None:
         # The old key, without which frappe could not read what it keeps encrypted; open, not in maintenance.
         assert new["encryption_key"] == old["encryption_key"] and not new.get("maintenance_mode")
 
-        process, url, pong = served(second, site)
-        try:
+        with serving(second, site) as (url, pong):
             assert pong == {"message": "pong"}
             login = requests.post(f"{url}/api/method/login", headers={"Host": site}, timeout=30,
                                   data={"usr": "Administrator", "pwd": password})  # fmt: skip
             assert login.status_code == 200 and login.json()["message"] == "Logged In", login.text
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
         deleted = finished(isolated, service.request_job(tenant.id, JobType.DELETE_SITE, options={"skip_final_backup": True}).id)
         assert deleted.status == JobStatus.COMPLETED, deleted.error
