@@ -3,8 +3,12 @@ steps, its tenant."""
 
 from sqlalchemy import select
 
-from provisioning.enums import TenantStatus
+from provisioning.enums import StepStatus, TenantStatus
 from provisioning.models import JobStep, ProvisioningJob, Tenant
+
+# What a create_site with no standby site reserved for it (none was ready) records of its
+# claim_standby step: skipped, saying why; the steps that make the site run instead.
+NO_STANDBY = "Skipped: no standby site to claim (none was ready, or its claim failed): the site is made"
 
 
 def read_job(sessions, job_id) -> ProvisioningJob:
@@ -15,6 +19,13 @@ def read_job(sessions, job_id) -> ProvisioningJob:
 def read_steps(sessions, job_id) -> list[JobStep]:
     with sessions() as session:
         return list(session.scalars(select(JobStep).where(JobStep.job_id == job_id).order_by(JobStep.position)))
+
+
+def made_without_a_standby_site(steps: list[JobStep]) -> list[JobStep]:
+    """The steps a create_site ran, once its claim_standby step is seen skipped, saying why (``NO_STANDBY``)."""
+    [claim] = [step for step in steps if step.name == "claim_standby"]
+    assert (claim.status, claim.message) == (StepStatus.SKIPPED, NO_STANDBY), (claim.status, claim.message)
+    return [step for step in steps if step is not claim]
 
 
 def read_tenant(sessions, tenant_id) -> Tenant:

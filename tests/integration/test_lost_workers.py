@@ -20,7 +20,7 @@ from provisioning.platform.db import utcnow
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory
 from tests.helpers import committing, recording, wait_for
-from tests.records import read_job, tenant_status
+from tests.records import NO_STANDBY, read_job, tenant_status
 from tests.stack import SweeperProcess, WorkerProcess
 
 pytestmark = pytest.mark.disruptive  # SIGKILLs workers and their pool processes, and times heartbeats
@@ -49,10 +49,15 @@ def test_a_job_without_a_heartbeat_is_failed_naming_its_worker_and_step_and_the_
     service = committing(session)
     job = service.request_job(tenant.id, JobType.CREATE_SITE)
     service.start_job(job.id, "worker@crashed-host")
-    steps = workflow_for(JobType.CREATE_SITE).steps
-    service.write_steps(job.id, "worker@crashed-host", [], StepRecord.started(0, steps[0]))
-    checked = StepRecord(0, "check_preconditions", StepStatus.COMPLETED, finished_at=utcnow(), output="ok", progress=20)
-    service.write_steps(job.id, "worker@crashed-host", [checked], StepRecord.started(1, steps[1]))
+    create = workflow_for(JobType.CREATE_SITE)
+    service.write_steps(job.id, "worker@crashed-host", [], StepRecord.started(0, create.steps[0]))
+    # As the worker writes them: the check done, no standby site to claim, create_site started.
+    checked = StepRecord(
+        0, "check_preconditions", StepStatus.COMPLETED, finished_at=utcnow(), output="ok", progress=create.progress_after(1)
+    )
+    no_claim = StepRecord(1, "claim_standby", StepStatus.SKIPPED, finished_at=utcnow(), message=NO_STANDBY)
+    at = create.position_of("create_site")
+    service.write_steps(job.id, "worker@crashed-host", [checked, no_claim], StepRecord.started(at, create.steps[at]))
     age_heartbeat(sessions, job.id, 120)
 
     assert job.id in service.reap_lost_jobs(timedelta(seconds=60))
@@ -157,6 +162,7 @@ def test_a_worker_lost_during_a_quick_step_is_reaped_naming_that_step_and_its_re
     assert lost.error.startswith("worker worker@frozen was lost during step install_apps: no heartbeat since"), lost.error
     assert steps_by_status(sessions, job.id) == {
         "check_preconditions": StepStatus.COMPLETED,
+        "claim_standby": StepStatus.SKIPPED,
         "create_site": StepStatus.COMPLETED,
         "install_apps": StepStatus.FAILED,
         "configure_site": StepStatus.PENDING,

@@ -23,7 +23,7 @@ from provisioning.sites.credentials import SiteCredentials
 from provisioning.sites.drivers.bench import BenchDriver
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.helpers import committing, wait_for
-from tests.records import read_job, read_steps, read_tenant, tenant_status
+from tests.records import made_without_a_standby_site, read_job, read_steps, read_tenant, tenant_status
 from tests.stack import WorkerProcess
 
 
@@ -89,8 +89,9 @@ def test_a_create_runs_every_step_in_order_and_activates_the_tenant(session, ses
     assert finished.started_at <= finished.completed_at
     steps = read_steps(sessions, job.id)
     assert [step.name for step in steps] == list(workflow_for(JobType.CREATE_SITE).step_names)
-    assert all(step.status == StepStatus.COMPLETED and step.output for step in steps)
-    assert all(a.finished_at <= b.started_at for a, b in zip(steps, steps[1:]))
+    ran = made_without_a_standby_site(steps)  # no standby site was ready: the site was made
+    assert all(step.status == StepStatus.COMPLETED and step.output for step in ran)
+    assert all(a.finished_at <= b.started_at for a, b in zip(ran, ran[1:]))
     assert tenant_status(sessions, tenant.id) == TenantStatus.ACTIVE
 
 
@@ -103,10 +104,12 @@ def test_a_failing_step_fails_the_job_with_its_name_and_keeps_what_came_before(s
     failed = read_job(sessions, job.id)
     assert failed.status == JobStatus.FAILED
     assert "install_apps" in failed.error
-    assert failed.progress == workflow_for(JobType.CREATE_SITE).progress_after(2)
+    create = workflow_for(JobType.CREATE_SITE)
+    assert failed.progress == create.progress_after(create.position_of("install_apps"))  # as it was when install_apps started
     statuses = {step.name: step.status for step in read_steps(sessions, job.id)}
     assert statuses == {
         "check_preconditions": StepStatus.COMPLETED,
+        "claim_standby": StepStatus.SKIPPED,
         "create_site": StepStatus.COMPLETED,
         "install_apps": StepStatus.FAILED,
         "configure_site": StepStatus.PENDING,
@@ -133,7 +136,7 @@ def test_a_job_that_fails_as_it_completes_keeps_its_last_step_completed_and_says
     failed = read_job(sessions, job.id)
     assert failed.status == JobStatus.FAILED
     assert failed.error == "stopped outside a step: RuntimeError: the completion could not be written"
-    assert {step.status for step in read_steps(sessions, job.id)} == {StepStatus.COMPLETED}
+    assert {step.status for step in made_without_a_standby_site(read_steps(sessions, job.id))} == {StepStatus.COMPLETED}
 
 
 def test_a_retry_of_a_failed_create_is_a_new_job_that_completes_and_the_old_one_keeps_its_history(
@@ -182,7 +185,8 @@ def test_a_create_without_a_credentials_key_fails_its_first_step_saying_what_to_
     assert failed.error == (
         "step check_preconditions failed: SITE_CREDENTIALS_KEY is not set: make one with `provisioning credentials-key`"
     )
-    assert [step.status for step in read_steps(sessions, job.id)] == [StepStatus.FAILED] + [StepStatus.PENDING] * 4
+    statuses = [step.status for step in read_steps(sessions, job.id)]
+    assert statuses[0] == StepStatus.FAILED and set(statuses[1:]) == {StepStatus.PENDING}
     assert read_tenant(sessions, tenant.id).admin_password_encrypted is None
     assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
 
@@ -259,9 +263,15 @@ def test_a_cancel_arriving_during_a_quick_step_stops_the_job_before_the_next_one
     runner(driver=cancels, worker="test").run(job.id)
 
     assert read_job(sessions, job.id).status == JobStatus.CANCELLED
-    statuses = [step.status for step in read_steps(sessions, job.id)]
-    assert statuses[:2] == [StepStatus.COMPLETED, StepStatus.COMPLETED]
-    assert set(statuses[2:]) == {StepStatus.PENDING}
+    statuses = {step.name: step.status for step in read_steps(sessions, job.id)}
+    assert statuses == {
+        "check_preconditions": StepStatus.COMPLETED,
+        "claim_standby": StepStatus.SKIPPED,
+        "create_site": StepStatus.COMPLETED,
+        "install_apps": StepStatus.PENDING,
+        "configure_site": StepStatus.PENDING,
+        "verify_site": StepStatus.PENDING,
+    }
 
 
 def test_each_step_is_on_record_as_running_while_it_runs_however_quick_and_the_job_says_what_it_does(
@@ -281,16 +291,22 @@ def test_each_step_is_on_record_as_running_while_it_runs_however_quick_and_the_j
     job = unpublished_job(session, tenant.id)
     runner(driver=Looks(step_seconds=0)).run(job.id)
 
-    configure = workflow_for(JobType.CREATE_SITE).steps[3]
-    assert seen_during_configure == [StepStatus.COMPLETED] * 3 + [StepStatus.RUNNING, StepStatus.PENDING, configure.message]
-    steps = read_steps(sessions, job.id)
-    assert all(step.status == StepStatus.COMPLETED and step.output for step in steps)
-    assert all(step.started_at <= step.finished_at for step in steps)
-    assert all(a.finished_at <= b.started_at for a, b in zip(steps, steps[1:]))
+    create = workflow_for(JobType.CREATE_SITE)
+    configure = create.steps[create.position_of("configure_site")]
+    assert seen_during_configure == [
+        StepStatus.COMPLETED, StepStatus.SKIPPED, StepStatus.COMPLETED, StepStatus.COMPLETED,  # up to install_apps
+        StepStatus.RUNNING, StepStatus.PENDING, configure.message,
+    ]  # fmt: skip
+    ran = made_without_a_standby_site(read_steps(sessions, job.id))
+    assert all(step.status == StepStatus.COMPLETED and step.output for step in ran)
+    assert all(step.started_at <= step.finished_at for step in ran)
+    assert all(a.finished_at <= b.started_at for a, b in zip(ran, ran[1:]))
     finished = read_job(sessions, job.id)
     assert (finished.status, finished.progress) == (JobStatus.COMPLETED, 100)
     kinds = [event.kind for event in committing(session).list_job_events(tenant.id, job.id)]
-    assert kinds == ["created", "claimed", *["step_started", "step_completed"] * 5, "completed"]
+    # check_preconditions, claim_standby skipped, then the four steps that make the site.
+    made = ["step_started", "step_completed"] * 4
+    assert kinds == ["created", "claimed", "step_started", "step_completed", "step_skipped", *made, "completed"]
 
 
 def test_a_second_delivery_of_a_finished_job_runs_nothing(session, sessions, tenant_factory, runner):
@@ -333,7 +349,8 @@ def test_two_runners_racing_for_one_job_run_its_steps_once(session, sessions, te
         thread.join(timeout=30)
 
     assert read_job(sessions, job.id).status == JobStatus.COMPLETED
-    assert runs == list(workflow_for(JobType.CREATE_SITE).step_names)
+    # Each step once; claim_standby not at all, skipped with no standby site to claim.
+    assert runs == [name for name in workflow_for(JobType.CREATE_SITE).step_names if name != "claim_standby"]
 
 
 def test_a_job_whose_tenant_changed_before_it_started_fails_without_running_a_step(session, sessions, tenant_factory, runner):
@@ -414,7 +431,7 @@ def test_a_create_cancelled_during_its_last_step_removes_the_site_and_says_so(se
     cancelled = read_job(sessions, job.id)
     assert (cancelled.status, cancelled.message) == (JobStatus.CANCELLED, "Cancelled; its partial work was undone")
     assert undoing.undone == 1
-    assert [step.status for step in read_steps(sessions, job.id)] == [StepStatus.COMPLETED] * 5
+    assert {step.status for step in made_without_a_standby_site(read_steps(sessions, job.id))} == {StepStatus.COMPLETED}
     assert tenant_status(sessions, tenant.id) == TenantStatus.PENDING
     kinds = [event.kind for event in committing(session).list_job_events(tenant.id, job.id)]
     # Listed in the order things happened, although the last step's events were written after the cancel's.
@@ -609,11 +626,12 @@ def test_a_step_boundary_whose_write_fails_fails_the_job_at_the_next_step_with_t
     assert writes == ["create_site", "install_apps"]
     failed = read_job(sessions, job.id)
     assert failed.error == "stopped outside a step: RuntimeError: the write of a step boundary failed"
-    assert [step.status for step in read_steps(sessions, job.id)] == [
-        StepStatus.COMPLETED,
-        StepStatus.COMPLETED,
-        StepStatus.FAILED,
-        StepStatus.PENDING,
-        StepStatus.PENDING,
-    ]
+    assert {step.name: step.status for step in read_steps(sessions, job.id)} == {
+        "check_preconditions": StepStatus.COMPLETED,
+        "claim_standby": StepStatus.SKIPPED,
+        "create_site": StepStatus.COMPLETED,
+        "install_apps": StepStatus.FAILED,
+        "configure_site": StepStatus.PENDING,
+        "verify_site": StepStatus.PENDING,
+    }
     assert committing(session).retry_job(tenant.id, job.id).resume_from == "install_apps"

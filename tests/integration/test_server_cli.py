@@ -49,14 +49,15 @@ def test_an_operator_adds_lists_changes_and_removes_a_server_at_the_console(cli,
     assert added.stdout.strip() == f"server bench-eu added; its workers take jobs from {queue}"
     listed = cli("list")
     assert listed.exit_code == 0
+    no_pool = "standby 0 ready, 0 making of 0"
     assert rows(listed) == {
-        DEFAULT_SERVER_NAME: ["active", "0/100 sites", "0 active job(s)", stack.settings.provisioning_queue_name, "-"],
-        "bench-eu": ["active", "0/5 sites", "0 active job(s)", queue, "plan=large,region=eu"],
+        DEFAULT_SERVER_NAME: ["active", "0/100 sites", "0 active job(s)", no_pool, stack.settings.provisioning_queue_name, "-"],
+        "bench-eu": ["active", "0/5 sites", "0 active job(s)", no_pool, queue, "plan=large,region=eu"],
     }
     assert listed.stderr.strip() == "2 servers"
 
     updated = cli("update", "bench-eu", "--capacity", "7", "--label", "region=us")
-    assert updated.stdout.strip() == "server bench-eu: capacity 7, labels region=us"
+    assert updated.stdout.strip() == "server bench-eu: capacity 7, labels region=us, standby pool 0 (batch 1)"
     assert cli("drain", "bench-eu").stdout.strip() == "server bench-eu is draining"
     draining = cli("list", "--status", "draining")
     assert list(rows(draining)) == ["bench-eu"] and draining.stderr.strip() == "1 server"

@@ -27,7 +27,10 @@ SERVERS = "/api/v1/servers"
 JOBS = "/api/v1/provisioning/jobs"
 # Every server these tests add: their queues are deleted after each test.
 SERVER_NAMES = ("bench-a", "bench-b", "bench-c", "bench-eu", "bench-us")
-SERVER_FIELDS = {"id", "name", "status", "capacity", "labels", "site_count", "active_jobs", "queue", "created_at", "updated_at"}
+SERVER_FIELDS = {
+    "id", "name", "status", "capacity", "labels", "site_count", "active_jobs", "queue", "created_at", "updated_at",
+    "standby_pool_size", "standby_batch", "standby_ready", "standby_making",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -91,6 +94,8 @@ def test_an_operator_adds_reads_changes_and_removes_a_server(client, operator, s
     assert set(added) == SERVER_FIELDS
     assert (added["name"], added["status"], added["capacity"], added["labels"]) == ("bench-eu", "active", 2, {"region": "eu"})
     assert (added["site_count"], added["active_jobs"]) == (0, 0)
+    # No standby pool until the operator asks for one.
+    assert (added["standby_pool_size"], added["standby_batch"], added["standby_ready"], added["standby_making"]) == (0, 1, 0, 0)
     # The queue its workers are started on, as `provisioning server queue` prints it for SERVER_NAME=bench-eu.
     assert added["queue"] == f"{stack.settings.provisioning_queue_name}.server.bench-eu"
     assert response.headers["Location"].endswith(f"{SERVERS}/bench-eu")

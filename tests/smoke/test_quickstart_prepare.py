@@ -14,6 +14,7 @@ from provisioning.operations.quickstart import DEMO_OWNER, DEMO_TENANT, banner_t
 from provisioning.platform.db import session_factory, utcnow
 from provisioning.platform.settings import load_settings
 from tests.helpers import committing
+from tests.records import NO_STANDBY
 
 
 def test_prepare_makes_the_demo_tenant_and_a_working_token_and_is_safe_to_repeat(tmp_path):
@@ -33,17 +34,20 @@ def test_a_job_an_earlier_quickstart_left_running_is_failed_in_its_step_and_its_
     released as for a failure there, and the retry resuming at that step."""
     settings = load_settings({"DATA_DIR": str(tmp_path)})
     prepare(settings)
-    steps = workflow_for(JobType.CREATE_SITE).steps
+    create = workflow_for(JobType.CREATE_SITE)
     with session_factory(settings.database_url)() as session:
         tenant = accounts.find_tenant(session, DEMO_TENANT)
         service = committing(session)
         job = service.request_job(tenant.id, JobType.CREATE_SITE)
         service.start_job(job.id, "worker@gone")
+        # As the worker writes them: the check done, no standby site to claim, the site made; install_apps started.
         done = [
-            StepRecord(n, steps[n].name, StepStatus.COMPLETED, finished_at=utcnow(), progress=100 * (n + 1) // len(steps))
-            for n in (0, 1, 2)
+            StepRecord(0, "check_preconditions", StepStatus.COMPLETED, finished_at=utcnow(), progress=create.progress_after(1)),
+            StepRecord(1, "claim_standby", StepStatus.SKIPPED, finished_at=utcnow(), message=NO_STANDBY),
+            StepRecord(2, "create_site", StepStatus.COMPLETED, finished_at=utcnow(), progress=create.progress_after(3)),
         ]
-        service.write_steps(job.id, "worker@gone", done, StepRecord.started(3, steps[3]))
+        at = create.position_of("install_apps")
+        service.write_steps(job.id, "worker@gone", done, StepRecord.started(at, create.steps[at]))
 
     demo = prepare(settings)
 
