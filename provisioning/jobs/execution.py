@@ -155,7 +155,7 @@ class JobExecution(JobRecords):
         # The step the job begins with is started with the claim (unless the job's options skip
         # it: the runner records the skip), so the job is never running without its step on record.
         starting = None if workflow.skips(workflow.steps[first], job.options) else first
-        done_before = f"Done by job {job.retry_of_id}, which this retry resumes"
+        done_before = f"Done (or skipped) by job {job.retry_of_id}, which this retry resumes"
         laid_out = [
             {"id": uuid.uuid4(), "job_id": job_id, "position": position, "name": step.name, "output": "",
              "started_at": now if position == starting else None, "finished_at": None,

@@ -107,8 +107,11 @@ class Workflow:
         return self.tenant_on_failure
 
     def changed_the_site(self, reached: list[str]) -> bool:
-        """Whether a job that started ``reached`` steps may have changed the site."""
-        return self.changes_from is None or self.changes_from in reached
+        """Whether a job that started ``reached`` steps may have changed the site: it started the
+        step ``changes_from`` or one after it (``changes_from`` may have been skipped)."""
+        if self.changes_from is None:
+            return True
+        return any(self.position_of(step) >= self.position_of(self.changes_from) for step in reached)
 
     def tenant_after_cancel(self, completed_steps: list[str], before: TenantStatus | None) -> TenantStatus | None:
         """Where the tenant goes when a cancel stops the job after ``completed_steps``."""

@@ -229,7 +229,7 @@ def check_standby_pools(settings: Settings) -> Check:
         f"{pool.claimed_last_hour} claimed in the last hour"
         for pool in pools
     )
-    empty = [pool.server for pool in pools if pool.pool_size and not pool.ready and not pool.making]
+    empty = [pool.server for pool in pools if pool.active and pool.pool_size and not pool.ready and not pool.making]
     if empty:
         return Check(
             "standby pools", False, f"{summary}; not being refilled: {', '.join(empty)}",

@@ -43,6 +43,7 @@ class PoolFigures:
     """What metrics and the doctor show of one server's pool."""
 
     server: str
+    active: bool  # a server that is not active keeps no standby site: its pool drops them
     pool_size: int
     ready: int
     making: int
@@ -279,7 +280,7 @@ class StandbyPool:
         )
         return [
             PoolFigures(
-                server.name, server.standby_pool_size,
+                server.name, server.status == ServerStatus.ACTIVE, server.standby_pool_size,
                 ready=counts.get(server.id, {}).get(StandbyStatus.READY, 0),
                 making=counts.get(server.id, {}).get(StandbyStatus.MAKING, 0),
                 discarded=counts.get(server.id, {}).get(StandbyStatus.DISCARDED, 0),

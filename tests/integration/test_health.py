@@ -103,13 +103,14 @@ def test_doctor_passes_when_everything_answers(isolated):
             "ok   migrations",
             "ok   broker",
             "ok   servers",
+            "ok   standby pools",
             "ok   queues",
             "ok   workers",
             "ok   job events",
             "ok   restore drills",
             "ok   offsite backups",
         ]
-        assert worker.name in lines[8]
+        assert worker.name in lines[9]
     finally:
         worker.stop()
 

@@ -347,11 +347,13 @@ def test_a_create_pinned_to_another_server_than_the_failed_tenants_own_is_refuse
 
 
 # Labels on any job but a create; a server on any job but a create or a move (which names where to).
+# (No client asks for refill_pool: see the test after.)
 PLACEMENTS_THAT_FIT_NOT = [
     (job_type, placement)
     for placement in ({"labels": {"region": "eu"}}, {"server": "bench-a"})
     for job_type in JobType
-    if job_type != JobType.CREATE_SITE and not (job_type == JobType.MOVE_SITE and "server" in placement)
+    if job_type not in (JobType.CREATE_SITE, JobType.REFILL_POOL)
+    and not (job_type == JobType.MOVE_SITE and "server" in placement)
 ]
 
 
@@ -363,6 +365,13 @@ def test_placement_options_on_a_job_that_places_nothing_are_refused(client, tena
         body["backup_id"] = str(uuid.uuid4())
     answer = assert_error(client.post(JOBS, json=body, headers=operator.acting_for(tenant)), 422)
     assert set(placement) <= set(answer["errors"]["json"]), answer
+
+
+def test_a_standby_pools_job_is_the_sweepers_and_no_client_may_ask_for_it(client, tenant_factory, operator):
+    tenant = tenant_factory.create(TenantStatus.ACTIVE)
+    for headers in (tenant.headers(), operator.acting_for(tenant)):
+        answer = assert_error(client.post(JOBS, json={"job_type": "refill_pool"}, headers=headers), 422)
+        assert answer["errors"]["json"]["job_type"] == ["refill_pool jobs are the sweeper's, for standby pools"]
 
 
 def test_a_create_asking_for_labels_no_server_has_is_refused_naming_them(client, session, tenant_factory, operator):
