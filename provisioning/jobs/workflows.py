@@ -15,9 +15,9 @@ class Step:
     backups), the rest are the site driver's. ``skipped_when`` names a job option that, when
     true, skips the step, ``skipped_unless`` one that, when missing, does. A retry of a job that
     failed here starts again at ``redo_from`` when set: a failed check cannot be fixed by checking
-    the same files again. A step of a job that
-    spans servers (a move) ``runs_on`` one of them (``SOURCE`` or ``TARGET``, see ``server_of``),
-    and only that server's worker runs it; other steps run wherever the job is.
+    the same files again. A step of a job that spans servers (a move) ``runs_on`` one of them
+    (``SOURCE`` or ``TARGET``, see ``server_of``), and only that server's worker runs it; other
+    steps run wherever the job is.
     """
 
     name: str

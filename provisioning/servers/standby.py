@@ -29,12 +29,12 @@ from provisioning.enums import ServerStatus, StandbyStatus, TenantStatus
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, StandbySite, Tenant
 from provisioning.platform.db import utcnow
 
-# Standby sites live under their own sub-domain of SITE_DOMAIN: no tenant's site can have their name.
-STANDBY_SUBDOMAIN = "standby"
 # A pool tenant's slug: not a DNS label (it has a dot), so no customer's slug can be it.
 POOL_SLUG = "pool.{server_id}"
 MAX_POOL_SIZE = 1000
-MAX_BATCH = 100
+# A pool job makes its batch one site after the other, within TASK_SOFT_TIME_LIMIT (25 minutes by
+# default): ten ERPNext sites take 12 to 15 minutes on two cores.
+MAX_BATCH = 10
 standbys = StandbySite.__table__
 
 
@@ -135,10 +135,10 @@ class StandbyPool:
 
     def settle(self, server_id: uuid.UUID, job_id: uuid.UUID, fingerprint: str) -> dict[str, str]:
         """Put the server's pool in order before its job makes sites, and say which standby sites to
-        drop, each with why: those half made by a pool job that ended, those made with another ``fingerprint``
-        (stale: never handed out), those beyond the pool's size or on a server that takes no new
-        sites, those a claim gave up, and those a create began to claim and never finished. A
-        reservation whose create ended before its claim goes back to the pool."""
+        drop, each with why: those half made by a pool job that ended, those made with another
+        ``fingerprint`` (stale: never handed out), those beyond the pool's size or on a server that
+        takes no new sites, those a claim gave up, and those a create began to claim and never
+        finished. A reservation whose create ended before its claim goes back to the pool."""
         tenant_busy = (
             select(ProvisioningJob.id)
             .where(ProvisioningJob.tenant_id == standbys.c.tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
@@ -150,7 +150,9 @@ class StandbyPool:
             .values(status=StandbyStatus.READY, tenant_id=None)
         )  # fmt: skip
         reasons = {
-            "half made by a pool job that ended": and_(standbys.c.status == StandbyStatus.MAKING, standbys.c.job_id != job_id),
+            "half made by a pool job that ended": and_(
+                standbys.c.status == StandbyStatus.MAKING, or_(standbys.c.job_id.is_(None), standbys.c.job_id != job_id)
+            ),
             "a claim of it was cut short and not resumed": and_(standbys.c.status == StandbyStatus.CLAIMING, ~tenant_busy),
             "stale: made with other apps, app versions or site domain": and_(
                 standbys.c.status == StandbyStatus.READY,

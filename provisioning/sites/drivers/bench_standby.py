@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from provisioning.errors import StepFailed
@@ -44,6 +45,8 @@ class BenchStandbySites(SiteWork):
         return f"apps={','.join(self.config.apps)}; {', '.join(versions)}; domain={self.config.site_domain}"
 
     def make_standby(self, label: str) -> str:
+        # Each site of the batch has BENCH_STEP_TIMEOUT_SECONDS of its own: the step makes several.
+        self.deadline = time.monotonic() + self.config.step_timeout
         site = self.standby_site(label)
         password = secrets.token_urlsafe(24)  # never used: a claim sets the tenant's own
         apps = [arg for app in self.config.apps for arg in ("--install-app", app)]
@@ -56,10 +59,14 @@ class BenchStandbySites(SiteWork):
         return f"made {site}"
 
     def drop_standby(self, label: str) -> str:
+        """Its database too; a folder that never got one (a new-site cut short) is removed."""
         site = self.standby_site(label)
+        folder = self.config.bench_path / "sites" / site
         archive = self.config.archive_path / "standby"
-        if (self.config.bench_path / "sites" / site).exists():
+        if (folder / "site_config.json").is_file():
             self.drop(archive, force=True, site=site)
+        if folder.exists():
+            shutil.rmtree(folder)
         # A standby site holds nobody's data: no archived copy is kept.
         for archived in archive.glob(f"{site}*") if archive.is_dir() else []:
             shutil.rmtree(archived)
