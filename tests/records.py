@@ -3,7 +3,8 @@ steps, its tenant."""
 
 from sqlalchemy import select
 
-from provisioning.enums import StepStatus, TenantStatus
+from provisioning.enums import JobType, StepStatus, TenantStatus
+from provisioning.jobs.workflows import workflow_for
 from provisioning.models import JobStep, ProvisioningJob, Tenant
 
 # What a create_site with no standby site reserved for it (none was ready) records of its
@@ -26,6 +27,15 @@ def made_without_a_standby_site(steps: list[JobStep]) -> list[JobStep]:
     [claim] = [step for step in steps if step.name == "claim_standby"]
     assert (claim.status, claim.message) == (StepStatus.SKIPPED, NO_STANDBY), (claim.status, claim.message)
     return [step for step in steps if step is not claim]
+
+
+def create_stopped_at(step: str, status: StepStatus) -> dict[str, StepStatus]:
+    """The steps of a create_site made without a standby site that stopped at ``step`` (``status``):
+    those before it completed (its claim_standby skipped), those after it pending."""
+    names = workflow_for(JobType.CREATE_SITE).step_names
+    at = names.index(step)
+    before = {name: StepStatus.SKIPPED if name == "claim_standby" else StepStatus.COMPLETED for name in names[:at]}
+    return before | {step: status} | dict.fromkeys(names[at + 1 :], StepStatus.PENDING)
 
 
 def read_tenant(sessions, tenant_id) -> Tenant:

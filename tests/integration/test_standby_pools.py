@@ -36,6 +36,17 @@ def with_pool(isolated, server: str, size: int, batch: int = 5) -> None:
         session.commit()
 
 
+def one_ready_standby(isolated, server: BenchServer, **fault: str) -> str:
+    """The label of the one standby site of ``server``'s pool, made; its worker then restarted
+    with ``fault`` (``FAKE_BENCH_HANG="new-site"``: its bench hangs there)."""
+    with_pool(isolated, server.name, size=1)
+    refilled(isolated)
+    [label] = ready(isolated)
+    server.worker.kill()
+    server.start_worker(isolated.dispatcher, **fault)
+    return label
+
+
 def standbys(isolated) -> dict[str, StandbyStatus]:
     with isolated.session() as session:
         return dict(session.execute(select(StandbySite.label, StandbySite.status)).all())
@@ -191,11 +202,7 @@ def test_a_claim_that_fails_puts_the_standby_site_back_and_the_create_makes_the_
 
 def test_a_claim_cut_short_by_a_killed_worker_leaves_no_half_renamed_site_and_its_retry_claims_it(isolated, tmp_path):
     with fleet(isolated, tmp_path, ("a",), capacity=5) as servers, isolated.session() as session:
-        with_pool(isolated, "a", size=1)
-        refilled(isolated)
-        [label] = ready(isolated)
-        servers["a"].worker.kill()
-        servers["a"].start_worker(isolated.dispatcher, FAKE_BENCH_HANG="set-admin-password")
+        label = one_ready_standby(isolated, servers["a"], FAKE_BENCH_HANG="set-admin-password")
         tenant = TenantFactory(session).create()
         create = request(isolated, session, tenant, JobType.CREATE_SITE)
         in_step(isolated, create.id, "claim_standby")
@@ -241,11 +248,7 @@ def test_a_stale_standby_site_is_never_handed_out_and_the_pool_drops_and_remakes
 
 def test_a_pool_job_cancelled_while_it_makes_a_site_drops_it_and_keeps_the_ready_ones(isolated, tmp_path):
     with fleet(isolated, tmp_path, ("a",), capacity=5) as servers, isolated.session() as session:
-        with_pool(isolated, "a", size=1)
-        refilled(isolated)
-        [kept] = ready(isolated)
-        servers["a"].worker.kill()
-        servers["a"].start_worker(isolated.dispatcher, FAKE_BENCH_HANG="new-site")
+        kept = one_ready_standby(isolated, servers["a"], FAKE_BENCH_HANG="new-site")
         with_pool(isolated, "a", size=2)
         sweep(isolated.settings, isolated.sessions, isolated.dispatcher.send_job)  # or the new worker's own, at its start
         pool_job = wait_for(lambda: pool_job_under_way(isolated), timeout=30, what="the pool's job")
