@@ -12,10 +12,11 @@ up again right after it. A tenant busy with another job is skipped, and logged; 
 asks again, so its job follows as soon as it is free.
 
 A server's standby pool gets a refill_pool job whenever it lacks ready sites (and has room for
-one more beyond the last free one), or holds sites to drop (``StandbyPool.wants_a_job``); one at
-a time, as its pool tenant has one active job at most. After a pool job failed, its pool waits
-POOL_RETRY_AFTER before the next: a bench that cannot make sites (an app missing) would fail one
-every sweep otherwise. ``provisioning doctor`` says the pool is not being refilled.
+one more beyond the last free one), or holds sites to drop, and at least once every
+POOL_CHECK_EVERY, to drop the sites the bench's changed apps made stale (``StandbyPool.wants_a_job``);
+one at a time, as its pool tenant has one active job at most. After a pool job failed, its pool
+waits POOL_RETRY_AFTER before the next: a bench that cannot make sites (an app missing) would fail
+one every sweep otherwise. ``provisioning doctor`` says the pool is not being refilled.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ SCHEDULER = "backup schedule"
 DRILL_SCHEDULER = "restore drill schedule"
 POOL_KEEPER = "standby pool"
 POOL_RETRY_AFTER = timedelta(minutes=10)
+# A pool with ready sites gets a job at least this often, which drops the stale ones.
+POOL_CHECK_EVERY = timedelta(hours=1)
 
 
 def _has_job(job_type: JobType, *conditions):
@@ -83,7 +86,8 @@ def schedule_pool_refills(service: JobRequests) -> list[uuid.UUID]:
         ProvisioningJob.completed_at >= utcnow() - POOL_RETRY_AFTER,
     )
     not_now = select(Tenant.server_id).where(Tenant.status == TenantStatus.POOL, busy.exists() | failed_lately.exists())
-    servers = service.session.scalars(pool.wants_a_job().where(Server.id.not_in(not_now))).all()
+    wanted = pool.wants_a_job(checked_since=utcnow() - POOL_CHECK_EVERY)
+    servers = service.session.scalars(wanted.where(Server.id.not_in(not_now))).all()
     requested = []
     for server in servers:
         try:

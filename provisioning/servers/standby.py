@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Sequence
 
 from sqlalchemy import Select, and_, func, insert, or_, select, update
@@ -227,10 +227,12 @@ class StandbyPool:
 
     # Figures.
 
-    def wants_a_job(self) -> Select:
+    def wants_a_job(self, checked_since: datetime) -> Select:
         """The servers whose pool needs a job now: an active one with fewer sites ready or being
         made than its pool's size and room for one more, or any with standby sites to drop or
-        ready ones it should not keep (beyond its size, or it takes no new sites)."""
+        ready ones it should not keep (beyond its size, or it takes no new sites); and any with
+        ready sites whose pool had no job since ``checked_since``: its job finds the stale ones (the
+        bench's apps changed since they were made) before a create does."""
         in_pool = (
             select(func.count()).select_from(standbys)
             .where(standbys.c.server_id == Server.id, standbys.c.status.in_((StandbyStatus.MAKING, StandbyStatus.READY)))
@@ -242,6 +244,12 @@ class StandbyPool:
             .scalar_subquery()
         )  # fmt: skip
         to_drop = select(standbys.c.id).where(standbys.c.server_id == Server.id, standbys.c.status == StandbyStatus.DISCARDED)
+        checked = (
+            select(ProvisioningJob.id)
+            .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
+            .where(Tenant.server_id == Server.id, Tenant.status == TenantStatus.POOL, ProvisioningJob.created_at >= checked_since)
+            .exists()
+        )
         active = Server.status == ServerStatus.ACTIVE
         return (
             select(Server)
@@ -251,6 +259,7 @@ class StandbyPool:
                     to_drop.exists(),
                     and_(active, ready > Server.standby_pool_size),
                     and_(~active, ready > 0),
+                    and_(ready > 0, ~checked),
                 )
             )
             .order_by(Server.name)

@@ -17,7 +17,7 @@ from provisioning.enums import JobStatus, JobType, StandbyStatus, StepStatus, Te
 from provisioning.jobs.workflows import STANDBY
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, StandbySite
 from provisioning.operations.health import check_standby_pools
-from provisioning.operations.schedules import POOL_RETRY_AFTER
+from provisioning.operations.schedules import POOL_CHECK_EVERY, POOL_RETRY_AFTER
 from provisioning.operations.sweeper import sweep
 from provisioning.servers.registry import ServerRegistry
 from provisioning.sites.credentials import SiteCredentials
@@ -244,6 +244,17 @@ def test_a_stale_standby_site_is_never_handed_out_and_the_pool_drops_and_remakes
         [fresh] = ready(isolated)
         with isolated.session() as check:
             assert "erpnext 15.71.0" in check.scalar(select(StandbySite.fingerprint).where(StandbySite.label == fresh))
+
+        # Upgraded again: no create has to find out. The pool's hourly job drops it and makes another.
+        (servers["a"].bench / "apps" / "erpnext" / "erpnext" / "__init__.py").write_text('__version__ = "15.72.0"\n')
+        assert refilled(isolated) == []  # its last job was less than POOL_CHECK_EVERY ago
+        with isolated.session() as backdate:
+            backdate.execute(update(ProvisioningJob).where(ProvisioningJob.job_type == JobType.REFILL_POOL)
+                             .values(created_at=ProvisioningJob.created_at - POOL_CHECK_EVERY))  # fmt: skip
+            backdate.commit()
+        [check] = refilled(isolated)
+        assert f"{fresh} (stale" in steps_of(isolated, check.id)["drop_standbys"][1]
+        assert standbys(isolated)[fresh] == StandbyStatus.DROPPED and len(ready(isolated)) == 1
 
 
 def test_a_pool_job_cancelled_while_it_makes_a_site_drops_it_and_keeps_the_ready_ones(isolated, tmp_path):
