@@ -31,6 +31,9 @@ from provisioning.platform.db import utcnow
 
 # A pool tenant's slug: not a DNS label (it has a dot), so no customer's slug can be it.
 POOL_SLUG = "pool.{server_id}"
+# How long a claim cut short (its worker lost) is kept for the retry that resumes it, once its
+# tenant has no job under way; after that, the pool drops what it left under its standby name.
+CLAIM_RETRY_GRACE = timedelta(hours=1)
 MAX_POOL_SIZE = 1000
 # A pool job makes its batch one site after the other, within TASK_SOFT_TIME_LIMIT (25 minutes by
 # default): ten ERPNext sites take 12 to 15 minutes on two cores.
@@ -137,11 +140,18 @@ class StandbyPool:
         """Put the server's pool in order before its job makes sites, and say which standby sites to
         drop, each with why: those half made by a pool job that ended, those made with another
         ``fingerprint`` (stale: never handed out), those beyond the pool's size or on a server that
-        takes no new sites, those a claim gave up, and those a create began to claim and never
-        finished. A reservation whose create ended before its claim goes back to the pool."""
+        takes no new sites, those a claim gave up, and those a create began to claim and whose
+        tenant has had no job since for CLAIM_RETRY_GRACE (its retry would resume the claim). A
+        reservation whose create ended before its claim goes back to the pool."""
         tenant_busy = (
             select(ProvisioningJob.id)
             .where(ProvisioningJob.tenant_id == standbys.c.tenant_id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
+            .exists()
+        )
+        since = utcnow() - CLAIM_RETRY_GRACE
+        tenant_lately = (
+            select(ProvisioningJob.id)
+            .where(ProvisioningJob.tenant_id == standbys.c.tenant_id, ProvisioningJob.completed_at >= since)
             .exists()
         )
         mine = standbys.c.server_id == server_id
@@ -153,7 +163,9 @@ class StandbyPool:
             "half made by a pool job that ended": and_(
                 standbys.c.status == StandbyStatus.MAKING, or_(standbys.c.job_id.is_(None), standbys.c.job_id != job_id)
             ),
-            "a claim of it was cut short and not resumed": and_(standbys.c.status == StandbyStatus.CLAIMING, ~tenant_busy),
+            "a claim of it was cut short and not resumed": and_(
+                standbys.c.status == StandbyStatus.CLAIMING, ~tenant_busy, ~tenant_lately
+            ),
             "stale: made with other apps, app versions or site domain": and_(
                 standbys.c.status == StandbyStatus.READY,
                 or_(standbys.c.fingerprint.is_(None), standbys.c.fingerprint != fingerprint),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 
 from click.testing import CliRunner
 from sqlalchemy import select, update
@@ -19,7 +20,9 @@ from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, St
 from provisioning.operations.health import check_standby_pools
 from provisioning.operations.schedules import POOL_CHECK_EVERY, POOL_RETRY_AFTER
 from provisioning.operations.sweeper import sweep
+from provisioning.platform.db import utcnow
 from provisioning.servers.registry import ServerRegistry
+from provisioning.servers.standby import CLAIM_RETRY_GRACE
 from provisioning.sites.credentials import SiteCredentials
 from tests.factories import TenantFactory, operator_headers
 from tests.fleet import DOMAIN, BenchServer, fleet
@@ -214,6 +217,8 @@ def test_a_claim_cut_short_by_a_killed_worker_leaves_no_half_renamed_site_and_it
         assert read_tenant(isolated.sessions, tenant.id).status == TenantStatus.FAILED
 
         servers["a"].start_worker(isolated.dispatcher, FAKE_BENCH_HANG="")
+        refilled(isolated)  # the pool keeps it for the retry meanwhile
+        assert standbys(isolated)[label] == StandbyStatus.CLAIMING and standby_dir(servers["a"], label).is_dir()
         retry = retried(isolated, session, create.id)
         assert retry.resume_from == "claim_standby"
         done = finished(isolated, retry.id)
@@ -250,7 +255,7 @@ def test_a_stale_standby_site_is_never_handed_out_and_the_pool_drops_and_remakes
         assert refilled(isolated) == []  # its last job was less than POOL_CHECK_EVERY ago
         with isolated.session() as backdate:
             backdate.execute(update(ProvisioningJob).where(ProvisioningJob.job_type == JobType.REFILL_POOL)
-                             .values(created_at=ProvisioningJob.created_at - POOL_CHECK_EVERY))  # fmt: skip
+                             .values(created_at=utcnow() - POOL_CHECK_EVERY - timedelta(minutes=1)))  # fmt: skip
             backdate.commit()
         [check] = refilled(isolated)
         assert f"{fresh} (stale" in steps_of(isolated, check.id)["drop_standbys"][1]
@@ -353,3 +358,26 @@ def test_a_pool_whose_job_fails_waits_before_the_next_says_so_in_the_doctor_and_
             ServerRegistry(session, SYSTEM).remove("b")  # with its pool's tenant and jobs
             session.commit()
             assert session.scalar(select(Server.id).where(Server.name == "b")) is None
+
+
+def test_a_claim_cut_short_and_never_retried_is_dropped_by_the_pool_and_a_late_retry_makes_the_site(isolated, tmp_path):
+    with fleet(isolated, tmp_path, ("a",), capacity=5) as servers, isolated.session() as session:
+        label = one_ready_standby(isolated, servers["a"], FAKE_BENCH_HANG="set-admin-password")
+        tenant = TenantFactory(session).create()
+        create = request(isolated, session, tenant, JobType.CREATE_SITE)
+        in_step(isolated, create.id, "claim_standby")
+        servers["a"].worker.kill()
+        failed = reaped(isolated, create.id)
+        with isolated.session() as backdate:  # as if CLAIM_RETRY_GRACE had passed with no retry
+            backdate.execute(update(ProvisioningJob).where(ProvisioningJob.id == failed.id)
+                             .values(completed_at=utcnow() - CLAIM_RETRY_GRACE - timedelta(minutes=1)))  # fmt: skip
+            backdate.commit()
+
+        servers["a"].start_worker(isolated.dispatcher, FAKE_BENCH_HANG="")
+        refilled(isolated)
+        assert standbys(isolated)[label] == StandbyStatus.DROPPED and not standby_dir(servers["a"], label).exists()
+        done = finished(isolated, retried(isolated, session, create.id).id)
+        assert done.status == JobStatus.COMPLETED, done.error
+        steps = steps_of(isolated, done.id)
+        assert "no longer there" in steps["claim_standby"][1] and steps["create_site"][0] == StepStatus.COMPLETED
+        assert servers["a"].holds(tenant.tenant.slug)
