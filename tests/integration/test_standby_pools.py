@@ -50,6 +50,17 @@ def one_ready_standby(isolated, server: BenchServer, **fault: str) -> str:
     return label
 
 
+def claim_hanging_in_bench(isolated, server: BenchServer, session, tmp_path):
+    """The label of a pool's one standby site, a tenant, and its create claiming that site, its
+    bench's set-admin-password hanging (the claim has begun: the site is the create's to rename)."""
+    hanging = tmp_path / "hanging.pid"
+    label = one_ready_standby(isolated, server, FAKE_BENCH_HANG="set-admin-password", FAKE_BENCH_PID_FILE=str(hanging))
+    tenant = TenantFactory(session).create()
+    create = request(isolated, session, tenant, JobType.CREATE_SITE)
+    wait_for(hanging.exists, timeout=30, what="the claim's set-admin-password to hang")
+    return label, tenant, create
+
+
 def standbys(isolated) -> dict[str, StandbyStatus]:
     with isolated.session() as session:
         return dict(session.execute(select(StandbySite.label, StandbySite.status)).all())
@@ -205,10 +216,7 @@ def test_a_claim_that_fails_puts_the_standby_site_back_and_the_create_makes_the_
 
 def test_a_claim_cut_short_by_a_killed_worker_leaves_no_half_renamed_site_and_its_retry_claims_it(isolated, tmp_path):
     with fleet(isolated, tmp_path, ("a",), capacity=5) as servers, isolated.session() as session:
-        label = one_ready_standby(isolated, servers["a"], FAKE_BENCH_HANG="set-admin-password")
-        tenant = TenantFactory(session).create()
-        create = request(isolated, session, tenant, JobType.CREATE_SITE)
-        in_step(isolated, create.id, "claim_standby")
+        label, tenant, create = claim_hanging_in_bench(isolated, servers["a"], session, tmp_path)
         servers["a"].worker.kill()
 
         failed = reaped(isolated, create.id)
@@ -362,10 +370,7 @@ def test_a_pool_whose_job_fails_waits_before_the_next_says_so_in_the_doctor_and_
 
 def test_a_claim_cut_short_and_never_retried_is_dropped_by_the_pool_and_a_late_retry_makes_the_site(isolated, tmp_path):
     with fleet(isolated, tmp_path, ("a",), capacity=5) as servers, isolated.session() as session:
-        label = one_ready_standby(isolated, servers["a"], FAKE_BENCH_HANG="set-admin-password")
-        tenant = TenantFactory(session).create()
-        create = request(isolated, session, tenant, JobType.CREATE_SITE)
-        in_step(isolated, create.id, "claim_standby")
+        label, tenant, create = claim_hanging_in_bench(isolated, servers["a"], session, tmp_path)
         servers["a"].worker.kill()
         failed = reaped(isolated, create.id)
         with isolated.session() as backdate:  # as if CLAIM_RETRY_GRACE had passed with no retry
