@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import select
 
 from provisioning.enums import JobType
@@ -16,13 +18,15 @@ def refilled(isolated, timeout: float = 60) -> list[ProvisioningJob]:
     asked for, and any a worker's sweep at its start asked for before: the pools are then settled."""
     jobs = sweep(isolated.settings, isolated.sessions, isolated.dispatcher.send_job).pool_refills
 
-    def settled():
-        with isolated.session() as session:
-            return not session.scalar(
-                select(ProvisioningJob.id)
-                .where(ProvisioningJob.job_type == JobType.REFILL_POOL, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
-                .limit(1)
-            )
-
-    wait_for(settled, timeout=timeout, interval=0.2, what="the standby pools' jobs to end")
+    wait_for(lambda: pool_job_under_way(isolated) is None, timeout=timeout, interval=0.2, what="the pools' jobs to end")
     return [read_job(isolated.sessions, job_id) for job_id in jobs]
+
+
+def pool_job_under_way(isolated) -> uuid.UUID | None:
+    """The id of a pool job pending or running, if any."""
+    with isolated.session() as session:
+        return session.scalar(
+            select(ProvisioningJob.id)
+            .where(ProvisioningJob.job_type == JobType.REFILL_POOL, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
+            .limit(1)
+        )

@@ -205,8 +205,7 @@ class JobRunner:
         job, workflow = run.job, run.workflow
         for position, step in enumerate(workflow.steps[run.first :], start=run.first):
             run.at = position
-            # The context's options: a step may change them (a failed claim of a standby site).
-            if reason := workflow.skips(step, run.context.options):
+            if reason := workflow.skips(step, run.context.options):  # the context's: a failed claim changes them
                 message = f"Skipped: {reason}"
                 run.ended.append(StepRecord(position, step.name, StepStatus.SKIPPED, finished_at=utcnow(), message=message))
                 continue

@@ -86,21 +86,22 @@ class StandbyPool:
 
     def reserve(self, tenant_id: uuid.UUID, server_name: str) -> str | None:
         """The label of a ready standby site of the server, now reserved for the tenant's create;
-        None when it has none ready. A reservation the tenant holds already (a create of its that
-        ended before its claim) goes back to its pool first."""
-        self.release(tenant_id)
-        ready = (
-            select(StandbySite.id, StandbySite.label)
+        None when it has none ready. One the tenant reserved there already (a create of its that
+        ended before its claim) is its answer. A single statement when the server keeps no pool:
+        this is on every create's request."""
+        mine = (StandbySite.status == StandbyStatus.RESERVED) & (StandbySite.tenant_id == tenant_id)
+        candidate = (
+            select(StandbySite.id, StandbySite.label, StandbySite.status)
             .join(Server, Server.id == StandbySite.server_id)
-            .where(Server.name == server_name, StandbySite.status == StandbyStatus.READY)
-            .order_by(StandbySite.ready_at, StandbySite.label)
+            .where(Server.name == server_name, (StandbySite.status == StandbyStatus.READY) | mine)
+            .order_by(StandbySite.status == StandbyStatus.READY, StandbySite.ready_at, StandbySite.label)
             .limit(1)
             .with_for_update(skip_locked=True, of=StandbySite)
         )
         for _ in range(3):  # SQLite has no row locks: a lost compare-and-set looks again
-            row = self.session.execute(ready).first()
-            if row is None:
-                return None
+            row = self.session.execute(candidate).first()
+            if row is None or row.status == StandbyStatus.RESERVED:
+                return row and row.label
             if self._move(row.id, StandbyStatus.READY, StandbyStatus.RESERVED, tenant_id=tenant_id):
                 return row.label
         return None

@@ -16,7 +16,7 @@ from provisioning.accounts.audit import SYSTEM
 from provisioning.cli import main
 from provisioning.enums import JobStatus, JobType, StandbyStatus, StepStatus, TenantStatus
 from provisioning.jobs.workflows import STANDBY
-from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, StandbySite
+from provisioning.models import ProvisioningJob, Server, StandbySite
 from provisioning.operations.health import check_standby_pools
 from provisioning.operations.schedules import POOL_CHECK_EVERY, POOL_RETRY_AFTER
 from provisioning.operations.sweeper import sweep
@@ -29,7 +29,7 @@ from tests.fleet import DOMAIN, BenchServer, fleet
 from tests.helpers import committing, wait_for
 from tests.integration.test_moves import finished, in_step, reaped, request, retried
 from tests.integration.test_server_metrics import of, scrape
-from tests.pools import refilled
+from tests.pools import pool_job_under_way, refilled
 from tests.records import read_job, read_steps, read_tenant
 
 
@@ -75,16 +75,6 @@ def ready(isolated) -> list[str]:
                 .order_by(StandbySite.ready_at, StandbySite.label)
             )
         )  # fmt: skip
-
-
-def pool_job_under_way(isolated):
-    """The id of the pool job pending or running, if any."""
-    with isolated.session() as session:
-        return session.scalar(
-            select(ProvisioningJob.id).where(
-                ProvisioningJob.job_type == JobType.REFILL_POOL, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES)
-            )
-        )
 
 
 def standby_dir(server: BenchServer, label: str):

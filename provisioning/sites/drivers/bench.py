@@ -15,8 +15,6 @@ also redacted from every output we keep or log.
 
 from __future__ import annotations
 
-import shutil
-
 from provisioning.enums import JobType
 from provisioning.errors import StepFailed
 from provisioning.platform.settings import BenchSettings
@@ -134,10 +132,7 @@ class SiteSteps(BenchStandbySites):
         """Drop what a create left: the site with its database, or a bare folder that never got one."""
         if not self.site_dir.exists():
             return self.output(f"{self.site}: nothing to remove")
-        if (self.site_dir / "site_config.json").is_file():
-            self.drop(self.config.archive_path / "discarded", force=True)
-        if self.site_dir.exists():
-            shutil.rmtree(self.site_dir)
+        self.remove(self.site, self.config.archive_path / "discarded")
         return self.output(f"removed the half-made site {self.site}")
 
     # delete_site

@@ -97,6 +97,18 @@ class SiteWork:
             "drop-site", site or self.site, "--archived-sites-path", str(archive), "--no-backup", *(["--force"] if force else [])
         )
 
+    def remove(self, site: str, archive: Path, keep_archived: bool = True) -> None:
+        """Drop ``site`` with its database into ``archive``, or remove the bare folder a new-site
+        cut short left (no config: no database to drop); without ``keep_archived``, its archived
+        copies go too (a site that held nobody's data: a drill's scratch site, a standby site)."""
+        folder = self.config.bench_path / "sites" / site
+        if (folder / "site_config.json").is_file():
+            self.drop(archive, force=True, site=site)
+        if folder.exists():
+            shutil.rmtree(folder)
+        for archived in archive.glob(f"{site}*") if not keep_archived and archive.is_dir() else []:
+            shutil.rmtree(archived)
+
     def output(self, summary: str) -> str:
         return "\n".join([*self._outputs, summary])
 
@@ -168,10 +180,5 @@ class SiteWork:
         return f"{self.context.tenant_slug}.drill.{self.config.site_domain}"
 
     def drop_scratch(self) -> str:
-        scratch_dir = self.config.bench_path / "sites" / self.scratch
-        drills = self.config.archive_path / "drills"
-        if scratch_dir.exists():
-            self.drop(drills, force=True, site=self.scratch)
-        for archived in drills.glob(f"{self.scratch}*") if drills.is_dir() else []:
-            shutil.rmtree(archived)
+        self.remove(self.scratch, self.config.archive_path / "drills", keep_archived=False)
         return self.output(f"{self.scratch}: dropped")

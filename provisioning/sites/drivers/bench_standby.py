@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -59,17 +58,8 @@ class BenchStandbySites(SiteWork):
         return f"made {site}"
 
     def drop_standby(self, label: str) -> str:
-        """Its database too; a folder that never got one (a new-site cut short) is removed."""
         site = self.standby_site(label)
-        folder = self.config.bench_path / "sites" / site
-        archive = self.config.archive_path / "standby"
-        if (folder / "site_config.json").is_file():
-            self.drop(archive, force=True, site=site)
-        if folder.exists():
-            shutil.rmtree(folder)
-        # A standby site holds nobody's data: no archived copy is kept.
-        for archived in archive.glob(f"{site}*") if archive.is_dir() else []:
-            shutil.rmtree(archived)
+        self.remove(site, self.config.archive_path / "standby", keep_archived=False)
         return f"{site}: dropped"
 
     def rename_standby(self, label: str) -> str:
