@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Sequence
 
-from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy import Select, Uuid, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -52,6 +52,22 @@ class PoolFigures:
     making: int
     discarded: int
     claimed_last_hour: int
+
+
+# A create's standby site: the one its tenant reserved on the server already, else the oldest ready
+# one no other request holds. Built once: it is on every create's request (``StandbyPool.reserve``).
+RESERVABLE = (
+    select(StandbySite.id, StandbySite.label, StandbySite.status)
+    .join(Server, Server.id == StandbySite.server_id)
+    .where(
+        Server.name == bindparam("server"),
+        (StandbySite.status == StandbyStatus.READY)
+        | ((StandbySite.status == StandbyStatus.RESERVED) & (StandbySite.tenant_id == bindparam("tenant", type_=Uuid))),
+    )
+    .order_by(StandbySite.status == StandbyStatus.READY, StandbySite.ready_at, StandbySite.label)
+    .limit(1)
+    .with_for_update(skip_locked=True, of=StandbySite)
+)
 
 
 def new_label() -> str:
@@ -89,17 +105,8 @@ class StandbyPool:
         None when it has none ready. One the tenant reserved there already (a create of its that
         ended before its claim) is its answer. A single statement when the server keeps no pool:
         this is on every create's request."""
-        mine = (StandbySite.status == StandbyStatus.RESERVED) & (StandbySite.tenant_id == tenant_id)
-        candidate = (
-            select(StandbySite.id, StandbySite.label, StandbySite.status)
-            .join(Server, Server.id == StandbySite.server_id)
-            .where(Server.name == server_name, (StandbySite.status == StandbyStatus.READY) | mine)
-            .order_by(StandbySite.status == StandbyStatus.READY, StandbySite.ready_at, StandbySite.label)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=StandbySite)
-        )
         for _ in range(3):  # SQLite has no row locks: a lost compare-and-set looks again
-            row = self.session.execute(candidate).first()
+            row = self.session.execute(RESERVABLE, {"tenant": tenant_id, "server": server_name}).first()
             if row is None or row.status == StandbyStatus.RESERVED:
                 return row and row.label
             if self._move(row.id, StandbyStatus.READY, StandbyStatus.RESERVED, tenant_id=tenant_id):
