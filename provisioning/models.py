@@ -117,7 +117,8 @@ class Tenant(Base):
 
 
 class User(Base):
-    """A person or system that calls the API; a superuser is a platform operator."""
+    """A person or system that calls the API; a superuser is a platform operator. A disabled
+    user's tokens were revoked as it was disabled, and it can be given no new one."""
 
     __tablename__ = "users"
 
@@ -125,6 +126,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     is_superuser: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Membership(Base):
@@ -141,7 +143,12 @@ class Membership(Base):
 
 
 class ApiToken(Base):
-    """A bearer token; only its SHA-256 is stored, the token itself is shown once."""
+    """A bearer token; only its SHA-256 is stored, the token itself is shown once.
+
+    ``scopes`` is what it may do (``accounts.scopes``), within what its user's role allows; NULL
+    for a token made before scopes existed, which may do all its user's role allows. A token with
+    a ``tenant_id`` acts for that tenant only (one a tenant's owner made); without, for any of its
+    user's tenants."""
 
     __tablename__ = "api_tokens"
 
@@ -154,6 +161,8 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    scopes: Mapped[list | None] = mapped_column(JSON)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
 
 
 class ProvisioningJob(Base):

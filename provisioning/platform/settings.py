@@ -13,14 +13,26 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Literal, Mapping, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from cryptography.fernet import Fernet
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from provisioning.platform.identifiers import QUEUE_NAME, SLUG
 from provisioning.platform.setting_problems import first_problem
+from provisioning.platform.setting_types import (
+    HttpURL,
+    LimitStorageURL,
+    Lowercase,
+    Networks,
+    NonNegativeFloat,
+    Port,
+    PositiveFloat,
+    PositiveInt,
+    RateLimit,
+    checked_url,
+)
 
 DEFAULT_QUEUE_NAME = "erpmax.provisioning"
 # The server a deployment of one bench server has (migration 0012 makes it): its queue is
@@ -36,17 +48,6 @@ DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2", "
 POSTGRESQL_DRIVER = "postgresql+psycopg://"
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 NOT_A_FERNET_KEY = "not a Fernet key (32 url-safe base64 bytes); make one with `provisioning credentials-key`"
-
-PositiveInt = Annotated[int, Field(ge=1)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-# float() also reads "nan" and "inf": nan passes every comparison, and an infinite period fails
-# only later (timedelta(hours=inf) is an OverflowError in every job request): finite numbers only.
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Lowercase = BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-HttpURL = Annotated[str | None, BeforeValidator(lambda url: _checked_url(url, ("http", "https")) if url else url)]
-
 
 class SettingsError(ValueError):
     """A setting is malformed; the message starts with the variable's name."""
@@ -95,7 +96,7 @@ class RabbitMQSettings(BaseSettings):
     @field_validator("rabbitmq_url")
     @classmethod
     def _amqp_scheme(cls, url: str) -> str:
-        return _checked_url(url, AMQP_SCHEMES) if url else url
+        return checked_url(url, AMQP_SCHEMES) if url else url
 
     @field_validator("rabbitmq_host")
     @classmethod
@@ -181,7 +182,17 @@ class Settings(RabbitMQSettings):
     # Reverse proxies in front of the API whose X-Forwarded-For is to be believed (0: none), and
     # the addresses they connect from: the header of any other peer is ignored.
     proxy_count: Annotated[int, Field(ge=0)] = 0
-    trusted_proxies: Annotated[tuple[Network, ...], NoDecode] = LOOPBACK_NETWORKS
+    trusted_proxies: Networks = LOOPBACK_NETWORKS
+    # An API token lives at most this long; one asked for without an expiry gets this one.
+    token_max_lifetime_days: Annotated[int, Field(ge=1, le=3650)] = 365
+    # Webhook targets in these networks are allowed although private or loopback (none by default).
+    webhook_allowed_networks: Networks = ()
+    webhook_timeout_seconds: PositiveFloat = 10.0
+    # Rate limits (api/limits.py): where they count, and each limit as the `limits` library writes it.
+    rate_limit_storage_url: LimitStorageURL = "memory://"
+    rate_limit_failed_auth: RateLimit = "20/minute"
+    rate_limit_per_token: RateLimit = "1200/minute"
+    rate_limit_creates: RateLimit = "30/hour"
     # The ports the Procfile's web and flower lines listen on (they read PORT and FLOWER_PORT themselves).
     web_port: Port = Field(8000, validation_alias="port")
     flower_port: Port = 5555
@@ -210,7 +221,7 @@ class Settings(RabbitMQSettings):
     def _database_driver(cls, url: str) -> str:
         """Pin the driver we install, and accept the ``postgres://`` spelling of hosting providers and
         the ``postgresql+psycopg2://`` of deployments made before the driver changed."""
-        _checked_url(url, DATABASE_SCHEMES)
+        checked_url(url, DATABASE_SCHEMES)
         scheme, _, rest = url.partition("://")
         return url if scheme == "sqlite" else POSTGRESQL_DRIVER + rest
 
@@ -245,24 +256,6 @@ class Settings(RabbitMQSettings):
     @classmethod
     def _backups_in_data_dir(cls, path: str | Path | None, info: ValidationInfo) -> Path:
         return Path(path or info.data["data_dir"] / "backups").resolve()
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        """Addresses and networks (``10.0.0.5``, ``10.0.0.0/24``, ``fd00::/8``), separated by commas or spaces."""
-        if not isinstance(value, str):
-            return value
-        networks = []
-        for part in value.replace(",", " ").split():
-            try:
-                networks.append(ipaddress.ip_network(part))
-            except ValueError:
-                try:  # an address with a prefix (10.0.0.5/24): say which network was meant
-                    meant = ipaddress.ip_network(part, strict=False)
-                except ValueError:
-                    raise ValueError(f"{part!r} is not an address or network (10.0.0.5, 10.0.0.0/24)") from None
-                raise ValueError(f"{part!r} has host bits set; the network is {meant}") from None
-        return tuple(networks)
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> Settings:
@@ -387,14 +380,3 @@ def _kept_key(path: Path) -> dict[str, Any]:
         return {}
     except OSError as error:
         raise SettingsError(f"SITE_CREDENTIALS_KEY: cannot read the kept key {path}: {error.strerror}") from None
-
-
-def _checked_url(url: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in schemes:
-        raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not one of {', '.join(schemes)}")
-    try:
-        parts.port
-    except ValueError:
-        raise ValueError(f"the port in {parts.netloc.rpartition('@')[2]!r} is not a port number") from None
-    return url
