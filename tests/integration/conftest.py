@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -179,8 +180,8 @@ class IsolatedStack:
         return self.sessions()
 
 
-@pytest.fixture
-def isolated(environment: dict[str, str], settings: Settings):
+@contextmanager
+def isolated_stack(environment: dict[str, str], settings: Settings):
     suffix = uuid.uuid4().hex[:8]
     queue = f"{settings.provisioning_queue_name}.{suffix}"
     with migrated_database(f"provisioning_test_{RUN_ID}_{suffix}") as database_url:
@@ -188,6 +189,19 @@ def isolated(environment: dict[str, str], settings: Settings):
         env = {**environment, "DATABASE_URL": database_url, "PROVISIONING_QUEUE_NAME": queue}
         yield IsolatedStack(env, own, Dispatcher(own), session_factory(database_url))
         delete_queues(queue)
+
+
+@pytest.fixture
+def isolated(environment: dict[str, str], settings: Settings):
+    with isolated_stack(environment, settings) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def isolated_module(environment: dict[str, str], settings: Settings):
+    """``isolated``, shared by the tests of one module."""
+    with isolated_stack(environment, settings) as stack:
+        yield stack
 
 
 @pytest.fixture
