@@ -172,4 +172,3 @@ class RateLimitDocs(BasePlugin):
         if rule is not None and rule.endpoint.partition(".")[0] in self.blueprints:
             for operation in operations.values():
                 operation.setdefault("responses", {})["429"] = RESPONSE
-
