@@ -12,21 +12,23 @@ whole seconds until the limit has room again.
   (never the token), checked right after authentication.
 - ``RATE_LIMIT_CREATES``: the jobs a tenant's requests make (``POST /jobs`` of any type, and
   retries, which make a job too). Checked after authentication, when the tenant is known, and
-  before the body is read; counted once the job is made (201), so a refused request (a 409: a job
-  is active) does not use the tenant's allowance. Platform operators acting for a tenant are not
-  held to it. Two requests at once may both pass with one job left: the limit can be passed by
-  the requests in flight, never by more.
+  before the body is read; counted once answered 201, so a refused request (a 409: a job is
+  active) does not use the tenant's allowance (an ``Idempotency-Key`` replay, answered 201 with
+  the job it made before, counts: it is not told apart here). Platform operators acting for a
+  tenant are not held to it: a tenant's runaway script must not lock out the people fixing it.
+  Two requests at once may both pass with one job left: the limit can be passed by the requests
+  in flight, never by more.
 
 Only the blueprints that need a token are limited (``create_app`` names them); ``/healthz``,
 ``/readyz``, ``/metrics``, ``/docs`` and ``/openapi.json`` never are. Every 429 is counted in
 ``erpmax_rate_limited_total`` by limit. The counters live in ``api.limit_storage``; refused requests
 are audited by ``api.refusals``.
 
-Flask-Limiter was measured against this and not used: it decides in a ``before_request`` of the
-app, before the blueprint's authentication, so two of the three limits (per token, per tenant)
-could only be checked through its decorators on MethodView methods, where it checks at call time
-or not depending on how the view was registered; and its in-memory fallback covers only the
-limits it checks itself, not the explicit ones nor the refusals' audit.
+Flask-Limiter (which counts with this same ``limits`` library) was weighed and not used: it
+decides in a ``before_request`` of the app, before the blueprint's authentication, so two of the
+three limits (per token, per tenant) could be checked only by its decorators on MethodView
+methods, which check at call time or not depending on how the view was registered; and its
+in-memory fallback covers only the limits it checks itself, not the refusals' audit.
 """
 
 from __future__ import annotations
@@ -74,10 +76,14 @@ class RateLimits:
     def applies(self) -> bool:
         return request.blueprint in self.blueprints
 
+    @staticmethod
+    def address() -> str:
+        return request.remote_addr or "unknown"  # absent only when the peer's was no address (api.forwarded)
+
     def refuse_blocked_address(self) -> None:
         """Before authentication: 429 for credentials from an address out of failed authentications."""
         if self.applies() and "Authorization" in request.headers:
-            address = request.remote_addr or "unknown"
+            address = self.address()
             self.refuse_when_used_up(FAILED_AUTH, address, f"too many failed authentications from {address}")
 
     def after_response(self, response: Response) -> Response:
@@ -85,7 +91,7 @@ class RateLimits:
         if not self.applies():
             return response
         if response.status_code == 401 and "Authorization" in request.headers:
-            self.count(FAILED_AUTH, request.remote_addr or "unknown")
+            self.count(FAILED_AUTH, self.address())
         if response.status_code in (401, 403):
             self.refusals.record(response)
         return response
