@@ -56,7 +56,7 @@ def assert_too_many(response, *in_message: str, at_most: int) -> dict:
 def app_of(unread_settings, rolled_back):
     """Makes apps with the settings given, working in the test's transaction."""
 
-    def make(**given: str):
+    def make(**given):
         app = create_app(unread_settings.model_copy(update=given))
         app.extensions["provisioning_sessions"].configure(**joining(rolled_back))
         return app
@@ -73,7 +73,7 @@ def limited(app_of):
         pytest.fail(f"Redis is not answering at {REDIS_URL}: {error}")
     made = []
 
-    def make(**limits: str):
+    def make(**limits):
         made.append(app_of(rate_limit_storage_url=REDIS_URL, **limits))
         return made[-1]
 
@@ -103,6 +103,19 @@ def test_every_web_process_counts_into_the_same_failed_authentications(limited):
     for client in (first, second, first):
         assert_error(client.get(CURRENT, headers=GUESS, **source(GUESSER)), 401)
     assert_too_many(second.get(CURRENT, headers=GUESS, **source(GUESSER)), "failed authentications", at_most=60)
+
+
+def test_behind_a_trusted_proxy_each_client_is_limited_by_its_own_address(limited, tenant_factory):
+    client = limited(rate_limit_failed_auth="2/minute", proxy_count=1).test_client()  # the proxy: on loopback
+    owner = tenant_factory.create().headers(Role.OWNER)
+
+    def through_proxy(address: str, headers: dict) -> dict:
+        return {"headers": {**headers, "X-Forwarded-For": address}, **source("127.0.0.1")}
+
+    for _ in range(2):
+        assert_error(client.get(CURRENT, **through_proxy(GUESSER, GUESS)), 401)
+    assert_too_many(client.get(CURRENT, **through_proxy(GUESSER, owner)), GUESSER, at_most=60)
+    assert client.get(CURRENT, **through_proxy(NEIGHBOUR, owner)).status_code == 200
 
 
 def test_a_token_s_requests_are_limited_and_another_token_is_not(limited, tenant_factory, session):
