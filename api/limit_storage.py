@@ -45,14 +45,16 @@ REDIS_TIMEOUT_SECONDS = 0.5
 class LimitStorage:
     """Counters in the configured storage, falling back to memory while it fails (see the module)."""
 
-    def __init__(self, url: str, key_prefix: str):
+    def __init__(self, url: str, key_prefix: str, retry_seconds: float = RETRY_SECONDS):
         self.url = url
+        self.retry_seconds = retry_seconds
         options = {"socket_connect_timeout": REDIS_TIMEOUT_SECONDS, "socket_timeout": REDIS_TIMEOUT_SECONDS}
         remote = not url.startswith("memory://")
         storage = storage_from_string(url, key_prefix=key_prefix, wrap_exceptions=True, **(options if remote else {}))
         self.configured = FixedWindowRateLimiter(storage)
         self.fallback = FixedWindowRateLimiter(MemoryStorage()) if remote else self.configured
-        self.failed_until = 0.0  # time.monotonic() until which the fallback counts; 0: the storage is in use
+        # time.monotonic() until which the fallback counts; 0 while the storage is in use.
+        self.failed_until = 0.0
 
     def run(self, counting: Callable[[FixedWindowRateLimiter], T]) -> T:
         """``counting(strategy)`` on the configured storage; on the fallback while it fails."""
@@ -65,9 +67,9 @@ class LimitStorage:
                 "rate limits: the storage %s failed (%s); counting in this process's memory, trying it again in %gs",
                 self.url.partition("@")[2] or self.url,  # never the password of redis://:secret@host
                 error,
-                RETRY_SECONDS,
+                self.retry_seconds,
             )
-            self.failed_until = time.monotonic() + RETRY_SECONDS
+            self.failed_until = time.monotonic() + self.retry_seconds
             return counting(self.fallback)
         if self.failed_until:
             log.warning("rate limits: the storage answers again; counting there")

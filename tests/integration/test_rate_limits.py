@@ -10,6 +10,7 @@ after each test (only those keys: the Redis is the machine's).
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -19,9 +20,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from api import create_app
+from api.limit_storage import LimitStorage
 from api.limits import EXTENSION
 from provisioning.enums import Role
 from provisioning.models import AuditEntry
+from provisioning.operations.embedded_broker import NoDelayFakeRedisServer
 from tests.factories import operator_headers
 from tests.helpers import assert_error
 from tests.integration.conftest import joining
@@ -235,3 +238,24 @@ def test_with_the_storage_unreachable_the_api_serves_and_limits_in_memory(app_of
     assert_error(client.get(CURRENT, headers=GUESS), 401)
     warnings = [record.getMessage() for record in caplog.records if record.name == "api.limit_storage"]
     assert len(warnings) == 1 and "counting in this process's memory" in warnings[0], warnings
+
+
+def test_once_the_storage_answers_again_the_limits_count_there(caplog):
+    """The machine's Redis cannot be stopped for this (others use it): the Redis that comes back is
+    the quickstart's emulation, started on the port where nothing answered."""
+    port = free_port()
+    storage = LimitStorage(f"redis://127.0.0.1:{port}/0", "recovery", retry_seconds=0)  # tried again at every count
+    minute = parse("5/minute")
+    assert storage.run(lambda strategy: strategy.hit(minute, "k"))
+    assert storage.failed_until and storage.fallback.get_window_stats(minute, "k").remaining == 4
+
+    server = NoDelayFakeRedisServer(("127.0.0.1", port), server_type="redis")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert storage.run(lambda strategy: strategy.hit(minute, "k"))
+        assert storage.failed_until == 0 and storage.configured.get_window_stats(minute, "k").remaining == 4
+    finally:
+        server.shutdown()
+        server.server_close()
+    messages = [record.getMessage() for record in caplog.records if record.name == "api.limit_storage"]
+    assert "counting in this process's memory" in messages[0] and "answers again" in messages[1], messages
