@@ -42,6 +42,8 @@ QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 class RefusalAudit:
+    """Audits an app's refusals; ``audited_once_per`` is the window of one entry per kind."""
+
     def __init__(self, storage: LimitStorage, audited_once_per=AUDITED_ONCE_PER):
         self.storage = storage
         self.audited_once_per = audited_once_per
