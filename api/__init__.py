@@ -9,6 +9,7 @@ from api import backups, errors, health, jobs, servers, tenants
 from api.auth import TENANT_HEADER, TENANT_HEADER_DOC
 from api.errors import ProvisioningApi
 from api.forwarded import TrustedProxies
+from api.limits import init_rate_limits
 from api.metrics import init_metrics
 from api.request_log import init_request_log
 from api.session import init_sessions
@@ -53,8 +54,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_sessions(app, settings)
     init_request_log(app)
     init_metrics(app)
+    # Every operation that needs a token is rate limited, and documents its 429; the health checks are not.
+    limited = (jobs.blp, backups.blp, tenants.blp, servers.blp)
+    rate_limit_docs = init_rate_limits(app, settings, [blueprint.name for blueprint in limited])
 
-    api = ProvisioningApi(app)
+    api = ProvisioningApi(app, spec_kwargs={"extra_plugins": [rate_limit_docs]})
     api.spec.components.parameter(TENANT_HEADER, "header", TENANT_HEADER_DOC)
     for acting_for_a_tenant in (jobs.blp, backups.blp, tenants.blp):
         api.register_blueprint(acting_for_a_tenant, parameters=[TENANT_HEADER])

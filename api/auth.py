@@ -5,6 +5,7 @@ import functools
 from flask import g, request
 
 from api.errors import error_for
+from api.limits import count_token_request
 from api.session import db_session, require_current_schema, write_token_use
 from provisioning.accounts.audit import Origin
 from provisioning.accounts.registry import Caller, authenticate, authenticate_operator
@@ -29,6 +30,7 @@ def authenticate_request() -> None:
         g.caller = authenticate(db_session(), _bearer_token(), request.headers.get(TENANT_HEADER))
     except ProvisioningError as error:
         raise error_for(error) from None
+    count_token_request(_bearer_token())
     if g.caller.token_to_mark is not None:
         write_token_use(g.caller.token_to_mark)
 
@@ -42,6 +44,7 @@ def authenticate_operator_request() -> None:
         g.operator, token_to_mark = authenticate_operator(db_session(), _bearer_token())
     except ProvisioningError as error:
         raise error_for(error) from None
+    count_token_request(_bearer_token())
     if token_to_mark is not None:
         write_token_use(token_to_mark)
 

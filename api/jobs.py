@@ -9,6 +9,7 @@ from flask_smorest.error_handler import ErrorSchema
 
 from api.auth import authenticate_request, caller, request_origin, writers_only
 from api.errors import error_for
+from api.limits import limited_as_job_request
 from api.parsing import Blueprint
 from api.schemas import (
     JOB_CREATE_EXAMPLES,
@@ -81,6 +82,7 @@ class Jobs(MethodView):
         return {"data": jobs, "meta": page_meta(args["page"], args["size"], total)}
 
     @writers_only
+    @limited_as_job_request
     @blp.arguments(JobCreateSchema(), examples=JOB_CREATE_EXAMPLES)
     @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, JobResponseSchema)
@@ -153,6 +155,7 @@ class JobEvents(MethodView):
 @blp.route("/<uuid:job_id>/retry")
 class JobRetry(MethodView):
     @writers_only
+    @limited_as_job_request
     @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, JobResponseSchema)
     @blp.alt_response(409, schema=ErrorSchema, description="The job is not failed or completed, or the tenant cannot take it now")

@@ -51,6 +51,7 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+RATE_LIMITED = Counter("erpmax_rate_limited_total", "Requests refused with 429, by the limit used up (api.limits)", ["limit"])
 # A create takes minutes with bench, seconds when simulated.
 JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
@@ -78,6 +79,7 @@ def init_metrics(app: Flask) -> None:
         else:
             registry.register(HTTP_REQUESTS)
             registry.register(HTTP_LATENCY)
+            registry.register(RATE_LIMITED)
         registry.register(
             JobFigures(current_app.extensions["provisioning_sessions"], current_app.config["PROVISIONING_SETTINGS"])
         )

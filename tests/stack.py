@@ -29,6 +29,8 @@ from tests.processes import GroupProcess, free_port, procfile_commands
 
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# The machine's Redis, shared by every run: a run keeps to keys of its own prefix, and never flushes it.
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Names this process gives its databases, queues and workers, so runs never collide. Each
 # pytest-xdist worker is a process of its own, so each has its own; its xdist name (gw0, gw1...)
 # ends it, to tell which worker left something behind.

@@ -53,9 +53,12 @@ def _rate_limit(value: Any) -> Any:
     """A limit as the ``limits`` library writes it: ``20/minute``, ``600 per hour``, ``10/second;1000/day``."""
     if isinstance(value, str):
         try:
-            parse_many(value)
+            limits = parse_many(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a rate limit (20/minute, 600 per hour, 5/second;100/day)") from None
+        if any(limit.amount == 0 for limit in limits):
+            # It would refuse every request it counts; a limit is lifted by making it large.
+            raise ValueError(f"{value!r} allows nothing; to lift a limit, make it large (1000000/minute)")
     return value
 
 

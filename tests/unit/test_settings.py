@@ -95,11 +95,28 @@ def test_rabbitmq_url_is_preferred_over_its_parts():
         ({"OFFSITE_S3_ENDPOINT_URL": "s3.example.test:9000"}, "OFFSITE_S3_ENDPOINT_URL"),  # no scheme
         ({"OFFSITE_S3_ENDPOINT_URL": "https://s3.example.test:port"}, "OFFSITE_S3_ENDPOINT_URL"),
         ({"OFFSITE_S3_ACCESS_KEY_ID": "AKIA123"}, "OFFSITE_S3_ACCESS_KEY_ID"),  # its secret missing
+        ({"RATE_LIMIT_CREATES": "banana"}, "RATE_LIMIT_CREATES"),
+        ({"RATE_LIMIT_PER_TOKEN": "20/fortnight"}, "RATE_LIMIT_PER_TOKEN"),
+        ({"RATE_LIMIT_FAILED_AUTH": "0/minute"}, "RATE_LIMIT_FAILED_AUTH"),  # would refuse every credential
+        ({"RATE_LIMIT_PER_TOKEN": "10/second;0/day"}, "RATE_LIMIT_PER_TOKEN"),
+        ({"RATE_LIMIT_STORAGE_URL": "127.0.0.1:6379"}, "RATE_LIMIT_STORAGE_URL"),  # no scheme
     ],
 )
 def test_a_malformed_value_is_refused_naming_the_variable(environ, variable):
     with pytest.raises(SettingsError, match=f"^{variable}:"):
         load_settings(environ)
+
+
+def test_a_rate_limit_that_is_not_one_is_refused_in_one_line_naming_the_variable():
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"RATE_LIMIT_CREATES": "banana"})
+    assert str(refused.value) == "RATE_LIMIT_CREATES: 'banana' is not a rate limit (20/minute, 600 per hour, 5/second;100/day)"
+
+
+def test_rate_limits_count_in_memory_unless_a_storage_is_named_and_may_hold_several_windows(tmp_path):
+    assert load_settings({"DATA_DIR": str(tmp_path)}).rate_limit_storage_url == "memory://"
+    given = {"RATE_LIMIT_CREATES": "5/second;100/day", "DATA_DIR": str(tmp_path)}
+    assert load_settings(given).rate_limit_creates == "5/second;100/day"
 
 
 def test_a_trusted_proxy_network_with_host_bits_set_is_refused_saying_which_network_was_meant():
