@@ -156,6 +156,14 @@ JOB_CREATE_EXAMPLES = {
         "summary": "Move the site to another server (platform operators only)",
         "value": {"job_type": "move_site", "server": "bench-eu-2"},
     },
+    "suspend_site": {
+        "summary": "Suspend the site: maintenance page, scheduler stopped (platform operators only)",
+        "value": {"job_type": "suspend_site"},
+    },
+    "unsuspend_site": {
+        "summary": "Open a suspended site again (platform operators only)",
+        "value": {"job_type": "unsuspend_site"},
+    },
 }
 
 
