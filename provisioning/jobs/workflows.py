@@ -227,7 +227,7 @@ WORKFLOWS: dict[JobType, Workflow] = {
         ),
         # A suspended tenant's data matters all the same; the backup leaves the tenant as it is.
         allowed_tenant_states=HAS_A_SITE,
-        refusal="the tenant has no site to back up; backup_site needs an active or suspended tenant",
+        refusal="the tenant has no active site to back up; backup_site needs an active or suspended tenant",
         # Retention prunes older backups on the strength of the new one: it can no longer be discarded.
         point_of_no_return="record_backup",
     ),
