@@ -23,11 +23,11 @@ from api.schemas import (
 )
 from api.session import db_session
 from provisioning.backups.book import BACKUP_ID
-from provisioning.enums import JobStatus, JobType
+from provisioning.enums import SUSPENSIONS, JobStatus, JobType
 from provisioning.errors import Forbidden
 from provisioning.jobs.requests import JobRequests
 from provisioning.jobs.seats import PINNED_SERVER, PLACEMENT_LABELS
-from provisioning.jobs.workflows import SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP, SUSPENSIONS
+from provisioning.jobs.workflows import SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP
 from provisioning.platform.db import UnitOfWork
 
 blp = Blueprint(

@@ -92,3 +92,5 @@ class BackupStatus(str, enum.Enum):
 
 
 WRITER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
+# Billing's job types: only platform operators ask for them (``jobs.workflows`` says what they leave).
+SUSPENSIONS = frozenset({JobType.SUSPEND_SITE, JobType.UNSUSPEND_SITE})

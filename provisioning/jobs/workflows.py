@@ -311,6 +311,19 @@ WORKFLOWS: dict[JobType, Workflow] = {
         allowed_tenant_states=frozenset({TenantStatus.POOL}),
         refusal="refill_pool is a job of a server's standby pool, asked for by the sweeper",
     ),
+    # suspend_site and unsuspend_site (``enums.SUSPENSIONS``): billing's decision, so only platform
+    # operators ask for them, retry or cancel them (an owner who could would lift a suspension).
+    #
+    # What a failure leaves. Both jobs change the site from their first step, and every step only sets
+    # a state (maintenance mode on or off, the scheduler enabled or disabled), so running one again is
+    # harmless. A job that fails, or whose worker is lost, leaves the tenant ``half_suspended``: its
+    # site may be closed, open, or in between, and the status says so. That status refuses every job
+    # but backup_site, delete_site, suspend_site and unsuspend_site, so nothing (a restore reopening
+    # the site, a move) can act on a half-closed site; the failed job's retry, or the opposite job,
+    # finishes it and the tenant ends ``suspended`` or ``active``, as the site then is. A cancel undoes
+    # what the job did (the site is opened again, or closed again) and puts the tenant back as it was
+    # (``half_suspended`` if the undo fails).
+    # Nothing is undone on a failure: the undo would run the same bench commands that just failed.
     JobType.SUSPEND_SITE: Workflow(
         job_type=JobType.SUSPEND_SITE,
         steps=(
@@ -343,20 +356,6 @@ WORKFLOWS: dict[JobType, Workflow] = {
         changes_from="enable_scheduler",
     ),
 }
-
-# suspend_site and unsuspend_site: billing's decision, so only platform operators ask for them, retry
-# or cancel them (an owner who could would lift a suspension).
-#
-# What a failure leaves. Both jobs change the site from their first step, and every step only sets
-# a state (maintenance mode on or off, the scheduler enabled or disabled), so running one again is
-# harmless. A job that fails, or whose worker is lost, leaves the tenant ``half_suspended``: its
-# site may be closed, open, or in between, and the status says so. That status refuses every job
-# but backup_site, delete_site, suspend_site and unsuspend_site, so nothing (a restore reopening
-# the site, a move) can act on a half-closed site; the failed job's retry, or the opposite job,
-# finishes it and the tenant ends ``suspended`` or ``active``, as the site then is. A cancel undoes
-# what the job did (the site is opened again, or closed again) and puts the tenant back as it was.
-# Nothing is undone on a failure: the undo would run the same bench commands that just failed.
-SUSPENSIONS = frozenset({JobType.SUSPEND_SITE, JobType.UNSUSPEND_SITE})
 
 # The job types that restore one of the tenant's completed backups, named by ``backups.book.BACKUP_ID``.
 RESTORES = frozenset({JobType.RESTORE_SITE, JobType.RESTORE_DRILL})

@@ -23,8 +23,6 @@ from provisioning.enums import JobType
 from provisioning.errors import StepFailed
 from provisioning.sites.drivers.bench_site import SiteWork, json_document
 
-SUSPENSIONS = frozenset({JobType.SUSPEND_SITE, JobType.UNSUSPEND_SITE})
-
 
 class SuspensionSteps(SiteWork):
     """The steps of suspend_site and unsuspend_site, each method named after its step (close_site
