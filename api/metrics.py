@@ -170,8 +170,8 @@ class JobFigures:
 
     @staticmethod
     def _tenants(session: Session):
-        """Tenants by status, each status a series even at 0: billing watches ``suspended`` and
-        an operator ``half_suspended`` and ``failed`` (the standby pools' holders are pools, not customers)."""
+        """Tenants by status, each status a series even at 0: billing watches ``suspended``, an
+        operator ``half_suspended`` and ``failed``; the holders of standby pools count as ``pool``."""
         family = GaugeMetricFamily("erpmax_tenants", "Tenants by status", labels=["status"])
         counts = dict(session.execute(select(Tenant.status, func.count()).group_by(Tenant.status)).all())
         for status in TenantStatus:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -15,15 +14,16 @@ from sqlalchemy import select
 from api import create_app
 from provisioning.enums import JobStatus, JobType, Role, StepStatus, TenantStatus
 from provisioning.jobs.runner import JobRunner
-from provisioning.models import Server
-from provisioning.operations.schedules import schedule_backups
+from provisioning.models import JobEvent, ProvisioningJob, Server
+from provisioning.operations.schedules import SCHEDULER
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from tests.factories import TenantFactory, operator_headers
 from tests.fleet import BenchServer, fleet
-from tests.helpers import StrictClient, assert_error, committing, recording
+from tests.helpers import StrictClient, assert_error, committing, wait_for
 from tests.integration.test_metrics import scrape, value
 from tests.integration.test_moves import finished, in_step
 from tests.records import read_job, read_steps, read_tenant
+from tests.stack import SweeperProcess
 
 JOBS = "/api/v1/provisioning/jobs"
 SUSPENDED_REFUSAL = (
@@ -222,23 +222,38 @@ def test_a_suspend_cancelled_as_it_runs_is_undone_and_the_site_is_open_again(iso
         assert tenant.is_open() and tenant.config()["maintenance_mode"] == 0
 
 
-def test_scheduled_backups_keep_backing_up_suspended_tenants_and_leave_them_suspended(isolated):
-    sent = []
+def test_the_sweepers_scheduled_backups_keep_backing_up_a_suspended_site_and_leave_it_suspended(isolated, api, tmp_path):
+    with fleet(isolated, tmp_path, ("s1",)) as servers:
+        tenant = Tenant(isolated, api, servers["s1"])
+        assert tenant.run("create_site").status == JobStatus.COMPLETED
+        assert tenant.run("suspend_site", tenant.operator).status == JobStatus.COMPLETED
+        with isolated.session() as session:
+            pending = TenantFactory(session).create()
+        # Due about a second after its site was made, and every second after.
+        often = {"SWEEP_INTERVAL_SECONDS": "0.5", "BACKUP_INTERVAL_HOURS": "0.0003"}
+        sweeper = SweeperProcess({**isolated.environment, **often}, tmp_path)
+        try:
+            backup = wait_for(lambda: scheduled_backup(isolated, tenant.made.id), timeout=60, what="a scheduled backup")
+        finally:
+            log = sweeper.stop()
+        done = finished(isolated, backup.id)
+
+        assert done.status == JobStatus.COMPLETED, (done.error, log)
+        assert tenant.status == TenantStatus.SUSPENDED and tenant.is_closed()
+        assert scheduled_backup(isolated, pending.id) is None  # no site, no backup
+
+
+def scheduled_backup(isolated, tenant_id) -> ProvisioningJob | None:
+    """The tenant's first backup_site asked for by the backup schedule."""
     with isolated.session() as session:
-        factory = TenantFactory(session)
-        suspended, half, pending = (factory.create(status=status) for status in (
-            TenantStatus.SUSPENDED, TenantStatus.HALF_SUSPENDED, TenantStatus.PENDING,
-        ))  # fmt: skip
-        service = committing(session, dispatch=recording(sent))
-
-        requested = schedule_backups(service, timedelta(hours=24))
-
-        jobs = {read_job(isolated.sessions, job_id).tenant_id: job_id for job_id in requested}
-        assert suspended.id in jobs and half.id in jobs and pending.id not in jobs
-        runner = JobRunner.for_settings(isolated.settings, isolated.sessions, SimulatedDriver(0), "test-runner@localhost")
-        runner.run(jobs[suspended.id])
-        assert read_job(isolated.sessions, jobs[suspended.id]).status == JobStatus.COMPLETED
-        assert read_tenant(isolated.sessions, suspended.id).status == TenantStatus.SUSPENDED
+        return session.scalar(
+            select(ProvisioningJob)
+            .join(JobEvent, JobEvent.job_id == ProvisioningJob.id)
+            .where(ProvisioningJob.tenant_id == tenant_id, ProvisioningJob.job_type == JobType.BACKUP_SITE)
+            .where(JobEvent.kind == "created", JobEvent.actor == SCHEDULER)
+            .order_by(ProvisioningJob.created_at)
+            .limit(1)
+        )
 
 
 def test_the_metrics_count_tenants_by_status_suspended_ones_among_them(isolated, api):
