@@ -24,7 +24,7 @@ from api.schemas import (
 )
 from api.session import db_session
 from provisioning.backups.book import BACKUP_ID
-from provisioning.enums import JobStatus, JobType
+from provisioning.enums import SUSPENSIONS, JobStatus, JobType
 from provisioning.errors import Forbidden
 from provisioning.jobs.requests import JobRequests
 from provisioning.jobs.seats import PINNED_SERVER, PLACEMENT_LABELS
@@ -52,14 +52,27 @@ def _service() -> JobRequests:
     )
 
 
+def _operators_only_for_suspensions(job_type: JobType) -> None:
+    """Suspension is billing's decision: an owner who could ask for, retry or cancel a suspend or
+    an unsuspend could lift it (retrying an old unsuspend_site, cancelling a suspend as it runs).
+
+    Raises:
+        HTTPException 403: the caller is not a platform operator.
+    """
+    if job_type in SUSPENSIONS and not caller().user.is_superuser:
+        raise error_for(Forbidden(f"only platform operators (billing) may ask for, retry or cancel {job_type.value}"))
+
+
 def _options(body: dict) -> dict:
     """Only the options that are on: a job without any keeps ``{}``, and so its idempotency fingerprint.
 
     Raises:
-        HTTPException 403: a caller who is not a platform operator chose the server.
+        HTTPException 403: a caller who is not a platform operator chose the server, or asked for
+            a move, a suspend or an unsuspend.
     """
     if (body.get(PINNED_SERVER) or body["job_type"] == JobType.MOVE_SITE) and not caller().user.is_superuser:
         raise error_for(Forbidden("only platform operators may choose the server a site is on, or move it"))
+    _operators_only_for_suspensions(body["job_type"])
     switches = {name: True for name in (SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP) if body.get(name)}
     given = {name: body[name] for name in (PLACEMENT_LABELS, PINNED_SERVER) if body.get(name)}
     return switches | given | ({BACKUP_ID: str(body["backup_id"])} if body.get("backup_id") else {})
@@ -114,6 +127,12 @@ class Jobs(MethodView):
         server, the backup copied offsite and restored on the new one, checked, the tenant
         switched there, and the old copy dropped. It cannot be cancelled once it has handed its
         work to the new server; a failure leaves the site on one server, and the retry finishes.
+
+        `suspend_site` and `unsuspend_site` (platform operators only: billing's decision) close an
+        active site (maintenance page, scheduler stopped; the tenant becomes `suspended`) and open
+        it again (`active`). A suspended tenant may have only `backup_site`, `delete_site` and
+        `unsuspend_site` (409 otherwise). A suspend or unsuspend that fails half-way leaves the
+        tenant `half_suspended`, which its retry, or the other of the two, finishes.
         """
         requester = caller()
         service = _service()
@@ -163,6 +182,7 @@ class JobRetry(MethodView):
         """Retry a failed or completed job as a new job linked to it"""
         requester = caller()
         service = _service()
+        _operators_only_for_suspensions(service.get_job(requester.tenant.id, job_id).job_type)
         job = service.retry_job(
             requester.tenant.id, job_id, requested_by_id=requester.user.id, idempotency_key=headers.get("idempotency_key")
         )
@@ -184,6 +204,7 @@ class JobCancel(MethodView):
         """
         requester = caller()
         service = _service()
+        _operators_only_for_suspensions(service.get_job(requester.tenant.id, job_id).job_type)
         job = service.cancel_job(requester.tenant.id, job_id, requested_by_id=requester.user.id)
         service.uow.commit()
         return {"data": job}, 202 if job.status == JobStatus.CANCELLING else 200

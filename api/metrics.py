@@ -5,7 +5,7 @@ Two kinds of figures, read two ways:
 - HTTP requests (count and latency by route and status) are counted by the process that served
   them. Under gunicorn (``gunicorn_config`` sets ``PROMETHEUS_MULTIPROC_DIR``) every worker
   writes its counts to files there, and a scrape, whichever worker answers it, adds them all up.
-- Jobs (created, finished, their durations, how many wait or run, the queues' depths) are read
+- Jobs (created, finished, their durations, how many wait or run, the queues' depths) and tenants by status are read
   from the database and the broker at scrape time: jobs finish on worker machines that no
   scrape of this process could see, and the job table is the truth about them.
 
@@ -32,11 +32,11 @@ from api.session import require_current_schema
 from provisioning.accounts.audit import SYSTEM
 from provisioning.backups.offsite import offsite_counts
 from provisioning.backups.proofs import RestoreProofs
-from provisioning.enums import JobStatus, ServerStatus
+from provisioning.enums import JobStatus, ServerStatus, TenantStatus
 from provisioning.jobs.states import FINAL_STATUSES
 from provisioning.messaging import events
 from provisioning.messaging.broker import queue_depths
-from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob
+from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Tenant
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.servers.registry import ServerFigures, ServerRegistry
@@ -107,6 +107,7 @@ class JobFigures:
             yield from self._job_counts(session)
             yield from self._job_durations(session)
             yield from self._active_jobs(session)
+            yield from self._tenants(session)
             yield from self._waiting_events(session)
             yield from self._restore_proofs(session)
             yield from self._offsite_copies(session)
@@ -168,6 +169,16 @@ class JobFigures:
         oldest = session.scalar(select(func.min(ProvisioningJob.created_at)).where(ProvisioningJob.status == JobStatus.PENDING))
         age = (utcnow() - oldest).total_seconds() if oldest else 0.0
         yield GaugeMetricFamily("erpmax_oldest_pending_job_age_seconds", "How long the oldest pending job has waited", value=age)
+
+    @staticmethod
+    def _tenants(session: Session):
+        """Tenants by status, each status a series even at 0: billing watches ``suspended``, an
+        operator ``half_suspended`` and ``failed``; the holders of standby pools count as ``pool``."""
+        family = GaugeMetricFamily("erpmax_tenants", "Tenants by status", labels=["status"])
+        counts = dict(session.execute(select(Tenant.status, func.count()).group_by(Tenant.status)).all())
+        for status in TenantStatus:
+            family.add_metric([status.value], counts.get(status, 0))
+        yield family
 
     def _waiting_events(self, session: Session):
         count, oldest = events.waiting(session)

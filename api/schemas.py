@@ -96,7 +96,10 @@ class JobCreateSchema(Schema):
         by_value=True,
         required=True,
         validate=validate.NoneOf([JobType.REFILL_POOL], error="refill_pool jobs are the sweeper's, for standby pools"),
-        metadata={"description": "refill_pool is not asked for: the sweeper asks for it"},
+        metadata={
+            "description": "refill_pool is not asked for: the sweeper asks for it. move_site, suspend_site and "
+            "unsuspend_site: platform operators only"
+        },
     )
     skip_final_backup = JsonBoolean(
         metadata={"description": "delete_site only: drop the site without taking a final backup first", "default": False},
@@ -155,6 +158,14 @@ JOB_CREATE_EXAMPLES = {
     "move_site": {
         "summary": "Move the site to another server (platform operators only)",
         "value": {"job_type": "move_site", "server": "bench-eu-2"},
+    },
+    "suspend_site": {
+        "summary": "Suspend the site: maintenance page, scheduler stopped (platform operators only)",
+        "value": {"job_type": "suspend_site"},
+    },
+    "unsuspend_site": {
+        "summary": "Open a suspended site again (platform operators only)",
+        "value": {"job_type": "unsuspend_site"},
     },
 }
 

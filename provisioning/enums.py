@@ -9,6 +9,12 @@ class TenantStatus(str, enum.Enum):
     ACTIVE = "active"
     RESTORING = "restoring"
     MOVING = "moving"
+    # Closed by billing (an unpaid invoice, say): its site shows the maintenance page and its
+    # scheduler is stopped; only backup_site, delete_site and unsuspend_site run (``jobs.workflows``).
+    SUSPENDED = "suspended"
+    # A suspend_site or unsuspend_site failed or was cut short half-way: the site may be half
+    # closed. Either job (the failed one's retry) finishes it one way or the other.
+    HALF_SUSPENDED = "half_suspended"
     DELETING = "deleting"
     DELETED = "deleted"
     FAILED = "failed"
@@ -31,6 +37,8 @@ class JobType(str, enum.Enum):
     RESTORE_DRILL = "restore_drill"
     MOVE_SITE = "move_site"
     REFILL_POOL = "refill_pool"
+    SUSPEND_SITE = "suspend_site"
+    UNSUSPEND_SITE = "unsuspend_site"
 
 
 class JobStatus(str, enum.Enum):
@@ -84,3 +92,5 @@ class BackupStatus(str, enum.Enum):
 
 
 WRITER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
+# Billing's job types: only platform operators ask for them (``jobs.workflows`` says what they leave).
+SUSPENSIONS = frozenset({JobType.SUSPEND_SITE, JobType.UNSUSPEND_SITE})

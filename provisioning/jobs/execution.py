@@ -146,7 +146,8 @@ class JobExecution(JobRecords):
         first = workflow.position_of(job.resume_from) if job.resume_from else 0
         claim_event = self._event(job_id, "claimed", actor, status=JobStatus.RUNNING, at=now)
         if not workflow.allows(job.tenant_status_before):
-            error = f"not started: {workflow.refusal} (it became {job.tenant_status_before.value} after the request)"
+            became = job.tenant_status_before
+            error = f"not started: {workflow.refusal_for(became)} (it became {became.value} after the request)"
             self._insert_events([claim_event])
             self.transition(
                 job_id, JobStatus.FAILED, actor=actor, detail=error, error=error, message="Failed", completed_at=now

@@ -320,7 +320,7 @@ class JobRequests(JobRecords):
         if status is None:
             raise NotFound("tenant not found")
         if not workflow.allows(status):
-            raise Conflict(f"cannot start {job_type.value}: {workflow.refusal} (it is {status.value})")
+            raise Conflict(f"cannot start {job_type.value}: {workflow.refusal_for(status)} (it is {status.value})")
         if (active := self._active_job(tenant_id)) is not None:
             raise Conflict(f"the tenant already has an active job: {active.id} ({active.job_type.value}, {active.status.value})")
         # The tenant's state, or its active job, changed between the insert and these reads.

@@ -81,6 +81,13 @@ class Workflow:
     def allows(self, tenant_status: TenantStatus) -> bool:
         return tenant_status in self.allowed_tenant_states
 
+    def refusal_for(self, tenant_status: TenantStatus | None) -> str:
+        """Why a tenant in ``tenant_status`` cannot have this job: a suspended tenant is told what
+        it may still have, whatever the job, rather than what this job would need."""
+        if tenant_status in SUSPENSION_REFUSALS and not self.allows(tenant_status):
+            return SUSPENSION_REFUSALS[tenant_status]
+        return self.refusal
+
     @staticmethod
     def skips(step: Step, options: Mapping[str, object]) -> str | None:
         """Why a job with these options skips the step (``Step.skipped_when``, ``skipped_unless``);
@@ -149,6 +156,16 @@ VERIFY_BACKUP = "verify_backup"
 COPY_OFFSITE = "copy_offsite"
 SWITCH_SERVER = "switch_server"
 
+# What a suspended (or half suspended) tenant is told when it asks for any job but those it may have.
+SUSPENSION_REFUSALS = {
+    TenantStatus.SUSPENDED: "the tenant is suspended (e.g. for an unpaid invoice); only backup_site, delete_site and "
+    "unsuspend_site are allowed until unsuspend_site",
+    TenantStatus.HALF_SUSPENDED: "the tenant is half suspended (a suspend_site or unsuspend_site failed half-way); only "
+    "backup_site, delete_site, suspend_site and unsuspend_site are allowed until one of the last two completes",
+}
+# Where a tenant with a site may be backed up or deleted: its data matters whether or not it is open.
+HAS_A_SITE = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.HALF_SUSPENDED})
+
 WORKFLOWS: dict[JobType, Workflow] = {
     JobType.CREATE_SITE: Workflow(
         job_type=JobType.CREATE_SITE,
@@ -188,8 +205,10 @@ WORKFLOWS: dict[JobType, Workflow] = {
             Step("drop_site", "Dropping the site and its database"),
             Step("archive_site", "Checking that the site is archived"),
         ),
-        allowed_tenant_states=frozenset({TenantStatus.ACTIVE, TenantStatus.FAILED}),
-        refusal="the tenant has no site to delete; delete_site needs an active or failed tenant",
+        # A suspended tenant too: billing may close an account for good. A failure before drop_site
+        # leaves it suspended (as it was), as for any failure there.
+        allowed_tenant_states=HAS_A_SITE | {TenantStatus.FAILED},
+        refusal="the tenant has no site to delete; delete_site needs an active, suspended or failed tenant",
         tenant_on_start=TenantStatus.DELETING,
         tenant_on_success=TenantStatus.DELETED,
         tenant_on_failure=TenantStatus.FAILED,
@@ -206,8 +225,9 @@ WORKFLOWS: dict[JobType, Workflow] = {
             Step(COPY_OFFSITE, "Copying the backup to offsite storage", by_platform=True),
             Step("record_backup", "Recording the backup and pruning old ones", by_platform=True),
         ),
-        allowed_tenant_states=frozenset({TenantStatus.ACTIVE}),
-        refusal="the tenant has no active site to back up; backup_site needs an active tenant",
+        # A suspended tenant's data matters all the same; the backup leaves the tenant as it is.
+        allowed_tenant_states=HAS_A_SITE,
+        refusal="the tenant has no active site to back up; backup_site needs an active or suspended tenant",
         # Retention prunes older backups on the strength of the new one: it can no longer be discarded.
         point_of_no_return="record_backup",
     ),
@@ -290,6 +310,50 @@ WORKFLOWS: dict[JobType, Workflow] = {
         ),
         allowed_tenant_states=frozenset({TenantStatus.POOL}),
         refusal="refill_pool is a job of a server's standby pool, asked for by the sweeper",
+    ),
+    # suspend_site and unsuspend_site (``enums.SUSPENSIONS``): billing's decision, so only platform
+    # operators ask for them, retry or cancel them (an owner who could would lift a suspension).
+    #
+    # What a failure leaves. Both jobs change the site from their first step, and every step only sets
+    # a state (maintenance mode on or off, the scheduler enabled or disabled), so running one again is
+    # harmless. A job that fails, or whose worker is lost, leaves the tenant ``half_suspended``: its
+    # site may be closed, open, or in between, and the status says so. That status refuses every job
+    # but backup_site, delete_site, suspend_site and unsuspend_site, so nothing (a restore reopening
+    # the site, a move) can act on a half-closed site; the failed job's retry, or the opposite job,
+    # finishes it and the tenant ends ``suspended`` or ``active``, as the site then is. A cancel undoes
+    # what the job did (the site is opened again, or closed again) and puts the tenant back as it was
+    # (``half_suspended`` if the undo fails).
+    # Nothing is undone on a failure: the undo would run the same bench commands that just failed.
+    JobType.SUSPEND_SITE: Workflow(
+        job_type=JobType.SUSPEND_SITE,
+        steps=(
+            # First: a site in maintenance mode shows its users the maintenance page, and frappe's
+            # scheduler runs nothing for it, so from here on the site is closed in effect.
+            Step("close_site", "Showing the maintenance page to the site's users (maintenance mode)"),
+            # So the scheduler stays stopped even should maintenance mode be turned off by hand.
+            Step("disable_scheduler", "Stopping the site's scheduled jobs"),
+            Step("verify_suspended", "Checking that the site is closed and its scheduler stopped"),
+        ),
+        allowed_tenant_states=frozenset({TenantStatus.ACTIVE, TenantStatus.HALF_SUSPENDED}),
+        refusal="suspend_site needs an active tenant, or one a suspend or unsuspend left half suspended",
+        tenant_on_success=TenantStatus.SUSPENDED,
+        tenant_on_failure=TenantStatus.HALF_SUSPENDED,
+        changes_from="close_site",
+    ),
+    JobType.UNSUSPEND_SITE: Workflow(
+        job_type=JobType.UNSUSPEND_SITE,
+        steps=(
+            # While the site is in maintenance mode the scheduler still runs nothing: the site opens
+            # to its users and its jobs at once, in the last step that changes it.
+            Step("enable_scheduler", "Enabling the site's scheduled jobs"),
+            Step("reopen_site", "Opening the site to its users again (maintenance mode off)"),
+            Step("verify_open", "Checking that the site answers and its scheduler runs"),
+        ),
+        allowed_tenant_states=frozenset({TenantStatus.SUSPENDED, TenantStatus.HALF_SUSPENDED}),
+        refusal="the tenant is not suspended; unsuspend_site needs a suspended or half suspended tenant",
+        tenant_on_success=TenantStatus.ACTIVE,
+        tenant_on_failure=TenantStatus.HALF_SUSPENDED,
+        changes_from="enable_scheduler",
     ),
 }
 

@@ -1,7 +1,8 @@
 """Scheduled backups, restore drills and standby pool refills, requested by the sweeper as ordinary jobs.
 
-Every active tenant gets a backup_site job once per BACKUP_INTERVAL_HOURS, counted from its last
-backup, or from the creation of its site (a new site has nothing to keep yet); and, once per
+Every tenant with a site, open or suspended (a suspended tenant's data matters all the same), gets
+a backup_site job once per BACKUP_INTERVAL_HOURS, counted from its last backup, or from the
+creation of its site (a new site has nothing to keep yet); and each active tenant, once per
 RESTORE_DRILL_INTERVAL_HOURS, a restore_drill of its newest completed backup, counted from its
 last drill (a tenant without a completed backup has nothing to drill).
 
@@ -30,6 +31,7 @@ from sqlalchemy import select
 from provisioning.enums import BackupStatus, JobStatus, JobType, TenantStatus
 from provisioning.errors import Conflict
 from provisioning.jobs.requests import JobRequests
+from provisioning.jobs.workflows import workflow_for
 from provisioning.models import ACTIVE_JOB_STATUSES, ProvisioningJob, Server, SiteBackup, Tenant
 from provisioning.platform.db import utcnow
 from provisioning.servers.standby import StandbyPool
@@ -54,7 +56,8 @@ def _has_job(job_type: JobType, *conditions):
 
 
 def schedule_backups(service: JobRequests, every: timedelta) -> list[uuid.UUID]:
-    """Request a backup of each active tenant not backed up within ``every``; returns the new jobs' ids."""
+    """Request a backup of each tenant with a site (active or suspended) not backed up within
+    ``every``; returns the new jobs' ids."""
     since = utcnow() - every
     recent_backup = _has_job(JobType.BACKUP_SITE, ProvisioningJob.created_at >= since)
     recent_site = _has_job(
@@ -102,10 +105,12 @@ def schedule_pool_refills(service: JobRequests) -> list[uuid.UUID]:
 
 
 def _request_for_each(service: JobRequests, job_type: JobType, actor: str, *due) -> list[uuid.UUID]:
-    """Request ``job_type`` for each active tenant that meets the ``due`` conditions. Each request
+    """Request ``job_type`` for each tenant in a state the job type allows (``Workflow.allowed_tenant_states``)
+    that meets the ``due`` conditions. Each request
     is committed on its own (and then published): one tenant's refusal costs no other tenant its job."""
+    allowed = sorted(workflow_for(job_type).allowed_tenant_states)
     tenants = service.session.execute(
-        select(Tenant.id, Tenant.slug).where(Tenant.status == TenantStatus.ACTIVE, *due).order_by(Tenant.slug)
+        select(Tenant.id, Tenant.slug).where(Tenant.status.in_(allowed), *due).order_by(Tenant.slug)
     ).all()
     service.uow.commit()
     requested = []

@@ -439,6 +439,6 @@ def test_a_job_the_tenant_cannot_have_is_refused_for_that_reason_even_with_no_ro
 
     refused = assert_error(client.post(JOBS, json={"job_type": "backup_site"}, headers=tenant.headers()), 409)
 
-    assert "backup_site needs an active tenant" in refused["message"], refused
+    assert "backup_site needs an active or suspended tenant" in refused["message"], refused
     assert server_of(session, tenant) is None
     assert ProvisioningService(session).list_jobs(tenant.id, 1, 20)[1] == 0

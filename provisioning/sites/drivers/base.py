@@ -110,4 +110,5 @@ class SiteDriver(Protocol):
         """Remove what a failed attempt at ``step`` left half-done, before a retry runs it again."""
 
     def undo(self, context: StepContext) -> str:
-        """Remove what a cancelled job left half-done, and return the output."""
+        """Remove what a cancelled job left half-done (or take back what it did: a suspend's site is
+        opened again, an unsuspend's closed again), and return the output."""

@@ -15,7 +15,7 @@ also redacted from every output we keep or log.
 
 from __future__ import annotations
 
-from provisioning.enums import JobType
+from provisioning.enums import SUSPENSIONS, JobType
 from provisioning.errors import StepFailed
 from provisioning.platform.settings import BenchSettings
 from provisioning.sites.drivers.base import StepContext
@@ -24,6 +24,7 @@ from provisioning.sites.drivers.bench_move import MoveSteps
 from provisioning.sites.drivers.bench_restore import RestoreSteps
 from provisioning.sites.drivers.bench_site import SiteWork
 from provisioning.sites.drivers.bench_standby import BenchStandbySites
+from provisioning.sites.drivers.bench_suspension import SuspensionSteps
 
 # The job types whose sites get every app of SITE_APPS: a missing one fails their first step.
 MAKE_SITES = frozenset({JobType.CREATE_SITE, JobType.REFILL_POOL})
@@ -45,6 +46,8 @@ class BenchDriver:
             return MoveSteps
         if context.job_type == JobType.REFILL_POOL:
             return BenchStandbySites
+        if context.job_type in SUSPENSIONS:
+            return SuspensionSteps
         return RestoreSteps if context.job_type in (JobType.RESTORE_SITE, JobType.RESTORE_DRILL) else SiteSteps
 
     def clean_up(self, step: str, context: StepContext) -> str:
@@ -71,6 +74,8 @@ class BenchDriver:
             return work.reopen_site()
         if context.job_type == JobType.REFILL_POOL:
             return work.undo_pool_job()
+        if context.job_type in SUSPENSIONS:
+            return work.undo()
         return f"{context.job_type.value}: nothing to undo"
 
 

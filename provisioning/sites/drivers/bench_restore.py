@@ -37,14 +37,10 @@ def dump_tables(path: Path) -> set[str]:
 
 
 class RestoreSteps(SiteWork):
-    """The steps of restore_site and restore_drill, each method named after its step."""
+    """The steps of restore_site and restore_drill, each method named after its step (close_site
+    and reopen_site are ``SiteWork``'s)."""
 
     # restore_site
-
-    def close_site(self) -> str:
-        self._require_site_folder()
-        self.bench("--site", self.site, "set-maintenance-mode", "on")
-        return self.output(f"{self.site} is in maintenance mode")
 
     def safety_backup(self) -> str:
         return self.run_backup()
@@ -58,19 +54,10 @@ class RestoreSteps(SiteWork):
             raise
         return self.output(f"restored {self.site}")
 
-    def reopen_site(self) -> str:
-        self.bench("--site", self.site, "set-maintenance-mode", "off")
-        return self.output(f"{self.site} is open to its users")
-
     def migrate_site(self) -> str:
         self._require_site()
         self.bench("--site", self.site, "migrate")
         return self.output(f"{self.site} migrated")
-
-    def _require_site_folder(self) -> None:
-        """The site need not answer: one a restore left half done (a retry's) is restored again."""
-        if not (self.site_dir / "site_config.json").is_file():
-            raise StepFailed(f"site {self.site} is not in the bench: there is nothing to restore into")
 
     def restore(self, site: str, files: Sequence[BackupFile]) -> None:
         """``bench --site <site> restore`` of a backup's database and files (the root password on

@@ -3,7 +3,7 @@
 ``SiteWork`` runs bench for the site (its passwords on stdin, see ``bench_command``), and holds
 what several job types share: dropping a site, listing its apps, verifying it, backing it up,
 and the restore drill's scratch site, which a delete drops too. The steps themselves are in
-``bench`` (create, delete, backup) and ``bench_restore`` (restore, drill).
+``bench`` (create, delete, backup), ``bench_restore`` (restore, drill) and ``bench_suspension``.
 """
 
 from __future__ import annotations
@@ -140,6 +140,23 @@ class SiteWork:
         if missing := self.missing_apps(installed):
             raise StepFailed(f"{self.site} answers but lacks {', '.join(missing)}", output=self.output(""))
         return self.output(f"{self.site} answers with apps {', '.join(sorted(installed))}")
+
+    def close_site(self) -> str:
+        """Maintenance mode on: frappe answers the site's users with its maintenance page, and its
+        scheduler runs nothing for the site (``bench_suspension``)."""
+        self._require_site_folder()
+        self.bench("--site", self.site, "set-maintenance-mode", "on")
+        return self.output(f"{self.site} is in maintenance mode")
+
+    def reopen_site(self) -> str:
+        self.bench("--site", self.site, "set-maintenance-mode", "off")
+        return self.output(f"{self.site} is open to its users")
+
+    def _require_site_folder(self) -> None:
+        """The site need not answer (one a restore left half done is restored again), only be there:
+        maintenance mode is a line of its site_config.json."""
+        if not (self.site_dir / "site_config.json").is_file():
+            raise StepFailed(f"site {self.site} is not in the bench (it has no site_config.json)")
 
     def run_backup(self) -> str:
         self._require_site()
