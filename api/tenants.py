@@ -4,12 +4,12 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest.error_handler import ErrorSchema
 
-from api.auth import authenticate_request, caller, request_origin
+from api.auth import authenticate_request, caller, request_origin, require_scope
 from api.errors import error_for
 from api.parsing import Blueprint
 from api.schemas import AdminPasswordResponseSchema, TenantResponseSchema
 from api.session import db_session
-from provisioning.enums import Role
+from provisioning.enums import Role, Scope
 from provisioning.errors import Forbidden
 from provisioning.sites.credentials import SiteCredentials
 from provisioning.sites.passwords import reveal_admin_password
@@ -32,6 +32,7 @@ class CurrentTenant(MethodView):
 
 @blp.route("/current/admin-password")
 class AdminPassword(MethodView):
+    @require_scope(Scope.WRITE)
     @blp.response(200, AdminPasswordResponseSchema)
     @blp.alt_response(403, schema=ErrorSchema, description="The caller is not the tenant's owner")
     @blp.alt_response(409, schema=ErrorSchema, description="The site has no admin password yet")
@@ -42,7 +43,7 @@ class AdminPassword(MethodView):
     def post(self):
         """Reveal the site's Administrator password, once
 
-        Only the owner may, and only once: the first call answers the password and marks it
+        Only the owner may (with the `write` scope), and only once: the first call answers the password and marks it
         revealed, every later one answers 410. Operators cannot read it either: it is the
         customer's secret, and the platform keeps it only encrypted.
         """

@@ -1,0 +1,36 @@
+"""What the accounts' writes share: a text field's checks, a unique name's conflict, a page of rows."""
+
+from __future__ import annotations
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from provisioning.errors import Conflict, InvalidRequest
+from provisioning.platform.quoting import quoted
+
+
+def text(what: str, value: str, max_length: int) -> str:
+    """``value`` stripped; InvalidRequest if it is longer than its column or holds control
+    characters (a newline or tab would break every listing that shows it)."""
+    value = value.strip()
+    if len(value) > max_length:
+        raise InvalidRequest(f"{what} is {len(value)} characters long; at most {max_length} are allowed")
+    if not value.isprintable():
+        raise InvalidRequest(f"{what} {quoted(value)} has control characters (a newline, a tab...)")
+    return value
+
+
+def flush_unique(session: Session, message: str) -> None:
+    """Write what was added so far (rows others point at go first); a taken name is a Conflict."""
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(message) from None
+
+
+def page_of(session: Session, query: Select, page: int, size: int) -> tuple[list, int]:
+    """One page of ``query``'s rows (ordered by the caller), and how many rows there are in all."""
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    return list(session.execute(query.limit(size).offset((page - 1) * size))), total
