@@ -5,7 +5,7 @@ from __future__ import annotations
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from api import backups, errors, health, jobs, servers, tenants
+from api import backups, errors, health, jobs, members, platform_tenants, servers, tenant_tokens, tenants, tokens, users
 from api.auth import TENANT_HEADER, TENANT_HEADER_DOC
 from api.errors import ProvisioningApi
 from api.forwarded import TrustedProxies
@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     for acting_for_a_tenant in (jobs.blp, backups.blp, tenants.blp):
         api.register_blueprint(acting_for_a_tenant, parameters=[TENANT_HEADER])
     api.register_blueprint(servers.blp)
+    for accounts in (platform_tenants.blp, members.blp, tenant_tokens.blp, users.blp, tokens.blp):
+        api.register_blueprint(accounts)
     api.register_blueprint(health.blp)
     errors.register(app, api)
 
