@@ -32,7 +32,9 @@ def add_member(session: Session, tenant: Tenant, email: str, role: Role, origin:
 
     Raises InvalidRequest for an address that is not one, Conflict for a member already.
     """
-    user = session.scalar(select(User).where(User.email == email.strip().lower())) or new_user(session, email, origin=origin)
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None:
+        user = new_user(session, email, origin=origin, tenant_id=tenant.id)
     membership = _new_membership(session, user, tenant, role, origin)
     session.commit()
     return membership, user

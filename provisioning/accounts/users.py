@@ -28,8 +28,11 @@ def create_user(session: Session, email: str, is_superuser: bool = False, origin
     return user
 
 
-def new_user(session: Session, email: str, is_superuser: bool = False, origin: Origin = SYSTEM) -> User:
-    """As ``create_user``, in the caller's transaction (adding a member by e-mail makes the user with it)."""
+def new_user(
+    session: Session, email: str, is_superuser: bool = False, origin: Origin = SYSTEM, tenant_id: uuid.UUID | None = None
+) -> User:
+    """As ``create_user``, in the caller's transaction (adding a member by e-mail makes the user
+    with it, and the entry goes in that tenant's trail, ``tenant_id``)."""
     email = email.strip().lower()
     if len(email) > MAX_EMAIL_LENGTH:
         raise InvalidRequest(f"e-mail is {len(email)} characters long; at most {MAX_EMAIL_LENGTH} are allowed")
@@ -38,7 +41,7 @@ def new_user(session: Session, email: str, is_superuser: bool = False, origin: O
     user = User(email=email, is_superuser=is_superuser)
     session.add(user)
     flush_unique(session, f"a user with e-mail {email!r} already exists")
-    audit.record(session, origin, "user.created", target=email, detail="platform operator" if is_superuser else "")
+    audit.record(session, origin, "user.created", tenant_id, email, "platform operator" if is_superuser else "")
     return user
 
 
