@@ -73,25 +73,16 @@ def writers_only(view):
     def checked(*args, **kwargs):
         if not g.caller.can_write:
             raise error_for(Forbidden("creating, retrying and cancelling jobs needs the owner or admin role"))
-        _require(g.caller.scopes, Scope.WRITE)
+        require_scope(Scope.WRITE)
         return view(*args, **kwargs)
 
     return checked
 
 
-def require_scope(needed: Scope):
-    """A view's decorator: 403 naming the scope unless the caller's token has it (above
-    flask-smorest's decorators, so the body of a refused request is never read)."""
-
-    def decorate(view):
-        @functools.wraps(view)
-        def checked(*args, **kwargs):
-            _require(g.caller.scopes, needed)
-            return view(*args, **kwargs)
-
-        return checked
-
-    return decorate
+def require_scope(needed: Scope) -> None:
+    """Answer 403, naming the scope, unless the caller's token has it (after the caller's role is
+    checked: one who may not do this at all is told so first)."""
+    _require(g.caller.scopes, needed)
 
 
 def authenticate_token_holder_request() -> None:

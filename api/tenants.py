@@ -32,9 +32,8 @@ class CurrentTenant(MethodView):
 
 @blp.route("/current/admin-password")
 class AdminPassword(MethodView):
-    @require_scope(Scope.WRITE)
     @blp.response(200, AdminPasswordResponseSchema)
-    @blp.alt_response(403, schema=ErrorSchema, description="The caller is not the tenant's owner")
+    @blp.alt_response(403, schema=ErrorSchema, description="Not the tenant's owner, or the token lacks the scope write")
     @blp.alt_response(409, schema=ErrorSchema, description="The site has no admin password yet")
     @blp.alt_response(410, schema=ErrorSchema, description="The password was revealed already")
     @blp.alt_response(
@@ -51,6 +50,7 @@ class AdminPassword(MethodView):
         # An operator acting on the tenant has no role here, so this refuses operators too.
         if current.role != Role.OWNER:
             raise error_for(Forbidden("only the tenant's owner may read the site's admin password"))
+        require_scope(Scope.WRITE)  # it changes the tenant: the password is revealed once
         settings = current_app.config["PROVISIONING_SETTINGS"]
         revealed = reveal_admin_password(
             db_session(), current.tenant.id, SiteCredentials(settings.site_credentials_key), origin=request_origin()
