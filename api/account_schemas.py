@@ -2,9 +2,10 @@
 that the docs' "Try it out" sends as they are."""
 
 from flask_smorest.error_handler import ErrorSchema
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
 from api.schemas import FullMatch, JsonBoolean, PageArgsSchema, list_response, single_response
+from provisioning.accounts.checks import ONE_LINE, ONE_LINE_NOT_BLANK
 from provisioning.accounts.registry import (
     MAX_EMAIL_LENGTH,
     MAX_TENANT_NAME_LENGTH,
@@ -18,17 +19,6 @@ from provisioning.platform.identifiers import EMAIL, SLUG
 SCOPE_VALUES = [scope.value for scope in Scope]
 # What every view of these blueprints may answer besides its success: said once, shown on each.
 UNAUTHENTICATED = "No token, or one that is unknown, expired or revoked, or its user is disabled"
-
-
-def printable(value: str) -> None:
-    """A name goes into listings and the audit trail: no newline or tab may break a line of them."""
-    if not value.isprintable():
-        raise ValidationError("must not hold control characters (a newline, a tab...)")
-
-
-def not_blank(value: str) -> None:
-    if not value.strip():
-        raise ValidationError("must not be empty")
 
 
 def refusals(blp, described: dict[int, str]):
@@ -54,7 +44,7 @@ class PlatformTenantSchema(Schema):
 
 TENANT_NAME = fields.String(
     required=True,
-    validate=[validate.Length(min=1, max=MAX_TENANT_NAME_LENGTH), printable, not_blank],
+    validate=[validate.Length(min=1, max=MAX_TENANT_NAME_LENGTH), FullMatch(ONE_LINE_NOT_BLANK)],
     metadata={"example": "Acme Ltd", "description": "The customer's display name"},
 )
 
@@ -138,7 +128,7 @@ class NewTokenSchema(TokenSchema):
 class TokenCreateSchema(Schema):
     name = fields.String(
         load_default="",
-        validate=[validate.Length(max=MAX_TOKEN_NAME_LENGTH), printable],
+        validate=[validate.Length(max=MAX_TOKEN_NAME_LENGTH), FullMatch(ONE_LINE)],
         metadata={"example": "portal", "description": "What it is for"},
     )
     scopes = fields.List(

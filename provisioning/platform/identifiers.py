@@ -27,11 +27,17 @@ class Identifier:
     rule: str
 
     def is_valid(self, value: object) -> bool:
-        return isinstance(value, str) and self.pattern.fullmatch(value) is not None
+        return isinstance(value, str) and self.pattern.fullmatch(value) is not None and _encodable(value)
 
     def problem(self, name: str, value: object) -> str | None:
         """Why ``value`` is not a valid ``name``, in a sentence that quotes it; None when it is valid."""
         return None if self.is_valid(value) else f"{name} {quoted(value)} must be {self.rule}"
+
+
+def _encodable(value: str) -> bool:
+    """Whether the value can be written as UTF-8: JSON's ``"\\ud800"`` decodes to a lone surrogate,
+    which no pattern here refuses and no database, log or header can hold."""
+    return value.isascii() or not any("\ud800" <= character <= "\udfff" for character in value)
 
 
 def _kind(pattern: str, rule: str) -> Identifier:

@@ -127,6 +127,8 @@ def test_tenants_are_listed_by_page_and_status_read_by_slug_or_id_and_renamed(cl
         ({"slug": "fine", "name": " "}, "name"),
         ({"slug": "fine", "name": "two\nlines"}, "name"),
         ({"slug": "fine", "name": "n" * 201}, "name"),
+        ({"slug": "fine", "name": "\u3000"}, "name"),
+        ({"slug": "fine", "name": "Acme \ud800"}, "name"),  # a lone surrogate: no database can hold it
         ({"slug": "fine"}, "name"),
     ],
 )
@@ -150,6 +152,7 @@ def test_users_are_made_listed_and_read_by_operators_only(client, operator, tena
     assert_error(client.get(f"{USERS}/{uuid.uuid4()}", headers=operator), 404)
     assert_error(client.post(USERS, json={"email": "not an address"}, headers=operator), 422)
     assert_error(client.post(USERS, json={"email": email.replace("@", "@@")}, headers=operator), 422)
+    assert_error(client.post(USERS, json={"email": "lone\udc00@example.test"}, headers=operator), 422)
     assert audited(session)[-1].action == "user.created"
 
     owner = tenant_factory.create(roles=(Role.OWNER,))

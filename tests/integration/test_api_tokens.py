@@ -82,6 +82,8 @@ def test_a_scope_the_role_does_not_allow_is_a_422_that_names_it(client, tenant_f
     assert "'platform'" in refused["errors"]["json"]["scopes"][0]
     assert_error(client.post(tokens, json={"user_id": owner, "scopes": []}, headers=tenant.headers()), 422)
     assert_error(client.post(tokens, json={"user_id": owner, "scopes": ["admin"]}, headers=tenant.headers()), 422)
+    for name in ("two\nlines", "tab\t", "\ud800"):
+        assert_error(client.post(tokens, json={"user_id": owner, "name": name}, headers=tenant.headers()), 422)
     default = client.post(tokens, json={"user_id": member}, headers=tenant.headers())
     assert default.status_code == 201 and default.json["data"]["scopes"] == ["read"]
 
