@@ -46,8 +46,11 @@ def _kind(pattern: str, rule: str) -> Identifier:
 
 # A tenant's slug: the first label of its site's name, so a DNS label.
 SLUG = _kind(f"^{_LABEL}$", "lowercase letters, digits and inner hyphens (1 to 63 characters)")
-# Printable, one @, a dot in the domain; anything stricter refuses real addresses.
-EMAIL = _kind(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$", "an e-mail address (name@domain.tld)")
+# Printable, one @, a dot in the domain; anything stricter refuses real addresses. The C1 controls
+# and the BOM are named as well as \s: Python's \s holds \x85 and ECMA-262's \ufeff, and the spec's
+# readers must refuse what we refuse.
+_NOT_IN_AN_ADDRESS = r"[^@\s\x00-\x1f\x7f-\x9f\ufeff]+"
+EMAIL = _kind(f"^{_NOT_IN_AN_ADDRESS}@{_NOT_IN_AN_ADDRESS}\\.{_NOT_IN_AN_ADDRESS}$", "an e-mail address (name@domain.tld)")
 # A site's name, <slug>.<SITE_DOMAIN>: a domain name of two labels or more, 253 characters at most.
 SITE_NAME = _kind(f"^(?=.{{1,253}}$){_LABEL}(?:\\.{_LABEL})+$", "a domain name of lowercase labels")
 # A Frappe app: a Python package name, and a folder under the bench's apps/.
