@@ -3,12 +3,8 @@ and for which tenant. Callers (the API, the CLI, the tests) import from here; ea
 a module of its own (``tenants``, ``users``, ``members``, ``tokens``, ``authentication``)."""
 
 from provisioning.accounts.authentication import (
-    LAST_USED_RESOLUTION,
     TOKEN_PREFIX,
-    ActingTenant,
     Caller,
-    CallingUser,
-    TokenHolder,
     authenticate,
     authenticate_for_tenant,
     authenticate_operator,
@@ -38,7 +34,7 @@ from provisioning.accounts.tokens import (
 from provisioning.accounts.users import MAX_EMAIL_LENGTH, create_user, disable_user, find_user, list_users, user_by_id
 
 __all__ = [
-    "LAST_USED_RESOLUTION", "TOKEN_PREFIX", "ActingTenant", "Caller", "CallingUser", "TokenHolder", "authenticate",
+    "TOKEN_PREFIX", "Caller", "authenticate",
     "authenticate_for_tenant", "authenticate_operator", "hash_token", "record_token_use", "token_holder", "token_refusal",
     "add_member", "add_membership", "change_role", "list_members", "membership_of", "remove_membership",
     "MAX_TENANT_NAME_LENGTH", "RESERVED_SLUGS", "create_tenant", "find_tenant", "list_tenants", "rename_tenant", "tenant_by_ref",
