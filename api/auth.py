@@ -40,9 +40,9 @@ def authenticate_request() -> None:
 
 
 def authenticate_operator_request() -> None:
-    """Runs before every view of the platform's own resources (servers): only platform operators
-    pass, acting for no tenant; sets ``g.operator`` or answers 401/403 (503 while the schema is
-    not migrated)."""
+    """Runs before every view of the platform's own resources (servers, tenants, users): only
+    platform operators whose token has the ``platform`` scope pass, acting for no tenant; sets
+    ``g.operator`` or answers 401/403 (503 while the schema is not migrated)."""
     require_current_schema()
     try:
         g.operator, token_to_mark = authenticate_operator(db_session(), _bearer_token())
@@ -63,7 +63,8 @@ def request_origin() -> Origin:
 
 
 def writers_only(view):
-    """Let only owners, admins and operators through, before the request body is even read.
+    """Let only owners, admins and operators through, with a token that has the ``write`` scope,
+    before the request body is even read.
 
     Put it above flask-smorest's decorators, so a member learns 403 rather than what was
     wrong with a body they may not send at all.
