@@ -14,11 +14,23 @@ from provisioning.accounts.registry import (
     RESERVED_SLUGS,
 )
 from provisioning.enums import Role, Scope, TenantStatus
-from provisioning.platform.identifiers import EMAIL, SLUG
+from provisioning.platform.identifiers import EMAIL, SLUG, UUID
 
 SCOPE_VALUES = [scope.value for scope in Scope]
 # What every view of these blueprints may answer besides its success: said once, shown on each.
 UNAUTHENTICATED = "No token, or one that is unknown, expired or revoked, or its user is disabled"
+
+
+def tenant_in_path() -> list[dict]:
+    """The ``{tenant}`` of a route, documented (a new dict each time: flask-smorest completes it in place)."""
+    return [
+        {
+            "in": "path",
+            "name": "tenant",
+            "description": "The tenant, by slug or id",
+            "schema": {"type": "string", "pattern": f"{SLUG.pattern.pattern}|{UUID.pattern.pattern}"},
+        }
+    ]
 
 
 def refusals(blp, described: dict[int, str]):

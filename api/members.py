@@ -12,6 +12,7 @@ from api.account_schemas import (
     MemberResponseSchema,
     MemberUpdateSchema,
     refusals,
+    tenant_in_path,
 )
 from api.auth import authenticate_tenant_manager_request, caller, request_origin
 from api.parsing import Blueprint
@@ -45,7 +46,7 @@ def shown(membership: Membership, email: str) -> dict:
     return {"user_id": membership.user_id, "email": email, "role": membership.role, "created_at": membership.created_at}
 
 
-@blp.route("")
+@blp.route("", parameters=tenant_in_path())
 class Members(MethodView):
     @blp.arguments(PageArgsSchema(), location="query")
     @blp.response(200, MemberListResponseSchema)
@@ -65,7 +66,7 @@ class Members(MethodView):
         return {"data": shown(membership, user.email)}, 201, {"Location": location}
 
 
-@blp.route("/<uuid:user_id>")
+@blp.route("/<uuid:user_id>", parameters=tenant_in_path())
 class MemberById(MethodView):
     @blp.arguments(MemberUpdateSchema())
     @blp.response(200, MemberResponseSchema)

@@ -12,6 +12,7 @@ from api.account_schemas import (
     TenantQueryArgsSchema,
     TenantUpdateSchema,
     refusals,
+    tenant_in_path,
 )
 from api.auth import authenticate_operator_request, request_origin
 from api.parsing import Blueprint
@@ -57,7 +58,7 @@ class Tenants(MethodView):
         return {"data": tenant}, 201, {"Location": url_for("platform_tenants.TenantByRef", tenant=tenant.slug)}
 
 
-@blp.route("/<tenant>")
+@blp.route("/<tenant>", parameters=tenant_in_path())
 class TenantByRef(MethodView):
     @blp.response(200, PlatformTenantResponseSchema)
     @refusals(blp, NO_TENANT)

@@ -11,6 +11,7 @@ from api.account_schemas import (
     TokenListResponseSchema,
     TokenResponseSchema,
     refusals,
+    tenant_in_path,
 )
 from api.auth import authenticate_tenant_manager_request, caller, request_origin
 from api.members import NOT_MANAGER, managed_tenant
@@ -30,7 +31,7 @@ blp = Blueprint(
 blp.before_request(authenticate_tenant_manager_request)
 
 
-@blp.route("")
+@blp.route("", parameters=tenant_in_path())
 class TenantTokens(MethodView):
     @blp.arguments(PageArgsSchema(), location="query")
     @blp.response(200, TokenListResponseSchema)
@@ -55,7 +56,7 @@ class TenantTokens(MethodView):
         return issue(accounts.user_by_id(session, body["user_id"]), body, managed)
 
 
-@blp.route("/<uuid:token_id>")
+@blp.route("/<uuid:token_id>", parameters=tenant_in_path())
 class TenantTokenById(MethodView):
     @blp.response(200, TokenResponseSchema)
     @refusals(blp, {**NOT_MANAGER, 404: "No such tenant, or no such token bound to it"})
