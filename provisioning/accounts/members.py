@@ -103,7 +103,10 @@ def _keep_an_owner(session: Session, tenant: Tenant, what: str) -> None:
     transaction ends: two owners demoting each other at once cannot both win (the second waits,
     then sees one owner left)."""
     owners = session.scalars(
-        select(Membership.id).where(Membership.tenant_id == tenant.id, Membership.role == Role.OWNER).with_for_update()
+        select(Membership.id)
+        .where(Membership.tenant_id == tenant.id, Membership.role == Role.OWNER)
+        .order_by(Membership.id)  # every transaction locks them in one order: no deadlock between two
+        .with_for_update()
     ).all()
     if len(owners) <= 1:
         raise Conflict(f"cannot {what} the last owner of {tenant.slug}; make another member owner first")
