@@ -5,7 +5,7 @@ from __future__ import annotations
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from api import backups, errors, health, jobs, servers, tenants
+from api import backups, errors, health, jobs, members, platform_tenants, servers, tenant_tokens, tenants, tokens, users
 from api.auth import TENANT_HEADER, TENANT_HEADER_DOC
 from api.errors import ProvisioningApi
 from api.forwarded import TrustedProxies
@@ -54,15 +54,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_sessions(app, settings)
     init_request_log(app)
     init_metrics(app)
-    # Every operation that needs a token is rate limited, and documents its 429; the health checks are not.
-    limited = (jobs.blp, backups.blp, tenants.blp, servers.blp)
-    rate_limit_docs = init_rate_limits(app, settings, [blueprint.name for blueprint in limited])
+    # The blueprints acting for the request's tenant (X-Tenant-ID), and those acting for no tenant
+    # or the one their paths name. Every operation that needs a token is rate limited, and
+    # documents its 429; the health checks are not.
+    acting_for_a_tenant = (jobs.blp, backups.blp, tenants.blp)
+    acting_on_their_paths = (servers.blp, platform_tenants.blp, members.blp, tenant_tokens.blp, users.blp, tokens.blp)
+    limited = [blueprint.name for blueprint in acting_for_a_tenant + acting_on_their_paths]
+    rate_limit_docs = init_rate_limits(app, settings, limited)
 
     api = ProvisioningApi(app, spec_kwargs={"extra_plugins": [rate_limit_docs]})
     api.spec.components.parameter(TENANT_HEADER, "header", TENANT_HEADER_DOC)
-    for acting_for_a_tenant in (jobs.blp, backups.blp, tenants.blp):
-        api.register_blueprint(acting_for_a_tenant, parameters=[TENANT_HEADER])
-    api.register_blueprint(servers.blp)
+    for blueprint in acting_for_a_tenant:
+        api.register_blueprint(blueprint, parameters=[TENANT_HEADER])
+    for blueprint in acting_on_their_paths:
+        api.register_blueprint(blueprint)
     api.register_blueprint(health.blp)
     errors.register(app, api)
 

@@ -21,6 +21,7 @@ from provisioning.errors import (
     MissingCredentials,
     NotFound,
     ProvisioningError,
+    Unprocessable,
 )
 from provisioning.platform.db import is_connection_failure
 from provisioning.sites.credentials import CredentialsUnavailable
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[ProvisioningError], int] = {
     InvalidRequest: 400,
     IdempotencyKeyReused: 422,
+    Unprocessable: 422,
     AuthenticationFailed: 401,
     Forbidden: 403,
     NotFound: 404,
@@ -73,6 +75,8 @@ def error_for(error: ProvisioningError) -> HTTPException:
     if isinstance(error, IdempotencyKeyReused):
         # A 422 names the offending input, as the request validation errors do.
         errors = {"headers": {"Idempotency-Key": [str(error)]}}
+    if isinstance(error, Unprocessable):
+        errors = {"json": {error.field: [str(error)]}}
     if isinstance(error, MissingCredentials):
         # RFC 6750 3.1: a request without credentials gets the challenge, but no error code.
         headers = {"WWW-Authenticate": BEARER_CHALLENGE}

@@ -29,6 +29,16 @@ class Role(str, enum.Enum):
     MEMBER = "member"
 
 
+class Scope(str, enum.Enum):
+    """What an API token may do (``accounts.scopes``): ``read`` the tenant's jobs and backups,
+    ``write`` (ask for, retry and cancel jobs; manage a tenant's members and tokens), and
+    ``platform``: the platform's own resources (servers, tenants, users), superusers only."""
+
+    READ = "read"
+    WRITE = "write"
+    PLATFORM = "platform"
+
+
 class JobType(str, enum.Enum):
     CREATE_SITE = "create_site"
     DELETE_SITE = "delete_site"

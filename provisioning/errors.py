@@ -72,3 +72,12 @@ class Forbidden(ProvisioningError):
 
 class InvalidRequest(ProvisioningError):
     """The request cannot be understood as given (for example, no tenant could be chosen)."""
+
+
+class Unprocessable(ProvisioningError):
+    """A field of the request is well formed but not acceptable (a token's scope its user's role
+    does not allow, a lifetime beyond the maximum): the API's 422, naming the field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import click
 from alembic.util import CommandError
@@ -174,25 +174,6 @@ def token() -> None:
     """API tokens: shown once, stored hashed."""
 
 
-@token.command("create")
-@click.option("--email", required=True, help="The user the token acts as.")
-@click.option("--name", default="", help="What the token is for.")
-@click.option(
-    "--expires-days",
-    type=click.IntRange(min=1, max=accounts.MAX_TOKEN_LIFETIME.days),
-    help="Days until it expires (never by default).",
-)
-def token_create(email: str, name: str, expires_days: int | None) -> None:
-    """Create a token and print it alone on the last line; it cannot be shown again."""
-    with _session() as session:
-        owner = accounts.find_user(session, email)
-        expires_in = timedelta(days=expires_days) if expires_days else None
-        created, plain = accounts.issue_token(session, owner, name=name, expires_in=expires_in, origin=CONSOLE)
-        expiry = created.expires_at.isoformat() if created.expires_at else "never"
-        click.echo(f"token {created.id} for {owner.email} (expires {expiry}); keep it now, it is not stored:")
-        click.echo(plain)
-
-
 @token.command("revoke")
 @click.argument("token_id", type=click.UUID)
 def token_revoke(token_id: uuid.UUID) -> None:
@@ -205,14 +186,16 @@ def token_revoke(token_id: uuid.UUID) -> None:
 @token.command("list")
 @click.option("--email", required=True)
 def token_list(email: str) -> None:
-    """List a user's tokens (id, prefix, name, expiry, revocation, last use); never the tokens."""
+    """List a user's tokens (id, prefix, state, scopes, name, last use); never the tokens. A token
+    made before scopes shows "as-role": it may do all its user's role allows."""
     with _session() as session:
         owner = accounts.find_user(session, email)
         tokens = session.scalars(select(ApiToken).where(ApiToken.user_id == owner.id).order_by(ApiToken.created_at)).all()
     for row in tokens:
         state = accounts.token_refusal(row.revoked_at, row.expires_at, utcnow()) or "usable"
         last_used = row.last_used_at.isoformat() if row.last_used_at else "never used"
-        click.echo(f"{row.id}\t{row.prefix}...\t{state}\t{row.name}\t{last_used}")
+        scopes = ",".join(row.scopes) if row.scopes is not None else "as-role"
+        click.echo(f"{row.id}\t{row.prefix}...\t{state}\t{scopes}\t{row.name}\t{last_used}")
     _count(len(tokens), "token")
 
 
@@ -371,7 +354,8 @@ def embedded_broker() -> None:
         raise click.ClickException(f"cannot listen on 127.0.0.1:{port} (EMBEDDED_BROKER_PORT): {error.strerror}") from None
 
 
-# Last: its commands use this module's helpers.
+# Last: their commands use this module's helpers (and the accounts' join its groups).
+from provisioning.cli import accounts_commands  # noqa: E402, F401
 from provisioning.cli.servers import server  # noqa: E402
 
 main.add_command(server)

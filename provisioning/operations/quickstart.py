@@ -90,7 +90,8 @@ def prepare(settings: Settings) -> Demo:
         is_member = session.scalar(select(Membership).where(Membership.user_id == owner.id, Membership.tenant_id == tenant.id))
         if is_member is None:
             accounts.add_membership(session, owner, tenant, Role.OWNER)
-        _token, plain = accounts.issue_token(session, owner, name="quickstart", expires_in=timedelta(days=30))
+        lifetime = timedelta(days=min(30, settings.token_max_lifetime_days))
+        _token, plain = accounts.issue_token(session, owner, name="quickstart", expires_in=lifetime)
         active_job = session.scalars(
             select(ProvisioningJob).where(ProvisioningJob.tenant_id == tenant.id, ProvisioningJob.status.in_(ACTIVE_JOB_STATUSES))
         ).first()

@@ -27,11 +27,17 @@ class Identifier:
     rule: str
 
     def is_valid(self, value: object) -> bool:
-        return isinstance(value, str) and self.pattern.fullmatch(value) is not None
+        return isinstance(value, str) and self.pattern.fullmatch(value) is not None and _encodable(value)
 
     def problem(self, name: str, value: object) -> str | None:
         """Why ``value`` is not a valid ``name``, in a sentence that quotes it; None when it is valid."""
         return None if self.is_valid(value) else f"{name} {quoted(value)} must be {self.rule}"
+
+
+def _encodable(value: str) -> bool:
+    """Whether the value can be written as UTF-8: JSON's ``"\\ud800"`` decodes to a lone surrogate,
+    which no pattern here refuses and no database, log or header can hold."""
+    return value.isascii() or not any("\ud800" <= character <= "\udfff" for character in value)
 
 
 def _kind(pattern: str, rule: str) -> Identifier:
@@ -40,8 +46,11 @@ def _kind(pattern: str, rule: str) -> Identifier:
 
 # A tenant's slug: the first label of its site's name, so a DNS label.
 SLUG = _kind(f"^{_LABEL}$", "lowercase letters, digits and inner hyphens (1 to 63 characters)")
-# Printable, one @, a dot in the domain; anything stricter refuses real addresses.
-EMAIL = _kind(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$", "an e-mail address (name@domain.tld)")
+# Printable, one @, a dot in the domain; anything stricter refuses real addresses. The C1 controls
+# and the BOM are named as well as \s: Python's \s holds \x85 and ECMA-262's \ufeff, and the spec's
+# readers must refuse what we refuse.
+_NOT_IN_AN_ADDRESS = r"[^@\s\x00-\x1f\x7f-\x9f\ufeff]+"
+EMAIL = _kind(f"^{_NOT_IN_AN_ADDRESS}@{_NOT_IN_AN_ADDRESS}\\.{_NOT_IN_AN_ADDRESS}$", "an e-mail address (name@domain.tld)")
 # A site's name, <slug>.<SITE_DOMAIN>: a domain name of two labels or more, 253 characters at most.
 SITE_NAME = _kind(f"^(?=.{{1,253}}$){_LABEL}(?:\\.{_LABEL})+$", "a domain name of lowercase labels")
 # A Frappe app: a Python package name, and a folder under the bench's apps/.

@@ -4,11 +4,14 @@ answer has the shape the spec documents for it."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import requests
 from openapi_schema_validator import OAS30ReadValidator
 from openapi_spec_validator import validate as validate_spec
 
+from provisioning.accounts import registry as accounts
 from provisioning.enums import JobStatus, TenantStatus
 from provisioning.platform.db import utcnow
 from tests.factories import operator_headers, remove_servers_but_the_default
@@ -20,8 +23,10 @@ METHODS = ("get", "post", "put", "patch", "delete")
 # What Swagger UI fills in for a value whose schema gives no example, default or enum.
 SAMPLE_BY_TYPE = {"string": "string", "integer": 0, "number": 0, "boolean": True}
 UNAUTHENTICATED_PATHS = {"/healthz", "/readyz"}
-# The platform's own resources: for operators, acting for no tenant.
-OPERATOR_PATHS = ("/api/v1/servers",)
+# The platform's own resources (and any tenant's members and tokens): tried by operators.
+OPERATOR_PATHS = ("/api/v1/servers", "/api/v1/users", "/api/v1/tenants")
+# What acts for the tenant X-Tenant-ID names (or the caller's only one), tried by its owner.
+HEADER_TENANT_PATHS = ("/api/v1/provisioning/", "/api/v1/tenants/current")
 # The server the operations on /servers/{name} are tried on: the one the docs' example adds.
 SERVER_NAME = "bench-eu-1"
 
@@ -34,7 +39,15 @@ def operator(session) -> dict[str, str]:
 
 
 def for_operators(path: str) -> bool:
-    return path.startswith(OPERATOR_PATHS)
+    return path.startswith(OPERATOR_PATHS) and not path.startswith(HEADER_TENANT_PATHS)
+
+
+def path_ids(session, tenant) -> dict:
+    """What the paths name: the test's tenant, its server, and a user and token of nobody's
+    tenant (the operations that disable, revoke or remove them find nothing else to break)."""
+    bystander = accounts.create_user(session, f"bystander-{uuid.uuid4().hex[:10]}@example.test")
+    token = accounts.issue_token(session, bystander)[0]
+    return {"tenant": tenant.tenant.slug, "name": SERVER_NAME, "user_id": bystander.id, "token_id": token.id}
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +161,10 @@ def test_only_the_health_checks_need_no_token_and_every_tenant_operation_documen
             continue
         assert "security" not in operation, (method, path)  # the spec-wide bearer token
         tenant_header = ("header", "X-Tenant-ID") in {(p["in"], p["name"]) for p in parameters}
-        assert tenant_header != for_operators(path), (method, path)
+        assert tenant_header == path.startswith(HEADER_TENANT_PATHS), (method, path)
 
 
-def test_every_request_body_the_docs_offer_is_accepted(web, spec, tenant_factory, operator):
+def test_every_request_body_the_docs_offer_is_accepted(web, spec, tenant_factory, session, operator):
     tried = 0
     for path, method, operation, parameters in operations(spec):
         if "requestBody" not in operation:
@@ -159,7 +172,7 @@ def test_every_request_body_the_docs_offer_is_accepted(web, spec, tenant_factory
         for body in offered_bodies(operation):
             tenant = tenant_factory.create()  # each body on a tenant of its own: no job of another is in its way
             headers = operator if for_operators(path) else tenant.headers()
-            response = try_it_out(web, path, method, parameters, body, headers, {"name": SERVER_NAME})
+            response = try_it_out(web, path, method, parameters, body, headers, path_ids(session, tenant))
             assert_answered_as_documented(operation, method, f"{path} {body}", response)
             tried += 1
     assert tried >= 4  # the three examples of POST /jobs, and the body made from its schema
@@ -170,7 +183,7 @@ def test_every_operation_tried_out_as_the_docs_offer_it_answers_as_documented(we
     ids = {
         "job_id": finished_job(session, tenant, JobStatus.FAILED).id,
         "backup_id": backup_row(session, tenant, utcnow()).id,
-        "name": SERVER_NAME,
+        **path_ids(session, tenant),
     }
     for path, method, operation, parameters in operations(spec):
         for body in offered_bodies(operation):
@@ -189,7 +202,7 @@ def test_every_query_argument_left_empty_means_not_given(web, spec, tenant_facto
         names = [parameter["name"] for parameter in parameters if parameter["in"] == "query"]
         if not names:
             continue
-        url = web.url + path
+        url = web.url + path.format(**path_ids(session, tenant))
         headers = operator if for_operators(path) else tenant.headers()
         plain = requests.request(method, url, headers=headers, timeout=HTTP_TIMEOUT)
         blank = requests.request(method, url, params=dict.fromkeys(names, ""), headers=headers, timeout=HTTP_TIMEOUT)
@@ -197,4 +210,4 @@ def test_every_query_argument_left_empty_means_not_given(web, spec, tenant_facto
         assert (blank.status_code, blank.json()) == (200, plain.json()), (path, names, blank.text)
         assert_answered_as_documented(operation, method, path, blank)
         listed += 1
-    assert listed >= 3  # jobs, backups and servers
+    assert listed >= 3  # jobs, backups and servers, and the accounts' listings
