@@ -32,12 +32,12 @@ ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELLIN
 _ACTIVE_JOB_SQL = "status IN ({})".format(", ".join(f"'{status.value}'" for status in ACTIVE_JOB_STATUSES))
 
 
-def _enum_column(enum_class: type[enum.Enum]) -> Enum:
+def _enum_column(enum_class: type[enum.Enum], length: int = 20) -> Enum:
     """Stored as its lowercase value in a VARCHAR, so adding a member needs no type migration."""
     return Enum(
         enum_class,
         native_enum=False,
-        length=20,
+        length=length,
         values_callable=lambda members: [member.value for member in members],
         validate_strings=True,
     )
@@ -236,6 +236,7 @@ class AuditEntry(Base):
 
 
 _UNANNOUNCED_EVENT_SQL = "status IS NOT NULL AND announced_at IS NULL"
+_NOT_FANNED_OUT_EVENT_SQL = "status IS NOT NULL AND webhooks_at IS NULL"
 
 
 class JobEvent(Base):
@@ -244,6 +245,7 @@ class JobEvent(Base):
     An event that changed the job's status carries that ``status``, and is the outbox of its
     announcement to other systems: written in the same transaction as the change, published
     by the event relay afterwards, which then sets ``announced_at`` (see provisioning/messaging/events.py).
+    It is the outbox of its webhooks too: the fan-out sets ``webhooks_at`` once it made them (webhooks.fanout).
     """
 
     __tablename__ = "job_events"
@@ -256,6 +258,12 @@ class JobEvent(Base):
             postgresql_where=text(_UNANNOUNCED_EVENT_SQL),
             sqlite_where=text(_UNANNOUNCED_EVENT_SQL),
         ),
+        Index(
+            "ix_job_events_not_fanned_out",
+            "id",
+            postgresql_where=text(_NOT_FANNED_OUT_EVENT_SQL),
+            sqlite_where=text(_NOT_FANNED_OUT_EVENT_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
@@ -266,6 +274,7 @@ class JobEvent(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     status: Mapped[JobStatus | None] = mapped_column(_enum_column(JobStatus))
     announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhooks_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class IdempotencyKey(Base):
