@@ -36,6 +36,7 @@ from provisioning.messaging.events import EventRelay
 from provisioning.operations.schedules import schedule_backups, schedule_drills, schedule_pool_refills
 from provisioning.platform.db import UnitOfWork, session_factory
 from provisioning.platform.settings import Settings
+from provisioning.webhooks.runner import WebhookRunner
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
 
 def run_sweeper(settings: Settings, stop: threading.Event) -> None:
     """The ``sweeper`` process (``provisioning sweeper``, one per deployment): a sweep at once and
-    every ``SWEEP_INTERVAL_SECONDS`` after, and the job events' relay in a thread beside it, until
+    every ``SWEEP_INTERVAL_SECONDS`` after, and the job events' relay and the webhooks' fan-out and
+    sender (``webhooks.runner``) in threads beside it, until
     ``stop`` is set (SIGTERM or Ctrl-C); a sweep under way finishes first.
 
     A process of its own, not periodic Celery tasks: a sweep sent to the job queue would wait for a
@@ -118,7 +120,9 @@ def run_sweeper(settings: Settings, stop: threading.Event) -> None:
     dispatcher = Dispatcher(settings)
     relay = EventRelay(settings, sessions)
     relay.start()
-    log.info("sweeper: sweeping every %g s and relaying job events", settings.sweep_interval_seconds)
+    webhooks = WebhookRunner(settings, sessions)
+    webhooks.start()
+    log.info("sweeper: sweeping every %g s, relaying job events and sending webhooks", settings.sweep_interval_seconds)
     try:
         while not stop.is_set():
             try:
@@ -127,5 +131,6 @@ def run_sweeper(settings: Settings, stop: threading.Event) -> None:
                 log.exception("the sweep failed; the next one will try again")
             stop.wait(settings.sweep_interval_seconds)
     finally:
+        webhooks.stop()
         relay.stop()
     log.info("sweeper: stopped")
