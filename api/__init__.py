@@ -5,7 +5,7 @@ from __future__ import annotations
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from api import backups, errors, health, jobs, servers, tenants
+from api import backups, errors, health, jobs, servers, tenants, webhooks
 from api.auth import TENANT_HEADER, TENANT_HEADER_DOC
 from api.errors import ProvisioningApi
 from api.forwarded import TrustedProxies
@@ -56,9 +56,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api = ProvisioningApi(app)
     api.spec.components.parameter(TENANT_HEADER, "header", TENANT_HEADER_DOC)
-    for acting_for_a_tenant in (jobs.blp, backups.blp, tenants.blp):
+    for acting_for_a_tenant in (jobs.blp, backups.blp, tenants.blp, webhooks.tenant_blp):
         api.register_blueprint(acting_for_a_tenant, parameters=[TENANT_HEADER])
     api.register_blueprint(servers.blp)
+    api.register_blueprint(webhooks.platform_blp)
     api.register_blueprint(health.blp)
     errors.register(app, api)
 

@@ -23,7 +23,7 @@ from provisioning.errors import Conflict, NotFound
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.sites.credentials import SiteCredentials
-from provisioning.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from provisioning.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from provisioning.webhooks.signing import new_secret
 from provisioning.webhooks.targets import check_url
 
@@ -33,10 +33,14 @@ DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
 
 @dataclass(frozen=True)
 class WithSecret:
-    """An endpoint and its secret in the clear: the one answer that shows it."""
+    """An endpoint and its secret in the clear: the one answer that shows it. Reads as the endpoint
+    too, so the endpoint's schema with a ``secret`` field dumps it."""
 
     endpoint: WebhookEndpoint
     secret: str
+
+    def __getattr__(self, name: str):
+        return getattr(self.endpoint, name)
 
 
 class WebhookEndpoints:
@@ -130,22 +134,19 @@ class WebhookEndpoints:
         ).all()
         return deliveries, total or 0
 
-    def delivery(self, endpoint_id: uuid.UUID, delivery_id: str) -> tuple[WebhookDelivery, Sequence[WebhookAttempt]]:
-        """A delivery and its attempts, oldest first."""
+    def delivery(self, endpoint_id: uuid.UUID, delivery_id: str) -> WebhookDelivery:
+        """A delivery of the endpoint (its ``attempts`` load when read)."""
         delivery = self.session.get(WebhookDelivery, delivery_id)
         if delivery is None or delivery.endpoint_id != self.get(endpoint_id).id:
             raise NotFound("webhook delivery not found")
-        attempts = self.session.scalars(
-            select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id).order_by(WebhookAttempt.id)
-        ).all()
-        return delivery, attempts
+        return delivery
 
     def redeliver(self, endpoint_id: uuid.UUID, delivery_id: str) -> WebhookDelivery:
         """Send a delivery again soon, with the same ``webhook-id``, whatever became of it. A failed one
         gets one more attempt (no new schedule); a pending one is sent now rather than at its time.
 
         Raises Conflict while the endpoint is disabled: the attempt would wait until it is enabled."""
-        delivery, _ = self.delivery(endpoint_id, delivery_id)
+        delivery = self.delivery(endpoint_id, delivery_id)
         endpoint = self.get(endpoint_id)
         if not endpoint.enabled:
             raise Conflict("the endpoint is disabled; enable it first (PATCH with enabled: true)")

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 # models.py's, so a webhook's status is stored as every other status is: its value in a VARCHAR.
 from provisioning.models import _enum_column as enum_column
@@ -101,6 +101,9 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Read for one delivery's detail only; the database deletes them with it.
+    attempts: Mapped[list[WebhookAttempt]] = relationship(order_by="WebhookAttempt.id", viewonly=True)
 
 
 class WebhookAttempt(Base):
