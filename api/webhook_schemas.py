@@ -42,7 +42,7 @@ class WebhookEndpointSchema(Schema):
     tenant_id = fields.UUID(allow_none=True, metadata={"description": "null: a platform endpoint, for every tenant's events"})
     url = fields.String(metadata={"example": EXAMPLE_URL})
     description = fields.String()
-    event_types = fields.List(fields.Enum(EventType, by_value=True))
+    event_types = fields.List(fields.String(metadata={"enum": [event_type.value for event_type in EventType]}))
     enabled = fields.Boolean()
     disabled_at = fields.DateTime(allow_none=True)
     disabled_reason = fields.String(allow_none=True, metadata={"description": "Who disabled it, or which failures did"})

@@ -23,7 +23,7 @@ from provisioning.errors import Conflict, NotFound
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.sites.credentials import SiteCredentials
-from provisioning.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from provisioning.webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
 from provisioning.webhooks.signing import new_secret
 from provisioning.webhooks.targets import check_url
 
@@ -58,11 +58,11 @@ class WebhookEndpoints:
             raise Conflict(f"at most {MAX_ENDPOINTS_PER_OWNER} webhook endpoints each; delete one first")
         secret = new_secret()
         endpoint = WebhookEndpoint(
-            tenant_id=self.owner, url=url, description=description, event_types=event_types, enabled=True,
+            tenant_id=self.owner, url=url, description=description, event_types=_values(event_types), enabled=True,
             secret_encrypted=self.cipher.encrypt(secret), consecutive_failures=0, created_by_id=created_by,
         )  # fmt: skip
         self.session.add(endpoint)
-        self._audit("webhook.created", endpoint, f"{url} for {', '.join(event_types)}")
+        self._audit("webhook.created", endpoint, f"{url} for {', '.join(endpoint.event_types)}")
         return WithSecret(endpoint, secret)
 
     def list(self, page: int, size: int) -> tuple[Sequence[WebhookEndpoint], int]:
@@ -88,15 +88,17 @@ class WebhookEndpoints:
         endpoint = self.get(endpoint_id)
         if "url" in changes:
             check_url(changes["url"], self.settings.webhook_allowed_networks)
-        for name in ("url", "description", "event_types"):
+        for name in ("url", "description"):
             if name in changes:
                 setattr(endpoint, name, changes[name])
+        if "event_types" in changes:
+            endpoint.event_types = _values(changes["event_types"])
         if changes.get("enabled") is True and not endpoint.enabled:
             endpoint.enabled, endpoint.disabled_at, endpoint.disabled_reason = True, None, None
             endpoint.consecutive_failures, endpoint.failing_since = 0, None
         elif changes.get("enabled") is False and endpoint.enabled:
             endpoint.enabled, endpoint.disabled_at, endpoint.disabled_reason = False, utcnow(), f"disabled by {self.origin.actor}"
-        self._audit("webhook.updated", endpoint, ", ".join(f"{name}={value}" for name, value in sorted(changes.items())))
+        self._audit("webhook.updated", endpoint, ", ".join(f"{name}={getattr(endpoint, name)}" for name in sorted(changes)))
         return endpoint
 
     def delete(self, endpoint_id: uuid.UUID) -> WebhookEndpoint:
@@ -160,3 +162,8 @@ class WebhookEndpoints:
     def _audit(self, action: str, endpoint: WebhookEndpoint, detail: str) -> None:
         self.session.flush()
         audit.record(self.session, self.origin, action, self.owner, f"webhook {endpoint.id}", detail)
+
+
+def _values(event_types: list) -> list[str]:
+    """Event types as stored, in their JSON list: their names (``job.completed``), whether given as names or members."""
+    return [EventType(event_type).value for event_type in event_types]
