@@ -25,6 +25,8 @@ URL = fields.String(
     ],
     metadata={
         "example": EXAMPLE_URL,
+        "format": "uri",
+        "pattern": "^https?://",
         "description": "Where events are POSTed: http or https; not on loopback or private networks, unless the "
         "platform allows them (WEBHOOK_ALLOWED_NETWORKS). Redirects are not followed.",
     },
@@ -32,9 +34,15 @@ URL = fields.String(
 EVENT_TYPES = fields.List(
     fields.Enum(EventType, by_value=True),
     validate=[validate.Length(min=1, max=len(EventType)), _unique],
-    metadata={"example": EXAMPLE_EVENT_TYPES, "description": "The event types to receive"},
+    metadata={"example": EXAMPLE_EVENT_TYPES, "description": "The event types to receive", "uniqueItems": True},
 )
-DESCRIPTION = fields.String(validate=validate.Length(max=500), metadata={"example": "Billing"})
+DESCRIPTION = fields.String(
+    validate=[
+        validate.Length(max=500),
+        validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="must not contain control characters"),
+    ],
+    metadata={"example": "Billing"},
+)
 
 
 class WebhookEndpointSchema(Schema):

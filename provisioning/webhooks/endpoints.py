@@ -24,7 +24,7 @@ from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.sites.credentials import SiteCredentials
 from provisioning.webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
-from provisioning.webhooks.signing import new_secret
+from provisioning.webhooks.signing import MESSAGE_ID, new_secret
 from provisioning.webhooks.targets import check_url
 
 MAX_ENDPOINTS_PER_OWNER = 20
@@ -137,8 +137,9 @@ class WebhookEndpoints:
         return deliveries, total or 0
 
     def delivery(self, endpoint_id: uuid.UUID, delivery_id: str) -> WebhookDelivery:
-        """A delivery of the endpoint (its ``attempts`` load when read)."""
-        delivery = self.session.get(WebhookDelivery, delivery_id)
+        """A delivery of the endpoint (its ``attempts`` load when read); an id of no delivery's form
+        (a NUL byte PostgreSQL would refuse) is not looked up."""
+        delivery = self.session.get(WebhookDelivery, delivery_id) if MESSAGE_ID.fullmatch(delivery_id) else None
         if delivery is None or delivery.endpoint_id != self.get(endpoint_id).id:
             raise NotFound("webhook delivery not found")
         return delivery

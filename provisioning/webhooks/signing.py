@@ -13,10 +13,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 
 PREFIX = "whsec_"
 SECRET_BYTES = 24
+MESSAGE_ID = re.compile(r"msg_[0-9a-f]{32}")
 
 
 def new_secret() -> str:

@@ -63,6 +63,7 @@ def resolve(url: str, allowed: tuple[Network, ...]) -> ResolvedTarget:
 
     Raises ``TargetRefused`` for a refused URL or address, ``OSError`` when the name does not resolve.
     """
+    check_url(url, allowed)
     scheme, host, port, path = _parts(url)
     literal = _address(host)
     if literal is not None:
