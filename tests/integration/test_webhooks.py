@@ -108,25 +108,31 @@ def register(client: FlaskClient, headers: dict, url: str, event_types: list[str
     return data["id"], data["secret"]
 
 
+def request_job(client: FlaskClient, tenant: TenantWithUsers, job_type: str) -> str:
+    response = client.post("/api/v1/provisioning/jobs", json={"job_type": job_type}, headers=tenant.headers())
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return response.get_json()["data"]["id"]
+
+
 def a_secret_of_our_own() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
 def test_a_site_created_through_the_api_is_announced_to_the_tenants_endpoint_signed(loopback, receiver, tmp_path):
     tenant = loopback.tenant()
-    wanted = ["job.created", "job.started", "job.completed", "tenant.status_changed"]
+    wanted = ["job.created", "job.started", "job.completed", "tenant.status_changed", "backup.completed"]
     endpoint_id, secret = register(loopback.client, tenant.headers(), receiver.url, wanted)
     worker = WorkerProcess(loopback.environment, loopback.stack.dispatcher)
     sweeper = SweeperProcess(loopback.environment, tmp_path)
     try:
-        response = loopback.client.post("/api/v1/provisioning/jobs", json={"job_type": "create_site"}, headers=tenant.headers())
-        assert response.status_code == 201, response.get_data(as_text=True)
-        job_id = response.get_json()["data"]["id"]
+        job_id = request_job(loopback.client, tenant, "create_site")
         wait_for(
             lambda: receiver.received("job.completed") and len(receiver.received("tenant.status_changed")) >= 2,
             timeout=60,
             what="job.completed and the tenant's two status changes",
         )
+        backup_job_id = request_job(loopback.client, tenant, "backup_site")
+        [backed_up] = wait_for(lambda: receiver.received("backup.completed"), timeout=60, what="backup.completed")
     finally:
         sweeper.stop()
         worker.stop()
@@ -134,12 +140,15 @@ def test_a_site_created_through_the_api_is_announced_to_the_tenants_endpoint_sig
     received = receiver.received()
     # Sent concurrently, in no promised order; each once (nothing failed, so nothing was sent twice).
     job_types = sorted(request.type for request in received if request.type.startswith("job."))
-    assert job_types == ["job.completed", "job.created", "job.started"]
+    assert job_types == ["job.completed"] * 2 + ["job.created"] * 2 + ["job.started"] * 2
+    [backup] = loopback.client.get("/api/v1/provisioning/backups", headers=tenant.headers()).get_json()["data"]
+    assert backed_up.event["data"]["job_id"] == backup_job_id
+    assert backed_up.event["data"]["backup"]["id"] == backup["id"] and backed_up.event["data"]["backup"]["size"] == backup["size"]
     for request in received:
         assert request.signed_by(secret), request.headers
         assert not request.signed_by(a_secret_of_our_own())
         assert request.event.keys() == {"type", "timestamp", "data"}
-    completed = receiver.received("job.completed")[0].event["data"]
+    completed = next(r.event["data"] for r in receiver.received("job.completed") if r.event["data"]["job_id"] == job_id)
     assert completed == {
         "job_id": job_id, "job_type": "create_site", "status": "completed", "tenant_id": str(tenant.id),
         "tenant_slug": tenant.tenant.slug,
