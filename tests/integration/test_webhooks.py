@@ -17,19 +17,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from api import create_app
 from provisioning.accounts import audit
+from provisioning.cli import main
 from provisioning.enums import Role, TenantStatus
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
-from provisioning.webhooks.models import WebhookEndpoint
+from provisioning.webhooks.fanout import fan_out
+from provisioning.webhooks.models import WebhookDelivery, WebhookEndpoint
 from provisioning.webhooks.runner import WebhookRunner
 from provisioning.webhooks.sender import DISABLE_AFTER, DISABLE_AFTER_FAILURES, RETRY_DELAYS
 from tests.factories import TenantFactory, TenantWithUsers, operator_headers
 from tests.helpers import assert_error, wait_for
+from tests.integration.test_metrics import scrape, value
 from tests.stack import SweeperProcess, WorkerProcess
 from tests.webhook_receiver import WebhookReceiver
 
@@ -275,6 +279,11 @@ def test_an_endpoint_failing_for_a_day_is_disabled_and_its_owner_told(loopback, 
     # Its pending delivery waits; a redelivery by hand is refused until it is enabled again.
     [waiting] = loopback.deliveries(tenant.headers(), failing_id)
     assert waiting["status"] == "pending"
+    figures = scrape(loopback.client)
+    assert value(figures, "erpmax_webhook_endpoints_disabled") == 1
+    assert value(figures, "erpmax_webhook_deliveries", status="pending") == 1
+    assert value(figures, "erpmax_webhook_deliveries", status="delivered") == 1
+    assert value(figures, "erpmax_webhook_most_overdue_delivery_seconds") == 0  # the waiting one's endpoint is off
     refused = loopback.client.post(f"{WEBHOOKS}/{failing_id}/deliveries/{waiting['id']}/redeliver", headers=tenant.headers())
     assert_error(refused, 409)
 
@@ -283,6 +292,21 @@ def test_an_endpoint_failing_for_a_day_is_disabled_and_its_owner_told(loopback, 
     shown = enabled.get_json()["data"]
     assert shown["enabled"] is True and shown["disabled_reason"] is None and shown["consecutive_failures"] == 0
     assert loopback.deliveries(tenant.headers(), told_id)[0]["status"] == "delivered"
+
+
+def test_the_doctor_fails_when_deliveries_are_due_and_no_sender_sends_them(loopback, receiver):
+    tenant = loopback.tenant()
+    register(loopback.client, tenant.headers(), receiver.url, ["tenant.status_changed"])
+    loopback.set_status(tenant, TenantStatus.ACTIVE)
+    with loopback.stack.session() as session:
+        assert fan_out(session.connection()) == 1  # fanned out, never sent: no sweeper runs
+        session.execute(update(WebhookDelivery).values(next_attempt_at=utcnow() - timedelta(minutes=2)))
+        session.commit()
+    result = CliRunner().invoke(main, ["doctor"], env=loopback.environment)
+    line = next(line for line in result.stdout.splitlines() if " webhooks:" in line)
+    assert line.startswith("FAIL webhooks: 1 deliveries pending, 0 failed, 0 endpoint(s) disabled; one has been due for 1")
+    assert "start the sweeper" in line and result.exit_code == 1
+    assert receiver.received() == []
 
 
 # The API's rules, on the run's shared database: no webhook is sent in these.
