@@ -236,7 +236,6 @@ class AuditEntry(Base):
 
 
 _UNANNOUNCED_EVENT_SQL = "status IS NOT NULL AND announced_at IS NULL"
-_NOT_FANNED_OUT_EVENT_SQL = "status IS NOT NULL AND webhooks_at IS NULL"
 
 
 class JobEvent(Base):
@@ -245,7 +244,8 @@ class JobEvent(Base):
     An event that changed the job's status carries that ``status``, and is the outbox of its
     announcement to other systems: written in the same transaction as the change, published
     by the event relay afterwards, which then sets ``announced_at`` (see provisioning/messaging/events.py).
-    It is the outbox of its webhooks too: the fan-out sets ``webhooks_at`` once it made them (webhooks.fanout).
+    A trigger copies each into the webhooks' own outbox (``webhook_outbox``, migration 0016), so the
+    webhooks' fan-out never holds a row the relay is to take.
     """
 
     __tablename__ = "job_events"
@@ -258,12 +258,6 @@ class JobEvent(Base):
             postgresql_where=text(_UNANNOUNCED_EVENT_SQL),
             sqlite_where=text(_UNANNOUNCED_EVENT_SQL),
         ),
-        Index(
-            "ix_job_events_not_fanned_out",
-            "id",
-            postgresql_where=text(_NOT_FANNED_OUT_EVENT_SQL),
-            sqlite_where=text(_NOT_FANNED_OUT_EVENT_SQL),
-        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
@@ -274,7 +268,6 @@ class JobEvent(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     status: Mapped[JobStatus | None] = mapped_column(_enum_column(JobStatus))
     announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    webhooks_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class IdempotencyKey(Base):

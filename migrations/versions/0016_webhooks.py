@@ -1,9 +1,9 @@
-"""Webhooks: endpoints, their deliveries and attempts, and the outboxes they are fanned out from.
+"""Webhooks: endpoints, their deliveries and attempts, and the outbox they are fanned out from.
 
-A trigger on ``tenants`` writes each status change into ``tenant_events`` in the transaction of
-the change, since several statements change a tenant's status (a move's, a claim's, the
-records'); ``job_events.webhooks_at`` marks the job events already fanned out. The job events
-recorded before this revision are marked, so no history is sent to the first endpoints.
+Triggers write ``webhook_outbox`` in the transaction of each change: one on ``tenants`` for a
+status change (several statements change a tenant's status: a move's, a claim's, the records'),
+one on ``job_events`` for each event that changed a job's status. Events recorded before this
+revision are not copied, so no history is sent to the first endpoints.
 
 Revision ID: 0016
 Revises: 0015
@@ -18,8 +18,6 @@ down_revision = "0015"
 branch_labels = None
 depends_on = None
 
-NOT_FANNED_OUT_JOB_EVENT = "status IS NOT NULL AND webhooks_at IS NULL"
-NOT_FANNED_OUT = "webhooks_at IS NULL"
 PENDING = "status = 'pending'"
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 EVENT_TYPES = (
@@ -27,23 +25,35 @@ EVENT_TYPES = (
     "backup.completed", "tenant.status_changed", "webhook.endpoint_disabled",
 )  # fmt: skip
 
-POSTGRESQL_TRIGGER = (
+POSTGRESQL_TRIGGERS = (
     """
-CREATE FUNCTION record_tenant_status() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION outbox_tenant_status() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  INSERT INTO tenant_events (tenant_id, previous_status, status, created_at) VALUES (NEW.id, OLD.status, NEW.status, now());
+  INSERT INTO webhook_outbox (tenant_id, previous_status, status, created_at) VALUES (NEW.id, OLD.status, NEW.status, now());
   RETURN NULL;
 END
 $$
 """,
-    "CREATE TRIGGER tenants_status_changed AFTER UPDATE OF status ON tenants FOR EACH ROW "
-    "WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION record_tenant_status()",
+    "CREATE TRIGGER tenants_to_webhooks AFTER UPDATE OF status ON tenants FOR EACH ROW "
+    "WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION outbox_tenant_status()",
+    """
+CREATE FUNCTION outbox_job_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO webhook_outbox (job_event_id, created_at) VALUES (NEW.id, NEW.created_at);
+  RETURN NULL;
+END
+$$
+""",
+    "CREATE TRIGGER job_events_to_webhooks AFTER INSERT ON job_events FOR EACH ROW "
+    "WHEN (NEW.status IS NOT NULL) EXECUTE FUNCTION outbox_job_event()",
 )
-# In the text format SQLAlchemy writes SQLite's timestamps in (in UTC; fractions are optional).
-SQLITE_TRIGGER = (
-    "CREATE TRIGGER tenants_status_changed AFTER UPDATE OF status ON tenants WHEN OLD.status IS NOT NEW.status "
-    "BEGIN INSERT INTO tenant_events (tenant_id, previous_status, status, created_at) "
+# A tenant's change is stamped in the text form SQLAlchemy writes SQLite's timestamps in (UTC; fractions optional).
+SQLITE_TRIGGERS = (
+    "CREATE TRIGGER tenants_to_webhooks AFTER UPDATE OF status ON tenants WHEN OLD.status IS NOT NEW.status "
+    "BEGIN INSERT INTO webhook_outbox (tenant_id, previous_status, status, created_at) "
     "VALUES (NEW.id, OLD.status, NEW.status, strftime('%Y-%m-%d %H:%M:%S', 'now')); END",
+    "CREATE TRIGGER job_events_to_webhooks AFTER INSERT ON job_events WHEN NEW.status IS NOT NULL "
+    "BEGIN INSERT INTO webhook_outbox (job_event_id, created_at) VALUES (NEW.id, NEW.created_at); END",
 )
 
 
@@ -129,42 +139,33 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_webhook_attempts_delivery_id"), "webhook_attempts", ["delivery_id"], unique=False)
     op.create_table(
-        "tenant_events",
+        "webhook_outbox",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("job_event_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("tenant_id", sa.Uuid(), nullable=True),
         sa.Column("previous_status", sa.String(length=20), nullable=True),
-        sa.Column("status", sa.String(length=20), nullable=False),
+        sa.Column("status", sa.String(length=20), nullable=True),
         _timestamp("created_at", nullable=False),
-        _timestamp("webhooks_at"),
         sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_tenant_events_tenant_id_tenants"), ondelete="CASCADE"
+            ["job_event_id"], ["job_events.id"], name=op.f("fk_webhook_outbox_job_event_id_job_events"), ondelete="CASCADE"
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_tenant_events")),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_webhook_outbox_tenant_id_tenants"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_outbox")),
     )
-    op.create_index(
-        "ix_tenant_events_not_fanned_out", "tenant_events", ["id"],
-        postgresql_where=sa.text(NOT_FANNED_OUT), sqlite_where=sa.text(NOT_FANNED_OUT),
-    )  # fmt: skip
-    # In place, not by batch's copy of the table (SQLite): nothing of the table changes but a column.
-    op.add_column("job_events", _timestamp("webhooks_at"))
-    op.execute(sa.text("UPDATE job_events SET webhooks_at = created_at WHERE status IS NOT NULL"))
-    op.create_index(
-        "ix_job_events_not_fanned_out", "job_events", ["id"],
-        postgresql_where=sa.text(NOT_FANNED_OUT_JOB_EVENT), sqlite_where=sa.text(NOT_FANNED_OUT_JOB_EVENT),
-    )  # fmt: skip
-    for statement in POSTGRESQL_TRIGGER if op.get_bind().dialect.name == "postgresql" else SQLITE_TRIGGER:
+    for statement in POSTGRESQL_TRIGGERS if op.get_bind().dialect.name == "postgresql" else SQLITE_TRIGGERS:
         op.execute(statement)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER tenants_status_changed ON tenants")
-        op.execute("DROP FUNCTION record_tenant_status()")
-    else:
-        op.execute("DROP TRIGGER tenants_status_changed")
-    op.drop_index("ix_job_events_not_fanned_out", table_name="job_events")
-    op.drop_column("job_events", "webhooks_at")
-    op.drop_table("tenant_events")
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    for trigger, table in (("job_events_to_webhooks", "job_events"), ("tenants_to_webhooks", "tenants")):
+        op.execute(f"DROP TRIGGER {trigger} ON {table}" if postgresql else f"DROP TRIGGER {trigger}")
+    if postgresql:
+        op.execute("DROP FUNCTION outbox_job_event()")
+        op.execute("DROP FUNCTION outbox_tenant_status()")
+    op.drop_table("webhook_outbox")
     op.drop_table("webhook_attempts")
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_endpoints")

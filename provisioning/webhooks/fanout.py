@@ -1,12 +1,11 @@
-"""The fan-out: each event waiting in an outbox becomes one delivery for each enabled endpoint that
-wants it, in one transaction with the outbox rows' marks.
+"""The fan-out: each event waiting in the webhooks' outbox becomes one delivery for each enabled
+endpoint that wants it, in one transaction with the removal of the outbox rows.
 
-Two outboxes feed it: ``job_events`` (the job's status changes, written with the change, the same
-rows the event relay announces) and ``tenant_events`` (a trigger's, migration 0016). A batch is
-read with FOR UPDATE SKIP LOCKED, its deliveries inserted and its rows marked ``webhooks_at``
-before one commit: a fan-out cut short leaves the rows unmarked and makes nothing, so the next
-makes it all. Each delivery's ``event_key`` is unique per endpoint (``INSERT ... ON CONFLICT DO
-NOTHING``), so even two fan-outs of one event can make only one delivery per endpoint.
+Triggers fill the outbox (``WebhookOutboxEntry``) with the job events that changed a job's status
+and with the tenants' status changes. A batch is read with FOR UPDATE SKIP LOCKED, its deliveries
+inserted and its rows deleted before one commit: a fan-out cut short leaves the rows and makes
+nothing, so the next makes it all. Each delivery's ``event_key`` is unique per endpoint (``INSERT
+... ON CONFLICT DO NOTHING``), so even two fan-outs of one event make one delivery per endpoint.
 
 Every body is ``{"type": ..., "timestamp": <when the event happened, ISO 8601>, "data": {...}}``,
 frozen at fan-out: a retry days later sends what was true when it happened.
@@ -18,14 +17,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from provisioning.enums import BackupStatus, JobStatus, JobType
 from provisioning.models import JobEvent, ProvisioningJob, SiteBackup, Tenant
 from provisioning.platform.db import utcnow
-from provisioning.webhooks.models import DeliveryStatus, EventType, TenantEvent, WebhookDelivery, WebhookEndpoint
+from provisioning.webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint, WebhookOutboxEntry
 from provisioning.webhooks.signing import new_message_id
 
 BATCH_SIZE = 200
@@ -38,27 +37,23 @@ JOB_EVENT_TYPES = {
     JobStatus.CANCELLED: EventType.JOB_CANCELLED,
 }
 
-WAITING_JOB_EVENTS = (
+WAITING = (
+    select(WebhookOutboxEntry)
+    .order_by(WebhookOutboxEntry.id)
+    .limit(BATCH_SIZE)
+    .with_for_update(skip_locked=True)
+)
+JOB_EVENTS = (
     select(
         JobEvent.id, JobEvent.status, JobEvent.created_at, ProvisioningJob.id.label("job_id"), ProvisioningJob.job_type,
         ProvisioningJob.error, Tenant.id.label("tenant_id"), Tenant.slug,
     )  # fmt: skip
     .join(ProvisioningJob, ProvisioningJob.id == JobEvent.job_id)
     .join(Tenant, Tenant.id == ProvisioningJob.tenant_id)
-    .where(JobEvent.status.is_not(None), JobEvent.webhooks_at.is_(None))
+    .where(JobEvent.id.in_(bindparam("ids", expanding=True)))
     .order_by(JobEvent.id)
-    .limit(BATCH_SIZE)
-    .with_for_update(of=JobEvent, skip_locked=True)
 )
-WAITING_TENANT_EVENTS = (
-    select(TenantEvent.id, TenantEvent.tenant_id, TenantEvent.previous_status, TenantEvent.status, TenantEvent.created_at)
-    .add_columns(Tenant.slug)
-    .join(Tenant, Tenant.id == TenantEvent.tenant_id)
-    .where(TenantEvent.webhooks_at.is_(None))
-    .order_by(TenantEvent.id)
-    .limit(BATCH_SIZE)
-    .with_for_update(of=TenantEvent, skip_locked=True)
-)
+TENANT_SLUGS = select(Tenant.id, Tenant.slug).where(Tenant.id.in_(bindparam("ids", expanding=True)))
 BACKUPS_OF_JOBS = select(SiteBackup.job_id, SiteBackup.id, SiteBackup.size, SiteBackup.completed_at).where(
     SiteBackup.job_id.in_(bindparam("job_ids", expanding=True)), SiteBackup.status == BackupStatus.COMPLETED
 )
@@ -80,18 +75,21 @@ class Event:
 
 
 def fan_out(connection: Connection) -> int:
-    """Make the deliveries of the next batches of both outboxes and mark them; how many events were read.
+    """Make the deliveries of the next batch of the outbox and remove it; how many events were read.
 
-    The caller commits (the marks and the deliveries go together or not at all)."""
-    job_rows = connection.execute(WAITING_JOB_EVENTS).all()
-    tenant_rows = connection.execute(WAITING_TENANT_EVENTS).all()
-    events = [*_job_events(connection, job_rows), *(_tenant_event(row) for row in tenant_rows)]
+    The caller commits (the deliveries and the removal go together or not at all)."""
+    entries = connection.execute(WAITING).all()
+    if not entries:
+        return 0
+    job_event_ids = [entry.job_event_id for entry in entries if entry.job_event_id is not None]
+    tenant_entries = [entry for entry in entries if entry.job_event_id is None]
+    events = _job_events(connection, connection.execute(JOB_EVENTS, {"ids": job_event_ids}).all()) if job_event_ids else []
+    if tenant_entries:
+        slugs = dict(connection.execute(TENANT_SLUGS, {"ids": list({entry.tenant_id for entry in tenant_entries})}).all())
+        events += [_tenant_event(entry, slugs[entry.tenant_id]) for entry in tenant_entries]
     add_deliveries(connection, events)
-    now = utcnow()
-    for table, rows in ((JobEvent, job_rows), (TenantEvent, tenant_rows)):
-        if rows:
-            connection.execute(update(table).where(table.id.in_([row.id for row in rows])).values(webhooks_at=now))
-    return len(job_rows) + len(tenant_rows)
+    connection.execute(delete(WebhookOutboxEntry).where(WebhookOutboxEntry.id.in_([entry.id for entry in entries])))
+    return len(entries)
 
 
 def add_deliveries(connection: Connection, events: list[Event]) -> int:
@@ -138,15 +136,15 @@ def _job_events(connection: Connection, rows) -> list[Event]:
         if row.status == JobStatus.FAILED:
             job["error"] = row.error
         events.append(Event(f"job_event:{row.id}", event_type, row.tenant_id, row.created_at, job))
-        if (backup := backups.get(row.job_id)) is not None:
+        if row.status == JobStatus.COMPLETED and (backup := backups.get(row.job_id)) is not None:
             about = {"id": str(backup.id), "size": backup.size, "completed_at": backup.completed_at.isoformat()}
             data = {key: job[key] for key in ("job_id", "tenant_id", "tenant_slug")} | {"backup": about}
             events.append(Event(f"job_event:{row.id}:backup", EventType.BACKUP_COMPLETED, row.tenant_id, row.created_at, data))
     return events
 
 
-def _tenant_event(row) -> Event:
+def _tenant_event(entry, slug: str) -> Event:
     data = {
-        "tenant_id": str(row.tenant_id), "tenant_slug": row.slug, "status": row.status, "previous_status": row.previous_status,
+        "tenant_id": str(entry.tenant_id), "tenant_slug": slug, "status": entry.status, "previous_status": entry.previous_status,
     }  # fmt: skip
-    return Event(f"tenant_event:{row.id}", EventType.TENANT_STATUS_CHANGED, row.tenant_id, row.created_at, data)
+    return Event(f"tenant_change:{entry.id}", EventType.TENANT_STATUS_CHANGED, entry.tenant_id, entry.created_at, data)

@@ -1,5 +1,5 @@
 """The webhook tables: endpoints, their deliveries and each delivery's attempts, and the outbox of
-tenant status changes that a trigger on ``tenants`` writes (migration 0016)."""
+job and tenant status changes that triggers write (migration 0016)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ class DeliveryStatus(str, enum.Enum):
 
 
 _PENDING_SQL = "status = 'pending'"
-_NOT_FANNED_OUT_SQL = "webhooks_at IS NULL"
 
 
 class WebhookEndpoint(Base):
@@ -119,24 +118,25 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
 
 
-class TenantEvent(Base):
-    """A tenant's status change, written by a trigger on ``tenants`` in the transaction of the change,
-    whichever statement made it: the outbox of its ``tenant.status_changed`` webhooks."""
+class WebhookOutboxEntry(Base):
+    """An event waiting for the fan-out: a job's status change (``job_event_id``) or a tenant's
+    (``tenant_id``, ``previous_status``, ``status``).
 
-    __tablename__ = "tenant_events"
-    __table_args__ = (
-        # What the fan-out has still to do: small, whatever the size of the history.
-        Index(
-            "ix_tenant_events_not_fanned_out",
-            "id",
-            postgresql_where=text(_NOT_FANNED_OUT_SQL),
-            sqlite_where=text(_NOT_FANNED_OUT_SQL),
-        ),
-    )
+    Triggers write them (migration 0016), in the transaction of the change, whichever statement
+    made it: a tenant's status changes in several (a move's, a claim's, the job records'), and a
+    job event is written by several too. The fan-out deletes each once its deliveries are made.
+    An outbox of the webhooks' own rather than a mark on ``job_events``: the event relay takes those
+    rows with SKIP LOCKED in order, and would pass over (and so announce out of order) any row the
+    fan-out held.
+    """
+
+    __tablename__ = "webhook_outbox"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_event_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("job_events.id", ondelete="CASCADE")
+    )
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     previous_status: Mapped[str | None] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str | None] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    webhooks_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -13,6 +13,7 @@ import base64
 import ipaddress
 import os
 import signal
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,8 +26,10 @@ from api import create_app
 from provisioning.accounts import audit
 from provisioning.cli import main
 from provisioning.enums import Role, TenantStatus
+from provisioning.jobs.runner import JobRunner
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
+from provisioning.sites.drivers.simulated import SimulatedDriver
 from provisioning.webhooks.fanout import fan_out
 from provisioning.webhooks.models import WebhookDelivery, WebhookEndpoint
 from provisioning.webhooks.runner import WebhookRunner
@@ -136,7 +139,12 @@ def test_a_site_created_through_the_api_is_announced_to_the_tenants_endpoint_sig
             what="job.completed and the tenant's two status changes",
         )
         backup_job_id = request_job(loopback.client, tenant, "backup_site")
-        [backed_up] = wait_for(lambda: receiver.received("backup.completed"), timeout=60, what="backup.completed")
+        wait_for(
+            lambda: receiver.received("job.completed")[1:] and receiver.received("backup.completed"),
+            timeout=60,
+            what="the backup's job.completed and backup.completed",
+        )
+        print("DEBUG", [(r.id, r.type, r.event) for r in receiver.received()])
     finally:
         sweeper.stop()
         worker.stop()
@@ -146,6 +154,7 @@ def test_a_site_created_through_the_api_is_announced_to_the_tenants_endpoint_sig
     job_types = sorted(request.type for request in received if request.type.startswith("job."))
     assert job_types == ["job.completed"] * 2 + ["job.created"] * 2 + ["job.started"] * 2
     [backup] = loopback.client.get("/api/v1/provisioning/backups", headers=tenant.headers()).get_json()["data"]
+    [backed_up] = receiver.received("backup.completed")
     assert backed_up.event["data"]["job_id"] == backup_job_id
     assert backed_up.event["data"]["backup"]["id"] == backup["id"] and backed_up.event["data"]["backup"]["size"] == backup["size"]
     for request in received:
@@ -292,6 +301,17 @@ def test_an_endpoint_failing_for_a_day_is_disabled_and_its_owner_told(loopback, 
     shown = enabled.get_json()["data"]
     assert shown["enabled"] is True and shown["disabled_reason"] is None and shown["consecutive_failures"] == 0
     assert loopback.deliveries(tenant.headers(), told_id)[0]["status"] == "delivered"
+
+
+def test_a_backup_fanned_out_in_one_batch_with_its_creation_is_announced_once(loopback, receiver):
+    tenant = loopback.tenant()
+    register(loopback.client, tenant.headers(), receiver.url, ["job.created", "job.completed", "backup.completed"])
+    worker = JobRunner.for_settings(loopback.settings, loopback.stack.sessions, SimulatedDriver(step_seconds=0), "w@test")
+    for job_type in ("create_site", "backup_site"):  # both run before any fan-out: one batch holds all their events
+        worker.run(uuid.UUID(request_job(loopback.client, tenant, job_type)))
+    loopback.deliver_until(lambda: len(receiver.received()) >= 5, what="the two jobs' events")
+    told = sorted(request.type for request in receiver.received())
+    assert told == ["backup.completed", "job.completed", "job.completed", "job.created", "job.created"]
 
 
 def test_the_doctor_fails_when_deliveries_are_due_and_no_sender_sends_them(loopback, receiver):
