@@ -150,10 +150,14 @@ class WebhookSender:
 
     def _record(self, claimed: Claimed, outcome: Outcome) -> None:
         with self.sessions() as session:
-            delivery = session.get(WebhookDelivery, claimed.id, with_for_update=True)
+            # The endpoint's row first, then the delivery's: the order a deleted endpoint's cascade
+            # takes them in, so the two cannot deadlock. FOR NO KEY UPDATE, so a fan-out adding
+            # deliveries to the endpoint meanwhile is not held up.
+            endpoint_id = session.scalar(select(WebhookDelivery.endpoint_id).where(WebhookDelivery.id == claimed.id))
+            endpoint = endpoint_id and session.get(WebhookEndpoint, endpoint_id, with_for_update={"key_share": True})
+            delivery = endpoint and session.get(WebhookDelivery, claimed.id, with_for_update={"key_share": True})
             if delivery is None:
                 return  # its endpoint was deleted meanwhile
-            endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True)
             now = utcnow()
             session.add(
                 WebhookAttempt(
