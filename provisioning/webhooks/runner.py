@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioning.platform.settings import Settings
 from provisioning.webhooks.fanout import BATCH_SIZE as FAN_OUT_BATCH
 from provisioning.webhooks.fanout import fan_out
-from provisioning.webhooks.sender import BATCH_SIZE as SEND_BATCH
 from provisioning.webhooks.sender import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -63,5 +62,5 @@ class WebhookRunner:
                 wait = min(wait * 2, MAX_RETRY_SECONDS)
                 continue
             wait = RETRY_SECONDS
-            if fanned_out < FAN_OUT_BATCH and sent < SEND_BATCH:
+            if fanned_out < FAN_OUT_BATCH and sent < self.sender.threads:
                 self._stopped.wait(IDLE_SECONDS)

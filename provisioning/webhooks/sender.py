@@ -5,7 +5,9 @@ At least once, never lost: a delivery is taken by moving its ``next_attempt_at``
 (``lease_seconds``: the timeout of a post and some margin) in a transaction of its own, and only
 the attempt's answer makes it ``delivered``. A sender that dies mid-post leaves it ``pending``,
 due again once the lease ends, when it goes out again with the same ``webhook-id``; a receiver
-drops the repeat by that id. Deliveries are sent concurrently (``threads``), in no promised order.
+drops the repeat by that id. Deliveries are sent concurrently (``threads``), in no promised order;
+a round waits for its slowest post, so an endpoint that hangs costs a timeout per due delivery of
+its own (then they wait for their retries, out of the way), not the others' deliveries for long.
 
 Retries: an attempt not answered 2xx in time is tried again after 5 s, 5 min, 30 min, 2 h, 5 h,
 10 h and 10 h (``RETRY_DELAYS``): eight attempts over about 28 hours; the delivery is ``failed``
@@ -45,8 +47,9 @@ RETRY_DELAYS = tuple(
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 DISABLE_AFTER = timedelta(days=1)
 DISABLE_AFTER_FAILURES = 5
+# Deliveries posted at once. A round claims no more than this: each claimed delivery is posted at
+# once, so its lease (counted from the claim) covers its post, and a round lasts one timeout at most.
 SENDER_THREADS = 4
-BATCH_SIZE = 50
 LEASE_MARGIN_SECONDS = 5.0
 USER_AGENT = "ERPMax-Webhooks/1"
 MAX_ERROR_LENGTH = 500
@@ -76,14 +79,15 @@ class Outcome:
 class WebhookSender:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], threads: int = SENDER_THREADS):
         self.settings = settings
+        self.threads = threads
         self.sessions = sessions
         self.cipher = SiteCredentials(settings.site_credentials_key)
         self.lease = timedelta(seconds=settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-sender")
 
-    def send_due(self, limit: int = BATCH_SIZE) -> int:
-        """Post the deliveries due now, at most ``limit``, and record how each was answered; how many were."""
-        claimed = self.claim(limit)
+    def send_due(self) -> int:
+        """Post the deliveries due now, one per thread at most, and record how each was answered; how many were."""
+        claimed = self.claim(self.threads)
         list(self._pool.map(self.attempt, claimed))  # each records itself; this waits for them all
         return len(claimed)
 
