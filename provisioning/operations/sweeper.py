@@ -10,9 +10,9 @@ compare-and-set or a harmless duplicate message:
   them again, each to its server's queue; the claim lets only one delivery run a job. The jobs
   of a server that is down are held instead, and published by the first sweep after it is up.
 
-It also forgets idempotency keys past their expiry, requests the scheduled backups and restore
-drills that are due and the refills the standby pools need (see schedules), and prunes backups
-by the retention policy.
+It also forgets idempotency keys past their expiry and webhook deliveries past their keeping
+(webhooks.retention), requests the scheduled backups and restore drills that are due and the
+refills the standby pools need (see schedules), and prunes backups by the retention policy.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from provisioning.messaging.events import EventRelay
 from provisioning.operations.schedules import schedule_backups, schedule_drills, schedule_pool_refills
 from provisioning.platform.db import UnitOfWork, session_factory
 from provisioning.platform.settings import Settings
+from provisioning.webhooks.retention import forget_old_deliveries
 from provisioning.webhooks.runner import WebhookRunner
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class SweepReport:
     held: list[uuid.UUID]
     republished: list[uuid.UUID]
     forgotten_keys: int
+    forgotten_deliveries: int
     scheduled_backups: list[uuid.UUID]
     scheduled_drills: list[uuid.UUID]
     pool_refills: list[uuid.UUID]
@@ -70,6 +72,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
             held=committed(repairs.hold_jobs_of_down_servers()),
             republished=committed(repairs.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds))),
             forgotten_keys=committed(repairs.prune_idempotency_keys()),
+            forgotten_deliveries=committed(forget_old_deliveries(session)),
             scheduled_backups=(
                 schedule_backups(JobRequests(uow, dispatch=dispatch), timedelta(hours=settings.backup_interval_hours))
                 if settings.backup_interval_hours
@@ -90,12 +93,13 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
     if any(done) or report.pruned_backups:
         log.info(
             "sweep: failed %d lost job(s), held %d job(s) of down servers, published %d pending job(s) again, "
-            "forgot %d idempotency key(s), "
+            "forgot %d idempotency key(s) and %d webhook deliveries, "
             "requested %d scheduled backup(s), %d restore drill(s) and %d standby pool refill(s), pruned %d backup(s)",
             len(report.reaped),
             len(report.held),
             len(report.republished),
             report.forgotten_keys,
+            report.forgotten_deliveries,
             len(report.scheduled_backups),
             len(report.scheduled_drills),
             len(report.pool_refills),

@@ -20,18 +20,21 @@ from datetime import datetime, timedelta
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from api import create_app
 from provisioning.accounts import audit
 from provisioning.cli import main
 from provisioning.enums import TenantStatus
 from provisioning.jobs.runner import JobRunner
+from provisioning.models import Tenant
+from provisioning.operations.sweeper import sweep
 from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.sites.drivers.simulated import SimulatedDriver
 from provisioning.webhooks.fanout import fan_out
-from provisioning.webhooks.models import WebhookDelivery, WebhookEndpoint
+from provisioning.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from provisioning.webhooks.retention import KEEP_DELIVERIES
 from provisioning.webhooks.runner import WebhookRunner
 from provisioning.webhooks.sender import DISABLE_AFTER, DISABLE_AFTER_FAILURES, RETRY_DELAYS
 from tests.factories import TenantFactory, TenantWithUsers, operator_headers
@@ -61,7 +64,7 @@ class Loopback:
 
     def set_status(self, tenant: TenantWithUsers, status: TenantStatus) -> None:
         with self.stack.session() as session:
-            TenantFactory(session).set_status(session.merge(tenant.tenant), status)
+            TenantFactory(session).set_status(session.get(Tenant, tenant.id), status)
 
     def deliver_until(self, probe, timeout: float = 30.0, what: str = "deliveries"):
         """Run webhooks rounds until ``probe`` answers something truthy; that answer."""
@@ -327,3 +330,21 @@ def test_the_doctor_fails_when_deliveries_are_due_and_no_sender_sends_them(loopb
     assert line.startswith("FAIL webhooks: 1 deliveries pending, 0 failed, 0 endpoint(s) disabled; one has been due for 1")
     assert "start the sweeper" in line and result.exit_code == 1
     assert receiver.received() == []
+
+
+def test_the_sweep_forgets_finished_deliveries_after_their_keeping_and_keeps_pending_ones(loopback, receiver):
+    tenant = loopback.tenant()
+    register(loopback.client, tenant.headers(), receiver.url, ["tenant.status_changed"])
+    for status in (TenantStatus.PROVISIONING, TenantStatus.ACTIVE):
+        loopback.set_status(tenant, status)
+    long_ago = utcnow() - KEEP_DELIVERIES - timedelta(minutes=1)
+    with loopback.stack.session() as session:
+        assert fan_out(session.connection()) == 2
+        finished, waiting = session.scalars(select(WebhookDelivery.id).order_by(WebhookDelivery.event_key)).all()
+        session.execute(update(WebhookDelivery).values(created_at=long_ago))
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.id == finished).values(status=DeliveryStatus.DELIVERED))
+        session.commit()
+    assert sweep(loopback.settings, loopback.stack.sessions, loopback.stack.dispatcher.send_job).forgotten_deliveries == 1
+    with loopback.stack.session() as session:
+        assert session.scalars(select(WebhookDelivery.id)).all() == [waiting]
+
