@@ -73,7 +73,11 @@ class Outcome:
 
     @property
     def delivered(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
+        return _successful(self.status_code)
+
+
+def _successful(status_code: int | None) -> bool:
+    return status_code is not None and 200 <= status_code < 300
 
 
 class WebhookSender:
@@ -148,7 +152,7 @@ class WebhookSender:
             status, error = post(target, headers, body, self.settings.webhook_timeout_seconds), None
         except Exception as failure:  # refused, unresolvable, refused connection, timeout, TLS: all the endpoint's
             status, error = None, (str(failure) or type(failure).__name__)[:MAX_ERROR_LENGTH]
-        if status is not None and not 200 <= status < 300:
+        if status is not None and not _successful(status):
             error = f"answered HTTP {status}"
         return Outcome(status, error, int((time.monotonic() - started) * 1000))
 
