@@ -5,7 +5,20 @@ from __future__ import annotations
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from api import backups, errors, health, jobs, members, platform_tenants, servers, tenant_tokens, tenants, tokens, users
+from api import (
+    backups,
+    errors,
+    health,
+    jobs,
+    members,
+    platform_tenants,
+    servers,
+    tenant_tokens,
+    tenants,
+    tokens,
+    users,
+    webhooks,
+)
 from api.auth import TENANT_HEADER, TENANT_HEADER_DOC
 from api.errors import ProvisioningApi
 from api.forwarded import TrustedProxies
@@ -57,8 +70,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The blueprints acting for the request's tenant (X-Tenant-ID), and those acting for no tenant
     # or the one their paths name. Every operation that needs a token is rate limited, and
     # documents its 429; the health checks are not.
-    acting_for_a_tenant = (jobs.blp, backups.blp, tenants.blp)
-    acting_on_their_paths = (servers.blp, platform_tenants.blp, members.blp, tenant_tokens.blp, users.blp, tokens.blp)
+    acting_for_a_tenant = (jobs.blp, backups.blp, tenants.blp, webhooks.tenant_blp)
+    acting_on_their_paths = (
+        servers.blp, platform_tenants.blp, members.blp, tenant_tokens.blp, users.blp, tokens.blp, webhooks.platform_blp,
+    )  # fmt: skip
     limited = [blueprint.name for blueprint in acting_for_a_tenant + acting_on_their_paths]
     rate_limit_docs = init_rate_limits(app, settings, limited)
 

@@ -64,8 +64,8 @@ def request_origin() -> Origin:
 
 
 def writers_only(view):
-    """Let only owners, admins and operators through, with a token that has the ``write`` scope,
-    before the request body is even read.
+    """Let only owners, admins and operators change a tenant's jobs and webhooks, with a token that
+    has the ``write`` scope, before the request body is even read.
 
     Put it above flask-smorest's decorators, so a member learns 403 rather than what was
     wrong with a body they may not send at all.
@@ -74,7 +74,7 @@ def writers_only(view):
     @functools.wraps(view)
     def checked(*args, **kwargs):
         if not g.caller.can_write:
-            raise error_for(Forbidden("creating, retrying and cancelling jobs needs the owner or admin role"))
+            raise error_for(Forbidden("changing jobs and webhooks needs the owner or admin role"))
         require_scope(Scope.WRITE)
         return view(*args, **kwargs)
 

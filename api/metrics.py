@@ -41,6 +41,7 @@ from provisioning.platform.db import utcnow
 from provisioning.platform.settings import Settings
 from provisioning.servers.registry import ServerFigures, ServerRegistry
 from provisioning.servers.standby import PoolFigures, StandbyPool
+from provisioning.webhooks.figures import webhook_figures
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class JobFigures:
             yield from self._waiting_events(session)
             yield from self._restore_proofs(session)
             yield from self._offsite_copies(session)
+            yield from self._webhooks(session)
             servers = ServerRegistry(session, SYSTEM).figures()
             pools = StandbyPool(session).figures()
         yield from self._servers(servers)
@@ -187,6 +189,22 @@ class JobFigures:
         yield GaugeMetricFamily(
             "erpmax_oldest_waiting_job_event_age_seconds", "How long the oldest of them has waited for the relay", value=age
         )
+
+    @staticmethod
+    def _webhooks(session: Session):
+        figures = webhook_figures(session)
+        deliveries = GaugeMetricFamily("erpmax_webhook_deliveries", "Webhook deliveries, by status", labels=["status"])
+        for status, count in figures.deliveries.items():
+            deliveries.add_metric([status.value], count)
+        yield deliveries
+        yield GaugeMetricFamily(
+            "erpmax_webhook_endpoints_disabled", "Webhook endpoints disabled (for their failures or by hand)",
+            value=figures.endpoints_disabled,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "erpmax_webhook_most_overdue_delivery_seconds", "How long the most overdue webhook delivery has been due",
+            value=figures.most_overdue_seconds,
+        )  # fmt: skip
 
     def _restore_proofs(self, session: Session):
         proven, failing = RestoreProofs(session).counts()

@@ -6,6 +6,7 @@ from sqlalchemy import create_engine, pool
 from provisioning import models  # noqa: F401  (registers the tables on Base.metadata)
 from provisioning.platform.db import Base
 from provisioning.platform.settings import settings_or_exit
+from provisioning.webhooks import models as webhook_models  # noqa: F401  (and the webhooks')
 
 config = context.config
 database_url = config.get_main_option("sqlalchemy.url") or settings_or_exit().database_url

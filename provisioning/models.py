@@ -32,12 +32,12 @@ ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELLIN
 _ACTIVE_JOB_SQL = "status IN ({})".format(", ".join(f"'{status.value}'" for status in ACTIVE_JOB_STATUSES))
 
 
-def _enum_column(enum_class: type[enum.Enum]) -> Enum:
+def _enum_column(enum_class: type[enum.Enum], length: int = 20) -> Enum:
     """Stored as its lowercase value in a VARCHAR, so adding a member needs no type migration."""
     return Enum(
         enum_class,
         native_enum=False,
-        length=20,
+        length=length,
         values_callable=lambda members: [member.value for member in members],
         validate_strings=True,
     )
@@ -244,6 +244,8 @@ class JobEvent(Base):
     An event that changed the job's status carries that ``status``, and is the outbox of its
     announcement to other systems: written in the same transaction as the change, published
     by the event relay afterwards, which then sets ``announced_at`` (see provisioning/messaging/events.py).
+    A trigger copies each into the webhooks' own outbox (``webhook_outbox``, migration 0016), so the
+    webhooks' fan-out never holds a row the relay is to take.
     """
 
     __tablename__ = "job_events"

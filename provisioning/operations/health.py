@@ -26,6 +26,8 @@ from provisioning.platform.settings import Settings
 from provisioning.servers.registry import ServerFigures, ServerRegistry
 from provisioning.servers.standby import StandbyPool
 from provisioning.sites.drivers.bench_config import BenchConfig
+from provisioning.webhooks.figures import webhook_figures
+from provisioning.webhooks.models import DeliveryStatus
 
 START_POSTGRESQL = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 # The relay publishes within a second; an announcement waiting longer than this means it does not run.
@@ -76,6 +78,7 @@ def doctor(settings: Settings) -> list[Check]:
         check_queues(settings),
         check_workers(settings),
         check_event_relay(settings),
+        check_webhooks(settings),
         check_restore_proofs(settings),
         check_offsite(settings),
     ]
@@ -291,6 +294,22 @@ def check_event_relay(settings: Settings) -> Check:
             "start the sweeper (provisioning sweeper), which relays them, and check the broker",
         )  # fmt: skip
     return Check("job events", True, f"{count} wait to be announced" + (f", the oldest for {age:.1f} s" if count else ""))
+
+
+def check_webhooks(settings: Settings) -> Check:
+    """Deliveries that are due and not sent mean the sweeper's sender does not run (a receiver that
+    fails is the receiver's business: its deliveries are retried, and are not due in between)."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            figures = webhook_figures(session)
+    except Exception as error:
+        return Check("webhooks", False, f"cannot read them: {first_line(error)}", "fix the database first")
+    pending, failed = (figures.deliveries[status] for status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED))
+    said = f"{pending} deliveries pending, {failed} failed, {figures.endpoints_disabled} endpoint(s) disabled"
+    if figures.most_overdue_seconds > EVENTS_LATE_AFTER_SECONDS:
+        late = f"{said}; one has been due for {figures.most_overdue_seconds:.0f} s"
+        return Check("webhooks", False, late, "start the sweeper (provisioning sweeper), which sends them")
+    return Check("webhooks", True, said)
 
 
 def check_restore_proofs(settings: Settings) -> Check:

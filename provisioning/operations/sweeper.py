@@ -10,9 +10,9 @@ compare-and-set or a harmless duplicate message:
   them again, each to its server's queue; the claim lets only one delivery run a job. The jobs
   of a server that is down are held instead, and published by the first sweep after it is up.
 
-It also forgets idempotency keys past their expiry, requests the scheduled backups and restore
-drills that are due and the refills the standby pools need (see schedules), and prunes backups
-by the retention policy.
+It also forgets idempotency keys past their expiry and webhook deliveries past their keeping
+(webhooks.retention), requests the scheduled backups and restore drills that are due and the
+refills the standby pools need (see schedules), and prunes backups by the retention policy.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from provisioning.messaging.events import EventRelay
 from provisioning.operations.schedules import schedule_backups, schedule_drills, schedule_pool_refills
 from provisioning.platform.db import UnitOfWork, session_factory
 from provisioning.platform.settings import Settings
+from provisioning.webhooks.retention import forget_old_deliveries
+from provisioning.webhooks.runner import WebhookRunner
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class SweepReport:
     held: list[uuid.UUID]
     republished: list[uuid.UUID]
     forgotten_keys: int
+    forgotten_deliveries: int
     scheduled_backups: list[uuid.UUID]
     scheduled_drills: list[uuid.UUID]
     pool_refills: list[uuid.UUID]
@@ -69,6 +72,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
             held=committed(repairs.hold_jobs_of_down_servers()),
             republished=committed(repairs.republish_pending(timedelta(seconds=settings.unclaimed_job_after_seconds))),
             forgotten_keys=committed(repairs.prune_idempotency_keys()),
+            forgotten_deliveries=committed(forget_old_deliveries(session)),
             scheduled_backups=(
                 schedule_backups(JobRequests(uow, dispatch=dispatch), timedelta(hours=settings.backup_interval_hours))
                 if settings.backup_interval_hours
@@ -89,12 +93,13 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
     if any(done) or report.pruned_backups:
         log.info(
             "sweep: failed %d lost job(s), held %d job(s) of down servers, published %d pending job(s) again, "
-            "forgot %d idempotency key(s), "
+            "forgot %d idempotency key(s) and %d webhook deliveries, "
             "requested %d scheduled backup(s), %d restore drill(s) and %d standby pool refill(s), pruned %d backup(s)",
             len(report.reaped),
             len(report.held),
             len(report.republished),
             report.forgotten_keys,
+            report.forgotten_deliveries,
             len(report.scheduled_backups),
             len(report.scheduled_drills),
             len(report.pool_refills),
@@ -105,7 +110,8 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], dispatch: Dispatc
 
 def run_sweeper(settings: Settings, stop: threading.Event) -> None:
     """The ``sweeper`` process (``provisioning sweeper``, one per deployment): a sweep at once and
-    every ``SWEEP_INTERVAL_SECONDS`` after, and the job events' relay in a thread beside it, until
+    every ``SWEEP_INTERVAL_SECONDS`` after, and the job events' relay and the webhooks' fan-out and
+    sender (``webhooks.runner``) in threads beside it, until
     ``stop`` is set (SIGTERM or Ctrl-C); a sweep under way finishes first.
 
     A process of its own, not periodic Celery tasks: a sweep sent to the job queue would wait for a
@@ -118,7 +124,9 @@ def run_sweeper(settings: Settings, stop: threading.Event) -> None:
     dispatcher = Dispatcher(settings)
     relay = EventRelay(settings, sessions)
     relay.start()
-    log.info("sweeper: sweeping every %g s and relaying job events", settings.sweep_interval_seconds)
+    webhooks = WebhookRunner(settings, sessions)
+    webhooks.start()
+    log.info("sweeper: sweeping every %g s, relaying job events and sending webhooks", settings.sweep_interval_seconds)
     try:
         while not stop.is_set():
             try:
@@ -127,5 +135,6 @@ def run_sweeper(settings: Settings, stop: threading.Event) -> None:
                 log.exception("the sweep failed; the next one will try again")
             stop.wait(settings.sweep_interval_seconds)
     finally:
+        webhooks.stop()
         relay.stop()
     log.info("sweeper: stopped")

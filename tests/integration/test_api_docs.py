@@ -10,10 +10,13 @@ import pytest
 import requests
 from openapi_schema_validator import OAS30ReadValidator
 from openapi_spec_validator import validate as validate_spec
+from sqlalchemy import delete
 
 from provisioning.accounts import registry as accounts
 from provisioning.enums import JobStatus, TenantStatus
 from provisioning.platform.db import utcnow
+from provisioning.webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
+from provisioning.webhooks.signing import new_message_id
 from tests.factories import operator_headers, remove_servers_but_the_default
 from tests.integration.test_api_backups import backup_row
 from tests.integration.test_api_jobs import finished_job
@@ -24,18 +27,42 @@ METHODS = ("get", "post", "put", "patch", "delete")
 SAMPLE_BY_TYPE = {"string": "string", "integer": 0, "number": 0, "boolean": True}
 UNAUTHENTICATED_PATHS = {"/healthz", "/readyz"}
 # The platform's own resources (and any tenant's members and tokens): tried by operators.
-OPERATOR_PATHS = ("/api/v1/servers", "/api/v1/users", "/api/v1/tenants")
+OPERATOR_PATHS = ("/api/v1/servers", "/api/v1/users", "/api/v1/tenants", "/api/v1/platform/")
 # What acts for the tenant X-Tenant-ID names (or the caller's only one), tried by its owner.
-HEADER_TENANT_PATHS = ("/api/v1/provisioning/", "/api/v1/tenants/current")
+HEADER_TENANT_PATHS = ("/api/v1/provisioning/", "/api/v1/tenants/current", "/api/v1/webhooks")
 # The server the operations on /servers/{name} are tried on: the one the docs' example adds.
 SERVER_NAME = "bench-eu-1"
 
 
 @pytest.fixture
 def operator(session) -> dict[str, str]:
-    """An operator's headers; the servers its requests add are gone afterwards."""
+    """An operator's headers; the servers its requests add are gone afterwards, and the webhook
+    endpoints of the test (so no later sweeper of the run's database tries their example URL)."""
     yield operator_headers(session)
     remove_servers_but_the_default(session)
+    session.execute(delete(WebhookEndpoint))
+    session.commit()
+
+
+# What the paths of webhook endpoints and deliveries name when none was made (a 404, as documented).
+NO_WEBHOOK = {"endpoint_id": uuid.UUID(int=1), "delivery_id": "msg_00000000000000000000000000000001"}
+
+
+def webhook_ids(web, session, headers: dict, for_operators: bool) -> dict:
+    """An endpoint registered through the API (the tenant's, or the platform's) and a delivery of it."""
+    prefix = "/api/v1/platform/webhooks" if for_operators else "/api/v1/webhooks"
+    body = {"url": "https://hooks.example.com/erpmax", "event_types": ["job.completed"]}
+    response = requests.post(web.url + prefix, json=body, headers=headers, timeout=HTTP_TIMEOUT)
+    assert response.status_code == 201, response.text
+    endpoint_id = uuid.UUID(response.json()["data"]["id"])
+    delivery = WebhookDelivery(
+        id=new_message_id(), endpoint_id=endpoint_id, event_type=EventType.JOB_COMPLETED, event_key="docs",
+        payload={"type": "job.completed", "timestamp": utcnow().isoformat(), "data": {}}, status=DeliveryStatus.DELIVERED,
+        attempt_count=1, delivered_at=utcnow(),
+    )  # fmt: skip
+    session.add(delivery)
+    session.commit()
+    return {"endpoint_id": endpoint_id, "delivery_id": delivery.id}
 
 
 def for_operators(path: str) -> bool:
@@ -172,7 +199,7 @@ def test_every_request_body_the_docs_offer_is_accepted(web, spec, tenant_factory
         for body in offered_bodies(operation):
             tenant = tenant_factory.create()  # each body on a tenant of its own: no job of another is in its way
             headers = operator if for_operators(path) else tenant.headers()
-            response = try_it_out(web, path, method, parameters, body, headers, path_ids(session, tenant))
+            response = try_it_out(web, path, method, parameters, body, headers, {**path_ids(session, tenant), **NO_WEBHOOK})
             assert_answered_as_documented(operation, method, f"{path} {body}", response)
             tried += 1
     assert tried >= 4  # the three examples of POST /jobs, and the body made from its schema
@@ -185,10 +212,11 @@ def test_every_operation_tried_out_as_the_docs_offer_it_answers_as_documented(we
         "backup_id": backup_row(session, tenant, utcnow()).id,
         **path_ids(session, tenant),
     }
+    webhooks = {kind: webhook_ids(web, session, headers, kind) for kind, headers in ((False, tenant.headers()), (True, operator))}
     for path, method, operation, parameters in operations(spec):
         for body in offered_bodies(operation):
             headers = operator if for_operators(path) else tenant.headers()
-            response = try_it_out(web, path, method, parameters, body, headers, ids)
+            response = try_it_out(web, path, method, parameters, body, headers, {**ids, **webhooks[for_operators(path)]})
             assert_answered_as_documented(operation, method, path, response)
 
 
@@ -197,12 +225,13 @@ def test_every_query_argument_left_empty_means_not_given(web, spec, tenant_facto
     tenant = tenant_factory.create(status=TenantStatus.ACTIVE)
     finished_job(session, tenant, JobStatus.COMPLETED)
     backup_row(session, tenant, utcnow())
+    webhooks = {kind: webhook_ids(web, session, headers, kind) for kind, headers in ((False, tenant.headers()), (True, operator))}
     listed = 0
     for path, method, operation, parameters in operations(spec):
         names = [parameter["name"] for parameter in parameters if parameter["in"] == "query"]
         if not names:
             continue
-        url = web.url + path.format(**path_ids(session, tenant))
+        url = web.url + path.format(**path_ids(session, tenant), **webhooks[for_operators(path)])
         headers = operator if for_operators(path) else tenant.headers()
         plain = requests.request(method, url, headers=headers, timeout=HTTP_TIMEOUT)
         blank = requests.request(method, url, params=dict.fromkeys(names, ""), headers=headers, timeout=HTTP_TIMEOUT)

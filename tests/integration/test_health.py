@@ -107,6 +107,7 @@ def test_doctor_passes_when_everything_answers(isolated):
             "ok   queues",
             "ok   workers",
             "ok   job events",
+            "ok   webhooks",
             "ok   restore drills",
             "ok   offsite backups",
         ]
