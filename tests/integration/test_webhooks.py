@@ -147,7 +147,6 @@ def test_a_site_created_through_the_api_is_announced_to_the_tenants_endpoint_sig
             timeout=60,
             what="the backup's job.completed and backup.completed",
         )
-        print("DEBUG", [(r.id, r.type, r.event) for r in receiver.received()])
     finally:
         sweeper.stop()
         worker.stop()
