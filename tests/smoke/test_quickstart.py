@@ -200,7 +200,7 @@ def assert_every_signal_is_green(run: Run, data_dir: Path) -> None:
         env=newcomer_environment(data_dir), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     lines = doctor.stdout.strip().splitlines()
-    assert doctor.returncode == 0 and len(lines) == 13 and all(line.startswith("ok   ") for line in lines), doctor.stdout
+    assert doctor.returncode == 0 and len(lines) == 14 and all(line.startswith("ok   ") for line in lines), doctor.stdout
 
 
 def assert_only_its_user_can_read_its_data(data_dir: Path) -> None:
