@@ -33,6 +33,10 @@ def tenant_in_path() -> list[dict]:
     ]
 
 
+# The refusal every platform operation documents.
+NOT_OPERATOR = {403: "The caller is not a platform operator, or the token lacks the scope platform"}
+
+
 def refusals(blp, described: dict[int, str]):
     """A view's decorator documenting each error status it may answer, with what it means."""
 

@@ -6,6 +6,7 @@ from flask import url_for
 from flask.views import MethodView
 
 from api.account_schemas import (
+    NOT_OPERATOR,
     PlatformTenantListResponseSchema,
     PlatformTenantResponseSchema,
     TenantCreateSchema,
@@ -28,7 +29,6 @@ blp = Blueprint(
 )
 blp.before_request(authenticate_operator_request)
 
-NOT_OPERATOR = {403: "The caller is not a platform operator, or the token lacks the scope platform"}
 NO_TENANT = {**NOT_OPERATOR, 404: "No tenant with that slug or id"}
 
 

@@ -7,6 +7,7 @@ from flask import url_for
 from flask.views import MethodView
 
 from api.account_schemas import (
+    NOT_OPERATOR,
     NewTokenResponseSchema,
     RevokedTokensResponseSchema,
     TokenCreateSchema,
@@ -31,7 +32,6 @@ blp = Blueprint(
 )
 blp.before_request(authenticate_operator_request)
 
-NOT_OPERATOR = {403: "The caller is not a platform operator, or the token lacks the scope platform"}
 NO_USER = {**NOT_OPERATOR, 404: "No such user"}
 
 
