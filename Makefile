@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-real bench bench-fleet bench-standby clean
+.PHONY: run test test-real bench bench-fleet bench-standby bench-webhooks clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench-fleet: $(STAMP)
 # On the real bench of ../shared/realbench (made by its setup.sh if need be): about 20 minutes.
 bench-standby: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.standby $(BENCH_ARGS)
+
+# How soon a portal hears that a site is ready: webhooks beside the events exchange (README, Performance).
+bench-webhooks: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.webhooks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

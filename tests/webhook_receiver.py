@@ -15,7 +15,7 @@ import hmac
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # How far a request's timestamp may be from now, as receivers following the convention allow.
@@ -41,6 +41,7 @@ def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None 
 class Received:
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.time)  # when it arrived (Unix seconds)
 
     @property
     def id(self) -> str:
