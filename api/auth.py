@@ -9,7 +9,7 @@ from api.limits import count_token_request
 from api.session import db_session, require_current_schema, write_token_use
 from provisioning.accounts import scopes
 from provisioning.accounts.audit import Origin
-from provisioning.accounts.registry import Caller, authenticate, authenticate_for_tenant, authenticate_operator, token_holder
+from provisioning.accounts.registry import Caller, authenticate, authenticate_for_tenant, require_operator, token_holder
 from provisioning.enums import Role, Scope
 from provisioning.errors import Forbidden, ProvisioningError
 from provisioning.platform.identifiers import SLUG, UUID
@@ -46,10 +46,15 @@ def authenticate_operator_request() -> None:
     ``g.operator`` or answers 401/403 (503 while the schema is not migrated)."""
     require_current_schema()
     try:
-        g.operator, token_to_mark = authenticate_operator(db_session(), _bearer_token())
+        holder = token_holder(db_session(), _bearer_token())
     except ProvisioningError as error:
         raise error_for(error) from None
-    _authenticated(g.operator, token_to_mark)
+    _authenticated(holder.user, holder.token_to_mark)  # a refusal's audit entry names who was refused
+    try:
+        require_operator(holder)
+    except Forbidden as error:
+        raise error_for(error) from None
+    g.operator = holder.user
 
 
 def caller() -> Caller:
@@ -93,10 +98,10 @@ def authenticate_token_holder_request() -> None:
     require_current_schema()
     try:
         g.holder = token_holder(db_session(), _bearer_token())
-        g.holder.require(Scope.READ)
     except ProvisioningError as error:
         raise error_for(error) from None
     _authenticated(g.holder.user, g.holder.token_to_mark)
+    _require(g.holder.scopes_as(None), Scope.READ)
 
 
 def authenticate_tenant_manager_request() -> None:
@@ -110,7 +115,7 @@ def authenticate_tenant_manager_request() -> None:
     except ProvisioningError as error:
         raise error_for(error) from None
     _authenticated(g.caller.user, g.caller.token_to_mark)
-    if g.caller.user.is_superuser and Scope.PLATFORM in g.caller.scopes:
+    if g.caller.is_operator:
         return
     if g.caller.role != Role.OWNER:
         raise error_for(Forbidden("managing a tenant's members and tokens needs its owner role"))

@@ -59,7 +59,7 @@ def _operators_only_for_suspensions(job_type: JobType) -> None:
     Raises:
         HTTPException 403: the caller is not a platform operator.
     """
-    if job_type in SUSPENSIONS and not caller().user.is_superuser:
+    if job_type in SUSPENSIONS and not caller().is_operator:
         raise error_for(Forbidden(f"only platform operators (billing) may ask for, retry or cancel {job_type.value}"))
 
 
@@ -70,7 +70,7 @@ def _options(body: dict) -> dict:
         HTTPException 403: a caller who is not a platform operator chose the server, or asked for
             a move, a suspend or an unsuspend.
     """
-    if (body.get(PINNED_SERVER) or body["job_type"] == JobType.MOVE_SITE) and not caller().user.is_superuser:
+    if (body.get(PINNED_SERVER) or body["job_type"] == JobType.MOVE_SITE) and not caller().is_operator:
         raise error_for(Forbidden("only platform operators may choose the server a site is on, or move it"))
     _operators_only_for_suspensions(body["job_type"])
     switches = {name: True for name in (SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP) if body.get(name)}

@@ -143,7 +143,7 @@ def limited_as_job_request(view):
 
     @functools.wraps(view)
     def limited(*args, **kwargs):
-        if g.caller.user.is_superuser:
+        if g.caller.is_operator:
             return view(*args, **kwargs)
         limits, tenant = current_app.extensions[EXTENSION], str(g.caller.tenant.id)
         limits.refuse_when_used_up(JOB_REQUESTS, tenant, "too many job requests for this tenant")

@@ -3,7 +3,7 @@ removed, by its owner or a platform operator; a tenant never left without an own
 
 import uuid
 
-from flask import url_for
+from flask import g, url_for
 from flask.views import MethodView
 
 from api.account_schemas import (
@@ -58,10 +58,12 @@ class Members(MethodView):
 
     @blp.arguments(MemberCreateSchema())
     @blp.response(201, MemberResponseSchema)
-    @refusals(blp, {**NOT_MANAGER, 409: "The user is a member already"})
+    @refusals(blp, {**NOT_MANAGER, 409: "The user is a member already, disabled, or a platform operator"})
     def post(self, body, tenant: str):
         """Add a member by e-mail, with a role; a user with no account yet is made one"""
-        membership, user = accounts.add_member(db_session(), managed_tenant(), body["email"], body["role"], request_origin())
+        membership, user = accounts.add_member(
+            db_session(), managed_tenant(), body["email"], body["role"], request_origin(), by_operator=g.caller.is_operator
+        )
         location = url_for("members.MemberById", tenant=tenant, user_id=user.id)
         return {"data": shown(membership, user.email)}, 201, {"Location": location}
 

@@ -72,7 +72,7 @@ class RefusalAudit:
     def _write(self, status: int, message: str, refused: int) -> None:
         """The entry, in the request's session, after a rollback: nothing a refused request left
         uncommitted is kept with it. A failed write is logged; the refusal is answered anyway."""
-        user = g.caller.user if "caller" in g else g.get("operator")
+        user = g.get("user")  # who called, once authenticated (``api.auth``)
         origin = Origin(f"user {user.id}" if user else "anonymous", request.remote_addr, request.user_agent.string)
         detail = f"{status}: {message}"
         if refused > 1:

@@ -23,7 +23,8 @@ blp = Blueprint(
     "tokens",
     __name__,
     url_prefix="/api/v1/tokens",
-    description="The caller's own API tokens: any token with the read scope may list and revoke its user's tokens.",
+    description="The caller's own API tokens: any token with the read scope may list and revoke its user's tokens "
+    "(a token bound to a tenant, those bound to the same tenant only).",
 )
 blp.before_request(authenticate_token_holder_request)
 # A new token's answer must not be kept by a cache on the way: it holds the only copy.
@@ -66,8 +67,11 @@ class OwnTokens(MethodView):
     @blp.response(200, TokenListResponseSchema)
     @refusals(blp, {403: "The token lacks the scope read"})
     def get(self, args):
-        """List the caller's tokens, newest first (never the tokens themselves)"""
-        return listed(*accounts.list_tokens(db_session(), user_id=g.holder.user.id, **args), args)
+        """List the caller's tokens, newest first (never the tokens themselves)
+
+        A token bound to a tenant sees only its user's tokens bound to that tenant.
+        """
+        return listed(*accounts.list_tokens(db_session(), **_own(), **args), args)
 
 
 @blp.route("/<uuid:token_id>")
@@ -77,7 +81,15 @@ class OwnTokenById(MethodView):
     def delete(self, token_id: uuid.UUID):
         """Revoke one of the caller's tokens (the one in use too); the answer is the token, revoked
 
-        Revoking a revoked token keeps its first revocation time.
+        Revoking a revoked token keeps its first revocation time. A token bound to a tenant may
+        revoke only its user's tokens bound to that tenant.
         """
-        token = accounts.revoke_token(db_session(), token_id, request_origin(), user_id=g.holder.user.id)
+        token = accounts.revoke_token(db_session(), token_id, request_origin(), **_own())
         return {"data": shown(token)}
+
+
+def _own() -> dict:
+    """Which tokens are the caller's to see and revoke: its user's; through a token bound to a
+    tenant, only those bound to the same tenant. Such a token may be one the tenant's owner made
+    for the user (and holds): it must reach nothing of the user's beyond that tenant."""
+    return {"user_id": g.holder.user.id, "tenant_id": g.holder.bound_tenant_id}

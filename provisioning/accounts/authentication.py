@@ -85,9 +85,17 @@ class TokenHolder:
     token_to_mark: uuid.UUID | None
     memberships: tuple[tuple[ActingTenant, Role], ...]
 
+    @property
+    def is_operator(self) -> bool:
+        """Whether the token carries a platform operator's powers: a superuser's, bound to no tenant,
+        with the platform scope. A token bound to a tenant (as a tenant's owner makes them) acts
+        there in its user's role alone, whoever the user is: an owner who made one for an operator
+        they added as a member holds no operator's powers through it."""
+        return self.user.is_superuser and self.bound_tenant_id is None and Scope.PLATFORM in self.granted
+
     def scopes_as(self, role: Role | None) -> frozenset[Scope]:
         """The token's effective scopes when its user acts in a role (None: as an operator)."""
-        return self.granted & allowed_scopes(self.user.is_superuser, (role,))
+        return self.granted & allowed_scopes(self.is_operator, (role,))
 
     def require(self, needed: Scope) -> None:
         """Raises Forbidden naming ``needed`` when the token, acting for no tenant, lacks it."""
@@ -105,10 +113,12 @@ class Caller:
     scopes: frozenset[Scope] = frozenset(Scope)
     # The token whose use the caller should record; None when it was recorded recently.
     token_to_mark: uuid.UUID | None = None
+    # Acting with a platform operator's powers (``TokenHolder.is_operator``), not merely as a superuser.
+    is_operator: bool = False
 
     @property
     def can_write(self) -> bool:
-        return self.user.is_superuser or self.role in WRITER_ROLES
+        return self.is_operator or self.role in WRITER_ROLES
 
 
 def hash_token(token: str) -> str:
@@ -143,7 +153,7 @@ def authenticate(session: Session, plain_token: str | None, tenant_ref: str | No
     else:
         slugs = ", ".join(sorted(tenant.slug for tenant, _ in holder.memberships))
         raise InvalidRequest(f"you belong to several tenants ({slugs}); choose one with the X-Tenant-ID header")
-    return Caller(holder.user, tenant, role, holder.scopes_as(role), holder.token_to_mark)
+    return Caller(holder.user, tenant, role, holder.scopes_as(role), holder.token_to_mark, holder.is_operator)
 
 
 def authenticate_for_tenant(session: Session, plain_token: str | None, tenant_ref: str) -> Caller:
@@ -154,23 +164,19 @@ def authenticate_for_tenant(session: Session, plain_token: str | None, tenant_re
     if chosen is None:
         raise NotFound(f"no tenant {quoted(tenant_ref)}")
     tenant, role = chosen
-    return Caller(holder.user, tenant, role, holder.scopes_as(role), holder.token_to_mark)
+    return Caller(holder.user, tenant, role, holder.scopes_as(role), holder.token_to_mark, holder.is_operator)
 
 
-def authenticate_operator(session: Session, plain_token: str | None) -> tuple[CallingUser, uuid.UUID | None]:
-    """Resolve a bearer token into a platform operator (a superuser whose token has the
-    ``platform`` scope), acting for no tenant, and the token whose use to record (as
-    ``authenticate``'s ``token_to_mark``).
+def require_operator(holder: TokenHolder) -> None:
+    """Pass a platform operator (a superuser whose token has the ``platform`` scope and is bound to
+    no tenant), acting for no tenant.
 
     Raises:
-        AuthenticationFailed: no token, or one that is unknown, expired or revoked, or its user disabled.
         Forbidden: the user is not a platform operator, or the token lacks the platform scope.
     """
-    holder = token_holder(session, plain_token)
     if not holder.user.is_superuser:
         raise Forbidden("only platform operators may do this")
     holder.require(Scope.PLATFORM)
-    return holder.user, holder.token_to_mark
 
 
 def token_holder(session: Session, plain_token: str | None) -> TokenHolder:
@@ -219,7 +225,7 @@ def _named_tenant(session: Session, holder: TokenHolder, tenant_ref: str) -> tup
     for tenant, role in holder.memberships:
         if tenant_ref in (str(tenant.id), tenant.slug):
             return tenant, role
-    if holder.user.is_superuser and holder.bound_tenant_id is None and Scope.PLATFORM in holder.granted:
+    if holder.is_operator:
         named = or_(Tenant.slug == tenant_ref, Tenant.id == (uuid.UUID(tenant_ref) if UUID.is_valid(tenant_ref) else None))
         if (found := session.execute(select(*TENANT_COLUMNS).where(named)).first()) is not None:
             return ActingTenant(*found), None

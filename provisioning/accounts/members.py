@@ -26,15 +26,25 @@ def add_membership(session: Session, user: User, tenant: Tenant, role: Role, ori
     return membership
 
 
-def add_member(session: Session, tenant: Tenant, email: str, role: Role, origin: Origin = SYSTEM) -> tuple[Membership, User]:
+def add_member(
+    session: Session, tenant: Tenant, email: str, role: Role, origin: Origin = SYSTEM, *, by_operator: bool = True
+) -> tuple[Membership, User]:
     """Give the user with ``email`` a role in the tenant, making the user first if there is none
     (both in one transaction: a refused membership leaves no user behind).
 
-    Raises InvalidRequest for an address that is not one, Conflict for a member already.
+    Only a platform operator (``by_operator``: the CLI, an operator's request) may make a platform
+    operator a member: a tenant's owner cannot draw one into its tenant.
+
+    Raises InvalidRequest for an address that is not one, Conflict for a member already, a
+    disabled user, or a platform operator added by anyone but an operator.
     """
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
         user = new_user(session, email, origin=origin, tenant_id=tenant.id)
+    elif user.disabled_at is not None:
+        raise Conflict(f"{user.email} is disabled and can be made no member")
+    elif user.is_superuser and not by_operator:
+        raise Conflict(f"{user.email} is a platform operator; only a platform operator may make them a member")
     membership = _new_membership(session, user, tenant, role, origin)
     session.commit()
     return membership, user

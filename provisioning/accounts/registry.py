@@ -7,9 +7,9 @@ from provisioning.accounts.authentication import (
     Caller,
     authenticate,
     authenticate_for_tenant,
-    authenticate_operator,
     hash_token,
     record_token_use,
+    require_operator,
     token_holder,
     token_refusal,
 )
@@ -35,7 +35,7 @@ from provisioning.accounts.users import MAX_EMAIL_LENGTH, create_user, disable_u
 
 __all__ = [
     "TOKEN_PREFIX", "Caller", "authenticate",
-    "authenticate_for_tenant", "authenticate_operator", "hash_token", "record_token_use", "token_holder", "token_refusal",
+    "authenticate_for_tenant", "hash_token", "record_token_use", "require_operator", "token_holder", "token_refusal",
     "add_member", "add_membership", "change_role", "list_members", "membership_of", "remove_membership",
     "MAX_TENANT_NAME_LENGTH", "RESERVED_SLUGS", "create_tenant", "find_tenant", "list_tenants", "rename_tenant", "tenant_by_ref",
     "MAX_TOKEN_LIFETIME", "MAX_TOKEN_NAME_LENGTH", "issue_token", "list_tokens", "revoke_all_tokens", "revoke_token",

@@ -147,8 +147,9 @@ def _allowed(session: Session, user: User, tenant: Tenant | None) -> frozenset[S
     role = session.scalar(roles.where(Membership.tenant_id == tenant.id))
     if role is None:
         raise NotFound(f"{user.email} is not a member of {tenant.slug}")
-    # A tenant's token acts in the tenant's name only: never on the platform, whoever holds it.
-    return allowed_scopes(user.is_superuser, (role,)) - {Scope.PLATFORM}
+    # A tenant's token acts in the tenant's name, in its user's role there: never as an operator,
+    # whoever holds it (see ``TokenHolder.is_operator``).
+    return allowed_scopes(False, (role,))
 
 
 def _find(session: Session, token_id: uuid.UUID, user_id: uuid.UUID | None, tenant_id: uuid.UUID | None) -> ApiToken:

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from api import create_app
 from provisioning.accounts import audit
 from provisioning.accounts import registry as accounts
-from provisioning.enums import Role, Scope
+from provisioning.enums import Role, Scope, TenantStatus
 from provisioning.models import ApiToken
 from provisioning.platform.db import utcnow
 from tests.factories import operator_headers
@@ -242,3 +242,56 @@ def test_the_plain_token_is_in_its_creation_answer_alone_never_in_listings_the_a
     entries = audit.entries(session, tenant_id=tenant.id)
     assert {"token.created", "token.revoked"} <= {entry.action for entry in entries}
     assert not any(plain in f"{entry.target} {entry.detail}" for entry in entries)
+
+
+def test_an_owner_can_draw_no_operator_into_the_tenant_nor_borrow_one_s_powers(client, tenant_factory, session):
+    """An owner holds the tokens it makes for its members: such a token must never carry a platform
+    operator's powers, and an owner may not make an operator a member to get one."""
+    tenant, other = tenant_factory.create(status=TenantStatus.ACTIVE), tenant_factory.create()
+    operator_user = accounts.create_user(session, f"op-{uuid.uuid4().hex[:8]}@example.test", is_superuser=True)
+    owner = tenant.headers()
+    members = f"{TENANTS}/{tenant.tenant.slug}/members"
+    refused = client.post(members, json={"email": operator_user.email, "role": "owner"}, headers=owner)
+    assert "only a platform operator may make them a member" in assert_error(refused, 409)["message"]
+
+    # An operator made the operator a member (say, to look after the tenant); the owner makes
+    # that member a token: it acts in the member's role alone.
+    operator = operator_headers(session)
+    assert client.post(members, json={"email": operator_user.email, "role": "admin"}, headers=operator).status_code == 201
+    issued = client.post(f"{TENANTS}/{tenant.tenant.slug}/tokens", json={"user_id": str(operator_user.id)}, headers=owner)
+    assert issued.status_code == 201 and set(issued.json["data"]["scopes"]) == {"read", "write"}
+    borrowed = bearer(issued.json["data"]["token"])
+    suspend = client.post(JOBS, json={"job_type": "suspend_site"}, headers=borrowed)
+    assert "only platform operators" in assert_error(suspend, 403)["message"]
+    lacks(client.get(SERVERS, headers=borrowed), "platform")
+    elsewhere = {**borrowed, "X-Tenant-ID": other.tenant.slug}
+    assert_error(client.get(JOBS, headers=elsewhere), 403)
+    assert_error(client.get(f"{TENANTS}/{other.tenant.slug}/members", headers=borrowed), 404)
+
+
+def test_a_token_bound_to_a_tenant_reaches_none_of_its_user_s_other_tokens(client, tenant_factory, session):
+    tenant, other = tenant_factory.create(), tenant_factory.create()
+    member = tenant.users[Role.MEMBER]
+    accounts.add_membership(session, member, other.tenant, Role.ADMIN)
+    unbound = accounts.issue_token(session, member, name="the member's own")[0]
+    bound_elsewhere = accounts.issue_token(session, member, tenant=other.tenant)[0]
+    issued = client.post(f"{TENANTS}/{tenant.tenant.slug}/tokens", json={"user_id": str(member.id)}, headers=tenant.headers())
+    held_by_the_owner = bearer(issued.json["data"]["token"])
+
+    listed = {token["id"] for token in client.get(TOKENS, headers=held_by_the_owner).json["data"]}
+    assert listed == {issued.json["data"]["id"]}
+    for token in (unbound, bound_elsewhere):
+        assert_error(client.delete(f"{TOKENS}/{token.id}", headers=held_by_the_owner), 404)
+        session.refresh(token)
+        assert token.revoked_at is None
+    # The member's own unbound token still sees and revokes all of theirs.
+    assert len(client.get(TOKENS, headers=bearer(tenant.tokens[Role.MEMBER])).json["data"]) == 4
+
+
+def test_a_disabled_user_is_made_no_member(client, tenant_factory, session):
+    tenant = tenant_factory.create()
+    disabled = accounts.create_user(session, f"gone-{uuid.uuid4().hex[:8]}@example.test")
+    accounts.disable_user(session, disabled)
+    refused = client.post(f"{TENANTS}/{tenant.tenant.slug}/members", json={"email": disabled.email, "role": "member"},
+                          headers=tenant.headers())  # fmt: skip
+    assert "is disabled" in assert_error(refused, 409)["message"]
