@@ -61,10 +61,13 @@ class Received:
 
 class WebhookReceiver:
     """An HTTP server on 127.0.0.1 that records every POST and answers ``status``; with ``hold`` set,
-    it keeps each request waiting (until ``release()``) before answering, as a slow receiver does."""
+    it keeps each request waiting (until ``release()``) before answering, as a slow receiver does.
+    With ``trickle`` (seconds), it sends its answer a byte at a time, that long apart: each read of
+    the sender's returns in time, the answer never does."""
 
-    def __init__(self, status: int = 200):
+    def __init__(self, status: int = 200, trickle: float | None = None):
         self.status = status
+        self.trickle = trickle
         self.requests: list[Received] = []
         self.held = threading.Event()  # a request is being held
         self._release = threading.Event()
@@ -80,9 +83,21 @@ class WebhookReceiver:
                 if not receiver._release.is_set():
                     receiver.held.set()
                     receiver._release.wait(60)
+                if receiver.trickle:
+                    self._trickle(f"HTTP/1.1 {receiver.status} OK\r\nContent-Length: 0\r\n\r\n".encode())
+                    return
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def _trickle(self, answer: bytes) -> None:
+                try:
+                    for byte in answer:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(receiver.trickle)
+                except OSError:
+                    self.close_connection = True  # the sender cut the connection
 
             def log_message(self, *_args):
                 pass

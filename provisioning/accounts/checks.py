@@ -1,10 +1,9 @@
-"""What the accounts' writes share: a text field's checks, a unique name's conflict, a page of rows."""
+"""What the accounts' writes share: a text field's checks, a unique name's conflict."""
 
 from __future__ import annotations
 
 import re
 
-from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,9 +42,3 @@ def flush_unique(session: Session, message: str) -> None:
     except IntegrityError:
         session.rollback()
         raise Conflict(message) from None
-
-
-def page_of(session: Session, query: Select, page: int, size: int) -> tuple[list, int]:
-    """One page of ``query``'s rows (ordered by the caller), and how many rows there are in all."""
-    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
-    return list(session.execute(query.limit(size).offset((page - 1) * size))), total

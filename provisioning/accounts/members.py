@@ -11,12 +11,13 @@ from sqlalchemy.orm import Session
 
 from provisioning.accounts import audit
 from provisioning.accounts.audit import SYSTEM, Origin
-from provisioning.accounts.checks import flush_unique, page_of
+from provisioning.accounts.checks import flush_unique
 from provisioning.accounts.tokens import revoke_tenant_tokens
 from provisioning.accounts.users import new_user
 from provisioning.enums import Role
 from provisioning.errors import Conflict, NotFound
 from provisioning.models import Membership, Tenant, User
+from provisioning.platform.db import page_of
 
 
 def add_membership(session: Session, user: User, tenant: Tenant, role: Role, origin: Origin = SYSTEM) -> Membership:

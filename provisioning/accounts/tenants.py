@@ -9,10 +9,11 @@ from sqlalchemy.orm import Session
 
 from provisioning.accounts import audit
 from provisioning.accounts.audit import SYSTEM, Origin
-from provisioning.accounts.checks import flush_unique, page_of, text
+from provisioning.accounts.checks import flush_unique, text
 from provisioning.enums import TenantStatus
 from provisioning.errors import InvalidRequest, NotFound
 from provisioning.models import Tenant
+from provisioning.platform.db import page_of
 from provisioning.platform.identifiers import SLUG, UUID
 from provisioning.platform.quoting import quoted
 

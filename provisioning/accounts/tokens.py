@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 from provisioning.accounts import audit
 from provisioning.accounts.audit import SYSTEM, Origin
 from provisioning.accounts.authentication import TOKEN_PREFIX, hash_token
-from provisioning.accounts.checks import page_of, text
+from provisioning.accounts.checks import text
 from provisioning.accounts.scopes import allowed_scopes, stored_scopes
 from provisioning.enums import Scope
 from provisioning.errors import Conflict, NotFound, Unprocessable
 from provisioning.models import ApiToken, Membership, Tenant, User
-from provisioning.platform.db import utcnow
+from provisioning.platform.db import page_of, utcnow
 
 MAX_TOKEN_NAME_LENGTH = 100  # api_tokens.name
 # A token lives at most this long whatever the settings say: an expiry must stay a date the

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 
 from provisioning.accounts import audit
 from provisioning.accounts.audit import SYSTEM, Origin
-from provisioning.accounts.checks import flush_unique, page_of
+from provisioning.accounts.checks import flush_unique
 from provisioning.accounts.tokens import revoke_every_token
 from provisioning.errors import InvalidRequest, NotFound
 from provisioning.models import User
-from provisioning.platform.db import utcnow
+from provisioning.platform.db import page_of, utcnow
 from provisioning.platform.identifiers import EMAIL
 from provisioning.platform.quoting import quoted
 

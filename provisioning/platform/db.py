@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Callable
 
-from sqlalchemy import JSON, DateTime, MetaData, bindparam, column, create_engine, event, func
+from sqlalchemy import JSON, DateTime, MetaData, Select, bindparam, column, create_engine, event, func
+from sqlalchemy import select as select_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -54,6 +55,13 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def page_of(session: Session, query: Select, page: int, size: int) -> tuple[list, int]:
+    """One page of ``query``'s rows (ordered by the caller), and how many rows there are in all: the
+    paging every listing of the API shares, here because accounts and webhooks both list."""
+    total = session.scalar(select_(func.count()).select_from(query.order_by(None).subquery()))
+    return list(session.execute(query.limit(size).offset((page - 1) * size))), total
 
 
 def as_text(moment: datetime | None) -> str | None:

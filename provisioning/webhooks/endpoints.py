@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from provisioning.accounts import audit
 from provisioning.errors import Conflict, NotFound
-from provisioning.platform.db import utcnow
+from provisioning.platform.db import page_of, utcnow
 from provisioning.platform.settings import Settings
 from provisioning.sites.credentials import SiteCredentials
 from provisioning.webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
@@ -66,15 +66,10 @@ class WebhookEndpoints:
         return WithSecret(endpoint, secret)
 
     def list(self, page: int, size: int) -> tuple[Sequence[WebhookEndpoint], int]:
-        total = self.session.scalar(select(func.count()).select_from(WebhookEndpoint).where(self._owned()))
-        endpoints = self.session.scalars(
-            select(WebhookEndpoint)
-            .where(self._owned())
-            .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
-            .limit(size)
-            .offset((page - 1) * size)
-        ).all()
-        return endpoints, total or 0
+        """One page of the owner's endpoints, oldest first, and the total."""
+        query = select(WebhookEndpoint).where(self._owned()).order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+        rows, total = page_of(self.session, query, page, size)
+        return [row[0] for row in rows], total
 
     def get(self, endpoint_id: uuid.UUID) -> WebhookEndpoint:
         endpoint = self.session.get(WebhookEndpoint, endpoint_id)
@@ -126,15 +121,9 @@ class WebhookEndpoints:
         conditions = [WebhookDelivery.endpoint_id == self.get(endpoint_id).id]
         if status is not None:
             conditions.append(WebhookDelivery.status == status)
-        total = self.session.scalar(select(func.count()).select_from(WebhookDelivery).where(*conditions))
-        deliveries = self.session.scalars(
-            select(WebhookDelivery)
-            .where(*conditions)
-            .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-            .limit(size)
-            .offset((page - 1) * size)
-        ).all()
-        return deliveries, total or 0
+        query = select(WebhookDelivery).where(*conditions).order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+        rows, total = page_of(self.session, query, page, size)
+        return [row[0] for row in rows], total
 
     def delivery(self, endpoint_id: uuid.UUID, delivery_id: str) -> WebhookDelivery:
         """A delivery of the endpoint (its ``attempts`` load when read); an id of no delivery's form

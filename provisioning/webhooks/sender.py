@@ -2,12 +2,23 @@
 retries, and disables an endpoint that has only failed for a day.
 
 At least once, never lost: a delivery is taken by moving its ``next_attempt_at`` a lease ahead
-(``lease_seconds``: the timeout of a post and some margin) in a transaction of its own, and only
-the attempt's answer makes it ``delivered``. A sender that dies mid-post leaves it ``pending``,
-due again once the lease ends, when it goes out again with the same ``webhook-id``; a receiver
-drops the repeat by that id. Deliveries are sent concurrently (``threads``), in no promised order;
-a round waits for its slowest post, so an endpoint that hangs costs a timeout per due delivery of
-its own (then they wait for their retries, out of the way), not the others' deliveries for long.
+(``lease``: twice the timeout and a margin) in a transaction of its own, and only the attempt's
+answer makes it ``delivered``. A sender that dies mid-post leaves it ``pending``, due again once
+the lease ends, when it goes out again with the same ``webhook-id``; a receiver drops the repeat
+by that id. The lease a claim set is its token: an answer is written only while the delivery is
+still pending under that very lease (compare-and-set), so an attempt that lost it (a redelivery by
+hand, or a second sender once the lease ended) cannot overwrite the newer outcome nor count a
+failure against the endpoint; it is kept in the attempts as what happened, marked late.
+
+An attempt is bounded as a whole by WEBHOOK_TIMEOUT_SECONDS: the DNS lookup, the connection, the
+request and the answer's status line and headers share one deadline, and a receiver still
+trickling its answer then has its connection cut (``post``). The body of the answer is not read.
+
+Deliveries are sent concurrently (``threads``), in no promised order, and a round waits for its
+slowest post. So that an endpoint that hangs cannot hold the others up: a round takes at most one
+delivery of each endpoint, the due deliveries of endpoints that answered their last attempt first
+(then those of failing endpoints), each by its due time. A hanging endpoint costs the others one
+timeout at most, however many of its deliveries are due.
 
 Retries: an attempt not answered 2xx in time is tried again after 5 s, 5 min, 30 min, 2 h, 5 h,
 10 h and 10 h (``RETRY_DELAYS``): eight attempts over about 28 hours; the delivery is ``failed``
@@ -21,13 +32,15 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import urllib3
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioning.accounts import audit
@@ -37,7 +50,7 @@ from provisioning.sites.credentials import SiteCredentials
 from provisioning.webhooks.fanout import Event, add_deliveries
 from provisioning.webhooks.models import DeliveryStatus, EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from provisioning.webhooks.signing import signed_headers
-from provisioning.webhooks.targets import ResolvedTarget, resolve
+from provisioning.webhooks.targets import ResolvedTarget, origin, resolve
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +63,10 @@ DISABLE_AFTER_FAILURES = 5
 # Deliveries posted at once. A round claims no more than this: each claimed delivery is posted at
 # once, so its lease (counted from the claim) covers its post, and a round lasts one timeout at most.
 SENDER_THREADS = 4
-LEASE_MARGIN_SECONDS = 5.0
+# A lease is twice the timeout and this: a post is cut at the timeout, and recording its answer
+# (a transaction) must end well before another sender may take the delivery.
+LEASE_MARGIN_SECONDS = 10.0
+LATE = "late: the delivery was taken over meanwhile (redelivered, or its lease ran out), so this answer was not applied"
 USER_AGENT = "ERPMax-Webhooks/1"
 MAX_ERROR_LENGTH = 500
 
@@ -63,6 +79,7 @@ class Claimed:
     payload: dict
     url: str
     signing_secrets: list[str]
+    lease: datetime  # the next_attempt_at the claim set: the answer is written only while it is still there
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,7 @@ class WebhookSender:
         self.threads = threads
         self.sessions = sessions
         self.cipher = SiteCredentials(settings.site_credentials_key)
-        self.lease = timedelta(seconds=settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS)
+        self.lease = timedelta(seconds=2 * settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-sender")
 
     def send_due(self) -> int:
@@ -99,18 +116,27 @@ class WebhookSender:
         self._pool.shutdown(wait=True)
 
     def claim(self, limit: int) -> list[Claimed]:
-        """Take the due deliveries of enabled endpoints for one lease (rows another sender holds are left to it)."""
+        """Take due deliveries of enabled endpoints for one lease, the first due of each endpoint only,
+        those of healthy endpoints first (rows another sender holds are left to it)."""
         now = utcnow()
+        is_due = (
+            WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now, WebhookEndpoint.enabled
+        )  # fmt: skip
+        by_endpoint = func.row_number().over(partition_by=WebhookDelivery.endpoint_id, order_by=WebhookDelivery.next_attempt_at)
+        first_due = (
+            select(WebhookDelivery.id, by_endpoint.label("rank"))
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(*is_due)
+            .subquery()
+        )
         due = (
             select(
                 WebhookDelivery.id, WebhookDelivery.payload, WebhookEndpoint.url, WebhookEndpoint.secret_encrypted,
                 WebhookEndpoint.previous_secret_encrypted, WebhookEndpoint.previous_secret_expires_at,
             )  # fmt: skip
             .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(
-                WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now, WebhookEndpoint.enabled
-            )
-            .order_by(WebhookDelivery.next_attempt_at)
+            .where(*is_due, WebhookDelivery.id.in_(select(first_due.c.id).where(first_due.c.rank == 1)))
+            .order_by(WebhookEndpoint.consecutive_failures > 0, WebhookDelivery.next_attempt_at)
             .limit(limit)
             .with_for_update(of=WebhookDelivery, skip_locked=True)
         )
@@ -124,7 +150,7 @@ class WebhookSender:
                 .values(next_attempt_at=now + self.lease)
             )
             session.commit()
-        return [Claimed(row.id, row.payload, row.url, self._secrets(row, now)) for row in rows]
+        return [Claimed(row.id, row.payload, row.url, self._secrets(row, now), now + self.lease) for row in rows]
 
     def attempt(self, claimed: Claimed) -> Outcome | None:
         """Post one delivery and record the answer. A failure of ours (the database down) is logged, and
@@ -146,10 +172,11 @@ class WebhookSender:
     def _post(self, claimed: Claimed) -> Outcome:
         body = json.dumps(claimed.payload, separators=(",", ":")).encode()
         headers = signed_headers(claimed.id, int(time.time()), body, claimed.signing_secrets)
+        timeout = self.settings.webhook_timeout_seconds
         started = time.monotonic()
         try:
-            target = resolve(claimed.url, self.settings.webhook_allowed_networks)
-            status, error = post(target, headers, body, self.settings.webhook_timeout_seconds), None
+            target = resolve(claimed.url, self.settings.webhook_allowed_networks, timeout)
+            status, error = post(target, headers, body, started + timeout), None
         except Exception as failure:  # refused, unresolvable, refused connection, timeout, TLS: all the endpoint's
             status, error = None, (str(failure) or type(failure).__name__)[:MAX_ERROR_LENGTH]
         if status is not None and not _successful(status):
@@ -167,12 +194,21 @@ class WebhookSender:
             if delivery is None:
                 return  # its endpoint was deleted meanwhile
             now = utcnow()
+            # Compare-and-set on the locked row: the answer is ours to apply only while the delivery is
+            # pending under the lease this attempt claimed. A late answer is still kept among the
+            # attempts, marked: the receiver did get that post, and the log should say so.
+            current = delivery.status == DeliveryStatus.PENDING and delivery.next_attempt_at == claimed.lease
+            error = outcome.error if current else "; ".join(filter(None, (outcome.error, LATE)))
             session.add(
                 WebhookAttempt(
-                    delivery_id=delivery.id, attempted_at=now, status_code=outcome.status_code, error=outcome.error,
+                    delivery_id=delivery.id, attempted_at=now, status_code=outcome.status_code, error=error,
                     duration_ms=outcome.duration_ms,
                 )  # fmt: skip
             )
+            if not current:
+                log.warning("webhook delivery %s: taken over during its attempt; that answer is not applied", delivery.id)
+                session.commit()
+                return
             delivery.attempt_count += 1
             delivery.last_status_code, delivery.last_error = outcome.status_code, outcome.error
             if outcome.delivered:
@@ -196,19 +232,51 @@ class WebhookSender:
             delivery.next_attempt_at = now + RETRY_DELAYS[delivery.attempt_count - 1]
 
 
-def post(target: ResolvedTarget, headers: dict[str, str], body: bytes, timeout: float) -> int:
-    """POST to the checked address (TLS still checks the certificate for the URL's host); the status.
+def post(target: ResolvedTarget, headers: dict[str, str], body: bytes, deadline: float) -> int:
+    """POST to the checked address (TLS still checks the certificate for the URL's host); the status,
+    unless the whole exchange is not over by ``deadline`` (``time.monotonic()``): ``TimeoutError``.
 
+    A socket timeout bounds each read, not the answer: a receiver sending a byte a second would hold
+    the post forever. So a timer shuts the socket down at the deadline, which ends a read under way.
     No retries and no redirects here: the schedule retries, and a redirect is a target never checked.
     """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("no time left for the post after the DNS lookup")
     tls = {"server_hostname": target.host, "assert_hostname": target.host} if target.scheme == "https" else {}
-    pool_class = urllib3.HTTPSConnectionPool if target.scheme == "https" else urllib3.HTTPConnectionPool
-    with pool_class(target.address, target.port, timeout=urllib3.Timeout(total=timeout), retries=False, **tls) as pool:
-        response = pool.urlopen(
+    connection_class = urllib3.connection.HTTPSConnection if target.scheme == "https" else urllib3.connection.HTTPConnection
+    connection = connection_class(target.address, target.port, timeout=remaining, **tls)
+    expired = threading.Event()
+    timer = threading.Timer(remaining, _cut, (connection, expired))
+    timer.daemon = True
+    timer.start()
+    try:
+        connection.connect()
+        if expired.is_set():  # the deadline passed before there was a socket to shut down
+            raise TimeoutError
+        connection.request(
             "POST", target.path, body=body, headers={**headers, "Host": target.host_header, "User-Agent": USER_AGENT},
-            redirect=False, preload_content=False, assert_same_host=False,
+            preload_content=False,
         )  # fmt: skip
-        return response.status
+        return connection.getresponse().status
+    except Exception:
+        if expired.is_set():
+            raise TimeoutError(f"no whole answer within {remaining:.1f} s: the connection was cut") from None
+        raise
+    finally:
+        timer.cancel()
+        connection.close()
+
+
+def _cut(connection: urllib3.connection.HTTPConnection, expired: threading.Event) -> None:
+    """At the deadline: shut the socket down (a blocked read returns at once), and say so."""
+    expired.set()
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed: the post ended on its own
 
 
 def disable_failing(session: Session, endpoint: WebhookEndpoint, now: datetime, last_error: str) -> None:
@@ -220,7 +288,11 @@ def disable_failing(session: Session, endpoint: WebhookEndpoint, now: datetime, 
     )
     endpoint.enabled, endpoint.disabled_at, endpoint.disabled_reason = False, now, reason
     audit.record(session, audit.SYSTEM, "webhook.endpoint_disabled", endpoint.tenant_id, f"webhook {endpoint.id}", reason)
-    log.warning("webhook endpoint %s (%s) %s", endpoint.id, endpoint.url, reason)
+    # Only the URL's origin in the log: its path or query may carry the receiver's secret, as is advised.
+    log.warning(
+        "webhook endpoint %s (%s) disabled after %d failed attempts in a row",
+        endpoint.id, origin(endpoint.url), endpoint.consecutive_failures,
+    )  # fmt: skip
     data = {
         "endpoint_id": str(endpoint.id), "url": endpoint.url, "tenant_id": endpoint.tenant_id and str(endpoint.tenant_id),
         "reason": reason, "disabled_at": now.isoformat(),

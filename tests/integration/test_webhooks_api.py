@@ -28,7 +28,8 @@ def loopback_app(settings):
     [
         "http://127.0.0.1:8080/hooks", "http://localhost/hooks", "http://[::1]/hooks", "http://10.1.2.3/hooks",
         "http://192.168.0.10/hooks", "http://169.254.169.254/latest/meta-data", "http://[::ffff:127.0.0.1]/hooks",
-        "http://0.0.0.0/hooks", "http://224.0.0.1/hooks",
+        "http://0.0.0.0/hooks", "http://224.0.0.1/hooks", "http://127.1/hooks", "http://2130706433/hooks",
+        "http://localhost./hooks", "http://[2002:7f00:1::]/hooks",
     ],
 )  # fmt: skip
 def test_a_target_on_loopback_or_a_private_network_is_refused(client, tenant_factory, url):
