@@ -1,6 +1,7 @@
 """``/api/v1/provisioning/jobs``: request, list, read, retry and cancel provisioning jobs."""
 
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 
 from flask import current_app, url_for
@@ -52,15 +53,21 @@ def _service() -> JobRequests:
     )
 
 
-def _operators_only_for_suspensions(job_type: JobType) -> None:
-    """Suspension is billing's decision: an owner who could ask for, retry or cancel a suspend or
-    an unsuspend could lift it (retrying an old unsuspend_site, cancelling a suspend as it runs).
+# The platform's decisions: suspension is billing's, where a site is (its move, its pinned server) the operators'.
+OPERATOR_JOB_TYPES = SUSPENSIONS | {JobType.MOVE_SITE}
+
+
+def _operators_only(job_type: JobType, options: Mapping) -> None:
+    """Let only platform operators ask for, retry or cancel the platform's decisions: an owner who
+    could retry an old unsuspend_site, cancel a suspend as it runs, or retry or cancel an operator's
+    move or a create on the server an operator chose, could undo them.
 
     Raises:
         HTTPException 403: the caller is not a platform operator.
     """
-    if job_type in SUSPENSIONS and not caller().is_operator:
-        raise error_for(Forbidden(f"only platform operators (billing) may ask for, retry or cancel {job_type.value}"))
+    if (job_type in OPERATOR_JOB_TYPES or options.get(PINNED_SERVER)) and not caller().is_operator:
+        what = job_type.value if job_type in OPERATOR_JOB_TYPES else "a job on the server an operator chose"
+        raise error_for(Forbidden(f"only platform operators may ask for, retry or cancel {what}"))
 
 
 def _options(body: dict) -> dict:
@@ -70,9 +77,7 @@ def _options(body: dict) -> dict:
         HTTPException 403: a caller who is not a platform operator chose the server, or asked for
             a move, a suspend or an unsuspend.
     """
-    if (body.get(PINNED_SERVER) or body["job_type"] == JobType.MOVE_SITE) and not caller().is_operator:
-        raise error_for(Forbidden("only platform operators may choose the server a site is on, or move it"))
-    _operators_only_for_suspensions(body["job_type"])
+    _operators_only(body["job_type"], body)
     switches = {name: True for name in (SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP) if body.get(name)}
     given = {name: body[name] for name in (PLACEMENT_LABELS, PINNED_SERVER) if body.get(name)}
     return switches | given | ({BACKUP_ID: str(body["backup_id"])} if body.get("backup_id") else {})
@@ -182,7 +187,8 @@ class JobRetry(MethodView):
         """Retry a failed or completed job as a new job linked to it"""
         requester = caller()
         service = _service()
-        _operators_only_for_suspensions(service.get_job(requester.tenant.id, job_id).job_type)
+        asked = service.get_job(requester.tenant.id, job_id)
+        _operators_only(asked.job_type, asked.options)
         job = service.retry_job(
             requester.tenant.id, job_id, requested_by_id=requester.user.id, idempotency_key=headers.get("idempotency_key")
         )
@@ -204,7 +210,8 @@ class JobCancel(MethodView):
         """
         requester = caller()
         service = _service()
-        _operators_only_for_suspensions(service.get_job(requester.tenant.id, job_id).job_type)
+        asked = service.get_job(requester.tenant.id, job_id)
+        _operators_only(asked.job_type, asked.options)
         job = service.cancel_job(requester.tenant.id, job_id, requested_by_id=requester.user.id)
         service.uow.commit()
         return {"data": job}, 202 if job.status == JobStatus.CANCELLING else 200

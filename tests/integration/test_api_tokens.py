@@ -13,11 +13,12 @@ from sqlalchemy import select, update
 from api import create_app
 from provisioning.accounts import audit
 from provisioning.accounts import registry as accounts
-from provisioning.enums import Role, Scope, TenantStatus
+from provisioning.enums import JobStatus, JobType, Role, Scope, TenantStatus
 from provisioning.models import ApiToken
 from provisioning.platform.db import utcnow
 from tests.factories import operator_headers
 from tests.helpers import StrictClient, assert_error
+from tests.integration.test_api_jobs import finished_job
 
 pytestmark = pytest.mark.usefixtures("rolled_back")  # nothing here needs another connection to see its rows
 
@@ -295,3 +296,23 @@ def test_a_disabled_user_is_made_no_member(client, tenant_factory, session):
     refused = client.post(f"{TENANTS}/{tenant.tenant.slug}/members", json={"email": disabled.email, "role": "member"},
                           headers=tenant.headers())  # fmt: skip
     assert "is disabled" in assert_error(refused, 409)["message"]
+
+
+@pytest.mark.parametrize(
+    ("job_type", "options"),
+    [(JobType.MOVE_SITE, {"server": "bench-eu-2", "from_server": "default"}), (JobType.CREATE_SITE, {"server": "bench-eu-2"})],
+)
+def test_an_owner_may_neither_retry_nor_cancel_an_operators_move(client, tenant_factory, session, job_type, options):
+    """Where a site is (its move, its pinned server) is the operators' decision: the owner can no
+    more take it again (a retry) or stop it (a cancel) than ask for it."""
+    failed_here = tenant_factory.create(status=TenantStatus.FAILED)
+    pending_here = tenant_factory.create(status=TenantStatus.ACTIVE)
+    failed = finished_job(session, failed_here, JobStatus.FAILED, job_type=job_type)
+    pending = finished_job(session, pending_here, JobStatus.PENDING, job_type=job_type)
+    failed.options = pending.options = options
+    session.commit()
+    for refused in (
+        client.post(f"{JOBS}/{failed.id}/retry", headers=failed_here.headers()),
+        client.post(f"{JOBS}/{pending.id}/cancel", headers=pending_here.headers()),
+    ):
+        assert "only platform operators may ask for, retry or cancel" in assert_error(refused, 403)["message"]
