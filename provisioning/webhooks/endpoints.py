@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from provisioning.accounts import audit
@@ -142,7 +142,15 @@ class WebhookEndpoints:
         endpoint = self.get(endpoint_id)
         if not endpoint.enabled:
             raise Conflict("the endpoint is disabled; enable it first (PATCH with enabled: true)")
-        delivery.status, delivery.next_attempt_at = DeliveryStatus.PENDING, utcnow()
+        # Both columns in one UPDATE, whatever this session read: an attempt in flight may record
+        # its answer (delivered, or failed) first, and the row must still end pending and due.
+        self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery.id)
+            .values(status=DeliveryStatus.PENDING, next_attempt_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        self.session.refresh(delivery)
         self._audit("webhook.redelivered", endpoint, delivery.id)
         return delivery
 
