@@ -28,27 +28,35 @@ def add_membership(session: Session, user: User, tenant: Tenant, role: Role, ori
 
 
 def add_member(
-    session: Session, tenant: Tenant, email: str, role: Role, origin: Origin = SYSTEM, *, by_operator: bool = True
+    session: Session, tenant: Tenant, email: str, role: Role, origin: Origin = SYSTEM, *, by_operator: bool
 ) -> tuple[Membership, User]:
     """Give the user with ``email`` a role in the tenant, making the user first if there is none
     (both in one transaction: a refused membership leaves no user behind).
 
-    Only a platform operator (``by_operator``: the CLI, an operator's request) may make a platform
-    operator a member: a tenant's owner cannot draw one into its tenant.
+    A tenant's owner (``by_operator`` false) may add new users only. A user who exists already
+    belongs to others: drawn into this tenant, their tokens bound to no tenant would have to name
+    one on every request from then on, and they could be a platform operator or disabled, which
+    the owner must not learn by trying addresses. A platform operator (an operator's request, the
+    CLI) may add anyone but a disabled user.
 
-    Raises InvalidRequest for an address that is not one, Conflict for a member already, a
-    disabled user, or a platform operator added by anyone but an operator.
+    Raises InvalidRequest for an address that is not one, and Conflict for a member already, a
+    user who exists (for an owner), or a disabled user.
     """
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
         user = new_user(session, email, origin=origin, tenant_id=tenant.id)
+    elif not by_operator and not _is_member(session, user, tenant):
+        raise Conflict(f"{user.email} has an account already; ask the platform to add an existing user to a tenant")
     elif user.disabled_at is not None:
         raise Conflict(f"{user.email} is disabled and can be made no member")
-    elif user.is_superuser and not by_operator:
-        raise Conflict(f"{user.email} is a platform operator; only a platform operator may make them a member")
     membership = _new_membership(session, user, tenant, role, origin)
     session.commit()
     return membership, user
+
+
+def _is_member(session: Session, user: User, tenant: Tenant) -> bool:
+    membership = select(Membership.id).where(Membership.user_id == user.id, Membership.tenant_id == tenant.id)
+    return session.scalar(membership) is not None
 
 
 def change_role(session: Session, tenant: Tenant, user_id: uuid.UUID, role: Role, origin: Origin = SYSTEM) -> Membership:

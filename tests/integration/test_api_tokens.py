@@ -253,7 +253,7 @@ def test_an_owner_can_draw_no_operator_into_the_tenant_nor_borrow_one_s_powers(c
     owner = tenant.headers()
     members = f"{TENANTS}/{tenant.tenant.slug}/members"
     refused = client.post(members, json={"email": operator_user.email, "role": "owner"}, headers=owner)
-    assert "only a platform operator may make them a member" in assert_error(refused, 409)["message"]
+    assert "has an account already" in assert_error(refused, 409)["message"]  # not that it is an operator
 
     # An operator made the operator a member (say, to look after the tenant); the owner makes
     # that member a token: it acts in the member's role alone.
@@ -289,12 +289,22 @@ def test_a_token_bound_to_a_tenant_reaches_none_of_its_user_s_other_tokens(clien
     assert len(client.get(TOKENS, headers=bearer(tenant.tokens[Role.MEMBER])).json["data"]) == 4
 
 
-def test_a_disabled_user_is_made_no_member(client, tenant_factory, session):
-    tenant = tenant_factory.create()
+def test_an_owner_adds_new_users_only_and_an_operator_no_disabled_one(client, tenant_factory, session):
+    """An existing user belongs to others (their unbound tokens would have to name a tenant from
+    then on); the owner is told so, whatever else the user is, and learns nothing more."""
+    tenant, elsewhere = tenant_factory.create(), tenant_factory.create()
     disabled = accounts.create_user(session, f"gone-{uuid.uuid4().hex[:8]}@example.test")
     accounts.disable_user(session, disabled)
-    refused = client.post(f"{TENANTS}/{tenant.tenant.slug}/members", json={"email": disabled.email, "role": "member"},
-                          headers=tenant.headers())  # fmt: skip
+    members = f"{TENANTS}/{tenant.tenant.slug}/members"
+    for existing in (elsewhere.users[Role.MEMBER], disabled):
+        refused = client.post(members, json={"email": existing.email, "role": "member"}, headers=tenant.headers())
+        assert assert_error(refused, 409)["message"] == (
+            f"{existing.email} has an account already; ask the platform to add an existing user to a tenant"
+        )
+    operator = operator_headers(session)
+    added = client.post(members, json={"email": elsewhere.users[Role.MEMBER].email, "role": "member"}, headers=operator)
+    assert added.status_code == 201
+    refused = client.post(members, json={"email": disabled.email, "role": "member"}, headers=operator)
     assert "is disabled" in assert_error(refused, 409)["message"]
 
 
