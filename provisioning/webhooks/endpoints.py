@@ -25,7 +25,7 @@ from provisioning.platform.settings import Settings
 from provisioning.sites.credentials import SiteCredentials
 from provisioning.webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
 from provisioning.webhooks.signing import MESSAGE_ID, new_secret
-from provisioning.webhooks.targets import check_url
+from provisioning.webhooks.targets import check_url, origin
 
 MAX_ENDPOINTS_PER_OWNER = 20
 DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
@@ -62,7 +62,7 @@ class WebhookEndpoints:
             secret_encrypted=self.cipher.encrypt(secret), consecutive_failures=0, created_by_id=created_by,
         )  # fmt: skip
         self.session.add(endpoint)
-        self._audit("webhook.created", endpoint, f"{url} for {', '.join(endpoint.event_types)}")
+        self._audit("webhook.created", endpoint, f"{origin(url)} for {', '.join(endpoint.event_types)}")
         return WithSecret(endpoint, secret)
 
     def list(self, page: int, size: int) -> tuple[Sequence[WebhookEndpoint], int]:
@@ -93,13 +93,14 @@ class WebhookEndpoints:
             endpoint.consecutive_failures, endpoint.failing_since = 0, None
         elif changes.get("enabled") is False and endpoint.enabled:
             endpoint.enabled, endpoint.disabled_at, endpoint.disabled_reason = False, utcnow(), f"disabled by {self.origin.actor}"
-        self._audit("webhook.updated", endpoint, ", ".join(f"{name}={getattr(endpoint, name)}" for name in sorted(changes)))
+        changed = ", ".join(f"{name}={_audited(name, getattr(endpoint, name))}" for name in sorted(changes))
+        self._audit("webhook.updated", endpoint, changed)
         return endpoint
 
     def delete(self, endpoint_id: uuid.UUID) -> WebhookEndpoint:
         """Delete an endpoint with its delivery log; the answer is the endpoint as it was."""
         endpoint = self.get(endpoint_id)
-        self._audit("webhook.deleted", endpoint, endpoint.url)
+        self._audit("webhook.deleted", endpoint, origin(endpoint.url))
         self.session.delete(endpoint)
         return endpoint
 
@@ -160,6 +161,11 @@ class WebhookEndpoints:
     def _audit(self, action: str, endpoint: WebhookEndpoint, detail: str) -> None:
         self.session.flush()
         audit.record(self.session, self.origin, action, self.owner, f"webhook {endpoint.id}", detail)
+
+
+def _audited(name: str, value) -> str:
+    """A changed field as the audit trail keeps it: of a URL, its origin alone (its path or query may hold a secret)."""
+    return origin(value) if name == "url" else str(value)
 
 
 def _values(event_types: list) -> list[str]:

@@ -63,7 +63,7 @@ def check_url(url: str, allowed: tuple[Network, ...]) -> None:
     if literal is not None:
         _check_address(literal, allowed, url)
     elif _is_localhost(host) and not _allowed(ipaddress.ip_address("127.0.0.1"), allowed):
-        raise TargetRefused(f"{url} is on loopback, where webhooks may not be sent")
+        raise TargetRefused(f"{origin(url)} is on loopback, where webhooks may not be sent")
 
 
 def resolve(url: str, allowed: tuple[Network, ...], timeout: float | None = None) -> ResolvedTarget:
@@ -186,4 +186,4 @@ def _check_one(address: Address, allowed: tuple[Network, ...], url: str) -> None
         ("not globally reachable", not address.is_global),
     ):  # fmt: skip
         if flag:
-            raise TargetRefused(f"{url} reaches {address}, a {kind} address, where webhooks may not be sent")
+            raise TargetRefused(f"{origin(url)} reaches {address}, a {kind} address, where webhooks may not be sent")

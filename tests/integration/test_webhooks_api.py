@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from api import create_app
+from provisioning.accounts import audit
 from provisioning.enums import Role
 from provisioning.webhooks.models import WebhookEndpoint
 from tests.factories import operator_headers
@@ -85,3 +86,16 @@ def test_another_tenants_endpoint_is_not_found(loopback_app, tenant_factory, ses
     # Nor is it the platform's.
     assert_error(client.get(f"{PLATFORM_WEBHOOKS}/{endpoint_id}", headers=operator_headers(session)), 404)
     assert session.scalar(select(WebhookEndpoint.tenant_id).where(WebhookEndpoint.id == endpoint_id)) == owner.id
+
+
+def test_the_audit_trail_keeps_a_webhook_url_s_origin_never_its_path_or_query(client, tenant_factory, session):
+    """A receiver may take a secret in its URL's path or query: the trail says where, not that."""
+    tenant = tenant_factory.create()
+    secret_url = "https://hooks.example.com/erpmax/s3cr3t-path?key=s3cr3t-query"
+    endpoint_id, _ = register(client, tenant.headers(), secret_url, ["job.completed"])
+    moved = {"url": "https://hooks.example.com/other/s3cr3t-too"}
+    assert client.patch(f"{WEBHOOKS}/{endpoint_id}", json=moved, headers=tenant.headers()).status_code == 200
+    assert client.delete(f"{WEBHOOKS}/{endpoint_id}", headers=tenant.headers()).status_code == 200
+    details = [entry.detail for entry in audit.entries(session, tenant_id=tenant.id) if entry.action.startswith("webhook.")]
+    assert len(details) == 3 and all("https://hooks.example.com" in detail for detail in details)
+    assert not any("s3cr3t" in detail for detail in details)
