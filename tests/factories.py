@@ -57,6 +57,11 @@ class TenantFactory:
         self.session.refresh(tenant)
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The headers of a request carrying ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 def operator_headers(session: Session) -> dict[str, str]:
     """The headers of a new platform operator (a superuser with no tenant)."""
     user = accounts.create_user(session, f"operator-{uuid.uuid4().hex[:10]}@example.test", is_superuser=True)

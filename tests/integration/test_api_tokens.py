@@ -16,7 +16,7 @@ from provisioning.accounts import registry as accounts
 from provisioning.enums import JobStatus, JobType, Role, Scope, TenantStatus
 from provisioning.models import ApiToken
 from provisioning.platform.db import utcnow
-from tests.factories import operator_headers
+from tests.factories import bearer, operator_headers
 from tests.helpers import StrictClient, assert_error
 from tests.integration.test_api_jobs import finished_job
 
@@ -33,10 +33,6 @@ SERVERS = "/api/v1/servers"
 def client(app):
     app.test_client_class = StrictClient
     return app.test_client()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def token_of(session, user, **options) -> str:

@@ -13,6 +13,7 @@ from provisioning.cli import main
 from provisioning.enums import Role
 from provisioning.models import ApiToken, Membership
 from provisioning.platform.db import utcnow
+from tests.factories import bearer
 from tests.helpers import StrictClient, assert_error
 
 JOBS = "/api/v1/provisioning/jobs"
@@ -30,10 +31,6 @@ def cli(environment):
 def client(app):
     app.test_client_class = StrictClient
     return app.test_client()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_token_made_at_the_console_has_the_scopes_tenant_and_lifetime_asked_for(cli, client, tenant_factory, session):
