@@ -1,7 +1,6 @@
 """``/api/v1/provisioning/jobs``: request, list, read, retry and cancel provisioning jobs."""
 
 import uuid
-from collections.abc import Mapping
 from datetime import timedelta
 
 from flask import current_app, url_for
@@ -53,21 +52,20 @@ def _service() -> JobRequests:
     )
 
 
-# The platform's decisions: suspension is billing's, where a site is (its move, its pinned server) the operators'.
+# The platform's decisions: suspension is billing's, a move the operators'.
 OPERATOR_JOB_TYPES = SUSPENSIONS | {JobType.MOVE_SITE}
 
 
-def _operators_only(job_type: JobType, options: Mapping) -> None:
+def _operators_only(job_type: JobType) -> None:
     """Let only platform operators ask for, retry or cancel the platform's decisions: an owner who
     could retry an old unsuspend_site, cancel a suspend as it runs, or retry or cancel an operator's
-    move or a create on the server an operator chose, could undo them.
+    move (finishing one the operators gave up, onto a server with no room kept for it) could undo them.
 
     Raises:
         HTTPException 403: the caller is not a platform operator.
     """
-    if (job_type in OPERATOR_JOB_TYPES or options.get(PINNED_SERVER)) and not caller().is_operator:
-        what = job_type.value if job_type in OPERATOR_JOB_TYPES else "a job on the server an operator chose"
-        raise error_for(Forbidden(f"only platform operators may ask for, retry or cancel {what}"))
+    if job_type in OPERATOR_JOB_TYPES and not caller().is_operator:
+        raise error_for(Forbidden(f"only platform operators may ask for, retry or cancel {job_type.value}"))
 
 
 def _options(body: dict) -> dict:
@@ -77,7 +75,9 @@ def _options(body: dict) -> dict:
         HTTPException 403: a caller who is not a platform operator chose the server, or asked for
             a move, a suspend or an unsuspend.
     """
-    _operators_only(body["job_type"], body)
+    if body.get(PINNED_SERVER) and not caller().is_operator:
+        raise error_for(Forbidden("only platform operators may choose the server a site is on"))
+    _operators_only(body["job_type"])
     switches = {name: True for name in (SKIP_FINAL_BACKUP, SKIP_SAFETY_BACKUP) if body.get(name)}
     given = {name: body[name] for name in (PLACEMENT_LABELS, PINNED_SERVER) if body.get(name)}
     return switches | given | ({BACKUP_ID: str(body["backup_id"])} if body.get("backup_id") else {})
@@ -187,8 +187,7 @@ class JobRetry(MethodView):
         """Retry a failed or completed job as a new job linked to it"""
         requester = caller()
         service = _service()
-        asked = service.get_job(requester.tenant.id, job_id)
-        _operators_only(asked.job_type, asked.options)
+        _operators_only(service.get_job(requester.tenant.id, job_id).job_type)
         job = service.retry_job(
             requester.tenant.id, job_id, requested_by_id=requester.user.id, idempotency_key=headers.get("idempotency_key")
         )
@@ -210,8 +209,7 @@ class JobCancel(MethodView):
         """
         requester = caller()
         service = _service()
-        asked = service.get_job(requester.tenant.id, job_id)
-        _operators_only(asked.job_type, asked.options)
+        _operators_only(service.get_job(requester.tenant.id, job_id).job_type)
         job = service.cancel_job(requester.tenant.id, job_id, requested_by_id=requester.user.id)
         service.uow.commit()
         return {"data": job}, 202 if job.status == JobStatus.CANCELLING else 200
