@@ -72,6 +72,7 @@ class WebhookReceiver:
         self.held = threading.Event()  # a request is being held
         self._release = threading.Event()
         self._release.set()
+        self._closed = threading.Event()  # ends a trickle under way
         self._lock = threading.Lock()
         receiver = self
 
@@ -95,7 +96,8 @@ class WebhookReceiver:
                     for byte in answer:
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
-                        time.sleep(receiver.trickle)
+                        if receiver._closed.wait(receiver.trickle):
+                            return
                 except OSError:
                     self.close_connection = True  # the sender cut the connection
 
@@ -123,6 +125,7 @@ class WebhookReceiver:
         self._release.set()
 
     def close(self) -> None:
+        self._closed.set()
         self.release()
         self.server.shutdown()
         self.server.server_close()
