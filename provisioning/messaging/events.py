@@ -14,7 +14,6 @@ drop the second copy.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from datetime import datetime
@@ -22,20 +21,16 @@ from datetime import datetime
 from kombu import Connection, Producer
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import RetryCallState, Retrying, wait_exponential
 
 from celeryconfig import PUBLISH_CONFIRM_TIMEOUT, events_exchange
 from provisioning.models import JobEvent
 from provisioning.platform.db import utcnow
+from provisioning.platform.rounds import run_rounds
 from provisioning.platform.settings import Settings
-
-log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 # How often an idle relay looks for new events: the longest an announcement waits for it.
 IDLE_SECONDS = 0.25
-# After a failure (broker or database down), the relay waits this long, doubling up to the cap.
-RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 30.0
 
 UNANNOUNCED = (JobEvent.status.is_not(None), JobEvent.announced_at.is_(None))
 # The next batch to announce, oldest first (rows another relay holds are left to it), and its mark.
@@ -175,25 +170,4 @@ class EventRelay:
         self.publisher.close()
 
     def _run(self) -> None:
-        # A round that fails (broker or database down) is tried again after RETRY_SECONDS, each
-        # wait twice the last up to MAX_RETRY_SECONDS, until it works or the relay is stopped.
-        rounds = Retrying(
-            wait=wait_exponential(multiplier=RETRY_SECONDS, max=MAX_RETRY_SECONDS),
-            sleep=self._stopped.wait,
-            stop=lambda _state: self._stopped.is_set(),
-            before_sleep=_say_events_wait,
-            retry_error_callback=lambda _state: 0,
-        )
-        while not self._stopped.is_set():
-            relayed = rounds(self.relay)
-            if rounds.statistics["attempt_number"] > 1 and not self._stopped.is_set():
-                log.info("event relay: publishing again after %.0f s", rounds.statistics["idle_for"])
-            if relayed < self.batch_size:
-                self._stopped.wait(IDLE_SECONDS)
-
-
-def _say_events_wait(failed: RetryCallState) -> None:
-    if failed.attempt_number == 1:
-        log.warning(
-            "event relay: cannot publish job events (%s); they wait, and go out once it works", failed.outcome.exception()
-        )
+        run_rounds(lambda: self.relay() >= self.batch_size, self._stopped, IDLE_SECONDS, "event relay: publishing job events")

@@ -8,22 +8,18 @@ the sender take rows with SKIP LOCKED.
 
 from __future__ import annotations
 
-import logging
 import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioning.platform.rounds import run_rounds
 from provisioning.platform.settings import Settings
 from provisioning.webhooks.fanout import BATCH_SIZE as FAN_OUT_BATCH
 from provisioning.webhooks.fanout import fan_out
 from provisioning.webhooks.sender import WebhookSender
 
-log = logging.getLogger(__name__)
-
 # How often an idle runner looks for new events and due deliveries: the least a webhook waits.
 IDLE_SECONDS = 0.25
-# After a failure (the database down), the runner waits this long, doubling up to the cap.
-RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 30.0
 
 
 class WebhookRunner:
@@ -52,15 +48,9 @@ class WebhookRunner:
         self.sender.close()
 
     def _run(self) -> None:
-        wait = RETRY_SECONDS
-        while not self._stopped.is_set():
-            try:
-                fanned_out, sent = self.run_once()
-            except Exception:
-                log.exception("webhooks: the round failed; trying again in %.0f s", wait)
-                self._stopped.wait(wait)
-                wait = min(wait * 2, MAX_RETRY_SECONDS)
-                continue
-            wait = RETRY_SECONDS
-            if fanned_out < FAN_OUT_BATCH and sent < self.sender.threads:
-                self._stopped.wait(IDLE_SECONDS)
+        run_rounds(self._busy_round, self._stopped, IDLE_SECONDS, "webhooks: fanning out and sending")
+
+    def _busy_round(self) -> bool:
+        """A round; whether it was full (more may be waiting at once)."""
+        fanned_out, sent = self.run_once()
+        return fanned_out >= FAN_OUT_BATCH or sent >= self.sender.threads
